@@ -1,0 +1,97 @@
+"""Command line: ``python -m control_plane serve|migrate|create-tenant|revisions``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from control_plane.config import ConfigError, load_settings
+from control_plane.logs import setup_logging
+
+log = logging.getLogger("control_plane")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from control_plane.app import create_app
+    from control_plane.migrations import runner
+
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    if args.migrate:
+        runner.upgrade(settings.database_url)
+    token = settings.extra.get("generated_admin_token")
+    if token:
+        # Printed once, on the run that created it; it is kept in DATA_DIR/admin_token (0600).
+        print(f"Generated ADMIN_TOKEN (kept in {settings.data_dir / 'admin_token'}): {token}", flush=True)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    log.info("serving on http://%s:%s", host, port)
+    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None,
+                shutdown_timeout=settings.stop_wait_s + 5)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from control_plane.migrations import runner
+
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    if args.direction == "up":
+        runner.upgrade(settings.database_url, args.revision or "head")
+    else:
+        runner.downgrade(settings.database_url, args.revision or "-1")
+    print(f"migrated {args.direction} to {args.revision or ('head' if args.direction == 'up' else '-1')}")
+    return 0
+
+
+def _create_tenant(args: argparse.Namespace) -> int:
+    from control_plane.db import Database
+    from control_plane.db import tenants as tenants_db
+
+    settings = load_settings()
+
+    async def run() -> dict:
+        db = Database(settings.database_url)
+        try:
+            async with db.begin() as conn:
+                tenant = await tenants_db.create_tenant(conn, args.name, sandbox=args.sandbox)
+                key, _ = await tenants_db.create_api_key(conn, tenant["id"], label="cli")
+            return {"id": tenant["id"], "name": tenant["name"], "sandbox": tenant["sandbox"], "api_key": key}
+        finally:
+            await db.close()
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m control_plane")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP/Socket.IO server")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--migrate", action="store_true", help="apply migrations first")
+    serve.set_defaults(func=_serve)
+    mig = sub.add_parser("migrate", help="apply (up) or roll back (down) schema migrations")
+    mig.add_argument("direction", choices=["up", "down"])
+    mig.add_argument("revision", nargs="?", help="target (default: head for up, one step for down; 'base' = empty)")
+    mig.set_defaults(func=_migrate)
+    ct = sub.add_parser("create-tenant", help="create a tenant and print its first API key (JSON)")
+    ct.add_argument("name")
+    ct.add_argument("--sandbox", action="store_true")
+    ct.set_defaults(func=_create_tenant)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The OpenAPI 3.1 document, generated from the routes' pydantic models, and a docs page that renders
+it with a small vendored script (no CDN)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from control_plane import __version__
+from control_plane.api.errors import ErrorResponse
+from control_plane.api.routing import Operation, Router
+
+STATIC = Path(__file__).resolve().parent / "static"
+REF = "#/components/schemas/{model}"
+ERROR_TEXT = {400: "Malformed request (bad JSON)", 401: "Missing or wrong credentials",
+              403: "Not allowed (deactivated tenant, or admin token needed)", 404: "Not found",
+              409: "Conflict", 413: "Body too large", 422: "A field is wrong (named in error.field)",
+              503: "A dependency is unavailable; retry"}
+
+
+class _Schemas:
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {}
+
+    def ref(self, model: type[BaseModel], mode: str) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+        for name, sub in schema.pop("$defs", {}).items():
+            self.components.setdefault(name, sub)
+        self.components.setdefault(model.__name__, schema)
+        return {"$ref": REF.format(model=model.__name__)}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(op: Operation, path: str, mode: str, schemas: _Schemas) -> dict[str, Any]:
+    params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+              for n in re.findall(r"{(\w+)}", path)]
+    if op.query is not None:
+        qschema = op.query.model_json_schema(mode="validation")
+        required = set(qschema.get("required", []))
+        for name, prop in qschema.get("properties", {}).items():
+            params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+    out: dict[str, Any] = {"summary": op.summary, "tags": list(op.tags),
+                           "operationId": f"{op.handler.__name__}{'_admin' if mode == 'admin_for_tenant' else ''}"}
+    if params:
+        out["parameters"] = params
+    if mode != "none":
+        out["security"] = [{"bearer": []}]
+    if op.body is not None:
+        out["requestBody"] = {"required": True, "content": _json(schemas.ref(op.body, "validation"))}
+    ok: dict[str, Any] = {"description": "OK"}
+    if op.response is not None:
+        ok["content"] = ({ct: {"schema": schemas.ref(op.response, "serialization")} for ct in op.produces}
+                         if op.produces == ("application/json",) else
+                         {ct: {"schema": schemas.ref(op.response, "serialization")} if ct == "application/json"
+                          else {"schema": {"type": "string"}} for ct in op.produces})
+    elif op.produces != ("application/json",):
+        ok["content"] = {ct: {"schema": {"type": "string"}} for ct in op.produces}
+    responses: dict[str, Any] = {str(op.status): ok}
+    codes = set(op.errors) | {503}
+    if mode != "none":
+        codes |= {401, 403}
+    if mode == "admin_for_tenant" or "{" in path:
+        codes.add(404)
+    if op.body is not None:
+        codes |= {400, 413, 422}
+    if op.query is not None:
+        codes.add(422)
+    err = schemas.ref(ErrorResponse, "serialization")
+    for code in sorted(codes):
+        responses.setdefault(str(code), {"description": ERROR_TEXT.get(code, "Error"), "content": _json(err)})
+    for code, spec in op.extra_responses.items():
+        responses[str(code)] = spec
+    out["responses"] = responses
+    return out
+
+
+def build_openapi(router: Router) -> dict[str, Any]:
+    schemas = _Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for op in router.operations:
+        if not op.openapi:
+            continue
+        for path, mode in router.served_paths(op):
+            paths.setdefault(path, {})[op.method.lower()] = _operation(op, path, mode, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "WhatsApp gateway", "version": __version__,
+                 "description": "Multi-tenant WhatsApp gateway. Tenant routes take `Authorization: Bearer "
+                                "<tenant API key>`; admin routes take the admin token and mirror every tenant "
+                                "route under `/api/tenants/{tenant_id}/...`."},
+        "paths": paths,
+        "components": {"schemas": schemas.components,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def setup(app: web.Application, router: Router) -> None:
+    document: dict[str, Any] | None = None
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        nonlocal document
+        if document is None:
+            document = build_openapi(router)
+        return web.json_response(document)
+
+    async def docs(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "docs.html")
+
+    app.router.add_get("/api/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs)
+    app.router.add_static("/api/static/", STATIC)

@@ -1,0 +1,88 @@
+"""The application factory. One cleanup context per resource, in dependency order:
+database -> Redis -> realtime -> supervisor -> dispatchers; teardown runs in reverse, so bridges
+stop before the database closes."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from aiohttp import web
+
+from control_plane.api import health, openapi, tenants, whatsapp_config
+from control_plane.api.errors import error_middleware
+from control_plane.api.routing import Router
+from control_plane.config import Settings, mask_url
+from control_plane.crypto import SecretBox
+from control_plane.db import Database
+from control_plane.logs import current_tenant
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("control_plane.access")
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler):
+    """One access line per request, with its latency and (when known) its tenant."""
+    started = time.perf_counter()
+    token = current_tenant.set(None)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        access_log.info("%s %s %s %.1fms", request.method, request.path, status, elapsed_ms)
+        current_tenant.reset(token)
+
+
+def build_router() -> Router:
+    router = Router()
+    for module in (health, tenants, whatsapp_config):
+        router.include(module.router)
+    return router
+
+
+async def _database(app: web.Application):
+    settings: Settings = app["settings"]
+    db = Database(settings.database_url)
+    app["db"] = db
+    log.info("database %s", mask_url(settings.database_url))
+    yield
+    await db.close()
+
+
+async def _redis(app: web.Application):
+    settings: Settings = app["settings"]
+    app["redis"] = None
+    if not settings.redis_url:
+        yield
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+                               health_check_interval=15)
+    app["redis"] = client
+    log.info("redis %s", mask_url(settings.redis_url))
+    yield
+    await client.aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[access_middleware, error_middleware],
+        client_max_size=max(settings.max_body_bytes, settings.webhook_max_body_bytes) + 64 * 1024,
+    )
+    app["settings"] = settings
+    app["secret_box"] = SecretBox(settings.secret_key.get())
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_redis)
+    router = build_router()
+    app["router_spec"] = router
+    router.register(app)
+    openapi.setup(app, router)
+    return app

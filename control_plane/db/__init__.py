@@ -1,0 +1,14 @@
+"""The data layer: the only place with SQL. One module per concern, functions named for what they do.
+
+Every tenant-owned table has ``tenant_id`` and every function touching it takes ``tenant_id`` and
+filters by it, so a caller cannot forget the scope.
+"""
+
+from control_plane.db.engine import Database, DatabaseUnavailable, utcnow
+from control_plane.db.metadata import metadata
+
+# Importing the table modules registers their tables on ``metadata`` (delete_tenant and the test
+# reset walk it). Add new modules here.
+from control_plane.db import tenants, whatsapp_config  # noqa: E402,F401  isort: skip
+
+__all__ = ["Database", "DatabaseUnavailable", "metadata", "utcnow"]

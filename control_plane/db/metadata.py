@@ -1,0 +1,23 @@
+"""The shared MetaData and column types. Tables are declared next to the queries that use them."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING)
+
+# Microsecond timestamps on MariaDB (DATETIME defaults to whole seconds there); UTC, naive.
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+# Tenant ids are 32 lower-case hex characters (uuid4().hex): safe as folder names.
+TenantId = sa.String(32)
+# Large JSON/text payloads: TEXT on SQLite, MEDIUMTEXT on MariaDB (TEXT stops at 64 KiB there).
+LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")

@@ -1,0 +1,79 @@
+"""Per-tenant WhatsApp configuration. Secrets arrive here already encrypted (``*_enc`` columns)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.db.engine import utcnow
+from control_plane.db.metadata import Timestamp, TenantId, metadata
+
+API_TYPES = ("web", "business_api", "both")
+FALLBACK_POLICIES = ("web_only", "business_api_only", "web_first", "business_api_first")
+
+whatsapp_config = sa.Table(
+    "whatsapp_config",
+    metadata,
+    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("api_type", sa.String(20), nullable=False, default="web"),
+    sa.Column("fallback_policy", sa.String(30), nullable=False, default="web_only"),
+    sa.Column("phone_number_id", sa.String(64), nullable=True, unique=True),
+    sa.Column("waba_id", sa.String(64), nullable=True),
+    sa.Column("api_version", sa.String(16), nullable=True),
+    sa.Column("access_token_enc", sa.Text, nullable=True),
+    sa.Column("app_secret_enc", sa.Text, nullable=True),
+    sa.Column("verify_token_enc", sa.Text, nullable=True),
+    sa.Column("verify_token_hash", sa.String(64), nullable=True, index=True),
+    sa.Column("is_active", sa.Boolean, nullable=False, default=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+
+COLUMNS = {c.name for c in whatsapp_config.c} - {"tenant_id", "created_at", "updated_at"}
+
+
+async def get_whatsapp_config(conn: AsyncConnection, tenant_id: str) -> dict[str, Any] | None:
+    result = await conn.execute(sa.select(whatsapp_config).where(whatsapp_config.c.tenant_id == tenant_id))
+    row = result.first()
+    return dict(row._mapping) if row else None
+
+
+async def save_whatsapp_config(conn: AsyncConnection, tenant_id: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Insert or update the tenant's config with ``values`` (column names). Raises IntegrityError when
+    another tenant already holds the phone_number_id."""
+    unknown = set(values) - COLUMNS
+    if unknown:
+        raise ValueError(f"unknown whatsapp_config columns: {sorted(unknown)}")
+    now = utcnow()
+    existing = await get_whatsapp_config(conn, tenant_id)
+    if existing is None:
+        row = {"api_type": "web", "fallback_policy": "web_only", "is_active": True, **values,
+               "tenant_id": tenant_id, "created_at": now, "updated_at": now}
+        await conn.execute(whatsapp_config.insert().values(**row))
+    else:
+        await conn.execute(whatsapp_config.update().where(whatsapp_config.c.tenant_id == tenant_id)
+                           .values(**values, updated_at=now))
+    return await get_whatsapp_config(conn, tenant_id)  # type: ignore[return-value]
+
+
+async def phone_number_id_owner(conn: AsyncConnection, phone_number_id: str) -> str | None:
+    result = await conn.execute(sa.select(whatsapp_config.c.tenant_id)
+                                .where(whatsapp_config.c.phone_number_id == phone_number_id))
+    row = result.first()
+    return row[0] if row else None
+
+
+async def find_config_by_phone_number_id(conn: AsyncConnection, phone_number_id: str) -> dict[str, Any] | None:
+    """The config (any tenant) that owns this Business number: webhooks route by it."""
+    result = await conn.execute(sa.select(whatsapp_config)
+                                .where(whatsapp_config.c.phone_number_id == phone_number_id))
+    row = result.first()
+    return dict(row._mapping) if row else None
+
+
+async def find_configs_by_verify_token_hash(conn: AsyncConnection, token_hash: str) -> list[dict[str, Any]]:
+    result = await conn.execute(sa.select(whatsapp_config)
+                                .where(whatsapp_config.c.verify_token_hash == token_hash))
+    return [dict(r._mapping) for r in result]

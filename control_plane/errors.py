@@ -1,0 +1,57 @@
+"""Domain errors. Deep code raises these; only the HTTP layer (api/errors.py) maps them to statuses.
+
+    GatewayError
+    ├── InvalidInput          a value is wrong (names the field)          -> 422
+    │   └── BadRequest        the request itself is malformed             -> 400
+    ├── Unauthenticated       missing or wrong credentials                -> 401
+    ├── Forbidden             authenticated, but not allowed (inactive)   -> 403
+    ├── NotFound              no such object *for this tenant*            -> 404
+    ├── Conflict              clashes with existing state                 -> 409
+    ├── PayloadTooLarge       body over the route's limit                 -> 413
+    └── Unavailable           a dependency is down; retry later           -> 503
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    code = "error"
+
+    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.field = field
+
+
+class InvalidInput(GatewayError):
+    code = "invalid"
+
+
+class BadRequest(InvalidInput):
+    code = "bad_request"
+
+
+class Unauthenticated(GatewayError):
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    code = "forbidden"
+
+
+class NotFound(GatewayError):
+    code = "not_found"
+
+
+class Conflict(GatewayError):
+    code = "conflict"
+
+
+class PayloadTooLarge(GatewayError):
+    code = "payload_too_large"
+
+
+class Unavailable(GatewayError):
+    code = "unavailable"

@@ -1,0 +1,1 @@
+"""Outbound providers: the WhatsApp Cloud API client (the Web bridge lives in supervisor/bridge)."""
