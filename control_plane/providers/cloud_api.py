@@ -346,21 +346,8 @@ class CloudAPIClient:
     async def download_media(self, creds: CloudCredentials, url: str, *,
                              max_bytes: int = _MAX_DOWNLOAD_BYTES) -> bytes:
         """Download a media URL from ``get_media`` (short-lived; needs the same Bearer token)."""
-        async with self._call(creds, "GET", URL(url)) as resp:
-            if resp.status >= 400:
-                raise _error_from_response(resp.status, await resp.text(), resp.headers, creds.phone_number_id)
-            if resp.content_length is not None and resp.content_length > max_bytes:
-                raise GraphAPIError(f"media too large: {resp.content_length} bytes", http_status=resp.status,
-                                    phone_number_id=creds.phone_number_id)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(65536):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise GraphAPIError(f"media larger than {max_bytes} bytes", http_status=resp.status,
-                                        phone_number_id=creds.phone_number_id)
-                chunks.append(chunk)
-            return b"".join(chunks)
+        _, body = await self._fetch("GET", creds, URL(url), max_bytes=max_bytes)
+        return body
 
     async def delete_media(self, creds: CloudCredentials, media_id: str) -> bool:
         data = await self._request("DELETE", creds, media_id, params={"phone_number_id": creds.phone_number_id})
@@ -423,40 +410,65 @@ class CloudAPIClient:
             return target
         return self._base / creds.version / target.lstrip("/")
 
-    def _call(self, creds: CloudCredentials, method: str, url: URL, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {creds.access_token}"}
-        return self._session.request(method, url, headers=headers, timeout=self._timeout, **kwargs)
-
-    async def _request(self, method: str, creds: CloudCredentials, target: str | URL, **kwargs: Any) -> dict[str, Any]:
-        url = self._url(creds, target)
-        pnid = creds.phone_number_id
+    async def _request(self, method: str, creds: CloudCredentials, target: str | URL,
+                       **kwargs: Any) -> dict[str, Any]:
+        status, body = await self._fetch(method, creds, self._url(creds, target), **kwargs)
+        text = body.decode("utf-8", errors="replace")
         try:
-            async with self._call(creds, method, url, **kwargs) as resp:
-                text = await resp.text()
+            data = json.loads(text) if text else {}
+        except ValueError as exc:
+            raise GraphAPIError(f"non-JSON answer from Graph API: {text[:200]!r}", http_status=status,
+                                phone_number_id=creds.phone_number_id) from exc
+        if not isinstance(data, dict):
+            raise GraphAPIError(f"unexpected answer from Graph API: {text[:200]!r}", http_status=status,
+                                phone_number_id=creds.phone_number_id)
+        return data
+
+    async def _fetch(self, method: str, creds: CloudCredentials, url: URL, *, max_bytes: int | None = None,
+                     **kwargs: Any) -> tuple[int, bytes]:
+        """One HTTP exchange; every failure comes out as a GraphAPIError (see the module docstring)."""
+        pnid = creds.phone_number_id
+        headers = {"Authorization": f"Bearer {creds.access_token}"}
+        try:
+            async with self._session.request(method, url, headers=headers, timeout=self._timeout,
+                                             **kwargs) as resp:
                 if resp.status >= 400:
-                    error = _error_from_response(resp.status, text, resp.headers, pnid)
-                    logger.info("graph error phone_number_id=%s %s %s http=%s code=%s retryable=%s fbtrace_id=%s",
-                                pnid, method, url.path, resp.status, error.code, error.retryable, error.fbtrace_id)
+                    error = _error_from_response(resp.status, await resp.text(), resp.headers, pnid)
+                    logger.info("graph error phone_number_id=%s %s %s http=%s code=%s retryable=%s "
+                                "fbtrace_id=%s", pnid, method, url.path, resp.status, error.code,
+                                error.retryable, error.fbtrace_id)
                     raise error
+                body = await self._read(resp, max_bytes, pnid)
         except GraphAPIError:
             raise
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            # Connect timeouts never reached Meta; a read timeout may have been a send that worked.
             maybe_sent = not isinstance(exc, aiohttp.ConnectionTimeoutError)
             logger.info("graph timeout phone_number_id=%s %s %s", pnid, method, url.path)
             raise GraphAPITimeout(f"Graph API timed out: {method} {url.path}", maybe_sent=maybe_sent,
                                   phone_number_id=pnid) from exc
         except aiohttp.ClientError as exc:
-            # A refused connection never reached Meta; anything later might have.
             maybe_sent = not isinstance(exc, aiohttp.ClientConnectorError)
-            logger.info("graph unavailable phone_number_id=%s %s %s: %s", pnid, method, url.path, type(exc).__name__)
+            logger.info("graph unavailable phone_number_id=%s %s %s: %s", pnid, method, url.path,
+                        type(exc).__name__)
             raise GraphAPIUnavailable(f"Graph API unreachable: {type(exc).__name__}: {exc}",
                                       maybe_sent=maybe_sent, phone_number_id=pnid) from exc
-        try:
-            data = json.loads(text) if text else {}
-        except ValueError as exc:
-            raise GraphAPIError(f"non-JSON answer from Graph API: {text[:200]!r}", http_status=resp.status,
-                                phone_number_id=pnid) from exc
-        if not isinstance(data, dict):
-            raise GraphAPIError(f"unexpected answer from Graph API: {text[:200]!r}", http_status=resp.status,
+        logger.debug("graph ok phone_number_id=%s %s %s http=%s", pnid, method, url.path, resp.status)
+        return resp.status, body
+
+    @staticmethod
+    async def _read(resp: aiohttp.ClientResponse, max_bytes: int | None, pnid: str) -> bytes:
+        if max_bytes is None:
+            return await resp.read()
+        if resp.content_length is not None and resp.content_length > max_bytes:
+            raise GraphAPIError(f"media too large: {resp.content_length} bytes", http_status=resp.status,
                                 phone_number_id=pnid)
-        return data
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > max_bytes:
+                raise GraphAPIError(f"media larger than {max_bytes} bytes", http_status=resp.status,
+                                    phone_number_id=pnid)
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,0 +1,1 @@
+"""Local fakes of services tests cannot reach (Meta's Graph API)."""
