@@ -4,18 +4,117 @@ Revision ID: 0004
 Revises: 0003
 """
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
 
+TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+LONG = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+
+def _tenant_fk(table: str) -> sa.Column:
+    return sa.Column("tenant_id", sa.String(32),
+                     sa.ForeignKey("tenants.id", ondelete="CASCADE", name=f"fk_{table}_tenant_id_tenants"),
+                     nullable=False)
+
 
 def upgrade() -> None:
-    pass  # filled in by its issue
+    op.create_table(
+        "conversations",
+        sa.Column("id", BIGID, primary_key=True, autoincrement=True),
+        _tenant_fk("conversations"),
+        sa.Column("wa_id", sa.String(32), nullable=False),
+        sa.Column("contact_name", sa.String(256), nullable=True),
+        sa.Column("provider_last", sa.String(20), nullable=True),
+        sa.Column("last_inbound_at", TS, nullable=True),
+        sa.Column("last_message_at", TS, nullable=True),
+        sa.Column("last_message_id", sa.String(32), nullable=True),
+        sa.Column("unread_count", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.UniqueConstraint("tenant_id", "wa_id", name="uq_conversations_tenant_id_wa_id"),
+        **OPTS,
+    )
+    op.create_index("ix_conversations_tenant_id_last_message_at", "conversations",
+                    ["tenant_id", "last_message_at"])
+    op.create_table(
+        "messages",
+        sa.Column("id", sa.String(32), primary_key=True),
+        _tenant_fk("messages"),
+        sa.Column("conversation_id", BIGID,
+                  sa.ForeignKey("conversations.id", ondelete="CASCADE",
+                                name="fk_messages_conversation_id_conversations"), nullable=False),
+        sa.Column("direction", sa.String(10), nullable=False),
+        sa.Column("provider", sa.String(20), nullable=True),
+        sa.Column("provider_message_id", sa.String(128), nullable=True),
+        sa.Column("type", sa.String(32), nullable=False),
+        sa.Column("content", LONG, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("error_code", sa.String(64), nullable=True),
+        sa.Column("error_message", sa.Text, nullable=True),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.Column("sent_at", TS, nullable=True),
+        sa.Column("delivered_at", TS, nullable=True),
+        sa.Column("read_at", TS, nullable=True),
+        sa.Column("failed_at", TS, nullable=True),
+        sa.Column("provider_timestamp", TS, nullable=True),
+        sa.UniqueConstraint("tenant_id", "provider", "provider_message_id",
+                            name="uq_messages_tenant_id_provider_provider_message_id"),
+        **OPTS,
+    )
+    op.create_index("ix_messages_tenant_id_conversation_id_created_at_id", "messages",
+                    ["tenant_id", "conversation_id", "created_at", "id"])
+    op.create_table(
+        "message_statuses",
+        sa.Column("id", BIGID, primary_key=True, autoincrement=True),
+        _tenant_fk("message_statuses"),
+        sa.Column("message_id", sa.String(32), nullable=True),
+        sa.Column("provider", sa.String(20), nullable=False),
+        sa.Column("provider_message_id", sa.String(128), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("occurred_at", TS, nullable=True),
+        sa.Column("recipient_id", sa.String(32), nullable=True),
+        sa.Column("error_code", sa.String(64), nullable=True),
+        sa.Column("error_message", sa.Text, nullable=True),
+        sa.Column("raw", LONG, nullable=True),
+        sa.Column("created_at", TS, nullable=False),
+        sa.UniqueConstraint("tenant_id", "provider_message_id", "status",
+                            name="uq_message_statuses_tenant_id_provider_message_id_status"),
+        **OPTS,
+    )
+    op.create_index("ix_message_statuses_tenant_id_message_id", "message_statuses", ["tenant_id", "message_id"])
+    op.create_table(
+        "templates",
+        sa.Column("id", BIGID, primary_key=True, autoincrement=True),
+        _tenant_fk("templates"),
+        sa.Column("waba_id", sa.String(64), nullable=True),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("language", sa.String(16), nullable=False),
+        sa.Column("status", sa.String(32), nullable=True),
+        sa.Column("category", sa.String(32), nullable=True),
+        sa.Column("components", LONG, nullable=False),
+        sa.Column("remote_id", sa.String(64), nullable=True),
+        sa.Column("synced_at", TS, nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.UniqueConstraint("tenant_id", "name", "language", name="uq_templates_tenant_id_name_language"),
+        **OPTS,
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("templates")
+    op.drop_index("ix_message_statuses_tenant_id_message_id", table_name="message_statuses")
+    op.drop_table("message_statuses")
+    op.drop_index("ix_messages_tenant_id_conversation_id_created_at_id", table_name="messages")
+    op.drop_table("messages")
+    op.drop_index("ix_conversations_tenant_id_last_message_at", table_name="conversations")
+    op.drop_table("conversations")

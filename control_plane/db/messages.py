@@ -1,0 +1,634 @@
+"""Conversations, messages, message status events and Business API templates.
+
+Shared by the Business API webhook (issue 5) and the messaging outbox (issue 6): one conversation per
+(tenant, contact wa_id), one message row per message whichever provider carried it.
+
+Status ladder (a message never moves backwards):
+    queued -> sending -> sent -> failed -> delivered -> read -> played
+``failed`` outranks ``sent`` (Meta reports failures after accepting) but not ``delivered``/``read``;
+a failure is always recorded (error_code, error_message, failed_at) even when it cannot move the status.
+Inbound messages are ``received``.
+
+Batch functions (``record_inbound_messages``, ``apply_status_updates``) issue a fixed handful of
+multi-row statements whatever the batch size: the webhook's group commit calls them once per tenant
+per batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from typing import Any, Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql as mysql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.db.engine import utcnow
+from control_plane.db.metadata import LongText, Timestamp, TenantId, metadata
+
+# BIGINT on MariaDB; INTEGER on SQLite (only INTEGER PRIMARY KEY autoincrements there).
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+DIRECTIONS = ("inbound", "outbound")
+PROVIDERS = ("web", "business_api")
+STATUSES = ("queued", "sending", "sent", "delivered", "read", "played", "failed", "received")
+# Rank used to never move a message backwards. ``received`` is the inbound terminal state.
+STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "failed": 3, "delivered": 4, "read": 5, "played": 6,
+               "received": 0}
+STATUS_TIME_COLUMN = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at", "played": "read_at",
+                      "failed": "failed_at"}
+PROVIDER_ID_LEN = 128
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("wa_id", sa.String(32), nullable=False),
+    sa.Column("contact_name", sa.String(256), nullable=True),
+    sa.Column("provider_last", sa.String(20), nullable=True),
+    sa.Column("last_inbound_at", Timestamp, nullable=True),
+    sa.Column("last_message_at", Timestamp, nullable=True),
+    sa.Column("last_message_id", sa.String(32), nullable=True),
+    sa.Column("unread_count", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("tenant_id", "wa_id"),
+    sa.Index("ix_conversations_tenant_id_last_message_at", "tenant_id", "last_message_at"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("conversation_id", BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("direction", sa.String(10), nullable=False),
+    sa.Column("provider", sa.String(20), nullable=True),
+    sa.Column("provider_message_id", sa.String(PROVIDER_ID_LEN), nullable=True),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("content", LongText, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("sent_at", Timestamp, nullable=True),
+    sa.Column("delivered_at", Timestamp, nullable=True),
+    sa.Column("read_at", Timestamp, nullable=True),
+    sa.Column("failed_at", Timestamp, nullable=True),
+    sa.Column("provider_timestamp", Timestamp, nullable=True),
+    sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
+    sa.Index("ix_messages_tenant_id_conversation_id_created_at_id", "tenant_id", "conversation_id",
+             "created_at", "id"),
+)
+
+message_statuses = sa.Table(
+    "message_statuses",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    # Our message id when the wamid was known at arrival; NULL for a status that beat its message.
+    sa.Column("message_id", sa.String(32), nullable=True),
+    sa.Column("provider", sa.String(20), nullable=False),
+    sa.Column("provider_message_id", sa.String(PROVIDER_ID_LEN), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("occurred_at", Timestamp, nullable=True),
+    sa.Column("recipient_id", sa.String(32), nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("raw", LongText, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("tenant_id", "provider_message_id", "status"),
+    sa.Index("ix_message_statuses_tenant_id_message_id", "tenant_id", "message_id"),
+)
+
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("waba_id", sa.String(64), nullable=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("language", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(32), nullable=True),
+    sa.Column("category", sa.String(32), nullable=True),
+    sa.Column("components", LongText, nullable=False),
+    sa.Column("remote_id", sa.String(64), nullable=True),
+    sa.Column("synced_at", Timestamp, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("tenant_id", "name", "language"),
+)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+_NON_DIGITS = re.compile(r"\D")
+
+
+def canonical_wa_id(number: str) -> str:
+    """Digits only: ``+1 (650) 555-1234`` -> ``16505551234``. One conversation per canonical id."""
+    return _NON_DIGITS.sub("", number or "")
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def dump_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+def load_json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"raw": text}
+
+
+def status_rank(status: str | None) -> int:
+    return STATUS_RANK.get(status or "", -1)
+
+
+def _clip(value: Any, length: int) -> Any:
+    if isinstance(value, str) and len(value) > length:
+        return value[:length]
+    return value
+
+
+def _insert(conn: AsyncConnection, table: sa.Table):
+    """The dialect's INSERT (for ON DUPLICATE KEY / ON CONFLICT)."""
+    if conn.dialect.name == "sqlite":
+        return sqlite_dialect.insert(table)
+    return mysql_dialect.insert(table)
+
+
+def _insert_ignore(conn: AsyncConnection, table: sa.Table):
+    """INSERT that skips rows hitting a unique key (a concurrent writer on another node)."""
+    if conn.dialect.name == "sqlite":
+        return table.insert().prefix_with("OR IGNORE")
+    return table.insert().prefix_with("IGNORE")
+
+
+def message_out(row: dict[str, Any]) -> dict[str, Any]:
+    """A message row with its content decoded (what API and events show)."""
+    out = dict(row)
+    out["content"] = load_json(out.get("content"))
+    return out
+
+
+# --------------------------------------------------------------------------------------- conversations
+
+async def get_or_create_conversation(conn: AsyncConnection, tenant_id: str, wa_id: str, *,
+                                     contact_name: str | None = None,
+                                     provider: str | None = None) -> dict[str, Any]:
+    """The tenant's conversation with this contact (created when missing; safe under concurrency)."""
+    wa_id = canonical_wa_id(wa_id)
+    if not wa_id:
+        raise ValueError("wa_id must contain digits")
+    now = utcnow()
+    stmt = _insert(conn, conversations).values(
+        tenant_id=tenant_id, wa_id=wa_id, contact_name=_clip(contact_name, 256), provider_last=provider,
+        unread_count=0, created_at=now, updated_at=now)
+    if conn.dialect.name == "sqlite":
+        stmt = stmt.on_conflict_do_nothing(index_elements=["tenant_id", "wa_id"])
+    else:
+        stmt = stmt.prefix_with("IGNORE")
+    await conn.execute(stmt)
+    changes: dict[str, Any] = {}
+    if contact_name:
+        changes["contact_name"] = _clip(contact_name, 256)
+    if provider:
+        changes["provider_last"] = provider
+    if changes:
+        await conn.execute(conversations.update()
+                           .where(conversations.c.tenant_id == tenant_id, conversations.c.wa_id == wa_id)
+                           .values(**changes))
+    return await get_conversation_by_wa_id(conn, tenant_id, wa_id)  # type: ignore[return-value]
+
+
+async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: int) -> dict[str, Any] | None:
+    result = await conn.execute(sa.select(conversations).where(conversations.c.tenant_id == tenant_id,
+                                                               conversations.c.id == conversation_id))
+    row = result.first()
+    return dict(row._mapping) if row else None
+
+
+async def get_conversation_by_wa_id(conn: AsyncConnection, tenant_id: str, wa_id: str) -> dict[str, Any] | None:
+    result = await conn.execute(sa.select(conversations).where(
+        conversations.c.tenant_id == tenant_id, conversations.c.wa_id == canonical_wa_id(wa_id)))
+    row = result.first()
+    return dict(row._mapping) if row else None
+
+
+async def list_conversations(conn: AsyncConnection, tenant_id: str, *, limit: int = 50,
+                             before: tuple[dt.datetime, int] | None = None) -> list[dict[str, Any]]:
+    """Newest activity first; ``before=(last_message_at, id)`` of the previous page's last row."""
+    stmt = sa.select(conversations).where(conversations.c.tenant_id == tenant_id)
+    if before is not None:
+        at, cid = before
+        stmt = stmt.where(sa.or_(conversations.c.last_message_at < at,
+                                 sa.and_(conversations.c.last_message_at == at, conversations.c.id < cid)))
+    stmt = stmt.order_by(conversations.c.last_message_at.desc(), conversations.c.id.desc()).limit(limit)
+    result = await conn.execute(stmt)
+    return [dict(r._mapping) for r in result]
+
+
+async def mark_conversation_read(conn: AsyncConnection, tenant_id: str, conversation_id: int) -> bool:
+    result = await conn.execute(conversations.update().where(
+        conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
+        .values(unread_count=0, updated_at=utcnow()))
+    return result.rowcount > 0
+
+
+# -------------------------------------------------------------------------------------------- messages
+
+async def get_message(conn: AsyncConnection, tenant_id: str, message_id: str) -> dict[str, Any] | None:
+    result = await conn.execute(sa.select(messages).where(messages.c.tenant_id == tenant_id,
+                                                          messages.c.id == message_id))
+    row = result.first()
+    return dict(row._mapping) if row else None
+
+
+async def get_message_by_provider_id(conn: AsyncConnection, tenant_id: str, provider: str,
+                                     provider_message_id: str) -> dict[str, Any] | None:
+    result = await conn.execute(sa.select(messages).where(
+        messages.c.tenant_id == tenant_id, messages.c.provider == provider,
+        messages.c.provider_message_id == provider_message_id))
+    row = result.first()
+    return dict(row._mapping) if row else None
+
+
+async def list_messages(conn: AsyncConnection, tenant_id: str, conversation_id: int, *, limit: int = 50,
+                        before: tuple[dt.datetime, str] | None = None) -> list[dict[str, Any]]:
+    """A conversation's messages, newest first; ``before=(created_at, id)`` of the previous page's last."""
+    stmt = sa.select(messages).where(messages.c.tenant_id == tenant_id,
+                                     messages.c.conversation_id == conversation_id)
+    if before is not None:
+        at, mid = before
+        stmt = stmt.where(sa.or_(messages.c.created_at < at,
+                                 sa.and_(messages.c.created_at == at, messages.c.id < mid)))
+    stmt = stmt.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
+    result = await conn.execute(stmt)
+    return [dict(r._mapping) for r in result]
+
+
+async def create_outbound_message(conn: AsyncConnection, tenant_id: str, conversation_id: int, *, type: str,
+                                  content: Any, message_id: str | None = None,
+                                  provider: str | None = None) -> dict[str, Any]:
+    """A queued outbound message row (the messaging outbox adds its own columns/tables in 0005)."""
+    now = utcnow()
+    row = {"id": message_id or new_message_id(), "tenant_id": tenant_id, "conversation_id": conversation_id,
+           "direction": "outbound", "provider": provider, "provider_message_id": None, "type": type,
+           "content": dump_json(content), "status": "queued", "created_at": now, "updated_at": now}
+    await conn.execute(messages.insert().values(**row))
+    await conn.execute(conversations.update().where(conversations.c.tenant_id == tenant_id,
+                                                    conversations.c.id == conversation_id)
+                       .values(last_message_at=now, last_message_id=row["id"], updated_at=now))
+    return row
+
+
+async def advance_message_status(conn: AsyncConnection, tenant_id: str, message_id: str, status: str, *,
+                                 at: dt.datetime | None = None, error_code: str | int | None = None,
+                                 error_message: str | None = None, **columns: Any) -> dict[str, Any] | None:
+    """Move one message forward on the ladder (never backwards); extra ``columns`` (provider,
+    provider_message_id, ...) are set whatever the status. Returns the row after the change."""
+    row = await get_message(conn, tenant_id, message_id)
+    if row is None:
+        return None
+    values = dict(columns)
+    values.update(_status_changes(row, [{"status": status, "occurred_at": at, "error_code": error_code,
+                                         "error_message": error_message}]))
+    if values:
+        values["updated_at"] = utcnow()
+        await conn.execute(messages.update().where(messages.c.tenant_id == tenant_id, messages.c.id == message_id)
+                           .values(**values))
+        row.update(values)
+    return row
+
+
+def _status_changes(row: dict[str, Any], updates: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Column changes that ``updates`` (status facts) make to a message ``row``: the status moves only
+    up the ladder; each status time is filled once; a failure always records its error."""
+    values: dict[str, Any] = {}
+    current = row.get("status")
+    for upd in updates:
+        status = upd["status"]
+        at = upd.get("occurred_at") or utcnow()
+        if status_rank(status) > status_rank(values.get("status", current)):
+            values["status"] = status
+        col = STATUS_TIME_COLUMN.get(status)
+        if col and row.get(col) is None and col not in values:
+            values[col] = at
+        if status == "failed":
+            if upd.get("error_code") is not None:
+                values["error_code"] = _clip(str(upd["error_code"]), 64)
+            if upd.get("error_message") is not None:
+                values["error_message"] = upd["error_message"]
+    if values.get("status") == current:
+        values.pop("status")
+    return values
+
+
+async def record_inbound_messages(conn: AsyncConnection, tenant_id: str,
+                                  items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store inbound messages once per (tenant, provider, provider_message_id); create/refresh their
+    conversations (contact name, last_inbound_at = the 24 h window, last message, unread count).
+
+    Each item: ``provider``, ``provider_message_id``, ``wa_id``, ``type``, ``content`` (JSON-able),
+    ``provider_timestamp`` (naive UTC), optional ``contact_name``. Returns the rows actually stored
+    (new ones only, content decoded, ``wa_id`` and ``contact_name`` added), oldest first.
+    """
+    fresh: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in items:
+        key = (item["provider"], _clip(item["provider_message_id"], PROVIDER_ID_LEN))
+        if key not in fresh:
+            fresh[key] = item
+    if not fresh:
+        return []
+    by_provider: dict[str, list[str]] = {}
+    for provider, pmid in fresh:
+        by_provider.setdefault(provider, []).append(pmid)
+    for provider, pmids in by_provider.items():
+        result = await conn.execute(sa.select(messages.c.provider_message_id).where(
+            messages.c.tenant_id == tenant_id, messages.c.provider == provider,
+            messages.c.provider_message_id.in_(pmids)))
+        for (pmid,) in result:
+            fresh.pop((provider, pmid), None)
+    if not fresh:
+        return []
+
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for (provider, pmid), item in fresh.items():
+        wa_id = canonical_wa_id(item["wa_id"]) or "0"
+        ts = item.get("provider_timestamp") or now
+        rows.append({"id": new_message_id(), "tenant_id": tenant_id, "conversation_id": None,
+                     "direction": "inbound", "provider": provider, "provider_message_id": pmid,
+                     "type": _clip(item.get("type") or "unknown", 32), "content": dump_json(item.get("content")),
+                     "status": "received", "error_code": None, "error_message": None,
+                     "created_at": now, "updated_at": now, "provider_timestamp": ts,
+                     "_wa_id": _clip(wa_id, 32), "_contact_name": _clip(item.get("contact_name"), 256)})
+    rows.sort(key=lambda r: (r["provider_timestamp"], r["provider_message_id"]))
+
+    # One upsert row per contact, aggregated in Python; sorted so concurrent writers lock in one order.
+    convs: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        c = convs.setdefault(r["_wa_id"], {"tenant_id": tenant_id, "wa_id": r["_wa_id"], "contact_name": None,
+                                           "provider_last": r["provider"], "last_inbound_at": r["provider_timestamp"],
+                                           "last_message_at": r["provider_timestamp"], "last_message_id": r["id"],
+                                           "unread_count": 0, "created_at": now, "updated_at": now})
+        c["unread_count"] += 1
+        if r["_contact_name"]:
+            c["contact_name"] = r["_contact_name"]
+        if r["provider_timestamp"] >= c["last_inbound_at"]:
+            c["last_inbound_at"] = c["last_message_at"] = r["provider_timestamp"]
+            c["last_message_id"] = r["id"]
+            c["provider_last"] = r["provider"]
+    conv_rows = [convs[k] for k in sorted(convs)]
+    await _upsert_conversations(conn, conv_rows)
+    result = await conn.execute(sa.select(conversations.c.id, conversations.c.wa_id).where(
+        conversations.c.tenant_id == tenant_id, conversations.c.wa_id.in_(list(convs))))
+    conv_ids = {wa: cid for cid, wa in result}
+    for r in rows:
+        r["conversation_id"] = conv_ids[r["_wa_id"]]
+
+    insert_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+    result = await conn.execute(_insert_ignore(conn, messages), insert_rows)
+    if result.rowcount is not None and 0 <= result.rowcount < len(insert_rows):
+        # Another node stored some of these between our check and our insert: keep only ours.
+        got = await conn.execute(sa.select(messages.c.id).where(messages.c.tenant_id == tenant_id,
+                                                                messages.c.id.in_([r["id"] for r in rows])))
+        mine = {mid for (mid,) in got}
+        rows = [r for r in rows if r["id"] in mine]
+    out = []
+    for r in rows:
+        stored = {k: v for k, v in r.items() if not k.startswith("_")}
+        stored["content"] = load_json(stored["content"])
+        stored["wa_id"] = r["_wa_id"]
+        stored["contact_name"] = r["_contact_name"]
+        out.append(stored)
+    return out
+
+
+async def _upsert_conversations(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Multi-row upsert: counts add up, times only move forward, names are kept when absent."""
+    if conn.dialect.name == "sqlite":
+        stmt = sqlite_dialect.insert(conversations)
+        ex = stmt.excluded
+        c = conversations.c
+        newer = sa.or_(c.last_message_at.is_(None), ex.last_message_at >= c.last_message_at)
+        stmt = stmt.on_conflict_do_update(index_elements=["tenant_id", "wa_id"], set_={
+            "contact_name": sa.func.coalesce(ex.contact_name, c.contact_name),
+            "provider_last": ex.provider_last,
+            "last_message_id": sa.case((newer, ex.last_message_id), else_=c.last_message_id),
+            "last_message_at": sa.case((newer, ex.last_message_at), else_=c.last_message_at),
+            "last_inbound_at": sa.case((sa.or_(c.last_inbound_at.is_(None),
+                                               ex.last_inbound_at > c.last_inbound_at), ex.last_inbound_at),
+                                       else_=c.last_inbound_at),
+            "unread_count": c.unread_count + ex.unread_count,
+            "updated_at": ex.updated_at,
+        })
+    else:
+        stmt = mysql_dialect.insert(conversations)
+        ins = stmt.inserted
+        c = conversations.c
+        newer = sa.or_(c.last_message_at.is_(None), ins.last_message_at >= c.last_message_at)
+        # MariaDB evaluates SET left to right with updated values visible: last_message_id must be
+        # decided before last_message_at changes. Passing a list keeps that order.
+        stmt = stmt.on_duplicate_key_update([
+            ("contact_name", sa.func.coalesce(ins.contact_name, c.contact_name)),
+            ("provider_last", ins.provider_last),
+            ("last_message_id", sa.func.IF(newer, ins.last_message_id, c.last_message_id)),
+            ("last_message_at", sa.func.IF(newer, ins.last_message_at, c.last_message_at)),
+            ("last_inbound_at", sa.func.IF(sa.or_(c.last_inbound_at.is_(None),
+                                                  ins.last_inbound_at > c.last_inbound_at),
+                                           ins.last_inbound_at, c.last_inbound_at)),
+            ("unread_count", c.unread_count + ins.unread_count),
+            ("updated_at", ins.updated_at),
+        ])
+    await conn.execute(stmt, rows)
+
+
+async def apply_status_updates(conn: AsyncConnection, tenant_id: str,
+                               updates: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Record status facts once per (tenant, provider_message_id, status) and move their messages up
+    the ladder (never back). Each update: ``provider``, ``provider_message_id``, ``status``,
+    ``occurred_at``, optional ``recipient_id``, ``error_code``, ``error_message``, ``raw`` (JSON-able).
+
+    Returns one dict per newly recorded fact whose message is known: ``message_id``,
+    ``conversation_id``, ``provider``, ``provider_message_id``, ``status`` (this fact), ``message_status``
+    (the message's status afterwards), ``changed`` (the status moved), ``occurred_at``, ``error_code``,
+    ``error_message``, ``recipient_id``. Facts for a wamid with no message yet are stored with
+    ``message_id`` NULL; ``apply_recorded_statuses`` applies them once the message learns its wamid.
+    """
+    fresh: dict[tuple[str, str], dict[str, Any]] = {}
+    for upd in updates:
+        if upd.get("status") not in STATUS_RANK:
+            continue
+        key = (_clip(upd["provider_message_id"], PROVIDER_ID_LEN), upd["status"])
+        fresh.setdefault(key, upd)
+    if not fresh:
+        return []
+    pmids = sorted({k[0] for k in fresh})
+    result = await conn.execute(sa.select(message_statuses.c.provider_message_id, message_statuses.c.status)
+                                .where(message_statuses.c.tenant_id == tenant_id,
+                                       message_statuses.c.provider_message_id.in_(pmids)))
+    for pmid, status in result:
+        fresh.pop((pmid, status), None)
+    if not fresh:
+        return []
+
+    pmids = sorted({k[0] for k in fresh})
+    result = await conn.execute(sa.select(messages).where(messages.c.tenant_id == tenant_id,
+                                                          messages.c.provider_message_id.in_(pmids)))
+    known: dict[tuple[str | None, str], dict[str, Any]] = {}
+    for row in result:
+        m = dict(row._mapping)
+        known[(m["provider"], m["provider_message_id"])] = m
+
+    now = utcnow()
+    status_rows = []
+    per_message: dict[str, list[dict[str, Any]]] = {}
+    for (pmid, status), upd in sorted(fresh.items()):
+        msg = known.get((upd["provider"], pmid))
+        status_rows.append({
+            "tenant_id": tenant_id, "message_id": msg["id"] if msg else None, "provider": upd["provider"],
+            "provider_message_id": pmid, "status": status, "occurred_at": upd.get("occurred_at"),
+            "recipient_id": _clip(upd.get("recipient_id"), 32),
+            "error_code": _clip(str(upd["error_code"]), 64) if upd.get("error_code") is not None else None,
+            "error_message": upd.get("error_message"),
+            "raw": dump_json(upd["raw"]) if upd.get("raw") is not None else None, "created_at": now})
+        if msg:
+            per_message.setdefault(msg["id"], []).append(upd)
+    await conn.execute(_insert_ignore(conn, message_statuses), status_rows)
+
+    out: list[dict[str, Any]] = []
+    by_id = {m["id"]: m for m in known.values()}
+    for message_id, upds in per_message.items():
+        msg = by_id[message_id]
+        upds.sort(key=lambda u: status_rank(u["status"]))
+        changes = _status_changes(msg, upds)
+        before = msg["status"]
+        if changes:
+            changes["updated_at"] = now
+            await conn.execute(messages.update().where(messages.c.tenant_id == tenant_id,
+                                                       messages.c.id == message_id).values(**changes))
+            msg.update(changes)
+        for upd in upds:
+            out.append({"message_id": message_id, "conversation_id": msg["conversation_id"],
+                        "provider": msg["provider"], "provider_message_id": msg["provider_message_id"],
+                        "status": upd["status"], "message_status": msg["status"],
+                        "changed": msg["status"] != before and msg["status"] == upd["status"],
+                        "occurred_at": upd.get("occurred_at"), "recipient_id": upd.get("recipient_id"),
+                        "error_code": upd.get("error_code"), "error_message": upd.get("error_message")})
+    return out
+
+
+async def apply_recorded_statuses(conn: AsyncConnection, tenant_id: str, message_id: str) -> dict[str, Any] | None:
+    """Apply status facts that arrived before the message knew its provider id (a webhook racing the
+    send response). Call after setting ``provider``/``provider_message_id``. Returns the row."""
+    msg = await get_message(conn, tenant_id, message_id)
+    if msg is None or not msg["provider_message_id"]:
+        return msg
+    result = await conn.execute(sa.select(message_statuses).where(
+        message_statuses.c.tenant_id == tenant_id,
+        message_statuses.c.provider_message_id == msg["provider_message_id"],
+        message_statuses.c.provider == msg["provider"]))
+    facts = [dict(r._mapping) for r in result]
+    if not facts:
+        return msg
+    await conn.execute(message_statuses.update().where(
+        message_statuses.c.tenant_id == tenant_id,
+        message_statuses.c.provider_message_id == msg["provider_message_id"],
+        message_statuses.c.message_id.is_(None)).values(message_id=message_id))
+    facts.sort(key=lambda f: status_rank(f["status"]))
+    changes = _status_changes(msg, facts)
+    if changes:
+        changes["updated_at"] = utcnow()
+        await conn.execute(messages.update().where(messages.c.tenant_id == tenant_id,
+                                                   messages.c.id == message_id).values(**changes))
+        msg.update(changes)
+    return msg
+
+
+async def list_status_events(conn: AsyncConnection, tenant_id: str, message_id: str) -> list[dict[str, Any]]:
+    """The provider's status facts for one message, in arrival order (the history the API shows)."""
+    result = await conn.execute(sa.select(message_statuses).where(
+        message_statuses.c.tenant_id == tenant_id, message_statuses.c.message_id == message_id)
+        .order_by(message_statuses.c.id))
+    return [dict(r._mapping) for r in result]
+
+
+# ------------------------------------------------------------------------------------------- templates
+
+async def replace_templates(conn: AsyncConnection, tenant_id: str, waba_id: str | None,
+                            items: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Mirror the WABA's template list: upsert every (name, language); delete the tenant's templates the
+    Graph API no longer lists. Items are Graph API template objects."""
+    now = utcnow()
+    existing = {(r.name, r.language): r.id for r in await conn.execute(
+        sa.select(templates.c.id, templates.c.name, templates.c.language).where(templates.c.tenant_id == tenant_id))}
+    seen: set[tuple[str, str]] = set()
+    created = updated = 0
+    for item in items:
+        name, language = str(item.get("name") or ""), str(item.get("language") or "")
+        if not name or not language or (name, language) in seen:
+            continue
+        seen.add((name, language))
+        values = {"waba_id": waba_id, "status": _clip(item.get("status"), 32),
+                  "category": _clip(item.get("category"), 32), "components": dump_json(item.get("components") or []),
+                  "remote_id": _clip(str(item["id"]), 64) if item.get("id") is not None else None,
+                  "synced_at": now, "updated_at": now}
+        if (name, language) in existing:
+            await conn.execute(templates.update().where(templates.c.tenant_id == tenant_id,
+                                                        templates.c.id == existing[(name, language)])
+                               .values(**values))
+            updated += 1
+        else:
+            await conn.execute(templates.insert().values(tenant_id=tenant_id, name=_clip(name, 255),
+                                                         language=_clip(language, 16), created_at=now, **values))
+            created += 1
+    gone = [tid for key, tid in existing.items() if key not in seen]
+    if gone:
+        await conn.execute(templates.delete().where(templates.c.tenant_id == tenant_id, templates.c.id.in_(gone)))
+    return {"created": created, "updated": updated, "deleted": len(gone), "total": len(seen)}
+
+
+async def list_templates(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
+    result = await conn.execute(sa.select(templates).where(templates.c.tenant_id == tenant_id)
+                                .order_by(templates.c.name, templates.c.language))
+    out = []
+    for r in result:
+        row = dict(r._mapping)
+        row["components"] = load_json(row["components"]) or []
+        out.append(row)
+    return out
+
+
+async def get_template(conn: AsyncConnection, tenant_id: str, name: str, language: str) -> dict[str, Any] | None:
+    result = await conn.execute(sa.select(templates).where(templates.c.tenant_id == tenant_id,
+                                                           templates.c.name == name, templates.c.language == language))
+    row = result.first()
+    if row is None:
+        return None
+    out = dict(row._mapping)
+    out["components"] = load_json(out["components"]) or []
+    return out
+
+
+async def update_template_status(conn: AsyncConnection, tenant_id: str, *, name: str, language: str | None,
+                                 status: str) -> int:
+    """A ``message_template_status_update`` webhook: the named template's new status."""
+    stmt = templates.update().where(templates.c.tenant_id == tenant_id, templates.c.name == name)
+    if language:
+        stmt = stmt.where(templates.c.language == language)
+    result = await conn.execute(stmt.values(status=_clip(status, 32), updated_at=utcnow()))
+    return result.rowcount
