@@ -36,7 +36,9 @@ async def access_middleware(request: web.Request, handler):
         raise
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1000
-        access_log.info("%s %s %s %.1fms", request.method, request.path, status, elapsed_ms)
+        tenant = request.get("tenant")
+        access_log.info("%s %s %s %.1fms", request.method, request.path, status, elapsed_ms,
+                        extra={"tenant_id": tenant["id"] if tenant else None})
         current_tenant.reset(token)
 
 

@@ -1,0 +1,66 @@
+"""Helpers shared by tests: a real HTTP server for an app in a background thread, condition waits."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ThreadedServer:
+    """Runs ``app`` on 127.0.0.1:<free port> in its own thread and event loop (for sync clients such as
+    schemathesis/requests or Playwright)."""
+
+    def __init__(self, app_factory: Callable[[], web.Application]) -> None:
+        self._factory = app_factory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> "ThreadedServer":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(60)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self._factory(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def run(self, coro: Awaitable, timeout: float = 30):
+        """Run a coroutine on the server's loop (e.g. to reach app state) and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0,
+                   interval: float = 0.02, message: str = "condition") -> None:
+    """Poll ``predicate`` until true; fail with ``message`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
