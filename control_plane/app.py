@@ -9,7 +9,8 @@ import time
 
 from aiohttp import web
 
-from control_plane.api import health, openapi, tenants, whatsapp_config
+from control_plane import realtime
+from control_plane.api import events, health, openapi, tenants, whatsapp_config
 from control_plane.api.errors import error_middleware
 from control_plane.api.routing import Router
 from control_plane.config import Settings, mask_url
@@ -44,7 +45,7 @@ async def access_middleware(request: web.Request, handler):
 
 def build_router() -> Router:
     router = Router()
-    for module in (health, tenants, whatsapp_config):
+    for module in (health, tenants, whatsapp_config, events):
         router.include(module.router)
     return router
 
@@ -74,6 +75,12 @@ async def _redis(app: web.Application):
     await client.aclose()
 
 
+async def _realtime(app: web.Application):
+    """The event publisher ``app["events"]`` and the Socket.IO relay ``app["sio"]``."""
+    async with realtime.running(app):
+        yield
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[access_middleware, error_middleware],
@@ -83,6 +90,8 @@ def create_app(settings: Settings) -> web.Application:
     app["secret_box"] = SecretBox(settings.secret_key.get())
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_redis)
+    realtime.attach(app)
+    app.cleanup_ctx.append(_realtime)
     router = build_router()
     app["router_spec"] = router
     router.register(app)

@@ -4,18 +4,44 @@ Revision ID: 0003
 Revises: 0002
 """
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
 
 def upgrade() -> None:
-    pass  # filled in by its issue
+    op.create_table(
+        "event_log",
+        sa.Column("tenant_id", sa.String(32), nullable=False),
+        sa.Column("seq", SEQ, nullable=False, autoincrement=False),
+        sa.Column("type", sa.String(64), nullable=False),
+        sa.Column("ts", TS, nullable=False),
+        sa.Column("data", LONG_TEXT, nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "seq", name="pk_event_log"),
+        mysql_engine="InnoDB", mysql_charset="utf8mb4",
+    )
+    op.create_index("ix_event_log_ts", "event_log", ["ts"])
+    op.create_table(
+        "tenant_event_seq",
+        sa.Column("tenant_id", sa.String(32), sa.ForeignKey("tenants.id", ondelete="CASCADE",
+                                                           name="fk_tenant_event_seq_tenant_id_tenants"),
+                  nullable=False),
+        sa.Column("last_seq", SEQ, nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", name="pk_tenant_event_seq"),
+        mysql_engine="InnoDB", mysql_charset="utf8mb4",
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("tenant_event_seq")
+    op.drop_index("ix_event_log_ts", table_name="event_log")
+    op.drop_table("event_log")

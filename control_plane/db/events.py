@@ -1,0 +1,109 @@
+"""The per-tenant event log: every event the CRM must not miss, with a gapless per-tenant ``seq``.
+
+``seq`` is allocated in the database (``tenant_event_seq`` holds each tenant's last one), inside the
+same transaction that inserts the events: the counter row stays locked until that transaction
+commits, so seq K+1 can only be committed after seq K, on any node. A rolled-back transaction rolls
+its seqs back with it, so there are no gaps.
+
+``data`` is stored as the JSON text the clients receive; it is never re-encoded on replay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
+
+event_log = sa.Table(
+    "event_log",
+    metadata,
+    sa.Column("tenant_id", TenantId, primary_key=True),
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
+              autoincrement=False),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("ts", Timestamp, nullable=False, index=True),
+    sa.Column("data", LongText, nullable=False),
+)
+
+tenant_event_seq = sa.Table(
+    "tenant_event_seq",
+    metadata,
+    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("last_seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+)
+
+# One row to insert: (tenant_id, type, ts, data_json). Seqs are assigned in input order per tenant.
+NewEvent = tuple[str, str, dt.datetime, str]
+
+
+def _upsert_counters(dialect: str, counts: dict[str, int]) -> sa.Executable:
+    rows = [{"tenant_id": t, "last_seq": n} for t, n in sorted(counts.items())]  # sorted: no deadlocks
+    if dialect in ("mysql", "mariadb"):
+        ins = mysql.insert(tenant_event_seq).values(rows)
+        return ins.on_duplicate_key_update(last_seq=tenant_event_seq.c.last_seq + ins.inserted.last_seq)
+    ins = sqlite.insert(tenant_event_seq).values(rows)
+    return ins.on_conflict_do_update(index_elements=["tenant_id"],
+                                     set_={"last_seq": tenant_event_seq.c.last_seq + ins.excluded.last_seq})
+
+
+async def allocate_seqs(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
+    """Reserve ``counts[tenant]`` new seqs per tenant; returns each tenant's FIRST reserved seq.
+
+    The counter rows stay locked until ``conn``'s transaction ends."""
+    await conn.execute(_upsert_counters(conn.dialect.name, counts))
+    result = await conn.execute(sa.select(tenant_event_seq.c.tenant_id, tenant_event_seq.c.last_seq)
+                                .where(tenant_event_seq.c.tenant_id.in_(list(counts))))
+    return {tenant_id: last - counts[tenant_id] + 1 for tenant_id, last in result}
+
+
+async def append_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> list[int]:
+    """Append events (any tenants) in one multi-row insert; returns the seq of each, in input order.
+
+    Call inside a transaction: the seqs become visible when it commits."""
+    counts: dict[str, int] = {}
+    for tenant_id, *_ in events:
+        counts[tenant_id] = counts.get(tenant_id, 0) + 1
+    next_seq = await allocate_seqs(conn, counts)
+    seqs, rows = [], []
+    for tenant_id, type_, ts, data in events:
+        seq = next_seq[tenant_id]
+        next_seq[tenant_id] = seq + 1
+        seqs.append(seq)
+        rows.append({"tenant_id": tenant_id, "seq": seq, "type": type_, "ts": ts, "data": data})
+    await conn.execute(event_log.insert(), rows)
+    return seqs
+
+
+async def events_after(conn: AsyncConnection, tenant_id: str, after_seq: int, *, limit: int = 100
+                       ) -> list[dict[str, Any]]:
+    """The tenant's events with seq > ``after_seq``, oldest first, at most ``limit``.
+    ``data`` is the stored JSON text."""
+    result = await conn.execute(
+        sa.select(event_log.c.seq, event_log.c.type, event_log.c.ts, event_log.c.data)
+        .where(event_log.c.tenant_id == tenant_id, event_log.c.seq > after_seq)
+        .order_by(event_log.c.seq).limit(limit))
+    return [{"tenant_id": tenant_id, "seq": seq, "type": type_, "ts": ts, "data": data}
+            for seq, type_, ts, data in result]
+
+
+async def last_seq(conn: AsyncConnection, tenant_id: str) -> int:
+    """The tenant's latest allocated seq (0 before its first event)."""
+    result = await conn.execute(sa.select(tenant_event_seq.c.last_seq)
+                                .where(tenant_event_seq.c.tenant_id == tenant_id))
+    return result.scalar() or 0
+
+
+async def prune_events_before(conn: AsyncConnection, cutoff: dt.datetime, *, batch: int = 10_000) -> int:
+    """Delete up to ``batch`` events (every tenant) older than ``cutoff``; returns how many went.
+
+    Counters are kept, so seqs are never reused after pruning."""
+    stmt = event_log.delete().where(event_log.c.ts < cutoff)
+    if conn.dialect.name in ("mysql", "mariadb"):
+        stmt = stmt.with_dialect_options(mysql_limit=batch)
+    result = await conn.execute(stmt)
+    return result.rowcount

@@ -1,0 +1,258 @@
+"""The one publishing boundary (``app["events"]``): every event for the CRM goes through here.
+
+    await events.publish(tenant_id, type, data) -> envelope
+        own transaction: appended to the tenant's event log and committed, then emitted.
+    envelope = await events.append(conn, tenant_id, type, data)
+        inside the caller's transaction; after the caller commits: ``await events.emit([envelope])``.
+
+Envelope (a dict): ``{seq, tenant_id, type, ts, data}``; ``ts`` is ISO 8601 UTC with milliseconds and
+a ``Z`` (``2025-01-31T12:00:00.123Z``). The Socket.IO event name is ``type``.
+
+Group commit: concurrent ``publish()`` calls are coalesced by one writer task into one transaction
+(one counter upsert for all tenants in the batch, one multi-row insert); each caller awaits its
+batch's commit. Committed batches go to one emitter task, so the insert of batch N+1 overlaps the
+emit of batch N, and emission follows commit order (per tenant: seq order). ``publish()`` returns
+once the event is durable; emission follows asynchronously, and a client that misses it (down,
+reconnecting, slow) gets it again from the log with ``since``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import enum
+import json
+import logging
+import re
+import uuid
+from typing import Any, Protocol, Sequence
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane import errors
+from control_plane.db import events as events_db
+from control_plane.db.engine import Database, utcnow
+from control_plane.realtime.event_types import FORBIDDEN_KEYS
+
+log = logging.getLogger(__name__)
+
+TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
+TENANT_RE = re.compile(r"^[0-9A-Za-z_-]{1,32}$")
+MAX_BATCH = 1000
+RETRYABLE_MYSQL_CODES = {1213, 1205}  # deadlock, lock wait timeout: the whole batch is retried
+COMMIT_ATTEMPTS = 3
+
+
+class Envelope(dict):
+    """``{seq, tenant_id, type, ts, data}``; keeps the JSON text of ``data`` so it is encoded once."""
+
+    __slots__ = ("data_json",)
+    data_json: str
+
+
+class Sink(Protocol):
+    """Where committed envelopes go (the Socket.IO relay); ``None`` in processes without one."""
+
+    async def broadcast(self, envelopes: Sequence[Envelope]) -> None: ...
+
+
+def format_ts(ts: dt.datetime) -> str:
+    """Naive UTC datetime -> ``2025-01-31T12:00:00.123Z``."""
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def _now_ms() -> dt.datetime:
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)  # stored == sent, to the ms
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value.isoformat(timespec="milliseconds") + "Z"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, uuid.UUID):
+        return value.hex
+    raise TypeError(f"event data: {type(value).__name__} is not JSON serializable")
+
+
+def encode_data(data: dict[str, Any]) -> str:
+    """Validate an event payload and return its JSON text."""
+    if not isinstance(data, dict):
+        raise TypeError("event data must be a dict")
+    leaked = FORBIDDEN_KEYS.intersection(data)
+    if leaked:
+        raise ValueError(f"event data must not carry secrets: {sorted(leaked)}")
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+
+
+def check_names(tenant_id: str, type_: str) -> None:
+    if not isinstance(tenant_id, str) or not TENANT_RE.match(tenant_id):
+        raise ValueError(f"invalid tenant id {tenant_id!r}")
+    if not isinstance(type_, str) or len(type_) > 64 or not TYPE_RE.match(type_):
+        raise ValueError(f"invalid event type {type_!r}; use dotted lower-case names like 'message.sent'")
+
+
+def make_envelope(tenant_id: str, seq: int, type_: str, ts: dt.datetime, data: Any, data_json: str
+                  ) -> Envelope:
+    env = Envelope(seq=seq, tenant_id=tenant_id, type=type_, ts=format_ts(ts), data=data)
+    env.data_json = data_json
+    return env
+
+
+def _retryable(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
+    return isinstance(exc, DBAPIError) and code in RETRYABLE_MYSQL_CODES
+
+
+class EventPublisher:
+    """See the module docstring. ``persist=False`` (benchmarks only) numbers events in memory."""
+
+    def __init__(self, db: Database | None, sink: Sink | None = None, *, persist: bool = True,
+                 max_batch: int = MAX_BATCH) -> None:
+        if persist and db is None:
+            raise ValueError("a database is needed unless persist=False")
+        self.db = db
+        self.sink = sink
+        self.persist = persist
+        self.max_batch = max_batch
+        self._pending: collections.deque[tuple[str, str, dt.datetime, Any, str, asyncio.Future]] = \
+            collections.deque()
+        self._wake = asyncio.Event()
+        self._emit_queue: asyncio.Queue[list[Envelope] | None] = asyncio.Queue()
+        self._memory_seq: dict[str, int] = {}
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
+        self.stats = {"batches": 0, "events": 0, "emitted": 0}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._writer(), name="events-writer"),
+                       asyncio.create_task(self._emitter(), name="events-emitter")]
+
+    async def close(self) -> None:
+        """Refuse new events, commit and emit what is pending, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    # -- the pinned API -------------------------------------------------------------------------
+
+    async def publish(self, tenant_id: str, type: str, data: dict[str, Any]) -> Envelope:  # noqa: A002
+        """Append to the tenant's log, commit (grouped with concurrent calls), then emit.
+        Returns the envelope once durable."""
+        if self._closing:
+            raise errors.Unavailable("the event publisher is shutting down")
+        check_names(tenant_id, type)
+        data_json = encode_data(data)
+        fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
+        self._pending.append((tenant_id, type, _now_ms(), data, data_json, fut))
+        self._wake.set()
+        return await fut
+
+    async def append(self, conn: AsyncConnection, tenant_id: str, type: str,  # noqa: A002
+                     data: dict[str, Any]) -> Envelope:
+        """Append inside the caller's transaction (``conn``). Emit it with :meth:`emit` once that
+        transaction has committed; until then nobody sees it (a rollback takes its seq back)."""
+        check_names(tenant_id, type)
+        data_json = encode_data(data)
+        ts = _now_ms()
+        [seq] = await events_db.append_events(conn, [(tenant_id, type, ts, data_json)])
+        return make_envelope(tenant_id, seq, type, ts, data, data_json)
+
+    async def emit(self, envelopes: Sequence[Envelope]) -> None:
+        """Push envelopes that are already committed (from :meth:`append`) to subscribers."""
+        envs = [e if isinstance(e, Envelope) else self._rewrap(e) for e in envelopes]
+        if envs:
+            self._emit_queue.put_nowait(envs)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _rewrap(env: dict[str, Any]) -> Envelope:
+        copy = Envelope(env)
+        copy.data_json = encode_data(env["data"])
+        return copy
+
+    async def _writer(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    self._emit_queue.put_nowait(None)
+                    return
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            n = min(len(self._pending), self.max_batch)
+            batch = [self._pending.popleft() for _ in range(n)]
+            try:
+                envelopes = await self._commit(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
+                log.warning("event batch of %d failed: %s", len(batch), exc)
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (*_, fut), env in zip(batch, envelopes):
+                if not fut.done():
+                    fut.set_result(env)
+            self.stats["batches"] += 1
+            self.stats["events"] += len(envelopes)
+            self._emit_queue.put_nowait(envelopes)
+
+    async def _commit(self, batch: list) -> list[Envelope]:
+        rows = [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch]
+        if not self.persist:
+            seqs = []
+            for tenant_id, *_ in rows:
+                seq = self._memory_seq.get(tenant_id, 0) + 1
+                self._memory_seq[tenant_id] = seq
+                seqs.append(seq)
+        else:
+            assert self.db is not None
+            for attempt in range(1, COMMIT_ATTEMPTS + 1):
+                try:
+                    async with self.db.begin() as conn:
+                        seqs = await events_db.append_events(conn, rows)
+                    break
+                except DBAPIError as exc:
+                    if attempt == COMMIT_ATTEMPTS or not _retryable(exc):
+                        raise
+                    log.info("event batch retried after %s (%d attempts left)", exc.orig,
+                             COMMIT_ATTEMPTS - attempt)
+        return [make_envelope(tenant_id, seq, type_, ts, data, data_json)
+                for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)]
+
+    async def _emitter(self) -> None:
+        while True:
+            envelopes = await self._emit_queue.get()
+            stop = envelopes is None
+            envelopes = envelopes or []
+            while not self._emit_queue.empty():  # coalesce what piled up while we were emitting
+                more = self._emit_queue.get_nowait()
+                if more is None:
+                    stop = True
+                else:
+                    envelopes.extend(more)
+            if envelopes and self.sink is not None:
+                try:
+                    await self.sink.broadcast(envelopes)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001 - clients catch up from the log on their next event
+                    log.exception("emitting %d events failed", len(envelopes))
+            self.stats["emitted"] += len(envelopes)
+            if stop:
+                return

@@ -1,0 +1,142 @@
+"""Socket.IO relay against a running app, with python-socketio and Node's socket.io-client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from control_plane.realtime import event_types as ev
+from tests.realtime.conftest import wait_until
+
+pytestmark = pytest.mark.mariadb
+KINDS = ["py", "node"]
+
+
+async def produce(node, tenant_id: str, n: int, *, every: int = 10) -> list[dict]:
+    """Publish ``n`` events, yielding to the loop now and then so deliveries interleave."""
+    out = []
+    for i in range(n):
+        out.append(await node.events.publish(tenant_id, ev.MESSAGE_RECEIVED, {"i": i}))
+        if i % every == 0:
+            await asyncio.sleep(0)
+    return out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_tenant_sees_only_its_own_events(node, new_tenant, consumers, kind):
+    a, b = await new_tenant(node, "a"), await new_tenant(node, "b")
+    ca, cb = consumers(kind), consumers(kind)
+    await ca.connect(node.url, {"token": a["key"]})
+    await cb.connect(node.url, {"token": b["key"]})
+    await asyncio.gather(produce(node, a["id"], 20), produce(node, b["id"], 15))
+    await wait_until(lambda: len(ca.events) >= 20 and len(cb.events) >= 15, what="both tenants' events")
+    await node.events.publish(b["id"], ev.SESSION_STATE, {"state": "ready"})
+    await wait_until(lambda: len(cb.events) >= 16, what="marker")
+    assert ca.tenants() == {a["id"]} and ca.seqs() == list(range(1, 21))
+    assert cb.tenants() == {b["id"]} and cb.seqs() == list(range(1, 17))
+    name, env = cb.events[-1]
+    assert name == ev.SESSION_STATE and env["type"] == name and env["data"] == {"state": "ready"}
+    assert env["ts"].endswith("Z") and set(env) == {"seq", "tenant_id", "type", "ts", "data"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_wrong_missing_or_revoked_credentials_are_refused(node, new_tenant, consumers, admin_headers,
+                                                                kind):
+    a = await new_tenant(node)
+    cases = [({"token": "wk_" + "0" * 40}, "invalid_credentials"),
+             ({}, "missing_credentials"),
+             ({"token": a["key"], "tenant_id": "f" * 32}, "forbidden"),
+             ({"token": admin_headers["Authorization"][7:], "since": 3}, "invalid_since"),
+             ({"token": admin_headers["Authorization"][7:], "tenant_id": "e" * 32}, "tenant_not_found"),
+             ({"token": a["key"], "since": "x"}, "invalid_since")]
+    for auth, code in cases:
+        c = consumers(kind)
+        await c.connect(node.url, auth, expect_ok=False)
+        await wait_until(lambda: c.errors, what=f"refusal {code}")
+        assert not c.connected and c.errors[0]["data"]["code"] == code, (auth, c.errors)
+        assert c.errors[0]["message"]
+    async with aiohttp.ClientSession() as http:
+        await http.patch(f"{node.url}/api/tenants/{a['id']}", json={"is_active": False}, headers=admin_headers)
+        c = consumers(kind)
+        await c.connect(node.url, {"token": a["key"]}, expect_ok=False)
+        await wait_until(lambda: c.errors, what="inactive refusal")
+        assert c.errors[0]["data"]["code"] == "tenant_inactive"
+        await http.patch(f"{node.url}/api/tenants/{a['id']}", json={"is_active": True}, headers=admin_headers)
+        keys = await (await http.get(f"{node.url}/api/tenants/{a['id']}/api-keys", headers=admin_headers)).json()
+        for key in keys["api_keys"]:
+            await http.delete(f"{node.url}/api/tenants/{a['id']}/api-keys/{key['id']}", headers=admin_headers)
+    c = consumers(kind)
+    await c.connect(node.url, {"token": a["key"]}, expect_ok=False)
+    await wait_until(lambda: c.errors, what="revoked refusal")
+    assert c.errors[0]["data"]["code"] == "invalid_credentials"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_reconnect_with_since_gets_the_rest_in_order_while_events_keep_coming(
+        node, new_tenant, consumers, kind):
+    a = await new_tenant(node)
+    await produce(node, a["id"], 30)
+    first = consumers(kind)
+    await first.connect(node.url, {"token": a["key"], "since": 0})
+    await wait_until(lambda: len(first.events) >= 30, what="initial replay")
+    await first.close()
+    last_seen = first.seqs()[-1]
+    assert first.seqs() == list(range(1, 31))
+
+    async def keep_producing():
+        await produce(node, a["id"], 300, every=3)
+
+    producer = asyncio.create_task(keep_producing())
+    await wait_until(lambda: producer.done() or node.events.stats["events"] >= 60, what="producer running")
+    second = consumers(kind)
+    await second.connect(node.url, {"token": a["key"], "since": last_seen - 10})
+    await producer
+    tail = await node.events.publish(a["id"], ev.MESSAGE_STATUS, {"status": "read"})
+    await wait_until(lambda: second.seqs()[-1:] == [tail["seq"]], 15, what="caught up to the last event")
+    assert second.seqs() == list(range(last_seen - 9, tail["seq"] + 1))
+
+
+async def test_live_only_connection_gets_what_comes_after_connecting(node, new_tenant, consumers):
+    a = await new_tenant(node)
+    await produce(node, a["id"], 5)
+    c = consumers("py")
+    await c.connect(node.url, {"token": a["key"]})
+    await produce(node, a["id"], 5)
+    await wait_until(lambda: len(c.events) >= 5, what="live events")
+    assert c.seqs() == [6, 7, 8, 9, 10]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_admin_subscribes_to_one_tenant_or_to_all(node, new_tenant, consumers, admin_headers, kind):
+    admin = admin_headers["Authorization"][7:]
+    a, b = await new_tenant(node), await new_tenant(node)
+    await produce(node, a["id"], 3)
+    one, every = consumers(kind), consumers(kind)
+    await one.connect(node.url, {"token": admin, "tenant_id": a["id"], "since": 1})
+    await every.connect(node.url, {"token": admin})
+    await produce(node, a["id"], 2)
+    await produce(node, b["id"], 2)
+    await wait_until(lambda: len(one.events) >= 4 and len(every.events) >= 4, what="admin events")
+    assert one.seqs() == [2, 3, 4, 5] and one.tenants() == {a["id"]}
+    assert every.seqs(a["id"]) == [4, 5] and every.seqs(b["id"]) == [1, 2]
+
+
+async def test_two_nodes_share_mariadb_and_redis(start_node, new_tenant, consumers, redis_url):
+    one = await start_node(REDIS_URL=redis_url)
+    two = await start_node(REDIS_URL=redis_url)
+    a, b = await new_tenant(one), await new_tenant(one)
+    on_two, node_on_one = consumers("py"), consumers("node")
+    await on_two.connect(two.url, {"token": a["key"]})
+    await node_on_one.connect(one.url, {"token": a["key"]})
+    other = consumers("py")
+    await other.connect(two.url, {"token": b["key"]})
+    env = await one.events.publish(a["id"], ev.MESSAGE_RECEIVED, {"from": "15550001111"})
+    await wait_until(lambda: on_two.seqs() == [env["seq"]], what="event from node one on node two")
+    # Both nodes publish for the same tenant at once: one gapless sequence, in order, everywhere.
+    await asyncio.gather(produce(one, a["id"], 100, every=2), produce(two, a["id"], 100, every=2))
+    await wait_until(lambda: len(on_two.events) >= 201 and len(node_on_one.events) >= 201, 15,
+                     what="interleaved events")
+    assert on_two.seqs() == list(range(1, 202)) == node_on_one.seqs()
+    assert other.events == []
