@@ -4,18 +4,38 @@ Revision ID: 0002
 Revises: 0001
 """
 
-import sqlalchemy as sa  # noqa: F401
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
 
 def upgrade() -> None:
-    pass  # filled in by its issue
+    op.create_table(
+        "session_state",
+        sa.Column("tenant_id", sa.String(32), sa.ForeignKey("tenants.id", ondelete="CASCADE",
+                                                           name="fk_session_state_tenant_id_tenants"),
+                  primary_key=True),
+        sa.Column("desired_state", sa.String(16), nullable=False),
+        sa.Column("state", sa.String(20), nullable=False),
+        sa.Column("reason", sa.String(200), nullable=True),
+        sa.Column("since", TS, nullable=False),
+        sa.Column("restarts", sa.Integer, nullable=False),
+        sa.Column("last_exit_code", sa.Integer, nullable=True),
+        sa.Column("pid", sa.Integer, nullable=True),
+        sa.Column("own_number", sa.String(32), nullable=True),
+        sa.Column("updated_at", TS, nullable=False),
+        mysql_engine="InnoDB", mysql_charset="utf8mb4",
+    )
+    op.create_index("ix_session_state_desired_state", "session_state", ["desired_state"])
 
 
 def downgrade() -> None:
-    pass
+    op.drop_index("ix_session_state_desired_state", table_name="session_state")
+    op.drop_table("session_state")

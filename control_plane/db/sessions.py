@@ -1,0 +1,94 @@
+"""Per-tenant WhatsApp Web session: what the admin asked for (desired state) apart from what the
+supervisor sees (actual state), so a restarted control plane brings back exactly the sessions that
+should run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.db.engine import utcnow
+from control_plane.db.metadata import Timestamp, TenantId, metadata
+from control_plane.db.tenants import tenants
+
+DESIRED_RUNNING = "running"
+DESIRED_STOPPED = "stopped"
+
+session_state = sa.Table(
+    "session_state",
+    metadata,
+    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("desired_state", sa.String(16), nullable=False, default=DESIRED_STOPPED),
+    sa.Column("state", sa.String(20), nullable=False, default="stopped"),
+    sa.Column("reason", sa.String(200), nullable=True),
+    sa.Column("since", Timestamp, nullable=False),
+    sa.Column("restarts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_exit_code", sa.Integer, nullable=True),
+    sa.Column("pid", sa.Integer, nullable=True),
+    sa.Column("own_number", sa.String(32), nullable=True),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Index("ix_session_state_desired_state", "desired_state"),
+)
+
+_ACTUAL = ("state", "reason", "since", "restarts", "last_exit_code", "pid", "own_number")
+
+
+async def get_session_state(conn: AsyncConnection, tenant_id: str) -> dict[str, Any] | None:
+    result = await conn.execute(sa.select(session_state).where(session_state.c.tenant_id == tenant_id))
+    row = result.first()
+    return dict(row._mapping) if row is not None else None
+
+
+async def _upsert(conn: AsyncConnection, tenant_id: str, values: dict[str, Any]) -> None:
+    values = {**values, "updated_at": utcnow()}
+    result = await conn.execute(session_state.update().where(session_state.c.tenant_id == tenant_id)
+                                .values(**values))
+    if result.rowcount:
+        return
+    row = {"desired_state": DESIRED_STOPPED, "state": "stopped", "since": values["updated_at"], "restarts": 0,
+           **values, "tenant_id": tenant_id}
+    await conn.execute(session_state.insert().values(**row))
+
+
+async def set_desired_state(conn: AsyncConnection, tenant_id: str, desired: str) -> None:
+    """Records what the admin asked for (``running`` / ``stopped``)."""
+    if desired not in (DESIRED_RUNNING, DESIRED_STOPPED):
+        raise ValueError(f"desired state must be running or stopped, got {desired!r}")
+    await _upsert(conn, tenant_id, {"desired_state": desired})
+
+
+async def record_actual_state(conn: AsyncConnection, tenant_id: str, **actual: Any) -> None:
+    """Records what the supervisor sees (state, reason, since, restarts, last_exit_code, pid,
+    own_number); other keys are refused."""
+    unknown = set(actual) - set(_ACTUAL)
+    if unknown:
+        raise ValueError(f"not actual-state columns: {sorted(unknown)}")
+    await _upsert(conn, tenant_id, actual)
+
+
+async def list_sessions_to_start(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Boot: every active tenant whose desired state is running and whose session is not ``failed``
+    (failed waits for a person). Returns tenant_id and sandbox, oldest first."""
+    query = (sa.select(session_state.c.tenant_id, tenants.c.sandbox)
+             .join(tenants, tenants.c.id == session_state.c.tenant_id)
+             .where(session_state.c.desired_state == DESIRED_RUNNING, session_state.c.state != "failed",
+                    tenants.c.is_active.is_(True))
+             .order_by(tenants.c.created_at, tenants.c.id))
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def mark_stale_states_stopped(conn: AsyncConnection) -> int:
+    """Boot: no bridge survives a control-plane restart (the sweep kills orphans), so every live
+    state left by the previous run becomes ``stopped``. Returns how many rows changed."""
+    result = await conn.execute(
+        session_state.update()
+        .where(session_state.c.state.notin_(("stopped", "failed", "logged_out")))
+        .values(state="stopped", reason="control_plane_restart", pid=None, since=utcnow(), updated_at=utcnow()))
+    return result.rowcount
+
+
+async def delete_session_state(conn: AsyncConnection, tenant_id: str) -> bool:
+    result = await conn.execute(session_state.delete().where(session_state.c.tenant_id == tenant_id))
+    return result.rowcount > 0
