@@ -107,6 +107,7 @@ class Settings:
     stop_wait_s: float = 5.0
     boot_stagger_s: float = 0.05
     qr_interval_s: float = 20.0
+    bridge_driver: str | None = None  # BRIDGE_DRIVER: force scripted|wwebjs for every tenant (tests)
     # realtime (issue 4)
     event_retention_days: float = 7.0
     # messaging (issue 6)
@@ -155,6 +156,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "QR_INTERVAL_S": ("qr_interval_s", float),
     "STOP_WAIT_S": ("stop_wait_s", float),
     "BOOT_STAGGER_S": ("boot_stagger_s", float),
+    "BRIDGE_DRIVER": ("bridge_driver", str),
     "EVENT_RETENTION_DAYS": ("event_retention_days", float),
     "CLOUD_RATE_PER_S": ("cloud_rate_per_s", float),
     "WEB_RATE_PER_S": ("web_rate_per_s", float),

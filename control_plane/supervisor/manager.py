@@ -1,0 +1,451 @@
+"""The Supervisor: one bridge child per tenant, desired and actual state persisted, session events
+published through one boundary (``events.publish``), and the loops that watch every child.
+
+Lifecycle (``startup`` / ``close``, driven by the app's cleanup context):
+- startup: sweep orphans of a previous run (bridges and browsers under SESSIONS_DIR), mark stale
+  live states as stopped, then start every active tenant whose desired state is running (and that is
+  not ``failed``), one every BOOT_STAGGER_S so a hundred browsers do not start in the same second.
+- close: refuse new commands, stop every bridge in parallel within STOP_WAIT_S (+ a margin, then
+  SIGKILL), flush the state writer; desired states are left as they are, so the next boot brings
+  back exactly the sessions that should run.
+
+Background tasks, all owned here and cancelled in ``close``: the boot task, the ticker (heartbeat
+watchdog, start timeout, QR lifetime), the memory check, the state writer, the message dispatcher,
+and one runner per tenant with a bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Protocol
+
+from control_plane.bridge import protocol
+from control_plane.config import ConfigError, Settings
+from control_plane.db import sessions as sessions_db
+from control_plane.db import tenants as tenants_db
+from control_plane import errors
+from control_plane.supervisor import errors as sup_errors
+from control_plane.supervisor import paths, policy
+from control_plane.supervisor.process import find_orphans, kill_process_groups
+from control_plane.supervisor.session import TenantSession, iso
+from control_plane.supervisor.states import SessionState
+
+log = logging.getLogger(__name__)
+S = SessionState
+
+SESSION_STATE = "session.state"
+SESSION_QR = "session.qr"
+SEND_TIMEOUT_S = 60.0
+COMMAND_TIMEOUT_S = 10.0
+SHUTDOWN_MARGIN_S = 3.0
+DRIVERS = ("scripted", "wwebjs")
+
+MessageListener = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+
+class EventPublisher(Protocol):
+    async def publish(self, tenant_id: str, type: str, data: dict[str, Any]) -> Any: ...
+
+
+class LogPublisher:
+    """Stand-in when no realtime publisher is configured: session events go to the log only."""
+
+    async def publish(self, tenant_id: str, type: str, data: dict[str, Any]) -> None:
+        log.debug("event %s tenant=%s %s", type, tenant_id, {k: v for k, v in data.items() if k != "qr"})
+
+
+class Supervisor:
+    """Owns every tenant's bridge. See the module docstring and docs/CONVENTIONS.md (pinned seam)."""
+
+    def __init__(self, settings: Settings, db: Any, events: EventPublisher | None = None) -> None:
+        driver = getattr(settings, "bridge_driver", None)
+        if driver not in (None, *DRIVERS):
+            raise ConfigError(f"Config 'BRIDGE_DRIVER' must be scripted or wwebjs, got {driver!r}")
+        self.settings = settings
+        self.db = db
+        self.events: EventPublisher = events or LogPublisher()
+        self.sessions_dir = paths.sessions_root(settings.sessions_dir)
+        self.start_timeout_s = max(15.0, 3 * settings.heartbeat_interval_s)
+        self.is_running = False
+        self.closing = False
+        self._sessions: dict[str, TenantSession] = {}
+        self._listeners: list[MessageListener] = []
+        self._forgotten: set[str] = set()
+        self._writes: asyncio.Queue = asyncio.Queue()
+        self._messages: asyncio.Queue = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self._boot_task: asyncio.Task | None = None
+        self.boot_done = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def startup(self, *, boot: bool = True) -> None:
+        root = paths.sessions_root(self.settings.sessions_dir, create=True)
+        swept = await asyncio.to_thread(lambda: kill_process_groups(find_orphans(root)))
+        if swept:
+            log.warning("boot sweep: killed %d orphaned bridge/browser process(es) under %s", swept, root)
+        async with self.db.begin() as conn:
+            await sessions_db.mark_stale_states_stopped(conn)
+        async with self.db.connect() as conn:
+            to_start = await sessions_db.list_sessions_to_start(conn) if boot else []
+        self._tasks = [asyncio.create_task(self._writer(), name="supervisor-writer"),
+                       asyncio.create_task(self._dispatcher(), name="supervisor-messages"),
+                       asyncio.create_task(self._ticker(), name="supervisor-ticker"),
+                       asyncio.create_task(self._memory_loop(), name="supervisor-memory")]
+        self.is_running = True
+        self._boot_task = asyncio.create_task(self._boot(to_start), name="supervisor-boot")
+        log.info("supervisor up: %d session(s) to bring back, sessions in %s", len(to_start), root)
+
+    async def _boot(self, rows: list[dict[str, Any]]) -> None:
+        try:
+            for i, row in enumerate(rows):
+                if self.closing:
+                    return
+                if i:
+                    await asyncio.sleep(self.settings.boot_stagger_s)
+                try:
+                    session = await self._session(row["tenant_id"], sandbox=bool(row["sandbox"]))
+                    session.desired_running = True
+                    self._spawn_runner(session)
+                except Exception:
+                    log.exception("boot: cannot start tenant=%s", row["tenant_id"])
+        finally:
+            self.boot_done.set()
+
+    async def close(self) -> None:
+        """Stops every bridge in parallel within stop_wait_s (+ margin); desired states are kept."""
+        if self.closing:
+            return
+        self.closing = True
+        self.is_running = False
+        if self._boot_task is not None:
+            self._boot_task.cancel()
+            await asyncio.gather(self._boot_task, return_exceptions=True)
+        runners = [s.runner for s in self._sessions.values() if s.running]
+        for session in self._sessions.values():
+            if session.running:
+                session.request("stop", "shutdown")
+        if runners:
+            _, late = await asyncio.wait(runners, timeout=self.settings.stop_wait_s + SHUTDOWN_MARGIN_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._writes.join(), 5.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        log.info("supervisor stopped (%d session(s))", len(runners))
+
+    def _check_open(self) -> None:
+        if self.closing:
+            raise sup_errors.SupervisorClosed("the control plane is shutting down; try again shortly")
+
+    # ------------------------------------------------------------------ sessions
+    async def _session(self, tenant_id: str, *, sandbox: bool | None = None) -> TenantSession:
+        """The in-memory session of this tenant, loaded from the database on first use."""
+        paths.validate_tenant_id(tenant_id)
+        session = self._sessions.get(tenant_id)
+        if session is not None:
+            return session
+        async with self.db.connect() as conn:
+            if sandbox is None:
+                tenant = await tenants_db.get_tenant(conn, tenant_id)
+                if tenant is None:
+                    raise errors.NotFound("tenant not found", code="tenant_not_found")
+                sandbox = bool(tenant["sandbox"])
+            row = await sessions_db.get_session_state(conn, tenant_id)
+        session = self._sessions.get(tenant_id)  # loaded meanwhile by a concurrent call
+        if session is None:
+            session = TenantSession(self, tenant_id, sandbox=sandbox,
+                                    desired_running=bool(row and row["desired_state"] == "running"), row=row)
+            self._sessions[tenant_id] = session
+        return session
+
+    def _spawn_runner(self, session: TenantSession) -> None:
+        session.runner = asyncio.create_task(session.run(), name=f"session-{session.tenant_id}")
+
+    async def _set_desired(self, session: TenantSession, running: bool) -> None:
+        session.desired_running = running
+        async with self.db.begin() as conn:
+            await sessions_db.set_desired_state(conn, session.tenant_id,
+                                                sessions_db.DESIRED_RUNNING if running else sessions_db.DESIRED_STOPPED)
+
+    async def _await_runner(self, session: TenantSession) -> None:
+        if session.runner is not None:
+            await asyncio.wait({session.runner}, timeout=self.settings.stop_wait_s + SHUTDOWN_MARGIN_S + 5)
+
+    # ------------------------------------------------------------------ commands (pinned seam)
+    async def start(self, tenant_id: str) -> dict[str, Any]:
+        """Desired state running; starts the bridge unless one runs (a failed session starts afresh)."""
+        self._check_open()
+        session = await self._session(tenant_id)
+        paths.tenant_dir(self.settings.sessions_dir, tenant_id)  # refuse a planted symlink early
+        async with session.lock:
+            await self._set_desired(session, True)
+            if session.running and session.state in (S.FAILED, S.STOPPED, S.LOGGED_OUT):
+                await self._await_runner(session)  # it is on its way out
+            if not session.running:
+                session.breaker.reset()
+                self._spawn_runner(session)
+        return await self.status(tenant_id)
+
+    async def stop(self, tenant_id: str) -> dict[str, Any]:
+        """Desired state stopped; stops the bridge (SIGTERM, then SIGKILL of its group) and frees the
+        profile. Returns once nothing of the tenant runs."""
+        self._check_open()
+        session = await self._session(tenant_id)
+        async with session.lock:
+            await self._set_desired(session, False)
+            if session.running:
+                session.request("stop", "requested")
+                await self._await_runner(session)
+            elif session.state not in (S.STOPPED, S.LOGGED_OUT):
+                session._change(S.STOPPED, "requested")
+        return await self.status(tenant_id)
+
+    async def restart(self, tenant_id: str) -> dict[str, Any]:
+        """Desired state running; stops the bridge and starts a new one at once (no backoff; the
+        crash-loop breaker is reset)."""
+        self._check_open()
+        session = await self._session(tenant_id)
+        paths.tenant_dir(self.settings.sessions_dir, tenant_id)
+        async with session.lock:
+            await self._set_desired(session, True)
+            session.breaker.reset()
+            if session.running and session.state not in (S.FAILED, S.STOPPED, S.LOGGED_OUT):
+                session.request("restart", "restart")
+            else:
+                await self._await_runner(session)
+                self._spawn_runner(session)
+        return await self.status(tenant_id)
+
+    async def logout(self, tenant_id: str) -> dict[str, Any]:
+        """Logs the WhatsApp session out and wipes the profile; desired state stopped."""
+        self._check_open()
+        session = await self._session(tenant_id)
+        async with session.lock:
+            await self._set_desired(session, False)
+            session.request("logout", "logout")
+            if not session.running:
+                self._spawn_runner(session)  # no bridge: the runner just wipes and records it
+            await self._await_runner(session)
+        return await self.status(tenant_id)
+
+    async def forget(self, tenant_id: str) -> None:
+        """Tenant deleted: stop its bridge, then remove its session folder (inside SESSIONS_DIR only)."""
+        paths.validate_tenant_id(tenant_id)
+        session = self._sessions.get(tenant_id)
+        if session is not None:
+            async with session.lock:
+                session.desired_running = False
+                if session.running:
+                    session.request("stop", "tenant_deleted")
+                    await self._await_runner(session)
+        self._forgotten.add(tenant_id)
+        self._sessions.pop(tenant_id, None)
+        try:
+            removed = await asyncio.to_thread(paths.remove_tenant_dir, self.settings.sessions_dir, tenant_id)
+        except FileNotFoundError:
+            removed = False
+        log.info("session forgotten (folder removed=%s) tenant=%s", removed, tenant_id)
+
+    # ------------------------------------------------------------------ queries
+    async def status(self, tenant_id: str) -> dict[str, Any]:
+        paths.validate_tenant_id(tenant_id)
+        session = self._sessions.get(tenant_id)
+        if session is None:
+            async with self.db.connect() as conn:
+                row = await sessions_db.get_session_state(conn, tenant_id)
+            row = row or {}
+            return {"state": row.get("state", "stopped"), "reason": row.get("reason"),
+                    "since": iso(row.get("since")), "restarts": row.get("restarts", 0), "pid": None,
+                    "memory_bytes": None, "uptime_s": None, "own_number": row.get("own_number"),
+                    "desired_state": row.get("desired_state", "stopped"), "qr_attempt": None,
+                    "last_exit_code": row.get("last_exit_code"), "driver": None}
+        proc = session.proc
+        alive = proc is not None and not proc.exited
+        memory = None
+        if alive:
+            roots = session.memory_roots()
+            memory = await asyncio.to_thread(policy.tree_memory_bytes, roots)
+        qr = session.qr()
+        return {"state": session.state.value, "reason": session.machine.reason, "since": iso(session.machine.since),
+                "restarts": session.restarts, "pid": proc.pid if alive else None, "memory_bytes": memory,
+                "uptime_s": round(proc.uptime_s, 3) if alive else None, "own_number": session.own_number,
+                "desired_state": "running" if session.desired_running else "stopped",
+                "qr_attempt": qr["attempt"] if qr else None, "last_exit_code": session.last_exit_code,
+                "driver": session.driver}
+
+    def qr(self, tenant_id: str) -> dict[str, Any] | None:
+        """The current QR ({qr, attempt, expires_at}) or None when none is showing."""
+        session = self._sessions.get(tenant_id)
+        return session.qr() if session is not None else None
+
+    def is_ready(self, tenant_id: str) -> bool:
+        session = self._sessions.get(tenant_id)
+        return session is not None and session.is_ready
+
+    def state(self, tenant_id: str) -> SessionState | None:
+        session = self._sessions.get(tenant_id)
+        return session.state if session is not None else None
+
+    def pid(self, tenant_id: str) -> int | None:
+        session = self._sessions.get(tenant_id)
+        if session is None or session.proc is None or session.proc.exited:
+            return None
+        return session.proc.pid
+
+    def browser_pid(self, tenant_id: str) -> int | None:
+        session = self._sessions.get(tenant_id)
+        return session.browser_pid if session is not None and session.proc is not None else None
+
+    # ------------------------------------------------------------------ bridge commands
+    def _live(self, tenant_id: str) -> TenantSession:
+        paths.validate_tenant_id(tenant_id)
+        session = self._sessions.get(tenant_id)
+        if session is None:
+            raise sup_errors.SessionNotReady(tenant_id, "stopped", "no WhatsApp session runs for this tenant")
+        return session
+
+    async def send(self, tenant_id: str, args: dict[str, Any]) -> dict[str, Any]:
+        """The bridge's ``send`` command -> {id, timestamp}. Raises SessionNotReady when not ready,
+        BridgeCommandError when the bridge refuses, BridgeUnavailable (ambiguous) when it dies or
+        does not answer."""
+        session = self._live(tenant_id)
+        if not session.is_ready:
+            raise sup_errors.SessionNotReady(tenant_id, session.state.value)
+        return await session.bridge_request(protocol.CMD_SEND, args, timeout_s=SEND_TIMEOUT_S, ambiguous=True)
+
+    async def mark_read(self, tenant_id: str, chat_id: str) -> None:
+        session = self._live(tenant_id)
+        if not session.is_ready:
+            raise sup_errors.SessionNotReady(tenant_id, session.state.value)
+        await session.bridge_request(protocol.CMD_MARK_READ, {"chat_id": chat_id}, timeout_s=COMMAND_TIMEOUT_S,
+                                     ambiguous=False)
+
+    async def sandbox(self, tenant_id: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A ``sandbox.*`` command (``scan`` or ``sandbox.scan``) to a scripted-driver bridge."""
+        name = cmd if cmd.startswith("sandbox.") else f"sandbox.{cmd}"
+        if name not in protocol.SANDBOX_COMMAND_NAMES:
+            raise errors.InvalidInput(f"unknown sandbox command {cmd!r}", code="unknown_sandbox_command")
+        session = self._live(tenant_id)
+        if session.driver != "scripted":
+            raise sup_errors.NotSandbox("sandbox commands need a sandbox tenant (scripted driver)")
+        return await session.bridge_request(name, args or {}, timeout_s=COMMAND_TIMEOUT_S, ambiguous=False)
+
+    def add_message_listener(self, listener: MessageListener) -> None:
+        """``await listener(tenant_id, event_name, data)`` for each bridge message / message_ack, in order."""
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------ outbound (one boundary)
+    def bridge_argv(self, tenant_id: str, folder: Path, driver: str) -> list[str]:
+        s = self.settings
+        return [s.node_path, str(s.bridge_script), "--tenant", tenant_id, "--session-dir", str(folder),
+                "--driver", driver, "--heartbeat-ms", str(max(10, round(s.heartbeat_interval_s * 1000))),
+                "--qr-interval-ms", str(max(10, round(s.qr_interval_s * 1000))),
+                "--stop-timeout-ms", str(max(1, round(s.stop_wait_s * 800)))]
+
+    def record_state(self, session: TenantSession, event: dict[str, Any] | None) -> None:
+        """Queues the session's actual state for the database and, with ``event``, a session.state."""
+        self._writes.put_nowait((session.tenant_id, session.snapshot(), event))
+
+    def publish(self, tenant_id: str, type_: str, data: dict[str, Any]) -> None:
+        self._writes.put_nowait((tenant_id, None, (type_, data)))
+
+    def dispatch_message(self, tenant_id: str, name: str, data: dict[str, Any]) -> None:
+        if self._listeners:
+            self._messages.put_nowait((tenant_id, name, data))
+
+    async def _writer(self) -> None:
+        """Persists state snapshots (latest per tenant, one transaction per batch), then publishes
+        the batch's events in order."""
+        while True:
+            batch = [await self._writes.get()]
+            while not self._writes.empty():
+                batch.append(self._writes.get_nowait())
+            try:
+                await self._write_batch(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("supervisor writer failed on a batch of %d", len(batch))
+            finally:
+                for _ in batch:
+                    self._writes.task_done()
+
+    async def _write_batch(self, batch: list[tuple]) -> None:
+        latest: dict[str, dict[str, Any]] = {}
+        for tenant_id, snapshot, _ in batch:
+            if snapshot is not None and tenant_id not in self._forgotten:
+                latest[tenant_id] = snapshot
+        if latest:
+            try:
+                async with self.db.begin() as conn:
+                    for tenant_id, snap in latest.items():
+                        await sessions_db.record_actual_state(conn, tenant_id, **snap)
+            except Exception:  # one bad row (a tenant deleted meanwhile) must not lose the others
+                for tenant_id, snap in latest.items():
+                    try:
+                        async with self.db.begin() as conn:
+                            await sessions_db.record_actual_state(conn, tenant_id, **snap)
+                    except Exception as exc:
+                        log.warning("cannot persist session state tenant=%s: %s", tenant_id, type(exc).__name__)
+        for tenant_id, snapshot, event in batch:
+            if event is None or tenant_id in self._forgotten:
+                continue
+            type_, data = (SESSION_STATE, event) if snapshot is not None else event
+            try:
+                await self.events.publish(tenant_id, type_, data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cannot publish %s tenant=%s: %s", type_, tenant_id, exc)
+
+    async def _dispatcher(self) -> None:
+        while True:
+            tenant_id, name, data = await self._messages.get()
+            for listener in list(self._listeners):
+                try:
+                    await listener(tenant_id, name, data)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("message listener failed on %s tenant=%s", name, tenant_id)
+
+    # ------------------------------------------------------------------ watchdogs
+    async def _ticker(self) -> None:
+        tick = max(0.02, min(0.5, self.settings.heartbeat_interval_s / 8))
+        while True:
+            await asyncio.sleep(tick)
+            now, wall_ms = time.monotonic(), time.time() * 1000
+            for session in list(self._sessions.values()):
+                try:
+                    session.check(now, wall_ms)
+                except Exception:
+                    log.exception("watchdog check failed tenant=%s", session.tenant_id)
+
+    async def _memory_loop(self) -> None:
+        limit = self.settings.memory_limit_mb * 1024 * 1024
+        while True:
+            await asyncio.sleep(self.settings.memory_check_interval_s)
+            trees = {tid: roots for tid, s in list(self._sessions.items()) if (roots := s.memory_roots())}
+            if not trees:
+                continue
+            try:
+                verdicts = await asyncio.to_thread(policy.check_memory, trees, limit)
+            except Exception:
+                log.exception("memory check failed")
+                continue
+            for verdict in verdicts:
+                session = self._sessions.get(verdict.tenant_id)
+                if session is None:
+                    continue
+                session.memory_bytes = verdict.bytes
+                if verdict.over and session.proc is not None and not session._acting:
+                    log.warning("memory %d MB over the %d MB limit: restarting tenant=%s",
+                                verdict.bytes // 2**20, self.settings.memory_limit_mb, verdict.tenant_id)
+                    session.request("kill", "memory_limit")

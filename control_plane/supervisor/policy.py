@@ -1,0 +1,159 @@
+"""Restart policy, apart from the mechanics: backoff with jitter, the crash-loop breaker, the
+heartbeat watchdog and the memory cap (PSS over the bridge's whole process tree, Chromium included).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import psutil
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def backoff_delay(failures: int, base_s: float, cap_s: float, *, jitter: float = 0.2,
+                  rand: random.Random | None = None) -> float:
+    """Exponential backoff: ``base * 2**(failures-1)`` capped at ``cap``, minus up to ``jitter`` of it
+    (so many tenants crashing together do not restart in the same instant, and the delay never
+    exceeds the cap)."""
+    if failures <= 0:
+        return 0.0
+    delay = min(cap_s, base_s * (2 ** min(failures - 1, 30)))
+    return delay * (1.0 - jitter * (rand or random).random())
+
+
+@dataclass
+class CrashLoopBreaker:
+    """``max_failures`` failures within ``window_s`` -> tripped (circus' flapping plugin)."""
+
+    max_failures: int
+    window_s: float
+    _times: collections.deque = field(default_factory=collections.deque)
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+
+    def record(self, now: float | None = None) -> int:
+        """Records a failure; returns how many fall within the window."""
+        now = time.monotonic() if now is None else now
+        self._times.append(now)
+        self._trim(now)
+        return len(self._times)
+
+    def recent(self, now: float | None = None) -> int:
+        self._trim(time.monotonic() if now is None else now)
+        return len(self._times)
+
+    def tripped(self, now: float | None = None) -> bool:
+        return self.max_failures > 0 and self.recent(now) >= self.max_failures
+
+    def reset(self) -> None:
+        self._times.clear()
+
+
+def heartbeat_overdue(last_seen: float, interval_s: float, now: float | None = None, *,
+                      missed: float = 2.0) -> bool:
+    """Silent for ``missed`` heartbeat intervals."""
+    return ((time.monotonic() if now is None else now) - last_seen) > missed * interval_s
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+def ppid_map() -> dict[int, int]:
+    """pid -> ppid for every process, from /proc/<pid>/stat (one pass, shared by all tenants)."""
+    out = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split(b" ", 3)
+        if len(fields) >= 2:
+            out[int(entry.name)] = int(fields[1])
+    return out
+
+
+def children_index(ppids: dict[int, int]) -> dict[int, list[int]]:
+    index: dict[int, list[int]] = collections.defaultdict(list)
+    for pid, ppid in ppids.items():
+        index[ppid].append(pid)
+    return index
+
+
+def process_tree(roots: Iterable[int], children: dict[int, list[int]]) -> set[int]:
+    """The roots and all their descendants."""
+    seen: set[int] = set()
+    stack = [r for r in roots if r]
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        stack.extend(children.get(pid, ()))
+    return seen
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Summed RSS (cheap: /proc/<pid>/statm). RSS >= PSS, so under the limit here means under it."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as fh:
+                total += int(fh.read().split()[1]) * PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def pss_bytes(pids: Iterable[int]) -> int:
+    """Summed PSS (shared pages split between their users), falling back to RSS where unreadable."""
+    total = 0
+    for pid in pids:
+        try:
+            info = psutil.Process(pid).memory_full_info()
+            total += getattr(info, "pss", None) or info.rss
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        except psutil.AccessDenied:
+            total += rss_bytes([pid])
+    return total
+
+
+def tree_memory_bytes(roots: Iterable[int], children: dict[int, list[int]] | None = None) -> int:
+    """PSS of the roots' whole trees."""
+    if children is None:
+        children = children_index(ppid_map())
+    return pss_bytes(process_tree(roots, children))
+
+
+@dataclass(frozen=True)
+class MemoryVerdict:
+    tenant_id: str
+    bytes: int
+    over: bool
+
+
+def check_memory(trees: dict[str, list[int]], limit_bytes: int) -> list[MemoryVerdict]:
+    """For each tenant (roots: bridge pid, browser pid), whether its tree is over the limit. Reads
+    RSS first and PSS only for trees whose RSS is over the limit. Blocking: run it in a thread."""
+    if not trees:
+        return []
+    children = children_index(ppid_map())
+    verdicts = []
+    for tenant_id, roots in trees.items():
+        pids = process_tree(roots, children)
+        used = rss_bytes(pids)
+        if used > limit_bytes:
+            used = pss_bytes(pids)
+        verdicts.append(MemoryVerdict(tenant_id, used, used > limit_bytes))
+    return verdicts
+
