@@ -324,6 +324,7 @@ class Bridge {
             browser_pid: null,
             tenant: o.tenant,
             session_dir: o.sessionDir,
+            tmpdir: process.env.TMPDIR,
             heartbeat_ms: o.heartbeatMs,
         });
         this.setState(STATES.STARTING);
@@ -503,6 +504,32 @@ class Bridge {
     }
 }
 
+// Chromium binds $TMPDIR/.org.chromium.Chromium.XXXXXX/SingletonSocket, a unix socket whose path
+// must fit in 107 bytes; a deep session folder makes the browser die at launch ("Target closed").
+// Then TMPDIR becomes a short symlink, /tmp/wabridge-<hash>, to the same <session-dir>/tmp, so the
+// files still live in the session folder. One symlink per session folder, reused across restarts.
+const CHROMIUM_SOCKET_SUFFIX = '/.org.chromium.Chromium.XXXXXX/SingletonSocket'.length;
+const MAX_SOCKET_PATH = 107;
+
+function shortTmpDir(tmp) {
+    if (tmp.length + CHROMIUM_SOCKET_SUFFIX <= MAX_SOCKET_PATH) return tmp;
+    const hash = require('crypto').createHash('sha256').update(tmp).digest('hex').slice(0, 16);
+    const link = path.join('/tmp', `wabridge-${hash}`);
+    try {
+        if (fs.readlinkSync(link) === tmp) return link;
+        fs.unlinkSync(link);
+    } catch (e) {
+        if (e.code !== 'ENOENT') log('warn', 'replacing %s: %s', link, e.message);
+    }
+    try {
+        fs.symlinkSync(tmp, link);
+    } catch (e) {
+        if (e.code !== 'EEXIST') throw e;
+    }
+    log('info', 'TMPDIR %s is too long for Chromium sockets, using %s -> it', tmp, link);
+    return link;
+}
+
 // --- process wiring ----------------------------------------------------------------------------
 function main() {
     const opts = parseCli(process.argv.slice(2));
@@ -512,7 +539,9 @@ function main() {
     fs.mkdirSync(opts.sessionDir, { recursive: true, mode: 0o700 });
     const tmp = path.join(opts.sessionDir, 'tmp');
     fs.mkdirSync(tmp, { recursive: true, mode: 0o700 });
-    process.env.TMPDIR = tmp;
+    // Only this process uses this folder: whatever is in it was left by a predecessor killed hard.
+    for (const name of fs.readdirSync(tmp)) fs.rmSync(path.join(tmp, name), { recursive: true, force: true });
+    process.env.TMPDIR = shortTmpDir(tmp);
 
     const bridge = new Bridge(opts);
 

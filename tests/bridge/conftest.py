@@ -7,9 +7,10 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import psutil
 import pytest
@@ -90,7 +91,9 @@ class RunningBridge:
         """Drives a fresh scripted bridge through QR and scan to ready."""
         await self.wait_state("qr")
         await self.conn.request("sandbox.scan")
-        return await self.wait_event("ready")
+        ready = await self.wait_event("ready")
+        await self.wait_state("ready")  # the state event follows the ready event
+        return ready
 
     async def wait_exit(self, timeout_s: float = 10.0) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout_s)
@@ -115,13 +118,30 @@ class RunningBridge:
                 task.cancel()
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
+        for leftover in processes_using_profile(self.session_dir / "session-session"):
+            try:
+                leftover.kill()  # only if a test failed; the tests assert there is none
+            except psutil.NoSuchProcess:
+                pass
 
 
 Spawn = Callable[..., Awaitable[RunningBridge]]
 
 
 @pytest.fixture
-async def spawn_bridge(tmp_path: Path) -> AsyncIterator[Spawn]:
+def sessions_root() -> Iterator[Path]:
+    """A short private folder for session dirs.
+
+    Not tmp_path: concurrent pytest runs on this machine prune each other's old basetemps, and
+    a short path keeps Chromium's socket paths well inside their limit.
+    """
+    root = Path(tempfile.mkdtemp(prefix="wab-test-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+async def spawn_bridge(sessions_root: Path) -> AsyncIterator[Spawn]:
     """Factory: spawn_bridge(driver="scripted", tenant="t1", session_dir=None, **cli) -> RunningBridge."""
     made: list[RunningBridge] = []
 
@@ -132,8 +152,9 @@ async def spawn_bridge(tmp_path: Path) -> AsyncIterator[Spawn]:
         heartbeat_ms: int = 200,
         qr_interval_ms: int = 20000,
         extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> RunningBridge:
-        sdir = session_dir or tmp_path / "sessions" / tenant
+        sdir = session_dir or sessions_root / tenant
         args = [
             str(MAIN_JS),
             "--tenant", tenant,
@@ -143,14 +164,14 @@ async def spawn_bridge(tmp_path: Path) -> AsyncIterator[Spawn]:
             "--qr-interval-ms", str(qr_interval_ms),
             *(extra or []),
         ]  # fmt: skip
-        env = dict(os.environ, CHROME_PATH=CHROME_PATH, TMPDIR=str(sdir / "tmp"))
+        full_env = dict(os.environ, CHROME_PATH=CHROME_PATH, TMPDIR=str(sdir / "tmp"), **(env or {}))
         proc = await asyncio.create_subprocess_exec(
             NODE,
             *args,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=env,
+            env=full_env,
             start_new_session=True,
         )
         bridge = RunningBridge(proc, sdir)
@@ -193,3 +214,25 @@ def profile_processes() -> Callable[[Path], list[psutil.Process]]:
 @pytest.fixture
 def until() -> Callable[[Callable[[], bool], float, str], Awaitable[None]]:
     return wait_until
+
+
+@pytest.fixture
+async def blackhole_proxy() -> AsyncIterator[str]:
+    """An HTTP proxy that accepts connections and never answers: page loads hang instead of failing.
+
+    Chromium on Linux without a desktop environment takes its proxy from https_proxy/http_proxy, so
+    a real-driver bridge pointed here keeps its browser up as long as a test needs it.
+    """
+    writers: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.close()
+    for writer in writers:
+        writer.close()
+    await server.wait_closed()

@@ -48,7 +48,7 @@ async def test_qr_rotates_with_increasing_attempts(spawn_bridge):
     assert third.data["expires_at"] == pytest.approx(third.ts + 100, abs=5)
 
 
-async def test_scan_to_ready_with_deterministic_number(spawn_bridge, tmp_path):
+async def test_scan_to_ready_with_deterministic_number(spawn_bridge, sessions_root):
     b = await spawn_bridge(tenant="acme")
     ready = await b.ready()
     assert [e.data["state"] for e in b.named(p.EVENT_STATE)] == ["starting", "qr", "authenticated", "ready"]
@@ -57,7 +57,7 @@ async def test_scan_to_ready_with_deterministic_number(spawn_bridge, tmp_path):
     assert ready.data["wid"] == f"{number}@c.us"
     state = await b.conn.request(p.CMD_GET_STATE)
     assert (state["state"], state["wid"], state["number"]) == ("ready", ready.data["wid"], number)
-    other = await spawn_bridge(tenant="acme", session_dir=tmp_path / "elsewhere")
+    other = await spawn_bridge(tenant="acme", session_dir=sessions_root / "elsewhere")
     assert (await other.ready()).data["number"] == number
 
 
