@@ -10,6 +10,7 @@ import time
 from aiohttp import web
 
 from control_plane import realtime
+from control_plane.admin import views as admin_views
 from control_plane.api import events, health, openapi, tenants, whatsapp_config
 from control_plane.api.errors import error_middleware
 from control_plane.api.routing import Router
@@ -96,4 +97,5 @@ def create_app(settings: Settings) -> web.Application:
     app["router_spec"] = router
     router.register(app)
     openapi.setup(app, router)
+    admin_views.setup(app)
     return app

@@ -7,6 +7,7 @@ import re
 from aiohttp import web
 
 from control_plane import errors
+from control_plane.admin import session as admin_session
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
 from control_plane.logs import current_tenant
@@ -24,6 +25,22 @@ def bearer_token(request: web.Request) -> str | None:
 
 def is_admin_token(request: web.Request, token: str | None) -> bool:
     return token is not None and tokens_equal(token, request.app["settings"].admin_token.get())
+
+
+def admin_panel_session(request: web.Request) -> bool:
+    """The admin panel's session cookie stands in for the admin token when no Authorization header is
+    sent: on safe methods as is, on unsafe ones only with its CSRF token in ``X-CSRF-Token`` (403
+    otherwise). False when there is no valid session cookie."""
+    signer = request.app.get("admin_sessions")
+    session = signer.verify(request.cookies.get(admin_session.COOKIE_NAME)) if signer else None
+    if session is None:
+        return False
+    if request.method in admin_session.SAFE_METHODS:
+        return True
+    if not signer.check_csrf(session, request.headers.get(admin_session.CSRF_HEADER)):
+        raise errors.Forbidden(f"admin session: missing or wrong {admin_session.CSRF_HEADER} header",
+                               code="csrf_failed")
+    return True
 
 
 async def tenant_for_key(request: web.Request, token: str) -> dict | None:
@@ -60,6 +77,9 @@ async def _require_tenant_key(request: web.Request, token: str | None) -> None:
 
 
 async def _require_admin(request: web.Request, token: str | None) -> None:
+    if token is None and admin_panel_session(request):
+        request["is_admin"] = True
+        return
     if token is None:
         raise errors.Unauthenticated("missing 'Authorization: Bearer <admin token>' header",
                                      code="missing_credentials")
@@ -85,7 +105,7 @@ async def authenticate(request: web.Request, mode: str) -> None:
         await _require_admin(request, token)
         _set_tenant(request, await load_tenant(request, request.match_info["tenant_id"]))
     elif mode == "admin_or_tenant":
-        if is_admin_token(request, token):
+        if is_admin_token(request, token) or (token is None and admin_panel_session(request)):
             request["is_admin"] = True
         else:
             await _require_tenant_key(request, token)

@@ -28,12 +28,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Sequence
+from urllib.parse import urlsplit
 
 import socketio
 from aiohttp import web
 from engineio import packet as eio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
 
+from control_plane.admin import session as admin_session
 from control_plane.config import Settings
 from control_plane.crypto import tokens_equal
 from control_plane.db import events as events_db
@@ -357,6 +359,8 @@ class Relay:
         if not isinstance(auth, dict):
             raise _refuse("auth must be an object: {token, since?}", "invalid_auth")
         token = auth.get("token") or _bearer(environ)
+        if not token and _admin_panel_session(environ):
+            return await self._authorize_admin(auth, auth.get("since"))
         if not isinstance(token, str) or not token:
             raise _refuse("missing credentials: connect with auth: {token: '<api key>'}", "missing_credentials")
         since = auth.get("since")
@@ -428,6 +432,19 @@ def _bearer(environ: dict) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+def _admin_panel_session(environ: dict) -> bool:
+    """The admin panel's signed session cookie (HttpOnly, SameSite=Strict; see admin/session.py) stands
+    in for the admin token on a same-origin connection that sends no token."""
+    request = environ.get("aiohttp.request")
+    signer = request.app.get("admin_sessions") if request is not None else None
+    if signer is None:
+        return False
+    origin = environ.get("HTTP_ORIGIN")
+    if origin and urlsplit(origin).netloc != environ.get("HTTP_HOST"):
+        return False
+    return signer.verify(request.cookies.get(admin_session.COOKIE_NAME)) is not None
 
 
 def create_server(settings: Settings) -> socketio.AsyncServer:
