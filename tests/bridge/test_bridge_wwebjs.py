@@ -109,8 +109,10 @@ async def test_deep_session_dir_still_launches_chromium(spawn_bridge, sessions_r
     deep = sessions_root / ("d" * 60) / ("e" * 40) / "tenant"
     b, _ = await started(spawn_bridge, session_dir=deep)
     assert len(str(deep / "tmp")) > 64  # too long for Chromium's SingletonSocket path as is
-    assert b.named(p.EVENT_HELLO)[0].data["tmpdir"].startswith("/tmp/wabridge-")
+    link = Path(b.named(p.EVENT_HELLO)[0].data["tmpdir"])
+    assert link.name.startswith("wabridge-") and link.resolve() == (deep / "tmp").resolve()
     assert await b.wait_exit(timeout_s=20) == p.EXIT_FATAL
     assert b.named(p.EVENT_ERROR)[0].data["code"] == p.FATAL_INIT_FAILED
     assert "Target closed" not in b.named(p.EVENT_ERROR)[0].data["message"]
     await assert_nothing_left(b, profile_processes, until)
+    link.unlink()
