@@ -11,13 +11,15 @@ from aiohttp import web
 
 from control_plane import realtime
 from control_plane.admin import views as admin_views
-from control_plane.api import events, health, openapi, tenants, whatsapp_config
+from control_plane.api import events, health, openapi, templates, tenants, whatsapp_config
 from control_plane.api.errors import error_middleware
 from control_plane.api.routing import Router
 from control_plane.config import Settings, mask_url
 from control_plane.crypto import SecretBox
 from control_plane.db import Database
 from control_plane.logs import current_tenant
+from control_plane.providers.cloud_api import CloudAPIClient
+from control_plane.webhooks import routes as webhooks
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("control_plane.access")
@@ -46,7 +48,7 @@ async def access_middleware(request: web.Request, handler):
 
 def build_router() -> Router:
     router = Router()
-    for module in (health, tenants, whatsapp_config, events):
+    for module in (health, tenants, whatsapp_config, events, webhooks, templates):
         router.include(module.router)
     return router
 
@@ -82,6 +84,15 @@ async def _realtime(app: web.Application):
         yield
 
 
+async def _providers(app: web.Application):
+    """One Cloud API client (one HTTP session) per process, shared by every tenant."""
+    settings: Settings = app["settings"]
+    client = await CloudAPIClient.create(settings.graph_api_url)
+    app["cloud_api"] = client
+    yield
+    await client.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[access_middleware, error_middleware],
@@ -93,6 +104,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_redis)
     realtime.attach(app)
     app.cleanup_ctx.append(_realtime)
+    app.cleanup_ctx.append(_providers)
+    app.cleanup_ctx.append(webhooks.webhooks_context)
     router = build_router()
     app["router_spec"] = router
     router.register(app)

@@ -27,6 +27,11 @@ whatsapp_config = sa.Table(
     sa.Column("verify_token_enc", sa.Text, nullable=True),
     sa.Column("verify_token_hash", sa.String(64), nullable=True, index=True),
     sa.Column("is_active", sa.Boolean, nullable=False, default=True),
+    # Business API credentials checked against the Graph API (migration 0004): verified | unverified |
+    # failed, why, and when. NULL when the Business API is not configured.
+    sa.Column("verification_status", sa.String(16), nullable=True),
+    sa.Column("verification_message", sa.Text, nullable=True),
+    sa.Column("verified_at", Timestamp, nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
 )
@@ -76,4 +81,31 @@ async def find_config_by_phone_number_id(conn: AsyncConnection, phone_number_id:
 async def find_configs_by_verify_token_hash(conn: AsyncConnection, token_hash: str) -> list[dict[str, Any]]:
     result = await conn.execute(sa.select(whatsapp_config)
                                 .where(whatsapp_config.c.verify_token_hash == token_hash))
+    return [dict(r._mapping) for r in result]
+
+
+async def find_webhook_targets(conn: AsyncConnection, phone_number_ids: list[str]) -> list[dict[str, Any]]:
+    """Routing facts for Meta webhooks (any tenant): per phone_number_id its tenant, encrypted app
+    secret, WABA and whether both the config and the tenant are active."""
+    from control_plane.db.tenants import tenants  # local: tenants imports nothing from here
+
+    if not phone_number_ids:
+        return []
+    c = whatsapp_config.c
+    result = await conn.execute(
+        sa.select(c.tenant_id, c.phone_number_id, c.waba_id, c.app_secret_enc, c.api_type,
+                  sa.and_(c.is_active, tenants.c.is_active).label("active"))
+        .join(tenants, tenants.c.id == c.tenant_id)
+        .where(c.phone_number_id.in_(phone_number_ids)))
+    return [dict(r._mapping) for r in result]
+
+
+async def find_active_configs_by_verify_token_hash(conn: AsyncConnection, token_hash: str) -> list[dict[str, Any]]:
+    """Configs holding this verify token whose config and tenant are both active (Meta's handshake)."""
+    from control_plane.db.tenants import tenants
+
+    result = await conn.execute(
+        sa.select(whatsapp_config.c.tenant_id).join(tenants, tenants.c.id == whatsapp_config.c.tenant_id)
+        .where(whatsapp_config.c.verify_token_hash == token_hash, whatsapp_config.c.is_active.is_(True),
+               tenants.c.is_active.is_(True)))
     return [dict(r._mapping) for r in result]

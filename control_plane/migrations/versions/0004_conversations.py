@@ -26,6 +26,11 @@ def _tenant_fk(table: str) -> sa.Column:
 
 
 def upgrade() -> None:
+    # Business API credentials as last checked against the Graph API (verified|unverified|failed).
+    with op.batch_alter_table("whatsapp_config") as batch:
+        batch.add_column(sa.Column("verification_status", sa.String(16), nullable=True))
+        batch.add_column(sa.Column("verification_message", sa.Text, nullable=True))
+        batch.add_column(sa.Column("verified_at", TS, nullable=True))
     op.create_table(
         "conversations",
         sa.Column("id", BIGID, primary_key=True, autoincrement=True),
@@ -118,3 +123,7 @@ def downgrade() -> None:
     op.drop_table("messages")
     op.drop_index("ix_conversations_tenant_id_last_message_at", table_name="conversations")
     op.drop_table("conversations")
+    with op.batch_alter_table("whatsapp_config") as batch:
+        batch.drop_column("verified_at")
+        batch.drop_column("verification_message")
+        batch.drop_column("verification_status")

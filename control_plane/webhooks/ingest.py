@@ -1,0 +1,225 @@
+"""Group commit for webhook deliveries.
+
+Each verified delivery is handed to ``WebhookIngester.submit`` and its request waits for the commit
+of the batch that carries it: durable before 200. One writer task takes everything queued since its
+last commit and stores it in ONE transaction with a fixed handful of multi-row statements per tenant
+(``record_inbound_messages``, ``apply_status_updates``, the event-log append), so the per-statement
+and per-commit (fsync) costs are paid once per batch, not once per request. No timer: while one
+batch commits, the next one gathers; under light load a batch is one delivery.
+
+A batch that fails for a reason other than a database outage is retried one delivery at a time, so
+one poisonous delivery cannot fail the others with it. Events are emitted after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from control_plane import errors
+from control_plane.db import Database, DatabaseUnavailable
+from control_plane.db import messages as messages_db
+from control_plane.realtime import event_types
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TenantWork:
+    """What one delivery stores for one tenant."""
+    tenant_id: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class IngestStats:
+    batches: int = 0
+    deliveries: int = 0
+    messages_stored: int = 0
+    statuses_stored: int = 0
+    failed_batches: int = 0
+    max_batch: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def is_db_outage(exc: BaseException) -> bool:
+    if isinstance(exc, (DatabaseUnavailable, OperationalError, InterfaceError, PoolTimeout, OSError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def received_event(row: dict[str, Any]) -> dict[str, Any]:
+    """``message.received`` data (the same shape for both providers; see docs/EVENTS.md)."""
+    return {"id": row["id"], "conversation_id": row["conversation_id"], "direction": "inbound",
+            "provider": row["provider"], "provider_message_id": row["provider_message_id"],
+            "from": row["wa_id"], "contact_name": row.get("contact_name"), "type": row["type"],
+            "content": row["content"], "status": "received", "timestamp": iso(row.get("provider_timestamp"))}
+
+
+def status_event(change: dict[str, Any]) -> dict[str, Any]:
+    """``message.status`` / ``message.failed`` data."""
+    error = None
+    if change["status"] == "failed":
+        error = {"code": change.get("error_code"), "message": change.get("error_message")}
+    return {"id": change["message_id"], "conversation_id": change["conversation_id"],
+            "provider": change["provider"], "provider_message_id": change["provider_message_id"],
+            "status": change["status"], "timestamp": iso(change.get("occurred_at")),
+            "recipient_id": change.get("recipient_id"), "error": error}
+
+
+@dataclass
+class _Pending:
+    works: list[TenantWork]
+    future: asyncio.Future
+
+
+class WebhookIngester:
+    def __init__(self, db: Database, events: Callable[[], Any], *, max_batch: int = 256) -> None:
+        self._db = db
+        self._events = events  # () -> app["events"] or None (looked up late: realtime may start after us)
+        self._max_batch = max_batch
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.stats = IngestStats()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="webhook-ingester")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(errors.Unavailable("shutting down; retry later"))
+
+    async def submit(self, works: list[TenantWork]) -> None:
+        """Store ``works`` durably (returns after their commit). Raises ``errors.Unavailable``."""
+        if not any(w.messages or w.statuses for w in works):
+            return
+        if self._task is None or self._task.done():
+            raise errors.Unavailable("webhook ingest is not running; retry later")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(works, future))
+        self._wake.set()
+        await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+                try:
+                    await self._commit_batch(batch)
+                except asyncio.CancelledError:
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(errors.Unavailable("shutting down; retry later"))
+                    raise
+                except Exception:  # noqa: BLE001 - the writer must survive anything
+                    log.exception("webhook ingester: unexpected error")
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(errors.Unavailable("storage failed; retry later"))
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            envelopes = await self._store(batch)
+        except Exception as exc:  # noqa: BLE001
+            self.stats.failed_batches += 1
+            if is_db_outage(exc):
+                log.warning("webhook batch of %d not stored, database unavailable: %s", len(batch),
+                            type(exc).__name__)
+                self._fail(batch, errors.Unavailable("the database is unavailable; retry later",
+                                                     code="database_unavailable"))
+                return
+            if len(batch) == 1:
+                log.exception("webhook delivery not stored")
+                self._fail(batch, errors.Unavailable("storage failed; retry later", code="storage_failed"))
+                return
+            log.warning("webhook batch of %d failed (%s); retrying one delivery at a time", len(batch),
+                        type(exc).__name__)
+            for pending in batch:
+                await self._commit_batch([pending])
+            return
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_result(None)
+        if envelopes:
+            events = self._events()
+            try:
+                await events.emit(envelopes)
+            except Exception:  # noqa: BLE001 - stored and logged; clients catch up by seq
+                log.exception("webhook events stored but not emitted (clients will catch up by seq)")
+
+    @staticmethod
+    def _fail(batch: list[_Pending], exc: Exception) -> None:
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(exc)
+
+    async def _store(self, batch: list[_Pending]) -> list[dict[str, Any]]:
+        per_tenant: dict[str, TenantWork] = {}
+        for pending in batch:
+            for work in pending.works:
+                merged = per_tenant.setdefault(work.tenant_id, TenantWork(work.tenant_id))
+                merged.messages.extend(work.messages)
+                merged.statuses.extend(work.statuses)
+        events = self._events()
+        new_events: list[tuple[str, str, dict[str, Any]]] = []
+        stored_messages = stored_statuses = 0
+        async with self._db.begin() as conn:
+            for tenant_id in sorted(per_tenant):  # one lock order for every writer
+                work = per_tenant[tenant_id]
+                if work.messages:
+                    rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages)
+                    stored_messages += len(rows)
+                    new_events.extend((tenant_id, event_types.MESSAGE_RECEIVED, received_event(r)) for r in rows)
+                if work.statuses:
+                    changes = await messages_db.apply_status_updates(conn, tenant_id, work.statuses)
+                    stored_statuses += len(changes)
+                    for change in changes:
+                        if not change["changed"]:
+                            continue  # a late 'delivered' after 'read': recorded, but nothing moved
+                        data = status_event(change)
+                        new_events.append((tenant_id, event_types.MESSAGE_STATUS, data))
+                        if change["status"] == "failed":
+                            new_events.append((tenant_id, event_types.MESSAGE_FAILED, data))
+            envelopes: list[dict[str, Any]] = []
+            if new_events and events is not None:
+                append_many = getattr(events, "append_many", None)
+                if append_many is not None:
+                    envelopes = list(await append_many(conn, new_events))
+                else:
+                    for tenant_id, type_, data in new_events:
+                        envelopes.append(await events.append(conn, tenant_id, type_, data))
+        self.stats.batches += 1
+        self.stats.deliveries += len(batch)
+        self.stats.max_batch = max(self.stats.max_batch, len(batch))
+        self.stats.messages_stored += stored_messages
+        self.stats.statuses_stored += stored_statuses
+        return envelopes

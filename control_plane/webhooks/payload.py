@@ -1,0 +1,133 @@
+"""Meta webhook payloads -> what we store. Pure: no I/O.
+
+``parse_delivery(data)`` walks EVERY entry and EVERY change (Meta batches them) and groups what it
+finds by ``value.metadata.phone_number_id``. Unknown fields are ignored; unknown message types are
+kept whole (the message object minus id/from/timestamp is the stored ``content``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from control_plane import errors
+
+PROVIDER = "business_api"
+# Statuses Meta sends for outbound messages (cloud-api.md §7).
+KNOWN_STATUSES = frozenset({"sent", "delivered", "read", "failed", "played"})
+_ENVELOPE_KEYS = ("id", "from", "timestamp")
+
+
+@dataclass
+class NumberBatch:
+    """Everything one delivery carries for one phone_number_id."""
+    phone_number_id: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class ParsedDelivery:
+    numbers: dict[str, NumberBatch] = field(default_factory=dict)
+    ignored_changes: int = 0       # fields we do not handle (account_update, templates ...)
+    skipped_items: int = 0         # malformed messages/statuses (no id, no sender ...)
+
+    def number(self, pnid: str) -> NumberBatch:
+        batch = self.numbers.get(pnid)
+        if batch is None:
+            batch = self.numbers[pnid] = NumberBatch(pnid)
+        return batch
+
+
+def unix_ts(value: Any) -> dt.datetime | None:
+    """Meta's unix-second strings -> naive UTC; None when absent or unreadable."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not 0 <= seconds < 32503680000:  # year 3000
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _error_fields(errs: Any) -> tuple[str | None, str | None]:
+    if not isinstance(errs, list) or not errs or not isinstance(errs[0], dict):
+        return None, None
+    first = errs[0]
+    data = first.get("error_data") if isinstance(first.get("error_data"), dict) else {}
+    code = first.get("code")
+    message = data.get("details") or first.get("message") or first.get("title")
+    return (str(code) if code is not None else None), (str(message) if message is not None else None)
+
+
+def _message_item(msg: dict[str, Any], names: dict[str, str]) -> dict[str, Any] | None:
+    wamid, sender = msg.get("id"), msg.get("from")
+    if not isinstance(wamid, str) or not wamid or not isinstance(sender, (str, int)) or not str(sender):
+        return None
+    sender = str(sender)
+    kind = msg.get("type") if isinstance(msg.get("type"), str) and msg.get("type") else "unknown"
+    content = {k: v for k, v in msg.items() if k not in _ENVELOPE_KEYS}
+    content["type"] = kind
+    return {"provider": PROVIDER, "provider_message_id": wamid, "wa_id": sender, "type": kind,
+            "content": content, "provider_timestamp": unix_ts(msg.get("timestamp")),
+            "contact_name": names.get(sender)}
+
+
+def _status_item(st: dict[str, Any]) -> dict[str, Any] | None:
+    wamid, status = st.get("id"), st.get("status")
+    if not isinstance(wamid, str) or not wamid or status not in KNOWN_STATUSES:
+        return None
+    code, message = _error_fields(st.get("errors"))
+    recipient = st.get("recipient_id")
+    return {"provider": PROVIDER, "provider_message_id": wamid, "status": status,
+            "occurred_at": unix_ts(st.get("timestamp")),
+            "recipient_id": str(recipient) if recipient is not None else None,
+            "error_code": code, "error_message": message, "raw": st}
+
+
+def parse_delivery(data: Any) -> ParsedDelivery:
+    """Group a delivery's messages and statuses by phone_number_id (400 if it is not Meta-shaped)."""
+    if not isinstance(data, dict) or not isinstance(data.get("entry"), list):
+        raise errors.BadRequest("expected a WhatsApp Business Account webhook: an object with an 'entry' list",
+                                code="invalid_webhook")
+    parsed = ParsedDelivery()
+    for entry in data["entry"]:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        if not isinstance(changes, list):
+            parsed.ignored_changes += 1
+            continue
+        for change in changes:
+            value = change.get("value") if isinstance(change, dict) else None
+            metadata = value.get("metadata") if isinstance(value, dict) else None
+            pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+            if pnid is None or not str(pnid):
+                parsed.ignored_changes += 1
+                continue
+            batch = parsed.number(str(pnid))
+            names: dict[str, str] = {}
+            for contact in _list(value.get("contacts")):
+                if isinstance(contact, dict) and contact.get("wa_id") is not None:
+                    profile = contact.get("profile") if isinstance(contact.get("profile"), dict) else {}
+                    if isinstance(profile.get("name"), str):
+                        names[str(contact["wa_id"])] = profile["name"]
+            for msg in _list(value.get("messages")):
+                item = _message_item(msg, names) if isinstance(msg, dict) else None
+                if item is None:
+                    parsed.skipped_items += 1
+                else:
+                    batch.messages.append(item)
+            for st in _list(value.get("statuses")):
+                item = _status_item(st) if isinstance(st, dict) else None
+                if item is None:
+                    parsed.skipped_items += 1
+                else:
+                    batch.statuses.append(item)
+            if value.get("errors"):
+                batch.errors.append(value["errors"])
+    return parsed

@@ -1,0 +1,160 @@
+"""``/api/whatsapp/webhook``: Meta's verification handshake (GET) and signed deliveries (POST).
+
+POST, in order, nothing stored until the last step:
+1. the raw body, read once, at most ``WEBHOOK_MAX_BODY_BYTES`` (413 past it);
+2. an ``X-Hub-Signature-256`` header must be present and well-formed (401);
+3. the body must be JSON shaped like a WhatsApp Business Account delivery (400);
+4. every entry and every change is grouped by ``value.metadata.phone_number_id``; each id is routed to
+   the active tenant that owns it; unknown ids are logged and counted, never stored;
+5. the signature is checked against the app secret of EVERY tenant the delivery names (HMAC-SHA256 of
+   the raw bytes, constant-time compare): one mismatch -> 401 and nothing is written (a delivery signed
+   with tenant A's secret cannot name tenant B's number);
+6. the delivery joins the current group commit; 200 once it is committed, 503 if the database fails
+   (Meta redelivers; storage is idempotent per wamid and per (wamid, status)).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from control_plane import errors
+from control_plane.api.models import QueryModel, ResponseModel
+from control_plane.api.routing import Router, parse_json, read_body
+from control_plane.crypto import hash_api_key
+from control_plane.db import whatsapp_config as config_db
+from control_plane.logs import current_tenant
+from control_plane.webhooks.directory import TenantDirectory, parse_signature, signature_matches
+from control_plane.webhooks.ingest import TenantWork, WebhookIngester
+from control_plane.webhooks.payload import parse_delivery
+from pydantic import Field
+
+log = logging.getLogger(__name__)
+router = Router()
+TAGS = ("webhooks",)
+PATH = "/api/whatsapp/webhook"
+
+
+class WebhookCounters:
+    """Process-local counters (exposed by the metrics endpoint when it exists)."""
+
+    def __init__(self) -> None:
+        self.deliveries = 0
+        self.accepted = 0
+        self.bad_signature = 0
+        self.unknown_phone_number_id = 0
+        self.ignored_changes = 0
+        self.skipped_items = 0
+        self.too_large = 0
+        self.unavailable = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class HandshakeQuery(QueryModel):
+    mode: str | None = Field(default=None, alias="hub.mode", max_length=64)
+    challenge: str | None = Field(default=None, alias="hub.challenge", max_length=512)
+    verify_token: str | None = Field(default=None, alias="hub.verify_token", max_length=512)
+
+
+class WebhookAck(ResponseModel):
+    ok: bool = True
+    messages: int = Field(0, description="Inbound messages in the delivery (for known numbers)")
+    statuses: int = Field(0, description="Status updates in the delivery (for known numbers)")
+    unknown_phone_number_ids: int = Field(0, description="Changes for numbers no active tenant owns (not stored)")
+
+
+@router.route("GET", PATH, auth="none", tags=TAGS, query=HandshakeQuery, errors=(403,), produces=("text/plain",),
+              summary="Meta's webhook verification: echoes hub.challenge when hub.verify_token matches an "
+                      "active tenant's verify token")
+async def handshake(request: web.Request, query: HandshakeQuery) -> web.Response:
+    if query.mode != "subscribe" or not query.verify_token or query.challenge is None:
+        raise errors.Forbidden("webhook verification failed", code="verification_failed")
+    async with request.app["db"].connect() as conn:
+        matches = await config_db.find_active_configs_by_verify_token_hash(conn, hash_api_key(query.verify_token))
+    if not matches:
+        log.warning("webhook handshake with an unknown verify token")
+        raise errors.Forbidden("webhook verification failed", code="verification_failed")
+    log.info("webhook handshake ok tenant=%s", ",".join(m["tenant_id"] for m in matches))
+    return web.Response(text=query.challenge, content_type="text/plain")
+
+
+@router.route("POST", PATH, auth="none", tags=TAGS, response=WebhookAck, errors=(400, 401, 413, 422, 503),
+              summary="Meta's signed webhook deliveries (X-Hub-Signature-256); 200 only once stored")
+async def receive(request: web.Request) -> WebhookAck:
+    app = request.app
+    counters: WebhookCounters = app["webhook_counters"]
+    counters.deliveries += 1
+    try:
+        raw = await read_body(request, app["settings"].webhook_max_body_bytes)
+    except errors.PayloadTooLarge:
+        counters.too_large += 1
+        raise
+    digest = parse_signature(request.headers.get("X-Hub-Signature-256"))
+    if digest is None:
+        counters.bad_signature += 1
+        raise errors.Unauthenticated("missing or malformed X-Hub-Signature-256", code="invalid_signature")
+    parsed = parse_delivery(parse_json(raw))
+    counters.ignored_changes += parsed.ignored_changes
+    counters.skipped_items += parsed.skipped_items
+
+    directory: TenantDirectory = app["webhook_directory"]
+    targets = await directory.targets(list(parsed.numbers))
+    works: dict[str, TenantWork] = {}
+    unknown = messages = statuses = 0
+    for pnid, batch in parsed.numbers.items():
+        target = targets.get(pnid)
+        if target is None:
+            unknown += 1
+            log.warning("webhook for unknown phone_number_id=%s (%d messages, %d statuses) not stored",
+                        pnid, len(batch.messages), len(batch.statuses))
+            continue
+        work = works.setdefault(target.tenant_id, TenantWork(target.tenant_id))
+        work.messages.extend(batch.messages)
+        work.statuses.extend(batch.statuses)
+        messages += len(batch.messages)
+        statuses += len(batch.statuses)
+        if batch.errors:
+            log.warning("webhook errors for phone_number_id=%s tenant=%s: %s", pnid, target.tenant_id,
+                        str(batch.errors)[:500])
+    counters.unknown_phone_number_id += unknown
+
+    # Every tenant the delivery names must have signed it: verify all before storing anything.
+    for tenant_id in works:
+        target = next(t for t in targets.values() if t is not None and t.tenant_id == tenant_id)
+        if not signature_matches(raw, digest, target.app_secret):
+            counters.bad_signature += 1
+            log.warning("webhook signature mismatch tenant=%s (nothing stored)", tenant_id)
+            raise errors.Unauthenticated("X-Hub-Signature-256 does not match", code="invalid_signature")
+
+    if works:
+        token = current_tenant.set(next(iter(works)) if len(works) == 1 else None)
+        try:
+            ingester: WebhookIngester = app["webhook_ingester"]
+            await ingester.submit(list(works.values()))
+        except errors.Unavailable:
+            counters.unavailable += 1
+            raise
+        finally:
+            current_tenant.reset(token)
+    counters.accepted += 1
+    return WebhookAck(messages=messages, statuses=statuses, unknown_phone_number_ids=unknown)
+
+
+async def webhooks_context(app: web.Application):
+    """Cleanup context: the tenant directory and the group-commit writer (after database and realtime)."""
+    app["webhook_counters"] = WebhookCounters()
+    app["webhook_directory"] = TenantDirectory(app["db"], app["secret_box"])
+    ingester = WebhookIngester(app["db"], lambda: app.get("events"))
+    app["webhook_ingester"] = ingester
+    ingester.start()
+    yield
+    await ingester.stop()
+
+
+def stats(app: web.Application) -> dict[str, Any]:
+    """Counters and group-commit figures (benchmarks, metrics)."""
+    return {**app["webhook_counters"].as_dict(), **app["webhook_ingester"].stats.as_dict()}
