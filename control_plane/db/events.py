@@ -14,7 +14,7 @@ import datetime as dt
 from typing import Any, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
@@ -41,23 +41,39 @@ tenant_event_seq = sa.Table(
 NewEvent = tuple[str, str, dt.datetime, str]
 
 
-def _upsert_counters(dialect: str, counts: dict[str, int]) -> sa.Executable:
-    rows = [{"tenant_id": t, "last_seq": n} for t, n in sorted(counts.items())]  # sorted: no deadlocks
-    if dialect in ("mysql", "mariadb"):
-        ins = mysql.insert(tenant_event_seq).values(rows)
-        return ins.on_duplicate_key_update(last_seq=tenant_event_seq.c.last_seq + ins.inserted.last_seq)
-    ins = sqlite.insert(tenant_event_seq).values(rows)
+def _sqlite_upsert_counters(counts: dict[str, int]) -> sa.Executable:
+    ins = sqlite.insert(tenant_event_seq).values([{"tenant_id": t, "last_seq": n} for t, n in sorted(counts.items())])
     return ins.on_conflict_do_update(index_elements=["tenant_id"],
                                      set_={"last_seq": tenant_event_seq.c.last_seq + ins.excluded.last_seq})
+
+
+# The hot path on MariaDB: statements written once, sent through the driver (aiomysql turns an
+# executemany of ``INSERT ... VALUES (%s, ...)`` into ONE multi-row statement). SQLAlchemy's
+# multi-VALUES construct compiles afresh for every batch size and costs more CPU than the insert.
+_MYSQL_UPSERT = ("INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES (%s, %s) "
+                 "ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)")
+_MYSQL_SELECT = "SELECT tenant_id, last_seq FROM tenant_event_seq WHERE tenant_id IN ({})"
+_MYSQL_INSERT = "INSERT INTO event_log (tenant_id, seq, type, ts, data) VALUES (%s, %s, %s, %s, %s)"
+
+
+def _is_mysql(conn: AsyncConnection) -> bool:
+    return conn.dialect.name in ("mysql", "mariadb")
 
 
 async def allocate_seqs(conn: AsyncConnection, counts: dict[str, int]) -> dict[str, int]:
     """Reserve ``counts[tenant]`` new seqs per tenant; returns each tenant's FIRST reserved seq.
 
-    The counter rows stay locked until ``conn``'s transaction ends."""
-    await conn.execute(_upsert_counters(conn.dialect.name, counts))
-    result = await conn.execute(sa.select(tenant_event_seq.c.tenant_id, tenant_event_seq.c.last_seq)
-                                .where(tenant_event_seq.c.tenant_id.in_(list(counts))))
+    The counter rows stay locked until ``conn``'s transaction ends (tenants are locked in sorted
+    order, so two batches cannot deadlock on each other)."""
+    tenant_ids = sorted(counts)
+    if _is_mysql(conn):
+        await conn.exec_driver_sql(_MYSQL_UPSERT, [(t, counts[t]) for t in tenant_ids])
+        result = await conn.exec_driver_sql(_MYSQL_SELECT.format(", ".join(["%s"] * len(tenant_ids))),
+                                            tuple(tenant_ids))
+    else:
+        await conn.execute(_sqlite_upsert_counters(counts))
+        result = await conn.execute(sa.select(tenant_event_seq.c.tenant_id, tenant_event_seq.c.last_seq)
+                                    .where(tenant_event_seq.c.tenant_id.in_(tenant_ids)))
     return {tenant_id: last - counts[tenant_id] + 1 for tenant_id, last in result}
 
 
@@ -74,8 +90,12 @@ async def append_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> li
         seq = next_seq[tenant_id]
         next_seq[tenant_id] = seq + 1
         seqs.append(seq)
-        rows.append({"tenant_id": tenant_id, "seq": seq, "type": type_, "ts": ts, "data": data})
-    await conn.execute(event_log.insert(), rows)
+        rows.append((tenant_id, seq, type_, ts, data))
+    if _is_mysql(conn):
+        await conn.exec_driver_sql(_MYSQL_INSERT, rows)
+    else:
+        await conn.execute(event_log.insert(), [dict(zip(("tenant_id", "seq", "type", "ts", "data"), r))
+                                                for r in rows])
     return seqs
 
 

@@ -41,6 +41,7 @@ from control_plane.crypto import tokens_equal
 from control_plane.db import events as events_db
 from control_plane.db import tenants as tenants_db
 from control_plane.db.engine import Database
+from control_plane.realtime import transport
 from control_plane.realtime.event_types import ALL_ROOM, tenant_room
 from control_plane.realtime.publisher import Envelope, format_ts
 
@@ -450,8 +451,10 @@ def _admin_panel_session(environ: dict) -> bool:
 def create_server(settings: Settings) -> socketio.AsyncServer:
     """The Socket.IO server; with REDIS_URL, a Redis manager links it to the other nodes."""
     manager = RelayRedisManager(settings.redis_url) if settings.redis_url else socketio.AsyncManager()
-    return socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, logger=False,
-                                engineio_logger=False)
+    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, logger=False,
+                               engineio_logger=False)
+    transport.install(sio.eio)
+    return sio
 
 
 def attach(app: web.Application, sio: socketio.AsyncServer) -> None:
