@@ -11,13 +11,14 @@ from aiohttp import web
 
 from control_plane import realtime
 from control_plane.admin import views as admin_views
-from control_plane.api import events, health, openapi, templates, tenants, whatsapp_config
+from control_plane.api import events, health, openapi, sandbox, session, templates, tenants, whatsapp_config
 from control_plane.api.errors import error_middleware
 from control_plane.api.routing import Router
 from control_plane.config import Settings, mask_url
 from control_plane.crypto import SecretBox
 from control_plane.db import Database
 from control_plane.logs import current_tenant
+from control_plane.supervisor import Supervisor
 from control_plane.providers.cloud_api import CloudAPIClient
 from control_plane.webhooks import routes as webhooks
 
@@ -48,7 +49,7 @@ async def access_middleware(request: web.Request, handler):
 
 def build_router() -> Router:
     router = Router()
-    for module in (health, tenants, whatsapp_config, events, webhooks, templates):
+    for module in (health, tenants, whatsapp_config, events, webhooks, templates, session, sandbox):
         router.include(module.router)
     return router
 
@@ -93,6 +94,22 @@ async def _providers(app: web.Application):
     await client.close()
 
 
+async def _supervisor(app: web.Application):
+    """``app["supervisor"]``: every tenant's bridge. Closed before the publisher and the database."""
+    settings: Settings = app["settings"]
+    if not settings.supervisor_enabled:
+        log.info("supervisor disabled (SUPERVISOR_ENABLED=false): no WhatsApp Web sessions")
+        yield
+        return
+    supervisor = Supervisor(settings, app["db"], events=app.get("events"))
+    await supervisor.startup()
+    app["supervisor"] = supervisor
+    try:
+        yield
+    finally:
+        await supervisor.close()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[access_middleware, error_middleware],
@@ -105,6 +122,7 @@ def create_app(settings: Settings) -> web.Application:
     realtime.attach(app)
     app.cleanup_ctx.append(_realtime)
     app.cleanup_ctx.append(_providers)
+    app.cleanup_ctx.append(_supervisor)
     app.cleanup_ctx.append(webhooks.webhooks_context)
     router = build_router()
     app["router_spec"] = router

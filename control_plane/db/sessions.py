@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.db.engine import utcnow
@@ -42,14 +44,23 @@ async def get_session_state(conn: AsyncConnection, tenant_id: str) -> dict[str, 
 
 
 async def _upsert(conn: AsyncConnection, tenant_id: str, values: dict[str, Any]) -> None:
-    values = {**values, "updated_at": utcnow()}
-    result = await conn.execute(session_state.update().where(session_state.c.tenant_id == tenant_id)
-                                .values(**values))
-    if result.rowcount:
-        return
-    row = {"desired_state": DESIRED_STOPPED, "state": "stopped", "since": values["updated_at"], "restarts": 0,
+    """Insert-or-update in one statement (an UPDATE-then-INSERT takes gap locks on MariaDB, and two
+    tenants' first writes then deadlock each other)."""
+    now = utcnow()
+    values = {**values, "updated_at": now}
+    row = {"desired_state": DESIRED_STOPPED, "state": "stopped", "since": now, "restarts": 0,
            **values, "tenant_id": tenant_id}
-    await conn.execute(session_state.insert().values(**row))
+    if conn.dialect.name in ("mysql", "mariadb"):
+        stmt = mysql_insert(session_state).values(**row)
+        await conn.execute(stmt.on_duplicate_key_update(**values))
+    elif conn.dialect.name == "sqlite":
+        stmt = sqlite_insert(session_state).values(**row)
+        await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant_id"], set_=values))
+    else:  # pragma: no cover - other dialects are not supported by the gateway
+        result = await conn.execute(session_state.update().where(session_state.c.tenant_id == tenant_id)
+                                    .values(**values))
+        if not result.rowcount:
+            await conn.execute(session_state.insert().values(**row))
 
 
 async def set_desired_state(conn: AsyncConnection, tenant_id: str, desired: str) -> None:

@@ -227,6 +227,7 @@ class Supervisor:
         """Logs the WhatsApp session out and wipes the profile; desired state stopped."""
         self._check_open()
         session = await self._session(tenant_id)
+        paths.tenant_dir(self.settings.sessions_dir, tenant_id)  # never wipe through a planted symlink
         async with session.lock:
             await self._set_desired(session, False)
             session.request("logout", "logout")

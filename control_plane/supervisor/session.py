@@ -327,7 +327,7 @@ class TenantSession:
         self.own_number = None
         try:
             await asyncio.to_thread(paths.wipe_tenant_dir, self.sup.settings.sessions_dir, self.tenant_id)
-        except OSError as exc:
+        except (OSError, paths.UnsafeSessionPath) as exc:
             log.error("cannot wipe the session folder tenant=%s: %s", self.tenant_id, exc)
 
     # -- what the bridge says --
