@@ -100,7 +100,8 @@
     let slot = field ? form.querySelector(`[data-error-for="${CSS.escape(field)}"]`) : null;
     if (!slot) slot = form.querySelector('[data-error-for="_form"]');
     if (!slot) { toast(err.message, true); return null; }
-    slot.textContent = err.message;
+    // "phone_number_id: String should match ..." reads oddly under that very field: drop the prefix.
+    slot.textContent = field ? String(err.message).replace(new RegExp("^" + field + ": "), "") : err.message;
     slot.hidden = false;
     const input = field ? form.querySelector(`[name="${CSS.escape(field)}"]`) : null;
     if (input) {
