@@ -12,6 +12,8 @@ from aiohttp import web
 from control_plane import realtime
 from control_plane.admin import views as admin_views
 from control_plane.api import events, health, openapi, sandbox, session, templates, tenants, whatsapp_config
+from control_plane.api import conversations, messages
+from control_plane.messaging import dispatcher_context
 from control_plane.api.errors import error_middleware
 from control_plane.api.routing import Router
 from control_plane.config import Settings, mask_url
@@ -49,7 +51,8 @@ async def access_middleware(request: web.Request, handler):
 
 def build_router() -> Router:
     router = Router()
-    for module in (health, tenants, whatsapp_config, events, webhooks, templates, session, sandbox):
+    for module in (health, tenants, whatsapp_config, events, webhooks, templates, session, sandbox, messages,
+                   conversations):
         router.include(module.router)
     return router
 
@@ -124,6 +127,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_providers)
     app.cleanup_ctx.append(_supervisor)
     app.cleanup_ctx.append(webhooks.webhooks_context)
+    app.cleanup_ctx.append(dispatcher_context)  # app["dispatcher"], after the supervisor
     router = build_router()
     app["router_spec"] = router
     router.register(app)

@@ -113,6 +113,17 @@ class Settings:
     # messaging (issue 6)
     cloud_rate_per_s: float = 80.0
     web_rate_per_s: float = 1.0
+    cloud_rate_headroom: float = 0.03
+    cloud_pair_interval_s: float = 6.0
+    cloud_pair_burst: int = 5
+    messaging_enabled: bool = True
+    messaging_max_attempts: int = 6
+    messaging_retry_base_s: float = 1.0
+    messaging_retry_cap_s: float = 60.0
+    messaging_lease_s: float = 60.0
+    messaging_reconcile_s: float = 60.0
+    messaging_poll_s: float = 1.0
+    messaging_batch_max: int = 200
     extra: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -160,6 +171,17 @@ _ENV: dict[str, tuple[str, Any]] = {
     "EVENT_RETENTION_DAYS": ("event_retention_days", float),
     "CLOUD_RATE_PER_S": ("cloud_rate_per_s", float),
     "WEB_RATE_PER_S": ("web_rate_per_s", float),
+    "CLOUD_RATE_HEADROOM": ("cloud_rate_headroom", float),
+    "CLOUD_PAIR_INTERVAL_S": ("cloud_pair_interval_s", float),
+    "CLOUD_PAIR_BURST": ("cloud_pair_burst", int),
+    "MESSAGING_ENABLED": ("messaging_enabled", bool),
+    "MESSAGING_MAX_ATTEMPTS": ("messaging_max_attempts", int),
+    "MESSAGING_RETRY_BASE_S": ("messaging_retry_base_s", float),
+    "MESSAGING_RETRY_CAP_S": ("messaging_retry_cap_s", float),
+    "MESSAGING_LEASE_S": ("messaging_lease_s", float),
+    "MESSAGING_RECONCILE_S": ("messaging_reconcile_s", float),
+    "MESSAGING_POLL_S": ("messaging_poll_s", float),
+    "MESSAGING_BATCH_MAX": ("messaging_batch_max", int),
 }
 
 _LOG_FORMATS = {"text", "json"}

@@ -11,5 +11,6 @@ from control_plane.db.metadata import metadata
 # reset walk it). Add new modules here.
 from control_plane.db import events, messages, tenants, whatsapp_config  # noqa: E402,F401  isort: skip
 from control_plane.db import sessions  # noqa: E402,F401  isort: skip
+from control_plane.db import outbox  # noqa: E402,F401  isort: skip
 
 __all__ = ["Database", "DatabaseUnavailable", "metadata", "utcnow"]

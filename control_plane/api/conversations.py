@@ -1,0 +1,187 @@
+"""``/api/conversations``: the tenant's conversations (newest activity first), a conversation's
+messages (cursor pagination, newest first), and mark-as-read (forwarded to the road that carried
+the conversation)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from typing import Any
+
+from aiohttp import web
+from pydantic import Field
+
+from control_plane import errors
+from control_plane.api.messages import message_view, strip_inline_media
+from control_plane.api.models import QueryModel, ResponseModel, UTCDateTime
+from control_plane.api.routing import Router
+from control_plane.db import messages as messages_db
+from control_plane.db import outbox as outbox_db
+from control_plane.messaging.routing import window_open_until
+
+router = Router()
+TAGS = ("conversations",)
+
+
+class PageQuery(QueryModel):
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=200, description="next_cursor of the previous page")
+
+
+class LastMessage(ResponseModel):
+    id: str
+    direction: str
+    type: str
+    status: str
+    provider: str | None = None
+    content: Any = None
+    created_at: UTCDateTime
+
+
+class ConversationOut(ResponseModel):
+    id: int
+    wa_id: str = Field(description="The contact's canonical id (digits only)")
+    contact_name: str | None = None
+    provider: str | None = Field(None, description="The road that last carried this conversation")
+    unread_count: int
+    last_message_at: UTCDateTime | None = None
+    last_inbound_at: UTCDateTime | None = None
+    window_open_until: UTCDateTime | None = Field(
+        None, description="Until when free-form messages are allowed on the Cloud API (24 h after the "
+                          "contact's last message)")
+    window_open: bool
+    last_message: LastMessage | None = None
+
+
+class ConversationPage(ResponseModel):
+    items: list[ConversationOut]
+    next_cursor: str | None = None
+
+
+class MessageItem(ResponseModel):
+    id: str
+    conversation_id: int
+    direction: str
+    type: str
+    content: Any = None
+    status: str
+    provider: str | None = None
+    provider_message_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    created_at: UTCDateTime
+    sent_at: UTCDateTime | None = None
+    delivered_at: UTCDateTime | None = None
+    read_at: UTCDateTime | None = None
+    failed_at: UTCDateTime | None = None
+    provider_timestamp: UTCDateTime | None = None
+
+
+class MessagePage(ResponseModel):
+    items: list[MessageItem]
+    next_cursor: str | None = None
+
+
+class ReadResult(ResponseModel):
+    ok: bool = True
+    unread_count: int = 0
+    provider: str | None = None
+    forwarded: bool = Field(description="The road was told (WhatsApp shows blue ticks to the contact)")
+    error: str | None = Field(None, description="Why it was not forwarded (the unread count is cleared anyway)")
+
+
+def _encode(at: dt.datetime | None, key: Any) -> str:
+    raw = json.dumps([at.isoformat() if at else None, key]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(cursor: str, key_type: type) -> tuple[dt.datetime, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, key = json.loads(raw)
+        value = (dt.datetime.fromisoformat(at), key_type(key))
+        if not isinstance(key, (int, str)):
+            raise ValueError
+        return value
+    except (ValueError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        raise errors.InvalidInput("cursor is not one this API returned", code="invalid_cursor",
+                                  field="cursor") from None
+
+
+def _conversation_id(request: web.Request) -> int:
+    raw = request.match_info["conversation_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise errors.NotFound("conversation not found", code="conversation_not_found")
+    return int(raw)
+
+
+async def _conversation(request: web.Request, conn: Any) -> dict[str, Any]:
+    conv = await messages_db.get_conversation(conn, request["tenant"]["id"], _conversation_id(request))
+    if conv is None:
+        raise errors.NotFound("conversation not found", code="conversation_not_found")
+    return conv
+
+
+@router.route("GET", "/api/conversations", auth="tenant", tags=TAGS, query=PageQuery, response=ConversationPage,
+              errors=(401, 403, 404, 422),
+              summary="Conversations, newest activity first: last message, unread count, provider, window")
+async def list_conversations(request: web.Request, query: PageQuery) -> ConversationPage:
+    tenant_id = request["tenant"]["id"]
+    before = _decode(query.cursor, int) if query.cursor else None
+    now = messages_db.utcnow()
+    async with request.app["db"].connect() as conn:
+        rows = await messages_db.list_conversations(conn, tenant_id, limit=query.limit + 1, before=before)
+        more = len(rows) > query.limit
+        rows = rows[:query.limit]
+        last = await outbox_db.messages_by_ids(conn, tenant_id, [r["last_message_id"] for r in rows
+                                                                 if r["last_message_id"]])
+    items = []
+    for r in rows:
+        m = last.get(r["last_message_id"] or "")
+        until = window_open_until(r["last_inbound_at"])
+        items.append(ConversationOut(
+            id=r["id"], wa_id=r["wa_id"], contact_name=r["contact_name"], provider=r["provider_last"],
+            unread_count=r["unread_count"], last_message_at=r["last_message_at"],
+            last_inbound_at=r["last_inbound_at"], window_open_until=until,
+            window_open=bool(until and until > now),
+            last_message=LastMessage(id=m["id"], direction=m["direction"], type=m["type"], status=m["status"],
+                                     provider=m["provider"],
+                                     content=strip_inline_media(messages_db.load_json(m["content"])),
+                                     created_at=m["created_at"]) if m else None))
+    next_cursor = _encode(rows[-1]["last_message_at"], rows[-1]["id"]) if more and rows else None
+    return ConversationPage(items=items, next_cursor=next_cursor)
+
+
+@router.route("GET", "/api/conversations/{conversation_id}/messages", auth="tenant", tags=TAGS, query=PageQuery,
+              response=MessagePage, errors=(401, 403, 404, 422),
+              summary="A conversation's messages, newest first (cursor pagination)")
+async def list_messages(request: web.Request, query: PageQuery) -> MessagePage:
+    tenant_id = request["tenant"]["id"]
+    before = _decode(query.cursor, str) if query.cursor else None
+    async with request.app["db"].connect() as conn:
+        conv = await _conversation(request, conn)
+        rows = await messages_db.list_messages(conn, tenant_id, conv["id"], limit=query.limit + 1, before=before)
+    more = len(rows) > query.limit
+    rows = rows[:query.limit]
+    items = [MessageItem(**{**r, "content": strip_inline_media(messages_db.load_json(r["content"]))}) for r in rows]
+    next_cursor = _encode(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
+    return MessagePage(items=items, next_cursor=next_cursor)
+
+
+@router.route("POST", "/api/conversations/{conversation_id}/read", auth="tenant", tags=TAGS, response=ReadResult,
+              errors=(401, 403, 404),
+              summary="Mark the conversation read; forwarded to the Web session or the Cloud API that carried it")
+async def mark_read(request: web.Request) -> ReadResult:
+    tenant_id = request["tenant"]["id"]
+    async with request.app["db"].begin() as conn:
+        conv = await _conversation(request, conn)
+        await messages_db.mark_conversation_read(conn, tenant_id, conv["id"])
+    dispatcher = request.app.get("dispatcher")
+    if dispatcher is None:
+        return ReadResult(provider=conv["provider_last"], forwarded=False, error="messaging is not running")
+    result = await dispatcher.mark_read(tenant_id, conv)
+    return ReadResult(provider=result["provider"], forwarded=result["forwarded"], error=result["error"])
+
+
+__all__ = ["router", "message_view"]

@@ -1,0 +1,199 @@
+"""``/api/messages``: send (queued in the outbox, 202), read one message with its history, and the
+tenant's messaging settings (the fallback template used outside the 24 h window)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import Field
+
+from control_plane import errors
+from control_plane.api.models import RequestModel, ResponseModel, UTCDateTime
+from control_plane.api.routing import Router
+from control_plane.db import messages as messages_db
+from control_plane.db import outbox as outbox_db
+from control_plane.messaging import models
+from control_plane.messaging import outbox as outbox_service
+
+log = logging.getLogger(__name__)
+router = Router()
+TAGS = ("messages",)
+_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class MessageAccepted(ResponseModel):
+    id: str
+    status: str = Field(description="queued for a new message; the current status for an idempotent replay")
+    conversation_id: int
+    duplicate: bool = Field(False, description="True when the idempotency key named an existing message")
+
+
+class ErrorInfo(ResponseModel):
+    code: str | None = None
+    message: str | None = None
+
+
+class TransitionOut(ResponseModel):
+    status: str
+    from_status: str | None = None
+    at: UTCDateTime
+    source: str = Field(description="dispatcher (our decisions) or provider (Meta's statuses, Web acks)")
+    provider: str | None = None
+    reason: str | None = None
+    error: ErrorInfo | None = None
+
+
+class MessageOut(ResponseModel):
+    id: str
+    conversation_id: int
+    direction: str
+    type: str
+    content: Any = None
+    status: str
+    provider: str | None = None
+    provider_message_id: str | None = None
+    requested_provider: str | None = None
+    route_reason: str | None = Field(None, description="Which road carried it and why")
+    attempts: int | None = None
+    idempotency_key: str | None = None
+    error: ErrorInfo | None = None
+    created_at: UTCDateTime
+    updated_at: UTCDateTime
+    sent_at: UTCDateTime | None = None
+    delivered_at: UTCDateTime | None = None
+    read_at: UTCDateTime | None = None
+    failed_at: UTCDateTime | None = None
+    transitions: list[TransitionOut] = Field(default_factory=list)
+
+
+class FallbackTemplate(RequestModel):
+    name: str = Field(min_length=1, max_length=255)
+    language: str = Field(min_length=2, max_length=16, pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
+    body_param: bool = Field(False, description="Pass the free-form text as the template's one body parameter")
+
+
+class MessagingSettingsIn(RequestModel):
+    fallback_template: FallbackTemplate | None = Field(
+        description="Sent instead of a free-form message when the Cloud API must carry it outside the "
+                    "24 h window; null removes it")
+
+
+class FallbackTemplateOut(ResponseModel):
+    name: str
+    language: str
+    body_param: bool
+
+
+class MessagingSettingsOut(ResponseModel):
+    fallback_template: FallbackTemplateOut | None = None
+
+
+def strip_inline_media(content: Any) -> Any:
+    """Inline media bytes are not echoed back (they can be megabytes)."""
+    if isinstance(content, dict):
+        kind = content.get("type")
+        part = content.get(kind) if isinstance(kind, str) else None
+        if isinstance(part, dict) and isinstance(part.get("base64"), str):
+            content = {**content, kind: {**part, "base64": f"<{len(part['base64']) * 3 // 4} bytes>"}}
+    return content
+
+
+def message_view(msg: dict[str, Any], box: dict[str, Any] | None, transitions: list[dict[str, Any]],
+                 facts: list[dict[str, Any]]) -> MessageOut:
+    history: list[dict[str, Any]] = []
+    for t in transitions:
+        error = ErrorInfo(code=t["error_code"], message=t["error_message"]) if t["error_code"] else None
+        history.append({"status": t["to_status"], "from_status": t["from_status"], "at": t["at"],
+                        "source": "dispatcher", "provider": t["provider"], "reason": t["reason"], "error": error})
+    for f in facts:
+        error = ErrorInfo(code=f["error_code"], message=f["error_message"]) if f["error_code"] else None
+        history.append({"status": f["status"], "from_status": None, "at": f["occurred_at"] or f["created_at"],
+                        "source": "provider", "provider": f["provider"], "reason": None, "error": error})
+    history.sort(key=lambda h: h["at"])
+    content = messages_db.load_json(msg["content"]) if isinstance(msg["content"], str) else msg["content"]
+    error = ErrorInfo(code=msg["error_code"], message=msg["error_message"]) if msg["error_code"] else None
+    return MessageOut(
+        id=msg["id"], conversation_id=msg["conversation_id"], direction=msg["direction"], type=msg["type"],
+        content=strip_inline_media(content), status=msg["status"], provider=msg["provider"],
+        provider_message_id=msg["provider_message_id"],
+        requested_provider=box["requested_provider"] if box else None,
+        route_reason=box["route_reason"] if box else None, attempts=box["attempts"] if box else None,
+        idempotency_key=box["idempotency_key"] if box else None, error=error, created_at=msg["created_at"],
+        updated_at=msg["updated_at"], sent_at=msg["sent_at"], delivered_at=msg["delivered_at"],
+        read_at=msg["read_at"], failed_at=msg["failed_at"], transitions=[TransitionOut(**h) for h in history])
+
+
+@router.route("POST", "/api/messages", auth="tenant", tags=TAGS, body=models.SendMessageIn,
+              response=MessageAccepted, status=202, errors=(400, 401, 403, 404, 409, 413, 422, 503),
+              max_body_bytes=models.ROUTE_BODY_LIMIT,
+              summary="Queue a message (text, media, location, template, interactive, reaction); 202 once "
+                      "it is stored. The same idempotency key returns the same message and never sends again.")
+async def send_message(request: web.Request, body: models.SendMessageIn) -> web.Response:
+    tenant_id = request["tenant"]["id"]
+    header_key = request.headers.get("Idempotency-Key")
+    if header_key is not None and not 1 <= len(header_key.strip()) <= 128:
+        raise errors.InvalidInput("Idempotency-Key must be 1 to 128 characters", code="invalid_field",
+                                  field="idempotency_key")
+    row, created = await outbox_service.enqueue(request.app["db"], tenant_id, body,
+                                                idempotency_key=header_key.strip() if header_key else None)
+    dispatcher = request.app.get("dispatcher")
+    if created and dispatcher is not None:
+        dispatcher.notify(tenant_id)
+    if created:
+        log.info("message queued tenant=%s id=%s type=%s", tenant_id, row["id"], row["type"])
+    out = MessageAccepted(id=row["id"], status=row["status"], conversation_id=row["conversation_id"],
+                          duplicate=not created)
+    return web.json_response(out.model_dump(mode="json"), status=202)
+
+
+@router.route("GET", "/api/messages/{message_id}", auth="tenant", tags=TAGS, response=MessageOut,
+              errors=(401, 403, 404),
+              summary="A message: status, provider and its id, error, the road and why, and its history")
+async def get_message(request: web.Request) -> MessageOut:
+    tenant_id = request["tenant"]["id"]
+    message_id = request.match_info["message_id"]
+    if not _MESSAGE_ID.match(message_id):
+        raise errors.NotFound("message not found", code="message_not_found")
+    async with request.app["db"].connect() as conn:
+        msg = await messages_db.get_message(conn, tenant_id, message_id)
+        if msg is None:
+            raise errors.NotFound("message not found", code="message_not_found")
+        box = await outbox_db.get_outbox(conn, tenant_id, message_id)
+        transitions = await outbox_db.list_transitions(conn, tenant_id, message_id)
+        facts = await messages_db.list_status_events(conn, tenant_id, message_id)
+    return message_view(msg, box, transitions, facts)
+
+
+def _settings_out(row: dict[str, Any] | None) -> MessagingSettingsOut:
+    if not row or not row.get("fallback_template_name"):
+        return MessagingSettingsOut(fallback_template=None)
+    return MessagingSettingsOut(fallback_template=FallbackTemplateOut(
+        name=row["fallback_template_name"], language=row["fallback_template_language"],
+        body_param=bool(row["fallback_template_body_param"])))
+
+
+@router.route("GET", "/api/messaging/settings", auth="tenant", tags=TAGS, response=MessagingSettingsOut,
+              errors=(401, 403, 404), summary="The tenant's messaging settings (fallback template)")
+async def get_settings(request: web.Request) -> MessagingSettingsOut:
+    async with request.app["db"].connect() as conn:
+        return _settings_out(await outbox_db.get_settings(conn, request["tenant"]["id"]))
+
+
+@router.route("PUT", "/api/messaging/settings", auth="tenant", tags=TAGS, body=MessagingSettingsIn,
+              response=MessagingSettingsOut, errors=(400, 401, 403, 404, 422),
+              summary="Set or clear the fallback template used outside the 24 h window")
+async def put_settings(request: web.Request, body: MessagingSettingsIn) -> MessagingSettingsOut:
+    tenant_id = request["tenant"]["id"]
+    tpl = body.fallback_template
+    values = {"fallback_template_name": tpl.name if tpl else None,
+              "fallback_template_language": tpl.language if tpl else None,
+              "fallback_template_body_param": bool(tpl.body_param) if tpl else False}
+    async with request.app["db"].begin() as conn:
+        row = await outbox_db.save_settings(conn, tenant_id, values)
+    dispatcher = request.app.get("dispatcher")
+    if dispatcher is not None:
+        dispatcher.invalidate(tenant_id)
+    return _settings_out(row)

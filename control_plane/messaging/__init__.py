@@ -1,0 +1,46 @@
+"""Unified messaging (issue 6): the outbox, per-tenant dispatch with routing between the Web session
+and the Cloud API, the rate governor, and Web-session ingest.
+
+    models.py      POST /api/messages validation per type -> (wa_id, type, content)
+    outbox.py      enqueue with idempotency (the row is committed before the 202)
+    routing.py     policy -> road, with a recorded reason (pure)
+    governor.py    per-number / per-pair / per-session pacing (in-process or Redis)
+    dispatcher.py  claim, route, send, record; crash recovery (the remaining duplicate window)
+    web_ingest.py  bridge message / message_ack -> the same tables and events as Cloud ones
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+
+async def dispatcher_context(app: web.Application):
+    """``app["dispatcher"]``: started after the supervisor (it listens to its bridge events), stopped
+    before it (sends in flight finish and are recorded first)."""
+    from control_plane.messaging.dispatcher import Dispatcher
+    from control_plane.providers.cloud_api import CloudAPIClient
+
+    settings = app["settings"]
+    app["dispatcher"] = None
+    if not settings.messaging_enabled:
+        log.info("messaging dispatcher disabled (MESSAGING_ENABLED=false)")
+        yield
+        return
+    own_client = None
+    cloud_api = app.get("cloud_api")
+    if cloud_api is None:
+        own_client = cloud_api = await CloudAPIClient.create(settings.graph_api_url)
+    dispatcher = Dispatcher(db=app["db"], settings=settings, secret_box=app["secret_box"], cloud_api=cloud_api,
+                            supervisor=app.get("supervisor"), events=app.get("events"), redis=app.get("redis"))
+    await dispatcher.start()
+    app["dispatcher"] = dispatcher
+    try:
+        yield
+    finally:
+        await dispatcher.close()
+        if own_client is not None:
+            await own_client.close()
