@@ -4,6 +4,8 @@
         own transaction: appended to the tenant's event log and committed, then emitted.
     envelope = await events.append(conn, tenant_id, type, data)
         inside the caller's transaction; after the caller commits: ``await events.emit([envelope])``.
+    envelopes = await events.append_many(conn, [(tenant_id, type, data), ...])
+        the same for many events, in one multi-row insert.
 
 Envelope (a dict): ``{seq, tenant_id, type, ts, data}``; ``ts`` is ISO 8601 UTC with milliseconds and
 a ``Z`` (``2025-01-31T12:00:00.123Z``). The Socket.IO event name is ``type``.
@@ -169,6 +171,20 @@ class EventPublisher:
         ts = _now_ms()
         [seq] = await events_db.append_events(conn, [(tenant_id, type, ts, data_json)])
         return make_envelope(tenant_id, seq, type, ts, data, data_json)
+
+    async def append_many(self, conn: AsyncConnection, events: Sequence[tuple[str, str, dict[str, Any]]]
+                          ) -> list[Envelope]:
+        """:meth:`append` for many ``(tenant_id, type, data)`` at once: one counter upsert and one
+        multi-row insert. Envelopes come back in input order (seqs in input order per tenant)."""
+        if not events:
+            return []
+        ts = _now_ms()
+        prepared = []
+        for tenant_id, type_, data in events:
+            check_names(tenant_id, type_)
+            prepared.append((tenant_id, type_, data, encode_data(data)))
+        seqs = await events_db.append_events(conn, [(t, ty, ts, dj) for t, ty, _d, dj in prepared])
+        return [make_envelope(t, seq, ty, ts, d, dj) for (t, ty, d, dj), seq in zip(prepared, seqs)]
 
     async def emit(self, envelopes: Sequence[Envelope]) -> None:
         """Push envelopes that are already committed (from :meth:`append`) to subscribers."""

@@ -47,6 +47,20 @@ async def test_append_in_callers_transaction_then_emit(client, make_tenant):
     assert [e["data"]["x"] for e in (await resp.json())["events"]] == [1, 2, 3]
 
 
+async def test_append_many_numbers_in_input_order_per_tenant(client, make_tenant):
+    a, b = await make_tenant(), await make_tenant()
+    events, db = client.app["events"], client.app["db"]
+    await events.publish(b["id"], ev.SESSION_STATE, {"state": "ready"})
+    async with db.begin() as conn:
+        envs = await events.append_many(conn, [(a["id"], ev.MESSAGE_RECEIVED, {"n": 1}),
+                                               (b["id"], ev.MESSAGE_STATUS, {"n": 2}),
+                                               (a["id"], ev.MESSAGE_FAILED, {"n": 3})])
+    await events.emit(envs)
+    assert [(e["tenant_id"], e["seq"], e["data"]["n"]) for e in envs] == [(a["id"], 1, 1), (b["id"], 2, 2),
+                                                                          (a["id"], 2, 3)]
+    assert await events.append_many(None, []) == []
+
+
 async def test_payloads_never_carry_secrets_and_names_are_checked(client, make_tenant):
     t = await make_tenant()
     events = client.app["events"]

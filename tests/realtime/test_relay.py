@@ -7,7 +7,9 @@ import asyncio
 import aiohttp
 import pytest
 
+from control_plane.db.engine import utcnow
 from control_plane.realtime import event_types as ev
+from control_plane.realtime.publisher import make_envelope
 from tests.realtime.conftest import wait_until
 
 pytestmark = pytest.mark.mariadb
@@ -140,3 +142,47 @@ async def test_two_nodes_share_mariadb_and_redis(start_node, new_tenant, consume
                      what="interleaved events")
     assert on_two.seqs() == list(range(1, 202)) == node_on_one.seqs()
     assert other.events == []
+
+
+async def test_out_of_order_emits_are_delivered_in_seq_order(node, new_tenant, consumers):
+    a = await new_tenant(node)
+    c = consumers("py")
+    await c.connect(node.url, {"token": a["key"]})
+    db, events = node.app["db"], node.events
+    envs = []
+    for i in range(3):
+        async with db.begin() as conn:
+            envs.append(await events.append(conn, a["id"], ev.MESSAGE_SENT, {"i": i}))
+    await events.emit([envs[2]])  # as if another node's emit overtook the first two
+    await events.emit([envs[0], envs[1]])
+    await wait_until(lambda: len(c.events) >= 3, what="three events")
+    await node.events.publish(a["id"], ev.MESSAGE_SENT, {"i": 3})
+    await wait_until(lambda: len(c.events) >= 4, what="fourth event")
+    assert c.seqs() == [1, 2, 3, 4]
+
+
+async def test_a_seq_missing_from_the_log_does_not_stall_delivery(node, new_tenant, consumers):
+    a = await new_tenant(node)
+    c = consumers("py")
+    await c.connect(node.url, {"token": a["key"]})
+    await node.events.publish(a["id"], ev.MESSAGE_SENT, {"i": 1})
+    # Contract violation: emitted, never committed. Delivery gives up waiting for seq 2 and 3.
+    await node.events.emit([make_envelope(a["id"], 4, ev.MESSAGE_SENT, utcnow(), {"i": 4}, '{"i":4}')])
+    await wait_until(lambda: len(c.events) >= 2, what="event after the gap")
+    assert c.seqs() == [1, 4]
+
+
+async def test_slow_client_is_cut_off_then_resumes_with_since(node, new_tenant, consumers):
+    a = await new_tenant(node)
+    relay = node.app["realtime_relay"]
+    relay.max_queue = 5
+    c = consumers("py")
+    await c.connect(node.url, {"token": a["key"]})
+    await asyncio.gather(*(node.events.publish(a["id"], ev.MESSAGE_RECEIVED, {"i": i}) for i in range(40)))
+    await wait_until(lambda: not c.connected, what="slow client cut off")
+    assert relay.stats["slow_disconnects"] == 1 and 0 < len(c.events) < 40
+    relay.max_queue = 2000
+    again = consumers("py")
+    await again.connect(node.url, {"token": a["key"], "since": c.seqs()[-1]})
+    await wait_until(lambda: len(c.events) + len(again.events) >= 40, what="the rest")
+    assert c.seqs() + again.seqs() == list(range(1, 41))
