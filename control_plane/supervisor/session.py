@@ -409,8 +409,10 @@ class TenantSession:
         if proc is None or proc.exited or self._acting or self._action is not None:
             return
         settings = self.sup.settings
-        if not self.hello:
-            if now - proc.started_at > self.sup.start_timeout_s:
+        if self.state is S.STARTING:
+            # Loading the driver (whatsapp-web.js + puppeteer) blocks node's loop for a second or
+            # two on a cold cache: while starting, silence is judged by the start timeout instead.
+            if now - self.last_seen > self.sup.start_timeout_s:
                 self.request("kill", "start_timeout")
         elif policy.heartbeat_overdue(self.last_seen, settings.heartbeat_interval_s, now):
             self.request("kill", "heartbeat_timeout")
