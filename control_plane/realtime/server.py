@@ -336,7 +336,13 @@ class Relay:
     # -- connect / disconnect -------------------------------------------------------------------
 
     async def _on_connect(self, sid: str, environ: dict, auth: Any) -> None:
-        tenants, cursors = await self._authorize(environ, auth)
+        try:
+            tenants, cursors = await self._authorize(environ, auth)
+        except Refused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is down: refuse, the client retries
+            log.warning("realtime connect refused, dependency failed: %s", exc)
+            raise _refuse("temporarily unavailable; retry shortly", "unavailable") from None
         sub = Subscriber(sid=sid, tenants=tenants, cursors=cursors, dirty=set(cursors))
         self.subs[sid] = sub
         for room in ([tenant_room(t) for t in tenants] if tenants is not None else [ALL_ROOM]):
@@ -403,12 +409,13 @@ class Relay:
         cursors: dict[str, int] = {}
         for tenant_id in tenant_ids:
             value = since.get(tenant_id) if isinstance(since, dict) else since
-            if value is None:
-                value = await events_db.last_seq(conn, tenant_id)
-            elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise _refuse("since must be a non-negative integer (the last seq you received)",
                               "invalid_since")
-            cursors[tenant_id] = value
+            latest = await events_db.last_seq(conn, tenant_id)
+            # A since beyond the latest seq (a client that outlived a database restore) restarts
+            # from the latest: better a repeat than a silent loss.
+            cursors[tenant_id] = latest if value is None else min(value, latest)
         return cursors
 
     # -- lifecycle ------------------------------------------------------------------------------
