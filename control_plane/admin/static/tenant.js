@@ -14,6 +14,9 @@
   let qr = page.qr || null; // {qr, attempt, expires_at}
   let config = page.config;
   let lastSeq = null;
+  let clockOffset = 0; // browser clock minus server clock, from event timestamps (QR countdown)
+  let offsetKnown = false;
+  const serverNow = () => Date.now() - clockOffset;
 
   // ------------------------------------------------------------------------------------- tabs
   function selectTab(tabs, selected) {
@@ -44,6 +47,7 @@
     unknown: "Session state unknown.",
   };
   let qrKey = null;
+  let scanned = false; // the sandbox phone scanned; no QR fetches until the next state change
   let qrLoading = null;
 
   function qrView() {
@@ -95,6 +99,9 @@
     const key = `${qr.attempt}:${qr.qr}`;
     tickQr();
     if (key === qrKey || qrLoading === key) return;
+    // Scanned from the sandbox panel: the server is about to have no code to give, so asking would
+    // only earn a 404. The next state event says what comes next.
+    if (scanned) return;
     qrLoading = key;
     try {
       const url = await A.fetchImage(base + "/session/qr?format=svg");
@@ -119,7 +126,7 @@
       $("qr-meta").textContent = attempt;
       return;
     }
-    const left = Math.round((expires - Date.now()) / 1000);
+    const left = Math.round((expires - serverNow()) / 1000);
     $("qr-meta").textContent = left > 0 ? `${attempt} · ${left} s left` : `${attempt} · expired, waiting for the next code…`;
   }
   setInterval(() => { tickQr(); renderFacts(); }, 1000);
@@ -157,10 +164,12 @@
   const sandbox = $("sandbox-panel");
   if (sandbox) {
     $("sandbox-scan").addEventListener("click", async () => {
+      scanned = true;
       try {
         await A.api("POST", base + "/sandbox/scan", {});
         A.toast("Scanned");
       } catch (err) {
+        scanned = false;
         A.toast(err.message, true);
       }
     });
@@ -481,6 +490,10 @@
     onEvent: (env) => {
       if (env.tenant_id !== T) return;
       if (typeof env.seq === "number") lastSeq = Math.max(lastSeq || 0, env.seq);
+      const sentAt = A.toMillis(env.ts);
+      // Every delay seen is the clock offset plus some latency: the smallest is the best estimate.
+      if (sentAt) clockOffset = offsetKnown ? Math.min(clockOffset, Date.now() - sentAt) : Date.now() - sentAt;
+      offsetKnown = offsetKnown || Boolean(sentAt);
       const d = env.data || {};
       if (env.type === "session.qr") {
         qr = d;
@@ -491,6 +504,7 @@
         facts = Object.assign({}, facts, { state: news.state, reason: news.reason });
         if (news.ownNumber) facts.ownNumber = news.ownNumber;
         if (news.state !== "qr") qr = null;
+        scanned = false;
         renderSession();
         refreshSession(); // restarts, memory, pid... and the QR when one is showing
       } else if (env.type.startsWith("message.")) {
