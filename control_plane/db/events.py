@@ -11,7 +11,8 @@ its seqs back with it, so there are no gaps.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
@@ -42,7 +43,8 @@ NewEvent = tuple[str, str, dt.datetime, str]
 
 
 def _sqlite_upsert_counters(counts: dict[str, int]) -> sa.Executable:
-    ins = sqlite.insert(tenant_event_seq).values([{"tenant_id": t, "last_seq": n} for t, n in sorted(counts.items())])
+    rows = [{"tenant_id": t, "last_seq": n} for t, n in sorted(counts.items())]
+    ins = sqlite.insert(tenant_event_seq).values(rows)
     return ins.on_conflict_do_update(index_elements=["tenant_id"],
                                      set_={"last_seq": tenant_event_seq.c.last_seq + ins.excluded.last_seq})
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -44,7 +44,7 @@ async def running(app: web.Application) -> AsyncIterator[EventPublisher]:
         manager.initialize()  # starts the pub/sub listener now, not at the first connection
         try:
             await manager.wait_subscribed(REDIS_SUBSCRIBE_WAIT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("realtime: Redis not subscribed yet; other nodes' events arrive once it is")
     publisher = EventPublisher(app["db"], relay)
     publisher.start()

@@ -28,7 +28,8 @@ import json
 import logging
 import re
 import uuid
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -150,7 +151,7 @@ class EventPublisher:
 
     # -- the pinned API -------------------------------------------------------------------------
 
-    async def publish(self, tenant_id: str, type: str, data: dict[str, Any]) -> Envelope:  # noqa: A002
+    async def publish(self, tenant_id: str, type: str, data: dict[str, Any]) -> Envelope:
         """Append to the tenant's log, commit (grouped with concurrent calls), then emit.
         Returns the envelope once durable."""
         if self._closing:
@@ -162,7 +163,7 @@ class EventPublisher:
         self._wake.set()
         return await fut
 
-    async def append(self, conn: AsyncConnection, tenant_id: str, type: str,  # noqa: A002
+    async def append(self, conn: AsyncConnection, tenant_id: str, type: str,
                      data: dict[str, Any]) -> Envelope:
         """Append inside the caller's transaction (``conn``). Emit it with :meth:`emit` once that
         transaction has committed; until then nobody sees it (a rollback takes its seq back)."""
@@ -267,7 +268,7 @@ class EventPublisher:
                     await self.sink.broadcast(envelopes)
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # noqa: BLE001 - clients catch up from the log on their next event
+                except Exception:  # clients catch up from the log on their next event
                     log.exception("emitting %d events failed", len(envelopes))
             self.stats["emitted"] += len(envelopes)
             if stop:

@@ -42,6 +42,6 @@ async def prune_forever(db: Database, retention_days: float, interval_s: float =
             await prune_once(db, retention_days)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the next round retries
+        except Exception:  # the next round retries
             log.exception("event log pruning failed; retrying in %.0fs", interval_s)
         await asyncio.sleep(interval_s)

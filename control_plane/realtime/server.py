@@ -26,8 +26,9 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterable, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import socketio
@@ -213,7 +214,8 @@ class Relay:
         if cursor is not None:
             if seq <= cursor:
                 return  # already sent (replay, or another node's copy)
-            if seq != cursor + 1 and not accept_gap:  # one is missing: get it from the log, keep this one for after
+            if seq != cursor + 1 and not accept_gap:
+                # One is missing: fetch it from the log, keep this one for after.
                 sub.dirty.add(tenant_id)
                 self._buffer(sub, item)
                 self._start_catch_up(sub)
@@ -288,7 +290,7 @@ class Relay:
                     await asyncio.sleep(0.05 * stalls)
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - the client reconnects with since and loses nothing
+        except Exception:  # the client reconnects with since and loses nothing
             log.exception("realtime replay failed for %s; disconnecting it", sub.sid)
             sub.closed = True
             self._spawn(self.sio.disconnect(sub.sid))
@@ -369,7 +371,8 @@ class Relay:
         if not token and _admin_panel_session(environ):
             return await self._authorize_admin(auth, auth.get("since"))
         if not isinstance(token, str) or not token:
-            raise _refuse("missing credentials: connect with auth: {token: '<api key>'}", "missing_credentials")
+            raise _refuse("missing credentials: connect with auth: {token: '<api key>'}",
+                          "missing_credentials")
         since = auth.get("since")
         if tokens_equal(token, self.settings.admin_token.get()):
             return await self._authorize_admin(auth, since)
@@ -424,7 +427,7 @@ class Relay:
         for sid in list(self.subs):
             try:
                 await self.sio.disconnect(sid)
-            except Exception:  # noqa: BLE001 - best effort on the way out
+            except Exception:  # best effort on the way out
                 log.debug("disconnect %s failed on shutdown", sid, exc_info=True)
         for task in list(self._tasks):
             task.cancel()

@@ -56,19 +56,20 @@ async def test_wrong_missing_or_revoked_credentials_are_refused(node, new_tenant
     for auth, code in cases:
         c = consumers(kind)
         await c.connect(node.url, auth, expect_ok=False)
-        await wait_until(lambda: c.errors, what=f"refusal {code}")
+        await wait_until(lambda c=c: c.errors, what=f"refusal {code}")
         assert not c.connected and c.errors[0]["data"]["code"] == code, (auth, c.errors)
         assert c.errors[0]["message"]
+    tenant_url = f"{node.url}/api/tenants/{a['id']}"
     async with aiohttp.ClientSession() as http:
-        await http.patch(f"{node.url}/api/tenants/{a['id']}", json={"is_active": False}, headers=admin_headers)
+        await http.patch(tenant_url, json={"is_active": False}, headers=admin_headers)
         c = consumers(kind)
         await c.connect(node.url, {"token": a["key"]}, expect_ok=False)
         await wait_until(lambda: c.errors, what="inactive refusal")
         assert c.errors[0]["data"]["code"] == "tenant_inactive"
-        await http.patch(f"{node.url}/api/tenants/{a['id']}", json={"is_active": True}, headers=admin_headers)
-        keys = await (await http.get(f"{node.url}/api/tenants/{a['id']}/api-keys", headers=admin_headers)).json()
+        await http.patch(tenant_url, json={"is_active": True}, headers=admin_headers)
+        keys = await (await http.get(f"{tenant_url}/api-keys", headers=admin_headers)).json()
         for key in keys["api_keys"]:
-            await http.delete(f"{node.url}/api/tenants/{a['id']}/api-keys/{key['id']}", headers=admin_headers)
+            await http.delete(f"{tenant_url}/api-keys/{key['id']}", headers=admin_headers)
     c = consumers(kind)
     await c.connect(node.url, {"token": a["key"]}, expect_ok=False)
     await wait_until(lambda: c.errors, what="revoked refusal")

@@ -1,0 +1,279 @@
+"""Relay benchmark: 100 tenants, one websocket client each (Node socket.io-client, in separate
+processes), events published inside the server at rising rates. For each rate: delivered share,
+p50/p99 publish->receipt latency, order errors. Run twice in one go: persistence off (the ceiling:
+seqs numbered in memory, emit only) and on (group commit to MariaDB, then emit).
+
+    .venv/bin/python bench/relay_bench.py            # throwaway MariaDB database on 127.0.0.1
+    .venv/bin/python bench/relay_bench.py --rates 1000,2000,4000 --duration 3
+
+"Sustained" = the highest rate with >= 98% delivered, p99 < 50 ms and nothing out of order.
+Needs MariaDB (TEST_MARIADB_SERVER, default mysql://root@127.0.0.1:3306) and node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from control_plane.app import create_app
+from control_plane.config import load_settings, normalize_database_url
+from control_plane.db import events as events_db
+from control_plane.db import tenants as tenants_db
+from control_plane.migrations import runner
+from control_plane.realtime.event_types import MESSAGE_RECEIVED
+from control_plane.realtime.publisher import EventPublisher
+
+CLIENT_JS = ROOT / "bench" / "relay_client.js"
+NODE_PKG = ROOT / "tests" / "realtime" / "node_client"
+MARIADB_SERVER = os.environ.get("TEST_MARIADB_SERVER", "mysql://root@127.0.0.1:3306")
+TEXT = "Hello, I would like to know the status of my order #12345, thanks!"
+
+
+def sync_url(url: str) -> str:
+    return url.replace("mysql+aiomysql://", "mysql+pymysql://")
+
+
+def make_database() -> tuple[str, str]:
+    name = f"gw_bench_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(sync_url(normalize_database_url("x", MARIADB_SERVER + "/mysql")))
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    engine.dispose()
+    url = f"{MARIADB_SERVER}/{name}"
+    runner.upgrade(normalize_database_url("x", url))
+    return name, url
+
+
+def drop_database(name: str) -> None:
+    engine = sa.create_engine(sync_url(normalize_database_url("x", MARIADB_SERVER + "/mysql")))
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+    engine.dispose()
+
+
+class Clients:
+    """Client processes, each holding a share of the tenants' connections."""
+
+    def __init__(self, url: str, tokens: list[str], procs: int) -> None:
+        self.url, self.tokens, self.procs = url, tokens, procs
+        self.children: list[asyncio.subprocess.Process] = []
+
+    async def start(self) -> None:
+        for i in range(self.procs):
+            share = self.tokens[i::self.procs]
+            child = await asyncio.create_subprocess_exec(
+                "node", str(CLIENT_JS), self.url, json.dumps(share),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            self.children.append(child)
+        for child in self.children:
+            line = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
+            while "ready" not in line:
+                print("client:", line, file=sys.stderr)
+                line = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
+            assert line["failed"] == 0, line
+
+    async def report(self, phase: int, full: bool = False) -> dict:
+        for child in self.children:
+            child.stdin.write(json.dumps({"phase": phase, "full": full}).encode() + b"\n")
+            await child.stdin.drain()
+        total = {"count": 0, "lat": [], "out_of_order": 0}
+        for child in self.children:
+            rep = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
+            total["count"] += rep["count"]
+            total["lat"] += rep["lat"]
+            total["out_of_order"] += rep["out_of_order"]
+        return total
+
+    async def stop(self) -> None:
+        for child in self.children:
+            child.stdin.close()
+        for child in self.children:
+            try:
+                await asyncio.wait_for(child.wait(), 5)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def run_phase(publisher: EventPublisher, tenant_ids: list[str], phase: int, rate: int,
+                    duration_s: float) -> tuple[int, float, float]:
+    """Publish ``rate`` events/s for ``duration_s``; returns (sent, achieved rate, max lateness ms)."""
+    total = int(rate * duration_s)
+    tasks: set[asyncio.Task] = set()
+    failures = 0
+
+    def done(task: asyncio.Task) -> None:
+        nonlocal failures
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failures += 1
+
+    start = time.monotonic()
+    sent, late_ms = 0, 0.0
+    n_tenants = len(tenant_ids)
+    while sent < total:
+        elapsed = time.monotonic() - start
+        due = min(total, int(elapsed * rate) + 1)
+        late_ms = max(late_ms, (elapsed - sent / rate) * 1000)
+        while sent < due:
+            data = {"p": phase, "t": time.time() * 1000, "message_id": uuid.uuid4().hex,
+                    "conversation_id": sent % 997, "provider": "web", "direction": "inbound",
+                    "from": "15551234567", "type": "text", "content": {"text": TEXT}, "status": "received"}
+            tenant_id = tenant_ids[sent % n_tenants]
+            task = asyncio.create_task(publisher.publish(tenant_id, MESSAGE_RECEIVED, data))
+            tasks.add(task)
+            task.add_done_callback(done)
+            sent += 1
+        await asyncio.sleep(0.001)
+    achieved = sent / (time.monotonic() - start)
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=30)
+    if failures:
+        print(f"  {failures} publish calls failed", file=sys.stderr)
+    return sent, achieved, late_ms
+
+
+async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[dict], rates: list[int],
+                duration_s: float, procs: int, phase0: int) -> list[dict]:
+    clients = Clients(url, [t["key"] for t in tenants], procs)
+    await clients.start()
+    rows: list[dict] = []
+    fails = 0
+    try:
+        for i, rate in enumerate(rates):
+            phase = phase0 + i
+            cpu0 = time.process_time()
+            sent, achieved, late_ms = await run_phase(publisher, [t["id"] for t in tenants], phase, rate,
+                                                      duration_s)
+            deadline = time.monotonic() + 3.0
+            rep = await clients.report(phase)
+            while rep["count"] < sent and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                rep = await clients.report(phase)
+            cpu_us = (time.process_time() - cpu0) * 1e6 / max(sent, 1)
+            rep = await clients.report(phase, full=True)
+            lat = rep["lat"]
+            row = {"mode": label, "rate": rate, "achieved": achieved, "sent": sent, "got": rep["count"],
+                   "p50": percentile(lat, 0.50), "p99": percentile(lat, 0.99), "late_ms": late_ms,
+                   "disorder": rep["out_of_order"], "cpu_us": cpu_us}
+            row["ok"] = (row["got"] >= 0.98 * sent and row["p99"] < 50 and row["disorder"] == 0
+                         and achieved >= 0.95 * rate)
+            rows.append(row)
+            print(f"  {label:<24} {rate:>6}/s  sent {sent:>6} ({achieved:>7.0f}/s)  delivered "
+                  f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
+                  f"server CPU {cpu_us:4.0f} us/event  publisher late {late_ms:5.0f} ms  "
+                  f"order errors {row['disorder']}  "
+                  f"{'ok' if row['ok'] else 'FAIL'}", flush=True)
+            fails = 0 if row["ok"] else fails + 1
+            if fails >= 2:
+                break
+    finally:
+        await clients.stop()
+    return rows
+
+
+async def main(args: argparse.Namespace, url: str) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    env = {"DATABASE_URL": url, "ADMIN_TOKEN": "bench-admin-token-xxxxxxxx",
+           "SECRET_KEY": "bench-secret-key-yyyyyyyy", "DATA_DIR": "/tmp/relay-bench", "SUPERVISOR_ENABLED": "false", "LOG_LEVEL": "WARNING"}
+    if args.redis_url:
+        env["REDIS_URL"] = args.redis_url
+    settings = load_settings(env, generate_secrets=False)
+    app = create_app(settings)
+    runner_ = web.AppRunner(app, access_log=None)
+    await runner_.setup()
+    site = web.TCPSite(runner_, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        tenants = []
+        async with app["db"].begin() as conn:
+            for i in range(args.tenants):
+                t = await tenants_db.create_tenant(conn, f"bench-{i}")
+                key, _ = await tenants_db.create_api_key(conn, t["id"])
+                tenants.append({"id": t["id"], "key": key})
+        rates = [int(r) for r in args.rates.split(",")]
+        print(f"relay bench: {args.tenants} tenants, one websocket client each in {args.procs} node "
+              f"processes; {args.duration}s per rate; redis={'on' if args.redis_url else 'off'}; "
+              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+
+        results: dict[str, list[list[dict]]] = {"ceiling": [], "persisted": []}
+        for round_no in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {round_no + 1}/{args.rounds}", flush=True)
+            memory = EventPublisher(None, app["realtime_relay"], persist=False)
+            async with app["db"].connect() as conn:  # continue each tenant's seqs where the log is
+                memory._memory_seq = {t["id"]: await events_db.last_seq(conn, t["id"]) for t in tenants}
+            memory.start()
+            results["ceiling"].append(await sweep("persistence off (ceiling)", memory, base, tenants, rates,
+                                                  args.duration, args.procs, 10_000 * round_no))
+            await memory.close()
+            results["persisted"].append(await sweep("persisted (MariaDB)", app["events"], base, tenants,
+                                                    rates, args.duration, args.procs,
+                                                    10_000 * round_no + 5_000))
+        stats = app["events"].stats
+        print(f"  group commit: {stats['events']} events in {stats['batches']} transactions "
+              f"({stats['events'] / max(stats['batches'], 1):.1f} per commit)")
+        print(f"\nsummary (median of {args.rounds} round(s); load average now "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+        best: dict[str, float] = {}
+        for label in ("ceiling", "persisted"):
+            per_round = [max([r["rate"] for r in rows if r["ok"]], default=0) for rows in results[label]]
+            best[label] = statistics.median(per_round)
+            ok_rows = [r for rows in results[label] for r in rows if r["ok"] and r["rate"] == best[label]]
+            figures = (f"p50 {statistics.median(r['p50'] for r in ok_rows):.1f} ms, "
+                       f"p99 {statistics.median(r['p99'] for r in ok_rows):.1f} ms, server CPU "
+                       f"{statistics.median(r['cpu_us'] for r in ok_rows):.0f} us/event" if ok_rows else "-")
+            print(f"  sustained {label:<10} {best[label]:>6.0f} events/s  ({figures})  rounds: {per_round}")
+        if best["ceiling"]:
+            cost = 1 - best["persisted"] / best["ceiling"]
+            met = "met" if best["persisted"] >= 2000 else "NOT met"
+            print(f"  persistence costs {cost:.0%} of the ceiling (target < 40%); "
+                  f">= 2000 events/s at p99 < 50 ms persisted: {met}")
+        print(f"  relay: {app['realtime_relay'].stats}")
+    finally:
+        await runner_.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tenants", type=int, default=100)
+    parser.add_argument("--procs", type=int, default=4, help="client processes")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per rate")
+    parser.add_argument("--rates", default="1000,2000,3000,4000,5000,6000,8000,10000")
+    parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
+    parser.add_argument("--redis-url", default=None, help="also go through AsyncRedisManager")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; figures are medians")
+    if not (NODE_PKG / "node_modules" / "socket.io-client").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_PKG, check=True)
+    cli = parser.parse_args()
+    db_name, database_url = (None, cli.database_url) if cli.database_url else make_database()
+    try:
+        asyncio.run(main(cli, database_url))
+    finally:
+        if db_name:
+            drop_database(db_name)
