@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane import errors
@@ -216,18 +216,50 @@ class EventPublisher:
                 envelopes = await self._commit(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
+            except IntegrityError:
+                # One bad event (a tenant deleted meanwhile, a tenant id that never existed) must not
+                # fail the others: commit each tenant's events on their own.
+                envelopes = await self._commit_per_tenant(batch)
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it (database down)
                 log.warning("event batch of %d failed: %s", len(batch), exc)
-                for *_, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                self._fail(batch, exc)
                 continue
-            for (*_, fut), env in zip(batch, envelopes):
-                if not fut.done():
-                    fut.set_result(env)
-            self.stats["batches"] += 1
-            self.stats["events"] += len(envelopes)
-            self._emit_queue.put_nowait(envelopes)
+            self._done(batch, envelopes)
+
+    async def _commit_per_tenant(self, batch: list) -> list[Envelope | None]:
+        groups: dict[str, list] = {}
+        for entry in batch:
+            groups.setdefault(entry[0], []).append(entry)
+        by_entry: dict[int, Envelope] = {}
+        for tenant_id, group in groups.items():
+            try:
+                for entry, env in zip(group, await self._commit(group)):
+                    by_entry[id(entry)] = env
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this tenant's callers get it, the others go on
+                log.warning("events for tenant=%s failed: %s", tenant_id, exc)
+                self._fail(group, exc)
+        return [by_entry.get(id(entry)) for entry in batch]
+
+    @staticmethod
+    def _fail(batch: list, exc: BaseException) -> None:
+        for *_, fut in batch:
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _done(self, batch: list, envelopes: list[Envelope | None]) -> None:
+        committed = []
+        for (*_, fut), env in zip(batch, envelopes):
+            if env is None:
+                continue
+            committed.append(env)
+            if not fut.done():
+                fut.set_result(env)
+        self.stats["batches"] += 1
+        self.stats["events"] += len(committed)
+        if committed:
+            self._emit_queue.put_nowait(committed)
 
     async def _commit(self, batch: list) -> list[Envelope]:
         rows = [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch]

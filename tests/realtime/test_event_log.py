@@ -126,3 +126,13 @@ async def test_deleting_a_tenant_removes_its_log(client, make_tenant, admin_head
     async with client.app["db"].connect() as conn:
         rows = (await conn.execute(sa.select(sa.func.count()).select_from(events_db.event_log))).scalar()
     assert rows == 0
+
+
+async def test_an_unknown_tenant_fails_alone_not_its_whole_batch(client, make_tenant):
+    t = await make_tenant()
+    events = client.app["events"]
+    results = await asyncio.gather(events.publish(t["id"], ev.MESSAGE_SENT, {"n": 1}),
+                                   events.publish("0" * 32, ev.MESSAGE_SENT, {"n": 2}),
+                                   events.publish(t["id"], ev.MESSAGE_SENT, {"n": 3}), return_exceptions=True)
+    assert isinstance(results[1], sa.exc.IntegrityError)
+    assert [r["seq"] for r in (results[0], results[2])] == [1, 2]
