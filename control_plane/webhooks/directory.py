@@ -1,12 +1,14 @@
 """Which tenant owns a phone_number_id, and with which app secret its deliveries are signed.
 
-Cached in memory for a few seconds (a webhook burst must not cost a query per request); saving a
-tenant's WhatsApp config invalidates the cache of this process, other nodes catch up within the TTL.
+Cached in memory for a few seconds (a webhook burst must not cost a query per request); concurrent
+misses share one query (no stampede when an entry expires under load). Saving a tenant's WhatsApp
+config invalidates the cache of this process, other nodes catch up within the TTL.
 Secrets are kept decrypted only here, as bytes, never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -59,32 +61,60 @@ class TenantDirectory:
         self._box = box
         self._ttl = ttl_s
         self._cache: dict[str, tuple[float, Target | None]] = {}
+        self._inflight: dict[str, asyncio.Future] = {}
+        self._generation = 0
 
     def invalidate(self) -> None:
         self._cache.clear()
+        self._generation += 1
 
     async def targets(self, phone_number_ids: list[str]) -> dict[str, Target | None]:
         """pnid -> Target, or None when no active tenant owns it."""
         now = time.monotonic()
         out: dict[str, Target | None] = {}
+        waits: dict[str, asyncio.Future] = {}
         missing = []
         for pnid in phone_number_ids:
             hit = self._cache.get(pnid)
             if hit is not None and hit[0] > now:
                 out[pnid] = hit[1]
+            elif pnid in self._inflight:
+                waits[pnid] = self._inflight[pnid]
             else:
                 missing.append(pnid)
         if missing:
+            await self._load(missing)
+            for pnid in missing:
+                out[pnid] = self._cache[pnid][1] if pnid in self._cache else None
+        for pnid, fut in waits.items():
+            out[pnid] = await asyncio.shield(fut)
+        return out
+
+    async def _load(self, missing: list[str]) -> None:
+        loop = asyncio.get_running_loop()
+        futures = {pnid: loop.create_future() for pnid in missing}
+        self._inflight.update(futures)
+        generation = self._generation
+        try:
             async with self._db.connect() as conn:
                 rows = await config_db.find_webhook_targets(conn, missing)
-            found = {row["phone_number_id"]: self._target(row) for row in rows}
-            if len(self._cache) > 50_000:  # forged pnids must not grow the cache forever
-                self._cache.clear()
-            for pnid in missing:
-                target = found.get(pnid)
-                self._cache[pnid] = (now + self._ttl, target)
-                out[pnid] = target
-        return out
+        except BaseException as exc:
+            for pnid, fut in futures.items():
+                self._inflight.pop(pnid, None)
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: waiters re-raise it, nobody else must log it
+            raise
+        found = {row["phone_number_id"]: self._target(row) for row in rows}
+        if len(self._cache) > 50_000:  # forged pnids must not grow the cache forever
+            self._cache.clear()
+        expires = time.monotonic() + self._ttl
+        for pnid, fut in futures.items():
+            self._inflight.pop(pnid, None)
+            target = found.get(pnid)
+            if generation == self._generation:  # not invalidated while we were reading
+                self._cache[pnid] = (expires, target)
+            fut.set_result(target)
 
     def _target(self, row: dict[str, Any]) -> Target | None:
         if not row["active"]:

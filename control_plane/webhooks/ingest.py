@@ -64,12 +64,12 @@ def iso(value: dt.datetime | None) -> str | None:
     return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def received_event(row: dict[str, Any]) -> dict[str, Any]:
+def received_event(row: dict[str, Any], to: str | None = None) -> dict[str, Any]:
     """``message.received`` data (the same shape for both providers; see docs/EVENTS.md)."""
-    return {"id": row["id"], "conversation_id": row["conversation_id"], "direction": "inbound",
-            "provider": row["provider"], "provider_message_id": row["provider_message_id"],
-            "from": row["wa_id"], "contact_name": row.get("contact_name"), "type": row["type"],
-            "content": row["content"], "status": "received", "timestamp": iso(row.get("provider_timestamp"))}
+    return {"message_id": row["id"], "conversation_id": row["conversation_id"], "provider": row["provider"],
+            "direction": "inbound", "from": row["wa_id"], "to": to, "contact_name": row.get("contact_name"),
+            "type": row["type"], "content": row["content"], "status": "received",
+            "provider_message_id": row["provider_message_id"], "timestamp": iso(row.get("provider_timestamp"))}
 
 
 def status_event(change: dict[str, Any]) -> dict[str, Any]:
@@ -77,10 +77,10 @@ def status_event(change: dict[str, Any]) -> dict[str, Any]:
     error = None
     if change["status"] == "failed":
         error = {"code": change.get("error_code"), "message": change.get("error_message")}
-    return {"id": change["message_id"], "conversation_id": change["conversation_id"],
-            "provider": change["provider"], "provider_message_id": change["provider_message_id"],
-            "status": change["status"], "timestamp": iso(change.get("occurred_at")),
-            "recipient_id": change.get("recipient_id"), "error": error}
+    return {"message_id": change["message_id"], "conversation_id": change["conversation_id"],
+            "provider": change["provider"], "direction": "outbound", "to": change.get("recipient_id"),
+            "status": change["status"], "provider_message_id": change["provider_message_id"],
+            "timestamp": iso(change.get("occurred_at")), "error": error}
 
 
 @dataclass
@@ -97,6 +97,7 @@ class WebhookIngester:
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._conn: Any = None  # the writer's own connection: no pool checkout/ping/reset per batch
         self.stats = IngestStats()
 
     def start(self) -> None:
@@ -111,10 +112,23 @@ class WebhookIngester:
         except asyncio.CancelledError:
             pass
         self._task = None
+        await self.drop_connection()
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
                 pending.future.set_exception(errors.Unavailable("shutting down; retry later"))
+
+    async def drop_connection(self) -> None:
+        """Forget the writer's connection (after an error; tests simulating an outage)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # noqa: BLE001 - it is broken already
+                try:
+                    await conn.invalidate()
+                except Exception:  # noqa: BLE001
+                    pass
 
     async def submit(self, works: list[TenantWork]) -> None:
         """Store ``works`` durably (returns after their commit). Raises ``errors.Unavailable``."""
@@ -151,6 +165,7 @@ class WebhookIngester:
             envelopes = await self._store(batch)
         except Exception as exc:  # noqa: BLE001
             self.stats.failed_batches += 1
+            await self.drop_connection()
             if is_db_outage(exc):
                 log.warning("webhook batch of %d not stored, database unavailable: %s", len(batch),
                             type(exc).__name__)
@@ -192,13 +207,18 @@ class WebhookIngester:
         events = self._events()
         new_events: list[tuple[str, str, dict[str, Any]]] = []
         stored_messages = stored_statuses = 0
-        async with self._db.begin() as conn:
+        if self._conn is None:
+            self._conn = await self._db.engine.connect()
+        conn = self._conn
+        async with conn.begin():
             for tenant_id in sorted(per_tenant):  # one lock order for every writer
                 work = per_tenant[tenant_id]
                 if work.messages:
                     rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages)
                     stored_messages += len(rows)
-                    new_events.extend((tenant_id, event_types.MESSAGE_RECEIVED, received_event(r)) for r in rows)
+                    to = {m["provider_message_id"]: m.get("to") for m in work.messages}
+                    new_events.extend((tenant_id, event_types.MESSAGE_RECEIVED,
+                                       received_event(r, to.get(r["provider_message_id"]))) for r in rows)
                 if work.statuses:
                     changes = await messages_db.apply_status_updates(conn, tenant_id, work.statuses)
                     stored_statuses += len(changes)

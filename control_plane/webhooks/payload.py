@@ -1,8 +1,9 @@
 """Meta webhook payloads -> what we store. Pure: no I/O.
 
 ``parse_delivery(data)`` walks EVERY entry and EVERY change (Meta batches them) and groups what it
-finds by ``value.metadata.phone_number_id``. Unknown fields are ignored; unknown message types are
-kept whole (the message object minus id/from/timestamp is the stored ``content``).
+finds by ``value.metadata.phone_number_id``. Unknown fields are ignored. Each message's
+``content`` is provider-neutral (``normalize_content``, documented in docs/EVENTS.md); types we do not
+model are kept whole under ``content.raw``.
 """
 
 from __future__ import annotations
@@ -66,17 +67,59 @@ def _error_fields(errs: Any) -> tuple[str | None, str | None]:
     return (str(code) if code is not None else None), (str(message) if message is not None else None)
 
 
-def _message_item(msg: dict[str, Any], names: dict[str, str]) -> dict[str, Any] | None:
+MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
+
+
+def _pick(part: Any, *keys: str) -> dict[str, Any]:
+    if not isinstance(part, dict):
+        return {}
+    return {k: part[k] for k in keys if part.get(k) is not None}
+
+
+def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The provider-neutral ``content`` (docs/EVENTS.md): the fields a CRM needs per type; types we do
+    not model (order, system, referral-only, unsupported, anything new) keep Meta's object as ``raw``."""
+    part = msg.get(kind)
+    if kind == "text":
+        content: dict[str, Any] = {"text": part.get("body", "") if isinstance(part, dict) else ""}
+    elif kind in MEDIA_TYPES:
+        content = _pick(part, "mime_type", "sha256", "caption", "filename", "voice", "animated")
+        if isinstance(part, dict) and part.get("id") is not None:
+            content["media_id"] = str(part["id"])
+    elif kind == "location":
+        content = _pick(part, "latitude", "longitude", "name", "address", "url")
+    elif kind == "contacts":
+        content = {"contacts": part if isinstance(part, list) else []}
+    elif kind == "interactive":
+        reply_type = part.get("type") if isinstance(part, dict) else None
+        reply = part.get(reply_type) if isinstance(part, dict) and isinstance(reply_type, str) else None
+        content = {"reply_type": reply_type, **_pick(reply, "id", "title", "description", "response_json",
+                                                        "body", "name")}
+    elif kind == "button":
+        content = _pick(part, "payload", "text")
+    elif kind == "reaction":
+        content = {"message_id": part.get("message_id") if isinstance(part, dict) else None,
+                   "emoji": (part.get("emoji") or "") if isinstance(part, dict) else ""}
+    else:
+        content = {"raw": {k: v for k, v in msg.items() if k not in _ENVELOPE_KEYS}}
+    context = msg.get("context")
+    if isinstance(context, dict):
+        content["context"] = _pick(context, "from", "id", "forwarded", "frequently_forwarded")
+    for extra in ("referral", "errors"):
+        if msg.get(extra) is not None and "raw" not in content:
+            content[extra] = msg[extra]
+    return content
+
+
+def _message_item(msg: dict[str, Any], names: dict[str, str], business_number: str | None) -> dict[str, Any] | None:
     wamid, sender = msg.get("id"), msg.get("from")
     if not isinstance(wamid, str) or not wamid or not isinstance(sender, (str, int)) or not str(sender):
         return None
     sender = str(sender)
     kind = msg.get("type") if isinstance(msg.get("type"), str) and msg.get("type") else "unknown"
-    content = {k: v for k, v in msg.items() if k not in _ENVELOPE_KEYS}
-    content["type"] = kind
     return {"provider": PROVIDER, "provider_message_id": wamid, "wa_id": sender, "type": kind,
-            "content": content, "provider_timestamp": unix_ts(msg.get("timestamp")),
-            "contact_name": names.get(sender)}
+            "content": normalize_content(msg, kind), "provider_timestamp": unix_ts(msg.get("timestamp")),
+            "contact_name": names.get(sender), "to": business_number}
 
 
 def _status_item(st: dict[str, Any]) -> dict[str, Any] | None:
@@ -110,6 +153,8 @@ def parse_delivery(data: Any) -> ParsedDelivery:
                 parsed.ignored_changes += 1
                 continue
             batch = parsed.number(str(pnid))
+            business_number = metadata.get("display_phone_number")
+            business_number = "".join(ch for ch in str(business_number) if ch.isdigit()) if business_number else None
             names: dict[str, str] = {}
             for contact in _list(value.get("contacts")):
                 if isinstance(contact, dict) and contact.get("wa_id") is not None:
@@ -117,7 +162,7 @@ def parse_delivery(data: Any) -> ParsedDelivery:
                     if isinstance(profile.get("name"), str):
                         names[str(contact["wa_id"])] = profile["name"]
             for msg in _list(value.get("messages")):
-                item = _message_item(msg, names) if isinstance(msg, dict) else None
+                item = _message_item(msg, names, business_number) if isinstance(msg, dict) else None
                 if item is None:
                     parsed.skipped_items += 1
                 else:
