@@ -60,5 +60,22 @@ async def running(app: web.Application) -> AsyncIterator[EventPublisher]:
         await publisher.close()
         await relay.close()
         await sio.shutdown()
+        await _cancel_ping_tasks(sio)
         if isinstance(manager, RelayRedisManager):
             await manager.aclose()
+
+
+async def _cancel_ping_tasks(sio) -> None:
+    """engine.io starts a fire-and-forget ping task per connection (sleeping ping_interval) that
+    its shutdown() does not stop; cancel this server's, so none outlives the app."""
+    mine = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if getattr(coro, "__qualname__", "") != "AsyncSocket._send_ping" or frame is None:
+            continue
+        owner = frame.f_locals.get("self")
+        if getattr(owner, "server", None) is sio.eio:
+            task.cancel()
+            mine.append(task)
+    await asyncio.gather(*mine, return_exceptions=True)
