@@ -129,7 +129,7 @@ async def login(request: web.Request) -> web.Response:
         log.warning("admin login refused: wrong admin token from %s", request.remote)
         return _login_page(request, status=401,
                            error="That admin token is not correct. Check ADMIN_TOKEN and try again.")
-    cookie, session = signer(request).issue()
+    cookie, _ = signer(request).issue()
     resp = see_other(_safe_next(str(form.get("next", ""))))
     _set_cookie(request, resp, sess.COOKIE_NAME, cookie, sess.SESSION_TTL_S)
     resp.del_cookie(sess.LOGIN_COOKIE_NAME, path="/")

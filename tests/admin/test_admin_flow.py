@@ -15,8 +15,9 @@ import re
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
@@ -33,6 +34,7 @@ PHONE = {"width": 390, "height": 844}
 WAIT_MS = 15_000
 PNID, WABA, GRAPH_TOKEN = "106540352242922", "102290129340398", "EAAG-admin-panel-test-token"
 
+expect.set_options(timeout=WAIT_MS)
 pytestmark = [pytest.mark.mariadb, pytest.mark.timeout(180),
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")]
 
@@ -108,29 +110,59 @@ def graph_api():
 
 
 @pytest.fixture
-def server(make_settings, empty_db, graph_api):
+def start_server(make_settings, empty_db, graph_api):
+    """Start the app on a free port with these setting overrides (stopped after the test)."""
+    started: list[ThreadedServer] = []
     sessions = tempfile.mkdtemp(prefix="gwadm")  # short: browser profile paths have length limits
-    settings = make_settings(SESSIONS_DIR=sessions, BRIDGE_DRIVER="scripted", QR_INTERVAL_S="1", QR_TTL_S="30",
-                             QR_MAX_CYCLES="60", GRAPH_API_URL=graph_api.url, LOG_LEVEL="INFO")
-    srv = ThreadedServer(lambda: create_app(settings)).start()
-    yield srv
-    srv.stop()
+
+    def start(**overrides: str) -> ThreadedServer:
+        env = {"SESSIONS_DIR": sessions, "BRIDGE_DRIVER": "scripted", "QR_INTERVAL_S": "1", "QR_TTL_S": "30",
+               "QR_MAX_CYCLES": "60", "GRAPH_API_URL": graph_api.url, "LOG_LEVEL": "INFO", **overrides}
+        settings = make_settings(**env)
+        srv = ThreadedServer(lambda: create_app(settings)).start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
     shutil.rmtree(sessions, ignore_errors=True)
 
 
 @pytest.fixture
-def page(server):
+def browser():
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
-        context = browser.new_context(viewport=DESKTOP, base_url=server.url)
-        context.set_default_timeout(WAIT_MS)
-        pg = context.new_page()
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
         try:
-            yield pg
+            yield chromium
         finally:
-            context.close()
-            browser.close()
+            chromium.close()
+
+
+def open_page(browser, server: ThreadedServer) -> Page:
+    context = browser.new_context(viewport=DESKTOP, base_url=server.url)
+    context.set_default_timeout(WAIT_MS)
+    return context.new_page()
+
+
+def log_in(page: Page) -> None:
+    page.goto("/admin/login")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/admin/tenants$"))
+
+
+@pytest.fixture
+def server(start_server):
+    return start_server()
+
+
+@pytest.fixture
+def page(browser, server):
+    pg = open_page(browser, server)
+    yield pg
+    pg.context.close()
 
 
 def test_admin_panel_whole_flow(page: Page, server: ThreadedServer):
@@ -253,6 +285,7 @@ def test_admin_panel_whole_flow(page: Page, server: ThreadedServer):
     page.click("#tab-conversations")
     expect(reply).to_have_attribute("data-status", "read")
     expect(reply.locator(".ticks")).to_have_text("✓✓")
+    expect(page.locator("#unread-total")).to_be_hidden()  # read while open
     shoot(page, "08-conversation")
     console.check("conversations")
 
@@ -263,6 +296,55 @@ def test_admin_panel_whole_flow(page: Page, server: ThreadedServer):
     expect(row.locator('[data-field="number"]')).to_have_text(re.compile(r"^\+1555\d{7}$"))
     expect(row).to_contain_text("Business API")
     shoot(page, "09-tenants-live")
+
+    # --- deactivate, reactivate, and delete (cancel once, then confirm) ------------------------
+    row.locator('[data-action="toggle-active"]').click()
+    expect(row).to_have_class(re.compile(r"\binactive\b"))
+    expect(row.locator('[data-action="toggle-active"]')).to_have_text("Reactivate")
+    row.locator('[data-action="toggle-active"]').click()
+    expect(row.locator('[data-action="toggle-active"]')).to_have_text("Deactivate")
+    row.locator('[data-action="delete"]').click()
+    expect(page.locator("#delete-dialog")).to_contain_text("Acme sandbox")
+    shoot(page, "10-delete-confirmation")
+    page.click("#delete-dialog [data-close]")
+    expect(page.locator("#delete-dialog")).to_be_hidden()
+    expect(row).to_be_visible()
+    row.locator('[data-action="delete"]').click()
+    page.click("#confirm-delete")
+    expect(row).to_have_count(0)
+    page.reload()
+    expect(page.locator("#tenants-table")).to_contain_text("No tenants yet")
+    console.check("deactivate and delete")
+
     page.click("#logout-button")
     expect(page.locator("#login-notice")).to_have_text("You are logged out.")
     console.check("logout")
+
+
+def test_qr_expiry_is_said_clearly_then_start_and_stop(browser, start_server):
+    server = start_server(QR_INTERVAL_S="1", QR_MAX_CYCLES="2")
+    page = open_page(browser, server)
+    console = ConsoleWatch(page)
+    log_in(page)
+    page.click("#new-tenant-button")
+    page.fill("#tenant-name", "Never scanned")
+    page.check("#tenant-sandbox")
+    page.click("#create-tenant-submit")
+    page.click("#api-key-open")
+    page.click("#start-button")
+    expect(page.locator("#qr-img")).to_have_attribute("src", re.compile(r"^blob:"))
+    expired = page.locator("#qr-expired")
+    expect(expired).to_be_visible()
+    expect(expired).to_contain_text("The QR code expired")
+    expect(page.locator("#session-state")).to_have_text("failed")
+    expect(page.locator("#session-reason")).to_have_text("qr_expired")
+    expect(page.locator("#qr-figure")).to_be_hidden()
+    shoot(page, "11-tenant-qr-expired")
+    page.click("#start-button")  # a person asks again: a fresh code
+    expect(page.locator("#session-state")).to_have_text("qr")
+    expect(expired).to_be_hidden()
+    page.click("#stop-button")
+    expect(page.locator("#session-state")).to_have_text("stopped")
+    expect(page.locator("#qr-message")).to_contain_text("not running")
+    console.check("qr expiry")
+    page.context.close()

@@ -99,9 +99,11 @@
     const key = `${qr.attempt}:${qr.qr}`;
     tickQr();
     if (key === qrKey || qrLoading === key) return;
-    // Scanned from the sandbox panel: the server is about to have no code to give, so asking would
-    // only earn a 404. The next state event says what comes next.
-    if (scanned) return;
+    // Scanned from the sandbox panel, or (on the server's clock) about to expire: the server has, or
+    // is about to have, no code to give, and asking would only earn a 404. The next event says what
+    // comes next.
+    const expires = A.toMillis(qr.expires_at);
+    if (scanned || (offsetKnown && expires && expires - serverNow() < 100)) return;
     qrLoading = key;
     try {
       const url = await A.fetchImage(base + "/session/qr?format=svg");
@@ -366,6 +368,11 @@
   async function loadConversations() {
     try {
       conversations = items(await A.api("GET", base + "/conversations"), "conversations");
+      if (current) {
+        current = conversations.find((c) => String(c.id) === String(current.id)) || current;
+        const reading = !$("panel-conversations").hidden && chat.dataset.view === "thread";
+        if (reading && Number(current.unread_count || 0)) markReadSoon();
+      }
       renderConversations();
     } catch (err) {
       if (err.status !== 404) A.toast("Conversations: " + err.message, true);
@@ -413,6 +420,15 @@
     thread.scrollTop = thread.scrollHeight;
   }
 
+  let readTimer = null;
+  function markReadSoon() {
+    clearTimeout(readTimer);
+    const c = current;
+    readTimer = setTimeout(() => {
+      A.api("POST", `${base}/conversations/${c.id}/read`).then(loadConversationsSoon, () => {});
+    }, 300);
+  }
+
   async function openConversation(c) {
     current = c;
     chat.dataset.view = "thread";
@@ -421,9 +437,7 @@
     $("send-button").disabled = false;
     renderConversations();
     await loadThread();
-    if (Number(c.unread_count || 0)) {
-      A.api("POST", `${base}/conversations/${c.id}/read`).then(loadConversationsSoon, () => {});
-    }
+    if (Number(c.unread_count || 0)) markReadSoon();
   }
 
   async function loadThread() {
@@ -468,7 +482,10 @@
     const id = m.id || d.message_id;
     const convId = m.conversation_id ?? d.conversation_id;
     if (env.type === "message.received") {
-      if (current && String(convId) === String(current.id)) appendMessage(m);
+      if (current && String(convId) === String(current.id)) {
+        appendMessage(m);
+        if (!$("panel-conversations").hidden && chat.dataset.view === "thread") markReadSoon();
+      }
       loadConversationsSoon();
       return;
     }
