@@ -286,6 +286,7 @@ def test_admin_panel_whole_flow(page: Page, server: ThreadedServer):
     expect(reply).to_have_attribute("data-status", "read")
     expect(reply.locator(".ticks")).to_have_text("✓✓")
     expect(page.locator("#unread-total")).to_be_hidden()  # read while open
+    expect(page.locator("#messages .msg")).to_have_count(3)  # live appends never duplicate
     shoot(page, "08-conversation")
     console.check("conversations")
 

@@ -477,10 +477,11 @@
 
   // ------------------------------------------------------------------------------- live events
   function onMessageEvent(env) {
+    // docs/EVENTS.md: {message_id, conversation_id, direction, type, content, status, timestamp, error?}
     const d = env.data || {};
-    const m = d.message || d;
-    const id = m.id || d.message_id;
-    const convId = m.conversation_id ?? d.conversation_id;
+    const id = d.message_id || d.id;
+    const m = Object.assign({}, d, { id });
+    const convId = d.conversation_id;
     if (env.type === "message.received") {
       if (current && String(convId) === String(current.id)) {
         appendMessage(m);
