@@ -131,6 +131,7 @@ class EventPublisher:
         self._wake = asyncio.Event()
         self._emit_queue: asyncio.Queue[list[Envelope] | None] = asyncio.Queue()
         self._memory_seq: dict[str, int] = {}
+        self._log = events_db.EventLogWriter(db) if persist else None
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self.stats = {"batches": 0, "events": 0, "emitted": 0}
@@ -148,6 +149,8 @@ class EventPublisher:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._log is not None:
+            await self._log.close()
 
     # -- the pinned API -------------------------------------------------------------------------
 
@@ -270,11 +273,10 @@ class EventPublisher:
                 self._memory_seq[tenant_id] = seq
                 seqs.append(seq)
         else:
-            assert self.db is not None
+            assert self._log is not None
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
-                    async with self.db.begin() as conn:
-                        seqs = await events_db.append_events(conn, rows)
+                    seqs = await self._log.append(rows)
                     break
                 except DBAPIError as exc:
                     if attempt == COMMIT_ATTEMPTS or not _retryable(exc):

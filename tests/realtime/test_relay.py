@@ -187,3 +187,17 @@ async def test_slow_client_is_cut_off_then_resumes_with_since(node, new_tenant, 
     await again.connect(node.url, {"token": a["key"], "since": c.seqs()[-1]})
     await wait_until(lambda: len(c.events) + len(again.events) >= 40, what="the rest")
     assert c.seqs() + again.seqs() == list(range(1, 41))
+
+
+async def test_publisher_survives_its_database_connection_being_killed(node, new_tenant, sync_engine):
+    a = await new_tenant(node)
+    events = node.events
+    await events.publish(a["id"], ev.MESSAGE_SENT, {"i": 1})
+    driver = events._log._driver
+    async with driver.cursor() as cur:
+        await cur.execute("SELECT CONNECTION_ID()")
+        (conn_id,) = await cur.fetchone()
+    with sync_engine.connect() as conn:
+        conn.exec_driver_sql(f"KILL {int(conn_id)}")
+    env = await events.publish(a["id"], ev.MESSAGE_SENT, {"i": 2})
+    assert env["seq"] == 2 and events._log._driver is not driver
