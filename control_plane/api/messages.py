@@ -93,11 +93,8 @@ class MessagingSettingsOut(ResponseModel):
 
 def strip_inline_media(content: Any) -> Any:
     """Inline media bytes are not echoed back (they can be megabytes)."""
-    if isinstance(content, dict):
-        kind = content.get("type")
-        part = content.get(kind) if isinstance(kind, str) else None
-        if isinstance(part, dict) and isinstance(part.get("base64"), str):
-            content = {**content, kind: {**part, "base64": f"<{len(part['base64']) * 3 // 4} bytes>"}}
+    if isinstance(content, dict) and isinstance(content.get("base64"), str):
+        content = {**content, "base64": f"<{len(content['base64']) * 3 // 4} bytes>"}
     return content
 
 

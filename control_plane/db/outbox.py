@@ -247,18 +247,62 @@ async def claim(conn: AsyncConnection, tenant_id: str, node_id: str, *, limit: i
     return rows
 
 
+CHUNK = 100  # rows per CASE statement: MariaDB evaluates CASE linearly, so a CASE over N rows costs N^2
+
+
 def _case(ids_to_values: dict[str, Any], column: sa.Column, key: sa.Column) -> Any:
     return sa.case(ids_to_values, value=key, else_=column)
 
 
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+async def _record_sent(conn: AsyncConnection, tenant_id: str, sent: Sequence[dict[str, Any]],
+                       now: dt.datetime) -> None:
+    """The hot path (nearly every outcome): text statements, compiled cheaply, at most CHUNK rows per
+    CASE; the outbox rows are updated per (provider, reason) group with a plain IN list."""
+    by_provider: dict[str, list[dict[str, Any]]] = {}
+    for o in sent:
+        by_provider.setdefault(o["provider"], []).append(o)
+    for provider, group in sorted(by_provider.items()):
+        for chunk in _chunks(group):
+            whens = " ".join(f"WHEN :i{n} THEN :p{n}" for n in range(len(chunk)))
+            ids = ", ".join(f":i{n}" for n in range(len(chunk)))
+            params: dict[str, Any] = {"t": tenant_id, "now": now, "prov": provider}
+            for n, o in enumerate(chunk):
+                params[f"i{n}"] = o["message_id"]
+                params[f"p{n}"] = o["provider_message_id"]
+            await conn.execute(sa.text(
+                f"UPDATE messages SET provider = :prov, provider_message_id = CASE id {whens} END, "
+                "status = CASE WHEN status IN ('queued', 'sending') THEN 'sent' ELSE status END, "
+                "sent_at = COALESCE(sent_at, :now), updated_at = :now "
+                f"WHERE tenant_id = :t AND id IN ({ids})"), params)
+        conv_ids = sorted({o["conversation_id"] for o in group if o.get("conversation_id") is not None})
+        for chunk in _chunks(conv_ids, 500):
+            await conn.execute(conversations.update().where(
+                conversations.c.tenant_id == tenant_id, conversations.c.id.in_(list(chunk)))
+                .values(provider_last=provider))
+    by_reason: dict[tuple[str, str], list[str]] = {}
+    for o in sent:
+        by_reason.setdefault((o["provider"], _clip(o.get("reason"), 255) or ""), []).append(o["message_id"])
+    for (provider, reason), ids in sorted(by_reason.items()):
+        for chunk in _chunks(ids, 500):
+            await conn.execute(outbox.update().where(outbox.c.tenant_id == tenant_id,
+                                                     outbox.c.message_id.in_(list(chunk)))
+                               .values(state="done", route_provider=provider, route_reason=reason or None,
+                                       last_error=None, updated_at=now))
+
+
 async def record_outcomes(conn: AsyncConnection, tenant_id: str, outcomes: Sequence[dict[str, Any]], *,
-                          now: dt.datetime | None = None) -> list[dict[str, Any]]:
-    """Record what happened to claimed messages, in a fixed handful of statements.
+                          now: dt.datetime | None = None, return_rows: bool = False) -> list[dict[str, Any]]:
+    """Record what happened to claimed messages, in a handful of statements per ~100 rows.
 
     Each outcome: ``message_id``, ``kind`` (sent | failed | retry | defer | unknown), ``provider``,
-    ``reason`` (the route reason, kept on the outbox row), and per kind ``provider_message_id``;
-    ``error_code``/``error_message``; ``next_attempt_at``. Returns the message rows (after the change)
-    of sent and failed outcomes, for events."""
+    ``reason`` (the route reason, kept on the outbox row), and per kind ``provider_message_id`` and
+    ``conversation_id``; ``error_code``/``error_message``; ``next_attempt_at``. With ``return_rows``,
+    returns the message rows (after the change, with ``wa_id``) of sent and failed outcomes."""
     now = now or utcnow()
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for o in outcomes:
@@ -268,32 +312,11 @@ async def record_outcomes(conn: AsyncConnection, tenant_id: str, outcomes: Seque
 
     sent = by_kind.get("sent", [])
     if sent:
-        ids = [o["message_id"] for o in sent]
-        await conn.execute(messages.update().where(m.tenant_id == tenant_id, m.id.in_(ids)).values(
-            provider=_case({o["message_id"]: o["provider"] for o in sent}, m.provider, m.id),
-            provider_message_id=_case({o["message_id"]: o["provider_message_id"] for o in sent},
-                                      m.provider_message_id, m.id),
-            status=sa.case((m.status.in_(("queued", "sending")), "sent"), else_=m.status),
-            sent_at=sa.func.coalesce(m.sent_at, now), updated_at=now))
-        await conn.execute(outbox.update().where(ob.tenant_id == tenant_id, ob.message_id.in_(ids)).values(
-            state="done", route_provider=_case({o["message_id"]: o["provider"] for o in sent}, ob.route_provider,
-                                               ob.message_id),
-            route_reason=_case({o["message_id"]: _clip(o.get("reason"), 255) for o in sent}, ob.route_reason,
-                               ob.message_id),
-            last_error=None, updated_at=now))
+        await _record_sent(conn, tenant_id, sent, now)
         transitions += [_transition(tenant_id, o["message_id"], "sending", "sent", at=now, provider=o["provider"],
                                     reason=o.get("reason")) for o in sent]
-        by_provider: dict[str, set[int]] = {}
-        for o in sent:
-            if o.get("conversation_id") is not None:
-                by_provider.setdefault(o["provider"], set()).add(o["conversation_id"])
-        for provider, conv_ids in sorted(by_provider.items()):
-            await conn.execute(conversations.update().where(
-                conversations.c.tenant_id == tenant_id, conversations.c.id.in_(sorted(conv_ids)))
-                .values(provider_last=provider))
 
-    failed = by_kind.get("failed", [])
-    if failed:
+    for failed in _chunks(by_kind.get("failed", [])):
         ids = [o["message_id"] for o in failed]
         codes = {o["message_id"]: _clip(str(o["error_code"]), 64) if o.get("error_code") is not None else None
                  for o in failed}
@@ -316,10 +339,9 @@ async def record_outcomes(conn: AsyncConnection, tenant_id: str, outcomes: Seque
                                     error_code=o.get("error_code"), error_message=o.get("error_message"))
                         for o in failed]
 
-    again = by_kind.get("retry", []) + by_kind.get("defer", [])
-    if again:
+    for again in _chunks(by_kind.get("retry", []) + by_kind.get("defer", [])):
         ids = [o["message_id"] for o in again]
-        deferred = [o["message_id"] for o in by_kind.get("defer", [])]
+        deferred = [o["message_id"] for o in again if o["kind"] == "defer"]
         await conn.execute(messages.update().where(m.tenant_id == tenant_id, m.id.in_(ids),
                                                    m.status == "sending").values(status="queued", updated_at=now))
         await conn.execute(outbox.update().where(ob.tenant_id == tenant_id, ob.message_id.in_(ids)).values(
@@ -328,15 +350,15 @@ async def record_outcomes(conn: AsyncConnection, tenant_id: str, outcomes: Seque
                                   ob.message_id),
             # Pacing is not an attempt: give back the one the claim counted.
             attempts=sa.case((ob.message_id.in_(deferred or ["-"]), ob.attempts - 1), else_=ob.attempts),
-            last_error=_case({o["message_id"]: o.get("reason") for o in again}, ob.last_error, ob.message_id),
+            last_error=_case({o["message_id"]: _clip(o.get("reason"), 2000) for o in again}, ob.last_error,
+                             ob.message_id),
             updated_at=now))
         transitions += [_transition(tenant_id, o["message_id"], "sending", "queued", at=now,
                                     provider=o.get("provider"), reason=o.get("reason"),
                                     error_code=o.get("error_code"), error_message=o.get("error_message"))
                         for o in again]
 
-    unknown = by_kind.get("unknown", [])
-    if unknown:
+    for unknown in _chunks(by_kind.get("unknown", [])):
         ids = [o["message_id"] for o in unknown]
         await conn.execute(outbox.update().where(ob.tenant_id == tenant_id, ob.message_id.in_(ids)).values(
             state="unknown", claimed_by=None,
@@ -356,13 +378,16 @@ async def record_outcomes(conn: AsyncConnection, tenant_id: str, outcomes: Seque
 
     if transitions:
         await conn.execute(message_transitions.insert(), transitions)
-    done_ids = [o["message_id"] for o in sent + failed]
-    if not done_ids:
+    done_ids = [o["message_id"] for o in sent + by_kind.get("failed", [])]
+    if not return_rows or not done_ids:
         return []
-    result = await conn.execute(
-        sa.select(messages, conversations.c.wa_id).join(conversations, conversations.c.id == m.conversation_id)
-        .where(m.tenant_id == tenant_id, m.id.in_(done_ids)))
-    return [dict(r._mapping) for r in result]
+    out: list[dict[str, Any]] = []
+    for chunk in _chunks(done_ids, 500):
+        result = await conn.execute(
+            sa.select(messages, conversations.c.wa_id).join(conversations, conversations.c.id == m.conversation_id)
+            .where(m.tenant_id == tenant_id, m.id.in_(list(chunk))))
+        out += [dict(r._mapping) for r in result]
+    return out
 
 
 async def unmatched_status_ids(conn: AsyncConnection, tenant_id: str,
@@ -416,13 +441,14 @@ async def list_unknown(conn: AsyncConnection, *, limit: int = 500) -> list[dict[
     if not rows:
         return rows
     info = await conn.execute(
-        sa.select(messages.c.id, messages.c.provider, conversations.c.wa_id)
+        sa.select(messages.c.id, messages.c.provider, messages.c.conversation_id, conversations.c.wa_id)
         .join(conversations, conversations.c.id == messages.c.conversation_id)
         .where(messages.c.id.in_([r["message_id"] for r in rows])))
     by_id = {r.id: r for r in info}
     for r in rows:
         extra = by_id.get(r["message_id"])
         r["wa_id"] = extra.wa_id if extra else None
+        r["conversation_id"] = extra.conversation_id if extra else None
     return rows
 
 

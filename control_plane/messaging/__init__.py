@@ -34,7 +34,8 @@ async def dispatcher_context(app: web.Application):
     cloud_api = app.get("cloud_api")
     if cloud_api is None:
         own_client = cloud_api = await CloudAPIClient.create(settings.graph_api_url)
-    dispatcher = Dispatcher(db=app["db"], settings=settings, secret_box=app["secret_box"], cloud_api=cloud_api,
+    db = dispatch_database(settings.database_url)
+    dispatcher = Dispatcher(db=db, settings=settings, secret_box=app["secret_box"], cloud_api=cloud_api,
                             supervisor=app.get("supervisor"), events=app.get("events"), redis=app.get("redis"))
     await dispatcher.start()
     app["dispatcher"] = dispatcher
@@ -44,3 +45,23 @@ async def dispatcher_context(app: web.Application):
         await dispatcher.close()
         if own_client is not None:
             await own_client.close()
+        await db.close()
+
+
+def dispatch_database(url: str):
+    """The dispatcher's own pool. On MariaDB its transactions run READ COMMITTED: claims (``FOR UPDATE
+    SKIP LOCKED``) and outcome records touch neighbouring entries of the outbox's state index, and
+    REPEATABLE READ's gap locks made them wait on (and deadlock with) each other."""
+    from sqlalchemy import event
+
+    from control_plane.db import Database
+
+    db = Database(url, pool_size=10)
+    if not db.is_sqlite:
+        def read_committed(dbapi_conn, _record) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            cur.close()
+
+        event.listen(db.engine.sync_engine, "connect", read_committed)
+    return db

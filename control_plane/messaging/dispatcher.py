@@ -31,7 +31,7 @@ commit, whose confirmation never reaches us within the reconcile wait — for th
 status webhook is not delivered to us within MESSAGING_RECONCILE_S (webhooks down or misrouted); for
 Web, when the bridge died before emitting the ack (it acks ~30 ms after sending in the scripted
 driver, immediately in whatsapp-web.js). Only messages in flight at the instant of the crash are
-exposed: at most one batch per tenant (rate x 0.5 s) and, in practice, the few requests whose HTTP
+exposed: at most one batch per tenant (rate x 1 s) and, in practice, the few requests whose HTTP
 exchange was open. The same rules apply to a send that timed out (GraphAPITimeout / bridge timeout):
 "unknown", never blindly retried.
 """
@@ -65,8 +65,9 @@ from control_plane.webhooks.ingest import received_event, status_event
 
 log = logging.getLogger(__name__)
 
-BATCH_WINDOW_S = 0.5  # a claim takes what the governor can send in this long
-LOOKAHEAD_S = 0.15  # claim the next batch this long before the current one's last slot
+BATCH_WINDOW_S = 1.0  # a claim takes what the governor can send in this long
+LOOKAHEAD_S = 0.3  # claim the next batch this long before the current one's last slot
+CONTEXT_TTL_S = 5.0  # a tenant's config is re-read this often (and at once after a settings change)
 _OUR_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -87,7 +88,7 @@ class _Work:
 class Recorder:
     """One writer for every outcome and every Web ingest item of this node (group commit)."""
 
-    def __init__(self, dispatcher: "Dispatcher", *, max_batch: int = 2000) -> None:
+    def __init__(self, dispatcher: "Dispatcher", *, max_batch: int = 500) -> None:
         self._d = dispatcher
         self._queue: deque[tuple[str, str, list[dict[str, Any]]]] = deque()
         self._wake = asyncio.Event()
@@ -149,7 +150,10 @@ class Recorder:
                     batch.append(item)
                     n += len(item[2])
                 try:
+                    t0 = time.perf_counter()
                     envelopes = await self._d.store(batch)
+                    self._d.timing["commits"] += 1
+                    self._d.timing["commit_s"] += time.perf_counter() - t0
                     delay = 0.05
                 except asyncio.CancelledError:
                     self._queue.extendleft(reversed(batch))
@@ -191,6 +195,7 @@ class Dispatcher:
         self._waiting_web: set[str] = set()  # tenants with messages waiting for their session
         self._scanner: asyncio.Task | None = None
         self._closing = False
+        self.timing = {"claims": 0, "claim_s": 0.0, "commits": 0, "commit_s": 0.0, "late_s": 0.0, "sends": 0}
         self.stats = {"sent": 0, "failed": 0, "retried": 0, "deferred": 0, "unknown": 0, "recovered": 0,
                       "requeued_unknown": 0}
 
@@ -218,6 +223,11 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.recorder.flush(timeout=grace_s)
         await self.recorder.stop()
+        t = self.timing
+        log.info("messaging dispatcher stopped node=%s stats=%s claims=%d (avg %.1f ms) commits=%d (avg %.1f ms) "
+                 "sends=%d (avg %.1f ms late)", self.node_id, self.stats, t["claims"],
+                 1000 * t["claim_s"] / max(1, t["claims"]), t["commits"], 1000 * t["commit_s"] / max(1, t["commits"]),
+                 t["sends"], 1000 * t["late_s"] / max(1, t["sends"]))
 
     def notify(self, tenant_id: str) -> None:
         """There may be work for ``tenant_id`` now (a new message, a session that became ready)."""
@@ -235,7 +245,7 @@ class Dispatcher:
     async def context(self, tenant_id: str, *, fresh: bool = False) -> TenantContext:
         now = time.monotonic()
         ctx = self._contexts.get(tenant_id)
-        if ctx is None or fresh or now - ctx.loaded_at > 2.0:
+        if ctx is None or fresh or now - ctx.loaded_at > CONTEXT_TTL_S:
             async with self.db.connect() as conn:
                 cfg = await config_db.get_whatsapp_config(conn, tenant_id)
                 ms = await outbox_db.get_settings(conn, tenant_id)
@@ -328,8 +338,11 @@ class Dispatcher:
                 try:
                     ctx = await self.context(tenant_id)
                     limit = self._claim_size(ctx)
+                    t0 = time.perf_counter()
                     async with self.db.begin() as conn:
                         rows = await outbox_db.claim(conn, tenant_id, self.node_id, limit=limit)
+                    self.timing["claims"] += 1
+                    self.timing["claim_s"] += time.perf_counter() - t0
                     errors_in_row = 0
                 except asyncio.CancelledError:
                     raise
@@ -421,8 +434,11 @@ class Dispatcher:
 
     async def _run_chain(self, tenant_id: str, ctx: TenantContext,
                          chain: list[tuple[dict[str, Any], routing.Decision, float]]) -> None:
+        loop = asyncio.get_running_loop()
         for row, decision, deadline in chain:
             await sleep_until(deadline)
+            self.timing["sends"] += 1
+            self.timing["late_s"] += max(0.0, loop.time() - deadline)
             try:
                 outcome = await self._send_one(tenant_id, ctx, row, decision)
             except asyncio.CancelledError:
@@ -498,7 +514,7 @@ class Dispatcher:
         if not pmid:
             return self._unknown(row, routing.WEB, decision.reason, "the bridge answered without a message id")
         return {"message_id": row["message_id"], "kind": "sent", "provider": routing.WEB, "provider_message_id": pmid,
-                "conversation_id": row["conversation_id"], "reason": decision.reason}
+                "conversation_id": row["conversation_id"], "wa_id": row["wa_id"], "reason": decision.reason}
 
     async def _send_cloud(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
                           decision: routing.Decision) -> dict[str, Any]:
@@ -507,6 +523,8 @@ class Dispatcher:
             return _failed(row, routing.CLOUD, "no_route", "the Business API is not configured", decision.reason)
         try:
             payload = await self._cloud_payload(tenant_id, ctx, row, decision)
+            await self.governor.window_guard(f"cloud:{creds.phone_number_id}",
+                                             math.floor(self.settings.cloud_rate_per_s))
             result = await self.cloud_api.send_raw(creds, payload)
         except GraphAPIUnavailable as exc:
             if exc.maybe_sent:
@@ -516,7 +534,7 @@ class Dispatcher:
             return await self._cloud_error(tenant_id, ctx, row, decision, exc)
         return {"message_id": row["message_id"], "kind": "sent", "provider": routing.CLOUD,
                 "provider_message_id": result.wamid, "conversation_id": row["conversation_id"],
-                "reason": decision.reason}
+                "wa_id": row["wa_id"], "reason": decision.reason}
 
     async def _cloud_error(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
                            decision: routing.Decision, exc: GraphAPIError) -> dict[str, Any]:
@@ -549,6 +567,7 @@ class Dispatcher:
 
     async def _cloud_payload(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
                              decision: routing.Decision) -> dict[str, Any]:
+        """The Graph API request for a stored (provider-neutral) message."""
         content = row["content"] or {}
         kind = row["type"]
         if decision.use_fallback_template:
@@ -556,70 +575,78 @@ class Dispatcher:
             part: dict[str, Any] = {"name": tpl["name"], "language": {"code": tpl["language"],
                                                                       "policy": "deterministic"}}
             if tpl.get("body_param"):
-                text = _plain_text(content)[:1024] or "-"
+                text = _plain_text(kind, content)[:1024] or "-"
                 part["components"] = [{"type": "body", "parameters": [{"type": "text", "text": text}]}]
             payload: dict[str, Any] = {"type": "template", "template": part}
         else:
-            part = dict(content.get(kind) or {})
-            if kind in ("image", "video", "audio", "document", "sticker"):
-                part = await self._cloud_media(ctx, kind, part)
+            if kind == "text":
+                part = {"body": content["text"], "preview_url": bool(content.get("preview_url"))}
+            elif kind in _MEDIA:
+                part = await self._cloud_media(ctx, kind, content)
+            elif kind == "template":
+                part = {"name": content["name"], "language": {"code": content["language"], "policy": "deterministic"}}
+                if content.get("components"):
+                    part["components"] = content["components"]
             elif kind == "reaction":
-                part["message_id"] = await self._resolve_reference(tenant_id, part["message_id"], routing.CLOUD)
+                part = {"message_id": await self._resolve_reference(tenant_id, content["message_id"], routing.CLOUD),
+                        "emoji": content["emoji"]}
+            else:  # location, interactive: the stored object is the Cloud API's
+                part = {k: v for k, v in content.items() if k != "context"}
             payload = {"type": kind, kind: part}
         context = content.get("context") or {}
-        if context.get("message_id") and not decision.use_fallback_template:
-            payload["context"] = {"message_id": await self._resolve_reference(
-                tenant_id, context["message_id"], routing.CLOUD)}
+        if context.get("id") and not decision.use_fallback_template:
+            payload["context"] = {"message_id": await self._resolve_reference(tenant_id, context["id"],
+                                                                               routing.CLOUD)}
         payload["to"] = row["wa_id"]
         payload["biz_opaque_callback_data"] = row["message_id"]
         return payload
 
-    async def _cloud_media(self, ctx: TenantContext, kind: str, part: dict[str, Any]) -> dict[str, Any]:
+    async def _cloud_media(self, ctx: TenantContext, kind: str, content: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if part.get("base64"):
+        if content.get("base64"):
             import base64
 
-            data = base64.b64decode(part["base64"])
-            out["id"] = await self.cloud_api.upload_media(ctx.creds, data, part.get("mime_type") or
+            data = base64.b64decode(content["base64"])
+            out["id"] = await self.cloud_api.upload_media(ctx.creds, data, content.get("mime_type") or
                                                           "application/octet-stream",
-                                                          part.get("filename") or f"{kind}")
-        elif part.get("id"):
-            out["id"] = part["id"]
+                                                          content.get("filename") or f"{kind}")
+        elif content.get("media_id"):
+            out["id"] = content["media_id"]
         else:
-            out["link"] = part.get("link")
-        if part.get("caption") is not None and kind in ("image", "video", "document"):
-            out["caption"] = part["caption"]
-        if part.get("filename") and kind == "document":
-            out["filename"] = part["filename"]
+            out["link"] = content.get("link")
+        if content.get("caption") is not None and kind in ("image", "video", "document"):
+            out["caption"] = content["caption"]
+        if content.get("filename") and kind == "document":
+            out["filename"] = content["filename"]
         return out
 
     async def _bridge_args(self, tenant_id: str, row: dict[str, Any]) -> dict[str, Any]:
+        """The bridge's ``send`` arguments for a stored (provider-neutral) message."""
         content = row["content"] or {}
         kind = row["type"]
         args: dict[str, Any] = {"to": row["wa_id"]}
         if kind == "text":
-            args.update(type="text", text=content["text"]["body"])
+            args.update(type="text", text=content["text"])
         elif kind == "location":
-            loc = content["location"]
-            args.update(type="location", location={"latitude": loc["latitude"], "longitude": loc["longitude"],
-                                                   "description": loc.get("name") or loc.get("address")})
+            args.update(type="location", location={"latitude": content["latitude"],
+                                                   "longitude": content["longitude"],
+                                                   "description": content.get("name") or content.get("address")})
         else:
-            part = content.get(kind) or {}
             media: dict[str, Any] = {}
-            if part.get("base64"):
-                media["base64"] = part["base64"]
+            if content.get("base64"):
+                media["base64"] = content["base64"]
             else:
-                media["url"] = part.get("link")
-            if part.get("mime_type"):
-                media["mimetype"] = part["mime_type"]
-            if part.get("filename"):
-                media["filename"] = part["filename"]
+                media["url"] = content.get("link")
+            if content.get("mime_type"):
+                media["mimetype"] = content["mime_type"]
+            if content.get("filename"):
+                media["filename"] = content["filename"]
             args.update(type="media", media=media)
-            if part.get("caption") is not None:
-                args["caption"] = part["caption"]
+            if content.get("caption") is not None:
+                args["caption"] = content["caption"]
         context = content.get("context") or {}
-        if context.get("message_id"):
-            args["reply_to"] = await self._resolve_reference(tenant_id, context["message_id"], routing.WEB)
+        if context.get("id"):
+            args["reply_to"] = await self._resolve_reference(tenant_id, context["id"], routing.WEB)
         return args
 
     # ------------------------------------------------------------------------------ recording
@@ -637,38 +664,39 @@ class Dispatcher:
                     new_events += await self.record(conn, tenant_id, work.outcomes)
                 if work.messages:
                     rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages)
-                    new_events += [(tenant_id, event_types.MESSAGE_RECEIVED, received_event(r)) for r in rows]
+                    to = {m["provider_message_id"]: m.get("to") for m in work.messages}
+                    new_events += [(tenant_id, event_types.MESSAGE_RECEIVED,
+                                    received_event(r, to.get(r["provider_message_id"]))) for r in rows]
                 if work.statuses:
                     changes = await messages_db.apply_status_updates(conn, tenant_id, work.statuses)
                     new_events += _status_events(tenant_id, changes)
             return await self._append(conn, new_events)
 
     async def record(self, conn: Any, tenant_id: str, outcomes: list[dict[str, Any]]) -> list[tuple]:
-        """Record outcomes inside ``conn``'s transaction; returns (tenant, type, data) events."""
-        rows = await outbox_db.record_outcomes(conn, tenant_id, outcomes)
-        by_id = {o["message_id"]: o for o in outcomes}
+        """Record outcomes inside ``conn``'s transaction; returns (tenant, type, data) events.
+
+        ``message.sent`` for each send the provider accepted; ``message.status`` + ``message.failed``
+        for each failure (the webhook's shapes); later statuses come from webhooks and Web acks."""
+        now = utcnow()
+        await outbox_db.record_outcomes(conn, tenant_id, outcomes, now=now)
         events: list[tuple[str, str, dict[str, Any]]] = []
-        raced = await outbox_db.unmatched_status_ids(
-            conn, tenant_id, [o.get("provider_message_id") for o in outcomes if o["kind"] == "sent"])
-        raced_set = set(raced)
-        for row in rows:
-            o = by_id[row["id"]]
+        sent = [o for o in outcomes if o["kind"] == "sent"]
+        raced = set(await outbox_db.unmatched_status_ids(conn, tenant_id,
+                                                         [o["provider_message_id"] for o in sent]))
+        for o in outcomes:
             if o["kind"] == "sent":
-                data = _status_data(row, "sent", row["sent_at"], None, None)
+                data = _status_data(o, "sent", now, None, None)
                 data["route_reason"] = o.get("reason")
-                data["to"] = row["wa_id"]
                 events.append((tenant_id, event_types.MESSAGE_SENT, data))
-                events.append((tenant_id, event_types.MESSAGE_STATUS, _status_data(row, "sent", row["sent_at"],
-                                                                                   None, None)))
-                if row["provider_message_id"] in raced_set:
-                    after = await messages_db.apply_recorded_statuses(conn, tenant_id, row["id"])
+                if o["provider_message_id"] in raced:  # a status beat our record: apply it now
+                    after = await messages_db.apply_recorded_statuses(conn, tenant_id, o["message_id"])
                     if after and after["status"] != "sent":
-                        after["wa_id"] = row["wa_id"]
-                        events.append((tenant_id, event_types.MESSAGE_STATUS,
-                                       _status_data(after, after["status"], after["updated_at"],
-                                                    after.get("error_code"), after.get("error_message"))))
+                        events.append((tenant_id, event_types.MESSAGE_STATUS, _status_data(
+                            {**o, "provider_message_id": after["provider_message_id"]}, after["status"],
+                            after["updated_at"], after.get("error_code"), after.get("error_message"))))
             elif o["kind"] == "failed":
-                data = _status_data(row, "failed", row["failed_at"], o.get("error_code"), o.get("error_message"))
+                data = _status_data({**o, "provider_message_id": None}, "failed", now, o.get("error_code"),
+                                    o.get("error_message"))
                 data["route_reason"] = o.get("reason")
                 events.append((tenant_id, event_types.MESSAGE_STATUS, data))
                 events.append((tenant_id, event_types.MESSAGE_FAILED, data))
@@ -723,6 +751,7 @@ class Dispatcher:
                     by_tenant.setdefault(tenant_id, []).append({
                         "message_id": row["message_id"], "kind": "sent", "provider": provider,
                         "provider_message_id": fact["provider_message_id"],
+                        "conversation_id": row["conversation_id"], "wa_id": row["wa_id"],
                         "reason": f"{row['route_reason'] or 'sent'}; recovered after an unknown outcome: "
                                   f"the provider confirmed {fact['provider_message_id'][:40]}"})
                 elif row["next_attempt_at"] <= now:
@@ -798,34 +827,35 @@ class Dispatcher:
 
 # --------------------------------------------------------------------------------------- helpers
 
+_MEDIA = ("image", "video", "audio", "document", "sticker")
+
+
 def _web_capable(row: dict[str, Any]) -> bool:
-    part = (row.get("content") or {}).get(row["type"])
-    return not (isinstance(part, dict) and part.get("id") and row["type"] in
-                ("image", "video", "audio", "document", "sticker"))
+    """Media given by a Cloud API media id can only go by the Cloud API."""
+    return not (row["type"] in _MEDIA and (row.get("content") or {}).get("media_id"))
 
 
-def _plain_text(content: dict[str, Any]) -> str:
-    kind = content.get("type")
-    part = content.get(kind) if kind else None
-    if kind == "text" and isinstance(part, dict):
-        return str(part.get("body") or "")
-    if isinstance(part, dict) and part.get("caption"):
-        return str(part["caption"])
-    return ""
+def _plain_text(kind: str, content: dict[str, Any]) -> str:
+    if kind == "text":
+        return str(content.get("text") or "")
+    return str(content.get("caption") or "")
 
 
 def _failed(row: dict[str, Any], provider: str | None, code: Any, message: str, reason: str) -> dict[str, Any]:
     return {"message_id": row["message_id"], "kind": "failed", "provider": provider, "error_code": code,
-            "error_message": message, "reason": reason}
+            "error_message": message, "reason": reason, "conversation_id": row.get("conversation_id"),
+            "wa_id": row.get("wa_id")}
 
 
 def _status_data(row: dict[str, Any], status: str, at: dt.datetime | None, code: Any,
                  message: str | None) -> dict[str, Any]:
-    """The ``message.status`` data shape the webhook receiver publishes (docs/EVENTS.md)."""
-    return status_event({"message_id": row["id"], "conversation_id": row["conversation_id"],
-                         "provider": row["provider"], "provider_message_id": row["provider_message_id"],
-                         "status": status, "occurred_at": at, "recipient_id": row.get("wa_id"),
-                         "error_code": code, "error_message": message})
+    """The ``message.status`` data shape the webhook receiver publishes (docs/EVENTS.md). ``row`` is a
+    message row (``id``) or an outcome (``message_id``), with ``conversation_id`` and ``wa_id``."""
+    return status_event({"message_id": row.get("message_id") or row.get("id"),
+                         "conversation_id": row.get("conversation_id"), "provider": row.get("provider"),
+                         "provider_message_id": row.get("provider_message_id"), "status": status,
+                         "occurred_at": at, "recipient_id": row.get("wa_id"), "error_code": code,
+                         "error_message": message})
 
 
 def _status_events(tenant_id: str, changes: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:

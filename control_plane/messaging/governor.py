@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from typing import Any, Sequence
 
 _RESERVE_LUA = """
@@ -83,6 +84,7 @@ class Governor:
         self._tat: dict[str, float] = {}
         self._pairs: dict[str, float] = {}
         self._scripts: dict[str, Any] = {}
+        self._sent: dict[str, deque[float]] = {}
 
     # -- intervals -------------------------------------------------------------------------------
 
@@ -156,6 +158,23 @@ class Governor:
             await self._script("penalize", _PENALIZE_LUA)(keys=[key], args=[full])
             return
         self._pairs[key] = max(self._pairs.get(key, 0.0), time.monotonic() + full)
+
+    async def window_guard(self, key: str, limit: int, window_s: float = 1.0, margin_s: float = 0.02) -> None:
+        """Last line of defence, in-process: never more than ``limit`` sends on ``key`` in any
+        ``window_s`` (+ margin) window of actual send times, even when sends run late and bunch up
+        (an overloaded event loop compresses a smooth schedule)."""
+        if limit <= 0:
+            return
+        log_ = self._sent.setdefault(key, deque())
+        span = window_s + margin_s
+        while True:
+            now = time.monotonic()
+            while log_ and now - log_[0] >= span:
+                log_.popleft()
+            if len(log_) < limit:
+                log_.append(now)
+                return
+            await asyncio.sleep(log_[0] + span - now)
 
     def _script(self, name: str, source: str):
         script = self._scripts.get(name)

@@ -2,8 +2,13 @@
 
 Pydantic checks shapes; ``normalize`` checks what depends on the type (and the limits Meta enforces,
 shared/reference/cloud-api.md §2-3) and returns ``(wa_id, type, content)`` where ``content`` is the
-Cloud-API-shaped part we store and send: ``{"type": "text", "text": {"body": ...}}``. Every failure
-is an ``InvalidInput`` naming the field (422), or ``PayloadTooLarge`` for oversized media (413).
+provider-neutral form stored on the message (the keys docs/EVENTS.md gives inbound messages):
+text ``{"text", "preview_url"}``; media ``{"link" | "media_id" | "base64", "mime_type"?, "caption"?,
+"filename"?}``; location ``{"latitude", "longitude", "name"?, "address"?}``; template ``{"name",
+"language", "components"?}``; interactive: the Cloud API object; reaction ``{"message_id", "emoji"}``;
+plus ``context: {"id"}`` for a reply. The dispatcher turns it into each road's request.
+Every failure is an ``InvalidInput`` naming the field (422), or ``PayloadTooLarge`` for oversized
+media (413).
 """
 
 from __future__ import annotations
@@ -140,7 +145,7 @@ def _media(kind: str, media: MediaIn, caption: str | None) -> dict[str, Any]:
         if not media.id.isdigit():
             raise errors.InvalidInput("'media.id' must be a Cloud API media id (digits)", code="invalid_field",
                                       field="media.id")
-        part["id"] = media.id
+        part["media_id"] = media.id
     else:
         if mime is None:
             raise errors.InvalidInput("'media.mime_type' is required with base64", code="missing_field",
@@ -277,7 +282,7 @@ def _template(t: TemplateIn) -> dict[str, Any]:
         if comp.get("type") == "button" and comp.get("index") is None:
             raise errors.InvalidInput(f"'{field}.index' is required for a button component", code="missing_field",
                                       field=f"{field}.index")
-    part: dict[str, Any] = {"name": t.name, "language": {"code": t.language, "policy": "deterministic"}}
+    part: dict[str, Any] = {"name": t.name, "language": t.language}
     if components:
         part["components"] = components
     return part
@@ -321,31 +326,31 @@ def normalize(body: SendMessageIn) -> tuple[str, str, dict[str, Any]]:
         raise errors.InvalidInput(f"a {kind} message cannot have a caption", code="invalid_field", field="caption")
     if body.preview_url is not None and kind != "text":
         raise errors.InvalidInput("'preview_url' only applies to text", code="invalid_field", field="preview_url")
-    content: dict[str, Any] = {"type": kind}
+    content: dict[str, Any]
     if kind == "text":
         text = _need(body.text, "text", "a text message")
         if not text.strip():
             raise errors.InvalidInput("'text' is blank", code="invalid_field", field="text")
         _max_len(text, MAX_TEXT, "text")
-        content["text"] = {"body": text, "preview_url": bool(body.preview_url)}
+        content = {"text": text, "preview_url": bool(body.preview_url)}
     elif kind in MEDIA_TYPES:
-        content[kind] = _media(kind, _need(body.media, "media", f"a {kind} message"), body.caption)
+        content = _media(kind, _need(body.media, "media", f"a {kind} message"), body.caption)
     elif kind == "location":
         loc = _need(body.location, "location", "a location message")
-        content["location"] = {k: v for k, v in loc.model_dump().items() if v is not None}
+        content = {k: v for k, v in loc.model_dump().items() if v is not None}
     elif kind == "template":
-        content["template"] = _template(_need(body.template, "template", "a template message"))
+        content = _template(_need(body.template, "template", "a template message"))
     elif kind == "interactive":
-        content["interactive"] = _interactive(_need(body.interactive, "interactive", "an interactive message"))
-    elif kind == "reaction":
+        content = dict(_interactive(_need(body.interactive, "interactive", "an interactive message")))
+    else:  # reaction
         reaction = _need(body.reaction, "reaction", "a reaction")
         _need(reaction.message_id, "reaction.message_id", "a reaction")
         if reaction.emoji is None:
             raise errors.InvalidInput("'reaction.emoji' is required (empty string removes a reaction)",
                                       code="missing_field", field="reaction.emoji")
-        content["reaction"] = {"message_id": reaction.message_id, "emoji": reaction.emoji}
+        content = {"message_id": reaction.message_id, "emoji": reaction.emoji}
     if body.reply_to:
-        content["context"] = {"message_id": body.reply_to}
+        content["context"] = {"id": body.reply_to}
     return wa_id, kind, content
 
 

@@ -38,9 +38,9 @@ async def enqueue(db: Any, tenant_id: str, body: models.SendMessageIn, *, idempo
         if existing is not None:
             return existing, False
     if kind == "template" and templates_known:
-        tpl = content["template"]
+        tpl = content
         async with db.connect() as conn:
-            known = await messages_db.get_template(conn, tenant_id, tpl["name"], tpl["language"]["code"])
+            known = await messages_db.get_template(conn, tenant_id, tpl["name"], tpl["language"])
         models.check_template_against_known(tpl, known)
     try:
         row = await _insert(db, tenant_id, wa_id=wa_id, type=kind, content=content,

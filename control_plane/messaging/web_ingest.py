@@ -2,7 +2,7 @@
 
 The supervisor calls ``listener(tenant_id, event_name, data)`` for each bridge ``message`` and
 ``message_ack`` event (bridge/PROTOCOL.md). Messages become inbound rows shaped like the Cloud API's
-(``{"type": "text", "text": {"body": ...}}``), in the conversation of the sender's digits-only wa_id;
+(provider-neutral ``content``: ``{"text": ...}``, docs/EVENTS.md), in the conversation of the sender's digits-only wa_id;
 acks become status facts on the same ladder as Meta's statuses:
 
     ack -1 -> failed, 1 -> sent, 2 -> delivered, 3 -> read, 4 -> played   (0 = pending: ignored)
@@ -54,34 +54,36 @@ def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
         return None
     raw_type = str(data.get("type") or "chat")
     body = data.get("body") if isinstance(data.get("body"), str) else ""
+    content: dict[str, Any]
     if raw_type in ("chat", "text"):
-        kind, content = "text", {"type": "text", "text": {"body": body}}
+        kind, content = "text", {"text": body}
     elif raw_type in _MEDIA_KINDS:
         kind = _MEDIA_KINDS[raw_type]
         media = data.get("media") if isinstance(data.get("media"), dict) else {}
-        part: dict[str, Any] = {"mime_type": media.get("mimetype")}
+        content = {"mime_type": media.get("mimetype")}
         if media.get("filename"):
-            part["filename"] = media["filename"]
+            content["filename"] = media["filename"]
         if body:
-            part["caption"] = body
+            content["caption"] = body
+        if raw_type == "ptt":
+            content["voice"] = True
         if media.get("url"):
-            part["url"] = media["url"]
+            content["url"] = media["url"]
         # Inline media bytes are not stored in the message row (they can be megabytes).
-        part["has_data"] = bool(media.get("data"))
-        content = {"type": kind, kind: part}
     elif raw_type == "location":
         loc = data.get("location") if isinstance(data.get("location"), dict) else {}
-        part = {"latitude": loc.get("latitude"), "longitude": loc.get("longitude")}
+        content = {"latitude": loc.get("latitude"), "longitude": loc.get("longitude")}
         if loc.get("description"):
-            part["name"] = loc["description"]
-        kind, content = "location", {"type": "location", "location": part}
+            content["name"] = loc["description"]
+        kind = "location"
     else:
-        kind, content = raw_type[:32], {"type": raw_type, "body": body}
+        kind, content = raw_type[:32], {"raw": {"type": raw_type, "body": body}}
     if data.get("quoted_id"):
         content["context"] = {"id": str(data["quoted_id"])}
     return {"provider": PROVIDER, "provider_message_id": message_id, "wa_id": wa_id, "type": kind,
             "content": content, "provider_timestamp": _ts(data.get("timestamp")),
-            "contact_name": data.get("notify_name") if isinstance(data.get("notify_name"), str) else None}
+            "contact_name": data.get("notify_name") if isinstance(data.get("notify_name"), str) else None,
+            "to": chat_wa_id(data.get("to")) or None}
 
 
 def status_item(data: dict[str, Any], ts_ms: int | None = None) -> dict[str, Any] | None:

@@ -78,8 +78,9 @@ async def test_web_text_sent_then_delivered_and_read_from_acks(app_client):
     assert ("message.sent", "sent") in events and ("message.status", "read") in events, events
     sent_event = next(e for e in (await (await app_client.get("/api/events", headers=tenant["headers"])).json())
                       ["events"] if e["type"] == "message.sent")["data"]
-    assert sent_event["id"] == accepted["id"] and sent_event["provider"] == "web"
-    assert sent_event["provider_message_id"] == pmid and sent_event["recipient_id"] == WA
+    assert sent_event["message_id"] == accepted["id"] and sent_event["provider"] == "web"
+    assert sent_event["provider_message_id"] == pmid and sent_event["to"] == WA
+    assert sent_event["direction"] == "outbound" and sent_event["route_reason"] == "policy web_only"
 
 
 async def test_inbound_web_message_then_fallback_to_cloud_when_session_down(app_client, fake: FakeGraphAPI):
@@ -100,7 +101,7 @@ async def test_inbound_web_message_then_fallback_to_cloud_when_session_down(app_
     (conv,) = await conversations()
     assert conv["wa_id"] == WA and conv["unread_count"] == 1 and conv["provider"] == "web"
     assert conv["window_open"] and conv["window_open_until"] and conv["contact_name"] == "Sheena"
-    assert conv["last_message"]["content"] == {"type": "text", "text": {"body": "Hi there"}}
+    assert conv["last_message"]["content"] == {"text": "Hi there"}
     fake.open_window(tenant["pnid"], WA)
 
     resp = await app_client.post("/api/session/stop", headers=tenant["headers"])
@@ -212,7 +213,7 @@ async def test_throughput_error_130429_is_retried_and_sent(app_client, fake):
     assert msg["error"]["code"] == "131026" and msg["attempts"] == 1
     resp = await app_client.get("/api/events", headers=tenant["headers"])
     failed = [e["data"] for e in (await resp.json())["events"] if e["type"] == "message.failed"]
-    assert failed and failed[-1]["id"] == bad["id"] and failed[-1]["error"]["code"] == "131026"
+    assert failed and failed[-1]["message_id"] == bad["id"] and failed[-1]["error"]["code"] == "131026"
 
 
 async def test_tenant_isolation(app_client, fake, db_exec):
