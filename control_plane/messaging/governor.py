@@ -56,7 +56,7 @@ local out = {}
 for i, key in ipairs(KEYS) do
   local tat = tonumber(redis.call('GET', key) or '0')
   if tat < now then tat = now end
-  local allow_at = tat - burst * interval
+  local allow_at = tat - (burst - 1) * interval
   if allow_at <= now then
     tat = tat + interval
     redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
@@ -140,7 +140,7 @@ class Governor:
         delays = []
         for key in keys:
             tat = max(self._pairs.get(key, 0.0), now)
-            allow_at = tat - self.pair_burst * self.pair_interval_s
+            allow_at = tat - (self.pair_burst - 1) * self.pair_interval_s
             if allow_at <= now:
                 self._pairs[key] = tat + self.pair_interval_s
                 delays.append(0.0)
