@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 TENANT_RE = re.compile(r"^[0-9A-Za-z_-]{1,32}$")
 MAX_BATCH = 1000
+COMMITS_IN_FLIGHT = 2  # transactions committing at once (each on its own connection)
 RETRYABLE_MYSQL_CODES = {1213, 1205}  # deadlock, lock wait timeout: the whole batch is retried
 COMMIT_ATTEMPTS = 3
 
@@ -119,7 +120,7 @@ class EventPublisher:
     """See the module docstring. ``persist=False`` (benchmarks only) numbers events in memory."""
 
     def __init__(self, db: Database | None, sink: Sink | None = None, *, persist: bool = True,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, commits_in_flight: int = COMMITS_IN_FLIGHT) -> None:
         if persist and db is None:
             raise ValueError("a database is needed unless persist=False")
         self.db = db
@@ -131,7 +132,12 @@ class EventPublisher:
         self._wake = asyncio.Event()
         self._emit_queue: asyncio.Queue[list[Envelope] | None] = asyncio.Queue()
         self._memory_seq: dict[str, int] = {}
-        self._log = events_db.EventLogWriter(db) if persist else None
+        if db is not None and db.is_sqlite:
+            commits_in_flight = 1  # one writer at a time there anyway
+        self._logs = [events_db.EventLogWriter(db) for _ in range(commits_in_flight)] if persist else []
+        self._commits_in_flight = commits_in_flight
+        self._busy: set[str] = set()  # tenants with a transaction in flight
+        self._writers_left = 0
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self.stats = {"batches": 0, "events": 0, "emitted": 0}
@@ -139,8 +145,11 @@ class EventPublisher:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._writer(), name="events-writer"),
-                       asyncio.create_task(self._emitter(), name="events-emitter")]
+        n = self._commits_in_flight if self.persist else 1
+        self._writers_left = n
+        self._tasks = [asyncio.create_task(self._writer(self._logs[i] if self._logs else None),
+                                           name=f"events-writer-{i}") for i in range(n)]
+        self._tasks.append(asyncio.create_task(self._emitter(), name="events-emitter"))
 
     async def close(self) -> None:
         """Refuse new events, commit and emit what is pending, then stop."""
@@ -149,8 +158,8 @@ class EventPublisher:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._log is not None:
-            await self._log.close()
+        for event_log in self._logs:
+            await event_log.close()
 
     # -- the pinned API -------------------------------------------------------------------------
 
@@ -204,39 +213,66 @@ class EventPublisher:
         copy.data_json = encode_data(env["data"])
         return copy
 
-    async def _writer(self) -> None:
-        while True:
-            if not self._pending:
-                if self._closing:
-                    self._emit_queue.put_nowait(None)
-                    return
-                await self._wake.wait()
-                self._wake.clear()
-                continue
-            n = min(len(self._pending), self.max_batch)
-            batch = [self._pending.popleft() for _ in range(n)]
-            try:
-                envelopes = await self._commit(batch)
-            except asyncio.CancelledError:
-                raise
-            except IntegrityError:
-                # One bad event (a tenant deleted meanwhile, a tenant id that never existed) must not
-                # fail the others: commit each tenant's events on their own.
-                envelopes = await self._commit_per_tenant(batch)
-            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it (database down)
-                log.warning("event batch of %d failed: %s", len(batch), exc)
-                self._fail(batch, exc)
-                continue
-            self._done(batch, envelopes)
+    async def _writer(self, event_log: events_db.EventLogWriter | None) -> None:
+        """One of ``commits_in_flight`` writers. While one waits for its COMMIT (fsync), another
+        commits the next batch. A tenant is in one transaction at a time, so its events commit,
+        and are emitted, in call order, and the writers never wait on each other's row locks."""
+        try:
+            while True:
+                batch = self._take_batch()
+                if not batch:
+                    if self._closing and not self._pending:
+                        return
+                    await self._wake.wait()
+                    self._wake.clear()
+                    continue
+                tenants = {entry[0] for entry in batch}
+                self._busy |= tenants
+                try:
+                    envelopes = await self._commit(batch, event_log)
+                except asyncio.CancelledError:
+                    raise
+                except IntegrityError:
+                    # One bad event (a tenant deleted meanwhile, or one that never existed) must not
+                    # fail the others: commit each tenant's events on their own.
+                    envelopes = await self._commit_per_tenant(batch, event_log)
+                except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it (db down)
+                    log.warning("event batch of %d failed: %s", len(batch), exc)
+                    self._fail(batch, exc)
+                    envelopes = []
+                finally:
+                    self._busy -= tenants
+                    self._wake.set()  # events held back for these tenants may go now
+                if envelopes:
+                    self._done(batch, envelopes)
+        finally:
+            self._writers_left -= 1
+            if self._writers_left == 0:
+                self._emit_queue.put_nowait(None)
 
-    async def _commit_per_tenant(self, batch: list) -> list[Envelope | None]:
+    def _take_batch(self) -> list:
+        """Up to ``max_batch`` pending events of tenants not in flight, keeping each tenant's order."""
+        pending, busy = self._pending, self._busy
+        if not busy:
+            n = min(len(pending), self.max_batch)
+            return [pending.popleft() for _ in range(n)]
+        batch, held = [], collections.deque()
+        while pending and len(batch) < self.max_batch:
+            entry = pending.popleft()
+            (held if entry[0] in busy else batch).append(entry)
+        held.extend(pending)
+        self._pending = held
+        return batch
+
+    async def _commit_per_tenant(self, batch: list, event_log: events_db.EventLogWriter | None
+                                 ) -> list[Envelope | None]:
         groups: dict[str, list] = {}
         for entry in batch:
             groups.setdefault(entry[0], []).append(entry)
         by_entry: dict[int, Envelope] = {}
         for tenant_id, group in groups.items():
             try:
-                for entry, env in zip(group, await self._commit(group)):
+                for entry, env in zip(group, await self._commit(group, event_log)):
                     by_entry[id(entry)] = env
             except asyncio.CancelledError:
                 raise
@@ -264,7 +300,7 @@ class EventPublisher:
         if committed:
             self._emit_queue.put_nowait(committed)
 
-    async def _commit(self, batch: list) -> list[Envelope]:
+    async def _commit(self, batch: list, event_log: events_db.EventLogWriter | None) -> list[Envelope]:
         rows = [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch]
         if not self.persist:
             seqs = []
@@ -273,10 +309,10 @@ class EventPublisher:
                 self._memory_seq[tenant_id] = seq
                 seqs.append(seq)
         else:
-            assert self._log is not None
+            assert event_log is not None
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
-                    seqs = await self._log.append(rows)
+                    seqs = await event_log.append(rows)
                     break
                 except DBAPIError as exc:
                     if attempt == COMMIT_ATTEMPTS or not _retryable(exc):

@@ -30,6 +30,22 @@ async def test_concurrent_publishes_share_commits_and_stay_gapless(client, make_
     assert events.stats["batches"] - batches_before < 100  # coalesced: far fewer commits than events
 
 
+async def test_each_tenant_commits_in_call_order_across_concurrent_transactions(client, make_tenant):
+    from control_plane.realtime.publisher import EventPublisher
+
+    a, b = await make_tenant(), await make_tenant()
+    events = EventPublisher(client.app["db"], None, max_batch=7, commits_in_flight=2)
+    events.start()
+    try:
+        envs = await asyncio.gather(*(events.publish(t["id"], ev.MESSAGE_SENT, {"n": i})
+                                      for i in range(60) for t in (a, b) if i % 3 or t is a))
+    finally:
+        await events.close()
+    for t in (a, b):
+        mine = [e for e in envs if e["tenant_id"] == t["id"]]
+        assert [e["seq"] for e in mine] == list(range(1, len(mine) + 1))
+
+
 async def test_append_in_callers_transaction_then_emit(client, make_tenant):
     t = await make_tenant()
     events, db = client.app["events"], client.app["db"]
