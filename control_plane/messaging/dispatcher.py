@@ -52,6 +52,7 @@ from typing import Any
 
 from control_plane.db import outbox as outbox_db
 from control_plane.db import messages as messages_db
+from control_plane.db import tenants as tenants_db
 from control_plane.db import whatsapp_config as config_db
 from control_plane.db.engine import utcnow
 from control_plane.messaging import routing
@@ -76,6 +77,7 @@ class TenantContext:
     roads: routing.Roads
     creds: CloudCredentials | None
     loaded_at: float
+    active: bool = True
 
 
 @dataclass
@@ -249,6 +251,7 @@ class Dispatcher:
             async with self.db.connect() as conn:
                 cfg = await config_db.get_whatsapp_config(conn, tenant_id)
                 ms = await outbox_db.get_settings(conn, tenant_id)
+                tenant = await tenants_db.get_tenant(conn, tenant_id)
             creds = None
             api_type = cfg["api_type"] if cfg else "web"
             cloud_configured = bool(cfg and api_type in ("business_api", "both") and cfg["phone_number_id"]
@@ -269,7 +272,8 @@ class Dispatcher:
             roads = routing.Roads(policy=cfg["fallback_policy"] if cfg else "web_only",
                                   web_configured=api_type in ("web", "both") and (cfg is None or cfg["is_active"]),
                                   cloud_configured=cloud_configured, fallback_template=fallback)
-            ctx = TenantContext(roads=roads, creds=creds, loaded_at=now)
+            ctx = TenantContext(roads=roads, creds=creds, loaded_at=now,
+                                active=bool(tenant and tenant["is_active"]))
             self._contexts[tenant_id] = ctx
         blocked = self._cloud_blocked.get(tenant_id)
         if blocked and blocked[1] < now:
@@ -385,6 +389,11 @@ class Dispatcher:
         web_rows: list[tuple[dict[str, Any], routing.Decision]] = []
         cloud_rows: list[tuple[dict[str, Any], routing.Decision]] = []
         for row in rows:
+            if not ctx.active:  # held, not failed: the tenant may be reactivated
+                immediate.append({"message_id": row["message_id"], "kind": "defer", "provider": None,
+                                  "next_attempt_at": now + dt.timedelta(seconds=30),
+                                  "reason": "held: the tenant is deactivated"})
+                continue
             decision = routing.decide(kind=row["type"], requested=row["requested_provider"], roads=ctx.roads,
                                       last_inbound_at=row["last_inbound_at"], now=now,
                                       web_capable=_web_capable(row))

@@ -54,7 +54,7 @@ class ControlPlane:
             except aiohttp.ClientError:
                 return False
 
-        await wait_for(healthy, timeout=30, interval=0.1, message="control plane up")
+        await wait_for(healthy, timeout=90, interval=0.1, message="control plane up")  # slow imports on a busy box
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -72,6 +72,7 @@ class ControlPlane:
 
 
 @pytest.mark.mariadb
+@pytest.mark.timeout(300)
 async def test_kill9_mid_dispatch_every_message_sent_exactly_once(database_url, sync_engine, empty_db, tmp_path):
     env = {**os.environ, "DATABASE_URL": database_url, "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEY": SECRET_KEY,
            "HOST": "127.0.0.1", "PORT": str(free_port()), "DATA_DIR": str(tmp_path / "data"),
