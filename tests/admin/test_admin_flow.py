@@ -31,7 +31,7 @@ CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-WAIT_MS = 15_000
+WAIT_MS = 30_000  # generous for a loaded machine: every wait is a condition, never a sleep
 PNID, WABA, GRAPH_TOKEN = "106540352242922", "102290129340398", "EAAG-admin-panel-test-token"
 
 expect.set_options(timeout=WAIT_MS)
