@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -117,6 +118,28 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+class GcPauses:
+    """The longest garbage-collector pause (a stop of the event loop) since the last reset."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.longest_ms = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+        else:
+            self.longest_ms = max(self.longest_ms, (time.perf_counter() - self.started) * 1000)
+
+    def take(self) -> float:
+        value, self.longest_ms = self.longest_ms, 0.0
+        return value
+
+
+GC = GcPauses()
+
+
 async def run_phase(publisher: EventPublisher, tenant_ids: list[str], phase: int, rate: int,
                     duration_s: float) -> tuple[int, float, float]:
     """Publish ``rate`` events/s for ``duration_s``; returns (sent, achieved rate, max lateness ms)."""
@@ -165,6 +188,7 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
         for i, rate in enumerate(rates):
             phase = phase0 + i
             cpu0 = time.process_time()
+            GC.take()
             sent, achieved, late_ms = await run_phase(publisher, [t["id"] for t in tenants], phase, rate,
                                                       duration_s)
             deadline = time.monotonic() + 3.0
@@ -177,13 +201,14 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
             lat = rep["lat"]
             row = {"mode": label, "rate": rate, "achieved": achieved, "sent": sent, "got": rep["count"],
                    "p50": percentile(lat, 0.50), "p99": percentile(lat, 0.99), "late_ms": late_ms,
-                   "disorder": rep["out_of_order"], "cpu_us": cpu_us}
+                   "disorder": rep["out_of_order"], "cpu_us": cpu_us, "gc_ms": GC.take()}
             row["ok"] = (row["got"] >= 0.98 * sent and row["p99"] < 50 and row["disorder"] == 0
                          and achieved >= 0.95 * rate)
             rows.append(row)
             print(f"  {label:<24} {rate:>6}/s  sent {sent:>6} ({achieved:>7.0f}/s)  delivered "
                   f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
                   f"server CPU {cpu_us:4.0f} us/event  publisher late {late_ms:5.0f} ms  "
+                  f"longest GC pause {row['gc_ms']:4.0f} ms  "
                   f"order errors {row['disorder']}  "
                   f"{'ok' if row['ok'] else 'FAIL'}", flush=True)
             fails = 0 if row["ok"] else fails + 1
