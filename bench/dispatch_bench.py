@@ -90,7 +90,7 @@ async def prefill(url: str, tenants: int, per_tenant: int, fake_url: str) -> lis
             made.append({"id": tenant["id"], "pnid": pnid, "waba": waba, "token": token})
             for start in range(0, per_tenant, 2000):
                 items = [{"wa_id": f"1{t:03d}{i:07d}", "type": "text",
-                          "content": {"type": "text", "text": {"body": f"bench {t}.{i}", "preview_url": False}}}
+                          "content": {"text": f"bench {t}.{i}", "preview_url": False}}
                          for i in range(start, min(per_tenant, start + 2000))]
                 async with db.begin() as conn:
                     await outbox_db.enqueue_many(conn, tenant["id"], items)

@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 BATCH_WINDOW_S = 1.0  # a claim takes what the governor can send in this long
 LOOKAHEAD_S = 0.3  # claim the next batch this long before the current one's last slot
+RECORD_BACKLOG_MAX = 1000  # outcomes sent but not yet committed, per node, before claiming pauses
 CONTEXT_TTL_S = 5.0  # a tenant's config is re-read this often (and at once after a settings change)
 _OUR_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -96,6 +97,8 @@ class Recorder:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._progress = asyncio.Event()
+        self.pending = 0  # outcomes queued, not yet committed
         self._max_batch = max_batch
         self._task: asyncio.Task | None = None
         self.committed_batches = 0
@@ -106,8 +109,20 @@ class Recorder:
     def put(self, tenant_id: str, outcomes: list[dict[str, Any]]) -> None:
         if outcomes:
             self._queue.append((tenant_id, "outcomes", outcomes))
+            self.pending += len(outcomes)
             self._idle.clear()
             self._wake.set()
+
+    async def wait_below(self, limit: int, timeout: float = 1.0) -> None:
+        """Backpressure: a process that sends faster than it can record stops claiming until the
+        recorder catches up (otherwise every latency grows and the whole node collapses)."""
+        deadline = time.monotonic() + timeout
+        while self.pending > limit and time.monotonic() < deadline:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), max(0.01, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return
 
     def put_ingest(self, tenant_id: str, *, messages: list[dict[str, Any]] | None = None,
                    statuses: list[dict[str, Any]] | None = None) -> None:
@@ -168,6 +183,8 @@ class Recorder:
                     delay = min(delay * 2, 5.0)
                     continue
                 self.committed_batches += 1
+                self.pending -= sum(len(items) for _, kind, items in batch if kind == "outcomes")
+                self._progress.set()
                 await self._d.emit(envelopes)
             self._idle.set()
 
@@ -373,9 +390,10 @@ class Dispatcher:
                 self._recent_tenants[tenant_id] = time.monotonic()
                 last = await self._dispatch_batch(tenant_id, ctx, rows, inflight)
                 await sleep_until(last - LOOKAHEAD_S)
-                while len(inflight) > 4 * limit or self.recorder.backlog > 20_000:
-                    await asyncio.wait(set(inflight) or {asyncio.ensure_future(asyncio.sleep(0.05))},
-                                       return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
+                while len(inflight) > 2 * limit:
+                    await asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
+                while self.recorder.pending > RECORD_BACKLOG_MAX and not self._closing:
+                    await self.recorder.wait_below(RECORD_BACKLOG_MAX // 2)
         finally:
             if self._loops.get(tenant_id) is asyncio.current_task():
                 del self._loops[tenant_id]
