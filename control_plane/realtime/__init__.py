@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -31,6 +32,16 @@ def attach(app: web.Application) -> None:
     sio = create_server(app["settings"])
     sio.attach(app)
     app["sio"] = sio
+    app.on_startup.append(_freeze_startup_objects)
+
+
+async def _freeze_startup_objects(app: web.Application) -> None:
+    """Once every resource has started (this runs after the cleanup contexts): move what exists now
+    (modules, table metadata, pools: ~150k objects) out of the garbage collector's reach. A full
+    collection then scans only what came later; measured on the relay bench, it was a 150-300 ms
+    stop of the event loop otherwise, the largest cause of p99 publish->receipt latency."""
+    gc.collect()
+    gc.freeze()
 
 
 @contextlib.asynccontextmanager
