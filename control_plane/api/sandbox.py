@@ -37,7 +37,7 @@ class Media(RequestModel):
     url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://")
 
     @model_validator(mode="after")
-    def _one_source(self) -> "Media":
+    def _one_source(self) -> Media:
         if (self.base64 is None) == (self.url is None):
             raise ValueError("media needs exactly one of base64, url")
         return self
@@ -60,7 +60,7 @@ class Incoming(RequestModel):
     notify_name: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
-    def _has_content(self) -> "Incoming":
+    def _has_content(self) -> Incoming:
         if self.text is None and self.media is None and self.location is None:
             raise ValueError("give text, media or location")
         return self
@@ -73,7 +73,7 @@ class Ack(RequestModel):
     status: Literal["error", "pending", "sent", "delivered", "read", "played"] | None = None
 
     @model_validator(mode="after")
-    def _one_of(self) -> "Ack":
+    def _one_of(self) -> Ack:
         if (self.ack is None) == (self.status is None):
             raise ValueError("give exactly one of ack, status")
         return self

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.db.engine import utcnow
-from control_plane.db.metadata import Timestamp, TenantId, metadata
+from control_plane.db.metadata import TenantId, Timestamp, metadata
 from control_plane.db.tenants import tenants
 
 DESIRED_RUNNING = "running"

@@ -8,13 +8,34 @@
     manager.py  the Supervisor (app["supervisor"]): commands, boot, shutdown, persistence, events
 """
 
-from control_plane.supervisor.errors import (BridgeBadRequest, BridgeCommandError, BridgeRefused,
-                                             BridgeUnavailable, NotSandbox, SessionNotReady, SupervisorClosed,
-                                             SupervisorError)
+from control_plane.supervisor.errors import (
+                                             BridgeBadRequest,
+                                             BridgeCommandError,
+                                             BridgeRefused,
+                                             BridgeUnavailable,
+                                             NotSandbox,
+                                             SessionNotReady,
+                                             SupervisorClosed,
+                                             SupervisorError,
+)
 from control_plane.supervisor.manager import SESSION_QR, SESSION_STATE, Supervisor
 from control_plane.supervisor.paths import InvalidTenantId, UnsafeSessionPath
 from control_plane.supervisor.states import DesiredState, SessionState
 
-__all__ = ["BridgeBadRequest", "BridgeCommandError", "BridgeRefused", "BridgeUnavailable", "DesiredState",
-           "InvalidTenantId", "NotSandbox", "SESSION_QR", "SESSION_STATE", "SessionNotReady", "SessionState",
-           "Supervisor", "SupervisorClosed", "SupervisorError", "UnsafeSessionPath"]
+__all__ = [
+                                             "SESSION_QR",
+                                             "SESSION_STATE",
+                                             "BridgeBadRequest",
+                                             "BridgeCommandError",
+                                             "BridgeRefused",
+                                             "BridgeUnavailable",
+                                             "DesiredState",
+                                             "InvalidTenantId",
+                                             "NotSandbox",
+                                             "SessionNotReady",
+                                             "SessionState",
+                                             "Supervisor",
+                                             "SupervisorClosed",
+                                             "SupervisorError",
+                                             "UnsafeSessionPath",
+]

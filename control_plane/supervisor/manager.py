@@ -9,9 +9,9 @@ Lifecycle (``startup`` / ``close``, driven by the app's cleanup context):
   SIGKILL), flush the state writer; desired states are left as they are, so the next boot brings
   back exactly the sessions that should run.
 
-Background tasks, all owned here and cancelled in ``close``: the boot task, the ticker (heartbeat
-watchdog, start timeout, QR lifetime), the memory check, the state writer, the message dispatcher,
-and one runner per tenant with a bridge.
+Background tasks, all owned here and cancelled in ``close``: the boot task, the memory check, the
+state writer, the message dispatcher, and one runner per tenant with a bridge (whose watchdog timer
+-- heartbeats, start timeout, QR lifetime -- lives and dies with its child).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Protocol
 
+from control_plane import errors
 from control_plane.bridge import protocol
 from control_plane.config import ConfigError, Settings
 from control_plane.db import sessions as sessions_db
 from control_plane.db import tenants as tenants_db
-from control_plane import errors
 from control_plane.supervisor import errors as sup_errors
 from control_plane.supervisor import paths, policy
 from control_plane.supervisor.process import find_orphans, kill_process_groups
@@ -42,6 +42,7 @@ SESSION_QR = "session.qr"
 SEND_TIMEOUT_S = 60.0
 COMMAND_TIMEOUT_S = 10.0
 SHUTDOWN_MARGIN_S = 3.0
+MESSAGE_BACKLOG = 10_000  # bridge messages kept while no listener is registered yet
 DRIVERS = ("scripted", "wwebjs")
 
 MessageListener = Callable[[str, str, dict[str, Any]], Awaitable[None]]
@@ -77,9 +78,23 @@ class Supervisor:
         self._forgotten: set[str] = set()
         self._writes: asyncio.Queue = asyncio.Queue()
         self._messages: asyncio.Queue = asyncio.Queue()
+        self._has_listener = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._boot_task: asyncio.Task | None = None
         self.boot_done = asyncio.Event()
+        # SQLite has one writer at a time and its busy handler is neither fair nor patient enough
+        # for hundreds of concurrent starts: queue our own writes here instead.
+        self._sqlite_writes = asyncio.Lock() if getattr(db, "is_sqlite", False) else None
+
+    @contextlib.asynccontextmanager
+    async def _write(self):
+        """A write transaction (serialized among the supervisor's own writers on SQLite)."""
+        if self._sqlite_writes is None:
+            async with self.db.begin() as conn:
+                yield conn
+            return
+        async with self._sqlite_writes, self.db.begin() as conn:
+            yield conn
 
     # ------------------------------------------------------------------ lifecycle
     async def startup(self, *, boot: bool = True) -> None:
@@ -87,13 +102,12 @@ class Supervisor:
         swept = await asyncio.to_thread(lambda: kill_process_groups(find_orphans(root)))
         if swept:
             log.warning("boot sweep: killed %d orphaned bridge/browser process(es) under %s", swept, root)
-        async with self.db.begin() as conn:
+        async with self._write() as conn:
             await sessions_db.mark_stale_states_stopped(conn)
         async with self.db.connect() as conn:
             to_start = await sessions_db.list_sessions_to_start(conn) if boot else []
         self._tasks = [asyncio.create_task(self._writer(), name="supervisor-writer"),
                        asyncio.create_task(self._dispatcher(), name="supervisor-messages"),
-                       asyncio.create_task(self._ticker(), name="supervisor-ticker"),
                        asyncio.create_task(self._memory_loop(), name="supervisor-memory")]
         self.is_running = True
         self._boot_task = asyncio.create_task(self._boot(to_start), name="supervisor-boot")
@@ -170,7 +184,7 @@ class Supervisor:
 
     async def _set_desired(self, session: TenantSession, running: bool) -> None:
         session.desired_running = running
-        async with self.db.begin() as conn:
+        async with self._write() as conn:
             await sessions_db.set_desired_state(conn, session.tenant_id,
                                                 sessions_db.DESIRED_RUNNING if running else sessions_db.DESIRED_STOPPED)
 
@@ -339,8 +353,10 @@ class Supervisor:
         return await session.bridge_request(name, args or {}, timeout_s=COMMAND_TIMEOUT_S, ambiguous=False)
 
     def add_message_listener(self, listener: MessageListener) -> None:
-        """``await listener(tenant_id, event_name, data)`` for each bridge message / message_ack, in order."""
+        """``await listener(tenant_id, event_name, data)`` for each bridge message / message_ack, in order.
+        Events that arrive before the first listener is added are kept (up to MESSAGE_BACKLOG)."""
         self._listeners.append(listener)
+        self._has_listener.set()
 
     # ------------------------------------------------------------------ outbound (one boundary)
     def bridge_argv(self, tenant_id: str, folder: Path, driver: str) -> list[str]:
@@ -358,8 +374,10 @@ class Supervisor:
         self._writes.put_nowait((tenant_id, None, (type_, data)))
 
     def dispatch_message(self, tenant_id: str, name: str, data: dict[str, Any]) -> None:
-        if self._listeners:
-            self._messages.put_nowait((tenant_id, name, data))
+        if not self._listeners and self._messages.qsize() >= MESSAGE_BACKLOG:
+            log.error("no message listener: dropping %s (backlog full) tenant=%s", name, tenant_id)
+            return
+        self._messages.put_nowait((tenant_id, name, data))
 
     async def _writer(self) -> None:
         """Persists state snapshots (latest per tenant, one transaction per batch), then publishes
@@ -385,15 +403,15 @@ class Supervisor:
                 latest[tenant_id] = snapshot
         if latest:
             try:
-                async with self.db.begin() as conn:
+                async with self._write() as conn:
                     for tenant_id, snap in latest.items():
                         await sessions_db.record_actual_state(conn, tenant_id, **snap)
-            except Exception:  # one bad row (a tenant deleted meanwhile) must not lose the others
+            except Exception:  # noqa: BLE001 - one bad row (a tenant deleted meanwhile) must not lose the others
                 for tenant_id, snap in latest.items():
                     try:
-                        async with self.db.begin() as conn:
+                        async with self._write() as conn:
                             await sessions_db.record_actual_state(conn, tenant_id, **snap)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 - logged; the in-memory state stays right
                         log.warning("cannot persist session state tenant=%s: %s", tenant_id, type(exc).__name__)
         for tenant_id, snapshot, event in batch:
             if event is None or tenant_id in self._forgotten:
@@ -403,10 +421,11 @@ class Supervisor:
                 await self.events.publish(tenant_id, type_, data)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a publisher outage must not stop supervision
                 log.warning("cannot publish %s tenant=%s: %s", type_, tenant_id, exc)
 
     async def _dispatcher(self) -> None:
+        await self._has_listener.wait()  # bridges may speak before messaging has subscribed
         while True:
             tenant_id, name, data = await self._messages.get()
             for listener in list(self._listeners):
@@ -418,17 +437,6 @@ class Supervisor:
                     log.exception("message listener failed on %s tenant=%s", name, tenant_id)
 
     # ------------------------------------------------------------------ watchdogs
-    async def _ticker(self) -> None:
-        tick = max(0.02, min(0.5, self.settings.heartbeat_interval_s / 8))
-        while True:
-            await asyncio.sleep(tick)
-            now, wall_ms = time.monotonic(), time.time() * 1000
-            for session in list(self._sessions.values()):
-                try:
-                    session.check(now, wall_ms)
-                except Exception:
-                    log.exception("watchdog check failed tenant=%s", session.tenant_id)
-
     async def _memory_loop(self) -> None:
         limit = self.settings.memory_limit_mb * 1024 * 1024
         while True:

@@ -8,8 +8,8 @@ import collections
 import os
 import random
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import psutil
 

@@ -34,8 +34,14 @@ from control_plane.bridge.protocol import BridgeEvent
 from control_plane.supervisor import errors as sup_errors
 from control_plane.supervisor import paths, policy
 from control_plane.supervisor.process import BridgeProcess, bridge_env, cleanup_profile, describe_exit
-from control_plane.supervisor.states import (LIVE, InvalidTransition, SessionState, SessionStateMachine,
-                                             Transition, can_transition)
+from control_plane.supervisor.states import (
+    LIVE,
+    InvalidTransition,
+    SessionState,
+    SessionStateMachine,
+    Transition,
+    can_transition,
+)
 
 if TYPE_CHECKING:
     from control_plane.supervisor.manager import Supervisor
@@ -72,7 +78,7 @@ def iso(value: dt.datetime | None) -> str | None:
 class TenantSession:
     """Actual state, desired state and the runner of one tenant's bridge."""
 
-    def __init__(self, sup: "Supervisor", tenant_id: str, *, sandbox: bool, desired_running: bool,
+    def __init__(self, sup: Supervisor, tenant_id: str, *, sandbox: bool, desired_running: bool,
                  row: dict[str, Any] | None = None) -> None:
         self.sup = sup
         self.tenant_id = tenant_id
@@ -94,6 +100,7 @@ class TenantSession:
         self._action: Action | None = None
         self._acting = False
         self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -187,6 +194,7 @@ class TenantSession:
                 if not await self._after_exit(outcome):
                     return
         except asyncio.CancelledError:
+            self._disarm()
             if self.proc is not None and not self.proc.exited:
                 self.proc.kill_group()
             raise
@@ -232,7 +240,11 @@ class TenantSession:
         self.last_seen = time.monotonic()
         log.info("bridge spawned pid=%d driver=%s tenant=%s", proc.pid, self.driver, self.tenant_id)
         sup.record_state(self, None)  # persist the pid
-        cause = await self._supervise(proc)
+        self._arm()
+        try:
+            cause = await self._supervise(proc)
+        finally:
+            self._disarm()
         code = await proc.wait()
         assert code is not None
         await proc.close()
@@ -371,6 +383,7 @@ class TenantSession:
         if new is not S.QR:
             self.current_qr = None
         self._change(new, data.get("reason"))
+        self._arm()  # deadlines depend on the state (start timeout vs heartbeats, QR lifetime)
 
     def _ev_qr(self, data: dict[str, Any]) -> None:
         attempt = int(data.get("attempt") or 0)
@@ -383,6 +396,7 @@ class TenantSession:
                            "expires_at_ms": expires_ms}
         if self.first_qr_at is None:
             self.first_qr_at = time.monotonic()
+        self._arm()
         self.sup.publish(self.tenant_id, "session.qr", {"qr": data.get("qr"), "attempt": attempt,
                                                         "expires_at": expires_at})
 
@@ -402,9 +416,47 @@ class TenantSession:
     def _ev_message_ack(self, data: dict[str, Any]) -> None:
         self.sup.dispatch_message(self.tenant_id, protocol.EVENT_MESSAGE_ACK, data)
 
-    # -- checks run by the supervisor's ticker --
+    # -- the watchdog: one timer per live bridge, armed at its next deadline --
+    # Heartbeats only move ``last_seen``; the timer fires at the earliest deadline computed when it
+    # was armed, re-checks against the latest ``last_seen`` and re-arms. So an idle healthy session
+    # costs about one callback per two heartbeat intervals, with no polling of every session.
+    def _arm(self, at: float | None = None) -> None:
+        self._disarm()
+        proc = self.proc
+        if proc is None or proc.exited:
+            return
+        loop = asyncio.get_running_loop()  # loop.time() is time.monotonic()
+        self._timer = loop.call_at(max(at if at is not None else self._next_deadline(), loop.time() + 0.005),
+                                   self._on_timer)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _next_deadline(self) -> float:
+        settings = self.sup.settings
+        if self.state is S.STARTING:
+            deadline = self.last_seen + self.sup.start_timeout_s
+        else:
+            deadline = self.last_seen + 2 * settings.heartbeat_interval_s
+        if self.state is S.QR and self.first_qr_at is not None:
+            deadline = min(deadline, self.first_qr_at + settings.qr_ttl_s)
+            qr = self.current_qr
+            if qr is not None and qr["attempt"] >= settings.qr_max_cycles:
+                deadline = min(deadline, time.monotonic() + (qr["expires_at_ms"] - time.time() * 1000) / 1000)
+        return deadline + 0.001
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._acting or self._action is not None:  # busy: look again a little later
+            self._arm(time.monotonic() + min(1.0, self.sup.settings.heartbeat_interval_s / 2))
+            return
+        self.check(time.monotonic(), time.time() * 1000)
+        self._arm()
+
     def check(self, now: float, wall_ms: float) -> None:
-        """Heartbeat watchdog, start timeout and QR lifetime (cheap: called every tick)."""
+        """Heartbeat watchdog (silent for two intervals), start timeout and QR lifetime."""
         proc = self.proc
         if proc is None or proc.exited or self._acting or self._action is not None:
             return

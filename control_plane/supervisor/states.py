@@ -90,7 +90,7 @@ class Transition:
 class SessionStateMachine:
     """Holds one session's actual state; ``change()`` is the only way to move it."""
 
-    __slots__ = ("state", "reason", "since")
+    __slots__ = ("reason", "since", "state")
 
     def __init__(self, state: SessionState = S.STOPPED, reason: str | None = None,
                  since: dt.datetime | None = None) -> None:

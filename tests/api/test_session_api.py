@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from control_plane.supervisor.process import find_orphans
-from tests.support import wait_for
 from tests.supervisor.conftest import FAST
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,9 @@ import asyncio
 import shutil
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -68,7 +69,7 @@ class RecordingPublisher:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def wait_state(self, tenant_id: str, state: str, *, reason: str | None = None, timeout: float = 10.0,

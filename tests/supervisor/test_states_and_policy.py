@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from control_plane.supervisor import paths, policy, states
-from control_plane.supervisor.states import InvalidTransition, SessionState as S, SessionStateMachine
+from control_plane.supervisor.states import InvalidTransition, SessionStateMachine
+from control_plane.supervisor.states import SessionState as S
 
 
 def test_states_module_imports_only_the_standard_library():
