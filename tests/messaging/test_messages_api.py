@@ -135,6 +135,7 @@ async def _nonempty(getter) -> bool:
     return bool(await getter())
 
 
+@pytest.mark.smoke
 async def test_outside_window_free_form_fails_clearly_unless_fallback_template(app_client, fake, db_exec):
     tenant = await create_tenant(app_client)
     await configure_business(app_client, fake, tenant, api_type="business_api", policy="business_api_only")
@@ -194,6 +195,7 @@ async def test_idempotency_key_replayed_sends_once(app_client, fake, db_exec):
     assert msg["idempotency_key"] == "order-42" and msg["attempts"] == 1
 
 
+@pytest.mark.smoke
 async def test_throughput_error_130429_is_retried_and_sent(app_client, fake):
     tenant = await create_tenant(app_client)
     await configure_business(app_client, fake, tenant, api_type="business_api", policy="business_api_only")
