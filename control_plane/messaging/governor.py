@@ -159,7 +159,7 @@ class Governor:
             return
         self._pairs[key] = max(self._pairs.get(key, 0.0), time.monotonic() + full)
 
-    async def window_guard(self, key: str, limit: int, window_s: float = 1.0, margin_s: float = 0.02) -> None:
+    async def window_guard(self, key: str, limit: int, window_s: float = 1.0, margin_s: float = 0.03) -> None:
         """Last line of defence, in-process: never more than ``limit`` sends on ``key`` in any
         ``window_s`` (+ margin) window of actual send times, even when sends run late and bunch up
         (an overloaded event loop compresses a smooth schedule)."""
