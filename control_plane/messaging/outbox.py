@@ -65,16 +65,18 @@ def _is_deadlock(exc: BaseException) -> bool:
 async def _insert(db: Any, tenant_id: str, **values: Any) -> dict[str, Any]:
     """One transaction; MariaDB deadlocks between concurrent first messages to one contact (the
     conversation upsert's gap locks) are retried."""
-    for attempt in range(5):
+    attempts = 10
+    for attempt in range(attempts):
         try:
             # No read before the conversation upsert: under REPEATABLE READ an earlier read would fix
             # the snapshot and hide a conversation a concurrent request just created.
             async with db.begin() as conn:
                 return await outbox_db.enqueue(conn, tenant_id, **values)
         except OperationalError as exc:
-            if not _is_deadlock(exc) or attempt == 4:
+            if not _is_deadlock(exc) or attempt == attempts - 1:
                 raise
-            await asyncio.sleep(0.005 * (attempt + 1) * random.random())
+            log.info("enqueue deadlock tenant=%s, retrying (attempt %d)", tenant_id, attempt + 1)
+            await asyncio.sleep(0.01 * (attempt + 1) * random.random())
     raise AssertionError("unreachable")
 
 
