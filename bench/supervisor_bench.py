@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -154,9 +155,25 @@ async def bench(args: argparse.Namespace) -> None:
             import cProfile
             profiler = cProfile.Profile()
             profiler.enable()
+        gc_time = [0.0, 0, 0]  # seconds, collections, full collections
+
+        def on_gc(phase: str, info: dict, _start: list = [0.0]) -> None:  # noqa: B006
+            if phase == "start":
+                _start[0] = time.perf_counter()
+            else:
+                gc_time[0] += time.perf_counter() - _start[0]
+                gc_time[1] += 1
+                gc_time[2] += info["generation"] == 2
+        gc.callbacks.append(on_gc)
+        threads0 = {t.id: t.user_time + t.system_time for t in me.threads()}
+        threads_sys0 = next(t.system_time for t in me.threads() if t.id == me.pid)
         cpu0, w0 = sum(me.cpu_times()[:2]), time.monotonic()
         await asyncio.sleep(args.idle_s)
         cpu = sum(me.cpu_times()[:2]) - cpu0
+        gc.callbacks.remove(on_gc)
+        main_thread = next(t for t in me.threads() if t.id == me.pid)
+        main_cpu = main_thread.user_time + main_thread.system_time - threads0[me.pid]
+        main_sys = main_thread.system_time - threads_sys0
         if profiler is not None:
             import pstats
             profiler.disable()
@@ -168,6 +185,10 @@ async def bench(args: argparse.Namespace) -> None:
               f"= {per_tenant_rss_kb:.0f} KB/tenant   target < 1024 KB", flush=True)
         print(f"idle control plane: CPU {cpu:.2f}s over {window:.0f}s = {cpu / window * 100:.2f}% of a core "
               f"= {per_tenant_cpu_pct:.4f}% per tenant   target < 0.01%", flush=True)
+        print(f"  event loop thread {main_cpu:.2f}s ({main_sys:.2f}s in the kernel; heartbeats, watchdog timers), "
+              f"worker threads "
+              f"{cpu - main_cpu:.2f}s (memory checks every {settings.memory_check_interval_s:g}s); garbage collector "
+              f"{gc_time[0]:.2f}s in {gc_time[1]} collections ({gc_time[2]} full)", flush=True)
         bridges = [psutil.Process(sup.pid(t)) for t in tids if sup.pid(t)]
         bridge_rss = statistics.median(p.memory_info().rss for p in bridges) / 2**20
         print(f"(for scale: a scripted node bridge is ~{bridge_rss:.0f} MB RSS; a real one with Chromium "
