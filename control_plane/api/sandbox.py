@@ -2,8 +2,8 @@
 receive a message from a contact, deliver/read acks, disconnect, crash, hang, leak memory.
 
 Statuses: 403 ``not_sandbox`` (the tenant is not a sandbox tenant), 409 ``session_not_ready`` (no
-session runs) or ``bridge_invalid_state`` (e.g. scan while no QR shows), 422 bad arguments, 503 when
-sessions are disabled or the bridge does not answer.
+session runs), ``bridge_invalid_state`` (e.g. scan while no QR shows) or ``supervisor_disabled``,
+422 bad arguments, 503 when the bridge does not answer or the server is shutting down.
 """
 
 from __future__ import annotations

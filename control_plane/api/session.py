@@ -53,8 +53,9 @@ class QROut(ResponseModel):
 def supervisor_of(request: web.Request) -> Any:
     supervisor = request.app.get("supervisor")
     if supervisor is None:
-        raise errors.Unavailable("WhatsApp Web sessions are disabled on this server (SUPERVISOR_ENABLED=false)",
-                                 code="supervisor_disabled")
+        # 409, not 503: this is the server's configuration, not an outage that retrying would outlast.
+        raise errors.Conflict("WhatsApp Web sessions are disabled on this server (SUPERVISOR_ENABLED=false)",
+                              code="supervisor_disabled")
     return supervisor
 
 
@@ -62,7 +63,7 @@ def _tenant_id(request: web.Request) -> str:
     return request["tenant"]["id"]
 
 
-@router.route("GET", "/api/session", auth="tenant", tags=TAGS, response=SessionStatus, errors=(503,),
+@router.route("GET", "/api/session", auth="tenant", tags=TAGS, response=SessionStatus, errors=(409, 503),
               summary="The session's state, reason, restarts, process, memory and own number")
 async def get_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).status(_tenant_id(request)))
@@ -74,7 +75,7 @@ async def start_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).start(_tenant_id(request)))
 
 
-@router.route("POST", "/api/session/stop", auth="tenant", tags=TAGS, response=SessionStatus, errors=(503,),
+@router.route("POST", "/api/session/stop", auth="tenant", tags=TAGS, response=SessionStatus, errors=(409, 503),
               summary="Stop the session (desired state stopped); returns once its processes are gone")
 async def stop_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).stop(_tenant_id(request)))
@@ -86,14 +87,14 @@ async def restart_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).restart(_tenant_id(request)))
 
 
-@router.route("POST", "/api/session/logout", auth="tenant", tags=TAGS, response=SessionStatus, errors=(503,),
+@router.route("POST", "/api/session/logout", auth="tenant", tags=TAGS, response=SessionStatus, errors=(409, 503),
               summary="Log out of WhatsApp and wipe the session profile (a new QR scan is needed)")
 async def logout_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).logout(_tenant_id(request)))
 
 
 @router.route("GET", "/api/session/qr", auth="tenant", tags=TAGS, query=QRQuery, response=QROut,
-              errors=(404, 503), produces=("application/json", "image/png", "image/svg+xml"),
+              errors=(404, 409, 503), produces=("application/json", "image/png", "image/svg+xml"),
               summary="The QR code to scan: PNG, SVG, or JSON with the raw string (404 when none is showing)")
 async def get_qr(request: web.Request, query: QRQuery) -> Any:
     current = supervisor_of(request).qr(_tenant_id(request))

@@ -179,11 +179,13 @@ async def test_malicious_admin_paths_are_404(client, admin_headers, sessions_roo
     assert list(sessions_root.iterdir()) == []
 
 
-async def test_sessions_disabled_is_503(aiohttp_client, make_settings, empty_db, admin_headers, sessions_root):
+async def test_sessions_disabled_is_409(aiohttp_client, make_settings, empty_db, admin_headers, sessions_root):
     from control_plane.app import create_app
     http = await aiohttp_client(create_app(make_settings(SUPERVISOR_ENABLED="false",
                                                          SESSIONS_DIR=str(sessions_root))))
     resp = await http.post("/api/tenants", json={"name": "x", "sandbox": True}, headers=admin_headers)
     key = (await resp.json())["api_key"]
     resp = await http.post("/api/session/start", headers={"Authorization": f"Bearer {key}"})
-    assert resp.status == 503 and (await resp.json())["error"]["code"] == "supervisor_disabled"
+    assert resp.status == 409 and (await resp.json())["error"]["code"] == "supervisor_disabled"
+    resp = await http.get("/api/session/qr", headers={"Authorization": f"Bearer {key}"})
+    assert resp.status == 409
