@@ -46,6 +46,7 @@ async def wait_state(client, headers, state: str, timeout: float = 10) -> dict:
     return seen
 
 
+@pytest.mark.smoke
 async def test_session_lifecycle_over_http(client, make_tenant, admin_headers, sessions_root):
     tenant = await make_tenant(sandbox=True)
     h = tenant["headers"]

@@ -34,6 +34,7 @@ async def row(db, tenant_id: str) -> dict:
         return await sessions_db.get_session_state(conn, tenant_id)
 
 
+@pytest.mark.smoke
 async def test_qr_scan_ready(make_supervisor, new_tenant, db, sessions_root):
     sup, pub = await make_supervisor()
     tid = await new_tenant()
@@ -167,6 +168,7 @@ async def test_leaking_bridge_restarted_with_memory_limit(make_supervisor, new_t
     assert status["memory_bytes"] < 150 * 2**20 and status["restarts"] == 1
 
 
+@pytest.mark.smoke
 async def test_stop_leaves_no_process_of_the_tenant(make_supervisor, new_tenant, db, sessions_root):
     sup, pub = await make_supervisor()
     tid, other = await new_tenant(), await new_tenant()
@@ -186,6 +188,7 @@ async def test_stop_leaves_no_process_of_the_tenant(make_supervisor, new_tenant,
         await sup.sandbox(tid, "scan", {})
 
 
+@pytest.mark.smoke
 async def test_control_plane_restart_brings_back_exactly_the_desired_sessions(
         make_supervisor, new_tenant, db, sessions_root, sup_settings):
     sup1, pub1 = await make_supervisor()
