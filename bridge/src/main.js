@@ -17,9 +17,24 @@ const { EVENTS, COMMANDS, STATES, ERROR_CODES: E, EXIT_CODES, CommandError } = p
 // --- stdout is reserved for protocol lines ----------------------------------------------------
 const rawStdoutWrite = process.stdout.write.bind(process.stdout);
 let logTenant = '-';
+// When the control plane dies, stderr breaks too (EPIPE). Logging must then go quiet: an unhandled
+// stderr 'error' would become an uncaught exception whose own log line fails again, in a loop that
+// keeps an orphaned bridge spinning instead of exiting.
+let stderrBroken = false;
+let onStderrBroken = () => {};
+process.stderr.on('error', () => {
+    if (stderrBroken) return;
+    stderrBroken = true;
+    onStderrBroken();
+});
 function log(level, ...args) {
+    if (stderrBroken) return;
     const text = util.format(...args).replace(/\n/g, '\n    ');
-    process.stderr.write(`${new Date().toISOString()} tenant=${logTenant} level=${level} ${text}\n`);
+    try {
+        process.stderr.write(`${new Date().toISOString()} tenant=${logTenant} level=${level} ${text}\n`);
+    } catch (e) {
+        stderrBroken = true;
+    }
 }
 console.log = (...a) => log('info', ...a);
 console.info = (...a) => log('info', ...a);
@@ -546,6 +561,8 @@ function main() {
     const bridge = new Bridge(opts);
 
     process.stdout.on('error', (err) => bridge.onStdoutError(err));
+    onStderrBroken = () =>
+        bridge.fatal('stderr_closed', 'stderr closed: control plane went away', EXIT_CODES.STDIN_CLOSED);
     process.on('uncaughtException', (err) => {
         log('error', 'uncaught exception: %s', (err && err.stack) || describeError(err));
         bridge.fatal('uncaught_exception', describeError(err), EXIT_CODES.FATAL);

@@ -326,3 +326,45 @@ def test_protocol_constants_match_node():
         "LOGGED_OUT": p.EXIT_LOGGED_OUT,
         "USAGE": p.EXIT_USAGE,
     }
+
+
+async def test_bridge_exits_when_its_control_plane_is_killed(sessions_root):
+    """The control plane dies hard (SIGKILL): its pipes close. The orphaned bridge must exit by itself,
+    not spin on a broken stderr (it once looped on EPIPE at 40% CPU, for ever)."""
+    import os
+    import sys
+
+    import psutil
+
+    parent_code = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.argv[1], sys.argv[2], '--tenant', 'orphan', '--session-dir', sys.argv[3],\n"
+        "    '--driver', 'scripted', '--heartbeat-ms', '100'], stdin=subprocess.PIPE, stdout=subprocess.PIPE,\n"
+        "    stderr=subprocess.PIPE, start_new_session=True)\n"
+        "print(p.pid, flush=True)\n"
+        "p.stdout.readline()\n"  # hello: the bridge is up and writing
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    session_dir = sessions_root / "orphan"
+    session_dir.mkdir()
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", parent_code, NODE, str(MAIN_JS), str(session_dir), stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    bridge_pid = int(await asyncio.wait_for(parent.stdout.readline(), 15))
+    assert (await asyncio.wait_for(parent.stdout.readline(), 15)).strip() == b"up"
+    parent.kill()
+    await parent.wait()
+    try:
+        bridge = psutil.Process(bridge_pid)
+        deadline = asyncio.get_running_loop().time() + 10
+        while bridge.is_running() and bridge.status() != psutil.STATUS_ZOMBIE:
+            assert asyncio.get_running_loop().time() < deadline, "orphaned bridge did not exit"
+            await asyncio.sleep(0.05)
+    except psutil.NoSuchProcess:
+        pass
+    finally:
+        try:
+            os.kill(bridge_pid, 9)
+        except ProcessLookupError:
+            pass
