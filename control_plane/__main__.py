@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -12,6 +13,15 @@ from control_plane.config import ConfigError, load_settings
 from control_plane.logs import setup_logging
 
 log = logging.getLogger("control_plane")
+
+
+async def _freeze_startup_objects(app) -> None:
+    """Once every resource has started: move what exists now (modules, table metadata, pools: ~150k
+    objects) out of the garbage collector's reach. A full collection then scans only what came later;
+    on the relay bench it was otherwise a 150-300 ms stop of the event loop, the largest cause of p99
+    publish->receipt latency. A process-wide setting, so it lives here and not in a library module."""
+    gc.collect()
+    gc.freeze()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -31,7 +41,9 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     log.info("serving on http://%s:%s", host, port)
-    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None,
+    app = create_app(settings)
+    app.on_startup.append(_freeze_startup_objects)
+    web.run_app(app, host=host, port=port, print=None, access_log=None,
                 shutdown_timeout=settings.stop_wait_s + 5)
     return 0
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -23,7 +22,6 @@ from control_plane.realtime.server import Relay, RelayRedisManager, create_serve
 log = logging.getLogger(__name__)
 
 REDIS_SUBSCRIBE_WAIT_S = 5.0
-_startup_frozen = False
 
 __all__ = ["Envelope", "EventPublisher", "attach", "running"]
 
@@ -33,21 +31,6 @@ def attach(app: web.Application) -> None:
     sio = create_server(app["settings"])
     sio.attach(app)
     app["sio"] = sio
-    app.on_startup.append(_freeze_startup_objects)
-
-
-async def _freeze_startup_objects(app: web.Application) -> None:
-    """Once every resource has started (this runs after the cleanup contexts): move what exists now
-    (modules, table metadata, pools: ~150k objects) out of the garbage collector's reach. A full
-    collection then scans only what came later; measured on the relay bench, it was a 150-300 ms
-    stop of the event loop otherwise, the largest cause of p99 publish->receipt latency.
-    Once per process: a process that builds many apps (the test suite) freezes only the first."""
-    global _startup_frozen
-    if _startup_frozen:
-        return
-    _startup_frozen = True
-    gc.collect()
-    gc.freeze()
 
 
 @contextlib.asynccontextmanager
