@@ -81,7 +81,7 @@ _ROW_SELECT = "SELECT '%s',%d,'%s','%s',X'%s'"
 _FIRST_ROW_SELECT = "SELECT '%s' AS t,%d AS b,'%s' AS ty,'%s' AS ts,X'%s' AS d"
 
 
-def _one_trip_sql(events: Sequence[NewEvent], counts: dict[str, int]) -> str:
+def _one_trip_sql(events: Sequence[NewEvent], counts: dict[str, int], *, commit: bool = True) -> str:
     """One transaction as one multi-statement text. Each event's seq is computed by the server from
     the counter the upsert just moved: ``last_seq - back``, ``back`` counting from the tenant's last
     event in this batch. Tenant ids and types are plain names (checked); payloads are hex literals
@@ -105,7 +105,7 @@ def _one_trip_sql(events: Sequence[NewEvent], counts: dict[str, int]) -> str:
               f"({' UNION ALL '.join(selects)}) AS v JOIN tenant_event_seq AS c ON c.tenant_id = v.t")
     select = ("SELECT tenant_id, last_seq FROM tenant_event_seq WHERE tenant_id IN ("
               + ",".join(f"'{t}'" for t in tenant_ids) + ")")
-    return f"{upsert};{insert};{select};COMMIT"
+    return f"{upsert};{insert};{select};COMMIT" if commit else f"{upsert};{insert};{select}"
 
 
 def _is_mysql(conn: AsyncConnection) -> bool:
@@ -161,12 +161,31 @@ async def append_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> li
     """Append events (any tenants) in one multi-row insert; returns the seq of each, in input order.
 
     Call inside a transaction: the seqs become visible when it commits."""
-    rows = _number(events, await allocate_seqs(conn, _count(events)))
     if _is_mysql(conn):
-        await conn.exec_driver_sql(_mysql_insert_sql(rows), execution_options={"no_parameters": True})
-    else:
-        await conn.execute(event_log.insert(), [dict(zip(("tenant_id", "seq", "type", "ts", "data"), r))
-                                                for r in rows])
+        # One round trip on the driver connection, inside the caller's transaction: the counter
+        # upsert, the insert computing each seq from the counter, the counters as left (see
+        # ``_one_trip_sql``); no SQLAlchemy statement machinery.
+        counts = _count(events)
+        sql = _one_trip_sql(events, counts, commit=False)
+        raw = await conn.get_raw_connection()
+        try:
+            async with raw.driver_connection.cursor() as cur:
+                await cur.execute(sql)  # the counter upsert
+                await cur.nextset()  # the insert
+                inserted = cur.rowcount
+                await cur.nextset()  # the counters, as this transaction left them
+                last = dict(await cur.fetchall())
+        except Exception as exc:
+            translated = as_sqlalchemy_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        if inserted != len(events):  # pragma: no cover - the join cannot drop rows after the upsert
+            raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
+        return [r[1] for r in _number(events, {t: last[t] - n + 1 for t, n in counts.items()})]
+    rows = _number(events, await allocate_seqs(conn, _count(events)))
+    await conn.execute(event_log.insert(), [dict(zip(("tenant_id", "seq", "type", "ts", "data"), r))
+                                            for r in rows])
     return [r[1] for r in rows]
 
 
@@ -297,12 +316,15 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(code, int) and code >= 2000
 
 
-def _as_sqlalchemy_error(exc: BaseException) -> BaseException:
+def as_sqlalchemy_error(exc: BaseException, what: str = "event log append") -> BaseException:
     """The engine's exception types for the driver's, so callers catch one family."""
     if isinstance(exc, _pymysql_errors.IntegrityError):
-        return sa.exc.IntegrityError("event log append", None, exc)
+        return sa.exc.IntegrityError(what, None, exc)
     if isinstance(exc, _pymysql_errors.OperationalError | _pymysql_errors.InterfaceError | ConnectionError):
-        return sa.exc.OperationalError("event log append", None, exc)  # type: ignore[arg-type]
+        return sa.exc.OperationalError(what, None, exc)  # type: ignore[arg-type]
     if isinstance(exc, _pymysql_errors.MySQLError):
-        return sa.exc.DBAPIError("event log append", None, exc)
+        return sa.exc.DBAPIError(what, None, exc)
     return exc
+
+
+_as_sqlalchemy_error = as_sqlalchemy_error

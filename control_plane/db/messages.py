@@ -27,6 +27,7 @@ from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane.db import events as events_db
 from control_plane.db.engine import utcnow
 from control_plane.db.metadata import LongText, Timestamp, TenantId, metadata
 
@@ -358,8 +359,8 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str,
         by_provider.setdefault(provider, []).append(pmid)
     raw = _raw_mariadb(conn)
     if raw:  # one statement for every provider, written out (no SQLAlchemy compile, no escaping)
-        result = await conn.exec_driver_sql(_existing_wamids_sql(tenant_id, by_provider), execution_options=_RAW)
-        for provider, pmid in result:
+        found, _ = await _driver_query(conn, _existing_wamids_sql(tenant_id, by_provider))
+        for provider, pmid in found:
             fresh.pop((provider, pmid), None)
     else:
         for provider, pmids in by_provider.items():
@@ -400,22 +401,22 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str,
             c["provider_last"] = r["provider"]
     conv_rows = [convs[k] for k in sorted(convs)]
     if raw:  # MariaDB: the upsert returns the ids (one round trip, not two)
-        result = await conn.exec_driver_sql(_upsert_conversations_sql(conv_rows), execution_options=_RAW)
+        conv_ids = {wa: cid for cid, wa in (await _driver_query(conn, _upsert_conversations_sql(conv_rows)))[0]}
     else:
         await _upsert_conversations(conn, conv_rows)
         result = await conn.execute(sa.select(conversations.c.id, conversations.c.wa_id).where(
             conversations.c.tenant_id == tenant_id, conversations.c.wa_id.in_(list(convs))))
-    conv_ids = {wa: cid for cid, wa in result}
+        conv_ids = {wa: cid for cid, wa in result}
     for r in rows:
         r["conversation_id"] = conv_ids[r["_wa_id"]]
 
     if raw:
-        result = await conn.exec_driver_sql(_insert_messages_sql(rows), execution_options=_RAW)
+        _, inserted = await _driver_query(conn, _insert_messages_sql(rows))
         insert_rows = rows
     else:
         insert_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-        result = await conn.execute(_insert_ignore(conn, messages), insert_rows)
-    if result.rowcount is not None and 0 <= result.rowcount < len(insert_rows):
+        inserted = (await conn.execute(_insert_ignore(conn, messages), insert_rows)).rowcount
+    if inserted is not None and 0 <= inserted < len(insert_rows):
         # Another node stored some of these between our check and our insert: keep only ours.
         got = await conn.execute(sa.select(messages.c.id).where(messages.c.tenant_id == tenant_id,
                                                                 messages.c.id.in_([r["id"] for r in rows])))
@@ -437,7 +438,19 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str,
 # as ``_utf8mb4 X'<hex>'`` (nothing to escape whatever the sql_mode; the column's collation applies,
 # so the unique indexes serve the lookups), datetimes and integers as digits.
 
-_RAW = {"no_parameters": True}
+async def _driver_query(conn: AsyncConnection, sql: str) -> tuple[list[tuple], int]:
+    """Run one parameterless statement on ``conn``'s driver connection, inside its transaction (no
+    SQLAlchemy statement machinery); returns (rows, rowcount). Driver errors come out as SQLAlchemy's."""
+    raw = await conn.get_raw_connection()
+    try:
+        async with raw.driver_connection.cursor() as cur:
+            await cur.execute(sql)
+            return list(await cur.fetchall()), cur.rowcount
+    except Exception as exc:
+        translated = events_db.as_sqlalchemy_error(exc, "webhook ingest")
+        if translated is exc:
+            raise
+        raise translated from exc
 
 
 def _raw_mariadb(conn: AsyncConnection) -> bool:
@@ -457,7 +470,11 @@ def _lit(value: str | None) -> str:
 
 def _lit_dt(value: dt.datetime | None) -> str:
     # Like the driver's escape_datetime: the wall-clock digits (values are naive UTC here).
-    return "NULL" if value is None else f"'{value:%Y-%m-%d %H:%M:%S.%f}'"
+    if value is None:
+        return "NULL"
+    if value.tzinfo is not None:
+        value = value.replace(tzinfo=None)
+    return "'" + value.isoformat(" ", "microseconds") + "'"
 
 
 def _existing_wamids_sql(tenant_id: str, by_provider: dict[str, list[str]]) -> str:
