@@ -424,10 +424,10 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str,
         rows = [r for r in rows if r["id"] in mine]
     out = []
     for r in rows:
-        stored = {k: v for k, v in r.items() if not k.startswith("_")}
+        stored = dict(r)
         stored["content"] = load_json(stored["content"])
-        stored["wa_id"] = r["_wa_id"]
-        stored["contact_name"] = r["_contact_name"]
+        stored["wa_id"] = stored.pop("_wa_id")
+        stored["contact_name"] = stored.pop("_contact_name")
         out.append(stored)
     return out
 
@@ -515,11 +515,19 @@ _MESSAGES_INSERT_HEAD = ("INSERT IGNORE INTO messages (id, tenant_id, conversati
 
 
 def _insert_messages_sql(rows: list[dict[str, Any]]) -> str:
+    lits: dict[Any, str] = {}  # tenant, direction, status and times repeat across a batch's rows
+
+    def lit(value: Any) -> str:
+        text = lits.get(value)
+        if text is None:
+            text = lits[value] = _lit_dt(value) if isinstance(value, dt.datetime) else _lit(value)
+        return text
+
     return _MESSAGES_INSERT_HEAD + ",".join(
-        f"({_lit(r['id'])},{_lit(r['tenant_id'])},{int(r['conversation_id'])},{_lit(r['direction'])},"
-        f"{_lit(r['provider'])},{_lit(r['provider_message_id'])},{_lit(r['type'])},{_lit(r['content'])},"
-        f"{_lit(r['status'])},{_lit(r['error_code'])},{_lit(r['error_message'])},{_lit_dt(r['created_at'])},"
-        f"{_lit_dt(r['updated_at'])},{_lit_dt(r['provider_timestamp'])})"
+        f"({_lit(r['id'])},{lit(r['tenant_id'])},{int(r['conversation_id'])},{lit(r['direction'])},"
+        f"{lit(r['provider'])},{_lit(r['provider_message_id'])},{lit(r['type'])},{_lit(r['content'])},"
+        f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{lit(r['created_at'])},"
+        f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])})"
         for r in rows)
 
 

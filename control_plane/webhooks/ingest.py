@@ -61,6 +61,8 @@ def is_db_outage(exc: BaseException) -> bool:
 def iso(value: dt.datetime | None) -> str | None:
     if value is None:
         return None
+    if value.tzinfo is None:
+        return value.isoformat() + "Z"
     return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
