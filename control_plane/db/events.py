@@ -157,20 +157,27 @@ def _number(events: Sequence[NewEvent], first_seq: dict[str, int]) -> list[Row]:
     return rows
 
 
-async def append_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> list[int]:
+async def append_events(conn: AsyncConnection, events: Sequence[NewEvent], *, before: list[str] | None = None
+                        ) -> list[int]:
     """Append events (any tenants) in one multi-row insert; returns the seq of each, in input order.
 
-    Call inside a transaction: the seqs become visible when it commits."""
+    Call inside a transaction: the seqs become visible when it commits. ``before``: raw statements
+    (MariaDB/MySQL) sent first in the same round trip; emptied once sent (elsewhere: must be empty)."""
     if _is_mysql(conn):
         # One round trip on the driver connection, inside the caller's transaction: the counter
         # upsert, the insert computing each seq from the counter, the counters as left (see
         # ``_one_trip_sql``); no SQLAlchemy statement machinery.
         counts = _count(events)
         sql = _one_trip_sql(events, counts, commit=False)
+        skip = 0
+        if before:
+            sql, skip, before[:] = ";".join([*before, sql]), len(before), []
         raw = await conn.get_raw_connection()
         try:
             async with raw.driver_connection.cursor() as cur:
-                await cur.execute(sql)  # the counter upsert
+                await cur.execute(sql)  # the caller's statements, then the counter upsert
+                for _ in range(skip):
+                    await cur.nextset()
                 await cur.nextset()  # the insert
                 inserted = cur.rowcount
                 await cur.nextset()  # the counters, as this transaction left them
@@ -183,6 +190,8 @@ async def append_events(conn: AsyncConnection, events: Sequence[NewEvent]) -> li
         if inserted != len(events):  # pragma: no cover - the join cannot drop rows after the upsert
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return [r[1] for r in _number(events, {t: last[t] - n + 1 for t, n in counts.items()})]
+    if before:
+        raise ValueError("raw statements before the append are for MariaDB/MySQL only")
     rows = _number(events, await allocate_seqs(conn, _count(events)))
     await conn.execute(event_log.insert(), [dict(zip(("tenant_id", "seq", "type", "ts", "data"), r))
                                             for r in rows])

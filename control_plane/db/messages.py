@@ -338,14 +338,19 @@ def _status_changes(row: dict[str, Any], updates: Sequence[dict[str, Any]]) -> d
     return values
 
 
-async def record_inbound_messages(conn: AsyncConnection, tenant_id: str,
-                                  items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+async def record_inbound_messages(conn: AsyncConnection, tenant_id: str, items: Iterable[dict[str, Any]], *,
+                                  deferred: list[str] | None = None) -> list[dict[str, Any]]:
     """Store inbound messages once per (tenant, provider, provider_message_id); create/refresh their
     conversations (contact name, last_inbound_at = the 24 h window, last message, unread count).
 
     Each item: ``provider``, ``provider_message_id``, ``wa_id``, ``type``, ``content`` (JSON-able),
     ``provider_timestamp`` (naive UTC), optional ``contact_name``. Returns the rows actually stored
     (new ones only, content decoded, ``wa_id`` and ``contact_name`` added), oldest first.
+
+    ``deferred`` (MariaDB only; ignored elsewhere): instead of running the messages INSERT now, append
+    it to this list for the caller to send in one round trip with what follows (``run_deferred`` or the
+    event-log append). It is then a plain INSERT: a row stored meanwhile by another writer makes it
+    fail (IntegrityError) and the transaction must be rolled back and retried, rather than ignored.
     """
     fresh: dict[tuple[str, str], dict[str, Any]] = {}
     for item in items:
@@ -357,7 +362,7 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str,
     by_provider: dict[str, list[str]] = {}
     for provider, pmid in fresh:
         by_provider.setdefault(provider, []).append(pmid)
-    raw = _raw_mariadb(conn)
+    raw = raw_mariadb(conn)
     if raw:  # one statement for every provider, written out (no SQLAlchemy compile, no escaping)
         found, _ = await _driver_query(conn, _existing_wamids_sql(tenant_id, by_provider))
         for provider, pmid in found:
@@ -410,7 +415,10 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str,
     for r in rows:
         r["conversation_id"] = conv_ids[r["_wa_id"]]
 
-    if raw:
+    if raw and deferred is not None:
+        deferred.append(_insert_messages_sql(rows, ignore=False))
+        insert_rows, inserted = rows, len(rows)  # all or nothing: see the docstring
+    elif raw:
         _, inserted = await _driver_query(conn, _insert_messages_sql(rows))
         insert_rows = rows
     else:
@@ -453,7 +461,25 @@ async def _driver_query(conn: AsyncConnection, sql: str) -> tuple[list[tuple], i
         raise translated from exc
 
 
-def _raw_mariadb(conn: AsyncConnection) -> bool:
+async def run_deferred(conn: AsyncConnection, deferred: list[str]) -> None:
+    """Send statements ``record_inbound_messages`` deferred (one round trip); empties the list."""
+    if not deferred:
+        return
+    sql, deferred[:] = ";".join(deferred), []
+    raw = await conn.get_raw_connection()
+    try:
+        async with raw.driver_connection.cursor() as cur:
+            await cur.execute(sql)
+            while await cur.nextset():
+                pass
+    except Exception as exc:
+        translated = events_db.as_sqlalchemy_error(exc, "webhook ingest")
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+def raw_mariadb(conn: AsyncConnection) -> bool:
     """MariaDB >= 10.5 (INSERT ... RETURNING): the raw statements below apply."""
     dialect = conn.dialect
     return (dialect.name in ("mysql", "mariadb") and bool(getattr(dialect, "is_mariadb", False))
@@ -514,7 +540,7 @@ _MESSAGES_INSERT_HEAD = ("INSERT IGNORE INTO messages (id, tenant_id, conversati
                          "updated_at, provider_timestamp) VALUES ")
 
 
-def _insert_messages_sql(rows: list[dict[str, Any]]) -> str:
+def _insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> str:
     lits: dict[Any, str] = {}  # tenant, direction, status and times repeat across a batch's rows
 
     def lit(value: Any) -> str:
@@ -523,7 +549,8 @@ def _insert_messages_sql(rows: list[dict[str, Any]]) -> str:
             text = lits[value] = _lit_dt(value) if isinstance(value, dt.datetime) else _lit(value)
         return text
 
-    return _MESSAGES_INSERT_HEAD + ",".join(
+    head = _MESSAGES_INSERT_HEAD if ignore else _MESSAGES_INSERT_HEAD.replace("INSERT IGNORE", "INSERT", 1)
+    return head + ",".join(
         f"({_lit(r['id'])},{lit(r['tenant_id'])},{int(r['conversation_id'])},{lit(r['direction'])},"
         f"{lit(r['provider'])},{_lit(r['provider_message_id'])},{lit(r['type'])},{_lit(r['content'])},"
         f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{lit(r['created_at'])},"

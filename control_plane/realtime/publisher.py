@@ -187,10 +187,11 @@ class EventPublisher:
         [seq] = await events_db.append_events(conn, [(tenant_id, type, ts, data_json)])
         return make_envelope(tenant_id, seq, type, ts, data, data_json)
 
-    async def append_many(self, conn: AsyncConnection, events: Sequence[tuple[str, str, dict[str, Any]]]
-                          ) -> list[Envelope]:
+    async def append_many(self, conn: AsyncConnection, events: Sequence[tuple[str, str, dict[str, Any]]], *,
+                          before: list[str] | None = None) -> list[Envelope]:
         """:meth:`append` for many ``(tenant_id, type, data)`` at once: one counter upsert and one
-        multi-row insert. Envelopes come back in input order (seqs in input order per tenant)."""
+        multi-row insert. Envelopes come back in input order (seqs in input order per tenant).
+        ``before``: raw statements to send in the same round trip (see ``events_db.append_events``)."""
         if not events:
             return []
         ts = _now_ms()
@@ -198,7 +199,7 @@ class EventPublisher:
         for tenant_id, type_, data in events:
             check_names(tenant_id, type_)
             prepared.append((tenant_id, type_, data, encode_data(data)))
-        seqs = await events_db.append_events(conn, [(t, ty, ts, dj) for t, ty, _d, dj in prepared])
+        seqs = await events_db.append_events(conn, [(t, ty, ts, dj) for t, ty, _d, dj in prepared], before=before)
         return [make_envelope(t, seq, ty, ts, d, dj) for (t, ty, d, dj), seq in zip(prepared, seqs)]
 
     async def emit(self, envelopes: Sequence[Envelope]) -> None:

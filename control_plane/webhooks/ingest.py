@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from control_plane import errors
@@ -162,9 +162,18 @@ class WebhookIngester:
                         if not p.future.done():
                             p.future.set_exception(errors.Unavailable("storage failed; retry later"))
 
+    async def _store_once_more_after_race(self, batch: list[_Pending]) -> list[dict[str, Any]]:
+        try:
+            return await self._store(batch)
+        except IntegrityError:
+            # Another writer stored one of these wamids between our check and our (MariaDB: plain,
+            # deferred) INSERT: all of it was rolled back; the next check sees theirs.
+            log.info("webhook batch of %d raced another writer; storing it once more", len(batch))
+            return await self._store(batch)
+
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
-            envelopes = await self._store(batch)
+            envelopes = await self._store_once_more_after_race(batch)
         except Exception as exc:  # noqa: BLE001
             self.stats.failed_batches += 1
             await self.drop_connection()
@@ -212,16 +221,21 @@ class WebhookIngester:
         if self._conn is None:
             self._conn = await self._db.engine.connect()
         conn = self._conn
+        # MariaDB: the messages INSERTs go out with the event-log append, in one round trip.
+        deferred: list[str] | None = [] if messages_db.raw_mariadb(conn) else None
         async with conn.begin():
             for tenant_id in sorted(per_tenant):  # one lock order for every writer
                 work = per_tenant[tenant_id]
                 if work.messages:
-                    rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages)
+                    rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages,
+                                                                     deferred=deferred)
                     stored_messages += len(rows)
                     to = {m["provider_message_id"]: m.get("to") for m in work.messages}
                     new_events.extend((tenant_id, event_types.MESSAGE_RECEIVED,
                                        received_event(r, to.get(r["provider_message_id"]))) for r in rows)
                 if work.statuses:
+                    if deferred:  # statuses read messages: store this batch's first
+                        await messages_db.run_deferred(conn, deferred)
                     changes = await messages_db.apply_status_updates(conn, tenant_id, work.statuses)
                     stored_statuses += len(changes)
                     for change in changes:
@@ -234,11 +248,17 @@ class WebhookIngester:
             envelopes: list[dict[str, Any]] = []
             if new_events and events is not None:
                 append_many = getattr(events, "append_many", None)
-                if append_many is not None:
+                if append_many is not None and deferred:
+                    envelopes = list(await append_many(conn, new_events, before=deferred))
+                elif append_many is not None:
                     envelopes = list(await append_many(conn, new_events))
                 else:
+                    if deferred:
+                        await messages_db.run_deferred(conn, deferred)
                     for tenant_id, type_, data in new_events:
                         envelopes.append(await events.append(conn, tenant_id, type_, data))
+            if deferred:
+                await messages_db.run_deferred(conn, deferred)
         self.stats.batches += 1
         self.stats.deliveries += len(batch)
         self.stats.max_batch = max(self.stats.max_batch, len(batch))

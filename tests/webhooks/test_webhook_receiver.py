@@ -345,3 +345,32 @@ async def test_killed_connections_mid_batch_are_503_then_recover(app_client, bus
     assert len(stored) == (1 if first.status == 200 else 0)
     assert (await send.inbound(tenant["pnid"], message)).status == 200
     assert len([r for r in _messages(db_rows, tenant["id"]) if r["provider_message_id"] == message["id"]]) == 1
+
+
+@pytest.mark.mariadb
+async def test_race_with_another_writer_is_stored_once_with_one_event(app_client, business_tenant, sender, db_rows,
+                                                                      monkeypatch):
+    """Another node stores the wamid between our duplicate check and our INSERT (simulated: the check
+    misses it once): the batch is rolled back and stored once more; 200, one row, one event."""
+    from control_plane.db import messages as messages_db
+
+    tenant = await business_tenant()
+    send = sender(tenant)
+    message = g.text_message(USER, "raced")
+    assert (await send.inbound(tenant["pnid"], message)).status == 200
+    real = messages_db._existing_wamids_sql
+    calls = []
+
+    def miss_once(tenant_id, by_provider):
+        calls.append(1)
+        sql = real(tenant_id, by_provider)
+        return sql + " AND 1 = 0" if len(calls) == 1 else sql
+
+    monkeypatch.setattr(messages_db, "_existing_wamids_sql", miss_once)
+    assert (await send.inbound(tenant["pnid"], message)).status == 200
+    assert len(calls) == 2
+    assert len(_messages(db_rows, tenant["id"])) == 1
+    events = db_rows("SELECT * FROM event_log WHERE tenant_id = :t AND type = 'message.received'", t=tenant["id"])
+    assert len(events) == 1
+    conv = db_rows("SELECT * FROM conversations WHERE tenant_id = :t", t=tenant["id"])
+    assert [c["unread_count"] for c in conv] == [1]
