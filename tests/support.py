@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -64,3 +66,13 @@ async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], *, timeout: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         await asyncio.sleep(interval)
+
+
+def unless_installed(path: "str | os.PathLike[str]", reason: str):
+    """Skip when ``path`` is missing, for a developer running pytest by hand on a bare machine.
+    scripts/test installs Chromium and the bridge's node_modules and sets GATEWAY_TESTS_REQUIRE_ALL=1:
+    there a missing piece fails the tests instead of silently skipping them."""
+    import pytest
+
+    required = os.environ.get("GATEWAY_TESTS_REQUIRE_ALL") == "1"
+    return pytest.mark.skipif(not required and not Path(path).exists(), reason=reason)

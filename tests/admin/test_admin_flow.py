@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 from control_plane.app import create_app
 from tests.conftest import ADMIN_TOKEN, ROOT
 from tests.fakes.graph_api import FakeGraphAPI
-from tests.support import ThreadedServer
+from tests.support import ThreadedServer, unless_installed
 
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
@@ -36,7 +35,7 @@ PNID, WABA, GRAPH_TOKEN = "106540352242922", "102290129340398", "EAAG-admin-pane
 
 expect.set_options(timeout=WAIT_MS)
 pytestmark = [pytest.mark.mariadb, pytest.mark.timeout(180),
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")]
+              unless_installed(CHROMIUM, "Debian's chromium is not installed")]
 
 
 class LoopThread:

@@ -16,15 +16,15 @@ import pytest
 
 from control_plane.bridge import protocol as p
 
+from tests.support import unless_installed
+
 REPO = Path(__file__).resolve().parents[2]
 CHROME = os.environ.get("CHROME_PATH", "/usr/bin/chromium")
 
 pytestmark = [
-    pytest.mark.skipif(not Path(CHROME).exists(), reason=f"no Chromium at {CHROME}"),
-    pytest.mark.skipif(
-        not (REPO / "bridge/node_modules/whatsapp-web.js").is_dir(),
-        reason="bridge/node_modules missing: PUPPETEER_SKIP_DOWNLOAD=true npm ci in bridge/",
-    ),
+    unless_installed(CHROME, f"no Chromium at {CHROME}"),
+    unless_installed(REPO / "bridge/node_modules/whatsapp-web.js",
+                     "bridge/node_modules missing: PUPPETEER_SKIP_DOWNLOAD=true npm ci in bridge/"),
 ]
 
 SINGLETONS = ("SingletonLock", "SingletonSocket", "SingletonCookie")

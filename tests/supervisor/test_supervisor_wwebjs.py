@@ -14,16 +14,16 @@ import psutil
 import pytest
 
 from control_plane.supervisor.process import SINGLETON_FILES, find_orphans, find_profile_holders
-from tests.support import wait_for
+from tests.support import wait_for, unless_installed
 
 REPO = Path(__file__).resolve().parents[2]
 CHROME = os.environ.get("CHROME_PATH", "/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.timeout(90),
-    pytest.mark.skipif(not Path(CHROME).exists(), reason=f"no Chromium at {CHROME}"),
-    pytest.mark.skipif(not (REPO / "bridge/node_modules/whatsapp-web.js").is_dir(),
-                       reason="bridge/node_modules missing: PUPPETEER_SKIP_DOWNLOAD=true npm ci in bridge/"),
+    unless_installed(CHROME, f"no Chromium at {CHROME}"),
+    unless_installed(REPO / "bridge/node_modules/whatsapp-web.js",
+                     "bridge/node_modules missing: PUPPETEER_SKIP_DOWNLOAD=true npm ci in bridge/"),
 ]
 
 REAL = {"BRIDGE_DRIVER": "wwebjs", "CHROME_PATH": CHROME, "HEARTBEAT_INTERVAL_S": "1", "BACKOFF_BASE_S": "0.5",
