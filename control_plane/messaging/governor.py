@@ -57,7 +57,7 @@ for i, key in ipairs(KEYS) do
   local tat = tonumber(redis.call('GET', key) or '0')
   if tat < now then tat = now end
   local allow_at = tat - (burst - 1) * interval
-  if allow_at <= now then
+  if allow_at <= now + 0.000001 then  -- tat is stored rounded to the microsecond
     tat = tat + interval
     redis.call('SET', key, string.format('%.6f', tat), 'PX', math.ceil((tat - now) * 1000) + 1000)
     out[i] = '0'
@@ -141,7 +141,7 @@ class Governor:
         for key in keys:
             tat = max(self._pairs.get(key, 0.0), now)
             allow_at = tat - (self.pair_burst - 1) * self.pair_interval_s
-            if allow_at <= now:
+            if allow_at <= now + 1e-6:  # float sums of intervals: the burst's last token is exactly now
                 self._pairs[key] = tat + self.pair_interval_s
                 delays.append(0.0)
             else:
