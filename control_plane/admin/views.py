@@ -12,6 +12,7 @@ import datetime as dt
 import enum
 import inspect
 import logging
+import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +21,7 @@ import jinja2
 from aiohttp import web
 
 from control_plane.admin import session as sess
+from control_plane.admin.throttle import LoginThrottle
 from control_plane.api.auth import TENANT_ID_RE
 from control_plane.api.whatsapp_config import config_out
 from control_plane.crypto import tokens_equal
@@ -118,6 +120,15 @@ async def login_form(request: web.Request) -> web.Response:
 
 @routes.post("/admin/login")
 async def login(request: web.Request) -> web.Response:
+    throttle: LoginThrottle = request.app["admin_login_throttle"]
+    client = request.remote or "unknown"
+    wait = throttle.retry_after(client)
+    if wait > 0:
+        log.warning("admin login refused: too many wrong tokens from %s", client)
+        resp = _login_page(request, status=429,
+                           error=f"Too many wrong tokens. Try again in {math.ceil(wait)} seconds.")
+        resp.headers["Retry-After"] = str(math.ceil(wait))
+        return resp
     form = await request.post()
     csrf_ok = signer(request).check_login_csrf(request.cookies.get(sess.LOGIN_COOKIE_NAME),
                                                str(form.get(sess.CSRF_FIELD, "")))
@@ -126,9 +137,11 @@ async def login(request: web.Request) -> web.Response:
         return _login_page(request, status=403, error="This login form expired. Please enter the token again.")
     token = str(form.get("token", "")).strip()
     if not token or not tokens_equal(token, request.app["settings"].admin_token.get()):
-        log.warning("admin login refused: wrong admin token from %s", request.remote)
+        throttle.failed(client)
+        log.warning("admin login refused: wrong admin token from %s", client)
         return _login_page(request, status=401,
                            error="That admin token is not correct. Check ADMIN_TOKEN and try again.")
+    throttle.succeeded(client)
     cookie, _ = signer(request).issue()
     resp = see_other(_safe_next(str(form.get("next", ""))))
     _set_cookie(request, resp, sess.COOKIE_NAME, cookie, sess.SESSION_TTL_S)
@@ -274,5 +287,6 @@ def setup(app: web.Application) -> None:
     settings = app["settings"]
     app["admin_jinja"] = make_environment()
     app["admin_sessions"] = sess.SessionSigner(settings.secret_key.get(), settings.admin_token.get())
+    app["admin_login_throttle"] = LoginThrottle()
     app.router.add_routes(routes)
     app.router.add_static(STATIC_PREFIX, HERE / "static", name="admin_static", append_version=False)

@@ -9,6 +9,7 @@ import pytest
 import socketio
 
 from control_plane.admin.session import COOKIE_NAME, CSRF_HEADER, LOGIN_COOKIE_NAME, SessionSigner
+from control_plane.admin.throttle import LoginThrottle
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -88,6 +89,38 @@ async def test_wrong_token_gets_a_clear_page_and_no_session(client):
     assert "That admin token is not correct" in await resp.text()
     assert COOKIE_NAME + "=" not in resp.headers.get("Set-Cookie", "")
     assert (await client.get("/admin/tenants", allow_redirects=False)).status == 302
+
+
+def test_login_throttle_counts_failures_in_a_sliding_window():
+    now = [1000.0]
+    throttle = LoginThrottle(max_failures=3, window_s=60, max_clients=2, clock=lambda: now[0])
+    for _ in range(2):
+        throttle.failed("1.1.1.1")
+    assert throttle.retry_after("1.1.1.1") == 0
+    now[0] += 10
+    throttle.failed("1.1.1.1")
+    assert throttle.retry_after("1.1.1.1") == pytest.approx(50)   # the first failure leaves at 1060
+    assert throttle.retry_after("2.2.2.2") == 0                  # per client
+    now[0] += 50
+    assert throttle.retry_after("1.1.1.1") == 0                  # one failure left the window
+    throttle.succeeded("1.1.1.1")
+    throttle.failed("1.1.1.1")
+    throttle.failed("1.1.1.1")
+    assert throttle.retry_after("1.1.1.1") == 0                  # success forgot the older ones
+    throttle.failed("2.2.2.2")
+    throttle.failed("3.3.3.3")                                   # over max_clients: the stalest goes
+    assert "1.1.1.1" not in throttle._failures and len(throttle._failures) == 2
+
+
+@pytest.mark.smoke
+async def test_repeated_wrong_tokens_are_throttled_even_for_the_right_one(client):
+    for _ in range(5):
+        assert (await login(client, token="not-the-token")).status == 401
+    resp = await login(client)
+    assert resp.status == 429
+    assert 0 < int(resp.headers["Retry-After"]) <= 300
+    assert "Too many wrong tokens" in await resp.text()
+    assert COOKIE_NAME not in resp.cookies
 
 
 @pytest.mark.smoke
