@@ -460,7 +460,10 @@ class Supervisor:
             if not self._watched:
                 continue
             now, wall_ms = time.monotonic(), time.time() * 1000
+            fresh = now - 2 * self.settings.heartbeat_interval_s  # heard from since then: not overdue
             for session in list(self._watched.values()):
+                if session.last_seen >= fresh and session.machine.state is S.READY:
+                    continue  # the common case, decided without a call (check() would do nothing)
                 try:
                     session.check(now, wall_ms)
                 except Exception:

@@ -184,6 +184,7 @@ async def test_stop_leaves_no_process_of_the_tenant(make_supervisor, new_tenant,
     assert persisted["desired_state"] == "stopped" and persisted["state"] == "stopped" and persisted["pid"] is None
     assert pub.states(tid)[-2:] == ["stopping", "stopped"]
     assert sup.is_ready(other)  # the neighbour is untouched
+    assert set(sup._watched) == {other}  # the watchdog sweep only looks at live bridges
     with pytest.raises(SessionNotReady):
         await sup.sandbox(tid, "scan", {})
 
