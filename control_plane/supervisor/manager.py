@@ -73,8 +73,8 @@ class Supervisor:
         self.events: EventPublisher = events or LogPublisher()
         self.sessions_dir = paths.sessions_root(settings.sessions_dir)
         self.start_timeout_s = max(15.0, 3 * settings.heartbeat_interval_s)
-        # One sweep checks every live bridge this often: a hung one is killed once silent for two
-        # heartbeat intervals, at most a tenth of an interval (0.5 s at most) later.
+        # One sweep looks at every live bridge this often; a deadline that falls between two sweeps
+        # (a bridge about to be silent for two intervals) gets a one-shot timer of its own.
         self.watchdog_period_s = min(WATCHDOG_PERIOD_MAX_S, settings.heartbeat_interval_s / 10)
         self._watched: dict[str, TenantSession] = {}
         self.is_running = False
@@ -454,18 +454,22 @@ class Supervisor:
 
     async def _watchdog_loop(self) -> None:
         """Heartbeat watchdog, start timeout and QR lifetime of every live bridge, in one sweep per
-        ``watchdog_period_s`` (heartbeats only stamp ``last_seen``; see TenantSession.check)."""
+        ``watchdog_period_s`` (heartbeats only stamp ``last_seen``; see TenantSession.sweep)."""
+        period = self.watchdog_period_s
         while True:
-            await asyncio.sleep(self.watchdog_period_s)
+            await asyncio.sleep(period)
             if not self._watched:
                 continue
             now, wall_ms = time.monotonic(), time.time() * 1000
-            fresh = now - 2 * self.settings.heartbeat_interval_s  # heard from since then: not overdue
+            next_sweep = now + period
+            # Heard from since then and ready: no deadline before the next sweep (the common case,
+            # decided without a call).
+            quiet_since = next_sweep - 2 * self.settings.heartbeat_interval_s
             for session in list(self._watched.values()):
-                if session.last_seen >= fresh and session.machine.state is S.READY:
-                    continue  # the common case, decided without a call (check() would do nothing)
+                if session.last_seen > quiet_since and session.machine.state is S.READY:
+                    continue
                 try:
-                    session.check(now, wall_ms)
+                    session.sweep(now, wall_ms, next_sweep)
                 except Exception:
                     log.exception("watchdog check failed tenant=%s", session.tenant_id)
 

@@ -100,6 +100,7 @@ class TenantSession:
         self._action: Action | None = None
         self._acting = False
         self._wake = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None  # only when a deadline falls between two sweeps
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -419,15 +420,48 @@ class TenantSession:
         self.sup.dispatch_message(self.tenant_id, protocol.EVENT_MESSAGE_ACK, data)
 
     # -- the watchdog --
-    # Heartbeats only move ``last_seen``. The supervisor's one watchdog sweep calls ``check`` on
-    # every watched session a few times per heartbeat interval (``Supervisor.watchdog_period_s``):
-    # no timer per session to cancel and re-arm, no wake-up of its own per session.
+    # Heartbeats only move ``last_seen``. The supervisor's one watchdog sweep looks at every watched
+    # session each ``Supervisor.watchdog_period_s`` (a tenth of a heartbeat interval): a healthy
+    # session is passed over at a glance, and only one whose deadline (``next_deadline``) falls
+    # before the next sweep gets a one-shot timer at that deadline -- so a hung bridge is still
+    # killed as soon as it has been silent for two intervals, while an idle healthy session costs no
+    # timer and no wake-up of its own.
     def _arm(self) -> None:
         if self.proc is not None and not self.proc.exited:
             self.sup.watch(self)
 
     def _disarm(self) -> None:
         self.sup.unwatch(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def next_deadline(self, wall_ms: float) -> float:
+        """When ``check`` would next act, judged on what the bridge last said (monotonic seconds)."""
+        settings = self.sup.settings
+        if self.state is S.STARTING:
+            deadline = self.last_seen + self.sup.start_timeout_s
+        else:
+            deadline = self.last_seen + 2 * settings.heartbeat_interval_s
+        if self.state is S.QR and self.first_qr_at is not None:
+            deadline = min(deadline, self.first_qr_at + settings.qr_ttl_s)
+            qr = self.current_qr
+            if qr is not None and qr["attempt"] >= settings.qr_max_cycles:
+                deadline = min(deadline, time.monotonic() + (qr["expires_at_ms"] - wall_ms) / 1000)
+        return deadline + 0.001
+
+    def sweep(self, now: float, wall_ms: float, next_sweep: float) -> None:
+        """Called by the watchdog sweep: acts if a deadline has passed, or times the one that falls
+        before the next sweep precisely."""
+        deadline = self.next_deadline(wall_ms)
+        if deadline <= now:
+            self.check(now, wall_ms)
+        elif deadline < next_sweep and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.check(time.monotonic(), time.time() * 1000)  # a heartbeat since then: nothing to do
 
     def check(self, now: float, wall_ms: float) -> None:
         """Heartbeat watchdog (silent for two intervals), start timeout and QR lifetime."""
