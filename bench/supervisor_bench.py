@@ -193,13 +193,13 @@ async def bench(args: argparse.Namespace) -> None:
               f"= {per_tenant_rss_kb:.0f} KB/tenant   target < 1024 KB", flush=True)
         print(f"idle control plane: CPU {cpu:.2f}s over {window:.0f}s = {cpu / window * 100:.2f}% of a core "
               f"= {per_tenant_cpu_pct:.4f}% per tenant   target < 0.01%", flush=True)
-        print(f"  event loop thread {main_cpu:.2f}s ({main_sys:.2f}s in the kernel; heartbeats, watchdog sweep), "
-              f"worker threads "
+        print(f"  event loop thread {main_cpu:.2f}s ({main_sys:.2f}s in the kernel; heartbeats, "
+              f"watchdog sweep), worker threads "
               f"{cpu - main_cpu:.2f}s (memory checks every {settings.memory_check_interval_s:g}s); garbage collector "
               f"{gc_time[0]:.2f}s in {gc_time[1]} collections ({gc_time[2]} full)", flush=True)
         beats = n * window / settings.heartbeat_interval_s
-        print(f"  event loop wake-ups {wakeups} ({wakeups / window:.1f}/s) for ~{beats:.0f} heartbeats received; "
-              f"{main_cpu / beats * 1e6:.0f} us of event loop CPU per heartbeat", flush=True)
+        print(f"  event loop wake-ups {wakeups} ({wakeups / window:.1f}/s) for ~{beats:.0f} heartbeats "
+              f"received; {main_cpu / beats * 1e6:.0f} us of event loop CPU per heartbeat", flush=True)
         bridges = [psutil.Process(sup.pid(t)) for t in tids if sup.pid(t)]
         bridge_rss = statistics.median(p.memory_info().rss for p in bridges) / 2**20
         print(f"(for scale: a scripted node bridge is ~{bridge_rss:.0f} MB RSS; a real one with Chromium "
@@ -224,10 +224,12 @@ async def bench(args: argparse.Namespace) -> None:
                     overheads.append(when - t0 - backoff["retry_in_s"])
         if latencies:  # --kills 0 skips this part
             print(f"kill -9 -> ready ({len(latencies)} kills, {args.kill_batch} at a time): "
-                  f"p50 {pct(latencies, 0.5):.2f}s p95 {pct(latencies, 0.95):.2f}s max {max(latencies):.2f}s   "
+                  f"p50 {pct(latencies, 0.5):.2f}s p95 {pct(latencies, 0.95):.2f}s "
+                  f"max {max(latencies):.2f}s   "
                   f"target p95 < {1.5 + settings.backoff_base_s:.2f}s (1.5 s + backoff base)", flush=True)
             print(f"  of which not backoff (detect exit, free profile, spawn node, restore session): "
-                  f"p50 {pct(overheads, 0.5):.2f}s p95 {pct(overheads, 0.95):.2f}s; backoff delay with jitter is "
+                  f"p50 {pct(overheads, 0.5):.2f}s p95 {pct(overheads, 0.95):.2f}s; "
+                  f"backoff delay with jitter is "
                   f"{0.8 * settings.backoff_base_s:.1f}-{settings.backoff_base_s:.1f}s", flush=True)
 
         # Hung bridges: detection time from the hang to the watchdog's kill.
@@ -240,8 +242,8 @@ async def bench(args: argparse.Namespace) -> None:
         hb = settings.heartbeat_interval_s
         if detect:  # --hangs 0 skips this part
             print(f"hung bridge detected and killed ({len(detect)}/{len(hung)}): p50 {pct(detect, 0.5):.2f}s "
-                  f"max {max(detect):.2f}s  (heartbeat {hb:g}s: rule is silent > {2 * hb:g}s since the last beat, "
-                  f"so {hb:g}-{2 * hb:g}s after the hang)", flush=True)
+                  f"max {max(detect):.2f}s  (heartbeat {hb:g}s: rule is silent > {2 * hb:g}s since the "
+                  f"last beat, so {hb:g}-{2 * hb:g}s after the hang)", flush=True)
         await all_ready(sup, rec, hung, 30)
 
         t0 = time.monotonic()

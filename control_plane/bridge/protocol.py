@@ -24,8 +24,8 @@ inside the transport's callback (one event-loop callback per read, nothing sched
 
 Long lines: media arrives base64-encoded inside ``message`` events, so lines can be megabytes.
 ``BridgeConnection`` splits lines itself (``feed_data`` takes chunks; ``read_loop`` never calls
-``readline``), so it does not depend on a StreamReader's ``limit``; lines longer than ``max_line_bytes`` (default
-``MAX_LINE_BYTES``, 16 MiB) are dropped with a log line. Spawners may still pass
+``readline``), so it does not depend on a StreamReader's ``limit``; lines longer than
+``max_line_bytes`` (default ``MAX_LINE_BYTES``, 16 MiB) are dropped with a log line. Spawners may still pass
 ``limit=STREAM_LIMIT_BYTES`` to ``create_subprocess_exec`` for other readers of the same pipe.
 """
 

@@ -88,7 +88,8 @@ class BridgeProcess:
         writer = asyncio.StreamWriter(transport, proto, None, loop)
         self.conn = BridgeConnection(None, writer, on_event, on_heartbeat=on_heartbeat,
                                      default_timeout_s=default_timeout_s, log_context=self.log_context)
-        out_t, out_p = await loop.connect_read_pipe(lambda: BridgeStdoutProtocol(self.conn), self.popen.stdout)
+        conn = self.conn
+        out_t, out_p = await loop.connect_read_pipe(lambda: BridgeStdoutProtocol(conn), self.popen.stdout)
         self._pipes.append((out_t, out_p.closed))
         err_t, err_p = await loop.connect_read_pipe(lambda: StderrLines(on_stderr), self.popen.stderr)
         self._pipes.append((err_t, err_p.closed))

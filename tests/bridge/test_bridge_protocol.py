@@ -146,7 +146,8 @@ async def test_responses_and_end_of_stream_through_the_pipe_protocol():
         await asyncio.sleep(0.05)
         sent = os.read(cmd_r, 4096).splitlines()
         assert [json.loads(line)["id"] for line in sent] == [1, 2]
-        os.write(out_w, b'{"event":"heartbeat","ts":1,"data":{}}\n{"id":1,"ok":true,"result":{"state":"qr"}}\n'
+        os.write(out_w, b'{"event":"heartbeat","ts":1,"data":{}}\n'
+                        b'{"id":1,"ok":true,"result":{"state":"qr"}}\n'
                         b'{"event":"state","ts":2,"data":{"state":"qr"}}\n')
         assert await asyncio.wait_for(first, 5) == {"state": "qr"}
         assert beats == [1] and [e.name for e in events] == ["state"]

@@ -184,9 +184,10 @@ async def test_heartbeat_lines_start_with_the_prefix_the_control_plane_matches(s
     """The supervisor recognises heartbeats by their first bytes without decoding them
     (protocol.HEARTBEAT_PREFIX): the bridge must write exactly that, every time."""
     proc = await asyncio.create_subprocess_exec(
-        NODE, str(MAIN_JS), "--tenant", "hb", "--session-dir", str(sessions_root / "hb"), "--driver", "scripted",
-        "--heartbeat-ms", "20", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        NODE, str(MAIN_JS), "--tenant", "hb", "--session-dir", str(sessions_root / "hb"),
+        "--driver", "scripted", "--heartbeat-ms", "20",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
     )  # fmt: skip
     assert proc.stdout is not None
     beats = []

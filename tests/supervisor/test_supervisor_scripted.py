@@ -139,7 +139,7 @@ async def test_hung_bridge_killed_within_two_heartbeats_and_restarted(make_super
     old = sup.pid(tid)
     n = len(pub.of(tid))
     await asyncio.sleep(3 * 0.3)
-    assert sup._sessions[tid]._timer is None  # healthy: only the shared sweep looks at it, no timer of its own
+    assert sup._sessions[tid]._timer is None  # healthy: only the shared sweep looks at it, no timer
     await sup.sandbox(tid, "hang", {})
     last_beat = sup._sessions[tid].last_seen  # the last thing the bridge said before it hung
     killed_at: list[float] = []
