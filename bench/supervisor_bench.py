@@ -1,6 +1,7 @@
 """Supervisor benchmark: N sandbox tenants (scripted driver, real Node bridges) on this machine.
 
     .venv/bin/python bench/supervisor_bench.py [--tenants 200] [--mariadb mysql://root@127.0.0.1:3306]
+        [--profile] [--kills 0 --hangs 0]   (a shorter run: boot and idle figures only)
 
 Prints:
 - time until all N are ready after a control-plane boot (saved sessions, staggered start),
@@ -73,6 +74,12 @@ class Recorder:
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, max(0, round(q * (len(values) - 1))))]
+
+
+def loop_wakeups() -> int:
+    """Voluntary context switches of the main (event loop) thread: about one per loop wake-up."""
+    with open(f"/proc/self/task/{os.getpid()}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("voluntary_ctxt_switches"))
 
 
 def rss_mb() -> float:
@@ -167,9 +174,10 @@ async def bench(args: argparse.Namespace) -> None:
         gc.callbacks.append(on_gc)
         threads0 = {t.id: t.user_time + t.system_time for t in me.threads()}
         threads_sys0 = next(t.system_time for t in me.threads() if t.id == me.pid)
-        cpu0, w0 = sum(me.cpu_times()[:2]), time.monotonic()
+        cpu0, w0, wake0 = sum(me.cpu_times()[:2]), time.monotonic(), loop_wakeups()
         await asyncio.sleep(args.idle_s)
         cpu = sum(me.cpu_times()[:2]) - cpu0
+        wakeups = loop_wakeups() - wake0
         gc.callbacks.remove(on_gc)
         main_thread = next(t for t in me.threads() if t.id == me.pid)
         main_cpu = main_thread.user_time + main_thread.system_time - threads0[me.pid]
@@ -185,10 +193,13 @@ async def bench(args: argparse.Namespace) -> None:
               f"= {per_tenant_rss_kb:.0f} KB/tenant   target < 1024 KB", flush=True)
         print(f"idle control plane: CPU {cpu:.2f}s over {window:.0f}s = {cpu / window * 100:.2f}% of a core "
               f"= {per_tenant_cpu_pct:.4f}% per tenant   target < 0.01%", flush=True)
-        print(f"  event loop thread {main_cpu:.2f}s ({main_sys:.2f}s in the kernel; heartbeats, watchdog timers), "
-              f"worker threads "
+        print(f"  event loop thread {main_cpu:.2f}s ({main_sys:.2f}s in the kernel; heartbeats, "
+              f"watchdog sweep), worker threads "
               f"{cpu - main_cpu:.2f}s (memory checks every {settings.memory_check_interval_s:g}s); garbage collector "
               f"{gc_time[0]:.2f}s in {gc_time[1]} collections ({gc_time[2]} full)", flush=True)
+        beats = n * window / settings.heartbeat_interval_s
+        print(f"  event loop wake-ups {wakeups} ({wakeups / window:.1f}/s) for ~{beats:.0f} heartbeats "
+              f"received; {main_cpu / beats * 1e6:.0f} us of event loop CPU per heartbeat", flush=True)
         bridges = [psutil.Process(sup.pid(t)) for t in tids if sup.pid(t)]
         bridge_rss = statistics.median(p.memory_info().rss for p in bridges) / 2**20
         print(f"(for scale: a scripted node bridge is ~{bridge_rss:.0f} MB RSS; a real one with Chromium "
@@ -211,12 +222,15 @@ async def bench(args: argparse.Namespace) -> None:
                 if when is not None and backoff is not None:
                     latencies.append(when - t0)
                     overheads.append(when - t0 - backoff["retry_in_s"])
-        print(f"kill -9 -> ready ({len(latencies)} kills, {args.kill_batch} at a time): "
-              f"p50 {pct(latencies, 0.5):.2f}s p95 {pct(latencies, 0.95):.2f}s max {max(latencies):.2f}s   "
-              f"target p95 < {1.5 + settings.backoff_base_s:.2f}s (1.5 s + backoff base)", flush=True)
-        print(f"  of which not backoff (detect exit, free profile, spawn node, restore session): "
-              f"p50 {pct(overheads, 0.5):.2f}s p95 {pct(overheads, 0.95):.2f}s; backoff delay with jitter is "
-              f"{0.8 * settings.backoff_base_s:.1f}-{settings.backoff_base_s:.1f}s", flush=True)
+        if latencies:  # --kills 0 skips this part
+            print(f"kill -9 -> ready ({len(latencies)} kills, {args.kill_batch} at a time): "
+                  f"p50 {pct(latencies, 0.5):.2f}s p95 {pct(latencies, 0.95):.2f}s "
+                  f"max {max(latencies):.2f}s   "
+                  f"target p95 < {1.5 + settings.backoff_base_s:.2f}s (1.5 s + backoff base)", flush=True)
+            print(f"  of which not backoff (detect exit, free profile, spawn node, restore session): "
+                  f"p50 {pct(overheads, 0.5):.2f}s p95 {pct(overheads, 0.95):.2f}s; "
+                  f"backoff delay with jitter is "
+                  f"{0.8 * settings.backoff_base_s:.1f}-{settings.backoff_base_s:.1f}s", flush=True)
 
         # Hung bridges: detection time from the hang to the watchdog's kill.
         hung = [t for t in tids if t not in sample][:args.hangs]
@@ -226,9 +240,10 @@ async def bench(args: argparse.Namespace) -> None:
                        10 * settings.heartbeat_interval_s)
         detect = [w - t0 for t in hung if (w := rec.first_after(t, t0, "backoff", "heartbeat_timeout"))]
         hb = settings.heartbeat_interval_s
-        print(f"hung bridge detected and killed ({len(detect)}/{len(hung)}): p50 {pct(detect, 0.5):.2f}s "
-              f"max {max(detect):.2f}s  (heartbeat {hb}s: rule is silent > {2 * hb:.0f}s since the last beat, "
-              f"so {hb:.0f}-{2 * hb:.0f}s after the hang)", flush=True)
+        if detect:  # --hangs 0 skips this part
+            print(f"hung bridge detected and killed ({len(detect)}/{len(hung)}): p50 {pct(detect, 0.5):.2f}s "
+                  f"max {max(detect):.2f}s  (heartbeat {hb:g}s: rule is silent > {2 * hb:g}s since the "
+                  f"last beat, so {hb:g}-{2 * hb:g}s after the hang)", flush=True)
         await all_ready(sup, rec, hung, 30)
 
         t0 = time.monotonic()

@@ -88,6 +88,8 @@ function encode(obj) {
     return JSON.stringify(obj) + '\n';
 }
 
+// Key order matters: the control plane recognises a heartbeat by the line's first bytes,
+// {"event":"heartbeat", (HEARTBEAT_PREFIX in control_plane/bridge/protocol.py), without decoding it.
 function event(name, data) {
     return { event: name, ts: Date.now(), data: data || {} };
 }

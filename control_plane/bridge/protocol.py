@@ -17,10 +17,15 @@ Errors::
      +-- BridgeTimeout         one request got no answer within its timeout
      +-- BridgeCommandFailed   the bridge answered ok:false (.code, .message)
 
+Heartbeats: an idle session says nothing but ``heartbeat`` lines, so their cost is the control
+plane's idle cost. ``BridgeStdoutProtocol`` hands each pipe read to ``BridgeConnection.feed_data``
+inside the transport's callback (one event-loop callback per read, nothing scheduled), and with an
+``on_heartbeat`` callback a line starting with ``HEARTBEAT_PREFIX`` is recognised without decoding.
+
 Long lines: media arrives base64-encoded inside ``message`` events, so lines can be megabytes.
-``BridgeConnection.read_loop`` splits lines itself (it reads chunks, never ``readline``), so it does
-not depend on the StreamReader's ``limit``; lines longer than ``max_line_bytes`` (default
-``MAX_LINE_BYTES``, 16 MiB) are dropped with a log line. Spawners may still pass
+``BridgeConnection`` splits lines itself (``feed_data`` takes chunks; ``read_loop`` never calls
+``readline``), so it does not depend on a StreamReader's ``limit``; lines longer than
+``max_line_bytes`` (default ``MAX_LINE_BYTES``, 16 MiB) are dropped with a log line. Spawners may still pass
 ``limit=STREAM_LIMIT_BYTES`` to ``create_subprocess_exec`` for other readers of the same pipe.
 """
 
@@ -39,6 +44,9 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 16 * 1024 * 1024
 STREAM_LIMIT_BYTES = MAX_LINE_BYTES
 READ_CHUNK_BYTES = 256 * 1024
+# The bridge writes every event as {"event": ..., "ts": ..., "data": ...} in that order, compact
+# (PROTOCOL.md), so a heartbeat line starts with these bytes and needs no JSON decoding to be seen.
+HEARTBEAT_PREFIX = b'{"event":"heartbeat",'
 
 # --- events (stdout) ---
 EVENT_HELLO = "hello"
@@ -240,17 +248,23 @@ def decode_line(line: bytes) -> Message:
 class BridgeConnection:
     """Requests and events over one bridge's pipes.
 
-    ``read_loop`` must run (as a task owned by the caller) for requests to get answers. It returns
-    at end of stream, after failing every pending request with one shared ``BridgeClosed``.
-    ``on_event`` is called synchronously for each event, in order; exceptions it raises are logged.
+    Its stdout comes in one of two ways: ``read_loop`` (a task owned by the caller, reading a
+    StreamReader), or ``feed_data`` / ``feed_eof`` called by a ``BridgeStdoutProtocol`` right in
+    the pipe's read callback, which costs no task, future or StreamReader per line -- what the
+    supervisor uses, since an idle session is one heartbeat line every few seconds. Either must be
+    in place for requests to get answers; at end of stream every pending request fails with one
+    shared ``BridgeClosed``. ``on_event`` is called synchronously for each event, in order;
+    exceptions it raises are logged. With ``on_heartbeat``, heartbeat lines are not decoded:
+    ``on_heartbeat()`` is called instead of ``on_event`` (see ``HEARTBEAT_PREFIX``).
     """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
+        reader: asyncio.StreamReader | None,
         writer: asyncio.StreamWriter | None,
         on_event: Callable[[BridgeEvent], None],
         *,
+        on_heartbeat: Callable[[], None] | None = None,
         default_timeout_s: float = 10.0,
         max_line_bytes: int = MAX_LINE_BYTES,
         log_context: str = "",
@@ -258,6 +272,10 @@ class BridgeConnection:
         self._reader = reader
         self._writer = writer
         self._on_event = on_event
+        self._on_heartbeat = on_heartbeat
+        self._buf = bytearray()
+        self._scan_from = 0
+        self._discarding = False
         self._default_timeout_s = default_timeout_s
         self._max_line_bytes = max_line_bytes
         self._log_context = log_context
@@ -309,38 +327,17 @@ class BridgeConnection:
             self._writer.close()
 
     async def read_loop(self) -> None:
-        """Reads until end of stream, dispatching responses and events; then fails what is pending."""
+        """Reads the StreamReader until end of stream, dispatching responses and events; then fails
+        what is pending. (The supervisor feeds the pipe through ``BridgeStdoutProtocol`` instead.)"""
+        if self._reader is None:
+            raise RuntimeError("read_loop needs a reader; this connection is fed by feed_data()")
         reason = "bridge stdout closed"
         try:
-            buf = bytearray()
-            scan_from = 0
-            discarding = False
             while True:
                 chunk = await self._reader.read(READ_CHUNK_BYTES)
                 if not chunk:
                     break
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n", scan_from)
-                    if nl < 0:
-                        scan_from = len(buf)
-                        if len(buf) > self._max_line_bytes:
-                            if not discarding:
-                                logger.error("%sline over %d bytes dropped", self._log_context, self._max_line_bytes)
-                            discarding = True
-                            buf.clear()
-                            scan_from = 0
-                        break
-                    line = bytes(buf[:nl])
-                    del buf[: nl + 1]
-                    scan_from = 0
-                    if discarding:  # the tail of an over-long line
-                        discarding = False
-                        continue
-                    if len(line) > self._max_line_bytes:
-                        logger.error("%sline over %d bytes dropped", self._log_context, self._max_line_bytes)
-                        continue
-                    self._handle_line(line)
+                self.feed_data(chunk)
         except asyncio.CancelledError:
             self._fail_pending(BridgeClosed("read loop cancelled"))
             raise
@@ -349,7 +346,58 @@ class BridgeConnection:
             logger.exception("%sread loop failed", self._log_context)
         self._fail_pending(BridgeClosed(reason))
 
+    def feed_data(self, data: bytes) -> None:
+        """Handles the complete lines in ``data`` (a chunk of stdout) at once, in order, and keeps a
+        partial last line for the next chunk. Synchronous: no task, no future per line."""
+        buf = self._buf
+        if not buf and not self._discarding and data[-1:] == b"\n":
+            # The common case: whole lines, usually one heartbeat. No copy into the buffer.
+            if data.find(b"\n") == len(data) - 1 and len(data) <= self._max_line_bytes:
+                self._handle_line(data[:-1])
+                return
+            for line in data[:-1].split(b"\n"):
+                if len(line) > self._max_line_bytes:
+                    logger.error("%sline over %d bytes dropped", self._log_context, self._max_line_bytes)
+                    continue
+                self._handle_line(line)
+            return
+        buf += data
+        while True:
+            nl = buf.find(b"\n", self._scan_from)
+            if nl < 0:
+                self._scan_from = len(buf)
+                if len(buf) > self._max_line_bytes:
+                    if not self._discarding:
+                        logger.error("%sline over %d bytes dropped", self._log_context, self._max_line_bytes)
+                    self._discarding = True
+                    buf.clear()
+                    self._scan_from = 0
+                return
+            line = bytes(buf[:nl])
+            del buf[: nl + 1]
+            self._scan_from = 0
+            if self._discarding:  # the tail of an over-long line
+                self._discarding = False
+                continue
+            if len(line) > self._max_line_bytes:
+                logger.error("%sline over %d bytes dropped", self._log_context, self._max_line_bytes)
+                continue
+            self._handle_line(line)
+
+    def feed_eof(self, reason: str = "bridge stdout closed") -> None:
+        """End of stream: every pending request fails with one ``BridgeClosed``."""
+        self._buf.clear()
+        self._fail_pending(BridgeClosed(reason))
+
     def _handle_line(self, line: bytes) -> None:
+        # Heartbeat fast path: the bridge writes ``{"event":"heartbeat",...`` first on the line
+        # (PROTOCOL.md), and a listener that only needs "it is alive" gets no decoding at all.
+        if self._on_heartbeat is not None and line.startswith(HEARTBEAT_PREFIX):
+            try:
+                self._on_heartbeat()
+            except Exception:
+                logger.exception("%son_heartbeat failed", self._log_context)
+            return
         if not line.strip():
             return
         try:
@@ -393,3 +441,31 @@ class BridgeConnection:
                 # Retrieved by request(); mark it so an abandoned future does not warn.
                 future.exception()
         self._pending.clear()
+
+
+class BridgeStdoutProtocol(asyncio.Protocol):
+    """Feeds a bridge's stdout pipe straight into its ``BridgeConnection`` (for
+    ``loop.connect_read_pipe``): each read is handled inside the transport's callback. ``closed``
+    resolves once the pipe is at its end (and the connection has failed what was pending)."""
+
+    def __init__(self, conn: BridgeConnection) -> None:
+        self._conn = conn
+        self.transport: asyncio.BaseTransport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._conn.feed_data(data)
+        except Exception:  # never let one bad chunk tear the pipe down
+            logger.exception("%sfailed to handle bridge output", self._conn._log_context)
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes itself; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.feed_eof("bridge stdout closed" if exc is None else f"bridge stdout failed: {exc!r}")
+        if not self.closed.done():
+            self.closed.set_result(None)

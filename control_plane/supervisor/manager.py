@@ -10,8 +10,8 @@ Lifecycle (``startup`` / ``close``, driven by the app's cleanup context):
   back exactly the sessions that should run.
 
 Background tasks, all owned here and cancelled in ``close``: the boot task, the memory check, the
-state writer, the message dispatcher, and one runner per tenant with a bridge (whose watchdog timer
--- heartbeats, start timeout, QR lifetime -- lives and dies with its child).
+watchdog sweep (heartbeats, start timeout, QR lifetime of every live bridge), the state writer, the
+message dispatcher, and one runner per tenant with a bridge.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +45,7 @@ COMMAND_TIMEOUT_S = 10.0
 SHUTDOWN_MARGIN_S = 3.0
 MESSAGE_BACKLOG = 10_000  # bridge messages kept while no listener is registered yet
 DRIVERS = ("scripted", "wwebjs")
+WATCHDOG_PERIOD_MAX_S = 0.5
 
 MessageListener = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
@@ -71,6 +73,10 @@ class Supervisor:
         self.events: EventPublisher = events or LogPublisher()
         self.sessions_dir = paths.sessions_root(settings.sessions_dir)
         self.start_timeout_s = max(15.0, 3 * settings.heartbeat_interval_s)
+        # One sweep looks at every live bridge this often; a deadline that falls between two sweeps
+        # (a bridge about to be silent for two intervals) gets a one-shot timer of its own.
+        self.watchdog_period_s = min(WATCHDOG_PERIOD_MAX_S, settings.heartbeat_interval_s / 10)
+        self._watched: dict[str, TenantSession] = {}
         self.is_running = False
         self.closing = False
         self._sessions: dict[str, TenantSession] = {}
@@ -108,7 +114,8 @@ class Supervisor:
             to_start = await sessions_db.list_sessions_to_start(conn) if boot else []
         self._tasks = [asyncio.create_task(self._writer(), name="supervisor-writer"),
                        asyncio.create_task(self._dispatcher(), name="supervisor-messages"),
-                       asyncio.create_task(self._memory_loop(), name="supervisor-memory")]
+                       asyncio.create_task(self._memory_loop(), name="supervisor-memory"),
+                       asyncio.create_task(self._watchdog_loop(), name="supervisor-watchdog")]
         self.is_running = True
         self._boot_task = asyncio.create_task(self._boot(to_start), name="supervisor-boot")
         log.info("supervisor up: %d session(s) to bring back, sessions in %s", len(to_start), root)
@@ -437,6 +444,35 @@ class Supervisor:
                     log.exception("message listener failed on %s tenant=%s", name, tenant_id)
 
     # ------------------------------------------------------------------ watchdogs
+    def watch(self, session: TenantSession) -> None:
+        """From spawn to exit, the session's bridge is checked by the watchdog sweep."""
+        self._watched[session.tenant_id] = session
+
+    def unwatch(self, session: TenantSession) -> None:
+        if self._watched.get(session.tenant_id) is session:
+            del self._watched[session.tenant_id]
+
+    async def _watchdog_loop(self) -> None:
+        """Heartbeat watchdog, start timeout and QR lifetime of every live bridge, in one sweep per
+        ``watchdog_period_s`` (heartbeats only stamp ``last_seen``; see TenantSession.sweep)."""
+        period = self.watchdog_period_s
+        while True:
+            await asyncio.sleep(period)
+            if not self._watched:
+                continue
+            now, wall_ms = time.monotonic(), time.time() * 1000
+            next_sweep = now + period
+            # Heard from since then and ready: no deadline before the next sweep (the common case,
+            # decided without a call).
+            quiet_since = next_sweep - 2 * self.settings.heartbeat_interval_s
+            for session in list(self._watched.values()):
+                if session.last_seen > quiet_since and session.machine.state is S.READY:
+                    continue
+                try:
+                    session.sweep(now, wall_ms, next_sweep)
+                except Exception:
+                    log.exception("watchdog check failed tenant=%s", session.tenant_id)
+
     async def _memory_loop(self) -> None:
         limit = self.settings.memory_limit_mb * 1024 * 1024
         while True:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from control_plane.bridge.protocol import BridgeConnection, BridgeEvent
+from control_plane.bridge.protocol import BridgeConnection, BridgeEvent, BridgeStdoutProtocol
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class BridgeProcess:
         self.log_context = log_context
         self.conn: BridgeConnection | None = None
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._tasks: list[asyncio.Task] = []
+        self._pipes: list[tuple[asyncio.BaseTransport, asyncio.Future[None]]] = []  # stdout, stderr
         self._pidfd: int | None = None
         self._poll_task: asyncio.Task | None = None
 
@@ -62,7 +62,8 @@ class BridgeProcess:
     @classmethod
     async def spawn(cls, argv: list[str], *, cwd: Path, env: dict[str, str],
                     on_event: Callable[[BridgeEvent], None], on_stderr: Callable[[str], None],
-                    log_context: str, default_timeout_s: float = 10.0) -> BridgeProcess:
+                    log_context: str, default_timeout_s: float = 10.0,
+                    on_heartbeat: Callable[[], None] | None = None) -> BridgeProcess:
         # Popen (vfork+exec, ~1 ms) rather than asyncio's subprocess: exit is watched through a pidfd
         # below, so there is no child watcher and no thread per child.
         popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE,  # noqa: ASYNC220
@@ -70,26 +71,28 @@ class BridgeProcess:
                                  close_fds=True)
         self = cls(popen, log_context=log_context)
         try:
-            await self._attach(on_event, on_stderr, default_timeout_s)
+            await self._attach(on_event, on_stderr, default_timeout_s, on_heartbeat)
         except BaseException:
             self.kill_group(signal.SIGKILL)
             await self.wait()
             raise
         return self
 
-    async def _attach(self, on_event, on_stderr, default_timeout_s: float) -> None:
+    async def _attach(self, on_event, on_stderr, default_timeout_s: float, on_heartbeat=None) -> None:
+        # Both output pipes are read by protocols called straight from the loop's read callback: no
+        # StreamReader, no reader task, no future per line (an idle bridge is a heartbeat line every
+        # few seconds, and that wake-up is the control plane's idle cost per tenant).
         loop = asyncio.get_running_loop()
         self._watch_exit(loop)
-        out = asyncio.StreamReader(limit=2 ** 20)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(out), self.popen.stdout)
-        err = asyncio.StreamReader(limit=2 ** 16)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(err), self.popen.stderr)
         transport, proto = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, self.popen.stdin)
         writer = asyncio.StreamWriter(transport, proto, None, loop)
-        self.conn = BridgeConnection(out, writer, on_event, default_timeout_s=default_timeout_s,
-                                     log_context=self.log_context)
-        self._tasks = [asyncio.create_task(self.conn.read_loop(), name=f"bridge-out-{self.pid}"),
-                       asyncio.create_task(self._read_stderr(err, on_stderr), name=f"bridge-err-{self.pid}")]
+        self.conn = BridgeConnection(None, writer, on_event, on_heartbeat=on_heartbeat,
+                                     default_timeout_s=default_timeout_s, log_context=self.log_context)
+        conn = self.conn
+        out_t, out_p = await loop.connect_read_pipe(lambda: BridgeStdoutProtocol(conn), self.popen.stdout)
+        self._pipes.append((out_t, out_p.closed))
+        err_t, err_p = await loop.connect_read_pipe(lambda: StderrLines(on_stderr), self.popen.stderr)
+        self._pipes.append((err_t, err_p.closed))
 
     def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -120,20 +123,6 @@ class BridgeProcess:
         self.popen.returncode = code  # so Popen does not think it still runs
         if not self._exit.done():
             self._exit.set_result(code)
-
-    async def _read_stderr(self, reader: asyncio.StreamReader, on_stderr: Callable[[str], None]) -> None:
-        buf = b""
-        while chunk := await reader.read(65536):
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            if len(buf) > STDERR_LINE_MAX:
-                lines.append(buf)
-                buf = b""
-            for line in lines:
-                if line.strip():
-                    on_stderr(line[:STDERR_LINE_MAX].decode("utf-8", "replace"))
-        if buf.strip():
-            on_stderr(buf[:STDERR_LINE_MAX].decode("utf-8", "replace"))
 
     # -- state --
     @property
@@ -175,14 +164,15 @@ class BridgeProcess:
         return code
 
     async def _drain(self) -> None:
-        """After exit: let the pipes finish (bounded: a detached grandchild may hold them)."""
-        pending = [t for t in self._tasks if not t.done()]
+        """After exit: let the pipes finish (bounded: a detached grandchild may hold them open;
+        those are then closed, which ends the connection with ``BridgeClosed``)."""
+        pending = [closed for _, closed in self._pipes if not closed.done()]
         if pending:
-            _, still = await asyncio.wait(pending, timeout=PIPE_DRAIN_S)
-            for task in still:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*still, return_exceptions=True)
+            await asyncio.wait(pending, timeout=PIPE_DRAIN_S)
+            for transport, closed in self._pipes:
+                if not closed.done():
+                    transport.close()
+            await asyncio.wait(pending, timeout=PIPE_DRAIN_S)
         if self.conn is not None:
             self.conn.close_writer()
 
@@ -214,6 +204,39 @@ class BridgeProcess:
             asyncio.get_running_loop().remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
+
+
+class StderrLines(asyncio.Protocol):
+    """The bridge's stderr (its log), line by line to ``on_line``, long lines cut at STDERR_LINE_MAX."""
+
+    def __init__(self, on_line: Callable[[str], None]) -> None:
+        self._on_line = on_line
+        self._buf = b""
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self._buf = (self._buf + data).split(b"\n")
+        if len(self._buf) > STDERR_LINE_MAX:
+            lines.append(self._buf)
+            self._buf = b""
+        for line in lines:
+            self._emit(line)
+
+    def _emit(self, line: bytes) -> None:
+        if line.strip():
+            try:
+                self._on_line(line[:STDERR_LINE_MAX].decode("utf-8", "replace"))
+            except Exception:
+                log.exception("stderr handler failed")
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._emit(self._buf)
+        self._buf = b""
+        if not self.closed.done():
+            self.closed.set_result(None)
 
 
 def bridge_env(*, tmpdir: Path, chrome_path: str, base: dict[str, str] | None = None) -> dict[str, str]:

@@ -100,7 +100,7 @@ class TenantSession:
         self._action: Action | None = None
         self._acting = False
         self._wake = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # only when a deadline falls between two sweeps
         self._reset_run()
 
     def _reset_run(self) -> None:
@@ -231,7 +231,7 @@ class TenantSession:
                 sup.bridge_argv(self.tenant_id, folder, self.driver), cwd=folder,
                 env=bridge_env(tmpdir=folder / paths.TMP_DIR_NAME, chrome_path=sup.settings.chrome_path),
                 on_event=lambda ev: self._on_event(gen, ev), on_stderr=self._on_stderr,
-                log_context=f"tenant={self.tenant_id} ")
+                on_heartbeat=lambda: self._on_heartbeat(gen), log_context=f"tenant={self.tenant_id} ")
         except OSError as exc:
             log.error("cannot spawn the bridge tenant=%s: %s", self.tenant_id, exc)
             self.fatal_code = "spawn_failed"
@@ -350,6 +350,11 @@ class TenantSession:
         else:
             log.debug("bridge: %s", line)
 
+    def _on_heartbeat(self, gen: int) -> None:
+        """A heartbeat line (not decoded: only "it is alive" matters here)."""
+        if gen == self._gen:
+            self.last_seen = time.monotonic()
+
     def _on_event(self, gen: int, ev: BridgeEvent) -> None:
         if gen != self._gen:
             return
@@ -383,7 +388,6 @@ class TenantSession:
         if new is not S.QR:
             self.current_qr = None
         self._change(new, data.get("reason"))
-        self._arm()  # deadlines depend on the state (start timeout vs heartbeats, QR lifetime)
 
     def _ev_qr(self, data: dict[str, Any]) -> None:
         attempt = int(data.get("attempt") or 0)
@@ -396,7 +400,6 @@ class TenantSession:
                            "expires_at_ms": expires_ms}
         if self.first_qr_at is None:
             self.first_qr_at = time.monotonic()
-        self._arm()
         self.sup.publish(self.tenant_id, "session.qr", {"qr": data.get("qr"), "attempt": attempt,
                                                         "expires_at": expires_at})
 
@@ -416,25 +419,25 @@ class TenantSession:
     def _ev_message_ack(self, data: dict[str, Any]) -> None:
         self.sup.dispatch_message(self.tenant_id, protocol.EVENT_MESSAGE_ACK, data)
 
-    # -- the watchdog: one timer per live bridge, armed at its next deadline --
-    # Heartbeats only move ``last_seen``; the timer fires at the earliest deadline computed when it
-    # was armed, re-checks against the latest ``last_seen`` and re-arms. So an idle healthy session
-    # costs about one callback per two heartbeat intervals, with no polling of every session.
-    def _arm(self, at: float | None = None) -> None:
-        self._disarm()
-        proc = self.proc
-        if proc is None or proc.exited:
-            return
-        loop = asyncio.get_running_loop()  # loop.time() is time.monotonic()
-        self._timer = loop.call_at(max(at if at is not None else self._next_deadline(), loop.time() + 0.005),
-                                   self._on_timer)
+    # -- the watchdog --
+    # Heartbeats only move ``last_seen``. The supervisor's one watchdog sweep looks at every watched
+    # session each ``Supervisor.watchdog_period_s`` (a tenth of a heartbeat interval): a healthy
+    # session is passed over at a glance, and only one whose deadline (``next_deadline``) falls
+    # before the next sweep gets a one-shot timer at that deadline -- so a hung bridge is still
+    # killed as soon as it has been silent for two intervals, while an idle healthy session costs no
+    # timer and no wake-up of its own.
+    def _arm(self) -> None:
+        if self.proc is not None and not self.proc.exited:
+            self.sup.watch(self)
 
     def _disarm(self) -> None:
+        self.sup.unwatch(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _next_deadline(self) -> float:
+    def next_deadline(self, wall_ms: float) -> float:
+        """When ``check`` would next act, judged on what the bridge last said (monotonic seconds)."""
         settings = self.sup.settings
         if self.state is S.STARTING:
             deadline = self.last_seen + self.sup.start_timeout_s
@@ -444,16 +447,21 @@ class TenantSession:
             deadline = min(deadline, self.first_qr_at + settings.qr_ttl_s)
             qr = self.current_qr
             if qr is not None and qr["attempt"] >= settings.qr_max_cycles:
-                deadline = min(deadline, time.monotonic() + (qr["expires_at_ms"] - time.time() * 1000) / 1000)
+                deadline = min(deadline, time.monotonic() + (qr["expires_at_ms"] - wall_ms) / 1000)
         return deadline + 0.001
+
+    def sweep(self, now: float, wall_ms: float, next_sweep: float) -> None:
+        """Called by the watchdog sweep: acts if a deadline has passed, or times the one that falls
+        before the next sweep precisely."""
+        deadline = self.next_deadline(wall_ms)
+        if deadline <= now:
+            self.check(now, wall_ms)
+        elif deadline < next_sweep and self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._acting or self._action is not None:  # busy: look again a little later
-            self._arm(time.monotonic() + min(1.0, self.sup.settings.heartbeat_interval_s / 2))
-            return
-        self.check(time.monotonic(), time.time() * 1000)
-        self._arm()
+        self.check(time.monotonic(), time.time() * 1000)  # a heartbeat since then: nothing to do
 
     def check(self, now: float, wall_ms: float) -> None:
         """Heartbeat watchdog (silent for two intervals), start timeout and QR lifetime."""

@@ -180,6 +180,30 @@ async def test_heartbeats_count_up(spawn_bridge):
     assert all(e.data["rss_bytes"] > 10_000_000 for e in beats)
 
 
+async def test_heartbeat_lines_start_with_the_prefix_the_control_plane_matches(sessions_root):
+    """The supervisor recognises heartbeats by their first bytes without decoding them
+    (protocol.HEARTBEAT_PREFIX): the bridge must write exactly that, every time."""
+    proc = await asyncio.create_subprocess_exec(
+        NODE, str(MAIN_JS), "--tenant", "hb", "--session-dir", str(sessions_root / "hb"),
+        "--driver", "scripted", "--heartbeat-ms", "20",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    beats = []
+    try:
+        while len(beats) < 5:
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            assert line, "the bridge ended early"
+            if json.loads(line).get("event") == p.EVENT_HEARTBEAT:
+                beats.append(line)
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert all(line.startswith(p.HEARTBEAT_PREFIX) for line in beats), beats[0]
+    assert all(json.loads(line)["data"]["seq"] == i for i, line in enumerate(beats, 1))
+
+
 async def test_leak_grows_rss(spawn_bridge):
     b = await spawn_bridge(heartbeat_ms=100)
     first = await b.wait_event(p.EVENT_HEARTBEAT)

@@ -138,6 +138,8 @@ async def test_hung_bridge_killed_within_two_heartbeats_and_restarted(make_super
     await ready_session(sup, pub, tid)
     old = sup.pid(tid)
     n = len(pub.of(tid))
+    await asyncio.sleep(3 * 0.3)
+    assert sup._sessions[tid]._timer is None  # healthy: only the shared sweep looks at it, no timer
     await sup.sandbox(tid, "hang", {})
     last_beat = sup._sessions[tid].last_seen  # the last thing the bridge said before it hung
     killed_at: list[float] = []
@@ -184,6 +186,7 @@ async def test_stop_leaves_no_process_of_the_tenant(make_supervisor, new_tenant,
     assert persisted["desired_state"] == "stopped" and persisted["state"] == "stopped" and persisted["pid"] is None
     assert pub.states(tid)[-2:] == ["stopping", "stopped"]
     assert sup.is_ready(other)  # the neighbour is untouched
+    assert set(sup._watched) == {other}  # the watchdog sweep only looks at live bridges
     with pytest.raises(SessionNotReady):
         await sup.sandbox(tid, "scan", {})
 
