@@ -229,6 +229,12 @@ class Bridge {
         this.stdoutBroken = false;
         this.driver = null;
         this.heartbeatTimer = null;
+        // Messages sent from this account (typed on the phone, or our own sends echoed back by
+        // message_create): see ownMessage().
+        this.sending = new Set(); // send commands in flight (promises)
+        this.sentIds = new Map(); // ids of messages this bridge sent (most recent SENT_IDS_MAX)
+        this.heldAcks = new Map(); // own message id -> acks held until its message event is out
+        this.ownChain = Promise.resolve(); // keeps own-message events in the order they were created
     }
 
     // -- output --
@@ -303,8 +309,70 @@ class Bridge {
                 }
                 return;
             }
+            case EVENTS.MESSAGE_ACK: {
+                const held = data && this.heldAcks.get(data.id);
+                if (held) held.push(data);
+                else this.sendEvent(name, data);
+                return;
+            }
             default:
                 this.sendEvent(name, data);
+        }
+    }
+
+    // A message created by this account (wwebjs `message_create` with fromMe): typed on the phone,
+    // or one of our own sends coming back. `dataPromise` resolves to the `message` event's data (or
+    // null to drop it). The event waits until every send in flight when it appeared has been
+    // answered (whatsapp-web.js fires message_create before sendMessage resolves), then is dropped
+    // if its id is one we sent: the control plane already has that message under that id. Only
+    // phone-typed messages are reported, after the send responses, and always before their acks.
+    ownMessage(id, dataPromise) {
+        if (typeof id !== 'string' || !id || this.heldAcks.has(id)) return;
+        if (this.sentIds.has(id)) return; // our own send, already answered
+        this.heldAcks.set(id, []);
+        const inFlight = [...this.sending];
+        const ready = Promise.all([
+            Promise.resolve(dataPromise).catch((err) => {
+                log('error', 'own message %s: %s', id, describeError(err));
+                return null;
+            }),
+            inFlight.length ? settledWithin(inFlight, OWN_MESSAGE_HOLD_MS) : null,
+        ]);
+        this.ownChain = this.ownChain
+            .then(() => ready)
+            .then(([data]) => new Promise((resolve) => setImmediate(() => resolve(data)))) // responses first
+            .then((data) => {
+                if (data && !this.sentIds.has(id) && !this.exiting && !this.hung) {
+                    this.sendEvent(EVENTS.MESSAGE, { ...data, from_me: true });
+                }
+                this.releaseAcks(id);
+            })
+            .catch((err) => log('error', 'own message %s: %s', id, describeError(err)));
+    }
+
+    releaseAcks(id) {
+        const acks = this.heldAcks.get(id);
+        if (!acks) return;
+        this.heldAcks.delete(id);
+        if (this.exiting || this.hung) return;
+        for (const ack of acks) this.sendEvent(EVENTS.MESSAGE_ACK, ack);
+    }
+
+    // The driver's send, tracked so that its message_create echo can be recognised (ownMessage).
+    async trackedSend(msg) {
+        const p = Promise.resolve().then(() => this.driver.send(msg));
+        this.sending.add(p);
+        try {
+            const result = await p;
+            if (result && typeof result.id === 'string') {
+                this.sentIds.set(result.id, true);
+                if (this.sentIds.size > SENT_IDS_MAX) this.sentIds.delete(this.sentIds.keys().next().value);
+                // Its echo is waiting (for other sends too): its acks need not, once the response is out.
+                if (this.heldAcks.has(result.id)) setImmediate(() => this.releaseAcks(result.id));
+            }
+            return result;
+        } finally {
+            this.sending.delete(p);
         }
     }
 
@@ -353,6 +421,7 @@ class Bridge {
             opts: o,
             log,
             emit: (name, data) => this.driverEvent(name, data),
+            ownMessage: (id, dataPromise) => this.ownMessage(id, dataPromise),
             setBrowser: (pid, dir) => this.setBrowser(pid, dir),
             fatal: (code, message, exitCode) => this.fatal(code, message, exitCode),
             hang: () => this.hang(),
@@ -463,7 +532,7 @@ class Bridge {
             case COMMANDS.SEND: {
                 const msg = normalizeSend(args);
                 this.requireReady();
-                return this.driver.send(msg);
+                return this.trackedSend(msg);
             }
             case COMMANDS.MARK_READ: {
                 const { chatId } = normalizeChatId(args.chat_id, 'chat_id');
@@ -517,6 +586,19 @@ class Bridge {
         }
         return s;
     }
+}
+
+// Own messages wait at most this long for the sends in flight when they appeared (longer than the
+// control plane's send timeout, 60 s: a send still unanswered then is no longer awaited there).
+const OWN_MESSAGE_HOLD_MS = 90000;
+const SENT_IDS_MAX = 10000;
+
+function settledWithin(promises, ms) {
+    let timer;
+    const timeout = new Promise((resolve) => {
+        timer = setTimeout(resolve, ms);
+    });
+    return Promise.race([Promise.allSettled(promises), timeout]).finally(() => clearTimeout(timer));
 }
 
 // Chromium binds $TMPDIR/.org.chromium.Chromium.XXXXXX/SingletonSocket, a unix socket whose path

@@ -35,6 +35,7 @@ const COMMANDS = Object.freeze({
     SANDBOX_HANG: 'sandbox.hang',
     SANDBOX_LEAK: 'sandbox.leak',
     SANDBOX_LOGOUT: 'sandbox.logout',
+    SANDBOX_OUTGOING: 'sandbox.outgoing',
 });
 
 const STATES = Object.freeze({

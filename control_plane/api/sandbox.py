@@ -1,5 +1,6 @@
 """``/api/sandbox/...``: sandbox tenants play the phone's side of their scripted session: scan the QR,
-receive a message from a contact, deliver/read acks, disconnect, crash, hang, leak memory.
+receive a message from a contact, send one from the phone itself (``outgoing``), deliver/read acks,
+disconnect, crash, hang, leak memory.
 
 Statuses: 403 ``not_sandbox`` (the tenant is not a sandbox tenant), 409 ``session_not_ready`` (no
 session runs), ``bridge_invalid_state`` (e.g. scan while no QR shows) or ``supervisor_disabled``,
@@ -66,6 +67,24 @@ class Incoming(RequestModel):
         return self
 
 
+MessageType = Literal["chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location"]
+
+
+class Outgoing(RequestModel):
+    to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us)")
+    text: str | None = Field(default=None, min_length=1, max_length=65536)
+    type: MessageType | None = None
+    media: Media | None = None
+    location: Location | None = None
+    quoted_id: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Outgoing:
+        if self.text is None and self.media is None and self.location is None:
+            raise ValueError("give text, media or location")
+        return self
+
+
 class Ack(RequestModel):
     id: str = Field(min_length=1, max_length=200, description="Message id from a send or an incoming message")
     ack: int | None = Field(default=None, ge=-1, le=4, description="-1 error, 0 pending, 1 sent, 2 delivered, "
@@ -111,6 +130,14 @@ async def scan(request: web.Request) -> SandboxResult:
               errors=ERRORS, summary="A contact sends a message to this session (returns its id)")
 async def incoming(request: web.Request, body: Incoming) -> SandboxResult:
     return await _sandbox(request, "incoming", body.model_dump(by_alias=True, exclude_none=True))
+
+
+@router.route("POST", "/api/sandbox/outgoing", auth="tenant", tags=TAGS, body=Outgoing,
+              response=SandboxResult, errors=ERRORS,
+              summary="Someone types a message to a contact on the phone itself (returns its id); it is "
+              "reported as message.sent with origin phone")
+async def outgoing(request: web.Request, body: Outgoing) -> SandboxResult:
+    return await _sandbox(request, "outgoing", body.model_dump(exclude_none=True))
 
 
 @router.route("POST", "/api/sandbox/ack", auth="tenant", tags=TAGS, body=Ack, response=SandboxResult,

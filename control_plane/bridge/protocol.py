@@ -93,6 +93,7 @@ CMD_SANDBOX_CRASH = "sandbox.crash"
 CMD_SANDBOX_HANG = "sandbox.hang"
 CMD_SANDBOX_LEAK = "sandbox.leak"
 CMD_SANDBOX_LOGOUT = "sandbox.logout"
+CMD_SANDBOX_OUTGOING = "sandbox.outgoing"
 SANDBOX_COMMAND_NAMES = frozenset(
     {
         CMD_SANDBOX_SCAN,
@@ -103,6 +104,7 @@ SANDBOX_COMMAND_NAMES = frozenset(
         CMD_SANDBOX_HANG,
         CMD_SANDBOX_LEAK,
         CMD_SANDBOX_LOGOUT,
+        CMD_SANDBOX_OUTGOING,
     }
 )
 COMMAND_NAMES = frozenset(

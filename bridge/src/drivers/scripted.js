@@ -47,6 +47,7 @@ class ScriptedDriver {
             'sandbox.hang': this.hang,
             'sandbox.leak': this.leak,
             'sandbox.logout': this.phoneLogout,
+            'sandbox.outgoing': this.outgoing,
         };
     }
 
@@ -119,6 +120,11 @@ class ScriptedDriver {
         }
         const id = `true_${msg.chatId}_${randomHex(10)}`;
         this.sent.set(id, msg.chatId);
+        // whatsapp-web.js fires message_create for our own sends too, before sendMessage resolves:
+        // the bridge must recognise the echo and drop it (Bridge.ownMessage).
+        const echoType = msg.type === 'text' ? 'chat' : msg.type;
+        const echo = this.ownMessageData(id, msg.chatId, echoType, msg.text || '');
+        this.ctx.ownMessage(id, Promise.resolve(echo));
         this.later(30, () => this.emit(EVENTS.MESSAGE_ACK, { id, to: msg.chatId, ack: 1, status: ackStatus(1) }));
         return { id, timestamp: Math.floor(Date.now() / 1000) };
     }
@@ -145,9 +151,10 @@ class ScriptedDriver {
         return {};
     }
 
-    async incoming(args, { normalizeChatId, normalizeMedia, normalizeLocation }) {
+    // Builds a `message` event's data from sandbox arguments (sandbox.incoming / sandbox.outgoing).
+    buildMessage(args, { normalizeChatId, normalizeMedia, normalizeLocation }, { field, fromMe }) {
         this.requireReady();
-        const { chatId } = normalizeChatId(args.from, 'from');
+        const { chatId } = normalizeChatId(args[field], field);
         const media = args.media ? normalizeMedia(args.media) : null;
         const location = args.location ? normalizeLocation(args.location) : null;
         let type = args.type || (location ? 'location' : media ? 'image' : 'chat');
@@ -156,18 +163,20 @@ class ScriptedDriver {
         if (type === 'chat' && (typeof args.text !== 'string' || !args.text)) {
             throw new CommandError(E.BAD_REQUEST, '"text" is required for a chat message');
         }
-        const id = `false_${chatId}_${randomHex(10)}`;
-        const msg = {
+        const body = args.text || (location && location.description) || '';
+        const id = `${fromMe ? 'true' : 'false'}_${chatId}_${randomHex(10)}`;
+        const msg = fromMe ? this.ownMessageData(id, chatId, type, body) : {
             id,
             chat_id: chatId,
             from: chatId,
             to: this.wid,
             from_me: false,
             type,
-            body: args.text || (location && location.description) || '',
+            body,
             timestamp: Math.floor(Date.now() / 1000),
-            has_media: Boolean(media),
+            has_media: false,
         };
+        msg.has_media = Boolean(media);
         if (media) {
             msg.media = { mimetype: media.mimetype || 'application/octet-stream', filename: media.filename || null };
             if (media.base64 !== undefined) msg.media.data = media.base64;
@@ -176,9 +185,40 @@ class ScriptedDriver {
         }
         if (location) msg.location = location;
         if (args.quoted_id) msg.quoted_id = String(args.quoted_id);
-        if (args.notify_name) msg.notify_name = String(args.notify_name);
+        if (args.notify_name && !fromMe) msg.notify_name = String(args.notify_name);
+        return msg;
+    }
+
+    ownMessageData(id, chatId, type, body) {
+        return {
+            id,
+            chat_id: chatId,
+            from: this.wid,
+            to: chatId,
+            from_me: true,
+            type,
+            body,
+            timestamp: Math.floor(Date.now() / 1000),
+            has_media: false,
+        };
+    }
+
+    async incoming(args, helpers) {
+        const msg = this.buildMessage(args, helpers, { field: 'from', fromMe: false });
         this.emit(EVENTS.MESSAGE, msg);
-        return { id };
+        return { id: msg.id };
+    }
+
+    // The phone itself sends a message (typed on the phone): reported like wwebjs' message_create,
+    // then acked 1 (sent) ~30 ms later, like a send.
+    async outgoing(args, helpers) {
+        const msg = this.buildMessage(args, helpers, { field: 'to', fromMe: true });
+        this.sent.set(msg.id, msg.chat_id);
+        this.ctx.ownMessage(msg.id, Promise.resolve(msg));
+        this.later(30, () =>
+            this.emit(EVENTS.MESSAGE_ACK, { id: msg.id, to: msg.chat_id, ack: 1, status: ackStatus(1) }),
+        );
+        return { id: msg.id };
     }
 
     async ack(args) {

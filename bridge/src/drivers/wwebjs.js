@@ -125,9 +125,25 @@ class WwebjsDriver {
                 (err) => log('error', 'cannot normalize message %s: %s', msg.id && msg.id._serialized, err),
             );
         });
+        // message_create fires for every message created, ours included: the fromMe ones are typed on
+        // the phone, or our own sends coming back (the bridge drops those: Bridge.ownMessage).
+        client.on('message_create', (msg) => this.onMessageCreate(msg));
         client.on('message_ack', (msg, ack) => {
             emit(EVENTS.MESSAGE_ACK, { id: msg.id._serialized, to: msg.to, ack, status: ackStatus(ack) });
         });
+    }
+
+    onMessageCreate(msg) {
+        if (!msg || !msg.fromMe || !msg.id) return; // incoming ones are reported by 'message'
+        if (msg.to === 'status@broadcast' || msg.from === 'status@broadcast') return; // status posts
+        const id = msg.id._serialized;
+        this.ctx.ownMessage(
+            id,
+            this.normalize(msg).catch((err) => {
+                this.ctx.log('error', 'cannot normalize own message %s: %s', id, err);
+                return null;
+            }),
+        );
     }
 
     async normalize(msg) {
