@@ -108,6 +108,9 @@ class Supervisor:
         swept = await asyncio.to_thread(lambda: kill_process_groups(find_orphans(root)))
         if swept:
             log.warning("boot sweep: killed %d orphaned bridge/browser process(es) under %s", swept, root)
+        links = await asyncio.to_thread(paths.sweep_tmp_links)
+        if links:
+            log.info("boot sweep: removed %d dangling TMPDIR symlink(s) of deleted sessions", links)
         async with self._write() as conn:
             await sessions_db.mark_stale_states_stopped(conn)
         async with self.db.connect() as conn:

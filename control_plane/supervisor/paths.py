@@ -3,10 +3,18 @@
 Tenant ids are validated before they touch the filesystem, and every path is resolved (symlinks
 followed) and checked to lie strictly inside SESSIONS_DIR, so neither a crafted id nor a planted
 symlink can make the supervisor create, wipe or delete anything outside it.
+
+The one thing a session leaves outside its folder is the bridge's short TMPDIR symlink,
+``/tmp/wabridge-<sha256(<folder>/tmp)[:16]>`` -> ``<folder>/tmp`` (bridge/src/main.js, made only
+when ``<folder>/tmp`` is too long for Chromium's socket paths). Wiping or deleting the folder
+removes that link, only if it is a symlink pointing into the folder (it is never followed), and the
+boot sweep removes such links whose target is gone (``sweep_tmp_links``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import shutil
@@ -19,6 +27,11 @@ TMP_DIR_NAME = "tmp"
 # whatsapp-web.js LocalAuth keeps Chromium's profile at <dataPath>/session-<clientId>; the bridge
 # uses clientId "session".
 PROFILE_DIR_NAME = "session-session"
+# Where and how the bridge names its short TMPDIR symlinks (bridge/src/main.js, shortTmpDir).
+TMP_LINK_DIR = Path("/tmp")
+TMP_LINK_RE = re.compile(r"^wabridge-[0-9a-f]{16}\Z")
+
+log = logging.getLogger(__name__)
 
 
 class InvalidTenantId(errors.InvalidInput):
@@ -69,9 +82,62 @@ def inside(folder: Path, candidate: str | Path) -> bool:
         return False
 
 
+def tmp_link(folder: Path, link_dir: Path = TMP_LINK_DIR) -> Path:
+    """The name of the short TMPDIR symlink the bridge makes for the session folder ``folder``."""
+    tmp = os.path.join(str(folder), TMP_DIR_NAME)
+    return Path(link_dir) / f"wabridge-{hashlib.sha256(tmp.encode()).hexdigest()[:16]}"
+
+
+def remove_tmp_link(folder: Path, link_dir: Path = TMP_LINK_DIR) -> bool:
+    """Removes ``folder``'s TMPDIR symlink if there is one and it points into ``folder`` (by its text:
+    never followed). Anything else under that name is left alone. Returns whether it was removed."""
+    link = tmp_link(folder, link_dir)
+    try:
+        target = os.readlink(link)  # not a symlink / missing: OSError
+    except OSError:
+        return False
+    if not os.path.isabs(target) or not Path(os.path.normpath(target)).is_relative_to(folder):
+        log.warning("not removing %s: it points to %s, outside %s", link, target, folder)
+        return False
+    try:
+        link.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def sweep_tmp_links(link_dir: Path = TMP_LINK_DIR) -> int:
+    """Boot sweep: removes the bridge's TMPDIR symlinks (``wabridge-<16 hex>``, ours, pointing to a
+    ``.../tmp`` folder) whose target no longer exists. Returns how many were removed."""
+    removed = 0
+    uid = os.getuid()
+    try:
+        entries = list(os.scandir(link_dir))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not TMP_LINK_RE.match(entry.name):
+            continue
+        try:
+            if not entry.is_symlink() or entry.stat(follow_symlinks=False).st_uid != uid:
+                continue
+            target = os.readlink(entry.path)
+            if not os.path.isabs(target) or os.path.basename(os.path.normpath(target)) != TMP_DIR_NAME:
+                continue
+            if os.path.exists(entry.path):  # follows the link: the target is still there
+                continue
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def wipe_tenant_dir(sessions_dir: Path, tenant_id: str) -> None:
-    """Empties the tenant's folder (profile, saved auth, temp files) but keeps the folder."""
+    """Empties the tenant's folder (profile, saved auth, temp files) but keeps the folder; removes
+    its TMPDIR symlink (the next bridge makes it again)."""
     path = tenant_dir(sessions_dir, tenant_id)
+    remove_tmp_link(path)
     if not path.is_dir():
         return
     for entry in path.iterdir():
@@ -87,6 +153,7 @@ def remove_tenant_dir(sessions_dir: Path, tenant_id: str) -> bool:
     validate_tenant_id(tenant_id)
     root = sessions_root(sessions_dir)
     link = root / tenant_id
+    remove_tmp_link(link)
     if link.is_symlink():  # never follow it: drop the link itself
         link.unlink()
         return True
