@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa
 from aiohttp import web
 
+from control_plane.__main__ import _freeze_startup_objects
 from control_plane.app import create_app
 from control_plane.config import load_settings, normalize_database_url
 from control_plane.db import events as events_db
@@ -79,7 +80,8 @@ class Clients:
             share = self.tokens[i::self.procs]
             child = await asyncio.create_subprocess_exec(
                 "node", str(CLIENT_JS), self.url, json.dumps(share),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                limit=256 * 1024 * 1024)  # a full report lists every latency of the phase
             self.children.append(child)
         for child in self.children:
             line = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
@@ -109,6 +111,59 @@ class Clients:
             except TimeoutError:
                 child.kill()
                 await child.wait()
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every process, all cores)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK  # less idle and iowait
+
+
+def mariadb_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in ("mariadbd", "mysqld"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+class CpuMeter:
+    """Where the CPU went during one rate: this (server) process, the client processes, MariaDB,
+    and everything else on the machine (other work sharing the 2 cores skews every figure)."""
+
+    def __init__(self, clients: list[int]) -> None:
+        self.groups = {"clients": clients, "mariadb": mariadb_pids()}
+
+    def read(self) -> dict[str, float]:
+        now = {name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in self.groups.items()}
+        now["server"] = time.process_time()
+        now["machine"] = machine_busy_s()
+        now["wall"] = time.monotonic()
+        return now
+
+    @staticmethod
+    def per_event_us(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+        used = {k: after[k] - before[k] for k in before}
+        used["other"] = max(0.0, used["machine"] - used["server"] - used["clients"] - used["mariadb"])
+        out = {k: used[k] * 1e6 / max(events, 1) for k in ("server", "clients", "mariadb", "other")}
+        out["busy"] = used["machine"] / max(used["wall"], 1e-9) / (os.cpu_count() or 1)
+        return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -182,12 +237,13 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
                 duration_s: float, procs: int, phase0: int) -> list[dict]:
     clients = Clients(url, [t["key"] for t in tenants], procs)
     await clients.start()
+    meter = CpuMeter([child.pid for child in clients.children])
     rows: list[dict] = []
     fails = 0
     try:
         for i, rate in enumerate(rates):
             phase = phase0 + i
-            cpu0 = time.process_time()
+            cpu0 = meter.read()
             GC.take()
             sent, achieved, late_ms = await run_phase(publisher, [t["id"] for t in tenants], phase, rate,
                                                       duration_s)
@@ -196,18 +252,21 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
             while rep["count"] < sent and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
                 rep = await clients.report(phase)
-            cpu_us = (time.process_time() - cpu0) * 1e6 / max(sent, 1)
+            cpu = CpuMeter.per_event_us(cpu0, meter.read(), sent)
+            cpu_us = cpu["server"]
             rep = await clients.report(phase, full=True)
             lat = rep["lat"]
             row = {"mode": label, "rate": rate, "achieved": achieved, "sent": sent, "got": rep["count"],
                    "p50": percentile(lat, 0.50), "p99": percentile(lat, 0.99), "late_ms": late_ms,
-                   "disorder": rep["out_of_order"], "cpu_us": cpu_us, "gc_ms": GC.take()}
+                   "disorder": rep["out_of_order"], "cpu_us": cpu_us, "gc_ms": GC.take(), "cpu": cpu}
             row["ok"] = (row["got"] >= 0.98 * sent and row["p99"] < 50 and row["disorder"] == 0
                          and achieved >= 0.95 * rate)
             rows.append(row)
             print(f"  {label:<24} {rate:>6}/s  sent {sent:>6} ({achieved:>7.0f}/s)  delivered "
                   f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
-                  f"server CPU {cpu_us:4.0f} us/event  publisher late {late_ms:5.0f} ms  "
+                  f"CPU us/event: server {cpu_us:4.0f} clients {cpu['clients']:3.0f} "
+                  f"mariadb {cpu['mariadb']:3.0f} other {cpu['other']:3.0f} (machine {cpu['busy']:4.0%} busy)  "
+                  f"publisher late {late_ms:5.0f} ms  "
                   f"longest GC pause {row['gc_ms']:4.0f} ms  "
                   f"order errors {row['disorder']}  "
                   f"{'ok' if row['ok'] else 'FAIL'}", flush=True)
@@ -232,6 +291,7 @@ async def main(args: argparse.Namespace, url: str) -> None:
     site = web.TCPSite(runner_, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await _freeze_startup_objects(app)  # as the serve command does once the app has started
     base = f"http://127.0.0.1:{port}"
     try:
         tenants = []
