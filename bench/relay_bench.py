@@ -321,7 +321,8 @@ async def main(args: argparse.Namespace, url: str) -> None:
                                                     10_000 * round_no + 5_000))
         stats = app["events"].stats
         print(f"  group commit: {stats['events']} events in {stats['batches']} transactions "
-              f"({stats['events'] / max(stats['batches'], 1):.1f} per commit)")
+              f"({stats['events'] / max(stats['batches'], 1):.1f} per commit, "
+              f"{stats.get('commit_s', 0) * 1000 / max(stats['batches'], 1):.1f} ms from send to commit)")
         print(f"\nsummary (median of {args.rounds} round(s); load average now "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})")
         best: dict[str, float] = {}
