@@ -128,3 +128,24 @@ async def test_a_failed_batch_is_retried_when_nothing_was_sent_after_it():
     await publisher.close()
     assert env["seq"] == 1 and shared["calls"] == 2
     assert [e["seq"] for e in sink.got] == [1]
+
+
+async def test_the_websocket_writers_poll_keeps_engineio_contract():
+    from engineio import exceptions as eio_exceptions
+
+    from control_plane.realtime.transport import _FastPoll
+
+    sock = SimpleNamespace(queue=asyncio.Queue(), server=SimpleNamespace(ping_interval=0.02, ping_timeout=0.01))
+    poll = _FastPoll(sock)
+    for item in ("a", "b"):
+        sock.queue.put_nowait(item)
+    assert await poll() == ["a", "b"]  # everything queued, without waiting
+    later = asyncio.get_running_loop().call_later(0.005, sock.queue.put_nowait, "c")
+    assert await poll() == ["c"]  # waits for the next one
+    later.cancel()
+    with pytest.raises(eio_exceptions.QueueEmpty):  # none within ping_interval + ping_timeout
+        await poll()
+    sock.queue.put_nowait("d")
+    sock.queue.put_nowait(None)
+    assert await poll() == ["d"]  # the close marker stays queued for the next call
+    assert await poll() == []
