@@ -12,16 +12,16 @@ a ``Z`` (``2025-01-31T12:00:00.123Z``). The Socket.IO event name is ``type``.
 
 Group commit: concurrent ``publish()`` calls are coalesced by writer tasks into transactions (one
 counter upsert for all tenants in the batch, one multi-row insert, one round trip); each caller awaits
-its batch's commit. Batches are pipelined over ``commits_in_flight`` connections: batches are taken
-and sent one at a time, and the next is sent as soon as the previous one's counter upsert has
-returned (its tenants' counter rows are then locked), so the database numbers them in batch order
-(a tenant's counter row lock makes batch N+1 wait for batch N's commit, not for its answer) while
-batch N+1's statements overlap batch N's COMMIT. Committed batches are emitted in batch order (per
-tenant: seq order) by one emitter task, overlapping the next inserts. A batch that fails after the
-next one was sent is not retried (its callers get the error; later events take its seqs, so the
-log stays gapless). ``publish()`` returns once the event is durable; emission follows
-asynchronously, and a client that misses it (down, reconnecting, slow) gets it again from the log
-with ``since``.
+its batch's commit. Up to ``commits_in_flight`` batches are in flight, each on its own connection.
+A batch holds its tenants back from later batches only until its counter upsert has returned (their
+counter rows are then locked by its transaction): a later batch with one of them is sent after that,
+so its upsert waits in the database for the earlier commit, and a tenant's events are numbered in
+call order, while its statements overlap the earlier COMMIT. Batches of other tenants go in parallel.
+Committed batches are emitted in batch order (per tenant: seq order) by one emitter task,
+overlapping the next inserts. A batch that fails after a later one was taken is not retried (its
+callers get the error; later events take its seqs, so the log stays gapless). ``publish()`` returns
+once the event is durable; emission follows asynchronously, and a client that misses it (down,
+reconnecting, slow) gets it again from the log with ``since``.
 """
 
 from __future__ import annotations
@@ -120,21 +120,23 @@ def make_envelope(tenant_id: str, seq: int, type_: str, ts: dt.datetime, data: A
 
 
 class _Turn:
-    """The right to take and send the next batch, held until that batch's counter rows are locked."""
+    """A batch's tenants, held back from later batches until its counter rows are locked."""
 
-    __slots__ = ("lock", "held")
+    __slots__ = ("publisher", "tenants", "held")
 
-    def __init__(self, lock: asyncio.Lock) -> None:
-        self.lock, self.held = lock, True
+    def __init__(self, publisher: EventPublisher, tenants: set[str]) -> None:
+        self.publisher, self.tenants, self.held = publisher, tenants, True
+        publisher._sending |= tenants
 
     def release(self) -> None:
         if self.held:
             self.held = False
-            self.lock.release()
+            self.publisher._sending -= self.tenants
+            self.publisher._wake.set()  # events held back for these tenants may go now
 
-    async def take_back(self) -> None:
-        await self.lock.acquire()
+    def hold_again(self) -> None:
         self.held = True
+        self.publisher._sending |= self.tenants
 
 
 class _Kept:
@@ -172,7 +174,7 @@ class EventPublisher:
             commits_in_flight = 1  # one writer at a time there anyway
         self._logs = [events_db.EventLogWriter(db) for _ in range(commits_in_flight)] if persist else []
         self._commits_in_flight = commits_in_flight
-        self._turn = asyncio.Lock()  # held while a batch is taken and sent, until its rows are locked
+        self._sending: set[str] = set()  # tenants of batches whose counter rows are not locked yet
         self._batches_taken = 0
         self._emit_next = 0  # the next batch (by number) to hand to the emitter
         self._finished: dict[int, list[Envelope]] = {}  # batches done, waiting for an earlier one
@@ -254,25 +256,22 @@ class EventPublisher:
         return copy
 
     async def _writer(self, event_log: events_db.EventLogWriter | None) -> None:
-        """One of ``commits_in_flight`` writers. Batches are taken and sent under ``_turn``, which
-        passes on once the batch's counter rows are locked; so batch N+1's upsert always reaches
-        the database after batch N's, and a tenant's events are numbered in call order."""
+        """One of ``commits_in_flight`` writers. A batch holds its tenants back from later batches
+        only until its counter rows are locked: a later batch with one of them is sent after that,
+        so the database numbers a tenant's events in call order (the later upsert waits for the
+        row lock), while batches of other tenants go in parallel."""
         try:
             while True:
-                if not self._pending:
-                    if self._closing:
+                batch = self._take_batch()
+                if not batch:
+                    if self._closing and not self._pending:
                         return
                     await self._wake.wait()
                     self._wake.clear()
                     continue
-                await self._turn.acquire()
-                if not self._pending:  # another writer took them meanwhile
-                    self._turn.release()
-                    continue
-                batch = self._take_batch()
                 number = self._batches_taken
                 self._batches_taken += 1
-                turn = _Turn(self._turn)
+                turn = _Turn(self, {entry[0] for entry in batch})
                 envelopes: list[Envelope | None] = []
                 try:
                     envelopes = await self._commit_batch(batch, number, event_log, turn)
@@ -285,8 +284,18 @@ class EventPublisher:
                 self._emit_queue.put_nowait(None)
 
     def _take_batch(self) -> list:
-        pending = self._pending
-        return [pending.popleft() for _ in range(min(len(pending), self.max_batch))]
+        """Up to ``max_batch`` pending events of tenants not being sent, keeping each tenant's order."""
+        pending, sending = self._pending, self._sending
+        if not sending:
+            n = min(len(pending), self.max_batch)
+            return [pending.popleft() for _ in range(n)]
+        batch, held = [], collections.deque()
+        while pending and len(batch) < self.max_batch:
+            entry = pending.popleft()
+            (held if entry[0] in sending else batch).append(entry)
+        held.extend(pending)
+        self._pending = held
+        return batch
 
     async def _commit_batch(self, batch: list, number: int, event_log: events_db.EventLogWriter | None,
                             turn: _Turn) -> list[Envelope | None]:
@@ -371,12 +380,12 @@ class EventPublisher:
                     if attempt == COMMIT_ATTEMPTS or not _retryable(exc):
                         raise
                     if not turn.held:
-                        # The transaction was rolled back after the next batch was sent. Retrying is
-                        # in order only if no batch was taken since (it would number after them).
+                        # Rolled back after its tenants were let go. Retrying is in order only if
+                        # no batch was taken since (it would number after theirs).
                         assert isinstance(turn, _Turn)
-                        await turn.take_back()
                         if self._batches_taken != number + 1:
                             raise
+                        turn.hold_again()
                     log.info("event batch retried after %s (%d attempts left)", exc.orig,
                              COMMIT_ATTEMPTS - attempt)
             self.stats["commit_s"] += time.monotonic() - started
