@@ -7,6 +7,9 @@ seqs numbered in memory, emit only) and on (group commit to MariaDB, then emit).
     .venv/bin/python bench/relay_bench.py --rates 1000,2000,4000 --duration 3
 
 "Sustained" = the highest rate with >= 98% delivered, p99 < 50 ms and nothing out of order.
+CPU per event is split between this process (the server; the load generator publishes inside it),
+the client processes, MariaDB, and everything else on the machine ("other"): other work on the two
+cores, or a busy MariaDB, skews every figure, so check those columns before trusting a run.
 Needs MariaDB (TEST_MARIADB_SERVER, default mysql://root@127.0.0.1:3306) and node.
 """
 
@@ -31,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa
 from aiohttp import web
 
+from control_plane.__main__ import _freeze_startup_objects
 from control_plane.app import create_app
 from control_plane.config import load_settings, normalize_database_url
 from control_plane.db import events as events_db
@@ -79,7 +83,8 @@ class Clients:
             share = self.tokens[i::self.procs]
             child = await asyncio.create_subprocess_exec(
                 "node", str(CLIENT_JS), self.url, json.dumps(share),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                limit=256 * 1024 * 1024)  # a full report lists every latency of the phase
             self.children.append(child)
         for child in self.children:
             line = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
@@ -109,6 +114,59 @@ class Clients:
             except TimeoutError:
                 child.kill()
                 await child.wait()
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (every process, all cores)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK  # less idle and iowait
+
+
+def mariadb_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in ("mariadbd", "mysqld"):
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+class CpuMeter:
+    """Where the CPU went during one rate: this (server) process, the client processes, MariaDB,
+    and everything else on the machine (other work sharing the 2 cores skews every figure)."""
+
+    def __init__(self, clients: list[int]) -> None:
+        self.groups = {"clients": clients, "mariadb": mariadb_pids()}
+
+    def read(self) -> dict[str, float]:
+        now = {name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in self.groups.items()}
+        now["server"] = time.process_time()
+        now["machine"] = machine_busy_s()
+        now["wall"] = time.monotonic()
+        return now
+
+    @staticmethod
+    def per_event_us(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
+        used = {k: after[k] - before[k] for k in before}
+        used["other"] = max(0.0, used["machine"] - used["server"] - used["clients"] - used["mariadb"])
+        out = {k: used[k] * 1e6 / max(events, 1) for k in ("server", "clients", "mariadb", "other")}
+        out["busy"] = used["machine"] / max(used["wall"], 1e-9) / (os.cpu_count() or 1)
+        return out
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -141,27 +199,34 @@ GC = GcPauses()
 
 
 async def run_phase(publisher: EventPublisher, tenant_ids: list[str], phase: int, rate: int,
-                    duration_s: float) -> tuple[int, float, float]:
-    """Publish ``rate`` events/s for ``duration_s``; returns (sent, achieved rate, max lateness ms)."""
+                    duration_s: float) -> tuple[int, float, float, list[float]]:
+    """Publish ``rate`` events/s for ``duration_s``; returns (sent, achieved rate, max lateness ms,
+    publish->durable latencies in ms: when each ``publish()`` returned)."""
     total = int(rate * duration_s)
     tasks: set[asyncio.Task] = set()
     failures = 0
+    durable: list[float] = []
 
     def done(task: asyncio.Task) -> None:
         nonlocal failures
         tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             failures += 1
+        elif not task.cancelled():
+            durable.append(time.time() * 1000 - task.result()["data"]["t"])
 
     start = time.monotonic()
     sent, late_ms = 0, 0.0
     n_tenants = len(tenant_ids)
+    id_prefix = uuid.uuid4().hex[:20]
     while sent < total:
         elapsed = time.monotonic() - start
         due = min(total, int(elapsed * rate) + 1)
         late_ms = max(late_ms, (elapsed - sent / rate) * 1000)
         while sent < due:
-            data = {"p": phase, "t": time.time() * 1000, "message_id": uuid.uuid4().hex,
+            # A unique 32-hex id like a uuid4's, without the generator's getrandom() call per event
+            # (a cost of this load generator, not of the server it shares the event loop with).
+            data = {"p": phase, "t": time.time() * 1000, "message_id": f"{id_prefix}{sent:012x}",
                     "conversation_id": sent % 997, "provider": "web", "direction": "inbound",
                     "from": "15551234567", "type": "text", "content": {"text": TEXT}, "status": "received"}
             tenant_id = tenant_ids[sent % n_tenants]
@@ -175,39 +240,45 @@ async def run_phase(publisher: EventPublisher, tenant_ids: list[str], phase: int
         await asyncio.wait(set(tasks), timeout=30)
     if failures:
         print(f"  {failures} publish calls failed", file=sys.stderr)
-    return sent, achieved, late_ms
+    return sent, achieved, late_ms, durable
 
 
 async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[dict], rates: list[int],
                 duration_s: float, procs: int, phase0: int) -> list[dict]:
     clients = Clients(url, [t["key"] for t in tenants], procs)
     await clients.start()
+    meter = CpuMeter([child.pid for child in clients.children])
     rows: list[dict] = []
     fails = 0
     try:
         for i, rate in enumerate(rates):
             phase = phase0 + i
-            cpu0 = time.process_time()
+            cpu0 = meter.read()
             GC.take()
-            sent, achieved, late_ms = await run_phase(publisher, [t["id"] for t in tenants], phase, rate,
+            sent, achieved, late_ms, durable = await run_phase(publisher, [t["id"] for t in tenants], phase, rate,
                                                       duration_s)
             deadline = time.monotonic() + 3.0
             rep = await clients.report(phase)
             while rep["count"] < sent and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
                 rep = await clients.report(phase)
-            cpu_us = (time.process_time() - cpu0) * 1e6 / max(sent, 1)
+            cpu = CpuMeter.per_event_us(cpu0, meter.read(), sent)
+            cpu_us = cpu["server"]
             rep = await clients.report(phase, full=True)
             lat = rep["lat"]
             row = {"mode": label, "rate": rate, "achieved": achieved, "sent": sent, "got": rep["count"],
                    "p50": percentile(lat, 0.50), "p99": percentile(lat, 0.99), "late_ms": late_ms,
-                   "disorder": rep["out_of_order"], "cpu_us": cpu_us, "gc_ms": GC.take()}
+                   "durable_p50": percentile(durable, 0.50), "durable_p99": percentile(durable, 0.99),
+                   "disorder": rep["out_of_order"], "cpu_us": cpu_us, "gc_ms": GC.take(), "cpu": cpu}
             row["ok"] = (row["got"] >= 0.98 * sent and row["p99"] < 50 and row["disorder"] == 0
                          and achieved >= 0.95 * rate)
             rows.append(row)
             print(f"  {label:<24} {rate:>6}/s  sent {sent:>6} ({achieved:>7.0f}/s)  delivered "
                   f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
-                  f"server CPU {cpu_us:4.0f} us/event  publisher late {late_ms:5.0f} ms  "
+                  f"(durable p50 {row['durable_p50']:5.1f} p99 {row['durable_p99']:5.1f})  "
+                  f"CPU us/event: server {cpu_us:4.0f} clients {cpu['clients']:3.0f} "
+                  f"mariadb {cpu['mariadb']:3.0f} other {cpu['other']:3.0f} (machine {cpu['busy']:4.0%} busy)  "
+                  f"publisher late {late_ms:5.0f} ms  "
                   f"longest GC pause {row['gc_ms']:4.0f} ms  "
                   f"order errors {row['disorder']}  "
                   f"{'ok' if row['ok'] else 'FAIL'}", flush=True)
@@ -232,6 +303,7 @@ async def main(args: argparse.Namespace, url: str) -> None:
     site = web.TCPSite(runner_, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    await _freeze_startup_objects(app)  # as the serve command does once the app has started
     base = f"http://127.0.0.1:{port}"
     try:
         tenants = []
@@ -261,7 +333,8 @@ async def main(args: argparse.Namespace, url: str) -> None:
                                                     10_000 * round_no + 5_000))
         stats = app["events"].stats
         print(f"  group commit: {stats['events']} events in {stats['batches']} transactions "
-              f"({stats['events'] / max(stats['batches'], 1):.1f} per commit)")
+              f"({stats['events'] / max(stats['batches'], 1):.1f} per commit, "
+              f"{stats.get('commit_s', 0) * 1000 / max(stats['batches'], 1):.1f} ms from send to commit)")
         print(f"\nsummary (median of {args.rounds} round(s); load average now "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})")
         best: dict[str, float] = {}
@@ -289,7 +362,8 @@ if __name__ == "__main__":
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--procs", type=int, default=4, help="client processes")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per rate")
-    parser.add_argument("--rates", default="1000,2000,3000,4000,5000,6000,8000,10000")
+    parser.add_argument("--rates", default="1000,2000,4000,6000,8000,10000,12000,14000,16000,18000,20000,24000",
+                        help="rising rates; the sweep of a mode ends after two failing rates in a row")
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--redis-url", default=None, help="also go through AsyncRedisManager")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; figures are medians")

@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pymysql.err as _pymysql_errors
@@ -250,16 +250,25 @@ class EventLogWriter:
         self._opened_at = 0.0
         self._used_at = 0.0
 
-    async def append(self, events: Sequence[NewEvent]) -> list[int]:
+    async def append(self, events: Sequence[NewEvent], *, on_locked: Callable[[], None] | None = None
+                     ) -> list[int]:
+        """Append and commit; returns the seqs in input order. ``on_locked`` is called once the
+        tenants' counter rows are locked by this transaction (its seqs are then settled: another
+        transaction's upsert for any of these tenants waits until this one ends), before COMMIT."""
         if self.db.is_sqlite:
             async with self.db.begin() as conn:
-                return await append_events(conn, events)
+                seqs = await append_events(conn, events)
+            if on_locked is not None:
+                on_locked()
+            return seqs
         counts = _count(events)
         sql = _one_trip_sql(events, counts)
         driver = await self._driver_connection()
         try:
             async with driver.cursor() as cur:
-                await cur.execute(sql)  # the counter upsert
+                await cur.execute(sql)  # the counter upsert (its result comes first; the rest follows)
+                if on_locked is not None:
+                    on_locked()
                 await cur.nextset()  # the insert
                 inserted = cur.rowcount
                 await cur.nextset()  # the counters, as this transaction left them

@@ -10,10 +10,16 @@
 Envelope (a dict): ``{seq, tenant_id, type, ts, data}``; ``ts`` is ISO 8601 UTC with milliseconds and
 a ``Z`` (``2025-01-31T12:00:00.123Z``). The Socket.IO event name is ``type``.
 
-Group commit: concurrent ``publish()`` calls are coalesced by one writer task into one transaction
-(one counter upsert for all tenants in the batch, one multi-row insert); each caller awaits its
-batch's commit. Committed batches go to one emitter task, so the insert of batch N+1 overlaps the
-emit of batch N, and emission follows commit order (per tenant: seq order). ``publish()`` returns
+Group commit: concurrent ``publish()`` calls are coalesced by writer tasks into transactions (one
+counter upsert for all tenants in the batch, one multi-row insert, one round trip); each caller awaits
+its batch's commit. Up to ``commits_in_flight`` batches are in flight, each on its own connection.
+A batch holds its tenants back from later batches only until its counter upsert has returned (their
+counter rows are then locked by its transaction): a later batch with one of them is sent after that,
+so its upsert waits in the database for the earlier commit, and a tenant's events are numbered in
+call order, while its statements overlap the earlier COMMIT. Batches of other tenants go in parallel.
+Committed batches are emitted in batch order (per tenant: seq order) by one emitter task,
+overlapping the next inserts. A batch that fails after a later one was taken is not retried (its
+callers get the error; later events take its seqs, so the log stays gapless). ``publish()`` returns
 once the event is durable; emission follows asynchronously, and a client that misses it (down,
 reconnecting, slow) gets it again from the log with ``since``.
 """
@@ -27,6 +33,7 @@ import enum
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -44,7 +51,7 @@ log = logging.getLogger(__name__)
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 TENANT_RE = re.compile(r"^[0-9A-Za-z_-]{1,32}$")
 MAX_BATCH = 1000
-COMMITS_IN_FLIGHT = 2  # transactions committing at once (each on its own connection)
+COMMITS_IN_FLIGHT = 3  # transactions in flight at once (each on its own connection)
 RETRYABLE_MYSQL_CODES = {1213, 1205}  # deadlock, lock wait timeout: the whole batch is retried
 COMMIT_ATTEMPTS = 3
 
@@ -112,6 +119,35 @@ def make_envelope(tenant_id: str, seq: int, type_: str, ts: dt.datetime, data: A
     return env
 
 
+class _Turn:
+    """A batch's tenants, held back from later batches until its counter rows are locked."""
+
+    __slots__ = ("publisher", "tenants", "held")
+
+    def __init__(self, publisher: EventPublisher, tenants: set[str]) -> None:
+        self.publisher, self.tenants, self.held = publisher, tenants, True
+        publisher._sending |= tenants
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.publisher._sending -= self.tenants
+            self.publisher._wake.set()  # events held back for these tenants may go now
+
+    def hold_again(self) -> None:
+        self.held = True
+        self.publisher._sending |= self.tenants
+
+
+class _Kept:
+    """A turn that stays held (the per-tenant fallback runs its groups one after another in it)."""
+
+    held = True
+
+    def release(self) -> None:
+        pass
+
+
 def _retryable(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", None)
     code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
@@ -138,11 +174,14 @@ class EventPublisher:
             commits_in_flight = 1  # one writer at a time there anyway
         self._logs = [events_db.EventLogWriter(db) for _ in range(commits_in_flight)] if persist else []
         self._commits_in_flight = commits_in_flight
-        self._busy: set[str] = set()  # tenants with a transaction in flight
+        self._sending: set[str] = set()  # tenants of batches whose counter rows are not locked yet
+        self._batches_taken = 0
+        self._emit_next = 0  # the next batch (by number) to hand to the emitter
+        self._finished: dict[int, list[Envelope]] = {}  # batches done, waiting for an earlier one
         self._writers_left = 0
         self._tasks: list[asyncio.Task] = []
         self._closing = False
-        self.stats = {"batches": 0, "events": 0, "emitted": 0}
+        self.stats = {"batches": 0, "events": 0, "emitted": 0, "commit_s": 0.0}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -217,9 +256,10 @@ class EventPublisher:
         return copy
 
     async def _writer(self, event_log: events_db.EventLogWriter | None) -> None:
-        """One of ``commits_in_flight`` writers. While one waits for its COMMIT (fsync), another
-        commits the next batch. A tenant is in one transaction at a time, so its events commit,
-        and are emitted, in call order, and the writers never wait on each other's row locks."""
+        """One of ``commits_in_flight`` writers. A batch holds its tenants back from later batches
+        only until its counter rows are locked: a later batch with one of them is sent after that,
+        so the database numbers a tenant's events in call order (the later upsert waits for the
+        row lock), while batches of other tenants go in parallel."""
         try:
             while True:
                 batch = self._take_batch()
@@ -229,45 +269,53 @@ class EventPublisher:
                     await self._wake.wait()
                     self._wake.clear()
                     continue
-                tenants = {entry[0] for entry in batch}
-                self._busy |= tenants
+                number = self._batches_taken
+                self._batches_taken += 1
+                turn = _Turn(self, {entry[0] for entry in batch})
+                envelopes: list[Envelope | None] = []
                 try:
-                    envelopes = await self._commit(batch, event_log)
-                except asyncio.CancelledError:
-                    raise
-                except IntegrityError:
-                    # One bad event (a tenant deleted meanwhile, or one that never existed) must not
-                    # fail the others: commit each tenant's events on their own.
-                    envelopes = await self._commit_per_tenant(batch, event_log)
-                except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it (db down)
-                    log.warning("event batch of %d failed: %s", len(batch), exc)
-                    self._fail(batch, exc)
-                    envelopes = []
+                    envelopes = await self._commit_batch(batch, number, event_log, turn)
                 finally:
-                    self._busy -= tenants
-                    self._wake.set()  # events held back for these tenants may go now
-                if envelopes:
-                    self._done(batch, envelopes)
+                    turn.release()
+                    self._done(number, batch, envelopes)
         finally:
             self._writers_left -= 1
             if self._writers_left == 0:
                 self._emit_queue.put_nowait(None)
 
     def _take_batch(self) -> list:
-        """Up to ``max_batch`` pending events of tenants not in flight, keeping each tenant's order."""
-        pending, busy = self._pending, self._busy
-        if not busy:
+        """Up to ``max_batch`` pending events of tenants not being sent, keeping each tenant's order."""
+        pending, sending = self._pending, self._sending
+        if not sending:
             n = min(len(pending), self.max_batch)
             return [pending.popleft() for _ in range(n)]
         batch, held = [], collections.deque()
         while pending and len(batch) < self.max_batch:
             entry = pending.popleft()
-            (held if entry[0] in busy else batch).append(entry)
+            (held if entry[0] in sending else batch).append(entry)
         held.extend(pending)
         self._pending = held
         return batch
 
-    async def _commit_per_tenant(self, batch: list, event_log: events_db.EventLogWriter | None
+    async def _commit_batch(self, batch: list, number: int, event_log: events_db.EventLogWriter | None,
+                            turn: _Turn) -> list[Envelope | None]:
+        try:
+            return await self._commit(batch, number, event_log, turn)
+        except asyncio.CancelledError:
+            raise
+        except IntegrityError as exc:
+            if turn.held:
+                # One bad event (a tenant deleted meanwhile, or one that never existed) must not
+                # fail the others: commit each tenant's events on their own, still in turn.
+                return await self._commit_per_tenant(batch, number, event_log)
+            log.warning("event batch of %d failed: %s", len(batch), exc)
+            self._fail(batch, exc)
+        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it (db down)
+            log.warning("event batch of %d failed: %s", len(batch), exc)
+            self._fail(batch, exc)
+        return []
+
+    async def _commit_per_tenant(self, batch: list, number: int, event_log: events_db.EventLogWriter | None
                                  ) -> list[Envelope | None]:
         groups: dict[str, list] = {}
         for entry in batch:
@@ -275,7 +323,7 @@ class EventPublisher:
         by_entry: dict[int, Envelope] = {}
         for tenant_id, group in groups.items():
             try:
-                for entry, env in zip(group, await self._commit(group, event_log)):
+                for entry, env in zip(group, await self._commit(group, number, event_log, _Kept())):
                     by_entry[id(entry)] = env
             except asyncio.CancelledError:
                 raise
@@ -290,7 +338,8 @@ class EventPublisher:
             if not fut.done():
                 fut.set_exception(exc)
 
-    def _done(self, batch: list, envelopes: list[Envelope | None]) -> None:
+    def _done(self, number: int, batch: list, envelopes: list[Envelope | None]) -> None:
+        """Resolve the batch's callers now (durable); hand its envelopes to the emitter in batch order."""
         committed = []
         for (*_, fut), env in zip(batch, envelopes):
             if env is None:
@@ -298,12 +347,20 @@ class EventPublisher:
             committed.append(env)
             if not fut.done():
                 fut.set_result(env)
+        for *_, fut in batch:  # cancelled mid-commit: the outcome is unknown to us
+            if not fut.done():
+                fut.set_exception(errors.Unavailable("the event publisher stopped before the commit"))
         self.stats["batches"] += 1
         self.stats["events"] += len(committed)
-        if committed:
-            self._emit_queue.put_nowait(committed)
+        self._finished[number] = committed
+        while self._emit_next in self._finished:
+            ready = self._finished.pop(self._emit_next)
+            self._emit_next += 1
+            if ready:
+                self._emit_queue.put_nowait(ready)
 
-    async def _commit(self, batch: list, event_log: events_db.EventLogWriter | None) -> list[Envelope]:
+    async def _commit(self, batch: list, number: int, event_log: events_db.EventLogWriter | None,
+                      turn: _Turn | _Kept) -> list[Envelope]:
         rows = [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch]
         if not self.persist:
             seqs = []
@@ -311,17 +368,27 @@ class EventPublisher:
                 seq = self._memory_seq.get(tenant_id, 0) + 1
                 self._memory_seq[tenant_id] = seq
                 seqs.append(seq)
+            turn.release()
         else:
             assert event_log is not None
+            started = time.monotonic()
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
-                    seqs = await event_log.append(rows)
+                    seqs = await event_log.append(rows, on_locked=turn.release)
                     break
                 except DBAPIError as exc:
                     if attempt == COMMIT_ATTEMPTS or not _retryable(exc):
                         raise
+                    if not turn.held:
+                        # Rolled back after its tenants were let go. Retrying is in order only if
+                        # no batch was taken since (it would number after theirs).
+                        assert isinstance(turn, _Turn)
+                        if self._batches_taken != number + 1:
+                            raise
+                        turn.hold_again()
                     log.info("event batch retried after %s (%d attempts left)", exc.orig,
                              COMMIT_ATTEMPTS - attempt)
+            self.stats["commit_s"] += time.monotonic() - started
         return [make_envelope(tenant_id, seq, type_, ts, data, data_json)
                 for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)]
 

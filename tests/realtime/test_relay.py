@@ -193,14 +193,26 @@ async def test_publisher_survives_its_database_connection_being_killed(node, new
     a = await new_tenant(node)
     events = node.events
     await events.publish(a["id"], ev.MESSAGE_SENT, {"i": 1})
-    [writer] = [w for w in events._logs if w._driver is not None]
+    killed = {}
     for w in events._logs:
         w.PING_IDLE_S = 0  # an idle connection is checked before use; here: always
-    driver = writer._driver
-    async with driver.cursor() as cur:
-        await cur.execute("SELECT CONNECTION_ID()")
-        (conn_id,) = await cur.fetchone()
-    with sync_engine.connect() as conn:
-        conn.exec_driver_sql(f"KILL {int(conn_id)}")
-    env = await events.publish(a["id"], ev.MESSAGE_SENT, {"i": 2})
-    assert env["seq"] == 2 and writer._driver is not driver
+        if w._driver is None:
+            continue
+        async with w._driver.cursor() as cur:
+            await cur.execute("SELECT CONNECTION_ID()")
+            (conn_id,) = await cur.fetchone()
+        with sync_engine.connect() as conn:
+            conn.exec_driver_sql(f"KILL {int(conn_id)}")
+        killed[w] = (w._driver, w._used_at)
+    assert killed
+    # The writers take batches in turn: publish until each writer whose connection was killed
+    # has been used again (it must notice, reconnect, and lose nothing).
+    seq = 1
+    for _ in range(50):
+        env = await events.publish(a["id"], ev.MESSAGE_SENT, {"i": seq + 1})
+        seq += 1
+        assert env["seq"] == seq
+        if all(w._used_at != used for w, (_d, used) in killed.items()):
+            break
+    for w, (driver, used) in killed.items():
+        assert w._used_at != used and w._driver is not driver
