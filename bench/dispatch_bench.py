@@ -102,6 +102,13 @@ async def prefill(url: str, tenants: int, per_tenant: int, fake_url: str) -> lis
     return made
 
 
+def sustained(times: list[float]) -> float:
+    """Sends per second over the middle 80 % of a number's sends (times in seconds, ascending)."""
+    n = len(times)
+    lo, hi = int(n * 0.1), int(n * 0.9)
+    return (hi - lo - 1) / (times[hi - 1] - times[lo]) if n > 10 and times[hi - 1] > times[lo] else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=20)
@@ -173,17 +180,20 @@ def main() -> None:
                 "SELECT COUNT(*) FROM message_transitions WHERE error_code = '130429'")).scalar()
         per_number: dict[str, list] = {}
         for pnid, at in rows:
-            per_number.setdefault(pnid, []).append(at)
+            per_number.setdefault(pnid, []).append(at.timestamp())
         print()
-        print(f"{'number':>16} {'sent':>6} {'rate/s':>8} {'limit':>6} {'% limit':>8} {'max in 1 s (fake)':>18}")
+        print(f"{'number':>16} {'sent':>6} {'rate/s':>7} {'% limit':>8} {'at fake':>8} {'max in 1 s':>10} "
+              f"{'130429':>6} {'longest gap':>11}")
         pct_all, over = [], []
         first_all, last_all = None, None
         for t in made:
             times = per_number.get(t["pnid"], [])
-            n = len(times)
-            lo, hi = int(n * 0.1), int(n * 0.9)
-            rate = (hi - lo) / (times[hi - 1] - times[lo]).total_seconds() if n > 10 else 0.0
-            fake_max = stats["numbers"].get(t["pnid"], {}).get("max_per_second", 0)
+            fake_n = stats["numbers"].get(t["pnid"], {})
+            rate = sustained(times)
+            fake_times = fake_n.get("times", [])
+            fake_rate = sustained(fake_times)
+            gap = max((b - a for a, b in zip(fake_times, fake_times[1:])), default=0.0)
+            fake_max = fake_n.get("max_per_second", 0)
             pct = 100 * rate / args.rate
             pct_all.append(pct)
             if fake_max > args.rate:
@@ -191,8 +201,9 @@ def main() -> None:
             if times:
                 first_all = min(first_all or times[0], times[0])
                 last_all = max(last_all or times[-1], times[-1])
-            print(f"{t['pnid']:>16} {n:6d} {rate:8.1f} {args.rate:6.0f} {pct:7.1f}% {fake_max:18d}")
-        span = (last_all - first_all).total_seconds() if first_all and last_all else 0.0
+            print(f"{t['pnid']:>16} {len(times):6d} {rate:7.1f} {pct:7.1f}% {100 * fake_rate / args.rate:7.1f}% "
+                  f"{fake_max:10d} {fake_n.get('throttled', 0):6d} {1000 * gap:8.0f} ms")
+        span = (last_all - first_all) if first_all and last_all else 0.0
         aggregate = len(rows) / span if span else 0.0
         print()
         print(f"aggregate: {len(rows)} sent in {span:.2f} s = {aggregate:.0f} msg/s "

@@ -67,7 +67,9 @@ from control_plane.webhooks.ingest import received_event, status_event
 log = logging.getLogger(__name__)
 
 BATCH_WINDOW_S = 1.0  # a claim takes what the governor can send in this long
-LOOKAHEAD_S = 0.3  # claim the next batch this long before the current one's last slot
+# Claim the next batch this long before the current one's last slot: a claim is several round trips
+# that wait for a busy event loop each (100-800 ms under load); a schedule that runs dry loses that.
+LOOKAHEAD_S = 1.0
 RECORD_BACKLOG_MAX = 1000  # outcomes sent but not yet committed, per node, before claiming pauses
 CONTEXT_TTL_S = 5.0  # a tenant's config is re-read this often (and at once after a settings change)
 _OUR_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -214,7 +216,8 @@ class Dispatcher:
         self._waiting_web: set[str] = set()  # tenants with messages waiting for their session
         self._scanner: asyncio.Task | None = None
         self._closing = False
-        self.timing = {"claims": 0, "claim_s": 0.0, "commits": 0, "commit_s": 0.0, "late_s": 0.0, "sends": 0}
+        self.timing = {"claims": 0, "claim_s": 0.0, "commits": 0, "commit_s": 0.0, "late_s": 0.0, "sends": 0,
+                       "dry_s": 0.0, "claim_max_s": 0.0}
         self.stats = {"sent": 0, "failed": 0, "retried": 0, "deferred": 0, "unknown": 0, "recovered": 0,
                       "requeued_unknown": 0}
 
@@ -244,9 +247,10 @@ class Dispatcher:
         await self.recorder.stop()
         t = self.timing
         log.info("messaging dispatcher stopped node=%s stats=%s claims=%d (avg %.1f ms) commits=%d (avg %.1f ms) "
-                 "sends=%d (avg %.1f ms late)", self.node_id, self.stats, t["claims"],
-                 1000 * t["claim_s"] / max(1, t["claims"]), t["commits"], 1000 * t["commit_s"] / max(1, t["commits"]),
-                 t["sends"], 1000 * t["late_s"] / max(1, t["sends"]))
+                 "sends=%d (avg %.1f ms late) schedules ran dry for %.2f s (claims max %.0f ms)", self.node_id,
+                 self.stats, t["claims"], 1000 * t["claim_s"] / max(1, t["claims"]), t["commits"],
+                 1000 * t["commit_s"] / max(1, t["commits"]), t["sends"], 1000 * t["late_s"] / max(1, t["sends"]),
+                 t["dry_s"], 1000 * t["claim_max_s"])
 
     def notify(self, tenant_id: str) -> None:
         """There may be work for ``tenant_id`` now (a new message, a session that became ready)."""
@@ -363,7 +367,9 @@ class Dispatcher:
                     async with self.db.begin() as conn:
                         rows = await outbox_db.claim(conn, tenant_id, self.node_id, limit=limit)
                     self.timing["claims"] += 1
-                    self.timing["claim_s"] += time.perf_counter() - t0
+                    took = time.perf_counter() - t0
+                    self.timing["claim_s"] += took
+                    self.timing["claim_max_s"] = max(self.timing["claim_max_s"], took)
                     errors_in_row = 0
                 except asyncio.CancelledError:
                     raise
@@ -390,7 +396,7 @@ class Dispatcher:
                 self._recent_tenants[tenant_id] = time.monotonic()
                 last = await self._dispatch_batch(tenant_id, ctx, rows, inflight)
                 await sleep_until(last - LOOKAHEAD_S)
-                while len(inflight) > 2 * limit:
+                while len(inflight) > 3 * limit:
                     await asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
                 while self.recorder.pending > RECORD_BACKLOG_MAX and not self._closing:
                     await self.recorder.wait_below(RECORD_BACKLOG_MAX // 2)
@@ -440,6 +446,9 @@ class Dispatcher:
                                       "reason": f"paced: pair limit to {row['wa_id']} ({delay:.1f} s)"})
                 else:
                     go.append((row, decision))
+            idle = self.governor.idle_s(number)
+            if idle is not None and go:
+                self.timing["dry_s"] += idle
             slots = await self.governor.reserve(number, [self.governor.cloud_interval()] * len(go))
             base = loop.time()
             for (row, decision), delay in zip(go, slots):
@@ -541,7 +550,8 @@ class Dispatcher:
         if not pmid:
             return self._unknown(row, routing.WEB, decision.reason, "the bridge answered without a message id")
         return {"message_id": row["message_id"], "kind": "sent", "provider": routing.WEB, "provider_message_id": pmid,
-                "conversation_id": row["conversation_id"], "wa_id": row["wa_id"], "reason": decision.reason}
+                "conversation_id": row["conversation_id"], "wa_id": row["wa_id"], "reason": decision.reason,
+                "at": utcnow()}
 
     async def _send_cloud(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
                           decision: routing.Decision) -> dict[str, Any]:
@@ -550,10 +560,12 @@ class Dispatcher:
             return _failed(row, routing.CLOUD, "no_route", "the Business API is not configured", decision.reason)
         try:
             payload = await self._cloud_payload(tenant_id, ctx, row, decision)
-            # One below the limit: a send whose request is written late can land next to the following one.
-            await self.governor.window_guard(f"cloud:{creds.phone_number_id}",
-                                             max(1, math.ceil(self.settings.cloud_rate_per_s) - 1))
-            result = await self.cloud_api.send_raw(creds, payload)
+            win = await self.governor.window_acquire(f"cloud:{creds.phone_number_id}",
+                                                     max(1, math.floor(self.settings.cloud_rate_per_s)))
+            try:
+                result = await self.cloud_api.send_raw(creds, payload)
+            finally:
+                self.governor.window_release(win)
         except GraphAPIUnavailable as exc:
             if exc.maybe_sent:
                 return self._unknown(row, routing.CLOUD, decision.reason, f"no answer from the Graph API: {exc}")
@@ -562,7 +574,7 @@ class Dispatcher:
             return await self._cloud_error(tenant_id, ctx, row, decision, exc)
         return {"message_id": row["message_id"], "kind": "sent", "provider": routing.CLOUD,
                 "provider_message_id": result.wamid, "conversation_id": row["conversation_id"],
-                "wa_id": row["wa_id"], "reason": decision.reason}
+                "wa_id": row["wa_id"], "reason": decision.reason, "at": utcnow()}
 
     async def _cloud_error(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
                            decision: routing.Decision, exc: GraphAPIError) -> dict[str, Any]:
@@ -686,10 +698,11 @@ class Dispatcher:
             getattr(per_tenant.setdefault(tenant_id, _Work()), kind).extend(items)
         new_events: list[tuple[str, str, dict[str, Any]]] = []
         async with self.db.begin() as conn:
+            outcomes = {t: work.outcomes for t, work in per_tenant.items() if work.outcomes}
+            if outcomes:
+                new_events += await self.record_many(conn, outcomes)
             for tenant_id in sorted(per_tenant):
                 work = per_tenant[tenant_id]
-                if work.outcomes:
-                    new_events += await self.record(conn, tenant_id, work.outcomes)
                 if work.messages:
                     rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages)
                     to = {m["provider_message_id"]: m.get("to") for m in work.messages}
@@ -701,33 +714,42 @@ class Dispatcher:
             return await self._append(conn, new_events)
 
     async def record(self, conn: Any, tenant_id: str, outcomes: list[dict[str, Any]]) -> list[tuple]:
-        """Record outcomes inside ``conn``'s transaction; returns (tenant, type, data) events.
+        """:meth:`record_many` for one tenant."""
+        return await self.record_many(conn, {tenant_id: outcomes})
+
+    async def record_many(self, conn: Any, by_tenant: dict[str, list[dict[str, Any]]]) -> list[tuple]:
+        """Record outcomes (of any tenants) inside ``conn``'s transaction; returns (tenant, type,
+        data) events. Sends of every tenant are recorded together (one round trip on MariaDB).
 
         ``message.sent`` for each send the provider accepted; ``message.status`` + ``message.failed``
         for each failure (the webhook's shapes); later statuses come from webhooks and Web acks."""
         now = utcnow()
-        await outbox_db.record_outcomes(conn, tenant_id, outcomes, now=now)
+        tenants = sorted(by_tenant)
+        raced = await outbox_db.record_sent(
+            conn, [(t, o) for t in tenants for o in by_tenant[t] if o["kind"] == "sent"], now=now)
         events: list[tuple[str, str, dict[str, Any]]] = []
-        sent = [o for o in outcomes if o["kind"] == "sent"]
-        raced = set(await outbox_db.unmatched_status_ids(conn, tenant_id,
-                                                         [o["provider_message_id"] for o in sent]))
-        for o in outcomes:
-            if o["kind"] == "sent":
-                data = _status_data(o, "sent", now, None, None)
-                data["route_reason"] = o.get("reason")
-                events.append((tenant_id, event_types.MESSAGE_SENT, data))
-                if o["provider_message_id"] in raced:  # a status beat our record: apply it now
-                    after = await messages_db.apply_recorded_statuses(conn, tenant_id, o["message_id"])
-                    if after and after["status"] != "sent":
-                        events.append((tenant_id, event_types.MESSAGE_STATUS, _status_data(
-                            {**o, "provider_message_id": after["provider_message_id"]}, after["status"],
-                            after["updated_at"], after.get("error_code"), after.get("error_message"))))
-            elif o["kind"] == "failed":
-                data = _status_data({**o, "provider_message_id": None}, "failed", now, o.get("error_code"),
-                                    o.get("error_message"))
-                data["route_reason"] = o.get("reason")
-                events.append((tenant_id, event_types.MESSAGE_STATUS, data))
-                events.append((tenant_id, event_types.MESSAGE_FAILED, data))
+        for tenant_id in tenants:
+            outcomes = by_tenant[tenant_id]
+            others = [o for o in outcomes if o["kind"] != "sent"]
+            if others:
+                await outbox_db.record_outcomes(conn, tenant_id, others, now=now)
+            for o in outcomes:
+                if o["kind"] == "sent":
+                    data = _status_data(o, "sent", o.get("at") or now, None, None)
+                    data["route_reason"] = o.get("reason")
+                    events.append((tenant_id, event_types.MESSAGE_SENT, data))
+                    if (tenant_id, o["provider_message_id"]) in raced:  # a status beat our record: apply it
+                        after = await messages_db.apply_recorded_statuses(conn, tenant_id, o["message_id"])
+                        if after and after["status"] != "sent":
+                            events.append((tenant_id, event_types.MESSAGE_STATUS, _status_data(
+                                {**o, "provider_message_id": after["provider_message_id"]}, after["status"],
+                                after["updated_at"], after.get("error_code"), after.get("error_message"))))
+                elif o["kind"] == "failed":
+                    data = _status_data({**o, "provider_message_id": None}, "failed", now, o.get("error_code"),
+                                        o.get("error_message"))
+                    data["route_reason"] = o.get("reason")
+                    events.append((tenant_id, event_types.MESSAGE_STATUS, data))
+                    events.append((tenant_id, event_types.MESSAGE_FAILED, data))
         return events
 
     async def _append(self, conn: Any, new_events: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
