@@ -189,9 +189,16 @@ async def list_transitions(conn: AsyncConnection, tenant_id: str, message_id: st
 # --------------------------------------------------------------------------------------------- dispatch
 
 async def due_tenants(conn: AsyncConnection, now: dt.datetime, *, limit: int = 1000) -> list[str]:
-    """Tenants with queued rows whose time has come (any node may serve them)."""
-    result = await conn.execute(sa.select(outbox.c.tenant_id).where(
-        outbox.c.state == "queued", outbox.c.next_attempt_at <= now).distinct().limit(limit))
+    """Tenants with queued rows whose time has come (any node may serve them).
+
+    One index probe per tenant (``EXISTS`` on the tenant/state/time index), not a scan of every
+    due row: with a backlog of 48,000 queued messages the DISTINCT over the due rows cost MariaDB
+    ~100 ms per poll."""
+    from control_plane.db.tenants import tenants
+
+    due = sa.select(sa.literal(1)).where(outbox.c.tenant_id == tenants.c.id, outbox.c.state == "queued",
+                                         outbox.c.next_attempt_at <= now).exists()
+    result = await conn.execute(sa.select(tenants.c.id).where(due).limit(limit))
     return [r[0] for r in result]
 
 
@@ -217,14 +224,20 @@ async def claim(conn: AsyncConnection, tenant_id: str, node_id: str, *, limit: i
     oldest first, each with its message's type/content and its conversation's wa_id/last_inbound_at.
 
     MariaDB: two round trips of written-out statements (pick and lock; then read, log the
-    transitions and mark, in one multi-statement trip); elsewhere SQLAlchemy Core."""
+    transitions and mark, in one multi-statement trip); elsewhere SQLAlchemy Core.
+
+    The pick orders by ``next_attempt_at`` alone, the order of the (tenant, state, time) index: it
+    reads and locks just ``limit`` rows. Adding ``created_at`` made MariaDB read, lock and sort
+    the tenant's whole due backlog on every claim (4,800 row locks for a backlog of 2,400). Rows
+    enqueued together get distinct times (``enqueue_many`` spaces them 1 µs apart); the claimed
+    batch itself is returned sorted by (next_attempt_at, created_at)."""
     now = now or utcnow()
     if raw_mariadb(conn):
         return await _claim_raw(conn, tenant_id, node_id, limit, now)
     picked = await conn.execute(
         sa.select(outbox.c.message_id)
         .where(outbox.c.tenant_id == tenant_id, outbox.c.state == "queued", outbox.c.next_attempt_at <= now)
-        .order_by(outbox.c.next_attempt_at, outbox.c.created_at).limit(limit)
+        .order_by(outbox.c.next_attempt_at).limit(limit)
         .with_for_update(skip_locked=True))
     ids = [r[0] for r in picked]
     if not ids:
@@ -262,7 +275,7 @@ async def _claim_raw(conn: AsyncConnection, tenant_id: str, node_id: str, limit:
     t, at = _q(tenant_id), _q_dt(now)
     ((picked, _),) = await _run(conn, [
         f"SELECT message_id FROM outbox WHERE tenant_id = {t} AND state = 'queued' AND next_attempt_at <= {at} "
-        f"ORDER BY next_attempt_at, created_at LIMIT {int(limit)} FOR UPDATE SKIP LOCKED"])
+        f"ORDER BY next_attempt_at LIMIT {int(limit)} FOR UPDATE SKIP LOCKED"])
     if not picked:
         return []
     ids = ",".join([_q(r[0]) for r in picked])
@@ -592,9 +605,14 @@ async def orphan_status_message_ids(conn: AsyncConnection, tenant_id: str, since
 async def expire_leases(conn: AsyncConnection, cutoff: dt.datetime, decide_at: dt.datetime, *,
                         limit: int = 1000) -> int:
     """Rows left ``sending`` by a node that stopped answering (claimed before ``cutoff``) become
-    ``unknown``: the provider may have them. They wait until ``decide_at`` for a confirmation."""
+    ``unknown``: the provider may have them. They wait until ``decide_at`` for a confirmation.
+
+    A row is claimed only once due, so ``next_attempt_at <= claimed_at``: the condition on it is
+    implied and lets the (state, next_attempt_at) index skip rows claimed from a recent backlog
+    (every poll otherwise read and locked each row in flight)."""
     picked = await conn.execute(sa.select(outbox.c.message_id).where(
-        outbox.c.state == "sending", outbox.c.claimed_at < cutoff).limit(limit).with_for_update(skip_locked=True))
+        outbox.c.state == "sending", outbox.c.next_attempt_at < cutoff, outbox.c.claimed_at < cutoff)
+        .limit(limit).with_for_update(skip_locked=True))
     ids = [r[0] for r in picked]
     if not ids:
         return 0
