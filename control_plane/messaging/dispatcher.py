@@ -4,11 +4,16 @@ send them within the rate governor, and record what happened.
 Shape (one node)::
 
     scanner (every MESSAGING_POLL_S) --wakes--> tenant loop (one per tenant with work)
-        claim a batch (FOR UPDATE SKIP LOCKED; marks rows "sending": the lease)
+        claim a batch (FOR UPDATE SKIP LOCKED; marks rows "sending": the lease), about one second of
+        the road's rate; the next one LOOKAHEAD_S before this one's last slot, so the schedule
+        never runs dry while a claim waits on a busy loop
         route each message (routing.decide) -> fail now | wait (retry later) | send on web / business_api
-        book governor slots for the batch -> one task per recipient chain (order kept per recipient)
+        book governor slots for the batch -> one task per recipient chain (order kept per recipient);
+        each Cloud send also passes the per-number window guard (Governor.window_acquire)
         each send's outcome -> recorder (group commit: one transaction for everything that finished
-        since the last commit; then message.sent / message.status / message.failed are emitted)
+        since the last commit, every tenant's sends in one round trip on MariaDB, at most one commit
+        per RECORD_MIN_INTERVAL_S while busy; then message.sent / message.status / message.failed
+        are emitted)
 
 Several nodes share the work through the database: claims skip each other's locked rows (MariaDB),
 and the governor's schedule lives in Redis when REDIS_URL is set.
@@ -16,7 +21,8 @@ and the governor's schedule lives in Redis when REDIS_URL is set.
 Exactly once, and the window that remains
 -----------------------------------------
 A message is claimed (committed "sending", with ``claimed_by``/``claimed_at``) before it is sent, and
-its answer is committed right after (group commit: typically a few ms). A crash (kill -9) in between
+its answer is committed right after (group commit: within RECORD_MIN_INTERVAL_S plus one commit,
+30-60 ms under full load, a few ms when quiet). A crash (kill -9) in between
 leaves rows "sending"; once their lease (MESSAGING_LEASE_S, longer than any send can take) expires
 they become "unknown" and are NOT simply sent again:
 
@@ -26,14 +32,16 @@ they become "unknown" and are NOT simply sent again:
   during the claim's lease, settle it the same way.
 - Neither within MESSAGING_RECONCILE_S: the message is queued again (recorded in its history).
 
-What remains: a message the provider accepted in the few milliseconds between its answer and our
+What remains: a message the provider accepted in the tens of milliseconds between its answer and our
 commit, whose confirmation never reaches us within the reconcile wait — for the Cloud API, when the
 status webhook is not delivered to us within MESSAGING_RECONCILE_S (webhooks down or misrouted); for
 Web, when the bridge died before emitting the ack (it acks ~30 ms after sending in the scripted
-driver, immediately in whatsapp-web.js). Only messages in flight at the instant of the crash are
-exposed: at most one batch per tenant (rate x 1 s) and, in practice, the few requests whose HTTP
-exchange was open. The same rules apply to a send that timed out (GraphAPITimeout / bridge timeout):
-"unknown", never blindly retried.
+driver, immediately in whatsapp-web.js). Only messages whose HTTP exchange was open or whose answer
+awaited the group commit at the instant of the crash are exposed: about rate x 60 ms per number at
+full load (~5 at 80 msg/s). Rows claimed ahead but not yet sent (up to two batches per tenant) also
+become "unknown" after a crash; having never reached the provider, they get no confirmation and are
+sent once, after the reconcile wait. The same rules apply to a send that timed out (GraphAPITimeout /
+bridge timeout): "unknown", never blindly retried.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
   minus a small headroom (default 3 %), no bursts. Meta counts sends per number in any one-second
   window; a smooth schedule keeps every window under the limit even with a few ms of network jitter
   (a token bucket would allow capacity + rate in one window). 130429 pushes the whole number back.
+  Each send also passes ``window_acquire``: an in-process guard that counts the requests answered in
+  the last second plus those in flight, so the provider never sees more than the limit in any
+  one-second window however late or bunched the requests arrive.
 - Per (number, recipient) pair: a bucket of ``cloud_pair_burst`` messages refilling one per
   ``cloud_pair_interval_s`` (Meta: about 1 message per 6 s with short bursts). A paced message is
   not sent now: the dispatcher puts it back with the delay (order to that recipient is kept).
