@@ -149,7 +149,7 @@ async def test_window_guard_holds_at_the_provider_whatever_the_latency():
     elapsed = time.monotonic() - t0
     stamped.sort()
     assert _max_in_window(stamped) <= limit
-    assert elapsed < 160 / limit + 2.0  # about 4 s of work at the limit: the guard does not starve it
+    assert elapsed < 160 / limit + 4.0  # about 4 s of work at the limit: the guard does not starve it
 
 
 async def test_governor_is_shared_across_nodes_through_redis(redis_url):
