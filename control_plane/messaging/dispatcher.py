@@ -4,11 +4,16 @@ send them within the rate governor, and record what happened.
 Shape (one node)::
 
     scanner (every MESSAGING_POLL_S) --wakes--> tenant loop (one per tenant with work)
-        claim a batch (FOR UPDATE SKIP LOCKED; marks rows "sending": the lease)
+        claim a batch (FOR UPDATE SKIP LOCKED; marks rows "sending": the lease), about one second of
+        the road's rate; the next one LOOKAHEAD_S before this one's last slot, so the schedule
+        never runs dry while a claim waits on a busy loop
         route each message (routing.decide) -> fail now | wait (retry later) | send on web / business_api
-        book governor slots for the batch -> one task per recipient chain (order kept per recipient)
+        book governor slots for the batch -> one task per recipient chain (order kept per recipient);
+        each Cloud send also passes the per-number window guard (Governor.window_acquire)
         each send's outcome -> recorder (group commit: one transaction for everything that finished
-        since the last commit; then message.sent / message.status / message.failed are emitted)
+        since the last commit, every tenant's sends in one round trip on MariaDB, at most one commit
+        per RECORD_MIN_INTERVAL_S while busy; then message.sent / message.status / message.failed
+        are emitted)
 
 Several nodes share the work through the database: claims skip each other's locked rows (MariaDB),
 and the governor's schedule lives in Redis when REDIS_URL is set.
@@ -16,7 +21,8 @@ and the governor's schedule lives in Redis when REDIS_URL is set.
 Exactly once, and the window that remains
 -----------------------------------------
 A message is claimed (committed "sending", with ``claimed_by``/``claimed_at``) before it is sent, and
-its answer is committed right after (group commit: typically a few ms). A crash (kill -9) in between
+its answer is committed right after (group commit: within RECORD_MIN_INTERVAL_S plus one commit,
+30-60 ms under full load, a few ms when quiet). A crash (kill -9) in between
 leaves rows "sending"; once their lease (MESSAGING_LEASE_S, longer than any send can take) expires
 they become "unknown" and are NOT simply sent again:
 
@@ -26,14 +32,16 @@ they become "unknown" and are NOT simply sent again:
   during the claim's lease, settle it the same way.
 - Neither within MESSAGING_RECONCILE_S: the message is queued again (recorded in its history).
 
-What remains: a message the provider accepted in the few milliseconds between its answer and our
+What remains: a message the provider accepted in the tens of milliseconds between its answer and our
 commit, whose confirmation never reaches us within the reconcile wait — for the Cloud API, when the
 status webhook is not delivered to us within MESSAGING_RECONCILE_S (webhooks down or misrouted); for
 Web, when the bridge died before emitting the ack (it acks ~30 ms after sending in the scripted
-driver, immediately in whatsapp-web.js). Only messages in flight at the instant of the crash are
-exposed: at most one batch per tenant (rate x 1 s) and, in practice, the few requests whose HTTP
-exchange was open. The same rules apply to a send that timed out (GraphAPITimeout / bridge timeout):
-"unknown", never blindly retried.
+driver, immediately in whatsapp-web.js). Only messages whose HTTP exchange was open or whose answer
+awaited the group commit at the instant of the crash are exposed: about rate x 60 ms per number at
+full load (~5 at 80 msg/s). Rows claimed ahead but not yet sent (up to two batches per tenant) also
+become "unknown" after a crash; having never reached the provider, they get no confirmation and are
+sent once, after the reconcile wait. The same rules apply to a send that timed out (GraphAPITimeout /
+bridge timeout): "unknown", never blindly retried.
 """
 
 from __future__ import annotations
@@ -67,8 +75,14 @@ from control_plane.webhooks.ingest import received_event, status_event
 log = logging.getLogger(__name__)
 
 BATCH_WINDOW_S = 1.0  # a claim takes what the governor can send in this long
-LOOKAHEAD_S = 0.3  # claim the next batch this long before the current one's last slot
+# Claim the next batch this long before the current one's last slot: a claim is several round trips
+# that wait for a busy event loop each (100-800 ms under load); a schedule that runs dry loses that.
+LOOKAHEAD_S = 1.0
 RECORD_BACKLOG_MAX = 1000  # outcomes sent but not yet committed, per node, before claiming pauses
+# A busy recorder commits at most this often (a lone outcome after a quiet spell goes at once): every
+# commit costs a few round trips whatever its size, and at thousands of sends a second back-to-back
+# commits of a dozen rows each spent more CPU on those than on the rows.
+RECORD_MIN_INTERVAL_S = 0.03
 CONTEXT_TTL_S = 5.0  # a tenant's config is re-read this often (and at once after a settings change)
 _OUR_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -91,8 +105,10 @@ class _Work:
 class Recorder:
     """One writer for every outcome and every Web ingest item of this node (group commit)."""
 
-    def __init__(self, dispatcher: "Dispatcher", *, max_batch: int = 500) -> None:
+    def __init__(self, dispatcher: "Dispatcher", *, max_batch: int = 500,
+                 min_interval_s: float = RECORD_MIN_INTERVAL_S) -> None:
         self._d = dispatcher
+        self._min_interval_s = min_interval_s
         self._queue: deque[tuple[str, str, list[dict[str, Any]]]] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -156,10 +172,15 @@ class Recorder:
 
     async def _run(self) -> None:
         delay = 0.05
+        last_commit = 0.0
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._queue:
+                wait = last_commit + self._min_interval_s - time.monotonic()
+                if wait > 0 and self.pending < self._max_batch:
+                    await asyncio.sleep(wait)
+                last_commit = time.monotonic()
                 n = 0
                 batch: list[tuple[str, str, list[dict[str, Any]]]] = []
                 while self._queue and n < self._max_batch:
@@ -214,7 +235,8 @@ class Dispatcher:
         self._waiting_web: set[str] = set()  # tenants with messages waiting for their session
         self._scanner: asyncio.Task | None = None
         self._closing = False
-        self.timing = {"claims": 0, "claim_s": 0.0, "commits": 0, "commit_s": 0.0, "late_s": 0.0, "sends": 0}
+        self.timing = {"claims": 0, "claim_s": 0.0, "commits": 0, "commit_s": 0.0, "late_s": 0.0, "sends": 0,
+                       "dry_s": 0.0, "claim_max_s": 0.0}
         self.stats = {"sent": 0, "failed": 0, "retried": 0, "deferred": 0, "unknown": 0, "recovered": 0,
                       "requeued_unknown": 0}
 
@@ -244,9 +266,10 @@ class Dispatcher:
         await self.recorder.stop()
         t = self.timing
         log.info("messaging dispatcher stopped node=%s stats=%s claims=%d (avg %.1f ms) commits=%d (avg %.1f ms) "
-                 "sends=%d (avg %.1f ms late)", self.node_id, self.stats, t["claims"],
-                 1000 * t["claim_s"] / max(1, t["claims"]), t["commits"], 1000 * t["commit_s"] / max(1, t["commits"]),
-                 t["sends"], 1000 * t["late_s"] / max(1, t["sends"]))
+                 "sends=%d (avg %.1f ms late) schedules ran dry for %.2f s (claims max %.0f ms)", self.node_id,
+                 self.stats, t["claims"], 1000 * t["claim_s"] / max(1, t["claims"]), t["commits"],
+                 1000 * t["commit_s"] / max(1, t["commits"]), t["sends"], 1000 * t["late_s"] / max(1, t["sends"]),
+                 t["dry_s"], 1000 * t["claim_max_s"])
 
     def notify(self, tenant_id: str) -> None:
         """There may be work for ``tenant_id`` now (a new message, a session that became ready)."""
@@ -363,7 +386,9 @@ class Dispatcher:
                     async with self.db.begin() as conn:
                         rows = await outbox_db.claim(conn, tenant_id, self.node_id, limit=limit)
                     self.timing["claims"] += 1
-                    self.timing["claim_s"] += time.perf_counter() - t0
+                    took = time.perf_counter() - t0
+                    self.timing["claim_s"] += took
+                    self.timing["claim_max_s"] = max(self.timing["claim_max_s"], took)
                     errors_in_row = 0
                 except asyncio.CancelledError:
                     raise
@@ -390,7 +415,7 @@ class Dispatcher:
                 self._recent_tenants[tenant_id] = time.monotonic()
                 last = await self._dispatch_batch(tenant_id, ctx, rows, inflight)
                 await sleep_until(last - LOOKAHEAD_S)
-                while len(inflight) > 2 * limit:
+                while len(inflight) > 3 * limit:
                     await asyncio.wait(set(inflight), return_when=asyncio.FIRST_COMPLETED, timeout=1.0)
                 while self.recorder.pending > RECORD_BACKLOG_MAX and not self._closing:
                     await self.recorder.wait_below(RECORD_BACKLOG_MAX // 2)
@@ -440,6 +465,9 @@ class Dispatcher:
                                       "reason": f"paced: pair limit to {row['wa_id']} ({delay:.1f} s)"})
                 else:
                     go.append((row, decision))
+            idle = self.governor.idle_s(number)
+            if idle is not None and go:
+                self.timing["dry_s"] += idle
             slots = await self.governor.reserve(number, [self.governor.cloud_interval()] * len(go))
             base = loop.time()
             for (row, decision), delay in zip(go, slots):
@@ -541,7 +569,8 @@ class Dispatcher:
         if not pmid:
             return self._unknown(row, routing.WEB, decision.reason, "the bridge answered without a message id")
         return {"message_id": row["message_id"], "kind": "sent", "provider": routing.WEB, "provider_message_id": pmid,
-                "conversation_id": row["conversation_id"], "wa_id": row["wa_id"], "reason": decision.reason}
+                "conversation_id": row["conversation_id"], "wa_id": row["wa_id"], "reason": decision.reason,
+                "at": utcnow()}
 
     async def _send_cloud(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
                           decision: routing.Decision) -> dict[str, Any]:
@@ -550,10 +579,12 @@ class Dispatcher:
             return _failed(row, routing.CLOUD, "no_route", "the Business API is not configured", decision.reason)
         try:
             payload = await self._cloud_payload(tenant_id, ctx, row, decision)
-            # One below the limit: a send whose request is written late can land next to the following one.
-            await self.governor.window_guard(f"cloud:{creds.phone_number_id}",
-                                             max(1, math.ceil(self.settings.cloud_rate_per_s) - 1))
-            result = await self.cloud_api.send_raw(creds, payload)
+            win = await self.governor.window_acquire(f"cloud:{creds.phone_number_id}",
+                                                     max(1, math.floor(self.settings.cloud_rate_per_s)))
+            try:
+                result = await self.cloud_api.send_raw(creds, payload)
+            finally:
+                self.governor.window_release(win)
         except GraphAPIUnavailable as exc:
             if exc.maybe_sent:
                 return self._unknown(row, routing.CLOUD, decision.reason, f"no answer from the Graph API: {exc}")
@@ -562,7 +593,7 @@ class Dispatcher:
             return await self._cloud_error(tenant_id, ctx, row, decision, exc)
         return {"message_id": row["message_id"], "kind": "sent", "provider": routing.CLOUD,
                 "provider_message_id": result.wamid, "conversation_id": row["conversation_id"],
-                "wa_id": row["wa_id"], "reason": decision.reason}
+                "wa_id": row["wa_id"], "reason": decision.reason, "at": utcnow()}
 
     async def _cloud_error(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
                            decision: routing.Decision, exc: GraphAPIError) -> dict[str, Any]:
@@ -686,10 +717,11 @@ class Dispatcher:
             getattr(per_tenant.setdefault(tenant_id, _Work()), kind).extend(items)
         new_events: list[tuple[str, str, dict[str, Any]]] = []
         async with self.db.begin() as conn:
+            outcomes = {t: work.outcomes for t, work in per_tenant.items() if work.outcomes}
+            if outcomes:
+                new_events += await self.record_many(conn, outcomes)
             for tenant_id in sorted(per_tenant):
                 work = per_tenant[tenant_id]
-                if work.outcomes:
-                    new_events += await self.record(conn, tenant_id, work.outcomes)
                 if work.messages:
                     rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages)
                     to = {m["provider_message_id"]: m.get("to") for m in work.messages}
@@ -701,33 +733,42 @@ class Dispatcher:
             return await self._append(conn, new_events)
 
     async def record(self, conn: Any, tenant_id: str, outcomes: list[dict[str, Any]]) -> list[tuple]:
-        """Record outcomes inside ``conn``'s transaction; returns (tenant, type, data) events.
+        """:meth:`record_many` for one tenant."""
+        return await self.record_many(conn, {tenant_id: outcomes})
+
+    async def record_many(self, conn: Any, by_tenant: dict[str, list[dict[str, Any]]]) -> list[tuple]:
+        """Record outcomes (of any tenants) inside ``conn``'s transaction; returns (tenant, type,
+        data) events. Sends of every tenant are recorded together (one round trip on MariaDB).
 
         ``message.sent`` for each send the provider accepted; ``message.status`` + ``message.failed``
         for each failure (the webhook's shapes); later statuses come from webhooks and Web acks."""
         now = utcnow()
-        await outbox_db.record_outcomes(conn, tenant_id, outcomes, now=now)
+        tenants = sorted(by_tenant)
+        raced = await outbox_db.record_sent(
+            conn, [(t, o) for t in tenants for o in by_tenant[t] if o["kind"] == "sent"], now=now)
         events: list[tuple[str, str, dict[str, Any]]] = []
-        sent = [o for o in outcomes if o["kind"] == "sent"]
-        raced = set(await outbox_db.unmatched_status_ids(conn, tenant_id,
-                                                         [o["provider_message_id"] for o in sent]))
-        for o in outcomes:
-            if o["kind"] == "sent":
-                data = _status_data(o, "sent", now, None, None)
-                data["route_reason"] = o.get("reason")
-                events.append((tenant_id, event_types.MESSAGE_SENT, data))
-                if o["provider_message_id"] in raced:  # a status beat our record: apply it now
-                    after = await messages_db.apply_recorded_statuses(conn, tenant_id, o["message_id"])
-                    if after and after["status"] != "sent":
-                        events.append((tenant_id, event_types.MESSAGE_STATUS, _status_data(
-                            {**o, "provider_message_id": after["provider_message_id"]}, after["status"],
-                            after["updated_at"], after.get("error_code"), after.get("error_message"))))
-            elif o["kind"] == "failed":
-                data = _status_data({**o, "provider_message_id": None}, "failed", now, o.get("error_code"),
-                                    o.get("error_message"))
-                data["route_reason"] = o.get("reason")
-                events.append((tenant_id, event_types.MESSAGE_STATUS, data))
-                events.append((tenant_id, event_types.MESSAGE_FAILED, data))
+        for tenant_id in tenants:
+            outcomes = by_tenant[tenant_id]
+            others = [o for o in outcomes if o["kind"] != "sent"]
+            if others:
+                await outbox_db.record_outcomes(conn, tenant_id, others, now=now)
+            for o in outcomes:
+                if o["kind"] == "sent":
+                    data = _status_data(o, "sent", o.get("at") or now, None, None)
+                    data["route_reason"] = o.get("reason")
+                    events.append((tenant_id, event_types.MESSAGE_SENT, data))
+                    if (tenant_id, o["provider_message_id"]) in raced:  # a status beat our record: apply it
+                        after = await messages_db.apply_recorded_statuses(conn, tenant_id, o["message_id"])
+                        if after and after["status"] != "sent":
+                            events.append((tenant_id, event_types.MESSAGE_STATUS, _status_data(
+                                {**o, "provider_message_id": after["provider_message_id"]}, after["status"],
+                                after["updated_at"], after.get("error_code"), after.get("error_message"))))
+                elif o["kind"] == "failed":
+                    data = _status_data({**o, "provider_message_id": None}, "failed", now, o.get("error_code"),
+                                        o.get("error_message"))
+                    data["route_reason"] = o.get("reason")
+                    events.append((tenant_id, event_types.MESSAGE_STATUS, data))
+                    events.append((tenant_id, event_types.MESSAGE_FAILED, data))
         return events
 
     async def _append(self, conn: Any, new_events: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:

@@ -4,6 +4,9 @@
   minus a small headroom (default 3 %), no bursts. Meta counts sends per number in any one-second
   window; a smooth schedule keeps every window under the limit even with a few ms of network jitter
   (a token bucket would allow capacity + rate in one window). 130429 pushes the whole number back.
+  Each send also passes ``window_acquire``: an in-process guard that counts the requests answered in
+  the last second plus those in flight, so the provider never sees more than the limit in any
+  one-second window however late or bunched the requests arrive.
 - Per (number, recipient) pair: a bucket of ``cloud_pair_burst`` messages refilling one per
   ``cloud_pair_interval_s`` (Meta: about 1 message per 6 s with short bursts). A paced message is
   not sent now: the dispatcher puts it back with the delay (order to that recipient is kept).
@@ -84,7 +87,7 @@ class Governor:
         self._tat: dict[str, float] = {}
         self._pairs: dict[str, float] = {}
         self._scripts: dict[str, Any] = {}
-        self._sent: dict[str, deque[float]] = {}
+        self._windows: dict[str, _Window] = {}
 
     # -- intervals -------------------------------------------------------------------------------
 
@@ -117,6 +120,13 @@ class Governor:
             delays.append(at)
             at += gap
         return delays
+
+    def idle_s(self, key: str) -> float | None:
+        """How long ``key``'s in-process schedule has had no booked slot (None: never booked, or
+        the schedule lives in Redis). A number with work whose schedule ran dry lost that time."""
+        if self.redis is not None or key not in self._tat:
+            return None
+        return max(0.0, time.monotonic() - self._tat[key])
 
     async def penalize(self, key: str, seconds: float) -> None:
         """Nothing more on ``key`` for ``seconds`` (130429, Retry-After)."""
@@ -159,28 +169,67 @@ class Governor:
             return
         self._pairs[key] = max(self._pairs.get(key, 0.0), time.monotonic() + full)
 
-    async def window_guard(self, key: str, limit: int, window_s: float = 1.0, margin_s: float = 0.03) -> None:
-        """Last line of defence, in-process: never more than ``limit`` sends on ``key`` in any
-        ``window_s`` (+ margin) window of actual send times, even when sends run late and bunch up
-        (an overloaded event loop compresses a smooth schedule)."""
+    async def window_acquire(self, key: str, limit: int, window_s: float = 1.0,
+                             margin_s: float = 0.005) -> "_Window":
+        """Last line of defence, in-process: wait until one more request on ``key`` cannot make the
+        provider see more than ``limit`` requests in any ``window_s`` window, whatever the network
+        and the provider's queue did to their timing. Pair it with :meth:`window_release` once the
+        answer (or the failure) is in.
+
+        The provider stamps a request somewhere between our write (acquire) and its answer
+        (release). So a new request starting now can share a window with every request answered
+        less than ``window_s`` ago and with every request still in flight, and with no other: it
+        goes when those number fewer than ``limit``. Unlike a log of our own send times this holds
+        when the provider (or our loop) is late by more than any margin: a burst the provider
+        queued counts from our first write to its last answer."""
+        win = self._windows.get(key)
+        if win is None:
+            win = self._windows[key] = _Window()
         if limit <= 0:
-            return
-        log_ = self._sent.setdefault(key, deque())
+            win.inflight += 1
+            return win
         span = window_s + margin_s
+        done = win.done
         while True:
             now = time.monotonic()
-            while log_ and now - log_[0] >= span:
-                log_.popleft()
-            if len(log_) < limit:
-                log_.append(now)
-                return
-            await asyncio.sleep(log_[0] + span - now)
+            cutoff = now - span
+            while done and done[0] <= cutoff:
+                done.popleft()
+            if len(done) + win.inflight < limit:
+                win.inflight += 1
+                return win
+            if done:  # the oldest answer leaves the window then
+                await asyncio.sleep(done[0] - cutoff)
+            else:  # all ``limit`` are in flight: wait for an answer
+                if win.answered is None or win.answered.done():
+                    win.answered = asyncio.get_running_loop().create_future()
+                await asyncio.shield(win.answered)
+
+    @staticmethod
+    def window_release(win: "_Window") -> None:
+        """The request :meth:`window_acquire` let go has its answer (or failed)."""
+        win.inflight -= 1
+        win.done.append(time.monotonic())
+        if win.answered is not None and not win.answered.done():
+            win.answered.set_result(None)
 
     def _script(self, name: str, source: str):
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = self.redis.register_script(source)
         return script
+
+
+class _Window:
+    """One key's requests for :meth:`Governor.window_acquire`: answer times (ascending) of the
+    last window, and how many are in flight."""
+
+    __slots__ = ("done", "inflight", "answered")
+
+    def __init__(self) -> None:
+        self.done: deque[float] = deque()
+        self.inflight = 0
+        self.answered: asyncio.Future | None = None
 
 
 async def sleep_until(loop_deadline: float) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from control_plane.providers import http1
 from control_plane.providers.graph_errors import ErrorScope, classify
 
 logger = logging.getLogger(__name__)
@@ -192,10 +193,13 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 class CloudAPIClient:
-    """Cloud API calls over one aiohttp session shared by every tenant of the process.
+    """Cloud API calls shared by every tenant of the process.
 
     Credentials come with each call, so one client serves all tenants. Build it with
     ``await CloudAPIClient.create(base_url)`` (owns its session) or pass a session you own.
+    Sends and read marks (the dispatcher's hot path: one small JSON POST per message) go over a
+    lean keep-alive HTTP/1.1 pool (``http1.py``); media, templates and account calls over the
+    aiohttp session.
     """
 
     def __init__(
@@ -205,11 +209,15 @@ class CloudAPIClient:
         base_url: str = DEFAULT_GRAPH_API_URL,
         timeout: aiohttp.ClientTimeout | None = None,
         owns_session: bool = False,
+        max_connections: int = 200,
     ) -> None:
         self._session = session
         self._base = URL(base_url.rstrip("/"))
         self._timeout = timeout or aiohttp.ClientTimeout(total=30.0, sock_connect=5.0)
         self._owns_session = owns_session
+        self._pool = http1.HTTP1Pool(str(self._base), max_connections=max_connections,
+                                     connect_timeout_s=self._timeout.sock_connect or self._timeout.total or 30.0)
+        self._headers: dict[str, bytes] = {}  # access token -> its request header lines
 
     @classmethod
     async def create(
@@ -223,9 +231,10 @@ class CloudAPIClient:
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
         connector = aiohttp.TCPConnector(limit=max_connections)
         session = aiohttp.ClientSession(connector=connector, timeout=timeout)
-        return cls(session, base_url=base_url, timeout=timeout, owns_session=True)
+        return cls(session, base_url=base_url, timeout=timeout, owns_session=True, max_connections=max_connections)
 
     async def close(self) -> None:
+        await self._pool.close()
         if self._owns_session and not self._session.closed:
             await self._session.close()
 
@@ -253,7 +262,7 @@ class CloudAPIClient:
             raise ValueError("send_raw: 'to' is required")
         if "type" not in body:
             raise ValueError("send_raw: 'type' is required")
-        data = await self._request("POST", creds, f"{creds.phone_number_id}/messages", json=body)
+        data = await self._post_json(creds, f"{creds.phone_number_id}/messages", body)
         try:
             message = data["messages"][0]
             contacts = data.get("contacts") or [{}]
@@ -316,7 +325,7 @@ class CloudAPIClient:
         body: dict[str, Any] = {"messaging_product": "whatsapp", "status": "read", "message_id": message_id}
         if typing:
             body["typing_indicator"] = {"type": "text"}
-        data = await self._request("POST", creds, f"{creds.phone_number_id}/messages", json=body)
+        data = await self._post_json(creds, f"{creds.phone_number_id}/messages", body)
         return bool(data.get("success"))
 
     async def _send(self, creds: CloudCredentials, to: str, kind: str, part: dict[str, Any],
@@ -410,19 +419,56 @@ class CloudAPIClient:
             return target
         return self._base / creds.version / target.lstrip("/")
 
-    async def _request(self, method: str, creds: CloudCredentials, target: str | URL,
-                       **kwargs: Any) -> dict[str, Any]:
-        status, body = await self._fetch(method, creds, self._url(creds, target), **kwargs)
-        text = body.decode("utf-8", errors="replace")
+    async def _post_json(self, creds: CloudCredentials, target: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """POST a JSON body over the lean pool (the hot path); the same answers and errors as
+        :meth:`_request`."""
+        headers = self._headers.get(creds.access_token)
+        if headers is None:
+            token = creds.access_token
+            if not (token.isascii() and token.isprintable()):  # not a header value: let aiohttp refuse it
+                return await self._request("POST", creds, target, json=payload)
+            if len(self._headers) > 10_000:
+                self._headers.clear()
+            headers = self._headers[token] = (f"Authorization: Bearer {token}\r\n"
+                                              "Content-Type: application/json\r\nAccept: */*\r\n").encode()
+        pnid = creds.phone_number_id
+        path = f"/{creds.version}/{target}"
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            resp = await self._pool.request("POST", path, headers=headers, body=body,
+                                            timeout_s=self._timeout.total or 30.0)
+        except (http1.ConnectTimeout, http1.ResponseTimeout) as exc:
+            logger.info("graph timeout phone_number_id=%s POST %s", pnid, path)
+            raise GraphAPITimeout(f"Graph API timed out: POST {path}", maybe_sent=exc.maybe_sent,
+                                  phone_number_id=pnid) from exc
+        except http1.HTTPError as exc:
+            logger.info("graph unavailable phone_number_id=%s POST %s: %s", pnid, path, type(exc).__name__)
+            raise GraphAPIUnavailable(f"Graph API unreachable: {type(exc).__name__}: {exc}",
+                                      maybe_sent=exc.maybe_sent, phone_number_id=pnid) from exc
+        text = resp.body.decode("utf-8", errors="replace")
+        if resp.status >= 400:
+            error = _error_from_response(resp.status, text, {"Retry-After": resp.headers.get("retry-after")}, pnid)
+            logger.info("graph error phone_number_id=%s POST %s http=%s code=%s retryable=%s fbtrace_id=%s",
+                        pnid, path, resp.status, error.code, error.retryable, error.fbtrace_id)
+            raise error
+        return self._decode(resp.status, text, pnid)
+
+    @staticmethod
+    def _decode(status: int, text: str, pnid: str) -> dict[str, Any]:
         try:
             data = json.loads(text) if text else {}
         except ValueError as exc:
             raise GraphAPIError(f"non-JSON answer from Graph API: {text[:200]!r}", http_status=status,
-                                phone_number_id=creds.phone_number_id) from exc
+                                phone_number_id=pnid) from exc
         if not isinstance(data, dict):
             raise GraphAPIError(f"unexpected answer from Graph API: {text[:200]!r}", http_status=status,
-                                phone_number_id=creds.phone_number_id)
+                                phone_number_id=pnid)
         return data
+
+    async def _request(self, method: str, creds: CloudCredentials, target: str | URL,
+                       **kwargs: Any) -> dict[str, Any]:
+        status, body = await self._fetch(method, creds, self._url(creds, target), **kwargs)
+        return self._decode(status, body.decode("utf-8", errors="replace"), creds.phone_number_id)
 
     async def _fetch(self, method: str, creds: CloudCredentials, url: URL, *, max_bytes: int | None = None,
                      **kwargs: Any) -> tuple[int, bytes]:

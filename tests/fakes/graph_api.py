@@ -189,6 +189,7 @@ class FakeGraphAPI:
         self._delays: list[_Delay] = []
         self._rate_limits: dict[str, int] = {}
         self._rate_windows: dict[str, deque[float]] = {}
+        self.throttled: dict[str, int] = {}  # pnid -> 130429 answers for going over its rate limit
         self._pair_intervals: dict[str, float] = {}
         self._pair_last: dict[tuple[str, str], float] = {}
         self._ids = iter(range(10**15 + 1, 10**16))
@@ -361,16 +362,20 @@ class FakeGraphAPI:
         return best
 
     def stats(self) -> dict[str, Any]:
-        """Totals per number, and sends sharing a ``biz_opaque_callback_data`` (duplicates)."""
-        per: dict[str, int] = {}
+        """Totals per number, and sends sharing a ``biz_opaque_callback_data`` (duplicates). Per
+        number: sends, the most in any sliding 1 s window, 130429s for its rate limit, and the
+        accept times (unix seconds) of the sends in order."""
+        per: dict[str, list[float]] = {}
         seen: dict[str, int] = {}
         for record in self.sent:
-            per[record["pnid"]] = per.get(record["pnid"], 0) + 1
+            per.setdefault(record["pnid"], []).append(record["at"])
             key = record.get("biz_opaque_callback_data")
             if key is not None:
                 seen[key] = seen.get(key, 0) + 1
         return {"sent": len(self.sent), "duplicates": sum(n - 1 for n in seen.values() if n > 1),
-                "numbers": {p: {"sent": n, "max_per_second": self.max_per_second(p)} for p, n in per.items()}}
+                "numbers": {p: {"sent": len(times), "max_per_second": self.max_per_second(p),
+                                "throttled": self.throttled.get(p, 0), "times": sorted(times)}
+                            for p, times in per.items()}}
 
     def webhooks(self, target_url: str, app_secret: str) -> WebhookSender:
         """A webhook sender bound to this fake (closed with it)."""
@@ -586,6 +591,7 @@ class FakeGraphAPI:
             while window and now - window[0] >= 1.0:
                 window.popleft()
             if len(window) >= limit:
+                self.throttled[pnid] = self.throttled.get(pnid, 0) + 1
                 raise GraphFault(130429, f"Message throughput of {limit}/s exceeded for this phone number",
                                  subcode=2494055)
             window.append(now)
