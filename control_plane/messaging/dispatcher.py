@@ -225,7 +225,7 @@ class Dispatcher:
             cloud_headroom=settings.cloud_rate_headroom, pair_interval_s=settings.cloud_pair_interval_s,
             pair_burst=settings.cloud_pair_burst, redis=redis)
         self.recorder = Recorder(self)
-        self.web_ingest = WebIngest(self.recorder)
+        self.web_ingest = WebIngest(self.recorder, db=db, events=events)
         self._loops: dict[str, asyncio.Task] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._inflight: dict[str, set[asyncio.Task]] = {}
@@ -262,6 +262,7 @@ class Dispatcher:
             for task in pending:
                 task.cancel()  # left "sending": the lease and reconciliation settle them
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.web_ingest.flush(timeout=grace_s)  # phone-typed messages received so far
         await self.recorder.flush(timeout=grace_s)
         await self.recorder.stop()
         t = self.timing

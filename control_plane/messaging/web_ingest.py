@@ -189,7 +189,7 @@ class WebIngest:
     MAX_BATCH = 200
     ATTEMPTS = 5
 
-    def __init__(self, recorder: Any, *, db: Any = None, events: Any = None) -> None:
+    def __init__(self, recorder: Any, *, db: Any, events: Any = None) -> None:
         self._recorder = recorder
         self._db = db
         self._events = events
@@ -197,9 +197,6 @@ class WebIngest:
         self._held: dict[tuple[str, str], list[dict[str, Any]]] = {}  # acks waiting for their message
         self._task: asyncio.Task | None = None
         self.stored_phone = 0
-
-    def _owner(self) -> Any:
-        return getattr(self._recorder, "_d", None)  # the dispatcher: db and events
 
     async def __call__(self, tenant_id: str, event_name: str, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):
@@ -248,9 +245,7 @@ class WebIngest:
                     self._recorder.put_ingest(tenant_id, statuses=acks)
 
     async def _store_phone(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        owner = self._owner()
-        db = self._db or getattr(owner, "db", None)
-        events = self._events or getattr(owner, "events", None)
+        db, events = self._db, self._events
         per_tenant: dict[str, list[dict[str, Any]]] = {}
         for tenant_id, item in batch:
             per_tenant.setdefault(tenant_id, []).append(item)
