@@ -182,6 +182,8 @@ async def test_stop_leaves_no_process_of_the_tenant(make_supervisor, new_tenant,
     assert status["state"] == "stopped" and status["desired_state"] == "stopped" and status["pid"] is None
     assert gone(pid)
     assert find_orphans((sessions_root / tid).resolve()) == []
+    # The actual state is stored, then published, by the supervisor's writer after stop() returns.
+    await pub.wait_state(tid, "stopped")
     persisted = await row(db, tid)
     assert persisted["desired_state"] == "stopped" and persisted["state"] == "stopped" and persisted["pid"] is None
     assert pub.states(tid)[-2:] == ["stopping", "stopped"]
