@@ -26,6 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from control_plane import errors
 from control_plane.db import Database, DatabaseUnavailable
 from control_plane.db import messages as messages_db
+from control_plane.db.engine import utcnow
 from control_plane.realtime import event_types
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,11 @@ class WebhookIngester:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._conn: Any = None  # the writer's own connection: no pool checkout/ping/reset per batch
+        self._driver: Any = None  # its driver (aiomysql) connection, for the fast path
+        # (tenant_id, wa_id) -> conversation id, learned from committed upserts. A conversation's id
+        # never changes; a stale entry (its tenant deleted) fails the fast path's INSERT, which then
+        # falls back to the careful path and forgets the batch's entries.
+        self._conversation_ids: dict[tuple[str, str], int] = {}
         self.stats = IngestStats()
 
     def start(self) -> None:
@@ -122,7 +128,7 @@ class WebhookIngester:
 
     async def drop_connection(self) -> None:
         """Forget the writer's connection (after an error; tests simulating an outage)."""
-        conn, self._conn = self._conn, None
+        conn, self._conn, self._driver = self._conn, None, None
         if conn is not None:
             try:
                 await conn.close()
@@ -162,18 +168,9 @@ class WebhookIngester:
                         if not p.future.done():
                             p.future.set_exception(errors.Unavailable("storage failed; retry later"))
 
-    async def _store_once_more_after_race(self, batch: list[_Pending]) -> list[dict[str, Any]]:
-        try:
-            return await self._store(batch)
-        except IntegrityError:
-            # Another writer stored one of these wamids between our check and our (MariaDB: plain,
-            # deferred) INSERT: all of it was rolled back; the next check sees theirs.
-            log.info("webhook batch of %d raced another writer; storing it once more", len(batch))
-            return await self._store(batch)
-
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         try:
-            envelopes = await self._store_once_more_after_race(batch)
+            envelopes = await self._store(batch)
         except Exception as exc:  # noqa: BLE001
             self.stats.failed_batches += 1
             await self.drop_connection()
@@ -208,19 +205,120 @@ class WebhookIngester:
             if not pending.future.done():
                 pending.future.set_exception(exc)
 
+    async def _connection(self) -> Any:
+        if self._conn is None:
+            conn = await self._db.engine.connect()
+            driver = None
+            if messages_db.raw_mariadb(conn):
+                try:
+                    driver = (await conn.get_raw_connection()).driver_connection
+                except BaseException:
+                    await conn.close()
+                    raise
+            self._conn, self._driver = conn, driver
+        return self._conn
+
     async def _store(self, batch: list[_Pending]) -> list[dict[str, Any]]:
         per_tenant: dict[str, TenantWork] = {}
         for pending in batch:
             for work in pending.works:
-                merged = per_tenant.setdefault(work.tenant_id, TenantWork(work.tenant_id))
+                merged = per_tenant.get(work.tenant_id)
+                if merged is None:
+                    merged = per_tenant[work.tenant_id] = TenantWork(work.tenant_id, [], [])
                 merged.messages.extend(work.messages)
                 merged.statuses.extend(work.statuses)
         events = self._events()
+        conn = await self._connection()
+        if (self._driver is not None and events is not None and hasattr(events, "append_many")
+                and not any(w.statuses for w in per_tenant.values())):
+            try:
+                return await self._store_fast(per_tenant, events, len(batch))
+            except IntegrityError:
+                # A wamid stored before (a redelivery), or a conversation gone with its tenant: all
+                # of it was rolled back; the careful path checks first and stores what is new.
+                for work in per_tenant.values():
+                    for item in work.messages:
+                        self._conversation_ids.pop((work.tenant_id, item["wa_id"]), None)
+        return await self._store_careful(conn, per_tenant, events, len(batch))
+
+    async def _store_fast(self, per_tenant: dict[str, TenantWork], events: Any, deliveries: int
+                          ) -> list[dict[str, Any]]:
+        """MariaDB, inbound messages only: one round trip (conversations upsert, plain messages INSERT,
+        event-log append) and the COMMIT; one more first for contacts whose conversation id is not
+        known yet. See ``messages_db.InboundPlan``."""
+        conn, driver = self._conn, self._driver
+        now = utcnow()
+        known = self._conversation_ids
+        learned: dict[tuple[str, str], int] = {}
+        statements: list[str] = []
+        new_events: list[tuple[str, str, dict[str, Any]]] = []
+        stored: list[tuple[str, messages_db.InboundPlan]] = []
+        try:
+            for tenant_id in sorted(per_tenant):  # one lock order for every writer
+                work = per_tenant[tenant_id]
+                plan = messages_db.InboundPlan(tenant_id, work.messages, now)
+                if not plan.rows:
+                    continue
+                ids: dict[str, int] = {}
+                for wa_id in plan.wa_ids():
+                    cid = known.get((tenant_id, wa_id))
+                    if cid is None:
+                        break
+                    ids[wa_id] = cid
+                else:
+                    statements.append(plan.upsert_conversations_sql(returning=False))
+                    statements.append(plan.insert_messages_sql(ids))
+                    stored.append((tenant_id, plan))
+                    continue
+                # A contact we have not seen: upsert them all (one statement, one lock order) for the ids.
+                rows = await messages_db.driver_fetch(driver, plan.upsert_conversations_sql(returning=True))
+                ids = {wa_id: cid for cid, wa_id in rows}
+                learned.update(((tenant_id, wa_id), cid) for wa_id, cid in ids.items())
+                statements.append(plan.insert_messages_sql(ids))
+                stored.append((tenant_id, plan))
+            if not stored:
+                await driver.rollback()
+                return []
+            for tenant_id, plan in stored:
+                for row, to in plan.stored():
+                    new_events.append((tenant_id, event_types.MESSAGE_RECEIVED, received_event(row, to)))
+            envelopes = list(await events.append_many(conn, new_events, before=statements))
+            await driver.commit()
+        except BaseException:
+            try:
+                await driver.rollback()
+            except Exception:  # noqa: BLE001 - the caller drops the connection on what is not IntegrityError
+                pass
+            raise
+        if learned:
+            if len(known) > 200_000:
+                known.clear()
+            known.update(learned)
+        self._count(deliveries, sum(len(plan.rows) for _, plan in stored), 0)
+        return envelopes
+
+    def _count(self, deliveries: int, messages: int, statuses: int) -> None:
+        self.stats.batches += 1
+        self.stats.deliveries += deliveries
+        self.stats.max_batch = max(self.stats.max_batch, deliveries)
+        self.stats.messages_stored += messages
+        self.stats.statuses_stored += statuses
+
+    async def _store_careful(self, conn: Any, per_tenant: dict[str, TenantWork], events: Any, deliveries: int
+                             ) -> list[dict[str, Any]]:
+        try:
+            return await self._store_checked(conn, per_tenant, events, deliveries)
+        except IntegrityError:
+            # Another writer stored one of these wamids between our check and our (MariaDB: plain,
+            # deferred) INSERT: all of it was rolled back; the next check sees theirs.
+            log.info("webhook batch of %d raced another writer; storing it once more", deliveries)
+            return await self._store_checked(conn, per_tenant, events, deliveries)
+
+    async def _store_checked(self, conn: Any, per_tenant: dict[str, TenantWork], events: Any, deliveries: int
+                             ) -> list[dict[str, Any]]:
+        """Any database, messages and statuses: check what is stored already, then write."""
         new_events: list[tuple[str, str, dict[str, Any]]] = []
         stored_messages = stored_statuses = 0
-        if self._conn is None:
-            self._conn = await self._db.engine.connect()
-        conn = self._conn
         # MariaDB: the messages INSERTs go out with the event-log append, in one round trip.
         deferred: list[str] | None = [] if messages_db.raw_mariadb(conn) else None
         async with conn.begin():
@@ -259,9 +357,5 @@ class WebhookIngester:
                         envelopes.append(await events.append(conn, tenant_id, type_, data))
             if deferred:
                 await messages_db.run_deferred(conn, deferred)
-        self.stats.batches += 1
-        self.stats.deliveries += len(batch)
-        self.stats.max_batch = max(self.stats.max_batch, len(batch))
-        self.stats.messages_stored += stored_messages
-        self.stats.statuses_stored += stored_statuses
+        self._count(deliveries, stored_messages, stored_statuses)
         return envelopes
