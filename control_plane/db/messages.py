@@ -321,10 +321,25 @@ async def advance_message_status(conn: AsyncConnection, tenant_id: str, message_
                                          "error_message": error_message}]))
     if values:
         values["updated_at"] = utcnow()
-        await conn.execute(messages.update().where(messages.c.tenant_id == tenant_id, messages.c.id == message_id)
-                           .values(**values))
+        await conn.execute(guarded_update(tenant_id, message_id, values))
         row.update(values)
     return row
+
+
+_RANK_SQL = sa.case(STATUS_RANK, value=messages.c.status, else_=-1)
+
+
+def guarded_update(tenant_id: str, message_id: str, changes: dict[str, Any]) -> sa.Update:
+    """The UPDATE for ``_status_changes``, with the ladder enforced by the database as well: the status
+    moves only up (whatever another writer committed since our read), each status time is set once."""
+    values: dict[str, Any] = dict(changes)
+    status = values.get("status")
+    if status is not None:
+        values["status"] = sa.case((_RANK_SQL < status_rank(status), status), else_=messages.c.status)
+    for column in set(STATUS_TIME_COLUMN.values()).intersection(values):
+        values[column] = sa.func.coalesce(messages.c[column], values[column])
+    return (messages.update().where(messages.c.tenant_id == tenant_id, messages.c.id == message_id)
+            .values(**values))
 
 
 def _status_changes(row: dict[str, Any], updates: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -724,8 +739,14 @@ async def apply_status_updates(conn: AsyncConnection, tenant_id: str,
         return []
 
     pmids = sorted({k[0] for k in fresh})
+    providers = sorted({upd["provider"] for upd in fresh.values()})
+    # A locking read (MariaDB): another transaction moving these messages commits first, and we read
+    # what it left (the unique index (tenant, provider, wamid) finds, and locks, just these rows).
     result = await conn.execute(sa.select(messages).where(messages.c.tenant_id == tenant_id,
-                                                          messages.c.provider_message_id.in_(pmids)))
+                                                          messages.c.provider.in_(providers),
+                                                          messages.c.provider_message_id.in_(pmids))
+                                .order_by(messages.c.provider, messages.c.provider_message_id)
+                                .with_for_update())
     known: dict[tuple[str | None, str], dict[str, Any]] = {}
     for row in result:
         m = dict(row._mapping)
@@ -756,8 +777,7 @@ async def apply_status_updates(conn: AsyncConnection, tenant_id: str,
         before = msg["status"]
         if changes:
             changes["updated_at"] = now
-            await conn.execute(messages.update().where(messages.c.tenant_id == tenant_id,
-                                                       messages.c.id == message_id).values(**changes))
+            await conn.execute(guarded_update(tenant_id, message_id, changes))
             msg.update(changes)
         for upd in upds:
             out.append({"message_id": message_id, "conversation_id": msg["conversation_id"],
@@ -790,8 +810,7 @@ async def apply_recorded_statuses(conn: AsyncConnection, tenant_id: str, message
     changes = _status_changes(msg, facts)
     if changes:
         changes["updated_at"] = utcnow()
-        await conn.execute(messages.update().where(messages.c.tenant_id == tenant_id,
-                                                   messages.c.id == message_id).values(**changes))
+        await conn.execute(guarded_update(tenant_id, message_id, changes))
         msg.update(changes)
     return msg
 
