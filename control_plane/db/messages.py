@@ -573,8 +573,13 @@ class InboundPlan:
         return _insert_messages_sql(self.rows, ignore=False)
 
     def stored(self) -> list[tuple[dict[str, Any], Any]]:
-        """(row as ``record_inbound_messages`` returns it, the item's ``to``) per stored message."""
-        return [(_stored_row(r), r["_to"]) for r in self.rows]
+        """(row, the item's ``to``) per stored message: the row as ``record_inbound_messages`` returns
+        it, less the copy (the private ``_`` keys stay; readers use the public ones)."""
+        out = []
+        for r in self.rows:
+            r["wa_id"], r["contact_name"] = r["_wa_id"], r["_contact_name"]
+            out.append((r, r["_to"]))
+        return out
 
 
 async def driver_fetch(driver: Any, sql: str) -> list[tuple]:

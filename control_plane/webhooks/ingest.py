@@ -102,9 +102,11 @@ def iso(value: dt.datetime | None) -> str | None:
 
 def received_event(row: dict[str, Any], to: str | None = None) -> dict[str, Any]:
     """``message.received`` data (the same shape for both providers; see docs/EVENTS.md)."""
+    # A fast-path row keeps the content object aside (its "content" is the stored JSON text).
+    content = row["_content"] if "_content" in row else row["content"]
     return {"message_id": row["id"], "conversation_id": row["conversation_id"], "provider": row["provider"],
             "direction": "inbound", "from": row["wa_id"], "to": to, "contact_name": row.get("contact_name"),
-            "type": row["type"], "content": row["content"], "status": "received",
+            "type": row["type"], "content": content, "status": "received",
             "provider_message_id": row["provider_message_id"], "timestamp": iso(row.get("provider_timestamp"))}
 
 

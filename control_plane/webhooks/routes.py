@@ -166,7 +166,8 @@ async def receive(request: web.Request) -> web.Response:
         finally:
             current_tenant.reset(token)
     counters.accepted += 1
-    return web.Response(text=_ACK % (messages, statuses, unknown), content_type="application/json")
+    return web.Response(body=(_ACK % (messages, statuses, unknown)).encode(), content_type="application/json",
+                        charset="utf-8")
 
 
 async def webhooks_context(app: web.Application):
