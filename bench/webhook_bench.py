@@ -11,8 +11,8 @@ routes by phone_number_id, stores the message (group commit, durable before 200)
 when missing) replays pre-signed bodies from a file through a Lua script; both servers run in their
 own processes, sharing the machine's cores with wrk, like production on a small box.
 
-Prints req/s, p50/p99 per round and the medians, the ratio to the ceiling, errors, and checks that
-every 200 is a stored row. Targets: >= 50% of the ceiling, p99 < 50 ms at 50 connections, no errors.
+Prints req/s, p50/p99 per round and the medians, the ratio to the ceiling, errors, the CPU each process
+spent per request (from /proc), the rows per commit, and checks that every 200 is a stored row. Targets: >= 50% of the ceiling, p99 < 50 ms at 50 connections, no errors.
 Needs MariaDB (TEST_MARIADB_SERVER, default mysql://root@127.0.0.1:3306).
 """
 

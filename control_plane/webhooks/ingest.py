@@ -375,7 +375,8 @@ class WebhookIngester:
                 # of it was rolled back; the careful path checks first and stores what is new.
                 for work in per_tenant.values():
                     for item in work.messages:
-                        self._conversation_ids.pop((work.tenant_id, item["wa_id"]), None)
+                        wa_id = messages_db.canonical_wa_id(item["wa_id"])[:32] or "0"
+                        self._conversation_ids.pop((work.tenant_id, wa_id), None)
         await self._store_careful(conn, per_tenant, events, len(batch))
 
     async def _store_fast(self, writer: _Writer, per_tenant: dict[str, TenantWork], events: Any,
