@@ -11,8 +11,8 @@ routes by phone_number_id, stores the message (group commit, durable before 200)
 when missing) replays pre-signed bodies from a file through a Lua script; both servers run in their
 own processes, sharing the machine's cores with wrk, like production on a small box.
 
-Prints req/s, p50/p99 per round and the medians, the ratio to the ceiling, errors, and checks that
-every 200 is a stored row. Targets: >= 50% of the ceiling, p99 < 50 ms at 50 connections, no errors.
+Prints req/s, p50/p99 per round and the medians, the ratio to the ceiling, errors, the CPU each process
+spent per request (from /proc), the rows per commit, and checks that every 200 is a stored row. Targets: >= 50% of the ceiling, p99 < 50 ms at 50 connections, no errors.
 Needs MariaDB (TEST_MARIADB_SERVER, default mysql://root@127.0.0.1:3306).
 """
 
@@ -173,9 +173,41 @@ def run_wrk(wrk: str, url: str, script: Path, bodies: Path, args: argparse.Names
     return res
 
 
-def count_rows(engine: sa.Engine) -> int:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process has used so far (0 when unknown)."""
+    if not pid:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mariadb_pid() -> int | None:
+    out = subprocess.run(["pidof", "mariadbd"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if len(out) == 1 else None
+
+
+def run_measured(wrk: str, url: str, script: Path, bodies: Path, args: argparse.Namespace,
+                 pids: dict[str, int | None]) -> dict:
+    """``run_wrk`` plus the CPU each process spent per request (µs), when it can be read."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    res = run_wrk(wrk, url, script, bodies, args)
+    for name, pid in pids.items():
+        res[f"cpu_{name}_us"] = (cpu_seconds(pid) - before[name]) * 1e6 / max(res["requests"], 1)
+    return res
+
+
+def cpu_note(res: dict) -> str:
+    return "  CPU/req " + ", ".join(f"{k[4:-3]} {v:.0f} µs" for k, v in res.items()
+                                    if k.startswith("cpu_") and v)
+
+
+def count_rows(engine: sa.Engine) -> tuple[int, int]:
+    """(stored messages, transactions that stored them): a batch's rows share one created_at."""
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT COUNT(*) FROM messages")).scalar_one()
+        return tuple(conn.execute(sa.text("SELECT COUNT(*), COUNT(DISTINCT created_at) FROM messages")).one())
 
 
 def main() -> None:
@@ -231,22 +263,27 @@ def main() -> None:
         print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} alternating rounds, "
               f"body {body_size} bytes, MariaDB {db_name}", flush=True)
         results: dict[str, list[dict]] = {"bare": [], "app": []}
+        db_pid = mariadb_pid()
         for rnd in range(1, args.rounds + 1):
-            r = run_wrk(wrk, bare_base + PATH, script, bare_bodies, args)
+            r = run_measured(wrk, bare_base + PATH, script, bare_bodies, args, {"server": procs[1].pid})
             results["bare"].append(r)
             print(f"  round {rnd} bare aiohttp : {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
-                  f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']}", flush=True)
+                  f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']}" + cpu_note(r), flush=True)
             bodies = tmp / "app.txt"
             make_bodies(bodies, args.duration * args.max_rps, f"R{rnd}X")
             before = count_rows(engine)
-            r = run_wrk(wrk, app_base + PATH, script, bodies, args)
+            r = run_measured(wrk, app_base + PATH, script, bodies, args,
+                             {"app": procs[0].pid, "mariadb": db_pid})
             time.sleep(0.5)  # let requests cut by wrk's stop finish
-            r["stored"] = count_rows(engine) - before
+            after = count_rows(engine)
+            r["stored"], r["commits"] = after[0] - before[0], after[1] - before[1]
             results["app"].append(r)
             ok = r["requests"] - r["status"]
             print(f"  round {rnd} gateway      : {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
-                  f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']}  200s {ok}  rows stored {r['stored']}"
-                  + ("  (WARNING: bodies wrapped: duplicates sent)" if r["wraps"] else ""), flush=True)
+                  f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']}  200s {ok}  rows stored {r['stored']} "
+                  f"in {r['commits']} commits"
+                  + ("  (WARNING: bodies wrapped: duplicates sent)" if r["wraps"] else "") + cpu_note(r),
+                  flush=True)
 
         def med(kind: str, key: str) -> float:
             return statistics.median(x[key] for x in results[kind])

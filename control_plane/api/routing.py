@@ -4,6 +4,11 @@ that the server enforces.
 
 A tenant-scoped operation (``auth="tenant"``) is served twice: at its path with the tenant's API key,
 and under ``/api/tenants/{tenant_id}/...`` with the admin token. Handlers read ``request["tenant"]``.
+
+``lean=True`` (hot paths such as Meta's webhook): the handler is registered as it is, without the
+wrapper. It takes the request alone, parses and answers itself (a ``web.StreamResponse``); the
+declared models still describe it in the OpenAPI document. Only for ``auth="none"`` and no body or
+query model, so nothing the wrapper enforces is skipped.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Operation:
     extra_responses: dict[int, dict] = field(default_factory=dict)
     openapi: bool = True
     mirror: bool = True
+    lean: bool = False
 
 
 def _first_error(exc: ValidationError, prefix: str = "") -> errors.InvalidInput:
@@ -59,8 +65,12 @@ def _first_error(exc: ValidationError, prefix: str = "") -> errors.InvalidInput:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The raw body, at most ``limit`` bytes (413 past it, checked before and while reading)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if length <= request.client_max_size:  # the common case: aiohttp reads exactly that much, once
+            return await request.read()
     chunks, size = [], 0
     async for chunk in request.content.iter_chunked(64 * 1024):
         size += len(chunk)
@@ -123,13 +133,18 @@ class Router:
               body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
               response: type[BaseModel] | None = None, status: int = 200, errors: tuple[int, ...] = (),
               max_body_bytes: int | None = None, produces: tuple[str, ...] = ("application/json",),
-              extra_responses: dict[int, dict] | None = None, openapi: bool = True, mirror: bool = True):
+              extra_responses: dict[int, dict] | None = None, openapi: bool = True, mirror: bool = True,
+              lean: bool = False):
+        if lean and (auth != "none" or body is not None or query is not None):
+            raise ValueError("a lean route has auth='none' and parses its own input")
+
         def decorate(handler: Handler) -> Handler:
             self.operations.append(Operation(
                 method=method.upper(), path=path, handler=handler, auth=auth, summary=summary,
                 tags=(tags,) if isinstance(tags, str) else tuple(tags), body=body, query=query,
                 response=response, status=status, errors=errors, max_body_bytes=max_body_bytes,
-                produces=produces, extra_responses=extra_responses or {}, openapi=openapi, mirror=mirror))
+                produces=produces, extra_responses=extra_responses or {}, openapi=openapi, mirror=mirror,
+                lean=lean))
             return handler
         return decorate
 
@@ -139,7 +154,7 @@ class Router:
     def register(self, app: web.Application) -> None:
         for op in self.operations:
             for path, mode in self.served_paths(op):
-                app.router.add_route(op.method, path, self._wrap(op, mode))
+                app.router.add_route(op.method, path, op.handler if op.lean else self._wrap(op, mode))
 
     @staticmethod
     def served_paths(op: Operation) -> list[tuple[str, str]]:

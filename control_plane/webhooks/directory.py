@@ -9,7 +9,6 @@ Secrets are kept decrypted only here, as bytes, never logged.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
@@ -52,7 +51,7 @@ def signature_matches(body: bytes, digest: bytes, secret: bytes | None) -> bool:
     """HMAC-SHA256 of the RAW body with ``secret``, compared in constant time."""
     if not secret:
         return False
-    return hmac.compare_digest(hmac.new(secret, body, hashlib.sha256).digest(), digest)
+    return hmac.compare_digest(hmac.digest(secret, body, "sha256"), digest)  # OpenSSL's one-shot HMAC
 
 
 class TenantDirectory:
@@ -67,6 +66,14 @@ class TenantDirectory:
     def invalidate(self) -> None:
         self._cache.clear()
         self._generation += 1
+
+    def cached(self, pnid: str) -> Target | None | bool:
+        """The cached answer for one id without waiting: a Target, None (no active tenant owns it), or
+        False when the cache cannot say (missing or expired: use :meth:`targets`)."""
+        hit = self._cache.get(pnid)
+        if hit is None or hit[0] <= time.monotonic():
+            return False
+        return hit[1]
 
     async def targets(self, phone_number_ids: list[str]) -> dict[str, Target | None]:
         """pnid -> Target, or None when no active tenant owns it."""

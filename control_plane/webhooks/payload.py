@@ -42,15 +42,21 @@ class ParsedDelivery:
         return batch
 
 
+_EPOCH = dt.datetime(1970, 1, 1)
+_SECOND = dt.timedelta(seconds=1)
+
+
 def unix_ts(value: Any) -> dt.datetime | None:
     """Meta's unix-second strings -> naive UTC; None when absent or unreadable."""
     try:
-        seconds = float(value)
-    except (TypeError, ValueError):
+        seconds = int(value) if type(value) is str and value.isdigit() else float(value)  # noqa: E721
+    except (TypeError, ValueError, OverflowError):
         return None
     if not 0 <= seconds < 32503680000:  # year 3000
         return None
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
+    if type(seconds) is int:  # noqa: E721 - the usual case: whole seconds, exact
+        return _EPOCH + _SECOND * seconds
+    return _EPOCH + dt.timedelta(seconds=seconds)
 
 
 def _list(value: Any) -> list[Any]:
@@ -154,7 +160,12 @@ def parse_delivery(data: Any) -> ParsedDelivery:
                 continue
             batch = parsed.number(str(pnid))
             business_number = metadata.get("display_phone_number")
-            business_number = "".join(ch for ch in str(business_number) if ch.isdigit()) if business_number else None
+            if business_number:
+                business_number = str(business_number)
+                if not business_number.isdigit():
+                    business_number = "".join(ch for ch in business_number if ch.isdigit())
+            else:
+                business_number = None
             names: dict[str, str] = {}
             for contact in _list(value.get("contacts")):
                 if isinstance(contact, dict) and contact.get("wa_id") is not None:

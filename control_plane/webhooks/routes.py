@@ -26,7 +26,7 @@ from control_plane.api.routing import Router, parse_json, read_body
 from control_plane.crypto import hash_api_key
 from control_plane.db import whatsapp_config as config_db
 from control_plane.logs import current_tenant
-from control_plane.webhooks.directory import TenantDirectory, parse_signature, signature_matches
+from control_plane.webhooks.directory import Target, TenantDirectory, parse_signature, signature_matches
 from control_plane.webhooks.ingest import TenantWork, WebhookIngester
 from control_plane.webhooks.payload import parse_delivery
 from pydantic import Field
@@ -82,9 +82,15 @@ async def handshake(request: web.Request, query: HandshakeQuery) -> web.Response
     return web.Response(text=query.challenge, content_type="text/plain")
 
 
+# The ack as ``web.json_response`` writes ``WebhookAck`` (the same bytes), without pydantic per request.
+_ACK = '{"ok": true, "messages": %d, "statuses": %d, "unknown_phone_number_ids": %d}'
+
+
 @router.route("POST", PATH, auth="none", tags=TAGS, response=WebhookAck, errors=(400, 401, 413, 422, 503),
-              summary="Meta's signed webhook deliveries (X-Hub-Signature-256); 200 only once stored")
-async def receive(request: web.Request) -> WebhookAck:
+              summary="Meta's signed webhook deliveries (X-Hub-Signature-256); 200 only once stored", lean=True)
+async def receive(request: web.Request) -> web.Response:
+    # A lean route (see routing.py): it reads, checks and answers by itself; errors still go through
+    # the error middleware, the access line through the access middleware.
     app = request.app
     counters: WebhookCounters = app["webhook_counters"]
     counters.deliveries += 1
@@ -98,12 +104,26 @@ async def receive(request: web.Request) -> WebhookAck:
         counters.bad_signature += 1
         raise errors.Unauthenticated("missing or malformed X-Hub-Signature-256", code="invalid_signature")
     parsed = parse_delivery(parse_json(raw))
-    counters.ignored_changes += parsed.ignored_changes
-    counters.skipped_items += parsed.skipped_items
+    if parsed.ignored_changes:
+        counters.ignored_changes += parsed.ignored_changes
+    if parsed.skipped_items:
+        counters.skipped_items += parsed.skipped_items
 
+    # Routing: the directory's cache answers without waiting; a miss (or an expired entry) is loaded.
     directory: TenantDirectory = app["webhook_directory"]
-    targets = await directory.targets(list(parsed.numbers))
+    targets: dict[str, Target | None] = {}
+    missing = None
+    for pnid in parsed.numbers:
+        target = directory.cached(pnid)
+        if target is False:
+            missing = [pnid] if missing is None else [*missing, pnid]
+        else:
+            targets[pnid] = target
+    if missing:
+        targets.update(await directory.targets(missing))
+
     works: dict[str, TenantWork] = {}
+    app_secrets: dict[str, bytes | None] = {}
     unknown = messages = statuses = 0
     for pnid, batch in parsed.numbers.items():
         target = targets.get(pnid)
@@ -112,20 +132,25 @@ async def receive(request: web.Request) -> WebhookAck:
             log.warning("webhook for unknown phone_number_id=%s (%d messages, %d statuses) not stored",
                         pnid, len(batch.messages), len(batch.statuses))
             continue
-        work = works.setdefault(target.tenant_id, TenantWork(target.tenant_id))
-        work.messages.extend(batch.messages)
-        work.statuses.extend(batch.statuses)
+        tenant_id = target.tenant_id
+        work = works.get(tenant_id)
+        if work is None:
+            work = works[tenant_id] = TenantWork(tenant_id, batch.messages, batch.statuses)
+            app_secrets[tenant_id] = target.app_secret
+        else:
+            work.messages = [*work.messages, *batch.messages]
+            work.statuses = [*work.statuses, *batch.statuses]
         messages += len(batch.messages)
         statuses += len(batch.statuses)
         if batch.errors:
-            log.warning("webhook errors for phone_number_id=%s tenant=%s: %s", pnid, target.tenant_id,
+            log.warning("webhook errors for phone_number_id=%s tenant=%s: %s", pnid, tenant_id,
                         str(batch.errors)[:500])
-    counters.unknown_phone_number_id += unknown
+    if unknown:
+        counters.unknown_phone_number_id += unknown
 
     # Every tenant the delivery names must have signed it: verify all before storing anything.
-    for tenant_id in works:
-        target = next(t for t in targets.values() if t is not None and t.tenant_id == tenant_id)
-        if not signature_matches(raw, digest, target.app_secret):
+    for tenant_id, secret in app_secrets.items():
+        if not signature_matches(raw, digest, secret):
             counters.bad_signature += 1
             log.warning("webhook signature mismatch tenant=%s (nothing stored)", tenant_id)
             raise errors.Unauthenticated("X-Hub-Signature-256 does not match", code="invalid_signature")
@@ -141,7 +166,8 @@ async def receive(request: web.Request) -> WebhookAck:
         finally:
             current_tenant.reset(token)
     counters.accepted += 1
-    return WebhookAck(messages=messages, statuses=statuses, unknown_phone_number_ids=unknown)
+    return web.Response(body=(_ACK % (messages, statuses, unknown)).encode(), content_type="application/json",
+                        charset="utf-8")
 
 
 async def webhooks_context(app: web.Application):

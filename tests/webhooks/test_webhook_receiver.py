@@ -374,3 +374,86 @@ async def test_race_with_another_writer_is_stored_once_with_one_event(app_client
     assert len(events) == 1
     conv = db_rows("SELECT * FROM conversations WHERE tenant_id = :t", t=tenant["id"])
     assert [c["unread_count"] for c in conv] == [1]
+
+
+async def test_known_contacts_take_the_fast_path_and_counts_add_up(app_client, business_tenant, sender, db_rows,
+                                                                 published):
+    """The first message of a contact learns its conversation id; later ones reuse it (one round trip),
+    a redelivery of a stored wamid falls back to the checked path: counted once, published once."""
+    tenant = await business_tenant()
+    send = sender(tenant)
+    sent = [g.text_message(USER, f"n{i}") for i in range(3)]
+    for message in sent:
+        assert (await send.inbound(tenant["pnid"], message)).status == 200
+    ingester = app_client.server.app["webhook_ingester"]
+    if ingester._writers[0].driver is not None:  # MariaDB: the fast path learned the conversation's id
+        assert (tenant["id"], USER) in ingester._conversation_ids
+    assert (await send.inbound(tenant["pnid"], sent[1])).status == 200  # a redelivery
+    stored = _messages(db_rows, tenant["id"])
+    assert sorted(m["provider_message_id"] for m in stored) == sorted(m["id"] for m in sent)
+    assert len({m["conversation_id"] for m in stored}) == 1
+    [conv] = db_rows("SELECT * FROM conversations WHERE tenant_id = :t", t=tenant["id"])
+    assert conv["unread_count"] == 3
+    assert len(published(tenant["id"], "message.received")) == 3
+
+
+@pytest.mark.mariadb
+async def test_two_writers_store_once_and_keep_the_ladder(app_client, business_tenant, sender, db_rows, published):
+    """Two batches committing at once: duplicates across them stored once, seqs gapless, and statuses
+    racing each other never move a message backwards."""
+    from control_plane.webhooks.ingest import _Writer
+
+    app = app_client.server.app
+    ingester = app["webhook_ingester"]
+    await ingester.stop()
+    ingester._writers = [_Writer(0), _Writer(1)]
+    ingester.start()
+    try:
+        tenant = await business_tenant()
+        send = sender(tenant)
+        await send.inbound(tenant["pnid"], g.text_message(USER, "hi"))
+        creds = CloudCredentials(tenant["pnid"], tenant["waba"], tenant["token"])
+        result = await app["cloud_api"].send_text(creds, USER, "out")
+        async with app["db"].begin() as conn:
+            conv = await messages_db.get_or_create_conversation(conn, tenant["id"], USER)
+            row = await messages_db.create_outbound_message(conn, tenant["id"], conv["id"], type="text",
+                                                            content={"body": "out"})
+            await messages_db.advance_message_status(conn, tenant["id"], row["id"], "sent",
+                                                     provider="business_api", provider_message_id=result.wamid)
+        messages = [g.text_message(f"1650555{i:04d}", f"m{i}") for i in range(30)]
+        payloads = [send.inbound_payload(tenant["pnid"], m) for m in messages] * 2
+        status_payloads = [g.messages_payload(tenant["waba"], tenant["pnid"],
+                                              statuses=[g.status(result.wamid, status, USER)])
+                           for status in ("read", "delivered", "sent", "delivered")]
+        results = await asyncio.gather(*(send.send(p) for p in [*payloads, *status_payloads]))
+        assert {r.status for r in results} == {200}
+        assert ingester.stats.batches >= 2
+    finally:
+        await ingester.stop()
+    assert len(_messages(db_rows, tenant["id"])) == 1 + 30 + 1
+    received = published(tenant["id"], "message.received")
+    assert len(received) == 31
+    seqs = [e["seq"] for e in published(tenant["id"])]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    [out] = db_rows("SELECT * FROM messages WHERE tenant_id = :t AND direction = 'outbound'", t=tenant["id"])
+    assert out["status"] == "read" and out["read_at"]
+    assert [e["data"]["status"] for e in published(tenant["id"], "message.status")] == ["read"]
+
+
+async def test_the_database_enforces_the_ladder(app_client, business_tenant):
+    """An UPDATE computed from a stale read (another writer moved the message meanwhile) cannot move it
+    back, nor overwrite a status time."""
+    tenant = await business_tenant()
+    app = app_client.server.app
+    async with app["db"].begin() as conn:
+        conv = await messages_db.get_or_create_conversation(conn, tenant["id"], USER)
+        row = await messages_db.create_outbound_message(conn, tenant["id"], conv["id"], type="text",
+                                                        content={"body": "x"})
+        read_at = dt.datetime(2030, 1, 1, 12, 0, 0)
+        await conn.execute(messages_db.guarded_update(tenant["id"], row["id"], {"status": "read", "read_at": read_at}))
+        stale = await messages_db.get_message(conn, tenant["id"], row["id"])
+        await conn.execute(messages_db.guarded_update(tenant["id"], row["id"], {
+            "status": "delivered", "delivered_at": read_at, "read_at": dt.datetime(2031, 1, 1)}))
+        after = await messages_db.get_message(conn, tenant["id"], row["id"])
+    assert stale["status"] == after["status"] == "read"
+    assert after["read_at"] == read_at and after["delivered_at"] == read_at
