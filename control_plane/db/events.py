@@ -108,6 +108,16 @@ def _one_trip_sql(events: Sequence[NewEvent], counts: dict[str, int], *, commit:
     return f"{upsert};{insert};{select};COMMIT" if commit else f"{upsert};{insert};{select}"
 
 
+def _upsert_returning_sql(counts: dict[str, int]) -> str:
+    """The counter upsert (tenants in sorted order: one lock order for every writer, so batches
+    cannot deadlock) returning each counter as left by this transaction. Names are checked."""
+    tenant_ids = sorted(counts)
+    for tenant_id in tenant_ids:
+        if not _SAFE_NAME.match(tenant_id):
+            raise ValueError(f"event log: invalid tenant id {tenant_id!r}")
+    return _MARIADB_UPSERT_RETURNING.format(",".join(f"('{t}',{counts[t]})" for t in tenant_ids))
+
+
 def _is_mysql(conn: AsyncConnection) -> bool:
     return conn.dialect.name in ("mysql", "mariadb")
 
@@ -249,6 +259,7 @@ class EventLogWriter:
         self._driver: Any = None
         self._opened_at = 0.0
         self._used_at = 0.0
+        self._returning = False  # MariaDB >= 10.5 (upsert ... RETURNING): see _append_two_trips
 
     async def append(self, events: Sequence[NewEvent], *, on_locked: Callable[[], None] | None = None
                      ) -> list[int]:
@@ -262,8 +273,10 @@ class EventLogWriter:
                 on_locked()
             return seqs
         counts = _count(events)
-        sql = _one_trip_sql(events, counts)
         driver = await self._driver_connection()
+        if self._returning:
+            return await self._append_two_trips(driver, events, counts, on_locked)
+        sql = _one_trip_sql(events, counts)
         try:
             async with driver.cursor() as cur:
                 await cur.execute(sql)  # the counter upsert (its result comes first; the rest follows)
@@ -285,6 +298,46 @@ class EventLogWriter:
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return [r[1] for r in _number(events, {t: last[t] - n + 1 for t, n in counts.items()})]
 
+    async def _append_two_trips(self, driver: Any, events: Sequence[NewEvent], counts: dict[str, int],
+                                on_locked: Callable[[], None] | None) -> list[int]:
+        """MariaDB: the counter upsert returns the counters as this transaction left them (rows
+        locked), then ONE plain multi-row INSERT with the seqs inlined, and COMMIT. Costs the
+        server about half the CPU per event of the one-trip INSERT ... SELECT (a derived table of
+        one SELECT per event, joined to the counters), for a second round trip."""
+        upsert = _upsert_returning_sql(counts)
+        for type_ in {e[1] for e in events}:
+            if not _SAFE_NAME.match(type_):
+                raise ValueError(f"event log: invalid type {type_!r}")
+        tails = [",'%s','%s',X'%s')" % (type_, ts.isoformat(sep=" ", timespec="microseconds"), data.encode().hex())
+                 for _t, type_, ts, data in events]  # everything but the seq, built before the locks
+        try:
+            async with driver.cursor() as cur:
+                await cur.execute(upsert)
+                last = dict(await cur.fetchall())  # as this transaction left them; rows locked
+                if on_locked is not None:
+                    on_locked()
+                next_seq = {t: last[t] - n + 1 for t, n in counts.items()}
+                seqs = []
+                values = []
+                for (tenant_id, *_), tail in zip(events, tails):
+                    seq = next_seq[tenant_id]
+                    next_seq[tenant_id] = seq + 1
+                    seqs.append(seq)
+                    values.append(f"('{tenant_id}',{seq}{tail}")
+                await cur.execute(_MYSQL_INSERT + ",".join(values) + ";COMMIT")
+                inserted = cur.rowcount
+                await cur.nextset()  # COMMIT
+            self._used_at = time.monotonic()
+        except BaseException as exc:
+            await self._after_error(exc)
+            translated = _as_sqlalchemy_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
+            raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
+        return seqs
+
     async def _driver_connection(self) -> Any:
         now = time.monotonic()
         if self._conn is not None and now - self._opened_at > self.MAX_AGE_S:
@@ -302,6 +355,7 @@ class EventLogWriter:
                 await conn.close()
                 raise
             self._conn, self._driver, self._opened_at = conn, raw.driver_connection, now
+            self._returning = _has_returning(conn)
         self._used_at = now
         return self._driver
 
