@@ -108,6 +108,22 @@ def _one_trip_sql(events: Sequence[NewEvent], counts: dict[str, int], *, commit:
     return f"{upsert};{insert};{select};COMMIT" if commit else f"{upsert};{insert};{select}"
 
 
+def _upsert_and_read_sql(counts: dict[str, int]) -> str:
+    """The counter upsert (tenants in sorted order: one lock order for every writer, so batches
+    cannot deadlock), then the counters as this transaction left them as ONE row of text,
+    ``tenant last_seq;...;`` (one row to parse in the driver instead of one per tenant; tenant
+    ids are plain names, checked here)."""
+    tenant_ids = sorted(counts)
+    for tenant_id in tenant_ids:
+        if not _SAFE_NAME.match(tenant_id):
+            raise ValueError(f"event log: invalid tenant id {tenant_id!r}")
+    return ("INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES "
+            + ",".join(f"('{t}',{counts[t]})" for t in tenant_ids)
+            + " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq);"
+            "SELECT GROUP_CONCAT(tenant_id, ' ', last_seq, ';' SEPARATOR '') FROM tenant_event_seq "
+            "WHERE tenant_id IN (" + ",".join(f"'{t}'" for t in tenant_ids) + ")")
+
+
 def _is_mysql(conn: AsyncConnection) -> bool:
     return conn.dialect.name in ("mysql", "mariadb")
 
@@ -231,11 +247,12 @@ async def prune_events_before(conn: AsyncConnection, cutoff: dt.datetime, *, bat
 class EventLogWriter:
     """Appends batches, each in its own transaction, for the publisher's group commit.
 
-    On MariaDB/MySQL it keeps ONE dedicated connection, talks to the driver directly and sends the
-    whole transaction as one multi-statement round trip (counter upsert, insert computing each seq
-    from the counter, read of the counters, COMMIT): no pool checkout, ping, reset or SQLAlchemy
-    statement machinery per batch, and one wait for the server instead of four, which is what
-    counts when the machine is busy. Elsewhere (SQLite) it uses the engine like any caller.
+    On MariaDB/MySQL it keeps ONE dedicated connection and talks to the driver directly: no pool
+    checkout, ping, reset or SQLAlchemy statement machinery per batch. On MariaDB a batch is two
+    multi-statement round trips (counter upsert and the counters read back in one row; then one
+    plain multi-row INSERT with the seqs inlined and COMMIT, see ``_append_two_trips``); on MySQL
+    one (counter upsert, insert computing each seq from the counter, read of the counters, COMMIT).
+    Elsewhere (SQLite) it uses the engine like any caller.
     Driver errors come out as SQLAlchemy's (IntegrityError, OperationalError), as from the engine.
     """
 
@@ -249,6 +266,7 @@ class EventLogWriter:
         self._driver: Any = None
         self._opened_at = 0.0
         self._used_at = 0.0
+        self._two_trips = False  # MariaDB (not MySQL): see _append_two_trips
 
     async def append(self, events: Sequence[NewEvent], *, on_locked: Callable[[], None] | None = None
                      ) -> list[int]:
@@ -262,8 +280,10 @@ class EventLogWriter:
                 on_locked()
             return seqs
         counts = _count(events)
-        sql = _one_trip_sql(events, counts)
         driver = await self._driver_connection()
+        if self._two_trips:
+            return await self._append_two_trips(driver, events, counts, on_locked)
+        sql = _one_trip_sql(events, counts)
         try:
             async with driver.cursor() as cur:
                 await cur.execute(sql)  # the counter upsert (its result comes first; the rest follows)
@@ -285,6 +305,60 @@ class EventLogWriter:
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return [r[1] for r in _number(events, {t: last[t] - n + 1 for t, n in counts.items()})]
 
+    async def _append_two_trips(self, driver: Any, events: Sequence[NewEvent], counts: dict[str, int],
+                                on_locked: Callable[[], None] | None) -> list[int]:
+        """MariaDB: trip 1, the counter upsert (rows locked from here) and the counters as this
+        transaction left them; trip 2, ONE plain multi-row INSERT with the seqs inlined, and
+        COMMIT. MariaDB spends about half the CPU per event on it that the one-trip
+        INSERT ... SELECT costs (a derived table of one SELECT per event, joined to the
+        counters), for a second round trip."""
+        upsert = _upsert_and_read_sql(counts)
+        for type_ in {e[1] for e in events}:
+            if not _SAFE_NAME.match(type_):
+                raise ValueError(f"event log: invalid type {type_!r}")
+        stamps: dict[dt.datetime, str] = {}  # a batch's events mostly share their millisecond
+        tails = []  # each row but its tenant and seq, built before the locks are taken
+        for _t, type_, ts, data in events:
+            stamp = stamps.get(ts)
+            if stamp is None:
+                stamp = stamps[ts] = ts.isoformat(sep=" ", timespec="microseconds")
+            tails.append(f",'{type_}','{stamp}',X'{data.encode().hex()}')")
+        try:
+            async with driver.cursor() as cur:
+                await cur.execute(upsert)  # the upsert's result comes first: its rows are locked
+                if on_locked is not None:
+                    on_locked()
+                await cur.nextset()  # the counters as this transaction left them, in ONE row
+                [(text,)] = await cur.fetchall()
+                pairs = (text.decode() if isinstance(text, bytes) else text).split(";")
+                if pairs.pop() != "" or len(pairs) != len(counts):  # cut short (group_concat_max_len)
+                    raise RuntimeError("event log: the counters could not be read back")
+                last = {}
+                for pair in pairs:
+                    tenant_id, _, value = pair.partition(" ")
+                    last[tenant_id] = int(value)
+                next_seq = {t: last[t] - n + 1 for t, n in counts.items()}
+                seqs = []
+                values = []
+                for (tenant_id, *_), tail in zip(events, tails):
+                    seq = next_seq[tenant_id]
+                    next_seq[tenant_id] = seq + 1
+                    seqs.append(seq)
+                    values.append(f"('{tenant_id}',{seq}{tail}")
+                await cur.execute(_MYSQL_INSERT + ",".join(values) + ";COMMIT")
+                inserted = cur.rowcount
+                await cur.nextset()  # COMMIT
+            self._used_at = time.monotonic()
+        except BaseException as exc:
+            await self._after_error(exc)
+            translated = _as_sqlalchemy_error(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
+            raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
+        return seqs
+
     async def _driver_connection(self) -> Any:
         now = time.monotonic()
         if self._conn is not None and now - self._opened_at > self.MAX_AGE_S:
@@ -302,6 +376,7 @@ class EventLogWriter:
                 await conn.close()
                 raise
             self._conn, self._driver, self._opened_at = conn, raw.driver_connection, now
+            self._two_trips = bool(getattr(conn.dialect, "is_mariadb", False))
         self._used_at = now
         return self._driver
 

@@ -152,3 +152,20 @@ async def test_an_unknown_tenant_fails_alone_not_its_whole_batch(client, make_te
                                    events.publish(t["id"], ev.MESSAGE_SENT, {"n": 3}), return_exceptions=True)
     assert isinstance(results[1], sa.exc.IntegrityError)
     assert [r["seq"] for r in (results[0], results[2])] == [1, 2]
+
+
+async def test_group_commit_stores_exactly_what_is_sent(client, make_tenant):
+    """The writer inlines payloads and seqs in its SQL: the log holds the very text and seqs the
+    envelopes carry, whatever the payload (quotes, backslashes, non-ASCII, a tenant's first event)."""
+    tenants = [await make_tenant() for _ in range(3)]
+    events = client.app["events"]
+    tricky = ["it's \"quoted\" \\ back\\slash", "ünïcödé ✓ 😀", "x'41' ; DROP TABLE event_log; --", ""]
+    envs = await asyncio.gather(*(events.publish(t["id"], ev.MESSAGE_SENT, {"text": text, "n": i})
+                                  for i, text in enumerate(tricky * 3) for t in tenants))
+    async with client.app["db"].connect() as conn:
+        for t in tenants:
+            rows = await events_db.events_after(conn, t["id"], 0, limit=100)
+            mine = [e for e in envs if e["tenant_id"] == t["id"]]
+            assert [r["seq"] for r in rows] == [e["seq"] for e in mine] == list(range(1, 13))
+            assert [r["data"] for r in rows] == [e.data_json for e in mine]
+            assert [r["type"] for r in rows] == [ev.MESSAGE_SENT] * 12
