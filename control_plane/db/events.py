@@ -14,7 +14,7 @@ import contextlib
 import datetime as dt
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pymysql.err as _pymysql_errors
@@ -284,23 +284,16 @@ class EventLogWriter:
         if self._two_trips:
             return await self._append_two_trips(driver, events, counts, on_locked)
         sql = _one_trip_sql(events, counts)
-        try:
-            async with driver.cursor() as cur:
-                await cur.execute(sql)  # the counter upsert (its result comes first; the rest follows)
-                if on_locked is not None:
-                    on_locked()
-                await cur.nextset()  # the insert
-                inserted = cur.rowcount
-                await cur.nextset()  # the counters, as this transaction left them
-                last = dict(await cur.fetchall())
-                await cur.nextset()  # COMMIT
-            self._used_at = time.monotonic()
-        except BaseException as exc:
-            await self._after_error(exc)
-            translated = _as_sqlalchemy_error(exc)
-            if translated is exc:
-                raise
-            raise translated from exc
+        async with self._driver_errors(), driver.cursor() as cur:
+            await cur.execute(sql)  # the counter upsert (its result comes first; the rest follows)
+            if on_locked is not None:
+                on_locked()
+            await cur.nextset()  # the insert
+            inserted = cur.rowcount
+            await cur.nextset()  # the counters, as this transaction left them
+            last = dict(await cur.fetchall())
+            await cur.nextset()  # COMMIT
+        self._used_at = time.monotonic()
         if inserted != len(events):  # pragma: no cover - the join cannot drop rows after the upsert
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return [r[1] for r in _number(events, {t: last[t] - n + 1 for t, n in counts.items()})]
@@ -323,41 +316,46 @@ class EventLogWriter:
             if stamp is None:
                 stamp = stamps[ts] = ts.isoformat(sep=" ", timespec="microseconds")
             tails.append(f",'{type_}','{stamp}',X'{data.encode().hex()}')")
+        async with self._driver_errors(), driver.cursor() as cur:
+            await cur.execute(upsert)  # the upsert's result comes first: its rows are locked
+            if on_locked is not None:
+                on_locked()
+            await cur.nextset()  # the counters as this transaction left them, in ONE row
+            [(text,)] = await cur.fetchall()
+            pairs = (text.decode() if isinstance(text, bytes) else text).split(";")
+            if pairs.pop() != "" or len(pairs) != len(counts):  # cut short (group_concat_max_len)
+                raise RuntimeError("event log: the counters could not be read back")
+            last = {}
+            for pair in pairs:
+                tenant_id, _, value = pair.partition(" ")
+                last[tenant_id] = int(value)
+            next_seq = {t: last[t] - n + 1 for t, n in counts.items()}
+            seqs = []
+            values = []
+            for (tenant_id, *_), tail in zip(events, tails):
+                seq = next_seq[tenant_id]
+                next_seq[tenant_id] = seq + 1
+                seqs.append(seq)
+                values.append(f"('{tenant_id}',{seq}{tail}")
+            await cur.execute(_MYSQL_INSERT + ",".join(values) + ";COMMIT")
+            inserted = cur.rowcount
+            await cur.nextset()  # COMMIT
+        self._used_at = time.monotonic()
+        if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
+            raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
+        return seqs
+
+    @contextlib.asynccontextmanager
+    async def _driver_errors(self) -> AsyncIterator[None]:
+        """Driver errors come out as SQLAlchemy's; the connection is dropped after one."""
         try:
-            async with driver.cursor() as cur:
-                await cur.execute(upsert)  # the upsert's result comes first: its rows are locked
-                if on_locked is not None:
-                    on_locked()
-                await cur.nextset()  # the counters as this transaction left them, in ONE row
-                [(text,)] = await cur.fetchall()
-                pairs = (text.decode() if isinstance(text, bytes) else text).split(";")
-                if pairs.pop() != "" or len(pairs) != len(counts):  # cut short (group_concat_max_len)
-                    raise RuntimeError("event log: the counters could not be read back")
-                last = {}
-                for pair in pairs:
-                    tenant_id, _, value = pair.partition(" ")
-                    last[tenant_id] = int(value)
-                next_seq = {t: last[t] - n + 1 for t, n in counts.items()}
-                seqs = []
-                values = []
-                for (tenant_id, *_), tail in zip(events, tails):
-                    seq = next_seq[tenant_id]
-                    next_seq[tenant_id] = seq + 1
-                    seqs.append(seq)
-                    values.append(f"('{tenant_id}',{seq}{tail}")
-                await cur.execute(_MYSQL_INSERT + ",".join(values) + ";COMMIT")
-                inserted = cur.rowcount
-                await cur.nextset()  # COMMIT
-            self._used_at = time.monotonic()
+            yield
         except BaseException as exc:
             await self._after_error(exc)
             translated = _as_sqlalchemy_error(exc)
             if translated is exc:
                 raise
             raise translated from exc
-        if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
-            raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
-        return seqs
 
     async def _driver_connection(self) -> Any:
         now = time.monotonic()
