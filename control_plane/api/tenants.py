@@ -100,7 +100,17 @@ async def update_tenant(request: web.Request, body: TenantUpdate) -> TenantOut:
     if updated is None:
         raise errors.NotFound("tenant not found", code="tenant_not_found")
     log.info("tenant updated tenant=%s fields=%s", tenant["id"], sorted(changes))
+    if changes.get("is_active") is False:
+        _recheck_open_connections(request)
     return TenantOut(**updated)
+
+
+def _recheck_open_connections(request: web.Request) -> None:
+    """A key revoked or a tenant deactivated or deleted: Socket.IO connections opened with it are
+    closed now on this node (other nodes re-check on their own, within 30 s)."""
+    relay = request.app.get("realtime_relay")
+    if relay is not None:
+        relay.recheck_soon()
 
 
 @router.route("DELETE", "/api/tenants/{tenant_id}", auth="admin", tags=TAGS, status=204, errors=(404,),
@@ -113,6 +123,7 @@ async def delete_tenant(request: web.Request) -> None:
     async with request.app["db"].begin() as conn:
         await tenants_db.delete_tenant(conn, tenant["id"])
     log.info("tenant deleted tenant=%s", tenant["id"])
+    _recheck_open_connections(request)
     return None
 
 
@@ -144,6 +155,7 @@ async def rotate_api_keys(request: web.Request, body: ApiKeyCreate) -> ApiKeyCre
         revoked = await tenants_db.revoke_all_api_keys(conn, tenant["id"])
         key, row = await tenants_db.create_api_key(conn, tenant["id"], label=body.label or "rotated")
     log.info("api keys rotated tenant=%s revoked=%d", tenant["id"], revoked)
+    _recheck_open_connections(request)
     return ApiKeyCreated(**row, api_key=key)
 
 
@@ -160,6 +172,7 @@ async def revoke_api_key(request: web.Request) -> None:
     if not found:
         raise errors.NotFound("API key not found", code="api_key_not_found")
     log.info("api key revoked tenant=%s key_id=%s", tenant["id"], key_id)
+    _recheck_open_connections(request)
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -122,6 +123,18 @@ async def revoke_all_api_keys(conn: AsyncConnection, tenant_id: str) -> int:
                                 .where(api_keys.c.tenant_id == tenant_id, api_keys.c.revoked_at.is_(None))
                                 .values(revoked_at=utcnow()))
     return result.rowcount
+
+
+async def live_key_hashes(conn: AsyncConnection, key_hashes: Collection[str]) -> set[str]:
+    """Of these API key digests, the ones still live: not revoked, tenant present and active (the
+    realtime relay re-checks its open connections with this)."""
+    if not key_hashes:
+        return set()
+    result = await conn.execute(
+        sa.select(api_keys.c.key_hash).join(tenants, api_keys.c.tenant_id == tenants.c.id)
+        .where(api_keys.c.key_hash.in_(list(key_hashes)), api_keys.c.revoked_at.is_(None),
+               tenants.c.is_active == sa.true()))
+    return {row[0] for row in result}
 
 
 async def find_tenant_by_api_key(conn: AsyncConnection, key: str) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from aiohttp import web
 from control_plane.config import Settings
 from control_plane.realtime.publisher import Envelope, EventPublisher
 from control_plane.realtime.retention import prune_forever
-from control_plane.realtime.server import Relay, RelayRedisManager, create_server
+from control_plane.realtime.server import CREDENTIALS_RECHECK_S, Relay, RelayRedisManager, create_server
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,13 @@ async def running(app: web.Application) -> AsyncIterator[EventPublisher]:
     app["realtime_relay"] = relay
     pruner = asyncio.create_task(prune_forever(app["db"], settings.event_retention_days),
                                  name="event-log-pruner")
+    rechecker = asyncio.create_task(relay.recheck_forever(CREDENTIALS_RECHECK_S), name="realtime-credentials")
     try:
         yield publisher
     finally:
         pruner.cancel()
-        await asyncio.gather(pruner, return_exceptions=True)
+        rechecker.cancel()
+        await asyncio.gather(pruner, rechecker, return_exceptions=True)
         await publisher.close()
         await relay.close()
         await sio.shutdown()

@@ -23,6 +23,7 @@ between nodes in ONE publish, as pre-encoded packets; a node skips its own messa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from control_plane.admin import session as admin_session
 from control_plane.config import Settings
-from control_plane.crypto import tokens_equal
+from control_plane.crypto import hash_api_key, tokens_equal
 from control_plane.db import events as events_db
 from control_plane.db import tenants as tenants_db
 from control_plane.db.engine import Database
@@ -54,6 +55,7 @@ REDIS_CHANNEL = "gateway.realtime"
 MAX_QUEUE = 2000  # packets waiting in one client's send queue before it is cut off as slow
 MAX_BUFFER = 20_000  # live events buffered for one connection during its catch-up
 REPLAY_PAGE = 500
+CREDENTIALS_RECHECK_S = 30.0  # open connections' API keys re-checked (other nodes' revocations)
 CONNECT_WAIT_S = 10.0
 
 # One event to deliver: (tenant_id, seq, encoded Socket.IO packet text).
@@ -90,6 +92,7 @@ class Subscriber:
     socket: Any = None  # engineio socket, known once connected
     task: asyncio.Task | None = None
     closed: bool = False
+    key_hash: str | None = None  # the tenant API key it connected with (re-checked while open)
 
 
 class RelayRedisManager(socketio.AsyncRedisManager):
@@ -167,6 +170,7 @@ class Relay:
         self.subs: dict[str, Subscriber] = {}
         self._tasks: set[asyncio.Task] = set()
         self.stats = {"slow_disconnects": 0, "catch_ups": 0}
+        self._recheck = asyncio.Event()
         manager = sio.manager
         self.pubsub: RelayRedisManager | None = manager if isinstance(manager, RelayRedisManager) else None
         if self.pubsub is not None:
@@ -339,13 +343,13 @@ class Relay:
 
     async def _on_connect(self, sid: str, environ: dict, auth: Any) -> None:
         try:
-            tenants, cursors = await self._authorize(environ, auth)
+            tenants, cursors, key_hash = await self._authorize(environ, auth)
         except Refused:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. the database is down: refuse, the client retries
             log.warning("realtime connect refused, dependency failed: %s", exc)
             raise _refuse("temporarily unavailable; retry shortly", "unavailable") from None
-        sub = Subscriber(sid=sid, tenants=tenants, cursors=cursors, dirty=set(cursors))
+        sub = Subscriber(sid=sid, tenants=tenants, cursors=cursors, dirty=set(cursors), key_hash=key_hash)
         self.subs[sid] = sub
         for room in ([tenant_room(t) for t in tenants] if tenants is not None else [ALL_ROOM]):
             await self.sio.enter_room(sid, room, namespace=NAMESPACE)
@@ -361,21 +365,23 @@ class Relay:
         if sub.task is not None:
             sub.task.cancel()
 
-    async def _authorize(self, environ: dict, auth: Any) -> tuple[frozenset[str] | None, dict[str, int]]:
-        """(tenants or None for all, initial cursors) or raise a refusal."""
+    async def _authorize(self, environ: dict, auth: Any
+                         ) -> tuple[frozenset[str] | None, dict[str, int], str | None]:
+        """(tenants or None for all, initial cursors, the API key's digest or None for the admin)
+        or raise a refusal."""
         if auth is None:
             auth = {}
         if not isinstance(auth, dict):
             raise _refuse("auth must be an object: {token, since?}", "invalid_auth")
         token = auth.get("token") or _bearer(environ)
         if not token and _admin_panel_session(environ):
-            return await self._authorize_admin(auth, auth.get("since"))
+            return *await self._authorize_admin(auth, auth.get("since")), None
         if not isinstance(token, str) or not token:
             raise _refuse("missing credentials: connect with auth: {token: '<api key>'}",
                           "missing_credentials")
         since = auth.get("since")
         if tokens_equal(token, self.settings.admin_token.get()):
-            return await self._authorize_admin(auth, since)
+            return *await self._authorize_admin(auth, since), None
         async with self.db.connect() as conn:
             tenant = await tenants_db.find_tenant_by_api_key(conn, token)
             if tenant is None:
@@ -385,7 +391,42 @@ class Relay:
             if auth.get("tenant_id") not in (None, tenant["id"]) or auth.get("tenants") is not None:
                 raise _refuse("a tenant API key subscribes to its own tenant only", "forbidden")
             cursors = await self._cursors(conn, [tenant["id"]], since)
-        return frozenset([tenant["id"]]), cursors
+        return frozenset([tenant["id"]]), cursors, hash_api_key(token)
+
+    # -- credentials of open connections ----------------------------------------------------------
+
+    async def recheck_credentials(self) -> int:
+        """Disconnects every open connection whose API key has been revoked (rotation included),
+        or whose tenant was deactivated or deleted, since it connected; returns how many. Reconnecting
+        with that key is then refused. Admin connections are not affected."""
+        held = {sub.key_hash for sub in self.subs.values() if sub.key_hash is not None and not sub.closed}
+        if not held:
+            return 0
+        async with self.db.connect() as conn:
+            live = await tenants_db.live_key_hashes(conn, held)
+        gone = [sub for sub in list(self.subs.values())
+                if sub.key_hash is not None and sub.key_hash not in live and not sub.closed]
+        for sub in gone:
+            sub.closed = True
+            log.info("realtime client %s disconnected: its API key was revoked or its tenant "
+                     "deactivated or deleted", sub.sid)
+            await self.sio.disconnect(sub.sid)
+        return len(gone)
+
+    def recheck_soon(self) -> None:
+        """Called after a key is revoked or a tenant deactivated or deleted on this node."""
+        self._recheck.set()
+
+    async def recheck_forever(self, interval_s: float) -> None:
+        """Every ``interval_s`` (other nodes' changes), or at once after a change on this node."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._recheck.wait(), interval_s)
+            self._recheck.clear()
+            try:
+                await self.recheck_credentials()
+            except Exception as exc:  # noqa: BLE001 - the database is down: open sockets stay until it is back
+                log.warning("realtime: cannot re-check credentials of open connections: %s", type(exc).__name__)
 
     async def _authorize_admin(self, auth: dict, since: Any) -> tuple[frozenset[str] | None, dict[str, int]]:
         wanted = auth.get("tenants")

@@ -77,6 +77,37 @@ async def test_wrong_missing_or_revoked_credentials_are_refused(node, new_tenant
 
 
 @pytest.mark.parametrize("kind", KINDS)
+async def test_open_connections_are_closed_when_their_key_or_tenant_goes(node, new_tenant, consumers,
+                                                                        admin_headers, sync_engine, kind):
+    a, b, c = await new_tenant(node, "a"), await new_tenant(node, "b"), await new_tenant(node, "c")
+    ca, cb, cc, admin = consumers(kind), consumers(kind), consumers(kind), consumers(kind)
+    for consumer, tenant in ((ca, a), (cb, b), (cc, c)):
+        await consumer.connect(node.url, {"token": tenant["key"]})
+    await admin.connect(node.url, {"token": admin_headers["Authorization"][7:]})
+    await wait_until(lambda: all(x.connected for x in (ca, cb, cc, admin)), what="connected")
+    async with aiohttp.ClientSession() as http:
+        keys = await (await http.get(f"{node.url}/api/tenants/{a['id']}/api-keys", headers=admin_headers)).json()
+        resp = await http.delete(f"{node.url}/api/tenants/{a['id']}/api-keys/{keys['api_keys'][0]['id']}",
+                                 headers=admin_headers)
+        assert resp.status == 204
+        await wait_until(lambda: not ca.connected, what="revoked key's connection closed")
+        resp = await http.patch(f"{node.url}/api/tenants/{b['id']}", json={"is_active": False},
+                                headers=admin_headers)
+        assert resp.status == 200
+        await wait_until(lambda: not cb.connected, what="deactivated tenant's connection closed")
+    assert cc.connected and admin.connected  # the others are untouched
+    # Another node revokes c's key straight in the shared database: the periodic re-check finds it.
+    with sync_engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP WHERE tenant_id = %s",
+                             (c["id"],))
+    assert await node.app["realtime_relay"].recheck_credentials() == 1
+    await wait_until(lambda: not cc.connected, what="connection of a key revoked elsewhere closed")
+    await node.events.publish(c["id"], ev.SESSION_STATE, {"state": "ready"})
+    await wait_until(lambda: admin.events, what="the admin still receives")
+    assert not ca.events and not cb.events and not cc.events
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_reconnect_with_since_gets_the_rest_in_order_while_events_keep_coming(
         node, new_tenant, consumers, kind):
     a = await new_tenant(node)
