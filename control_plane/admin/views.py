@@ -3,7 +3,8 @@
 Pages are rendered server-side (Jinja2, autoescaped) with the facts known at render time; the page
 scripts then keep them live from Socket.IO events and change things through the same JSON API the
 CRM uses (``/api/tenants/...``), authenticated by the admin session cookie plus its CSRF header
-(see ``session.py`` and ``api.auth.admin_panel_session``). No page loads anything from another origin.
+(see ``control_plane/admin_cookie.py`` and ``api.auth.admin_panel_session``). No page loads anything
+from another origin.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import quote
 import jinja2
 from aiohttp import web
 
-from control_plane.admin import session as sess
+from control_plane import admin_cookie as sess
 from control_plane.admin.throttle import LoginThrottle
 from control_plane.api.auth import TENANT_ID_RE
 from control_plane.api.whatsapp_config import config_out

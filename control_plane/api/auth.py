@@ -7,7 +7,7 @@ import re
 from aiohttp import web
 
 from control_plane import errors
-from control_plane.admin import session as admin_session
+from control_plane import admin_cookie as admin_session
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
 from control_plane.logs import current_tenant

@@ -37,7 +37,7 @@ from aiohttp import web
 from engineio import packet as eio_packet
 from socketio.exceptions import ConnectionRefusedError as Refused
 
-from control_plane.admin import session as admin_session
+from control_plane import admin_cookie as admin_session
 from control_plane.config import Settings
 from control_plane.crypto import hash_api_key, tokens_equal
 from control_plane.db import events as events_db
@@ -425,8 +425,9 @@ class Relay:
             self._recheck.clear()
             try:
                 await self.recheck_credentials()
-            except Exception as exc:  # noqa: BLE001 - the database is down: open sockets stay until it is back
-                log.warning("realtime: cannot re-check credentials of open connections: %s", type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - database down: open sockets stay until it is back
+                log.warning("realtime: cannot re-check credentials of open connections: %s",
+                            type(exc).__name__)
 
     async def _authorize_admin(self, auth: dict, since: Any) -> tuple[frozenset[str] | None, dict[str, int]]:
         wanted = auth.get("tenants")
@@ -487,8 +488,9 @@ def _bearer(environ: dict) -> str | None:
 
 
 def _admin_panel_session(environ: dict) -> bool:
-    """The admin panel's signed session cookie (HttpOnly, SameSite=Strict; see admin/session.py) stands
-    in for the admin token on a same-origin connection that sends no token."""
+    """The admin panel's signed session cookie (HttpOnly, SameSite=Strict; see
+    control_plane/admin_cookie.py) stands in for the admin token on a same-origin connection that
+    sends no token."""
     request = environ.get("aiohttp.request")
     signer = request.app.get("admin_sessions") if request is not None else None
     if signer is None:

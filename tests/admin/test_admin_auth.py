@@ -8,7 +8,7 @@ import re
 import pytest
 import socketio
 
-from control_plane.admin.session import COOKIE_NAME, CSRF_HEADER, LOGIN_COOKIE_NAME, SessionSigner
+from control_plane.admin_cookie import COOKIE_NAME, CSRF_HEADER, LOGIN_COOKIE_NAME, SessionSigner
 from control_plane.admin.throttle import LoginThrottle
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
