@@ -241,6 +241,18 @@ async def get_conversation_by_wa_id(conn: AsyncConnection, tenant_id: str, wa_id
     return dict(row._mapping) if row else None
 
 
+async def adopt_canonical_wa_id(conn: AsyncConnection, tenant_id: str, conversation_id: int, old: str,
+                                new: str) -> bool:
+    """The Cloud API answered a send to ``old`` with the contact's canonical ``new`` id (Brazil's 9th
+    digit): the conversation takes it, so the contact's replies (from ``new``) land in it. False when
+    it already changed, or when another conversation of the tenant holds ``new`` (IntegrityError from
+    the (tenant_id, wa_id) key: the caller's transaction is then to be rolled back)."""
+    result = await conn.execute(sa.update(conversations).where(
+        conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id,
+        conversations.c.wa_id == canonical_wa_id(old)).values(wa_id=canonical_wa_id(new)))
+    return result.rowcount == 1
+
+
 async def list_conversations(conn: AsyncConnection, tenant_id: str, *, limit: int = 50,
                              before: tuple[dt.datetime, int] | None = None) -> list[dict[str, Any]]:
     """Newest activity first; ``before=(last_message_at, id)`` of the previous page's last row."""

@@ -58,6 +58,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from control_plane.db import outbox as outbox_db
 from control_plane.db import messages as messages_db
 from control_plane.db import tenants as tenants_db
@@ -233,6 +235,8 @@ class Dispatcher:
         self._cloud_blocked: dict[str, tuple[str, float]] = {}
         self._recent_tenants: dict[str, float] = {}
         self._waiting_web: set[str] = set()  # tenants with messages waiting for their session
+        self._adopting: set[tuple[str, int]] = set()  # conversations taking a canonical wa_id
+        self._background: set[asyncio.Task] = set()
         self._scanner: asyncio.Task | None = None
         self._closing = False
         self.timing = {"claims": 0, "claim_s": 0.0, "commits": 0, "commit_s": 0.0, "late_s": 0.0, "sends": 0,
@@ -263,6 +267,8 @@ class Dispatcher:
                 task.cancel()  # left "sending": the lease and reconciliation settle them
             await asyncio.gather(*pending, return_exceptions=True)
         await self.web_ingest.flush(timeout=grace_s)  # phone-typed messages received so far
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=grace_s)
         await self.recorder.flush(timeout=grace_s)
         await self.recorder.stop()
         t = self.timing
@@ -592,9 +598,38 @@ class Dispatcher:
             return self._retry(row, routing.CLOUD, "graph_unavailable", str(exc), decision.reason)
         except GraphAPIError as exc:
             return await self._cloud_error(tenant_id, ctx, row, decision, exc)
+        if result.wa_id and messages_db.canonical_wa_id(result.wa_id) != row["wa_id"]:
+            self._adopt_canonical(tenant_id, row["conversation_id"], row["wa_id"], result.wa_id)
         return {"message_id": row["message_id"], "kind": "sent", "provider": routing.CLOUD,
                 "provider_message_id": result.wamid, "conversation_id": row["conversation_id"],
                 "wa_id": row["wa_id"], "reason": decision.reason, "at": utcnow()}
+
+    def _adopt_canonical(self, tenant_id: str, conversation_id: int, old: str, new: str) -> None:
+        """Best effort, off the send path: the conversation takes the contact's canonical wa_id."""
+        key = (tenant_id, conversation_id)
+        if key in self._adopting:
+            return
+        self._adopting.add(key)
+
+        async def adopt() -> None:
+            try:
+                async with self.db.begin() as conn:
+                    changed = await messages_db.adopt_canonical_wa_id(conn, tenant_id, conversation_id, old, new)
+                if changed:
+                    log.info("conversation %s takes the canonical wa_id %s (sent to %s) tenant=%s",
+                             conversation_id, new, old, tenant_id)
+            except IntegrityError:
+                log.warning("conversation %s: another conversation already has the canonical wa_id %s "
+                            "(sent to %s); both kept tenant=%s", conversation_id, new, old, tenant_id)
+            except Exception:  # noqa: BLE001 - best effort: the next send to it tries again
+                log.exception("conversation %s: cannot take the canonical wa_id tenant=%s", conversation_id,
+                              tenant_id)
+            finally:
+                self._adopting.discard(key)
+
+        task = asyncio.create_task(adopt(), name=f"adopt-wa-id-{conversation_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _cloud_error(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
                            decision: routing.Decision, exc: GraphAPIError) -> dict[str, Any]:

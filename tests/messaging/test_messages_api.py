@@ -243,3 +243,33 @@ async def test_tenant_isolation(app_client, fake, db_exec):
         assert resp.status == 404
     resp = await app_client.get("/api/conversations/abc/messages", headers=a["headers"])
     assert resp.status == 404
+
+
+@pytest.mark.smoke
+async def test_conversation_takes_the_canonical_wa_id_the_cloud_api_answers(app_client, fake):
+    tenant = await create_tenant(app_client)
+    await configure_business(app_client, fake, tenant, api_type="business_api", policy="business_api_only")
+    fake.add_template(tenant["waba"], "hello", "en_US")
+    fake.set_wa_id("5511912345678", "551112345678")  # Brazil: the 9th digit is not in the account's id
+    template = {"name": "hello", "language": "en_US"}
+
+    async def conversation_ids() -> dict[str, int]:
+        r = await app_client.get("/api/conversations", headers=tenant["headers"])
+        return {c["wa_id"]: c["id"] for c in (await r.json())["items"]}
+
+    _, first = await send(app_client, tenant, to="+55 11 91234-5678", type="template", template=template)
+    assert (await wait_status(app_client, tenant, first["id"], "sent"))["status"] == "sent"
+    await wait_for(lambda: _has(conversation_ids, "551112345678"), timeout=10, message="canonical wa_id adopted")
+    ids = await conversation_ids()
+    assert list(ids) == ["551112345678"]  # the same conversation, renamed: replies from that id land in it
+    # Another conversation already holds the canonical id: both are kept, the send is unaffected.
+    fake.set_wa_id("5511987654321", "551187654321")
+    _, other = await send(app_client, tenant, to="+55 11 8765-4321", type="template", template=template)
+    await wait_status(app_client, tenant, other["id"], "sent")
+    _, third = await send(app_client, tenant, to="+55 11 98765-4321", type="template", template=template)
+    assert (await wait_status(app_client, tenant, third["id"], "sent"))["status"] == "sent"
+    assert set(await conversation_ids()) == {"551112345678", "551187654321", "5511987654321"}
+
+
+async def _has(getter, key) -> bool:
+    return key in await getter()
