@@ -23,10 +23,6 @@ NODE = shutil.which("node") or "node"
 CHROME_PATH = os.environ.get("CHROME_PATH", "/usr/bin/chromium")
 
 
-def have_wwebjs() -> bool:
-    return (REPO / "bridge" / "node_modules" / "whatsapp-web.js" / "package.json").exists()
-
-
 def have_chromium() -> bool:
     return Path(CHROME_PATH).exists()
 

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from control_plane.bridge import protocol as p
-from tests.bridge.conftest import NODE, REPO, have_wwebjs
+from tests.bridge.conftest import NODE, REPO
+from tests.support import unless_installed
 
 
 async def test_phone_typed_message_is_reported_before_its_ack(spawn_bridge):
@@ -56,7 +57,7 @@ async def test_our_own_sends_are_not_reported_as_phone_messages(spawn_bridge):
     assert reported == [phone["id"]], reported
 
 
-@pytest.mark.skipif(not have_wwebjs(), reason="whatsapp-web.js not installed")
+@unless_installed(REPO / "bridge/node_modules/whatsapp-web.js", "whatsapp-web.js not installed")
 def test_wwebjs_message_create_handler():
     """WwebjsDriver with a stand-in ctx: message_create fromMe -> ctx.ownMessage(id, normalized data);
     incoming ones and status posts are left to the 'message' handler / ignored. No browser starts."""
