@@ -334,7 +334,8 @@ async def main(args: argparse.Namespace, url: str) -> None:
         stats = app["events"].stats
         print(f"  group commit: {stats['events']} events in {stats['batches']} transactions "
               f"({stats['events'] / max(stats['batches'], 1):.1f} per commit, "
-              f"{stats.get('commit_s', 0) * 1000 / max(stats['batches'], 1):.1f} ms from send to commit)")
+              f"{stats.get('commit_s', 0) * 1000 / max(stats['batches'], 1):.1f} ms from send to commit; "
+              f"{stats.get('predicted', 0)} numbered in advance, {stats.get('mispredicted', 0)} numbered again)")
         print(f"\nsummary (median of {args.rounds} round(s); load average now "
               f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})")
         best: dict[str, float] = {}
