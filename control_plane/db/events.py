@@ -10,6 +10,7 @@ its seqs back with it, so there are no gaps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import re
@@ -48,7 +49,7 @@ tenant_event_seq = sa.Table(
 
 # One row to insert: (tenant_id, type, ts, data_json). Seqs are assigned in input order per tenant.
 OnLocked = Callable[["dict[str, int] | None"], None]
-_SUBQUERY_ROWS = 1242  # "Subquery returns more than 1 row": append_predicted's check failed
+_OUT_OF_RANGE = 1690  # "BIGINT value is out of range": append_predicted's check failed
 
 
 class CounterMoved(Exception):
@@ -372,17 +373,17 @@ class EventLogWriter:
         return seqs
 
     async def append_predicted(self, events: Sequence[NewEvent], seqs: Sequence[int], *, writer: int,
-                               after: dict[str, int]) -> list[int]:
+                               after: dict[str, int], on_sent: Callable[[], None] | None = None) -> list[int]:
         """MariaDB: append with the seqs the caller predicted, and commit, in ONE round trip:
         the counter upsert (rows locked from here; ``writer``, this batch's random token, recorded
-        as the counters' last mover), a check, ONE plain multi-row INSERT, COMMIT. The check: each
-        counter now ends where ``seqs`` do, and the transaction that moved it before this one is
-        ``after[tenant]``, the batch the seqs were predicted from (so a batch predicted after one
-        that failed cannot pass because someone else happened to move the counter as far). When
-        it fails (another node or transaction moved a counter, an earlier batch was rolled back or
+        as the counters' last mover) that checks each counter was moved last by ``after[tenant]``,
+        the batch these seqs were predicted after; ONE plain multi-row INSERT; COMMIT. When a check
+        fails (another node or transaction moved a counter, an earlier batch was rolled back or
         has not reached the database yet), the statements after it do not run, everything is
         rolled back and :class:`CounterMoved` is raised: nothing is stored under a wrong seq, so
-        the log stays gapless whoever predicted what. See the publisher for how seqs are predicted."""
+        the log stays gapless whoever predicted what. See the publisher for how seqs are predicted.
+        (A counter row that does not exist is created at the batch's last seq: rows go only with
+        their tenant, whose events then fail on its foreign key.)"""
         driver = await self._driver_connection()
         if not self._two_trips:
             raise RuntimeError("predicted appends are for MariaDB")
@@ -403,28 +404,29 @@ class EventLogWriter:
         for tenant_id in tenant_ids:
             if last[tenant_id] - counts[tenant_id] < 0:
                 raise ValueError(f"event log: predicted seqs for {tenant_id!r} start below 1")
-        names = ",".join(f"'{t}'" for t in tenant_ids)
         token = int(writer)
-        sql = ("INSERT INTO tenant_event_seq (tenant_id, last_seq, writer) VALUES "
-               + ",".join(f"('{t}',{counts[t]},{token})" for t in tenant_ids) + " " + _COUNTER_MOVE + ";"
-               # A scalar subquery of two rows is an error (1242) that stops the statements after
-               # it: the second row exists only when some counter does not end where ``seqs`` do,
-               # or was moved last by another transaction than the one predicted from.
-               f"SELECT (SELECT 1 UNION ALL (SELECT 1 FROM tenant_event_seq WHERE tenant_id IN ({names}) "
-               "AND (last_seq <> CASE tenant_id " + " ".join(f"WHEN '{t}' THEN {last[t]}" for t in tenant_ids)
-               + " END OR NOT (prev_writer <=> CASE tenant_id "
-               + " ".join(f"WHEN '{t}' THEN {int(after[t])}" for t in tenant_ids)
-               + " END)) LIMIT 1));" + _MYSQL_INSERT + ",".join(values) + ";COMMIT")
+        # The check is in the upsert: a counter last moved by the batch predicted after is set to
+        # where this batch ends; any other is pushed past BIGINT's range, an error (1690) that
+        # stops the statements after it (IF evaluates only the branch it takes). Moved last by
+        # that batch means it committed and nobody moved the counter since, so it stands where
+        # that batch ended and these seqs follow it (by induction back to a counter the database
+        # numbered and this process read under its row lock).
+        sql = ("INSERT INTO tenant_event_seq (tenant_id, last_seq, writer, prev_writer) VALUES "
+               + ",".join(f"('{t}',{last[t]},{token},{int(after[t])})" for t in tenant_ids)
+               + " ON DUPLICATE KEY UPDATE last_seq = IF(writer <=> VALUES(prev_writer), VALUES(last_seq), "
+               "last_seq + 9223372036854775807), prev_writer = writer, writer = VALUES(writer);"
+               + _MYSQL_INSERT + ",".join(values) + ";COMMIT")
         try:
             async with self._driver_errors(), driver.cursor() as cur:
-                await cur.execute(sql)  # the counter upsert
-                await cur.nextset()  # the check
+                if on_sent is not None:  # runs once the statements are written (execute writes first)
+                    asyncio.get_running_loop().call_soon(on_sent)
+                await cur.execute(sql)  # the counter upsert, with the check
                 await cur.nextset()  # the insert
                 inserted = cur.rowcount
                 await cur.nextset()  # COMMIT
         except sa.exc.DBAPIError as exc:
             orig = exc.orig
-            if isinstance(orig, _pymysql_errors.MySQLError) and orig.args and orig.args[0] == _SUBQUERY_ROWS:
+            if isinstance(orig, _pymysql_errors.MySQLError) and orig.args and orig.args[0] == _OUT_OF_RANGE:
                 raise CounterMoved(sorted(counts)) from exc  # rolled back by _driver_errors
             raise
         self._used_at = time.monotonic()

@@ -15,10 +15,11 @@ counter upsert for all tenants in the batch, one multi-row insert); each caller 
 commit. Up to ``commits_in_flight`` batches are in flight, each on its own connection.
 - Numbered in advance (MariaDB; the common case): once this process has read a tenant's counter, it
   numbers the tenant's events itself when it takes a batch, and sends the batch at once, in ONE
-  round trip that the database checks (``EventLogWriter.append_predicted``: the counter must end
-  where the batch's seqs do, and must have been moved last by the batch they were predicted after).
-  Several batches of the same tenants are in flight together; the row locks on the counters make
-  the database commit them in order. A batch that fails the check (another node or a caller's
+  round trip that the database checks (``EventLogWriter.append_predicted``: each counter must have
+  been moved last by the batch the seqs were predicted after). The batch holds its tenants back
+  only until its statements are written, so the next batch of theirs reaches the database after
+  it; several batches of the same tenants are in flight together, and the row locks on the
+  counters make the database commit them in order. A batch that fails the check (another node or a caller's
   transaction moved the counter, an earlier batch failed or reached the database late) is rolled
   back, waits for every earlier batch of its tenants, and is numbered the database's way.
 - Numbered by the database (a tenant not known yet, after a failed check, SQLite, MySQL): a batch
@@ -135,11 +136,9 @@ class _Turn:
 
     __slots__ = ("publisher", "tenants", "held", "writer")
 
-    def __init__(self, publisher: EventPublisher, tenants: set[str], writer: int, *, held: bool = True
-                 ) -> None:
+    def __init__(self, publisher: EventPublisher, tenants: set[str], writer: int) -> None:
         self.publisher, self.tenants, self.held, self.writer = publisher, tenants, False, writer
-        if held:
-            self.hold_again()
+        self.hold_again()
 
     def release(self, last: dict[str, int] | None = None) -> None:
         """Let later batches of these tenants go (``last``: their counters, where known)."""
@@ -290,8 +289,9 @@ class EventPublisher:
 
         A tenant whose counter this process knows (``_next``) has its events numbered when the
         batch is taken, and the batch goes at once, in one round trip that checks the numbering
-        in the database (``append_predicted``): several batches of the same tenants are in flight
-        at once, and the database only has to commit them. Otherwise (a tenant not seen yet, or
+        in the database (``append_predicted``), holding its tenants back only until it is written:
+        several batches of the same tenants are in flight at once, and the database only has to
+        commit them. Otherwise (a tenant not seen yet, or
         after a misprediction) the batch is numbered by the database (``append``) and holds its
         tenants back from later batches until its counter rows are locked: a later batch with one
         of them is sent after that, so the database numbers a tenant's events in call order (the
@@ -311,7 +311,7 @@ class EventPublisher:
                 tenants = {entry[0] for entry in batch}
                 if self.persist:
                     self._opened(number, tenants, seqs is not None)
-                turn = _Turn(self, tenants, writer, held=seqs is None)
+                turn = _Turn(self, tenants, writer)
                 envelopes: list[Envelope | None] = []
                 try:
                     envelopes = await self._commit_batch(batch, number, event_log, turn, seqs, after)
@@ -435,7 +435,7 @@ class EventPublisher:
         if seqs is not None:
             assert event_log is not None and after is not None
             try:
-                return await self._commit_predicted(batch, seqs, event_log, turn.writer, after)
+                return await self._commit_predicted(batch, seqs, event_log, turn.writer, after, turn)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - see below
@@ -475,11 +475,11 @@ class EventPublisher:
         return []
 
     async def _commit_predicted(self, batch: list, seqs: list[int], event_log: events_db.EventLogWriter,
-                                writer: int, after: dict[str, int]) -> list[Envelope]:
+                                writer: int, after: dict[str, int], turn: _Turn) -> list[Envelope]:
         started = time.monotonic()
         await event_log.append_predicted(
             [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch], seqs,
-            writer=writer, after=after)
+            writer=writer, after=after, on_sent=turn.release)
         self.stats["commit_s"] += time.monotonic() - started
         self.stats["predicted"] += 1
         return [make_envelope(tenant_id, seq, type_, ts, data, data_json)

@@ -64,11 +64,13 @@ class FakeLog:
         finally:
             shared["locked"] -= tenants
 
-    async def append_predicted(self, rows, seqs, *, writer, after):
+    async def append_predicted(self, rows, seqs, *, writer, after, on_sent=None):
         """Like the database: reaches it after a while (a later batch may overtake it), locks,
         checks that each counter ends where ``seqs`` do and was last moved by ``after[t]``."""
         shared = self.shared
         tenants = {r[0] for r in rows}
+        if on_sent is not None:
+            asyncio.get_running_loop().call_soon(on_sent)
         await asyncio.sleep(random.uniform(0, 0.002))
         start, writers = await self._lock(tenants)
         try:

@@ -15,8 +15,8 @@ depends_on = None
 
 def upgrade() -> None:
     # ``writer``: a random token of the transaction that moved the counter last (NULL: one that
-    # does not predict); ``prev_writer``: the one before it. A predicted append checks that the
-    # counter it moved was last moved by the batch it predicted from (control_plane/db/events.py).
+    # does not predict); ``prev_writer``: the one before it. A predicted append moves a counter
+    # only if its last mover is the batch it predicted after (EventLogWriter.append_predicted).
     with op.batch_alter_table("tenant_event_seq") as batch:
         batch.add_column(sa.Column("writer", sa.BigInteger(), nullable=True))
         batch.add_column(sa.Column("prev_writer", sa.BigInteger(), nullable=True))
