@@ -383,7 +383,8 @@ class EventLogWriter:
         rolled back and :class:`CounterMoved` is raised: nothing is stored under a wrong seq, so
         the log stays gapless whoever predicted what. See the publisher for how seqs are predicted.
         (A counter row that does not exist is created at the batch's last seq: rows go only with
-        their tenant, whose events then fail on its foreign key.)"""
+        their tenant, whose events then fail on its foreign key.) ``on_sent`` is called once the
+        statements are written, before the answer."""
         driver = await self._driver_connection()
         if not self._two_trips:
             raise RuntimeError("predicted appends are for MariaDB")

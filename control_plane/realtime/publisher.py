@@ -19,9 +19,9 @@ commit. Up to ``commits_in_flight`` batches are in flight, each on its own conne
   been moved last by the batch the seqs were predicted after). The batch holds its tenants back
   only until its statements are written, so the next batch of theirs reaches the database after
   it; several batches of the same tenants are in flight together, and the row locks on the
-  counters make the database commit them in order. A batch that fails the check (another node or a caller's
-  transaction moved the counter, an earlier batch failed or reached the database late) is rolled
-  back, waits for every earlier batch of its tenants, and is numbered the database's way.
+  counters make the database commit them in order. A batch that fails the check (another node or
+  a caller's transaction moved the counter, an earlier batch failed or reached the database late)
+  is rolled back, waits for every earlier batch of its tenants, and is numbered the database's way.
 - Numbered by the database (a tenant not known yet, after a failed check, SQLite, MySQL): a batch
   holds its tenants back from later batches until its counter upsert has returned (their counter
   rows are then locked by its transaction): a later batch with one of them is sent after that, so
@@ -149,9 +149,7 @@ class _Turn:
     def hold_again(self) -> None:
         if not self.held:
             self.held = True
-            sending = self.publisher._sending
-            for tenant_id in self.tenants:
-                sending[tenant_id] = sending.get(tenant_id, 0) + 1
+            _count_up(self.publisher._sending, self.tenants)
 
 
 class _Kept:
@@ -161,6 +159,21 @@ class _Kept:
 
     def release(self, last: dict[str, int] | None = None) -> None:
         pass
+
+
+def _count_up(counts: dict[str, int], keys: set[str]) -> None:
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+
+
+def _count_down(counts: dict[str, int], keys: set[str]) -> None:
+    """Each key once less; a key at zero goes (``key in counts`` means: at least one)."""
+    for key in keys:
+        left = counts[key] - 1
+        if left:
+            counts[key] = left
+        else:
+            del counts[key]
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -291,12 +304,12 @@ class EventPublisher:
         batch is taken, and the batch goes at once, in one round trip that checks the numbering
         in the database (``append_predicted``), holding its tenants back only until it is written:
         several batches of the same tenants are in flight at once, and the database only has to
-        commit them. Otherwise (a tenant not seen yet, or
-        after a misprediction) the batch is numbered by the database (``append``) and holds its
-        tenants back from later batches until its counter rows are locked: a later batch with one
-        of them is sent after that, so the database numbers a tenant's events in call order (the
-        later upsert waits for the row lock), while batches of other tenants go in parallel; the
-        counters it reads make the tenants known."""
+        commit them. Otherwise (a tenant not seen yet, or after a misprediction) the batch is
+        numbered by the database (``append``) and holds its tenants back from later batches until
+        its counter rows are locked: a later batch with one of them is sent after that, so the
+        database numbers a tenant's events in call order (the later upsert waits for the row
+        lock), while batches of other tenants go in parallel; the counters it reads make the
+        tenants known."""
         try:
             while True:
                 batch, seqs, writer, after = self._take_batch()
@@ -381,23 +394,15 @@ class EventPublisher:
 
     def _opened(self, number: int, tenants: set[str], predicted: bool) -> None:
         self._open[number] = (tenants, predicted)
-        counts = self._open_count
-        for tenant_id in tenants:
-            counts[tenant_id] = counts.get(tenant_id, 0) + 1
+        _count_up(self._open_count, tenants)
         if predicted:
-            counts = self._predicted_open
-            for tenant_id in tenants:
-                counts[tenant_id] = counts.get(tenant_id, 0) + 1
+            _count_up(self._predicted_open, tenants)
 
     def _closed(self, number: int) -> None:
         tenants, predicted = self._open.pop(number)
-        for counts in (self._open_count, self._predicted_open) if predicted else (self._open_count,):
-            for tenant_id in tenants:
-                left = counts[tenant_id] - 1
-                if left:
-                    counts[tenant_id] = left
-                else:
-                    del counts[tenant_id]
+        _count_down(self._open_count, tenants)
+        if predicted:
+            _count_down(self._predicted_open, tenants)
         closers, self._closers = self._closers, []
         for fut in closers:
             if not fut.done():
@@ -406,13 +411,7 @@ class EventPublisher:
 
     def _let_go(self, tenants: set[str], last: dict[str, int] | None, writer: int) -> None:
         """A batch's counter rows are locked (``last``: the counters as it leaves them, if known)."""
-        sending = self._sending
-        for tenant_id in tenants:
-            left = sending[tenant_id] - 1
-            if left:
-                sending[tenant_id] = left
-            else:
-                del sending[tenant_id]
+        _count_down(self._sending, tenants)
         if last is not None:
             open_count = self._open_count
             for tenant_id, value in last.items():
