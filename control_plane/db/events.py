@@ -10,6 +10,7 @@ its seqs back with it, so there are no gaps.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import re
@@ -40,9 +41,25 @@ tenant_event_seq = sa.Table(
     metadata,
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("last_seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+    # The token of the transaction that moved the counter last, and of the one before (see
+    # ``EventLogWriter.append_predicted``); NULL for transactions that do not predict.
+    sa.Column("writer", sa.BigInteger(), nullable=True),
+    sa.Column("prev_writer", sa.BigInteger(), nullable=True),
 )
 
 # One row to insert: (tenant_id, type, ts, data_json). Seqs are assigned in input order per tenant.
+OnLocked = Callable[["dict[str, int] | None"], None]
+_OUT_OF_RANGE = 1690  # "BIGINT value is out of range": append_predicted's check failed
+
+
+class CounterMoved(Exception):
+    """A predicted append found a tenant's counter elsewhere than predicted; nothing was stored."""
+
+    def __init__(self, tenant_ids: list[str]) -> None:
+        super().__init__(f"event counters moved for {len(tenant_ids)} tenant(s); the batch was rolled back")
+        self.tenant_ids = tenant_ids
+
+
 NewEvent = tuple[str, str, dt.datetime, str]
 Row = tuple[str, int, str, dt.datetime, str]  # (tenant_id, seq, type, ts, data)
 
@@ -57,10 +74,11 @@ def _sqlite_upsert_counters(counts: dict[str, int]) -> sa.Executable:
 # The hot path on MariaDB: statements written once and sent through the driver. SQLAlchemy's
 # multi-VALUES construct compiles afresh for every batch size and costs more CPU than the insert;
 # aiomysql turns an executemany of ``INSERT ... VALUES (%s, ...)`` into ONE multi-row statement.
-_MYSQL_UPSERT = ("INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES (%s, %s) "
-                 "ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)")
+_COUNTER_MOVE = ("ON DUPLICATE KEY UPDATE prev_writer = writer, writer = VALUES(writer), "
+                 "last_seq = last_seq + VALUES(last_seq)")  # SET goes left to right: prev_writer first
+_MYSQL_UPSERT = "INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES (%s, %s) " + _COUNTER_MOVE
 _MARIADB_UPSERT_RETURNING = ("INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES {} "
-                             "ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq) "
+                             + _COUNTER_MOVE + " "
                              "RETURNING tenant_id, last_seq")
 _MYSQL_SELECT = "SELECT tenant_id, last_seq FROM tenant_event_seq WHERE tenant_id IN ({})"
 _MYSQL_INSERT = "INSERT INTO event_log (tenant_id, seq, type, ts, data) VALUES "
@@ -92,7 +110,7 @@ def _one_trip_sql(events: Sequence[NewEvent], counts: dict[str, int], *, commit:
             raise ValueError(f"event log: invalid tenant id or type {name!r}")
     upsert = ("INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES "
               + ",".join(f"('{t}',{counts[t]})" for t in tenant_ids)
-              + " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)")
+              + " " + _COUNTER_MOVE)
     remaining = dict(counts)
     selects = []
     for tenant_id, type_, ts, data in events:
@@ -108,7 +126,7 @@ def _one_trip_sql(events: Sequence[NewEvent], counts: dict[str, int], *, commit:
     return f"{upsert};{insert};{select};COMMIT" if commit else f"{upsert};{insert};{select}"
 
 
-def _upsert_and_read_sql(counts: dict[str, int]) -> str:
+def _upsert_and_read_sql(counts: dict[str, int], writer: int | None = None) -> str:
     """The counter upsert (tenants in sorted order: one lock order for every writer, so batches
     cannot deadlock), then the counters as this transaction left them as ONE row of text,
     ``tenant last_seq;...;`` (one row to parse in the driver instead of one per tenant; tenant
@@ -117,9 +135,10 @@ def _upsert_and_read_sql(counts: dict[str, int]) -> str:
     for tenant_id in tenant_ids:
         if not _SAFE_NAME.match(tenant_id):
             raise ValueError(f"event log: invalid tenant id {tenant_id!r}")
-    return ("INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES "
-            + ",".join(f"('{t}',{counts[t]})" for t in tenant_ids)
-            + " ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq);"
+    token = "NULL" if writer is None else str(int(writer))
+    return ("INSERT INTO tenant_event_seq (tenant_id, last_seq, writer) VALUES "
+            + ",".join(f"('{t}',{counts[t]},{token})" for t in tenant_ids)
+            + " " + _COUNTER_MOVE + ";"
             "SELECT GROUP_CONCAT(tenant_id, ' ', last_seq, ';' SEPARATOR '') FROM tenant_event_seq "
             "WHERE tenant_id IN (" + ",".join(f"'{t}'" for t in tenant_ids) + ")")
 
@@ -248,10 +267,11 @@ class EventLogWriter:
     """Appends batches, each in its own transaction, for the publisher's group commit.
 
     On MariaDB/MySQL it keeps ONE dedicated connection and talks to the driver directly: no pool
-    checkout, ping, reset or SQLAlchemy statement machinery per batch. On MariaDB a batch is two
-    multi-statement round trips (counter upsert and the counters read back in one row; then one
-    plain multi-row INSERT with the seqs inlined and COMMIT, see ``_append_two_trips``); on MySQL
-    one (counter upsert, insert computing each seq from the counter, read of the counters, COMMIT).
+    checkout, ping, reset or SQLAlchemy statement machinery per batch. On MariaDB a batch whose seqs
+    the caller predicted is one round trip (``append_predicted``); otherwise two (counter upsert and
+    the counters read back in one row; then one plain multi-row INSERT with the seqs inlined and
+    COMMIT, see ``_append_two_trips``); on MySQL one (counter upsert, insert computing each seq from
+    the counter, read of the counters, COMMIT).
     Elsewhere (SQLite) it uses the engine like any caller.
     Driver errors come out as SQLAlchemy's (IntegrityError, OperationalError), as from the engine.
     """
@@ -268,26 +288,33 @@ class EventLogWriter:
         self._used_at = 0.0
         self._two_trips = False  # MariaDB (not MySQL): see _append_two_trips
 
-    async def append(self, events: Sequence[NewEvent], *, on_locked: Callable[[], None] | None = None
-                     ) -> list[int]:
-        """Append and commit; returns the seqs in input order. ``on_locked`` is called once the
+    @property
+    def predicts(self) -> bool:
+        """Whether :meth:`append_predicted` is available (MariaDB; known once connected)."""
+        return self._two_trips
+
+    async def append(self, events: Sequence[NewEvent], *, on_locked: OnLocked | None = None,
+                     writer: int | None = None) -> list[int]:
+        """Append and commit; returns the seqs in input order. ``on_locked(last)`` is called once the
         tenants' counter rows are locked by this transaction (its seqs are then settled: another
-        transaction's upsert for any of these tenants waits until this one ends), before COMMIT."""
+        transaction's upsert for any of these tenants waits until this one ends), before COMMIT;
+        ``last`` is each tenant's counter as this transaction leaves it, or None where that is
+        not known yet (MySQL, SQLite)."""
         if self.db.is_sqlite:
             async with self.db.begin() as conn:
                 seqs = await append_events(conn, events)
             if on_locked is not None:
-                on_locked()
+                on_locked(None)
             return seqs
         counts = _count(events)
         driver = await self._driver_connection()
         if self._two_trips:
-            return await self._append_two_trips(driver, events, counts, on_locked)
+            return await self._append_two_trips(driver, events, counts, on_locked, writer)
         sql = _one_trip_sql(events, counts)
         async with self._driver_errors(), driver.cursor() as cur:
             await cur.execute(sql)  # the counter upsert (its result comes first; the rest follows)
             if on_locked is not None:
-                on_locked()
+                on_locked(None)
             await cur.nextset()  # the insert
             inserted = cur.rowcount
             await cur.nextset()  # the counters, as this transaction left them
@@ -299,13 +326,13 @@ class EventLogWriter:
         return [r[1] for r in _number(events, {t: last[t] - n + 1 for t, n in counts.items()})]
 
     async def _append_two_trips(self, driver: Any, events: Sequence[NewEvent], counts: dict[str, int],
-                                on_locked: Callable[[], None] | None) -> list[int]:
+                                on_locked: OnLocked | None, writer: int | None = None) -> list[int]:
         """MariaDB: trip 1, the counter upsert (rows locked from here) and the counters as this
         transaction left them; trip 2, ONE plain multi-row INSERT with the seqs inlined, and
         COMMIT. MariaDB spends about half the CPU per event on it that the one-trip
         INSERT ... SELECT costs (a derived table of one SELECT per event, joined to the
         counters), for a second round trip."""
-        upsert = _upsert_and_read_sql(counts)
+        upsert = _upsert_and_read_sql(counts, writer)
         for type_ in {e[1] for e in events}:
             if not _SAFE_NAME.match(type_):
                 raise ValueError(f"event log: invalid type {type_!r}")
@@ -318,8 +345,6 @@ class EventLogWriter:
             tails.append(f",'{type_}','{stamp}',X'{data.encode().hex()}')")
         async with self._driver_errors(), driver.cursor() as cur:
             await cur.execute(upsert)  # the upsert's result comes first: its rows are locked
-            if on_locked is not None:
-                on_locked()
             await cur.nextset()  # the counters as this transaction left them, in ONE row
             [(text,)] = await cur.fetchall()
             pairs = (text.decode() if isinstance(text, bytes) else text).split(";")
@@ -329,6 +354,8 @@ class EventLogWriter:
             for pair in pairs:
                 tenant_id, _, value = pair.partition(" ")
                 last[tenant_id] = int(value)
+            if on_locked is not None:
+                on_locked(last)
             next_seq = {t: last[t] - n + 1 for t, n in counts.items()}
             seqs = []
             values = []
@@ -344,6 +371,69 @@ class EventLogWriter:
         if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return seqs
+
+    async def append_predicted(self, events: Sequence[NewEvent], seqs: Sequence[int], *, writer: int,
+                               after: dict[str, int], on_sent: Callable[[], None] | None = None) -> list[int]:
+        """MariaDB: append with the seqs the caller predicted, and commit, in ONE round trip:
+        the counter upsert (rows locked from here; ``writer``, this batch's random token, recorded
+        as the counters' last mover) that checks each counter was moved last by ``after[tenant]``,
+        the batch these seqs were predicted after; ONE plain multi-row INSERT; COMMIT. When a check
+        fails (another node or transaction moved a counter, an earlier batch was rolled back or
+        has not reached the database yet), the statements after it do not run, everything is
+        rolled back and :class:`CounterMoved` is raised: nothing is stored under a wrong seq, so
+        the log stays gapless whoever predicted what. See the publisher for how seqs are predicted.
+        (A counter row that does not exist is created at the batch's last seq: rows go only with
+        their tenant, whose events then fail on its foreign key.) ``on_sent`` is called once the
+        statements are written, before the answer."""
+        driver = await self._driver_connection()
+        if not self._two_trips:
+            raise RuntimeError("predicted appends are for MariaDB")
+        counts = _count(events)
+        last: dict[str, int] = {}
+        stamps: dict[dt.datetime, str] = {}  # a batch's events mostly share their millisecond
+        values = []
+        for (tenant_id, type_, ts, data), seq in zip(events, seqs, strict=True):
+            last[tenant_id] = seq
+            stamp = stamps.get(ts)
+            if stamp is None:
+                stamp = stamps[ts] = ts.isoformat(sep=" ", timespec="microseconds")
+            values.append(f"('{tenant_id}',{seq},'{type_}','{stamp}',X'{data.encode().hex()}')")
+        tenant_ids = sorted(counts)  # one lock order for every writer: no deadlocks between batches
+        for name in (*tenant_ids, *{e[1] for e in events}):
+            if not _SAFE_NAME.match(name):
+                raise ValueError(f"event log: invalid tenant id or type {name!r}")
+        for tenant_id in tenant_ids:
+            if last[tenant_id] - counts[tenant_id] < 0:
+                raise ValueError(f"event log: predicted seqs for {tenant_id!r} start below 1")
+        token = int(writer)
+        # The check is in the upsert: a counter last moved by the batch predicted after is set to
+        # where this batch ends; any other is pushed past BIGINT's range, an error (1690) that
+        # stops the statements after it (IF evaluates only the branch it takes). Moved last by
+        # that batch means it committed and nobody moved the counter since, so it stands where
+        # that batch ended and these seqs follow it (by induction back to a counter the database
+        # numbered and this process read under its row lock).
+        sql = ("INSERT INTO tenant_event_seq (tenant_id, last_seq, writer, prev_writer) VALUES "
+               + ",".join(f"('{t}',{last[t]},{token},{int(after[t])})" for t in tenant_ids)
+               + " ON DUPLICATE KEY UPDATE last_seq = IF(writer <=> VALUES(prev_writer), VALUES(last_seq), "
+               "last_seq + 9223372036854775807), prev_writer = writer, writer = VALUES(writer);"
+               + _MYSQL_INSERT + ",".join(values) + ";COMMIT")
+        try:
+            async with self._driver_errors(), driver.cursor() as cur:
+                if on_sent is not None:  # runs once the statements are written (execute writes first)
+                    asyncio.get_running_loop().call_soon(on_sent)
+                await cur.execute(sql)  # the counter upsert, with the check
+                await cur.nextset()  # the insert
+                inserted = cur.rowcount
+                await cur.nextset()  # COMMIT
+        except sa.exc.DBAPIError as exc:
+            orig = exc.orig
+            if isinstance(orig, _pymysql_errors.MySQLError) and orig.args and orig.args[0] == _OUT_OF_RANGE:
+                raise CounterMoved(sorted(counts)) from exc  # rolled back by _driver_errors
+            raise
+        self._used_at = time.monotonic()
+        if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
+            raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
+        return list(seqs)
 
     @contextlib.asynccontextmanager
     async def _driver_errors(self) -> AsyncIterator[None]:

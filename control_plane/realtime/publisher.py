@@ -11,16 +11,27 @@ Envelope (a dict): ``{seq, tenant_id, type, ts, data}``; ``ts`` is ISO 8601 UTC 
 a ``Z`` (``2025-01-31T12:00:00.123Z``). The Socket.IO event name is ``type``.
 
 Group commit: concurrent ``publish()`` calls are coalesced by writer tasks into transactions (one
-counter upsert for all tenants in the batch, one multi-row insert, one round trip); each caller awaits
-its batch's commit. Up to ``commits_in_flight`` batches are in flight, each on its own connection.
-A batch holds its tenants back from later batches only until its counter upsert has returned (their
-counter rows are then locked by its transaction): a later batch with one of them is sent after that,
-so its upsert waits in the database for the earlier commit, and a tenant's events are numbered in
-call order, while its statements overlap the earlier COMMIT. Batches of other tenants go in parallel.
+counter upsert for all tenants in the batch, one multi-row insert); each caller awaits its batch's
+commit. Up to ``commits_in_flight`` batches are in flight, each on its own connection.
+- Numbered in advance (MariaDB; the common case): once this process has read a tenant's counter, it
+  numbers the tenant's events itself when it takes a batch, and sends the batch at once, in ONE
+  round trip that the database checks (``EventLogWriter.append_predicted``: each counter must have
+  been moved last by the batch the seqs were predicted after). The batch holds its tenants back
+  only until its statements are written, so the next batch of theirs reaches the database after
+  it; several batches of the same tenants are in flight together, and the row locks on the
+  counters make the database commit them in order. A batch that fails the check (another node or
+  a caller's transaction moved the counter, an earlier batch failed or reached the database late)
+  is rolled back, waits for every earlier batch of its tenants, and is numbered the database's way.
+- Numbered by the database (a tenant not known yet, after a failed check, SQLite, MySQL): a batch
+  holds its tenants back from later batches until its counter upsert has returned (their counter
+  rows are then locked by its transaction): a later batch with one of them is sent after that, so
+  its upsert waits in the database for the earlier commit. The counters it reads make its tenants
+  known again.
+Either way a tenant's events are numbered in call order, and batches of other tenants go in parallel.
 Committed batches are emitted in batch order (per tenant: seq order) by one emitter task,
-overlapping the next inserts. A batch that fails after a later one was taken is not retried (its
-callers get the error; later events take its seqs, so the log stays gapless). ``publish()`` returns
-once the event is durable; emission follows asynchronously, and a client that misses it (down,
+overlapping the next inserts. A batch that fails otherwise after a later one was taken is not retried
+(its callers get the error; later events take its seqs, so the log stays gapless). ``publish()``
+returns once the event is durable; emission follows asynchronously, and a client that misses it (down,
 reconnecting, slow) gets it again from the log with ``since``.
 """
 
@@ -32,6 +43,7 @@ import datetime as dt
 import enum
 import json
 import logging
+import random
 import re
 import time
 import uuid
@@ -122,21 +134,22 @@ def make_envelope(tenant_id: str, seq: int, type_: str, ts: dt.datetime, data: A
 class _Turn:
     """A batch's tenants, held back from later batches until its counter rows are locked."""
 
-    __slots__ = ("publisher", "tenants", "held")
+    __slots__ = ("publisher", "tenants", "held", "writer")
 
-    def __init__(self, publisher: EventPublisher, tenants: set[str]) -> None:
-        self.publisher, self.tenants, self.held = publisher, tenants, True
-        publisher._sending |= tenants
+    def __init__(self, publisher: EventPublisher, tenants: set[str], writer: int) -> None:
+        self.publisher, self.tenants, self.held, self.writer = publisher, tenants, False, writer
+        self.hold_again()
 
-    def release(self) -> None:
+    def release(self, last: dict[str, int] | None = None) -> None:
+        """Let later batches of these tenants go (``last``: their counters, where known)."""
         if self.held:
             self.held = False
-            self.publisher._sending -= self.tenants
-            self.publisher._wake.set()  # events held back for these tenants may go now
+            self.publisher._let_go(self.tenants, last, self.writer)
 
     def hold_again(self) -> None:
-        self.held = True
-        self.publisher._sending |= self.tenants
+        if not self.held:
+            self.held = True
+            _count_up(self.publisher._sending, self.tenants)
 
 
 class _Kept:
@@ -144,8 +157,23 @@ class _Kept:
 
     held = True
 
-    def release(self) -> None:
+    def release(self, last: dict[str, int] | None = None) -> None:
         pass
+
+
+def _count_up(counts: dict[str, int], keys: set[str]) -> None:
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+
+
+def _count_down(counts: dict[str, int], keys: set[str]) -> None:
+    """Each key once less; a key at zero goes (``key in counts`` means: at least one)."""
+    for key in keys:
+        left = counts[key] - 1
+        if left:
+            counts[key] = left
+        else:
+            del counts[key]
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -174,14 +202,26 @@ class EventPublisher:
             commits_in_flight = 1  # one writer at a time there anyway
         self._logs = [events_db.EventLogWriter(db) for _ in range(commits_in_flight)] if persist else []
         self._commits_in_flight = commits_in_flight
-        self._sending: set[str] = set()  # tenants of batches whose counter rows are not locked yet
+        # Tenants of batches whose counter rows are not locked yet (how many such batches each).
+        self._sending: dict[str, int] = {}
+        # Prediction (MariaDB): each tenant's next seq, known while this process is the only one
+        # moving its counter; batches of known tenants take their seqs when taken and are sent at
+        # once, without waiting for earlier ones (see _take_batch and append_predicted).
+        self._predicts = False
+        self._next: dict[str, tuple[int, int]] = {}  # tenant -> (next seq, the last mover's token)
+        self._open: dict[int, tuple[set[str], bool]] = {}  # batches in flight: (tenants, predicted)
+        self._open_count: dict[str, int] = {}  # per tenant: batches in flight
+        self._predicted_open: dict[str, int] = {}  # per tenant: predicted batches in flight
+        self._committed_last: dict[str, int] = {}  # per tenant: the latest batch that committed
+        self._closers: list[asyncio.Future] = []  # woken whenever a batch finishes
         self._batches_taken = 0
         self._emit_next = 0  # the next batch (by number) to hand to the emitter
         self._finished: dict[int, list[Envelope]] = {}  # batches done, waiting for an earlier one
         self._writers_left = 0
         self._tasks: list[asyncio.Task] = []
         self._closing = False
-        self.stats = {"batches": 0, "events": 0, "emitted": 0, "commit_s": 0.0}
+        self.stats = {"batches": 0, "events": 0, "emitted": 0, "commit_s": 0.0, "predicted": 0,
+                      "mispredicted": 0}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -223,6 +263,7 @@ class EventPublisher:
         check_names(tenant_id, type)
         data_json = encode_data(data)
         ts = _now_ms()
+        self._next.pop(tenant_id, None)  # its counter moves outside the publisher: read it again
         [seq] = await events_db.append_events(conn, [(tenant_id, type, ts, data_json)])
         return make_envelope(tenant_id, seq, type, ts, data, data_json)
 
@@ -238,6 +279,7 @@ class EventPublisher:
         for tenant_id, type_, data in events:
             check_names(tenant_id, type_)
             prepared.append((tenant_id, type_, data, encode_data(data)))
+            self._next.pop(tenant_id, None)  # its counter moves outside the publisher: read it again
         seqs = await events_db.append_events(conn, [(t, ty, ts, dj) for t, ty, _d, dj in prepared], before=before)
         return [make_envelope(t, seq, ty, ts, d, dj) for (t, ty, d, dj), seq in zip(prepared, seqs)]
 
@@ -256,13 +298,21 @@ class EventPublisher:
         return copy
 
     async def _writer(self, event_log: events_db.EventLogWriter | None) -> None:
-        """One of ``commits_in_flight`` writers. A batch holds its tenants back from later batches
-        only until its counter rows are locked: a later batch with one of them is sent after that,
-        so the database numbers a tenant's events in call order (the later upsert waits for the
-        row lock), while batches of other tenants go in parallel."""
+        """One of ``commits_in_flight`` writers.
+
+        A tenant whose counter this process knows (``_next``) has its events numbered when the
+        batch is taken, and the batch goes at once, in one round trip that checks the numbering
+        in the database (``append_predicted``), holding its tenants back only until it is written:
+        several batches of the same tenants are in flight at once, and the database only has to
+        commit them. Otherwise (a tenant not seen yet, or after a misprediction) the batch is
+        numbered by the database (``append``) and holds its tenants back from later batches until
+        its counter rows are locked: a later batch with one of them is sent after that, so the
+        database numbers a tenant's events in call order (the later upsert waits for the row
+        lock), while batches of other tenants go in parallel; the counters it reads make the
+        tenants known."""
         try:
             while True:
-                batch = self._take_batch()
+                batch, seqs, writer, after = self._take_batch()
                 if not batch:
                     if self._closing and not self._pending:
                         return
@@ -271,10 +321,13 @@ class EventPublisher:
                     continue
                 number = self._batches_taken
                 self._batches_taken += 1
-                turn = _Turn(self, {entry[0] for entry in batch})
+                tenants = {entry[0] for entry in batch}
+                if self.persist:
+                    self._opened(number, tenants, seqs is not None)
+                turn = _Turn(self, tenants, writer)
                 envelopes: list[Envelope | None] = []
                 try:
-                    envelopes = await self._commit_batch(batch, number, event_log, turn)
+                    envelopes = await self._commit_batch(batch, number, event_log, turn, seqs, after)
                 finally:
                     turn.release()
                     self._done(number, batch, envelopes)
@@ -283,22 +336,127 @@ class EventPublisher:
             if self._writers_left == 0:
                 self._emit_queue.put_nowait(None)
 
-    def _take_batch(self) -> list:
-        """Up to ``max_batch`` pending events of tenants not being sent, keeping each tenant's order."""
-        pending, sending = self._pending, self._sending
-        if not sending:
+    def _take_batch(self) -> tuple[list, list[int] | None, int, dict[str, int]]:
+        """Up to ``max_batch`` pending events, keeping each tenant's order; their predicted seqs
+        (None: the database numbers them); the batch's token (``writer``) and, when predicted, the
+        token of the batch each tenant's seqs were predicted after. One batch is all predicted or
+        all not: a tenant held by an unlocked batch waits; a tenant whose counter is not known
+        waits while predicted batches of it are in flight (a batch numbered by the database could
+        overtake them)."""
+        pending = self._pending
+        writer = random.getrandbits(62) + 1
+        if not self.persist:
             n = min(len(pending), self.max_batch)
-            return [pending.popleft() for _ in range(n)]
-        batch, held = [], collections.deque()
+            return [pending.popleft() for _ in range(n)], None, writer, {}
+        sending, known, predicted_open = self._sending, self._next, self._predicted_open
+        predict = self._predicts
+        batch: list = []
+        held: collections.deque | None = None
+        mode: bool | None = None  # True: predicted
         while pending and len(batch) < self.max_batch:
             entry = pending.popleft()
-            (held if entry[0] in sending else batch).append(entry)
-        held.extend(pending)
-        self._pending = held
-        return batch
+            tenant_id = entry[0]
+            if tenant_id in sending:
+                want = None
+            elif predict and tenant_id in known:
+                want = True
+            elif tenant_id in predicted_open:
+                want = None
+            else:
+                want = False
+            if want is not None and mode is None:
+                mode = want
+            if want is None or want is not mode:
+                if held is None:
+                    held = collections.deque()
+                held.append(entry)
+            else:
+                batch.append(entry)
+        if held is not None:
+            held.extend(pending)
+            self._pending = held
+        if not mode:
+            for entry in batch:  # numbered by the database: known again once its rows are locked
+                known.pop(entry[0], None)
+            return batch, None, writer, {}
+        seqs = []
+        after: dict[str, int] = {}
+        for entry in batch:
+            tenant_id = entry[0]
+            seq, last_writer = known[tenant_id]
+            if tenant_id not in after:
+                after[tenant_id] = last_writer
+            known[tenant_id] = (seq + 1, writer)
+            seqs.append(seq)
+        return batch, seqs, writer, after
+
+    # -- bookkeeping of batches in flight -------------------------------------------------------
+
+    def _opened(self, number: int, tenants: set[str], predicted: bool) -> None:
+        self._open[number] = (tenants, predicted)
+        _count_up(self._open_count, tenants)
+        if predicted:
+            _count_up(self._predicted_open, tenants)
+
+    def _closed(self, number: int) -> None:
+        tenants, predicted = self._open.pop(number)
+        _count_down(self._open_count, tenants)
+        if predicted:
+            _count_down(self._predicted_open, tenants)
+        closers, self._closers = self._closers, []
+        for fut in closers:
+            if not fut.done():
+                fut.set_result(None)
+        self._wake.set()  # tenants held back for this batch may go now
+
+    def _let_go(self, tenants: set[str], last: dict[str, int] | None, writer: int) -> None:
+        """A batch's counter rows are locked (``last``: the counters as it leaves them, if known)."""
+        _count_down(self._sending, tenants)
+        if last is not None:
+            open_count = self._open_count
+            for tenant_id, value in last.items():
+                if open_count.get(tenant_id) == 1:  # only this batch in flight: the next seq is known
+                    self._next[tenant_id] = (value + 1, writer)
+        self._wake.set()  # events held back for these tenants may go now
+
+    async def _wait_for_earlier(self, number: int, tenants: set[str]) -> None:
+        """Until every batch taken before ``number`` with one of ``tenants`` has finished."""
+        while any(n < number and not tenants.isdisjoint(ts) for n, (ts, _p) in self._open.items()):
+            fut = asyncio.get_running_loop().create_future()
+            self._closers.append(fut)
+            await fut
+
+    # -- committing -----------------------------------------------------------------------------
 
     async def _commit_batch(self, batch: list, number: int, event_log: events_db.EventLogWriter | None,
-                            turn: _Turn) -> list[Envelope | None]:
+                            turn: _Turn, seqs: list[int] | None = None, after: dict[str, int] | None = None
+                            ) -> list[Envelope | None]:
+        if seqs is not None:
+            assert event_log is not None and after is not None
+            try:
+                return await self._commit_predicted(batch, seqs, event_log, turn.writer, after, turn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see below
+                for tenant_id in turn.tenants:
+                    self._next.pop(tenant_id, None)  # read the counters again
+                if not isinstance(exc, events_db.CounterMoved | IntegrityError) and not _retryable(exc):
+                    # The database is down, or the connection went mid-COMMIT (the outcome is
+                    # unknown): every caller of the batch gets the error.
+                    log.warning("event batch of %d failed: %s", len(batch), exc)
+                    self._fail(batch, exc)
+                    return []
+                # Rolled back: number it the database's way, in turn (after every earlier batch of
+                # its tenants), unless a later batch of its tenants committed meanwhile (it would
+                # then number after theirs: its callers get the error, as for any failed batch).
+                turn.hold_again()
+                await self._wait_for_earlier(number, turn.tenants)
+                if any(self._committed_last.get(t, -1) > number for t in turn.tenants):
+                    log.warning("event batch of %d failed: %s", len(batch), exc)
+                    self._fail(batch, exc)
+                    return []
+                self.stats["mispredicted"] += 1
+                log.debug("event batch of %d renumbered after %s", len(batch), exc)
         try:
             return await self._commit(batch, number, event_log, turn)
         except asyncio.CancelledError:
@@ -314,6 +472,17 @@ class EventPublisher:
             log.warning("event batch of %d failed: %s", len(batch), exc)
             self._fail(batch, exc)
         return []
+
+    async def _commit_predicted(self, batch: list, seqs: list[int], event_log: events_db.EventLogWriter,
+                                writer: int, after: dict[str, int], turn: _Turn) -> list[Envelope]:
+        started = time.monotonic()
+        await event_log.append_predicted(
+            [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch], seqs,
+            writer=writer, after=after, on_sent=turn.release)
+        self.stats["commit_s"] += time.monotonic() - started
+        self.stats["predicted"] += 1
+        return [make_envelope(tenant_id, seq, type_, ts, data, data_json)
+                for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)]
 
     async def _commit_per_tenant(self, batch: list, number: int, event_log: events_db.EventLogWriter | None
                                  ) -> list[Envelope | None]:
@@ -352,6 +521,10 @@ class EventPublisher:
                 fut.set_exception(errors.Unavailable("the event publisher stopped before the commit"))
         self.stats["batches"] += 1
         self.stats["events"] += len(committed)
+        if self.persist:
+            for env in committed:
+                self._committed_last[env["tenant_id"]] = number
+            self._closed(number)
         self._finished[number] = committed
         while self._emit_next in self._finished:
             ready = self._finished.pop(self._emit_next)
@@ -374,7 +547,9 @@ class EventPublisher:
             started = time.monotonic()
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
-                    seqs = await event_log.append(rows, on_locked=turn.release)
+                    seqs = await event_log.append(rows, on_locked=turn.release,
+                                                  writer=getattr(turn, "writer", None))
+                    self._predicts = event_log.predicts
                     break
                 except DBAPIError as exc:
                     if attempt == COMMIT_ATTEMPTS or not _retryable(exc):

@@ -1,6 +1,7 @@
 """The publisher's pipeline (several transactions in flight) against a stand-in event log that
 numbers like the database does: seqs are settled when a batch's counter rows are locked
-(``on_locked``), the commit answer comes later, and a batch that fails gives its seqs back."""
+(``on_locked``), the commit answer comes later, and a batch that fails gives its seqs back; and,
+for batches numbered in advance (predicted), checks them the way ``append_predicted`` does."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
+from control_plane.db import events as events_db
 from control_plane.realtime import event_types as ev
 from control_plane.realtime.publisher import EventPublisher
 
@@ -24,29 +26,72 @@ class FakeLog:
     def __init__(self, shared: dict) -> None:
         self.shared = shared
 
-    async def append(self, rows, *, on_locked=None):
+    predicts = True
+
+    async def _lock(self, tenants):
         shared = self.shared
-        tenants = {r[0] for r in rows}
         while tenants & shared["locked"]:  # another transaction holds one of these rows
             await asyncio.sleep(0)
         shared["locked"] |= tenants
-        start = dict(shared["counters"])
+        return dict(shared["counters"]), dict(shared["writers"])
+
+    def _roll_back(self, tenants, counters, writers):
+        for t in tenants:  # rolled back: the counters as they were
+            self.shared["counters"][t] = counters.get(t, 0)
+            self.shared["writers"][t] = writers.get(t)
+
+    async def append(self, rows, *, on_locked=None, writer=None):
+        shared = self.shared
+        tenants = {r[0] for r in rows}
+        start, writers = await self._lock(tenants)
         seqs = []
         for tenant_id, *_ in rows:
             shared["counters"][tenant_id] = shared["counters"].get(tenant_id, 0) + 1
             seqs.append(shared["counters"][tenant_id])
+        for t in tenants:
+            shared["writers"][t] = writer
         batch_no = shared["calls"]
         shared["calls"] += 1
         failure = shared["fail"].pop(batch_no, None)
         if on_locked is not None:
-            on_locked()
+            on_locked({t: shared["counters"][t] for t in tenants})
         try:
             await asyncio.sleep(random.uniform(0, 0.004))  # COMMIT: answers come back in any order
             if failure is not None:
-                for t in tenants:  # rolled back: the counters as they were
-                    shared["counters"][t] = start.get(t, 0)
+                self._roll_back(tenants, start, writers)
                 raise failure
             return seqs
+        finally:
+            shared["locked"] -= tenants
+
+    async def append_predicted(self, rows, seqs, *, writer, after, on_sent=None):
+        """Like the database: reaches it after a while (a later batch may overtake it), locks,
+        checks that each counter ends where ``seqs`` do and was last moved by ``after[t]``."""
+        shared = self.shared
+        tenants = {r[0] for r in rows}
+        if on_sent is not None:
+            asyncio.get_running_loop().call_soon(on_sent)
+        await asyncio.sleep(random.uniform(0, 0.002))
+        start, writers = await self._lock(tenants)
+        try:
+            last = {}
+            for (tenant_id, *_), seq in zip(rows, seqs):
+                last[tenant_id] = seq
+            for t in tenants:
+                shared["counters"][t] = start.get(t, 0) + sum(1 for r in rows if r[0] == t)
+                shared["writers"][t] = writer
+            batch_no = shared["calls"]
+            shared["calls"] += 1
+            if any(shared["counters"][t] != last[t] or writers.get(t) != after[t] for t in tenants):
+                self._roll_back(tenants, start, writers)
+                shared["mispredicted"] += 1
+                raise events_db.CounterMoved(sorted(tenants))
+            failure = shared["fail"].pop(batch_no, None)
+            await asyncio.sleep(random.uniform(0, 0.004))  # COMMIT
+            if failure is not None:
+                self._roll_back(tenants, start, writers)
+                raise failure
+            return list(seqs)
         finally:
             shared["locked"] -= tenants
 
@@ -67,16 +112,19 @@ def deadlock() -> sa.exc.DBAPIError:
     return sa.exc.DBAPIError("event log append", None, Exception(1213, "Deadlock found"))
 
 
-def make_publisher(shared: dict, sink: Sink, writers: int = 3, max_batch: int = 5) -> EventPublisher:
+def make_publisher(shared: dict, sink: Sink, writers: int = 3, max_batch: int = 5, predicts: bool = False
+                   ) -> EventPublisher:
     publisher = EventPublisher(SimpleNamespace(is_sqlite=False), sink, max_batch=max_batch,
                                commits_in_flight=writers)
     publisher._logs = [FakeLog(shared) for _ in range(writers)]
+    publisher._predicts = predicts
     publisher.start()
     return publisher
 
 
 def shared_state(**fail) -> dict:
-    return {"counters": {}, "locked": set(), "calls": 0, "fail": {int(k[1:]): v for k, v in fail.items()}}
+    return {"counters": {}, "writers": {}, "locked": set(), "calls": 0, "mispredicted": 0,
+            "fail": {int(k[1:]): v for k, v in fail.items()}}
 
 
 def assert_emitted_in_order(sink: Sink, envs: list) -> None:
@@ -128,6 +176,35 @@ async def test_a_failed_batch_is_retried_when_nothing_was_sent_after_it():
     await publisher.close()
     assert env["seq"] == 1 and shared["calls"] == 2
     assert [e["seq"] for e in sink.got] == [1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_predicted_batches_overtaken_or_failed_renumber_in_call_order(seed):
+    # Batches numbered in advance go without waiting for earlier ones; one that reaches the
+    # "database" before an earlier one, or after one that failed, is rolled back and numbered
+    # again, after every earlier batch of its tenants: call order, no gap, no duplicate.
+    random.seed(seed)
+    fail = {f"b{n}": deadlock() for n in random.sample(range(5, 60), 3)}
+    shared, sink = shared_state(**fail), Sink()
+    publisher = make_publisher(shared, sink, max_batch=4, predicts=True)
+    tenants = ["ta", "tb", "tc", "td"]
+    calls = []
+    for i in range(400):
+        calls.append(asyncio.ensure_future(publisher.publish(tenants[i % 4 if i % 5 else 0], ev.MESSAGE_SENT,
+                                                             {"n": i})))
+        if i % 3 == 0:
+            await asyncio.sleep(0)
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    await publisher.close()
+    assert publisher.stats["predicted"] > 20  # most batches went numbered in advance
+    assert shared["mispredicted"] > 0 and publisher.stats["mispredicted"] > 0
+    envs = [r for r in results if isinstance(r, dict)]
+    assert len(envs) >= 400 - 3 * 4  # only the batches that failed lost their callers
+    for t in tenants:
+        mine = [e["seq"] for e in envs if e["tenant_id"] == t]
+        assert mine == list(range(1, len(mine) + 1))  # call order, gapless
+        assert shared["counters"][t] == len(mine)
+    assert_emitted_in_order(sink, envs)
 
 
 async def test_the_websocket_writers_poll_keeps_engineio_contract():
