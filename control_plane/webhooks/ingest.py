@@ -403,7 +403,8 @@ class WebhookIngester:
         emission = None
         try:
             if ids:  # every conversation known: the upserts go in the one round trip
-                statements = [plan.upsert_conversations_sql(returning=False) for plan in plans]
+                statements = [plan.upsert_conversations_sql(returning=False, ids=plan_ids)
+                              for plan, plan_ids in zip(plans, ids)]
             else:  # a contact not seen yet: the upserts first, returning the ids
                 statements = []
                 for plan in plans:
