@@ -269,7 +269,10 @@ class WebhookIngester:
                 break
         else:
             return
-        if not self._tasks or all(task.done() for task in self._tasks):
+        for task in self._tasks:
+            if not task.done():
+                break
+        else:  # none started, or every writer ended
             raise errors.Unavailable("webhook ingest is not running; retry later")
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(works, future))

@@ -65,3 +65,20 @@ def test_message_ids_are_time_ordered_uuids():
     assert len(set(first)) == 50
     later = new_message_ids(1)[0]
     assert later[:12] >= max(first)[:12]  # the millisecond prefix never goes back
+
+
+@pytest.mark.parametrize("raw", [
+    b'{}', b'{"a":"\xc3\xa9"}', b'{"a":"\xed\xa0\x80"}', '{"a":1}'.encode("utf-16"), '{"a":1}'.encode("utf-16-le"),
+    '{"a":1}'.encode("utf-32-le"), b'\xef\xbb\xbf{"a":1}', b'{"a":1} x', b"{", b'{"a":"\xff"}', b"[1]", b' {"a":1}',
+    b"{\x00", b'{"a":1}\n', b'{"\\ud800":1}'])
+def test_parse_json_reads_bodies_like_json_loads(raw):
+    from control_plane import errors
+    from control_plane.api.routing import parse_json
+    try:
+        expected = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        with pytest.raises(errors.BadRequest) as info:
+            parse_json(raw)
+        assert info.value.message == f"request body is not valid JSON: {exc}"
+    else:
+        assert parse_json(raw) == expected
