@@ -80,11 +80,16 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_decode_json = json.JSONDecoder().decode  # what json.loads uses for a str, without its checks per call
+
+
 def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise errors.BadRequest("request body is empty; expected a JSON object", code="malformed_json")
     try:
-        return json.loads(raw)
+        if raw[0] == 0x7B and raw[1:2] != b"\x00":  # "{", then not a NUL: json.loads reads it as UTF-8 too
+            return _decode_json(raw.decode("utf-8", "surrogatepass"))
+        return json.loads(raw)  # anything else: its encoding detection (UTF-16/32, BOMs)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from None
 

@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import re
+import time
 import uuid
 from typing import Any, Iterable, Sequence
 
@@ -143,17 +144,41 @@ def new_message_id() -> str:
 
 
 def new_message_ids(n: int) -> list[str]:
-    """``n`` ids like ``new_message_id()`` (random UUID4 hex) from one read of the OS's randomness:
-    ~1 us each instead of ~4 (a webhook batch needs one per message)."""
+    """``n`` message ids for one batch: UUIDs in RFC 9562's version 7 layout, as 32 hex characters
+    like ``new_message_id()``: the first 48 bits are the Unix time in milliseconds, the other 74
+    random (one read of the OS's randomness for the batch, ~1 us per id).
+
+    Time first, so a batch's rows land at the right end of ``messages``' primary key (the clustered
+    index) instead of at random pages across it: on the webhook bench MariaDB spent about half as
+    much CPU per inserted row once the table held a few hundred thousand rows."""
     raw = bytearray(os.urandom(16 * n))
-    for i in range(6, 16 * n, 16):
-        raw[i] = (raw[i] & 0x0F) | 0x40  # version 4
-        raw[i + 2] = (raw[i + 2] & 0x3F) | 0x80  # RFC 4122 variant
+    stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big")
+    for i in range(0, 16 * n, 16):
+        raw[i:i + 6] = stamp
+        raw[i + 6] = (raw[i + 6] & 0x0F) | 0x70  # version 7
+        raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122/9562 variant
     text = raw.hex()
     return [text[i:i + 32] for i in range(0, 32 * n, 32)]
 
 
+def _c_encoder() -> Any:
+    """``json.dumps(..., ensure_ascii=False, separators=(",", ":"), default=str)``'s C encoder, made
+    once (``json.dumps`` with options builds an encoder and its C twin on every call: ~1 us more
+    than the encoding of a message's content); None where the C module is missing."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    basestring = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or basestring is None:
+        return None
+    # markers=None: no cycle check (contents come from parsed JSON: trees, never cycles).
+    return make(None, str, basestring, None, ":", ",", False, False, True)
+
+
+_C_ENCODE = _c_encoder()
+
+
 def dump_json(value: Any) -> str:
+    if _C_ENCODE is not None and type(value) is dict:  # noqa: E721 - the usual case: a content object
+        return "".join(_C_ENCODE(value, 0))
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
@@ -574,9 +599,10 @@ class InboundPlan:
     def wa_ids(self) -> list[str]:
         return [c["wa_id"] for c in self.conversations]
 
-    def upsert_conversations_sql(self, *, returning: bool) -> str:
-        """The conversations upsert (``returning``: the ids come back as (id, wa_id) rows)."""
-        return _upsert_conversations_sql(self.conversations, returning=returning)
+    def upsert_conversations_sql(self, *, returning: bool, ids: dict[str, int] | None = None) -> str:
+        """The conversations upsert (``returning``: the ids come back as (id, wa_id) rows; ``ids``:
+        the conversations' ids, when every one is known)."""
+        return _upsert_conversations_sql(self.conversations, returning=returning, ids=ids)
 
     def insert_messages_sql(self, conversation_ids: dict[str, int]) -> str:
         """The plain multi-row INSERT (fails on a wamid stored before), with the conversations' ids."""
@@ -635,6 +661,7 @@ def _existing_wamids_sql(tenant_id: str, by_provider: dict[str, list[str]]) -> s
 
 _CONV_UPSERT_HEAD = ("INSERT INTO conversations (tenant_id, wa_id, contact_name, provider_last, last_inbound_at, "
                      "last_message_at, last_message_id, unread_count, created_at, updated_at) VALUES ")
+_CONV_UPSERT_HEAD_IDS = _CONV_UPSERT_HEAD.replace("updated_at)", "updated_at, id)", 1)
 # The same SET list as ``_upsert_conversations`` (order matters: MariaDB applies it left to right).
 _CONV_UPSERT_TAIL = (
     " ON DUPLICATE KEY UPDATE contact_name = COALESCE(VALUES(contact_name), conversations.contact_name), "
@@ -648,7 +675,12 @@ _CONV_UPSERT_TAIL = (
     "unread_count = conversations.unread_count + VALUES(unread_count), updated_at = VALUES(updated_at)")
 
 
-def _upsert_conversations_sql(rows: list[dict[str, Any]], *, returning: bool = True) -> str:
+def _upsert_conversations_sql(rows: list[dict[str, Any]], *, returning: bool = True,
+                              ids: dict[str, int] | None = None) -> str:
+    """``ids`` (wa_id -> the conversation's id, when known): the rows carry their ids, so InnoDB finds
+    each duplicate on the primary key at once. Without them it first inserts the row into the
+    clustered index under a fresh auto-increment id, meets the duplicate on (tenant_id, wa_id) and
+    takes that insert back before updating: about a third more of MariaDB's CPU for the upsert."""
     lits: dict[Any, str] = {}  # the tenant and the batch's times repeat across rows
 
     def lit(value: Any) -> str:
@@ -657,11 +689,14 @@ def _upsert_conversations_sql(rows: list[dict[str, Any]], *, returning: bool = T
             text = lits[value] = _lit_dt(value) if isinstance(value, dt.datetime) else _lit(value)
         return text
 
-    return _CONV_UPSERT_HEAD + ",".join(
+    values = ",".join(
         f"({lit(c['tenant_id'])},{_lit(c['wa_id'])},{lit(c['contact_name'])},{lit(c['provider_last'])},"
         f"{lit(c['last_inbound_at'])},{lit(c['last_message_at'])},{_lit(c['last_message_id'])},"
-        f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])})"
-        for c in rows) + (_CONV_UPSERT_TAIL + " RETURNING id, wa_id" if returning else _CONV_UPSERT_TAIL)
+        f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])}" + (
+            f",{int(ids[c['wa_id']])})" if ids is not None else ")")
+        for c in rows)
+    head = _CONV_UPSERT_HEAD if ids is None else _CONV_UPSERT_HEAD_IDS
+    return head + values + (_CONV_UPSERT_TAIL + " RETURNING id, wa_id" if returning else _CONV_UPSERT_TAIL)
 
 
 _MESSAGES_INSERT_HEAD = ("INSERT IGNORE INTO messages (id, tenant_id, conversation_id, direction, provider, "

@@ -182,6 +182,8 @@ class Relay:
 
     async def broadcast(self, envelopes: Sequence[Envelope]) -> None:
         """Deliver committed envelopes to this node's subscribers, then to the other nodes."""
+        if self.pubsub is None and not self.sio.manager.rooms.get(NAMESPACE):
+            return  # no connection here and no other node: nothing to encode (clients replay the log)
         items = [envelope_item(e) for e in envelopes]
         self.deliver(items)
         if self.pubsub is not None:

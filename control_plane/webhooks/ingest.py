@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ from control_plane.db import Database, DatabaseUnavailable
 from control_plane.db import messages as messages_db
 from control_plane.db.engine import utcnow
 from control_plane.realtime import event_types
+from control_plane.realtime.publisher import encode_data
+
+_encode_str = json.encoder.encode_basestring  # the C one: a JSON string, non-ASCII kept
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +112,33 @@ def received_event(row: dict[str, Any], to: str | None = None) -> dict[str, Any]
             "direction": "inbound", "from": row["wa_id"], "to": to, "contact_name": row.get("contact_name"),
             "type": row["type"], "content": content, "status": "received",
             "provider_message_id": row["provider_message_id"], "timestamp": iso(row.get("provider_timestamp"))}
+
+
+def _json_str(value: Any) -> str:
+    if type(value) is str:  # noqa: E721
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    raise TypeError  # anything else: encode_data decides
+
+
+def received_event_json(data: dict[str, Any], content_json: str) -> str:
+    """``encode_data(data)`` for ``received_event``'s data, character for character, ~4x faster:
+    the shape is fixed and ``content_json`` is the content's JSON text as the messages row stores it
+    (the same separators, non-ASCII kept; webhook content is plain JSON values, so both encoders
+    write it alike). Anything unexpected in a field goes through ``encode_data``."""
+    try:
+        if type(data["conversation_id"]) is not int:  # noqa: E721
+            raise TypeError
+        return (f'{{"message_id":{_json_str(data["message_id"])},"conversation_id":{data["conversation_id"]},'
+                f'"provider":{_json_str(data["provider"])},"direction":"inbound",'
+                f'"from":{_json_str(data["from"])},"to":{_json_str(data["to"])},'
+                f'"contact_name":{_json_str(data["contact_name"])},"type":{_json_str(data["type"])},'
+                f'"content":{content_json},"status":"received",'
+                f'"provider_message_id":{_json_str(data["provider_message_id"])},'
+                f'"timestamp":{_json_str(data["timestamp"])}}}')
+    except TypeError:
+        return encode_data(data)
 
 
 def status_event(change: dict[str, Any]) -> dict[str, Any]:
@@ -238,7 +269,10 @@ class WebhookIngester:
                 break
         else:
             return
-        if not self._tasks or all(task.done() for task in self._tasks):
+        for task in self._tasks:
+            if not task.done():
+                break
+        else:  # none started, or every writer ended
             raise errors.Unavailable("webhook ingest is not running; retry later")
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(works, future))
@@ -403,7 +437,8 @@ class WebhookIngester:
         emission = None
         try:
             if ids:  # every conversation known: the upserts go in the one round trip
-                statements = [plan.upsert_conversations_sql(returning=False) for plan in plans]
+                statements = [plan.upsert_conversations_sql(returning=False, ids=plan_ids)
+                              for plan, plan_ids in zip(plans, ids)]
             else:  # a contact not seen yet: the upserts first, returning the ids
                 statements = []
                 for plan in plans:
@@ -412,8 +447,12 @@ class WebhookIngester:
                     ids.append(got)
                     learned.update(((plan.tenant_id, wa_id), cid) for wa_id, cid in got.items())
             statements.extend(plan.insert_messages_sql(plan_ids) for plan, plan_ids in zip(plans, ids))
-            new_events = [(plan.tenant_id, event_types.MESSAGE_RECEIVED, received_event(row, to))
-                          for plan in plans for row, to in plan.stored()]
+            new_events = []
+            for plan in plans:
+                for row, to in plan.stored():
+                    data = received_event(row, to)
+                    new_events.append((plan.tenant_id, event_types.MESSAGE_RECEIVED, data,
+                                       received_event_json(data, row["content"])))
             envelopes = list(await events.append_many(conn, new_events, before=statements))
             emission = self._appended()
             await driver.commit()
