@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import sqlalchemy as sa
 from aiohttp import web
 
-from control_plane.__main__ import _freeze_startup_objects
+from control_plane.__main__ import _tune_garbage_collector
 from control_plane.app import create_app
 from control_plane.config import load_settings, normalize_database_url
 from control_plane.db import events as events_db
@@ -303,7 +303,7 @@ async def main(args: argparse.Namespace, url: str) -> None:
     site = web.TCPSite(runner_, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    await _freeze_startup_objects(app)  # as the serve command does once the app has started
+    await _tune_garbage_collector(app)  # as the serve command does once the app has started
     base = f"http://127.0.0.1:{port}"
     try:
         tenants = []
