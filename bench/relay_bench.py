@@ -243,6 +243,19 @@ async def run_phase(publisher: EventPublisher, tenant_ids: list[str], phase: int
     return sent, achieved, late_ms, durable
 
 
+def undelivered_report(publisher: EventPublisher) -> str:
+    """What the relay and the publisher hold when a phase was not fully delivered (for diagnosis)."""
+    relay = publisher.sink
+    subs = list(getattr(relay, "subs", {}).values())
+    return (f"undelivered: {len(subs)} subscribers, {sum(s.catching_up for s in subs)} catching up "
+            f"({sum(len(s.buffer) for s in subs)} buffered, "
+            f"{sum(len(s.dirty) for s in subs)} tenants to replay), "
+            f"{sum(s.closed for s in subs)} closed, {sum(s.socket is None for s in subs)} without a socket; "
+            f"publisher: {len(publisher._pending)} pending, sending {len(publisher._sending)}, "
+            f"predicted in flight {len(publisher._predicted_open)}, open batches {len(publisher._open)}; "
+            f"relay {getattr(relay, 'stats', None)}")
+
+
 async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[dict], rates: list[int],
                 duration_s: float, procs: int, phase0: int) -> list[dict]:
     clients = Clients(url, [t["key"] for t in tenants], procs)
@@ -282,6 +295,8 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
                   f"longest GC pause {row['gc_ms']:4.0f} ms  "
                   f"order errors {row['disorder']}  "
                   f"{'ok' if row['ok'] else 'FAIL'}", flush=True)
+            if row["got"] < sent:
+                print("  " + undelivered_report(publisher), file=sys.stderr, flush=True)
             fails = 0 if row["ok"] else fails + 1
             if fails >= 2:
                 break

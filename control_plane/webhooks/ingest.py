@@ -6,9 +6,9 @@ last looked and stores it in ONE transaction with a fixed handful of multi-row s
 so the per-statement and per-commit (fsync) costs are paid once per batch, not once per request. No
 timer: while one batch commits, the next one gathers; under light load a batch is one delivery.
 
-Two writers, each with its own connection, so one batch's round trips overlap the next one's
-preparation and statements (one writer alone leaves the process idle while it waits for MariaDB).
-Their transactions cannot deadlock each other: every batch takes its row locks in one order
+One writer by default (``writers=``: more, each with its own connection, so one batch's round trips
+overlap the next one's preparation; measured no faster on the webhook bench, as the process, not
+MariaDB, is the limit). Their transactions cannot deadlock each other: every batch takes its row locks in one order
 (conversations by tenant and contact, then the event-log counters, last, in ``append_events``); an
 InnoDB deadlock with anyone else is retried. A batch carrying status updates runs alone (no other
 batch in flight), so what it reads of a message is what it updates; the ladder is also enforced by
