@@ -143,6 +143,23 @@ def _upsert_and_read_sql(counts: dict[str, int], writer: int | None = None) -> s
             "WHERE tenant_id IN (" + ",".join(f"'{t}'" for t in tenant_ids) + ")")
 
 
+def _row_tails(events: Sequence[NewEvent]) -> list[str]:
+    """Each event's row of the plain multi-row INSERT but its tenant and seq: ``,'type','ts',X'data')``
+    (types are plain names, checked here; payloads hex literals; a batch's events mostly share their
+    millisecond, so each timestamp is written once)."""
+    for type_ in {e[1] for e in events}:
+        if not _SAFE_NAME.match(type_):
+            raise ValueError(f"event log: invalid type {type_!r}")
+    stamps: dict[dt.datetime, str] = {}
+    tails = []
+    for _t, type_, ts, data in events:
+        stamp = stamps.get(ts)
+        if stamp is None:
+            stamp = stamps[ts] = ts.isoformat(sep=" ", timespec="microseconds")
+        tails.append(f",'{type_}','{stamp}',X'{data.encode().hex()}')")
+    return tails
+
+
 def _is_mysql(conn: AsyncConnection) -> bool:
     return conn.dialect.name in ("mysql", "mariadb")
 
@@ -333,16 +350,7 @@ class EventLogWriter:
         INSERT ... SELECT costs (a derived table of one SELECT per event, joined to the
         counters), for a second round trip."""
         upsert = _upsert_and_read_sql(counts, writer)
-        for type_ in {e[1] for e in events}:
-            if not _SAFE_NAME.match(type_):
-                raise ValueError(f"event log: invalid type {type_!r}")
-        stamps: dict[dt.datetime, str] = {}  # a batch's events mostly share their millisecond
-        tails = []  # each row but its tenant and seq, built before the locks are taken
-        for _t, type_, ts, data in events:
-            stamp = stamps.get(ts)
-            if stamp is None:
-                stamp = stamps[ts] = ts.isoformat(sep=" ", timespec="microseconds")
-            tails.append(f",'{type_}','{stamp}',X'{data.encode().hex()}')")
+        tails = _row_tails(events)  # built before the locks are taken
         async with self._driver_errors(), driver.cursor() as cur:
             await cur.execute(upsert)  # the upsert's result comes first: its rows are locked
             await cur.nextset()  # the counters as this transaction left them, in ONE row
@@ -390,18 +398,14 @@ class EventLogWriter:
             raise RuntimeError("predicted appends are for MariaDB")
         counts = _count(events)
         last: dict[str, int] = {}
-        stamps: dict[dt.datetime, str] = {}  # a batch's events mostly share their millisecond
         values = []
-        for (tenant_id, type_, ts, data), seq in zip(events, seqs, strict=True):
+        for (tenant_id, *_), seq, tail in zip(events, seqs, _row_tails(events), strict=True):
             last[tenant_id] = seq
-            stamp = stamps.get(ts)
-            if stamp is None:
-                stamp = stamps[ts] = ts.isoformat(sep=" ", timespec="microseconds")
-            values.append(f"('{tenant_id}',{seq},'{type_}','{stamp}',X'{data.encode().hex()}')")
+            values.append(f"('{tenant_id}',{seq}{tail}")
         tenant_ids = sorted(counts)  # one lock order for every writer: no deadlocks between batches
-        for name in (*tenant_ids, *{e[1] for e in events}):
-            if not _SAFE_NAME.match(name):
-                raise ValueError(f"event log: invalid tenant id or type {name!r}")
+        for tenant_id in tenant_ids:
+            if not _SAFE_NAME.match(tenant_id):
+                raise ValueError(f"event log: invalid tenant id {tenant_id!r}")
         for tenant_id in tenant_ids:
             if last[tenant_id] - counts[tenant_id] < 0:
                 raise ValueError(f"event log: predicted seqs for {tenant_id!r} start below 1")
