@@ -29,6 +29,7 @@ from sqlalchemy.dialects import mysql as mysql_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane.compact_json import dict_encoder
 from control_plane.db import events as events_db
 from control_plane.db.engine import utcnow
 from control_plane.db.metadata import LongText, Timestamp, TenantId, metadata
@@ -161,24 +162,12 @@ def new_message_ids(n: int) -> list[str]:
     return [text[i:i + 32] for i in range(0, 32 * n, 32)]
 
 
-def _c_encoder() -> Any:
-    """``json.dumps(..., ensure_ascii=False, separators=(",", ":"), default=str)``'s C encoder, made
-    once (``json.dumps`` with options builds an encoder and its C twin on every call: ~1 us more
-    than the encoding of a message's content); None where the C module is missing."""
-    make = getattr(json.encoder, "c_make_encoder", None)
-    basestring = getattr(json.encoder, "c_encode_basestring", None)
-    if make is None or basestring is None:
-        return None
-    # markers=None: no cycle check (contents come from parsed JSON: trees, never cycles).
-    return make(None, str, basestring, None, ":", ",", False, False, True)
-
-
-_C_ENCODE = _c_encoder()
+_ENCODE_DICT = dict_encoder(str)
 
 
 def dump_json(value: Any) -> str:
-    if _C_ENCODE is not None and type(value) is dict:  # noqa: E721 - the usual case: a content object
-        return "".join(_C_ENCODE(value, 0))
+    if type(value) is dict:  # noqa: E721 - the usual case: a content object
+        return _ENCODE_DICT(value)
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 

@@ -1,0 +1,27 @@
+"""Compact JSON text (``separators=(",", ":")``, ``ensure_ascii=False``) for the hot paths.
+
+``json.dumps`` with options builds a ``JSONEncoder`` and its C twin on every call, which costs
+about as much as encoding a small object; :func:`dict_encoder` builds the C encoder once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+
+def dict_encoder(default: Callable[[Any], Any]) -> Callable[[dict], str]:
+    """``encode(obj)`` == ``json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+    default=default)`` for a dict, without the cycle check (payloads are trees, never cycles).
+    Falls back to ``json.dumps`` where the C module is missing."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    basestring = getattr(json.encoder, "c_encode_basestring", None)
+    if make is None or basestring is None:
+        def encode_slow(obj: dict) -> str:
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=default)
+        return encode_slow
+    c_encode = make(None, default, basestring, None, ":", ",", False, False, True)
+
+    def encode(obj: dict) -> str:
+        return "".join(c_encode(obj, 0))
+    return encode
