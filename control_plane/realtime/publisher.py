@@ -28,7 +28,8 @@ commit. Up to ``commits_in_flight`` batches are in flight, each on its own conne
   its upsert waits in the database for the earlier commit. The counters it reads make its tenants
   known again.
 Either way a tenant's events are numbered in call order, and batches of other tenants go in parallel.
-Committed batches are emitted in batch order (per tenant: seq order) by one emitter task,
+Committed batches are emitted in batch order (per tenant: seq order): to this node's clients as
+soon as each is committed (the relay's ``deliver_now``), to other nodes by one emitter task,
 overlapping the next inserts. A batch that fails otherwise after a later one was taken is not retried
 (its callers get the error; later events take its seqs, so the log stays gapless). ``publish()``
 returns once the event is durable; emission follows asynchronously, and a client that misses it (down,
@@ -41,7 +42,6 @@ import asyncio
 import collections
 import datetime as dt
 import enum
-import json
 import logging
 import random
 import re
@@ -54,6 +54,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane import errors
+from control_plane.compact_json import dict_encoder
 from control_plane.db import events as events_db
 from control_plane.db.engine import Database, utcnow
 from control_plane.realtime.event_types import FORBIDDEN_KEYS
@@ -76,7 +77,12 @@ class Envelope(dict):
 
 
 class Sink(Protocol):
-    """Where committed envelopes go (the Socket.IO relay); ``None`` in processes without one."""
+    """Where committed envelopes go (the Socket.IO relay); ``None`` in processes without one.
+
+    A sink may also have ``deliver_now(envelopes)``: the local fan-out, synchronous, called as soon
+    as a batch is committed (in order), returning what ``await forward(...)`` must then carry to
+    the other nodes, or None. The publisher's emitter task then only forwards, and local clients
+    get an event one event-loop turn sooner."""
 
     async def broadcast(self, envelopes: Sequence[Envelope]) -> None: ...
 
@@ -107,6 +113,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"event data: {type(value).__name__} is not JSON serializable")
 
 
+_encode = dict_encoder(_json_default)
+
+
 def encode_data(data: dict[str, Any]) -> str:
     """Validate an event payload and return its JSON text."""
     if not isinstance(data, dict):
@@ -114,7 +123,7 @@ def encode_data(data: dict[str, Any]) -> str:
     leaked = FORBIDDEN_KEYS.intersection(data)
     if leaked:
         raise ValueError(f"event data must not carry secrets: {sorted(leaked)}")
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    return _encode(data)
 
 
 def check_names(tenant_id: str, type_: str) -> None:
@@ -290,7 +299,7 @@ class EventPublisher:
         """Push envelopes that are already committed (from :meth:`append`) to subscribers."""
         envs = [e if isinstance(e, Envelope) else self._rewrap(e) for e in envelopes]
         if envs:
-            self._emit_queue.put_nowait(envs)
+            self._hand_over(envs)
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -528,7 +537,23 @@ class EventPublisher:
             ready = self._finished.pop(self._emit_next)
             self._emit_next += 1
             if ready:
-                self._emit_queue.put_nowait(ready)
+                self._hand_over(ready)
+
+    def _hand_over(self, envelopes: list[Envelope]) -> None:
+        """Committed envelopes, in order: delivered to local clients now where the sink can
+        (``deliver_now``), forwarded to other nodes by the emitter task; else all by the emitter."""
+        deliver_now = getattr(self.sink, "deliver_now", None)
+        if deliver_now is None:
+            self._emit_queue.put_nowait(envelopes)
+            return
+        try:
+            onward = deliver_now(envelopes)
+        except Exception:  # clients catch up from the log on their next event
+            log.exception("emitting %d events failed", len(envelopes))
+            onward = None
+        self.stats["emitted"] += len(envelopes)
+        if onward:
+            self._emit_queue.put_nowait(onward)
 
     async def _commit(self, batch: list, number: int, event_log: events_db.EventLogWriter | None,
                       turn: _Turn | _Kept) -> list[Envelope]:
@@ -567,7 +592,7 @@ class EventPublisher:
 
     async def _emitter(self) -> None:
         while True:
-            envelopes = await self._emit_queue.get()
+            envelopes = await self._emit_queue.get()  # envelopes, or (deliver_now) what to forward
             stop = envelopes is None
             envelopes = envelopes or []
             while not self._emit_queue.empty():  # coalesce what piled up while we were emitting
@@ -576,13 +601,15 @@ class EventPublisher:
                     stop = True
                 else:
                     envelopes.extend(more)
+            inline = hasattr(self.sink, "deliver_now")  # then these were delivered here: forward
             if envelopes and self.sink is not None:
                 try:
-                    await self.sink.broadcast(envelopes)
+                    await (self.sink.forward(envelopes) if inline else self.sink.broadcast(envelopes))
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # clients catch up from the log on their next event
                     log.exception("emitting %d events failed", len(envelopes))
-            self.stats["emitted"] += len(envelopes)
+            if not inline:
+                self.stats["emitted"] += len(envelopes)
             if stop:
                 return

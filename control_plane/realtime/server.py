@@ -182,11 +182,22 @@ class Relay:
 
     async def broadcast(self, envelopes: Sequence[Envelope]) -> None:
         """Deliver committed envelopes to this node's subscribers, then to the other nodes."""
+        items = self.deliver_now(envelopes)
+        if items:
+            await self.forward(items)
+
+    def deliver_now(self, envelopes: Sequence[Envelope]) -> list[Item] | None:
+        """This node's share of :meth:`broadcast`, synchronous; returns what :meth:`forward` must
+        carry to the other nodes (None: there are none)."""
         if self.pubsub is None and not self.sio.manager.rooms.get(NAMESPACE):
-            return  # no connection here and no other node: nothing to encode (clients replay the log)
+            return None  # no connection here and no other node: nothing to encode (clients replay the log)
         items = [envelope_item(e) for e in envelopes]
         self.deliver(items)
-        if self.pubsub is not None:
+        return items if self.pubsub is not None else None
+
+    async def forward(self, items: Sequence[Item]) -> None:
+        """Carry delivered events to the other nodes (Redis); a no-op on a single node."""
+        if self.pubsub is not None and items:
             await self.pubsub.publish_batch(items)
 
     def deliver(self, items: Iterable[Item]) -> None:
