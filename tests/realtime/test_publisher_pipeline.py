@@ -155,6 +155,39 @@ async def test_pipelined_batches_number_in_call_order_and_emit_in_seq_order():
     assert_emitted_in_order(sink, envs)
 
 
+class InlineSink(Sink):
+    """A sink that delivers locally at once (``deliver_now``) and forwards to "other nodes" later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forwarded: list = []
+
+    def deliver_now(self, envelopes):
+        self.got.extend(envelopes)
+        return [(e["tenant_id"], e["seq"]) for e in envelopes]
+
+    async def forward(self, items) -> None:
+        await asyncio.sleep(random.uniform(0, 0.002))
+        self.forwarded.extend(items)
+
+
+async def test_an_inline_sink_delivers_before_publish_returns_and_forwards_the_same_in_order():
+    random.seed(7)
+    shared, sink = shared_state(b3=deadlock()), InlineSink()
+    publisher = make_publisher(shared, sink, predicts=True)
+
+    async def publish_and_look(i: int):
+        env = await publisher.publish(["ta", "tb"][i % 2], ev.MESSAGE_SENT, {"n": i})
+        assert env in sink.got  # this node's clients had it by the time the caller heard "durable"
+        return env
+
+    results = await asyncio.gather(*(publish_and_look(i) for i in range(120)), return_exceptions=True)
+    await publisher.close()
+    assert_emitted_in_order(sink, results)
+    assert sink.forwarded == [(e["tenant_id"], e["seq"]) for e in sink.got]  # other nodes: same order
+    assert publisher.stats["emitted"] == len(sink.got)
+
+
 async def test_a_batch_failing_after_the_next_was_sent_is_not_retried_and_leaves_no_gap():
     random.seed(5)
     shared, sink = shared_state(b0=deadlock()), Sink()
