@@ -9,7 +9,9 @@ seqs numbered in memory, emit only) and on (group commit to MariaDB, then emit).
 "Sustained" = the highest rate with >= 98% delivered, p99 < 50 ms and nothing out of order.
 CPU per event is split between this process (the server; the load generator publishes inside it),
 the client processes, MariaDB, and everything else on the machine ("other"): other work on the two
-cores, or a busy MariaDB, skews every figure, so check those columns before trusting a run.
+cores, or a busy MariaDB, skews every figure, so check those columns before trusting a run. "Waiting
+for a CPU" is the time per event the server's and MariaDB's threads were runnable but queued behind
+other processes (schedstat): with persistence on, MariaDB's share of it lies on the event's path.
 Needs MariaDB (TEST_MARIADB_SERVER, default mysql://root@127.0.0.1:3306) and node.
 """
 
@@ -134,6 +136,17 @@ def machine_busy_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / CLK_TCK  # less idle and iowait
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds a process's threads have spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
+
+
 def mariadb_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -156,6 +169,9 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         now = {name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in self.groups.items()}
         now["server"] = time.process_time()
+        # Waiting for a CPU: on 2 cores the server, MariaDB and the clients queue for each other.
+        now["server_wait"] = runqueue_wait_s(os.getpid())
+        now["mariadb_wait"] = sum(runqueue_wait_s(pid) for pid in self.groups["mariadb"])
         now["machine"] = machine_busy_s()
         now["wall"] = time.monotonic()
         return now
@@ -164,7 +180,8 @@ class CpuMeter:
     def per_event_us(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
         used = {k: after[k] - before[k] for k in before}
         used["other"] = max(0.0, used["machine"] - used["server"] - used["clients"] - used["mariadb"])
-        out = {k: used[k] * 1e6 / max(events, 1) for k in ("server", "clients", "mariadb", "other")}
+        out = {k: used[k] * 1e6 / max(events, 1)
+               for k in ("server", "clients", "mariadb", "other", "server_wait", "mariadb_wait")}
         out["busy"] = used["machine"] / max(used["wall"], 1e-9) / (os.cpu_count() or 1)
         return out
 
@@ -290,7 +307,8 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
                   f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
                   f"(durable p50 {row['durable_p50']:5.1f} p99 {row['durable_p99']:5.1f})  "
                   f"CPU us/event: server {cpu_us:4.0f} clients {cpu['clients']:3.0f} "
-                  f"mariadb {cpu['mariadb']:3.0f} other {cpu['other']:3.0f} (machine {cpu['busy']:4.0%} busy)  "
+                  f"mariadb {cpu['mariadb']:3.0f} other {cpu['other']:3.0f} (machine {cpu['busy']:4.0%} busy; "
+                  f"waiting for a CPU: server {cpu['server_wait']:3.0f} mariadb {cpu['mariadb_wait']:3.0f})  "
                   f"publisher late {late_ms:5.0f} ms  "
                   f"longest GC pause {row['gc_ms']:4.0f} ms  "
                   f"order errors {row['disorder']}  "
