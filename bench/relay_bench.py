@@ -29,6 +29,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -136,15 +137,21 @@ def machine_busy_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) / CLK_TCK  # less idle and iowait
 
 
-def runqueue_wait_s(pid: int) -> float:
-    """Seconds a process's threads have spent runnable but waiting for a CPU (schedstat)."""
-    total = 0
+def runqueue_waits(pid: int) -> dict[str, float]:
+    """Per thread of a process: seconds spent runnable but waiting for a CPU (schedstat)."""
+    waits = {}
     for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
         try:
-            total += int(stat.read_text().split()[1])
+            waits[f"{pid}/{stat.parent.name}"] = int(stat.read_text().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             pass
-    return total / 1e9
+    return waits
+
+
+def waited_s(before: dict[str, float], after: dict[str, float]) -> float:
+    """Waiting between two readings, over the threads alive at the second (threads come and go:
+    one that ended in between loses its last stretch, one that started counts from its start)."""
+    return sum(value - before.get(tid, 0.0) for tid, value in after.items())
 
 
 def mariadb_pids() -> list[int]:
@@ -166,19 +173,20 @@ class CpuMeter:
     def __init__(self, clients: list[int]) -> None:
         self.groups = {"clients": clients, "mariadb": mariadb_pids()}
 
-    def read(self) -> dict[str, float]:
-        now = {name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in self.groups.items()}
+    def read(self) -> dict[str, Any]:
+        now: dict[str, Any] = {name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in self.groups.items()}
         now["server"] = time.process_time()
         # Waiting for a CPU: on 2 cores the server, MariaDB and the clients queue for each other.
-        now["server_wait"] = runqueue_wait_s(os.getpid())
-        now["mariadb_wait"] = sum(runqueue_wait_s(pid) for pid in self.groups["mariadb"])
+        now["server_wait"] = runqueue_waits(os.getpid())
+        now["mariadb_wait"] = {k: v for pid in self.groups["mariadb"] for k, v in runqueue_waits(pid).items()}
         now["machine"] = machine_busy_s()
         now["wall"] = time.monotonic()
         return now
 
     @staticmethod
-    def per_event_us(before: dict[str, float], after: dict[str, float], events: int) -> dict[str, float]:
-        used = {k: after[k] - before[k] for k in before}
+    def per_event_us(before: dict[str, Any], after: dict[str, Any], events: int) -> dict[str, float]:
+        used = {k: (waited_s(before[k], after[k]) if isinstance(before[k], dict) else after[k] - before[k])
+                for k in before}
         used["other"] = max(0.0, used["machine"] - used["server"] - used["clients"] - used["mariadb"])
         out = {k: used[k] * 1e6 / max(events, 1)
                for k in ("server", "clients", "mariadb", "other", "server_wait", "mariadb_wait")}
