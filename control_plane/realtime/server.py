@@ -285,6 +285,13 @@ class Relay:
         stalls = 0  # rounds whose replay found nothing yet a gap remained
         try:
             if sub.socket is None and not await self._wait_connected(sub):
+                if not sub.closed and sub.sid in self.subs:
+                    # Left as it is, it would stay in catch-up and be sent nothing while it looks
+                    # connected: cut it off instead; it reconnects with since and loses nothing.
+                    log.warning("realtime client %s: connection not seen as established within %.0fs; "
+                                "disconnecting it", sub.sid, CONNECT_WAIT_S)
+                    sub.closed = True
+                    self._spawn(self.sio.disconnect(sub.sid))
                 return
             while not sub.closed:
                 progress = False

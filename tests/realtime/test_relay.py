@@ -247,3 +247,29 @@ async def test_publisher_survives_its_database_connection_being_killed(node, new
             break
     for w, (driver, used) in killed.items():
         assert w._used_at != used and w._driver is not driver
+
+
+async def test_a_connection_its_catch_up_cannot_see_established_is_cut_off_then_resumes(
+        node, new_tenant, consumers, monkeypatch):
+    # If the catch-up never sees the connection established (CONNECT_WAIT_S), the connection must
+    # not stay open in catch-up, sent nothing: it is cut off and resumes with since.
+    a = await new_tenant(node)
+    relay = node.app["realtime_relay"]
+    real_wait = relay._wait_connected
+    calls = []
+
+    async def not_seen(sub):
+        calls.append(sub.sid)
+        return False if len(calls) == 1 else await real_wait(sub)
+
+    monkeypatch.setattr(relay, "_wait_connected", not_seen)
+    first = [await node.events.publish(a["id"], ev.MESSAGE_SENT, {"i": i}) for i in range(3)]
+    c = consumers("py")
+    await c.connect(node.url, {"token": a["key"], "since": 0}, expect_ok=False)
+    await wait_until(lambda: not c.sio.connected, what="the unseen connection cut off")
+    assert c.events == [] and len(calls) == 1
+    again = consumers("py")
+    await again.connect(node.url, {"token": a["key"], "since": 0})
+    await node.events.publish(a["id"], ev.MESSAGE_SENT, {"i": 3})
+    await wait_until(lambda: len(again.events) >= 4, what="replay and live event")
+    assert again.seqs() == [e["seq"] for e in first] + [4]
