@@ -71,7 +71,7 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except Exception:  # noqa: BLE001
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
@@ -86,19 +86,35 @@ async def prefill(url: str, tenants: int, per_tenant: int, fake_url: str) -> lis
             pnid, waba, token = str(10**14 + t), str(2 * 10**14 + t), "EAAG-" + secrets.token_hex(12)
             async with db.begin() as conn:
                 tenant = await tenants_db.create_tenant(conn, f"bench-{t}")
-                await config_db.save_whatsapp_config(conn, tenant["id"], {
-                    "api_type": "business_api", "fallback_policy": "business_api_only", "phone_number_id": pnid,
-                    "waba_id": waba, "access_token_enc": box.encrypt(token), "is_active": True})
+                await config_db.save_whatsapp_config(
+                    conn,
+                    tenant["id"],
+                    {
+                        "api_type": "business_api",
+                        "fallback_policy": "business_api_only",
+                        "phone_number_id": pnid,
+                        "waba_id": waba,
+                        "access_token_enc": box.encrypt(token),
+                        "is_active": True,
+                    },
+                )
             made.append({"id": tenant["id"], "pnid": pnid, "waba": waba, "token": token})
             for start in range(0, per_tenant, 2000):
-                items = [{"wa_id": f"1{t:03d}{i:07d}", "type": "text",
-                          "content": {"text": f"bench {t}.{i}", "preview_url": False}}
-                         for i in range(start, min(per_tenant, start + 2000))]
+                items = [
+                    {
+                        "wa_id": f"1{t:03d}{i:07d}",
+                        "type": "text",
+                        "content": {"text": f"bench {t}.{i}", "preview_url": False},
+                    }
+                    for i in range(start, min(per_tenant, start + 2000))
+                ]
                 async with db.begin() as conn:
                     await outbox_db.enqueue_many(conn, tenant["id"], items)
             async with db.begin() as conn:  # every contact wrote within 24 h: free-form is allowed
-                await conn.execute(sa.text("UPDATE conversations SET last_inbound_at = :at WHERE tenant_id = :t"),
-                                   {"at": utcnow(), "t": tenant["id"]})
+                await conn.execute(
+                    sa.text("UPDATE conversations SET last_inbound_at = :at WHERE tenant_id = :t"),
+                    {"at": utcnow(), "t": tenant["id"]},
+                )
     finally:
         await db.close()
     return made
@@ -114,14 +130,20 @@ def sustained(times: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=20)
-    parser.add_argument("--rate", type=float, default=80.0, help="each number's limit, msg/s (CLOUD_RATE_PER_S)")
-    parser.add_argument("--seconds", type=float, default=12.0, help="work queued per number, in seconds at its limit")
+    parser.add_argument(
+        "--rate", type=float, default=80.0, help="each number's limit, msg/s (CLOUD_RATE_PER_S)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=12.0, help="work queued per number, in seconds at its limit"
+    )
     args = parser.parse_args()
     per_tenant = int(args.rate * args.seconds)
     total = per_tenant * args.tenants
 
     name = f"gw_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(normalize_database_url("x", MARIADB_SERVER + "/mysql").replace("aiomysql", "pymysql"))
+    admin = sa.create_engine(
+        normalize_database_url("x", MARIADB_SERVER + "/mysql").replace("aiomysql", "pymysql")
+    )
     with admin.begin() as conn:
         conn.execute(sa.text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
     url = normalize_database_url("x", f"{MARIADB_SERVER}/{name}")
@@ -129,24 +151,51 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         runner.upgrade(url)
-        fake = subprocess.Popen([sys.executable, "-m", "tests.fakes.graph_api", "--no-window"], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True)
+        fake = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.graph_api", "--no-window"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(fake)
         line = fake.stdout.readline().strip()
         fake_url = line.split("=", 1)[1]
-        print(f"fake Graph API at {fake_url}; filling {args.tenants} outboxes with {per_tenant} messages each ...",
-              flush=True)
+        print(
+            f"fake Graph API at {fake_url}; filling {args.tenants} outboxes with {per_tenant} messages each ...",
+            flush=True,
+        )
         made = asyncio.run(prefill(url, args.tenants, per_tenant, fake_url))
         for t in made:
-            http_json("POST", fake_url + "/_fake/numbers", {"phone_number_id": t["pnid"], "waba_id": t["waba"],
-                                                            "token": t["token"], "rate_limit": int(args.rate)})
+            http_json(
+                "POST",
+                fake_url + "/_fake/numbers",
+                {
+                    "phone_number_id": t["pnid"],
+                    "waba_id": t["waba"],
+                    "token": t["token"],
+                    "rate_limit": int(args.rate),
+                },
+            )
         port = free_port()
-        env = {**os.environ, "DATABASE_URL": url, "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEY": SECRET_KEY,
-               "GRAPH_API_URL": fake_url, "PORT": str(port), "HOST": "127.0.0.1", "SUPERVISOR_ENABLED": "false",
-               "LOG_LEVEL": "INFO", "CLOUD_RATE_PER_S": str(args.rate), "MESSAGING_POLL_S": "0.5",
-               "DATA_DIR": f"/tmp/{name}", "SESSIONS_DIR": f"/tmp/{name}/s"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "SECRET_KEY": SECRET_KEY,
+            "GRAPH_API_URL": fake_url,
+            "PORT": str(port),
+            "HOST": "127.0.0.1",
+            "SUPERVISOR_ENABLED": "false",
+            "LOG_LEVEL": "INFO",
+            "CLOUD_RATE_PER_S": str(args.rate),
+            "MESSAGING_POLL_S": "0.5",
+            "DATA_DIR": f"/tmp/{name}",
+            "SESSIONS_DIR": f"/tmp/{name}/s",
+        }
         started = time.monotonic()
-        prof = ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+        prof = (
+            ["-m", "cProfile", "-o", os.environ["BENCH_PROFILE"]] if os.environ.get("BENCH_PROFILE") else []
+        )
         cp = subprocess.Popen([sys.executable, *prof, "-m", "control_plane", "serve"], cwd=ROOT, env=env)
         procs.append(cp)
         wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -157,7 +206,10 @@ def main() -> None:
         if mariadb:  # shared with anything else using the server meanwhile
             watched["MariaDB"] = mariadb[0]
         cpu0 = {name: sum(p.cpu_times()[:2]) for name, p in watched.items()}
-        print(f"control plane up in {time.monotonic() - started:.1f} s; dispatching {total} messages ...", flush=True)
+        print(
+            f"control plane up in {time.monotonic() - started:.1f} s; dispatching {total} messages ...",
+            flush=True,
+        )
         last, last_change = -1, time.monotonic()
         while True:
             time.sleep(1.0)
@@ -174,21 +226,31 @@ def main() -> None:
         cpu = {name: sum(p.cpu_times()[:2]) - cpu0[name] for name, p in watched.items()}
         stats = http_json("GET", fake_url + "/_fake/stats")
         with engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT c.phone_number_id, m.sent_at FROM messages m JOIN whatsapp_config c "
-                "ON c.tenant_id = m.tenant_id WHERE m.status = 'sent' ORDER BY m.sent_at")).all()
-            statuses = dict(conn.execute(sa.text("SELECT status, COUNT(*) FROM messages GROUP BY status")).all())
-            retries = conn.execute(sa.text(
-                "SELECT COUNT(*) FROM message_transitions WHERE to_status = 'queued' AND from_status = 'sending'"
-            )).scalar()
-            throttled = conn.execute(sa.text(
-                "SELECT COUNT(*) FROM message_transitions WHERE error_code = '130429'")).scalar()
+            rows = conn.execute(
+                sa.text(
+                    "SELECT c.phone_number_id, m.sent_at FROM messages m JOIN whatsapp_config c "
+                    "ON c.tenant_id = m.tenant_id WHERE m.status = 'sent' ORDER BY m.sent_at"
+                )
+            ).all()
+            statuses = dict(
+                conn.execute(sa.text("SELECT status, COUNT(*) FROM messages GROUP BY status")).all()
+            )
+            retries = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) FROM message_transitions WHERE to_status = 'queued' AND from_status = 'sending'"
+                )
+            ).scalar()
+            throttled = conn.execute(
+                sa.text("SELECT COUNT(*) FROM message_transitions WHERE error_code = '130429'")
+            ).scalar()
         per_number: dict[str, list] = {}
         for pnid, at in rows:
             per_number.setdefault(pnid, []).append(at.timestamp())
         print()
-        print(f"{'number':>16} {'sent':>6} {'rate/s':>7} {'% limit':>8} {'at fake':>8} {'max in 1 s':>10} "
-              f"{'130429':>6} {'longest gap':>11}")
+        print(
+            f"{'number':>16} {'sent':>6} {'rate/s':>7} {'% limit':>8} {'at fake':>8} {'max in 1 s':>10} "
+            f"{'130429':>6} {'longest gap':>11}"
+        )
         pct_all, over = [], []
         first_all, last_all = None, None
         for t in made:
@@ -206,22 +268,38 @@ def main() -> None:
             if times:
                 first_all = min(first_all or times[0], times[0])
                 last_all = max(last_all or times[-1], times[-1])
-            print(f"{t['pnid']:>16} {len(times):6d} {rate:7.1f} {pct:7.1f}% {100 * fake_rate / args.rate:7.1f}% "
-                  f"{fake_max:10d} {fake_n.get('throttled', 0):6d} {1000 * gap:8.0f} ms")
+            print(
+                f"{t['pnid']:>16} {len(times):6d} {rate:7.1f} {pct:7.1f}% {100 * fake_rate / args.rate:7.1f}% "
+                f"{fake_max:10d} {fake_n.get('throttled', 0):6d} {1000 * gap:8.0f} ms"
+            )
         span = (last_all - first_all) if first_all and last_all else 0.0
         aggregate = len(rows) / span if span else 0.0
         print()
-        print(f"aggregate: {len(rows)} sent in {span:.2f} s = {aggregate:.0f} msg/s "
-              f"(target >= 1000; configured total {args.rate * args.tenants:.0f})")
-        print(f"per number: min {min(pct_all):.1f}% / median {statistics.median(pct_all):.1f}% of the limit "
-              "(target >= 95%)")
-        print(f"fake: {stats['sent']} accepted, duplicates {stats['duplicates']} (target 0); numbers over the limit "
-              f"in some 1 s window: {len(over)} (target 0)")
+        print(
+            f"aggregate: {len(rows)} sent in {span:.2f} s = {aggregate:.0f} msg/s "
+            f"(target >= 1000; configured total {args.rate * args.tenants:.0f})"
+        )
+        print(
+            f"per number: min {min(pct_all):.1f}% / median {statistics.median(pct_all):.1f}% of the limit "
+            "(target >= 95%)"
+        )
+        print(
+            f"fake: {stats['sent']} accepted, duplicates {stats['duplicates']} (target 0); numbers over the limit "
+            f"in some 1 s window: {len(over)} (target 0)"
+        )
         print(f"statuses: {statuses}; retries {retries}; 130429 answers {throttled}")
-        print("CPU seconds while dispatching: " + ", ".join(f"{k} {v:.1f} s ({1e6 * v / max(1, len(rows)):.0f} us/msg)"
-                                          for k, v in cpu.items()) + f"; machine load {os.getloadavg()[0]:.1f}")
-        ok = (min(pct_all) >= 95 and aggregate >= 1000 and stats["duplicates"] == 0 and not over
-              and stats["sent"] == total)
+        print(
+            "CPU seconds while dispatching: "
+            + ", ".join(f"{k} {v:.1f} s ({1e6 * v / max(1, len(rows)):.0f} us/msg)" for k, v in cpu.items())
+            + f"; machine load {os.getloadavg()[0]:.1f}"
+        )
+        ok = (
+            min(pct_all) >= 95
+            and aggregate >= 1000
+            and stats["duplicates"] == 0
+            and not over
+            and stats["sent"] == total
+        )
         print("RESULT:", "PASS" if ok else "FAIL")
     finally:
         for p in reversed(procs):

@@ -83,11 +83,16 @@ class Clients:
 
     async def start(self) -> None:
         for i in range(self.procs):
-            share = self.tokens[i::self.procs]
+            share = self.tokens[i :: self.procs]
             child = await asyncio.create_subprocess_exec(
-                "node", str(CLIENT_JS), self.url, json.dumps(share),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                limit=256 * 1024 * 1024)  # a full report lists every latency of the phase
+                "node",
+                str(CLIENT_JS),
+                self.url,
+                json.dumps(share),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=256 * 1024 * 1024,
+            )  # a full report lists every latency of the phase
             self.children.append(child)
         for child in self.children:
             line = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
@@ -174,7 +179,9 @@ class CpuMeter:
         self.groups = {"clients": clients, "mariadb": mariadb_pids()}
 
     def read(self) -> dict[str, Any]:
-        now: dict[str, Any] = {name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in self.groups.items()}
+        now: dict[str, Any] = {
+            name: sum(proc_cpu_s(pid) for pid in pids) for name, pids in self.groups.items()
+        }
         now["server"] = time.process_time()
         # Waiting for a CPU: on 2 cores the server, MariaDB and the clients queue for each other.
         now["server_wait"] = runqueue_waits(os.getpid())
@@ -185,11 +192,15 @@ class CpuMeter:
 
     @staticmethod
     def per_event_us(before: dict[str, Any], after: dict[str, Any], events: int) -> dict[str, float]:
-        used = {k: (waited_s(before[k], after[k]) if isinstance(before[k], dict) else after[k] - before[k])
-                for k in before}
+        used = {
+            k: (waited_s(before[k], after[k]) if isinstance(before[k], dict) else after[k] - before[k])
+            for k in before
+        }
         used["other"] = max(0.0, used["machine"] - used["server"] - used["clients"] - used["mariadb"])
-        out = {k: used[k] * 1e6 / max(events, 1)
-               for k in ("server", "clients", "mariadb", "other", "server_wait", "mariadb_wait")}
+        out = {
+            k: used[k] * 1e6 / max(events, 1)
+            for k in ("server", "clients", "mariadb", "other", "server_wait", "mariadb_wait")
+        }
         out["busy"] = used["machine"] / max(used["wall"], 1e-9) / (os.cpu_count() or 1)
         return out
 
@@ -223,8 +234,9 @@ class GcPauses:
 GC = GcPauses()
 
 
-async def run_phase(publisher: EventPublisher, tenant_ids: list[str], phase: int, rate: int,
-                    duration_s: float) -> tuple[int, float, float, list[float]]:
+async def run_phase(
+    publisher: EventPublisher, tenant_ids: list[str], phase: int, rate: int, duration_s: float
+) -> tuple[int, float, float, list[float]]:
     """Publish ``rate`` events/s for ``duration_s``; returns (sent, achieved rate, max lateness ms,
     publish->durable latencies in ms: when each ``publish()`` returned)."""
     total = int(rate * duration_s)
@@ -251,9 +263,18 @@ async def run_phase(publisher: EventPublisher, tenant_ids: list[str], phase: int
         while sent < due:
             # A unique 32-hex id like a uuid4's, without the generator's getrandom() call per event
             # (a cost of this load generator, not of the server it shares the event loop with).
-            data = {"p": phase, "t": time.time() * 1000, "message_id": f"{id_prefix}{sent:012x}",
-                    "conversation_id": sent % 997, "provider": "web", "direction": "inbound",
-                    "from": "15551234567", "type": "text", "content": {"text": TEXT}, "status": "received"}
+            data = {
+                "p": phase,
+                "t": time.time() * 1000,
+                "message_id": f"{id_prefix}{sent:012x}",
+                "conversation_id": sent % 997,
+                "provider": "web",
+                "direction": "inbound",
+                "from": "15551234567",
+                "type": "text",
+                "content": {"text": TEXT},
+                "status": "received",
+            }
             tenant_id = tenant_ids[sent % n_tenants]
             task = asyncio.create_task(publisher.publish(tenant_id, MESSAGE_RECEIVED, data))
             tasks.add(task)
@@ -272,17 +293,27 @@ def undelivered_report(publisher: EventPublisher) -> str:
     """What the relay and the publisher hold when a phase was not fully delivered (for diagnosis)."""
     relay = publisher.sink
     subs = list(getattr(relay, "subs", {}).values())
-    return (f"undelivered: {len(subs)} subscribers, {sum(s.catching_up for s in subs)} catching up "
-            f"({sum(len(s.buffer) for s in subs)} buffered, "
-            f"{sum(len(s.dirty) for s in subs)} tenants to replay), "
-            f"{sum(s.closed for s in subs)} closed, {sum(s.socket is None for s in subs)} without a socket; "
-            f"publisher: {len(publisher._pending)} pending, sending {len(publisher._sending)}, "
-            f"predicted in flight {len(publisher._predicted_open)}, open batches {len(publisher._open)}; "
-            f"relay {getattr(relay, 'stats', None)}")
+    return (
+        f"undelivered: {len(subs)} subscribers, {sum(s.catching_up for s in subs)} catching up "
+        f"({sum(len(s.buffer) for s in subs)} buffered, "
+        f"{sum(len(s.dirty) for s in subs)} tenants to replay), "
+        f"{sum(s.closed for s in subs)} closed, {sum(s.socket is None for s in subs)} without a socket; "
+        f"publisher: {len(publisher._pending)} pending, sending {len(publisher._sending)}, "
+        f"predicted in flight {len(publisher._predicted_open)}, open batches {len(publisher._open)}; "
+        f"relay {getattr(relay, 'stats', None)}"
+    )
 
 
-async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[dict], rates: list[int],
-                duration_s: float, procs: int, phase0: int) -> list[dict]:
+async def sweep(
+    label: str,
+    publisher: EventPublisher,
+    url: str,
+    tenants: list[dict],
+    rates: list[int],
+    duration_s: float,
+    procs: int,
+    phase0: int,
+) -> list[dict]:
     clients = Clients(url, [t["key"] for t in tenants], procs)
     await clients.start()
     meter = CpuMeter([child.pid for child in clients.children])
@@ -293,8 +324,9 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
             phase = phase0 + i
             cpu0 = meter.read()
             GC.take()
-            sent, achieved, late_ms, durable = await run_phase(publisher, [t["id"] for t in tenants], phase, rate,
-                                                      duration_s)
+            sent, achieved, late_ms, durable = await run_phase(
+                publisher, [t["id"] for t in tenants], phase, rate, duration_s
+            )
             deadline = time.monotonic() + 3.0
             rep = await clients.report(phase)
             while rep["count"] < sent and time.monotonic() < deadline:
@@ -304,23 +336,42 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
             cpu_us = cpu["server"]
             rep = await clients.report(phase, full=True)
             lat = rep["lat"]
-            row = {"mode": label, "rate": rate, "achieved": achieved, "sent": sent, "got": rep["count"],
-                   "p50": percentile(lat, 0.50), "p99": percentile(lat, 0.99), "late_ms": late_ms,
-                   "durable_p50": percentile(durable, 0.50), "durable_p99": percentile(durable, 0.99),
-                   "disorder": rep["out_of_order"], "cpu_us": cpu_us, "gc_ms": GC.take(), "cpu": cpu}
-            row["ok"] = (row["got"] >= 0.98 * sent and row["p99"] < 50 and row["disorder"] == 0
-                         and achieved >= 0.95 * rate)
+            row = {
+                "mode": label,
+                "rate": rate,
+                "achieved": achieved,
+                "sent": sent,
+                "got": rep["count"],
+                "p50": percentile(lat, 0.50),
+                "p99": percentile(lat, 0.99),
+                "late_ms": late_ms,
+                "durable_p50": percentile(durable, 0.50),
+                "durable_p99": percentile(durable, 0.99),
+                "disorder": rep["out_of_order"],
+                "cpu_us": cpu_us,
+                "gc_ms": GC.take(),
+                "cpu": cpu,
+            }
+            row["ok"] = (
+                row["got"] >= 0.98 * sent
+                and row["p99"] < 50
+                and row["disorder"] == 0
+                and achieved >= 0.95 * rate
+            )
             rows.append(row)
-            print(f"  {label:<24} {rate:>6}/s  sent {sent:>6} ({achieved:>7.0f}/s)  delivered "
-                  f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
-                  f"(durable p50 {row['durable_p50']:5.1f} p99 {row['durable_p99']:5.1f})  "
-                  f"CPU us/event: server {cpu_us:4.0f} clients {cpu['clients']:3.0f} "
-                  f"mariadb {cpu['mariadb']:3.0f} other {cpu['other']:3.0f} (machine {cpu['busy']:4.0%} busy; "
-                  f"waiting for a CPU: server {cpu['server_wait']:3.0f} mariadb {cpu['mariadb_wait']:3.0f})  "
-                  f"publisher late {late_ms:5.0f} ms  "
-                  f"longest GC pause {row['gc_ms']:4.0f} ms  "
-                  f"order errors {row['disorder']}  "
-                  f"{'ok' if row['ok'] else 'FAIL'}", flush=True)
+            print(
+                f"  {label:<24} {rate:>6}/s  sent {sent:>6} ({achieved:>7.0f}/s)  delivered "
+                f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
+                f"(durable p50 {row['durable_p50']:5.1f} p99 {row['durable_p99']:5.1f})  "
+                f"CPU us/event: server {cpu_us:4.0f} clients {cpu['clients']:3.0f} "
+                f"mariadb {cpu['mariadb']:3.0f} other {cpu['other']:3.0f} (machine {cpu['busy']:4.0%} busy; "
+                f"waiting for a CPU: server {cpu['server_wait']:3.0f} mariadb {cpu['mariadb_wait']:3.0f})  "
+                f"publisher late {late_ms:5.0f} ms  "
+                f"longest GC pause {row['gc_ms']:4.0f} ms  "
+                f"order errors {row['disorder']}  "
+                f"{'ok' if row['ok'] else 'FAIL'}",
+                flush=True,
+            )
             if row["got"] < sent:
                 print("  " + undelivered_report(publisher), file=sys.stderr, flush=True)
             fails = 0 if row["ok"] else fails + 1
@@ -333,8 +384,14 @@ async def sweep(label: str, publisher: EventPublisher, url: str, tenants: list[d
 
 async def main(args: argparse.Namespace, url: str) -> None:
     logging.basicConfig(level=logging.WARNING)
-    env = {"DATABASE_URL": url, "ADMIN_TOKEN": "bench-admin-token-xxxxxxxx",
-           "SECRET_KEY": "bench-secret-key-yyyyyyyy", "DATA_DIR": "/tmp/relay-bench", "SUPERVISOR_ENABLED": "false", "LOG_LEVEL": "WARNING"}
+    env = {
+        "DATABASE_URL": url,
+        "ADMIN_TOKEN": "bench-admin-token-xxxxxxxx",
+        "SECRET_KEY": "bench-secret-key-yyyyyyyy",
+        "DATA_DIR": "/tmp/relay-bench",
+        "SUPERVISOR_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+    }
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
     settings = load_settings(env, generate_secrets=False)
@@ -354,9 +411,12 @@ async def main(args: argparse.Namespace, url: str) -> None:
                 key, _ = await tenants_db.create_api_key(conn, t["id"])
                 tenants.append({"id": t["id"], "key": key})
         rates = [int(r) for r in args.rates.split(",")]
-        print(f"relay bench: {args.tenants} tenants, one websocket client each in {args.procs} node "
-              f"processes; {args.duration}s per rate; redis={'on' if args.redis_url else 'off'}; "
-              f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+        print(
+            f"relay bench: {args.tenants} tenants, one websocket client each in {args.procs} node "
+            f"processes; {args.duration}s per rate; redis={'on' if args.redis_url else 'off'}; "
+            f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
+            flush=True,
+        )
 
         results: dict[str, list[list[dict]]] = {"ceiling": [], "persisted": []}
         for round_no in range(args.rounds):
@@ -366,49 +426,85 @@ async def main(args: argparse.Namespace, url: str) -> None:
             async with app["db"].connect() as conn:  # continue each tenant's seqs where the log is
                 memory._memory_seq = {t["id"]: await events_db.last_seq(conn, t["id"]) for t in tenants}
             memory.start()
-            results["ceiling"].append(await sweep("persistence off (ceiling)", memory, base, tenants, rates,
-                                                  args.duration, args.procs, 10_000 * round_no))
+            results["ceiling"].append(
+                await sweep(
+                    "persistence off (ceiling)",
+                    memory,
+                    base,
+                    tenants,
+                    rates,
+                    args.duration,
+                    args.procs,
+                    10_000 * round_no,
+                )
+            )
             await memory.close()
-            results["persisted"].append(await sweep("persisted (MariaDB)", app["events"], base, tenants,
-                                                    rates, args.duration, args.procs,
-                                                    10_000 * round_no + 5_000))
+            results["persisted"].append(
+                await sweep(
+                    "persisted (MariaDB)",
+                    app["events"],
+                    base,
+                    tenants,
+                    rates,
+                    args.duration,
+                    args.procs,
+                    10_000 * round_no + 5_000,
+                )
+            )
         stats = app["events"].stats
-        print(f"  group commit: {stats['events']} events in {stats['batches']} transactions "
-              f"({stats['events'] / max(stats['batches'], 1):.1f} per commit, "
-              f"{stats.get('commit_s', 0) * 1000 / max(stats['batches'], 1):.1f} ms from send to commit; "
-              f"{stats.get('predicted', 0)} numbered in advance, {stats.get('mispredicted', 0)} numbered again)")
-        print(f"\nsummary (median of {args.rounds} round(s); load average now "
-              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+        print(
+            f"  group commit: {stats['events']} events in {stats['batches']} transactions "
+            f"({stats['events'] / max(stats['batches'], 1):.1f} per commit, "
+            f"{stats.get('commit_s', 0) * 1000 / max(stats['batches'], 1):.1f} ms from send to commit; "
+            f"{stats.get('predicted', 0)} numbered in advance, {stats.get('mispredicted', 0)} numbered again)"
+        )
+        print(
+            f"\nsummary (median of {args.rounds} round(s); load average now "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})"
+        )
         best: dict[str, float] = {}
         for label in ("ceiling", "persisted"):
             per_round = [max([r["rate"] for r in rows if r["ok"]], default=0) for rows in results[label]]
             best[label] = statistics.median_low(per_round)  # a rate that was actually run
             ok_rows = [r for rows in results[label] for r in rows if r["ok"] and r["rate"] == best[label]]
-            figures = (f"p50 {statistics.median(r['p50'] for r in ok_rows):.1f} ms, "
-                       f"p99 {statistics.median(r['p99'] for r in ok_rows):.1f} ms, server CPU "
-                       f"{statistics.median(r['cpu_us'] for r in ok_rows):.0f} us/event" if ok_rows else "-")
-            capped = "  (passed the highest rate run: a floor, not a ceiling)" if best[label] >= rates[-1] else ""
-            print(f"  sustained {label:<10} {best[label]:>6.0f} events/s  ({figures})  rounds: {per_round}{capped}")
+            figures = (
+                f"p50 {statistics.median(r['p50'] for r in ok_rows):.1f} ms, "
+                f"p99 {statistics.median(r['p99'] for r in ok_rows):.1f} ms, server CPU "
+                f"{statistics.median(r['cpu_us'] for r in ok_rows):.0f} us/event"
+                if ok_rows
+                else "-"
+            )
+            capped = (
+                "  (passed the highest rate run: a floor, not a ceiling)" if best[label] >= rates[-1] else ""
+            )
+            print(
+                f"  sustained {label:<10} {best[label]:>6.0f} events/s  ({figures})  rounds: {per_round}{capped}"
+            )
         if best["ceiling"]:
             cost = 1 - best["persisted"] / best["ceiling"]
             met = "met" if best["persisted"] >= 2000 else "NOT met"
-            print(f"  persistence costs {cost:.0%} of the ceiling (target < 40%); "
-                  f">= 2000 events/s at p99 < 50 ms persisted: {met}")
+            print(
+                f"  persistence costs {cost:.0%} of the ceiling (target < 40%); "
+                f">= 2000 events/s at p99 < 50 ms persisted: {met}"
+            )
         print(f"  relay: {app['realtime_relay'].stats}")
     finally:
         await runner_.cleanup()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--procs", type=int, default=4, help="client processes")
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per rate")
-    parser.add_argument("--rates", default="1000,2000,4000,6000,8000,10000,12000,14000,16000,18000,20000,"
-                                           "22000,24000,28000,32000",
-                        help="rising rates; the sweep of a mode ends after two failing rates in a row "
-                             "(a mode passing the last one is capped: its figure is a floor)")
+    parser.add_argument(
+        "--rates",
+        default="1000,2000,4000,6000,8000,10000,12000,14000,16000,18000,20000,22000,24000,28000,32000",
+        help="rising rates; the sweep of a mode ends after two failing rates in a row "
+        "(a mode passing the last one is capped: its figure is a floor)",
+    )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--redis-url", default=None, help="also go through AsyncRedisManager")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; figures are medians")

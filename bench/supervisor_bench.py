@@ -93,11 +93,15 @@ async def all_ready(sup: Supervisor, rec: Recorder, tids: list[str], timeout: fl
 def throwaway_mariadb(server: str, drop: str | None = None) -> str:
     """Creates (or with ``drop``, drops) a database on ``server`` (mysql://user@host:port)."""
     import sqlalchemy as sa
+
     engine = sa.create_engine(server.replace("mysql://", "mysql+pymysql://", 1) + "/mysql")
     name = drop or f"supbench_{os.getpid()}"
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}" if drop else f"CREATE DATABASE {name} "
-                             "CHARACTER SET utf8mb4"))
+        conn.execute(
+            sa.text(
+                f"DROP DATABASE IF EXISTS {name}" if drop else f"CREATE DATABASE {name} CHARACTER SET utf8mb4"
+            )
+        )
     engine.dispose()
     return f"{server}/{name}"
 
@@ -107,20 +111,34 @@ async def bench(args: argparse.Namespace) -> None:
     url = args.database_url or f"sqlite:///{work / 'bench.sqlite3'}"
     if args.mariadb:
         url = throwaway_mariadb(args.mariadb)
-    env = {"DATABASE_URL": url, "ADMIN_TOKEN": "bench-admin-token-xxxxxxxx", "SECRET_KEY": "bench-secret-key-yyyyyyyy",
-           "DATA_DIR": str(work / "data"), "SESSIONS_DIR": str(work / "s"), "LOG_LEVEL": "WARNING",
-           "HEARTBEAT_INTERVAL_S": str(args.heartbeat_s), "BACKOFF_BASE_S": str(args.backoff_base_s),
-           "BOOT_STAGGER_S": str(args.stagger_s), "QR_INTERVAL_S": "60", "QR_TTL_S": "600"}
+    env = {
+        "DATABASE_URL": url,
+        "ADMIN_TOKEN": "bench-admin-token-xxxxxxxx",
+        "SECRET_KEY": "bench-secret-key-yyyyyyyy",
+        "DATA_DIR": str(work / "data"),
+        "SESSIONS_DIR": str(work / "s"),
+        "LOG_LEVEL": "WARNING",
+        "HEARTBEAT_INTERVAL_S": str(args.heartbeat_s),
+        "BACKOFF_BASE_S": str(args.backoff_base_s),
+        "BOOT_STAGGER_S": str(args.stagger_s),
+        "QR_INTERVAL_S": "60",
+        "QR_TTL_S": "600",
+    }
     settings = load_settings(env, generate_secrets=False)
     await asyncio.to_thread(runner.upgrade, settings.database_url)  # alembic runs its own loop
     db = Database(settings.database_url)
     n = args.tenants
-    print(f"bench: {n} sandbox tenants, heartbeat {settings.heartbeat_interval_s}s, backoff base "
-          f"{settings.backoff_base_s}s, memory check {settings.memory_check_interval_s}s, boot stagger "
-          f"{settings.boot_stagger_s}s, {os.cpu_count()} CPUs, db {url.split(':')[0]}", flush=True)
+    print(
+        f"bench: {n} sandbox tenants, heartbeat {settings.heartbeat_interval_s}s, backoff base "
+        f"{settings.backoff_base_s}s, memory check {settings.memory_check_interval_s}s, boot stagger "
+        f"{settings.boot_stagger_s}s, {os.cpu_count()} CPUs, db {url.split(':')[0]}",
+        flush=True,
+    )
     try:
         async with db.begin() as conn:
-            tids = [(await tenants_db.create_tenant(conn, f"bench-{i}", sandbox=True))["id"] for i in range(n)]
+            tids = [
+                (await tenants_db.create_tenant(conn, f"bench-{i}", sandbox=True))["id"] for i in range(n)
+            ]
 
         # Baseline: the process with everything imported and the database open, nothing supervised
         # (taken before phase 1, so whatever phase 1 leaves allocated counts against the tenants).
@@ -136,6 +154,7 @@ async def bench(args: argparse.Namespace) -> None:
         async def bounded(coro):
             async with gate:
                 return await coro
+
         await asyncio.gather(*(bounded(sup.start(t)) for t in tids))
         await rec.wait(lambda: all(rec.last.get(t, {}).get("state") == "qr" for t in tids), 120)
         await asyncio.gather(*(bounded(sup.sandbox(t, "scan", {})) for t in tids))
@@ -150,8 +169,11 @@ async def bench(args: argparse.Namespace) -> None:
         await sup.startup()
         ok = await all_ready(sup, rec, tids, 120)
         boot_s = time.monotonic() - t0
-        print(f"boot -> all {n} ready: {boot_s:.1f}s (ready={ok}; stagger alone is "
-              f"{(n - 1) * settings.boot_stagger_s:.1f}s)   target < 60 s", flush=True)
+        print(
+            f"boot -> all {n} ready: {boot_s:.1f}s (ready={ok}; stagger alone is "
+            f"{(n - 1) * settings.boot_stagger_s:.1f}s)   target < 60 s",
+            flush=True,
+        )
 
         # Idle: let start-up work settle, then measure the control plane over a window.
         await asyncio.sleep(args.settle_s)
@@ -160,6 +182,7 @@ async def bench(args: argparse.Namespace) -> None:
         profiler = None
         if args.profile:
             import cProfile
+
             profiler = cProfile.Profile()
             profiler.enable()
         gc_time = [0.0, 0, 0]  # seconds, collections, full collections
@@ -171,6 +194,7 @@ async def bench(args: argparse.Namespace) -> None:
                 gc_time[0] += time.perf_counter() - _start[0]
                 gc_time[1] += 1
                 gc_time[2] += info["generation"] == 2
+
         gc.callbacks.append(on_gc)
         threads0 = {t.id: t.user_time + t.system_time for t in me.threads()}
         threads_sys0 = next(t.system_time for t in me.threads() if t.id == me.pid)
@@ -184,33 +208,49 @@ async def bench(args: argparse.Namespace) -> None:
         main_sys = main_thread.system_time - threads_sys0
         if profiler is not None:
             import pstats
+
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         window = time.monotonic() - w0
         per_tenant_rss_kb = (rss_idle - rss_before) * 1024 / n
         per_tenant_cpu_pct = cpu / window * 100 / n
-        print(f"idle control plane: RSS {rss_before:.1f} MB unsupervised -> {rss_idle:.1f} MB with {n} supervised "
-              f"= {per_tenant_rss_kb:.0f} KB/tenant   target < 1024 KB", flush=True)
-        print(f"idle control plane: CPU {cpu:.2f}s over {window:.0f}s = {cpu / window * 100:.2f}% of a core "
-              f"= {per_tenant_cpu_pct:.4f}% per tenant   target < 0.01%", flush=True)
-        print(f"  event loop thread {main_cpu:.2f}s ({main_sys:.2f}s in the kernel; heartbeats, "
-              f"watchdog sweep), worker threads "
-              f"{cpu - main_cpu:.2f}s (memory checks every {settings.memory_check_interval_s:g}s); garbage collector "
-              f"{gc_time[0]:.2f}s in {gc_time[1]} collections ({gc_time[2]} full)", flush=True)
+        print(
+            f"idle control plane: RSS {rss_before:.1f} MB unsupervised -> {rss_idle:.1f} MB with {n} supervised "
+            f"= {per_tenant_rss_kb:.0f} KB/tenant   target < 1024 KB",
+            flush=True,
+        )
+        print(
+            f"idle control plane: CPU {cpu:.2f}s over {window:.0f}s = {cpu / window * 100:.2f}% of a core "
+            f"= {per_tenant_cpu_pct:.4f}% per tenant   target < 0.01%",
+            flush=True,
+        )
+        print(
+            f"  event loop thread {main_cpu:.2f}s ({main_sys:.2f}s in the kernel; heartbeats, "
+            f"watchdog sweep), worker threads "
+            f"{cpu - main_cpu:.2f}s (memory checks every {settings.memory_check_interval_s:g}s); garbage collector "
+            f"{gc_time[0]:.2f}s in {gc_time[1]} collections ({gc_time[2]} full)",
+            flush=True,
+        )
         beats = n * window / settings.heartbeat_interval_s
-        print(f"  event loop wake-ups {wakeups} ({wakeups / window:.1f}/s) for ~{beats:.0f} heartbeats "
-              f"received; {main_cpu / beats * 1e6:.0f} us of event loop CPU per heartbeat", flush=True)
+        print(
+            f"  event loop wake-ups {wakeups} ({wakeups / window:.1f}/s) for ~{beats:.0f} heartbeats "
+            f"received; {main_cpu / beats * 1e6:.0f} us of event loop CPU per heartbeat",
+            flush=True,
+        )
         bridges = [psutil.Process(sup.pid(t)) for t in tids if sup.pid(t)]
         bridge_rss = statistics.median(p.memory_info().rss for p in bridges) / 2**20
-        print(f"(for scale: a scripted node bridge is ~{bridge_rss:.0f} MB RSS; a real one with Chromium "
-              "~300-400 MB PSS)", flush=True)
+        print(
+            f"(for scale: a scripted node bridge is ~{bridge_rss:.0f} MB RSS; a real one with Chromium "
+            "~300-400 MB PSS)",
+            flush=True,
+        )
 
         # kill -9 -> ready, a few tenants at a time, each tenant once.
         rng = random.Random(7)
         sample = rng.sample(tids, min(args.kills, n))
         latencies, overheads = [], []
         for i in range(0, len(sample), args.kill_batch):
-            batch = sample[i:i + args.kill_batch]
+            batch = sample[i : i + args.kill_batch]
             pids = {t: sup.pid(t) for t in batch}
             t0 = time.monotonic()
             for t in batch:
@@ -223,27 +263,38 @@ async def bench(args: argparse.Namespace) -> None:
                     latencies.append(when - t0)
                     overheads.append(when - t0 - backoff["retry_in_s"])
         if latencies:  # --kills 0 skips this part
-            print(f"kill -9 -> ready ({len(latencies)} kills, {args.kill_batch} at a time): "
-                  f"p50 {pct(latencies, 0.5):.2f}s p95 {pct(latencies, 0.95):.2f}s "
-                  f"max {max(latencies):.2f}s   "
-                  f"target p95 < {1.5 + settings.backoff_base_s:.2f}s (1.5 s + backoff base)", flush=True)
-            print(f"  of which not backoff (detect exit, free profile, spawn node, restore session): "
-                  f"p50 {pct(overheads, 0.5):.2f}s p95 {pct(overheads, 0.95):.2f}s; "
-                  f"backoff delay with jitter is "
-                  f"{0.8 * settings.backoff_base_s:.1f}-{settings.backoff_base_s:.1f}s", flush=True)
+            print(
+                f"kill -9 -> ready ({len(latencies)} kills, {args.kill_batch} at a time): "
+                f"p50 {pct(latencies, 0.5):.2f}s p95 {pct(latencies, 0.95):.2f}s "
+                f"max {max(latencies):.2f}s   "
+                f"target p95 < {1.5 + settings.backoff_base_s:.2f}s (1.5 s + backoff base)",
+                flush=True,
+            )
+            print(
+                f"  of which not backoff (detect exit, free profile, spawn node, restore session): "
+                f"p50 {pct(overheads, 0.5):.2f}s p95 {pct(overheads, 0.95):.2f}s; "
+                f"backoff delay with jitter is "
+                f"{0.8 * settings.backoff_base_s:.1f}-{settings.backoff_base_s:.1f}s",
+                flush=True,
+            )
 
         # Hung bridges: detection time from the hang to the watchdog's kill.
-        hung = [t for t in tids if t not in sample][:args.hangs]
+        hung = [t for t in tids if t not in sample][: args.hangs]
         t0 = time.monotonic()
         await asyncio.gather(*(sup.sandbox(t, "hang", {}) for t in hung))
-        await rec.wait(lambda: all(rec.first_after(t, t0, "backoff", "heartbeat_timeout") for t in hung),
-                       10 * settings.heartbeat_interval_s)
+        await rec.wait(
+            lambda: all(rec.first_after(t, t0, "backoff", "heartbeat_timeout") for t in hung),
+            10 * settings.heartbeat_interval_s,
+        )
         detect = [w - t0 for t in hung if (w := rec.first_after(t, t0, "backoff", "heartbeat_timeout"))]
         hb = settings.heartbeat_interval_s
         if detect:  # --hangs 0 skips this part
-            print(f"hung bridge detected and killed ({len(detect)}/{len(hung)}): p50 {pct(detect, 0.5):.2f}s "
-                  f"max {max(detect):.2f}s  (heartbeat {hb:g}s: rule is silent > {2 * hb:g}s since the "
-                  f"last beat, so {hb:g}-{2 * hb:g}s after the hang)", flush=True)
+            print(
+                f"hung bridge detected and killed ({len(detect)}/{len(hung)}): p50 {pct(detect, 0.5):.2f}s "
+                f"max {max(detect):.2f}s  (heartbeat {hb:g}s: rule is silent > {2 * hb:g}s since the "
+                f"last beat, so {hb:g}-{2 * hb:g}s after the hang)",
+                flush=True,
+            )
         await all_ready(sup, rec, hung, 30)
 
         t0 = time.monotonic()
@@ -257,11 +308,19 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tenants", type=int, default=200)
-    parser.add_argument("--database-url", default=None, help="an existing database (default: a throwaway SQLite file)")
-    parser.add_argument("--mariadb", default=None, metavar="mysql://root@127.0.0.1:3306",
-                        help="create and drop a throwaway database on this MariaDB server")
+    parser.add_argument(
+        "--database-url", default=None, help="an existing database (default: a throwaway SQLite file)"
+    )
+    parser.add_argument(
+        "--mariadb",
+        default=None,
+        metavar="mysql://root@127.0.0.1:3306",
+        help="create and drop a throwaway database on this MariaDB server",
+    )
     parser.add_argument("--heartbeat-s", type=float, default=5.0)
     parser.add_argument("--backoff-base-s", type=float, default=1.0)
     parser.add_argument("--stagger-s", type=float, default=0.05)

@@ -134,8 +134,12 @@ def wait_http(url: str, timeout_s: float = 30.0) -> None:
 
 
 def api(base: str, method: str, path: str, body: dict, token: str) -> dict:
-    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), method=method,
-                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + path,
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -148,13 +152,41 @@ def make_bodies(path: Path, count: int, prefix: str) -> int:
     with path.open("w") as fh:
         for n in range(count):
             wamid = f"wamid.HBgL{prefix}{n:09d}AgASGBQzQTRBQTJCRjNBNEI3QjFGNUFBAA=="
-            payload = {"object": "whatsapp_business_account", "entry": [{"id": WABA, "changes": [{"field": "messages",
-                       "value": {"messaging_product": "whatsapp",
-                                 "metadata": {"display_phone_number": "15550783881", "phone_number_id": PNID},
-                                 "contacts": [{"profile": {"name": "Sheena Nelson"}, "wa_id": f"1650555{n % 1000:04d}"}],
-                                 "messages": [{"from": f"1650555{n % 1000:04d}", "id": wamid, "timestamp": ts,
-                                               "type": "text",
-                                               "text": {"body": "Does it come in another color? Olá, größer?"}}]}}]}]}
+            payload = {
+                "object": "whatsapp_business_account",
+                "entry": [
+                    {
+                        "id": WABA,
+                        "changes": [
+                            {
+                                "field": "messages",
+                                "value": {
+                                    "messaging_product": "whatsapp",
+                                    "metadata": {
+                                        "display_phone_number": "15550783881",
+                                        "phone_number_id": PNID,
+                                    },
+                                    "contacts": [
+                                        {
+                                            "profile": {"name": "Sheena Nelson"},
+                                            "wa_id": f"1650555{n % 1000:04d}",
+                                        }
+                                    ],
+                                    "messages": [
+                                        {
+                                            "from": f"1650555{n % 1000:04d}",
+                                            "id": wamid,
+                                            "timestamp": ts,
+                                            "type": "text",
+                                            "text": {"body": "Does it come in another color? Olá, größer?"},
+                                        }
+                                    ],
+                                },
+                            }
+                        ],
+                    }
+                ],
+            }
             body = json.dumps(payload, ensure_ascii=True, separators=(",", ":")).encode()
             sig = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
             fh.write(sig + "\t" + body.decode() + "\n")
@@ -163,11 +195,23 @@ def make_bodies(path: Path, count: int, prefix: str) -> int:
 
 
 def run_wrk(wrk: str, url: str, script: Path, bodies: Path, args: argparse.Namespace) -> dict:
-    cmd = [wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s",
-           "-s", str(script), url, "--", str(bodies), str(args.threads)]
+    cmd = [
+        wrk,
+        f"-t{args.threads}",
+        f"-c{args.connections}",
+        f"-d{args.duration}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+        "--",
+        str(bodies),
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("RESULT "))
-    res = json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT ") :])
     res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
     res["errors"] = sum(res[k] for k in ("connect", "read", "write", "status", "timeout"))
     return res
@@ -189,8 +233,9 @@ def mariadb_pid() -> int | None:
     return int(out[0]) if len(out) == 1 else None
 
 
-def run_measured(wrk: str, url: str, script: Path, bodies: Path, args: argparse.Namespace,
-                 pids: dict[str, int | None]) -> dict:
+def run_measured(
+    wrk: str, url: str, script: Path, bodies: Path, args: argparse.Namespace, pids: dict[str, int | None]
+) -> dict:
     """``run_wrk`` plus the CPU each process spent per request (µs), when it can be read."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     res = run_wrk(wrk, url, script, bodies, args)
@@ -200,8 +245,9 @@ def run_measured(wrk: str, url: str, script: Path, bodies: Path, args: argparse.
 
 
 def cpu_note(res: dict) -> str:
-    return "  CPU/req " + ", ".join(f"{k[4:-3]} {v:.0f} µs" for k, v in res.items()
-                                    if k.startswith("cpu_") and v)
+    return "  CPU/req " + ", ".join(
+        f"{k[4:-3]} {v:.0f} µs" for k, v in res.items() if k.startswith("cpu_") and v
+    )
 
 
 def count_rows(engine: sa.Engine) -> tuple[int, int]:
@@ -216,8 +262,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--max-rps", type=int, default=15000,
-                        help="bodies generated per app round = duration x this (unique wamids)")
+    parser.add_argument(
+        "--max-rps",
+        type=int,
+        default=15000,
+        help="bodies generated per app round = duration x this (unique wamids)",
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
 
@@ -232,22 +282,47 @@ def main() -> None:
     try:
         runner.upgrade(db_url)
         app_port, bare_port = free_port(), free_port()
-        env = {**os.environ, "DATABASE_URL": f"{MARIADB_SERVER}/{db_name}", "ADMIN_TOKEN": ADMIN_TOKEN,
-               "SECRET_KEY": "bench-secret-key-" + "y" * 16, "DATA_DIR": str(tmp / "data"),
-               "SESSIONS_DIR": str(tmp / "sessions"), "LOG_LEVEL": "WARNING", "SUPERVISOR_ENABLED": "false",
-               "GRAPH_API_URL": f"http://127.0.0.1:{free_port()}", "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"{MARIADB_SERVER}/{db_name}",
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "SECRET_KEY": "bench-secret-key-" + "y" * 16,
+            "DATA_DIR": str(tmp / "data"),
+            "SESSIONS_DIR": str(tmp / "sessions"),
+            "LOG_LEVEL": "WARNING",
+            "SUPERVISOR_ENABLED": "false",
+            "GRAPH_API_URL": f"http://127.0.0.1:{free_port()}",
+            "PYTHONPATH": str(ROOT),
+        }
         env.pop("REDIS_URL", None)
-        procs.append(subprocess.Popen([sys.executable, "-m", "control_plane", "serve", "--port", str(app_port)],
-                                      env=env, cwd=ROOT, stdout=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "control_plane", "serve", "--port", str(app_port)],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
+        )
         procs.append(subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)]))
         app_base, bare_base = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{bare_port}"
         wait_http(app_base + "/healthz")
         wait_http(bare_base + PATH)
         tenant = api(app_base, "POST", "/api/tenants", {"name": "bench"}, ADMIN_TOKEN)
-        api(app_base, "POST", "/api/whatsapp/config", {
-            "api_type": "business_api", "fallback_policy": "business_api_only", "phone_number_id": PNID,
-            "waba_id": WABA, "access_token": "EAAG-bench-token", "app_secret": APP_SECRET,
-            "verify_token": "bench-verify-token"}, tenant["api_key"])
+        api(
+            app_base,
+            "POST",
+            "/api/whatsapp/config",
+            {
+                "api_type": "business_api",
+                "fallback_policy": "business_api_only",
+                "phone_number_id": PNID,
+                "waba_id": WABA,
+                "access_token": "EAAG-bench-token",
+                "app_secret": APP_SECRET,
+                "verify_token": "bench-verify-token",
+            },
+            tenant["api_key"],
+        )
 
         script = tmp / "webhook.lua"
         script.write_text(LUA)
@@ -257,33 +332,46 @@ def main() -> None:
         warm = tmp / "warm.txt"
         make_bodies(warm, 5_000, "WARM")
         for url in (bare_base + PATH, app_base + PATH):
-            subprocess.run([wrk, "-t2", "-c10", "-d2s", "-s", str(script), url, "--", str(warm), "2"],
-                           capture_output=True, check=True)
+            subprocess.run(
+                [wrk, "-t2", "-c10", "-d2s", "-s", str(script), url, "--", str(warm), "2"],
+                capture_output=True,
+                check=True,
+            )
 
-        print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} alternating rounds, "
-              f"body {body_size} bytes, MariaDB {db_name}", flush=True)
+        print(
+            f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} alternating rounds, "
+            f"body {body_size} bytes, MariaDB {db_name}",
+            flush=True,
+        )
         results: dict[str, list[dict]] = {"bare": [], "app": []}
         db_pid = mariadb_pid()
         for rnd in range(1, args.rounds + 1):
             r = run_measured(wrk, bare_base + PATH, script, bare_bodies, args, {"server": procs[1].pid})
             results["bare"].append(r)
-            print(f"  round {rnd} bare aiohttp : {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
-                  f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']}" + cpu_note(r), flush=True)
+            print(
+                f"  round {rnd} bare aiohttp : {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
+                f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']}" + cpu_note(r),
+                flush=True,
+            )
             bodies = tmp / "app.txt"
             make_bodies(bodies, args.duration * args.max_rps, f"R{rnd}X")
             before = count_rows(engine)
-            r = run_measured(wrk, app_base + PATH, script, bodies, args,
-                             {"app": procs[0].pid, "mariadb": db_pid})
+            r = run_measured(
+                wrk, app_base + PATH, script, bodies, args, {"app": procs[0].pid, "mariadb": db_pid}
+            )
             time.sleep(0.5)  # let requests cut by wrk's stop finish
             after = count_rows(engine)
             r["stored"], r["commits"] = after[0] - before[0], after[1] - before[1]
             results["app"].append(r)
             ok = r["requests"] - r["status"]
-            print(f"  round {rnd} gateway      : {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
-                  f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']}  200s {ok}  rows stored {r['stored']} "
-                  f"in {r['commits']} commits"
-                  + ("  (WARNING: bodies wrapped: duplicates sent)" if r["wraps"] else "") + cpu_note(r),
-                  flush=True)
+            print(
+                f"  round {rnd} gateway      : {r['rps']:9.0f} req/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
+                f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']}  200s {ok}  rows stored {r['stored']} "
+                f"in {r['commits']} commits"
+                + ("  (WARNING: bodies wrapped: duplicates sent)" if r["wraps"] else "")
+                + cpu_note(r),
+                flush=True,
+            )
 
         def med(kind: str, key: str) -> float:
             return statistics.median(x[key] for x in results[kind])
@@ -296,13 +384,21 @@ def main() -> None:
         print()
         print("| server | req/s | p50 ms | p99 ms | ratio |")
         print("|---|---|---|---|---|")
-        print(f"| bare aiohttp, read body, 200 (ceiling) | {bare_rps:,.0f} | {med('bare', 'p50_us') / 1000:.1f} | "
-              f"{med('bare', 'p99_us') / 1000:.1f} | 1.000 |")
-        print(f"| gateway webhook (verify, route, group commit to MariaDB, event log) | {app_rps:,.0f} | "
-              f"{med('app', 'p50_us') / 1000:.1f} | {app_p99:.1f} | {ratio:.3f} |")
+        print(
+            f"| bare aiohttp, read body, 200 (ceiling) | {bare_rps:,.0f} | {med('bare', 'p50_us') / 1000:.1f} | "
+            f"{med('bare', 'p99_us') / 1000:.1f} | 1.000 |"
+        )
+        print(
+            f"| gateway webhook (verify, route, group commit to MariaDB, event log) | {app_rps:,.0f} | "
+            f"{med('app', 'p50_us') / 1000:.1f} | {app_p99:.1f} | {ratio:.3f} |"
+        )
         print()
-        checks = [(f"ratio >= 0.50 ({ratio:.3f})", ratio >= 0.5), (f"p99 < 50 ms ({app_p99:.1f})", app_p99 < 50),
-                  (f"zero errors ({errors})", errors == 0), (f"every 200 stored (missing {lost})", lost == 0)]
+        checks = [
+            (f"ratio >= 0.50 ({ratio:.3f})", ratio >= 0.5),
+            (f"p99 < 50 ms ({app_p99:.1f})", app_p99 < 50),
+            (f"zero errors ({errors})", errors == 0),
+            (f"every 200 stored (missing {lost})", lost == 0),
+        ]
         for label, good in checks:
             print(f"  {'PASS' if good else 'FAIL'}  {label}")
     finally:

@@ -55,8 +55,9 @@ def _serve(args: argparse.Namespace) -> int:
     log.info("serving on http://%s:%s", host, port)
     app = create_app(settings)
     app.on_startup.append(_tune_garbage_collector)
-    web.run_app(app, host=host, port=port, print=None, access_log=None,
-                shutdown_timeout=settings.stop_wait_s + 5)
+    web.run_app(
+        app, host=host, port=port, print=None, access_log=None, shutdown_timeout=settings.stop_wait_s + 5
+    )
     return 0
 
 
@@ -103,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(func=_serve)
     mig = sub.add_parser("migrate", help="apply (up) or roll back (down) schema migrations")
     mig.add_argument("direction", choices=["up", "down"])
-    mig.add_argument("revision", nargs="?", help="target (default: head for up, one step for down; 'base' = empty)")
+    mig.add_argument(
+        "revision", nargs="?", help="target (default: head for up, one step for down; 'base' = empty)"
+    )
     mig.set_defaults(func=_migrate)
     ct = sub.add_parser("create-tenant", help="create a tenant and print its first API key (JSON)")
     ct.add_argument("name")

@@ -52,7 +52,9 @@ class SessionSigner:
     _revoked: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        material = b"whatsapp-gateway:admin-session:" + self.secret_key.encode() + b"\0" + self.admin_token.encode()
+        material = (
+            b"whatsapp-gateway:admin-session:" + self.secret_key.encode() + b"\0" + self.admin_token.encode()
+        )
         self._key = hashlib.sha256(material).digest()
 
     def __repr__(self) -> str:

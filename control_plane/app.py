@@ -11,17 +11,27 @@ from aiohttp import web
 
 from control_plane import realtime
 from control_plane.admin import views as admin_views
-from control_plane.api import events, health, openapi, sandbox, session, templates, tenants, whatsapp_config
-from control_plane.api import conversations, messages
-from control_plane.messaging import dispatcher_context
+from control_plane.api import (
+    conversations,
+    events,
+    health,
+    messages,
+    openapi,
+    sandbox,
+    session,
+    templates,
+    tenants,
+    whatsapp_config,
+)
 from control_plane.api.errors import error_middleware
 from control_plane.api.routing import Router
 from control_plane.config import Settings, mask_url
 from control_plane.crypto import SecretBox
 from control_plane.db import Database
 from control_plane.logs import current_tenant
-from control_plane.supervisor import Supervisor
+from control_plane.messaging import dispatcher_context
 from control_plane.providers.cloud_api import CloudAPIClient
+from control_plane.supervisor import Supervisor
 from control_plane.webhooks import routes as webhooks
 
 log = logging.getLogger(__name__)
@@ -49,15 +59,31 @@ async def access_middleware(request: web.Request, handler):
     finally:
         elapsed_ms = (time.perf_counter() - started) * 1000
         tenant = request.get("tenant")
-        access_log.info("%s %s %s %.1fms", request.method, request.path, status, elapsed_ms,
-                        extra={"tenant_id": tenant["id"] if tenant else None})
+        access_log.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,
+            status,
+            elapsed_ms,
+            extra={"tenant_id": tenant["id"] if tenant else None},
+        )
         current_tenant.reset(token)
 
 
 def build_router() -> Router:
     router = Router()
-    for module in (health, tenants, whatsapp_config, events, webhooks, templates, session, sandbox, messages,
-                   conversations):
+    for module in (
+        health,
+        tenants,
+        whatsapp_config,
+        events,
+        webhooks,
+        templates,
+        session,
+        sandbox,
+        messages,
+        conversations,
+    ):
         router.include(module.router)
     return router
 
@@ -79,8 +105,9 @@ async def _redis(app: web.Application):
         return
     import redis.asyncio as aioredis
 
-    client = aioredis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
-                               health_check_interval=15)
+    client = aioredis.from_url(
+        settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15
+    )
     app["redis"] = client
     log.info("redis %s", mask_url(settings.redis_url))
     yield

@@ -17,11 +17,14 @@ def dict_encoder(default: Callable[[Any], Any]) -> Callable[[dict], str]:
     make = getattr(json.encoder, "c_make_encoder", None)
     basestring = getattr(json.encoder, "c_encode_basestring", None)
     if make is None or basestring is None:
+
         def encode_slow(obj: dict) -> str:
             return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=default)
+
         return encode_slow
     c_encode = make(None, default, basestring, None, ":", ",", False, False, True)
 
     def encode(obj: dict) -> str:
         return "".join(c_encode(obj, 0))
+
     return encode

@@ -1,14 +1,14 @@
 """Domain errors. Deep code raises these; only the HTTP layer (api/errors.py) maps them to statuses.
 
-    GatewayError
-    ├── InvalidInput          a value is wrong (names the field)          -> 422
-    │   └── BadRequest        the request itself is malformed             -> 400
-    ├── Unauthenticated       missing or wrong credentials                -> 401
-    ├── Forbidden             authenticated, but not allowed (inactive)   -> 403
-    ├── NotFound              no such object *for this tenant*            -> 404
-    ├── Conflict              clashes with existing state                 -> 409
-    ├── PayloadTooLarge       body over the route's limit                 -> 413
-    └── Unavailable           a dependency is down; retry later           -> 503
+GatewayError
+├── InvalidInput          a value is wrong (names the field)          -> 422
+│   └── BadRequest        the request itself is malformed             -> 400
+├── Unauthenticated       missing or wrong credentials                -> 401
+├── Forbidden             authenticated, but not allowed (inactive)   -> 403
+├── NotFound              no such object *for this tenant*            -> 404
+├── Conflict              clashes with existing state                 -> 409
+├── PayloadTooLarge       body over the route's limit                 -> 413
+└── Unavailable           a dependency is down; retry later           -> 503
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -82,6 +83,7 @@ def empty_db(sync_engine) -> None:
 @pytest.fixture
 def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
     """Settings from a dict: ``make_settings(REDIS_URL=..., HEARTBEAT_INTERVAL_S="1")``."""
+
     def make(**overrides: str) -> Settings:
         env = {
             "DATABASE_URL": database_url,
@@ -97,6 +99,7 @@ def make_settings(database_url: str, tmp_path: Path) -> Callable[..., Settings]:
         }
         env.update({k: str(v) for k, v in overrides.items()})
         return load_settings(env, generate_secrets=False)
+
     return make
 
 
@@ -119,14 +122,19 @@ def admin_headers() -> dict[str, str]:
 @pytest.fixture
 def make_tenant(client, admin_headers) -> Callable[..., Awaitable[dict[str, Any]]]:
     """Create a tenant through the API: returns its JSON plus ``headers`` for its API key."""
+
     async def make(name: str | None = None, *, sandbox: bool = False, api_client=None) -> dict[str, Any]:
         http = api_client or client
-        resp = await http.post("/api/tenants", json={"name": name or f"tenant-{secrets.token_hex(3)}",
-                                                     "sandbox": sandbox}, headers=admin_headers)
+        resp = await http.post(
+            "/api/tenants",
+            json={"name": name or f"tenant-{secrets.token_hex(3)}", "sandbox": sandbox},
+            headers=admin_headers,
+        )
         assert resp.status == 201, await resp.text()
         tenant = await resp.json()
         tenant["headers"] = {"Authorization": f"Bearer {tenant['api_key']}"}
         return tenant
+
     return make
 
 

@@ -7,8 +7,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -31,7 +31,7 @@ class ThreadedServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
 
-    def start(self) -> "ThreadedServer":
+    def start(self) -> ThreadedServer:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(60)
         return self
@@ -53,8 +53,13 @@ class ThreadedServer:
         self._loop.close()
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], *, timeout: float = 10.0,
-                   interval: float = 0.02, message: str = "condition") -> None:
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool] | bool],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> None:
     """Poll ``predicate`` until true; fail with ``message`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -68,7 +73,7 @@ async def wait_for(predicate: Callable[[], Awaitable[bool] | bool], *, timeout: 
         await asyncio.sleep(interval)
 
 
-def unless_installed(path: "str | os.PathLike[str]", reason: str):
+def unless_installed(path: str | os.PathLike[str], reason: str):
     """Skip when ``path`` is missing, for a developer running pytest by hand on a bare machine.
     scripts/test installs Chromium and the bridge's node_modules and sets GATEWAY_TESTS_REQUIRE_ALL=1:
     there a missing piece fails the tests instead of silently skipping them."""

@@ -27,16 +27,19 @@ def test_embedded_defaults_generate_secrets_once_with_0600(tmp_path):
     assert second.admin_token == first.admin_token and "generated_admin_token" not in second.extra
 
 
-@pytest.mark.parametrize("env, name", [
-    ({"PORT": "abc"}, "PORT"),
-    ({"PORT": "70000"}, "PORT"),
-    ({"DATABASE_URL": "postgres://x/y"}, "DATABASE_URL"),
-    ({"DATABASE_URL": "mysql://root@localhost:3306"}, "DATABASE_URL"),
-    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
-    ({"REDIS_URL": "http://x"}, "REDIS_URL"),
-    ({"SUPERVISOR_ENABLED": "maybe"}, "SUPERVISOR_ENABLED"),
-    ({"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN"),
-])
+@pytest.mark.parametrize(
+    "env, name",
+    [
+        ({"PORT": "abc"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"DATABASE_URL": "postgres://x/y"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "mysql://root@localhost:3306"}, "DATABASE_URL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+        ({"SUPERVISOR_ENABLED": "maybe"}, "SUPERVISOR_ENABLED"),
+        ({"ADMIN_TOKEN": "short"}, "ADMIN_TOKEN"),
+    ],
+)
 def test_errors_name_the_variable(tmp_path, env, name):
     with pytest.raises(ConfigError, match=name):
         load_settings({"DATA_DIR": str(tmp_path), "SECRET_KEY": "s" * 32, **env})
@@ -48,9 +51,15 @@ def test_missing_secret_without_generation_names_it(tmp_path):
 
 
 def test_secrets_and_passwords_are_masked_in_repr(tmp_path):
-    s = load_settings({"DATA_DIR": str(tmp_path), "ADMIN_TOKEN": "admintoken-1234567890",
-                       "SECRET_KEY": "secretkey-1234567890", "DATABASE_URL": "mysql://u:hunter2@db:3306/gw",
-                       "REDIS_URL": "redis://:redispass@r:6379/0"})
+    s = load_settings(
+        {
+            "DATA_DIR": str(tmp_path),
+            "ADMIN_TOKEN": "admintoken-1234567890",
+            "SECRET_KEY": "secretkey-1234567890",
+            "DATABASE_URL": "mysql://u:hunter2@db:3306/gw",
+            "REDIS_URL": "redis://:redispass@r:6379/0",
+        }
+    )
     text = repr(s)
     for secret in ("admintoken-1234567890", "secretkey-1234567890", "hunter2", "redispass"):
         assert secret not in text
@@ -59,8 +68,13 @@ def test_secrets_and_passwords_are_masked_in_repr(tmp_path):
 
 def test_sqlalchemy_url_forms_are_accepted(tmp_path):
     base = {"DATA_DIR": str(tmp_path), "ADMIN_TOKEN": "a" * 20, "SECRET_KEY": "b" * 20}
-    assert load_settings({**base, "DATABASE_URL": "mysql+pymysql://u@h/db"}).database_url == "mysql+aiomysql://u@h/db"
-    assert load_settings({**base, "DATABASE_URL": "mariadb://u@h/db"}).database_url == "mysql+aiomysql://u@h/db"
+    assert (
+        load_settings({**base, "DATABASE_URL": "mysql+pymysql://u@h/db"}).database_url
+        == "mysql+aiomysql://u@h/db"
+    )
+    assert (
+        load_settings({**base, "DATABASE_URL": "mariadb://u@h/db"}).database_url == "mysql+aiomysql://u@h/db"
+    )
 
 
 def test_json_logs_carry_the_tenant():

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from typing import Callable
+from collections.abc import Callable
 
 
 class LoginThrottle:
-    def __init__(self, max_failures: int = 5, window_s: float = 300.0, max_clients: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_failures: int = 5,
+        window_s: float = 300.0,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
         self.max_clients = max_clients

@@ -32,15 +32,22 @@ from control_plane.db import whatsapp_config as config_db
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 STATIC_PREFIX = "/admin/static"
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-       "frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 routes = web.RouteTableDef()
 
 
 def make_environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.globals["static"] = lambda name: f"{STATIC_PREFIX}/{name}"
     env.filters["bytes"] = format_bytes
     env.filters["phone"] = format_phone
@@ -50,9 +57,15 @@ def make_environment() -> jinja2.Environment:
 def render(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
     html = request.app["admin_jinja"].get_template(template).render(**context)
     resp = web.Response(text=html, status=status, content_type="text/html")
-    resp.headers.update({"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
-                         "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
-                         "X-Content-Type-Options": "nosniff"})
+    resp.headers.update(
+        {
+            "Content-Security-Policy": CSP,
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "same-origin",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        }
+    )
     return resp
 
 
@@ -61,6 +74,7 @@ def see_other(location: str) -> web.Response:
 
 
 # --- sessions -----------------------------------------------------------------------------------
+
 
 def signer(request: web.Request) -> sess.SessionSigner:
     return request.app["admin_sessions"]
@@ -71,8 +85,9 @@ def current_session(request: web.Request) -> sess.AdminSession | None:
 
 
 def _set_cookie(request: web.Request, resp: web.StreamResponse, name: str, value: str, max_age: int) -> None:
-    resp.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="Strict",
-                    secure=request.secure)
+    resp.set_cookie(
+        name, value, max_age=max_age, path="/", httponly=True, samesite="Strict", secure=request.secure
+    )
 
 
 def _safe_next(target: str | None) -> str:
@@ -95,12 +110,21 @@ def page_context(request: web.Request, session: sess.AdminSession, **extra: Any)
 
 # --- login / logout -----------------------------------------------------------------------------
 
-def _login_page(request: web.Request, *, status: int = 200, error: str | None = None,
-                notice: str | None = None) -> web.Response:
+
+def _login_page(
+    request: web.Request, *, status: int = 200, error: str | None = None, notice: str | None = None
+) -> web.Response:
     nonce = sess.new_login_nonce()
-    resp = render(request, "login.html", status=status, error=error, notice=notice,
-                  next=_safe_next(request.query.get("next")), csrf_field=sess.CSRF_FIELD,
-                  csrf_token=signer(request).login_csrf_token(nonce))
+    resp = render(
+        request,
+        "login.html",
+        status=status,
+        error=error,
+        notice=notice,
+        next=_safe_next(request.query.get("next")),
+        csrf_field=sess.CSRF_FIELD,
+        csrf_token=signer(request).login_csrf_token(nonce),
+    )
     _set_cookie(request, resp, sess.LOGIN_COOKIE_NAME, nonce, sess.LOGIN_TTL_S)
     return resp
 
@@ -126,22 +150,27 @@ async def login(request: web.Request) -> web.Response:
     wait = throttle.retry_after(client)
     if wait > 0:
         log.warning("admin login refused: too many wrong tokens from %s", client)
-        resp = _login_page(request, status=429,
-                           error=f"Too many wrong tokens. Try again in {math.ceil(wait)} seconds.")
+        resp = _login_page(
+            request, status=429, error=f"Too many wrong tokens. Try again in {math.ceil(wait)} seconds."
+        )
         resp.headers["Retry-After"] = str(math.ceil(wait))
         return resp
     form = await request.post()
-    csrf_ok = signer(request).check_login_csrf(request.cookies.get(sess.LOGIN_COOKIE_NAME),
-                                               str(form.get(sess.CSRF_FIELD, "")))
+    csrf_ok = signer(request).check_login_csrf(
+        request.cookies.get(sess.LOGIN_COOKIE_NAME), str(form.get(sess.CSRF_FIELD, ""))
+    )
     if not csrf_ok:
         log.warning("admin login refused: missing or stale login form token")
-        return _login_page(request, status=403, error="This login form expired. Please enter the token again.")
+        return _login_page(
+            request, status=403, error="This login form expired. Please enter the token again."
+        )
     token = str(form.get("token", "")).strip()
     if not token or not tokens_equal(token, request.app["settings"].admin_token.get()):
         throttle.failed(client)
         log.warning("admin login refused: wrong admin token from %s", client)
-        return _login_page(request, status=401,
-                           error="That admin token is not correct. Check ADMIN_TOKEN and try again.")
+        return _login_page(
+            request, status=401, error="That admin token is not correct. Check ADMIN_TOKEN and try again."
+        )
     throttle.succeeded(client)
     cookie, _ = signer(request).issue()
     resp = see_other(_safe_next(str(form.get("next", ""))))
@@ -157,8 +186,13 @@ async def logout(request: web.Request) -> web.Response:
     form = await request.post()
     if session is not None:
         if not signer(request).check_csrf(session, str(form.get(sess.CSRF_FIELD, ""))):
-            return render(request, "message.html", status=403, title="Not logged out",
-                          message="Logging out needs the page's CSRF token: go back, reload and try again.")
+            return render(
+                request,
+                "message.html",
+                status=403,
+                title="Not logged out",
+                message="Logging out needs the page's CSRF token: go back, reload and try again.",
+            )
         signer(request).revoke(session)
     resp = see_other("/admin/login?logged_out=1")
     resp.del_cookie(sess.COOKIE_NAME, path="/")
@@ -166,6 +200,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 # --- pages --------------------------------------------------------------------------------------
+
 
 def jsonable(value: Any) -> Any:
     """Datetimes (naive UTC) as ISO strings, so page data can go through ``tojson``."""
@@ -226,8 +261,13 @@ def session_facts(status: dict[str, Any] | None) -> dict[str, Any]:
     if memory is None and status.get("memory_mb") is not None:
         memory = status["memory_mb"] * 1024 * 1024
     own = _first(status, "own_number", "number", "phone")
-    return {"state": status.get("state") or "unknown", "reason": status.get("reason"),
-            "own_number": own, "restarts": _first(status, "restarts", "restart_count"), "memory_bytes": memory}
+    return {
+        "state": status.get("state") or "unknown",
+        "reason": status.get("reason"),
+        "own_number": own,
+        "restarts": _first(status, "restarts", "restart_count"),
+        "memory_bytes": memory,
+    }
 
 
 def format_bytes(n: Any) -> str:
@@ -249,9 +289,15 @@ def format_phone(number: Any) -> str:
 async def tenant_summary(request: web.Request, tenant: dict[str, Any], config_row: dict | None) -> dict:
     config = config_out(config_row).model_dump(mode="json")
     status = await session_status(request.app, tenant["id"])
-    return {"id": tenant["id"], "name": tenant["name"], "sandbox": bool(tenant["sandbox"]),
-            "is_active": bool(tenant["is_active"]), "roads": roads(config),
-            "session": status, "facts": session_facts(status)}
+    return {
+        "id": tenant["id"],
+        "name": tenant["name"],
+        "sandbox": bool(tenant["sandbox"]),
+        "is_active": bool(tenant["is_active"]),
+        "roads": roads(config),
+        "session": status,
+        "facts": session_facts(status),
+    }
 
 
 @routes.get("/admin/tenants")
@@ -274,13 +320,23 @@ async def tenant_page(request: web.Request) -> web.Response:
             tenant = await tenants_db.get_tenant(conn, tenant_id)
             config_row = await config_db.get_whatsapp_config(conn, tenant_id) if tenant else None
     if tenant is None:
-        return render(request, "message.html", status=404, title="Tenant not found",
-                      message=f"There is no tenant {tenant_id}.", **page_context(request, session))
+        return render(
+            request,
+            "message.html",
+            status=404,
+            title="Tenant not found",
+            message=f"There is no tenant {tenant_id}.",
+            **page_context(request, session),
+        )
     summary = await tenant_summary(request, tenant, config_row)
-    data = {"tenant": summary, "config": config_out(config_row).model_dump(mode="json"),
-            "qr": await session_qr(request.app, tenant_id)}
-    return render(request, "tenant.html", **page_context(request, session, tenant=summary, data=data,
-                                                          page="tenant"))
+    data = {
+        "tenant": summary,
+        "config": config_out(config_row).model_dump(mode="json"),
+        "qr": await session_qr(request.app, tenant_id),
+    }
+    return render(
+        request, "tenant.html", **page_context(request, session, tenant=summary, data=data, page="tenant")
+    )
 
 
 def setup(app: web.Application) -> None:

@@ -6,8 +6,8 @@ import re
 
 from aiohttp import web
 
-from control_plane import errors
 from control_plane import admin_cookie as admin_session
+from control_plane import errors
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
 from control_plane.logs import current_tenant
@@ -38,8 +38,9 @@ def admin_panel_session(request: web.Request) -> bool:
     if request.method in admin_session.SAFE_METHODS:
         return True
     if not signer.check_csrf(session, request.headers.get(admin_session.CSRF_HEADER)):
-        raise errors.Forbidden(f"admin session: missing or wrong {admin_session.CSRF_HEADER} header",
-                               code="csrf_failed")
+        raise errors.Forbidden(
+            f"admin session: missing or wrong {admin_session.CSRF_HEADER} header", code="csrf_failed"
+        )
     return True
 
 
@@ -66,13 +67,16 @@ def _set_tenant(request: web.Request, tenant: dict) -> None:
 
 async def _require_tenant_key(request: web.Request, token: str | None) -> None:
     if token is None:
-        raise errors.Unauthenticated("missing 'Authorization: Bearer <api key>' header", code="missing_credentials")
+        raise errors.Unauthenticated(
+            "missing 'Authorization: Bearer <api key>' header", code="missing_credentials"
+        )
     tenant = await tenant_for_key(request, token)
     if tenant is None:
         raise errors.Unauthenticated("invalid or revoked API key", code="invalid_credentials")
     if not tenant["is_active"]:
-        raise errors.Forbidden("this tenant is deactivated; ask an administrator to reactivate it",
-                               code="tenant_inactive")
+        raise errors.Forbidden(
+            "this tenant is deactivated; ask an administrator to reactivate it", code="tenant_inactive"
+        )
     _set_tenant(request, tenant)
 
 
@@ -81,13 +85,16 @@ async def _require_admin(request: web.Request, token: str | None) -> None:
         request["is_admin"] = True
         return
     if token is None:
-        raise errors.Unauthenticated("missing 'Authorization: Bearer <admin token>' header",
-                                     code="missing_credentials")
+        raise errors.Unauthenticated(
+            "missing 'Authorization: Bearer <admin token>' header", code="missing_credentials"
+        )
     if is_admin_token(request, token):
         request["is_admin"] = True
         return
     if await tenant_for_key(request, token) is not None:
-        raise errors.Forbidden("this route needs the admin token, not a tenant API key", code="admin_required")
+        raise errors.Forbidden(
+            "this route needs the admin token, not a tenant API key", code="admin_required"
+        )
     raise errors.Unauthenticated("invalid admin token", code="invalid_credentials")
 
 

@@ -48,8 +48,10 @@ class ConversationOut(ResponseModel):
     last_message_at: UTCDateTime | None = None
     last_inbound_at: UTCDateTime | None = None
     window_open_until: UTCDateTime | None = Field(
-        None, description="Until when free-form messages are allowed on the Cloud API (24 h after the "
-                          "contact's last message)")
+        None,
+        description="Until when free-form messages are allowed on the Cloud API (24 h after the "
+        "contact's last message)",
+    )
     window_open: bool
     last_message: LastMessage | None = None
 
@@ -88,7 +90,9 @@ class ReadResult(ResponseModel):
     unread_count: int = 0
     provider: str | None = None
     forwarded: bool = Field(description="The road was told (WhatsApp shows blue ticks to the contact)")
-    error: str | None = Field(None, description="Why it was not forwarded (the unread count is cleared anyway)")
+    error: str | None = Field(
+        None, description="Why it was not forwarded (the unread count is cleared anyway)"
+    )
 
 
 def _encode(at: dt.datetime | None, key: Any) -> str:
@@ -105,8 +109,9 @@ def _decode(cursor: str, key_type: type) -> tuple[dt.datetime, Any]:
             raise ValueError
         return value
     except (ValueError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
-        raise errors.InvalidInput("cursor is not one this API returned", code="invalid_cursor",
-                                  field="cursor") from None
+        raise errors.InvalidInput(
+            "cursor is not one this API returned", code="invalid_cursor", field="cursor"
+        ) from None
 
 
 def _conversation_id(request: web.Request) -> int:
@@ -123,9 +128,16 @@ async def _conversation(request: web.Request, conn: Any) -> dict[str, Any]:
     return conv
 
 
-@router.route("GET", "/api/conversations", auth="tenant", tags=TAGS, query=PageQuery, response=ConversationPage,
-              errors=(401, 403, 404, 422),
-              summary="Conversations, newest activity first: last message, unread count, provider, window")
+@router.route(
+    "GET",
+    "/api/conversations",
+    auth="tenant",
+    tags=TAGS,
+    query=PageQuery,
+    response=ConversationPage,
+    errors=(401, 403, 404, 422),
+    summary="Conversations, newest activity first: last message, unread count, provider, window",
+)
 async def list_conversations(request: web.Request, query: PageQuery) -> ConversationPage:
     tenant_id = request["tenant"]["id"]
     before = _decode(query.cursor, int) if query.cursor else None
@@ -133,45 +145,78 @@ async def list_conversations(request: web.Request, query: PageQuery) -> Conversa
     async with request.app["db"].connect() as conn:
         rows = await messages_db.list_conversations(conn, tenant_id, limit=query.limit + 1, before=before)
         more = len(rows) > query.limit
-        rows = rows[:query.limit]
-        last = await outbox_db.messages_by_ids(conn, tenant_id, [r["last_message_id"] for r in rows
-                                                                 if r["last_message_id"]])
+        rows = rows[: query.limit]
+        last = await outbox_db.messages_by_ids(
+            conn, tenant_id, [r["last_message_id"] for r in rows if r["last_message_id"]]
+        )
     items = []
     for r in rows:
         m = last.get(r["last_message_id"] or "")
         until = window_open_until(r["last_inbound_at"])
-        items.append(ConversationOut(
-            id=r["id"], wa_id=r["wa_id"], contact_name=r["contact_name"], provider=r["provider_last"],
-            unread_count=r["unread_count"], last_message_at=r["last_message_at"],
-            last_inbound_at=r["last_inbound_at"], window_open_until=until,
-            window_open=bool(until and until > now),
-            last_message=LastMessage(id=m["id"], direction=m["direction"], type=m["type"], status=m["status"],
-                                     provider=m["provider"],
-                                     content=strip_inline_media(messages_db.load_json(m["content"])),
-                                     created_at=m["created_at"]) if m else None))
+        items.append(
+            ConversationOut(
+                id=r["id"],
+                wa_id=r["wa_id"],
+                contact_name=r["contact_name"],
+                provider=r["provider_last"],
+                unread_count=r["unread_count"],
+                last_message_at=r["last_message_at"],
+                last_inbound_at=r["last_inbound_at"],
+                window_open_until=until,
+                window_open=bool(until and until > now),
+                last_message=LastMessage(
+                    id=m["id"],
+                    direction=m["direction"],
+                    type=m["type"],
+                    status=m["status"],
+                    provider=m["provider"],
+                    content=strip_inline_media(messages_db.load_json(m["content"])),
+                    created_at=m["created_at"],
+                )
+                if m
+                else None,
+            )
+        )
     next_cursor = _encode(rows[-1]["last_message_at"], rows[-1]["id"]) if more and rows else None
     return ConversationPage(items=items, next_cursor=next_cursor)
 
 
-@router.route("GET", "/api/conversations/{conversation_id}/messages", auth="tenant", tags=TAGS, query=PageQuery,
-              response=MessagePage, errors=(401, 403, 404, 422),
-              summary="A conversation's messages, newest first (cursor pagination)")
+@router.route(
+    "GET",
+    "/api/conversations/{conversation_id}/messages",
+    auth="tenant",
+    tags=TAGS,
+    query=PageQuery,
+    response=MessagePage,
+    errors=(401, 403, 404, 422),
+    summary="A conversation's messages, newest first (cursor pagination)",
+)
 async def list_messages(request: web.Request, query: PageQuery) -> MessagePage:
     tenant_id = request["tenant"]["id"]
     before = _decode(query.cursor, str) if query.cursor else None
     async with request.app["db"].connect() as conn:
         conv = await _conversation(request, conn)
-        rows = await messages_db.list_messages(conn, tenant_id, conv["id"], limit=query.limit + 1, before=before)
+        rows = await messages_db.list_messages(
+            conn, tenant_id, conv["id"], limit=query.limit + 1, before=before
+        )
     more = len(rows) > query.limit
-    rows = rows[:query.limit]
-    items = [MessageItem(**{**r, "content": strip_inline_media(messages_db.load_json(r["content"]))}) for r in rows]
+    rows = rows[: query.limit]
+    items = [
+        MessageItem(**{**r, "content": strip_inline_media(messages_db.load_json(r["content"]))}) for r in rows
+    ]
     next_cursor = _encode(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
     return MessagePage(items=items, next_cursor=next_cursor)
 
 
-@router.route("POST", "/api/conversations/{conversation_id}/read", auth="tenant", tags=TAGS, response=ReadResult,
-              errors=(401, 403, 404),
-              summary="Mark the conversation read; forwarded to the Web session or the Cloud API that carried it")
+@router.route(
+    "POST",
+    "/api/conversations/{conversation_id}/read",
+    auth="tenant",
+    tags=TAGS,
+    response=ReadResult,
+    errors=(401, 403, 404),
+    summary="Mark the conversation read; forwarded to the Web session or the Cloud API that carried it",
+)
 async def mark_read(request: web.Request) -> ReadResult:
     tenant_id = request["tenant"]["id"]
     async with request.app["db"].begin() as conn:
@@ -184,4 +229,4 @@ async def mark_read(request: web.Request) -> ReadResult:
     return ReadResult(provider=result["provider"], forwarded=result["forwarded"], error=result["error"])
 
 
-__all__ = ["router", "message_view"]
+__all__ = ["message_view", "router"]

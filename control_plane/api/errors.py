@@ -26,9 +26,20 @@ STATUS = {
     errors.Unavailable: 503,
 }
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-              405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
-              422: "invalid", 429: "rate_limited", 500: "internal", 503: "unavailable"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid",
+    429: "rate_limited",
+    500: "internal",
+    503: "unavailable",
+}
 
 
 class ErrorBody(BaseModel):
@@ -39,11 +50,13 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     """Every error the API returns."""
+
     error: ErrorBody
 
 
-def error_response(status: int, code: str, message: str, field: str | None = None,
-                   headers: Any = None) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, field: str | None = None, headers: Any = None
+) -> web.Response:
     body: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         body["field"] = field
@@ -77,11 +90,16 @@ async def error_middleware(request: web.Request, handler):
             message = "request body is too large"
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
         return error_response(exc.status, HTTP_CODES.get(exc.status, "error"), message, headers=headers)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: no stack trace leaks
+    except Exception as exc:
         if _is_db_outage(exc):
-            log.warning("database unavailable during %s %s: %s", request.method, request.path,
-                        type(exc).__name__)
-            return error_response(503, "database_unavailable", "the database is unavailable; retry later",
-                                  headers={"Retry-After": "1"})
+            log.warning(
+                "database unavailable during %s %s: %s", request.method, request.path, type(exc).__name__
+            )
+            return error_response(
+                503,
+                "database_unavailable",
+                "the database is unavailable; retry later",
+                headers={"Retry-After": "1"},
+            )
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal", "internal error")

@@ -37,14 +37,30 @@ class EventsPage(ResponseModel):
     has_more: bool
 
 
-@router.route("GET", "/api/events", auth="tenant", summary="Events after a seq (polling)", tags=TAGS,
-              query=EventsQuery, response=EventsPage, errors=(401, 403, 404, 422))
+@router.route(
+    "GET",
+    "/api/events",
+    auth="tenant",
+    summary="Events after a seq (polling)",
+    tags=TAGS,
+    query=EventsQuery,
+    response=EventsPage,
+    errors=(401, 403, 404, 422),
+)
 async def list_events(request: web.Request, query: EventsQuery) -> dict[str, Any]:
     tenant_id = request["tenant"]["id"]
     async with request.app["db"].connect() as conn:
         rows = await events_db.events_after(conn, tenant_id, query.since, limit=query.limit + 1)
     has_more = len(rows) > query.limit
-    rows = rows[:query.limit]
-    events = [{"seq": r["seq"], "tenant_id": tenant_id, "type": r["type"], "ts": format_ts(r["ts"]),
-               "data": json.loads(r["data"])} for r in rows]
+    rows = rows[: query.limit]
+    events = [
+        {
+            "seq": r["seq"],
+            "tenant_id": tenant_id,
+            "type": r["type"],
+            "ts": format_ts(r["ts"]),
+            "data": json.loads(r["data"]),
+        }
+        for r in rows
+    ]
     return {"events": events, "next_since": rows[-1]["seq"] if rows else query.since, "has_more": has_more}

@@ -37,15 +37,25 @@ async def _check(name: str, probe) -> tuple[str, str]:
         return name, "ok"
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a probe reports, it never raises
+    except Exception as exc:
         log.warning("readiness check %s failed: %s", name, type(exc).__name__)
         return name, f"failed: {type(exc).__name__}"
 
 
-@router.route("GET", "/readyz", auth="none", tags=TAGS, response=Readiness,
-              extra_responses={503: {"description": "Not ready; the body names what failed",
-                                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}}},
-              summary="Readiness: database, Redis when configured, supervisor")
+@router.route(
+    "GET",
+    "/readyz",
+    auth="none",
+    tags=TAGS,
+    response=Readiness,
+    extra_responses={
+        503: {
+            "description": "Not ready; the body names what failed",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}},
+        }
+    },
+    summary="Readiness: database, Redis when configured, supervisor",
+)
 async def readyz(request: web.Request) -> web.Response:
     app = request.app
     probes = [("database", app["db"].ping)]
@@ -57,7 +67,10 @@ async def readyz(request: web.Request) -> web.Response:
         results["supervisor"] = "ok" if supervisor.is_running else "failed: not running"
     failed = [name for name, state in results.items() if state != "ok"]
     if failed:
-        body = Readiness(status="unavailable", checks=results,
-                         error={"code": "not_ready", "message": f"not ready: {', '.join(failed)} failed"})
+        body = Readiness(
+            status="unavailable",
+            checks=results,
+            error={"code": "not_ready", "message": f"not ready: {', '.join(failed)} failed"},
+        )
         return web.json_response(body.model_dump(), status=503)
     return web.json_response(Readiness(status="ok", checks=results).model_dump(exclude_none=True))

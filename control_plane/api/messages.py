@@ -72,13 +72,16 @@ class MessageOut(ResponseModel):
 class FallbackTemplate(RequestModel):
     name: str = Field(min_length=1, max_length=255)
     language: str = Field(min_length=2, max_length=16, pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
-    body_param: bool = Field(False, description="Pass the free-form text as the template's one body parameter")
+    body_param: bool = Field(
+        False, description="Pass the free-form text as the template's one body parameter"
+    )
 
 
 class MessagingSettingsIn(RequestModel):
     fallback_template: FallbackTemplate | None = Field(
         description="Sent instead of a free-form message when the Cloud API must carry it outside the "
-                    "24 h window; null removes it")
+        "24 h window; null removes it"
+    )
 
 
 class FallbackTemplateOut(ResponseModel):
@@ -98,57 +101,109 @@ def strip_inline_media(content: Any) -> Any:
     return content
 
 
-def message_view(msg: dict[str, Any], box: dict[str, Any] | None, transitions: list[dict[str, Any]],
-                 facts: list[dict[str, Any]]) -> MessageOut:
+def message_view(
+    msg: dict[str, Any],
+    box: dict[str, Any] | None,
+    transitions: list[dict[str, Any]],
+    facts: list[dict[str, Any]],
+) -> MessageOut:
     history: list[dict[str, Any]] = []
     for t in transitions:
         error = ErrorInfo(code=t["error_code"], message=t["error_message"]) if t["error_code"] else None
-        history.append({"status": t["to_status"], "from_status": t["from_status"], "at": t["at"],
-                        "source": "dispatcher", "provider": t["provider"], "reason": t["reason"], "error": error})
+        history.append(
+            {
+                "status": t["to_status"],
+                "from_status": t["from_status"],
+                "at": t["at"],
+                "source": "dispatcher",
+                "provider": t["provider"],
+                "reason": t["reason"],
+                "error": error,
+            }
+        )
     for f in facts:
         error = ErrorInfo(code=f["error_code"], message=f["error_message"]) if f["error_code"] else None
-        history.append({"status": f["status"], "from_status": None, "at": f["occurred_at"] or f["created_at"],
-                        "source": "provider", "provider": f["provider"], "reason": None, "error": error})
+        history.append(
+            {
+                "status": f["status"],
+                "from_status": None,
+                "at": f["occurred_at"] or f["created_at"],
+                "source": "provider",
+                "provider": f["provider"],
+                "reason": None,
+                "error": error,
+            }
+        )
     history.sort(key=lambda h: h["at"])
     content = messages_db.load_json(msg["content"]) if isinstance(msg["content"], str) else msg["content"]
     error = ErrorInfo(code=msg["error_code"], message=msg["error_message"]) if msg["error_code"] else None
     return MessageOut(
-        id=msg["id"], conversation_id=msg["conversation_id"], direction=msg["direction"], type=msg["type"],
-        content=strip_inline_media(content), status=msg["status"], provider=msg["provider"],
+        id=msg["id"],
+        conversation_id=msg["conversation_id"],
+        direction=msg["direction"],
+        type=msg["type"],
+        content=strip_inline_media(content),
+        status=msg["status"],
+        provider=msg["provider"],
         provider_message_id=msg["provider_message_id"],
         requested_provider=box["requested_provider"] if box else None,
-        route_reason=box["route_reason"] if box else None, attempts=box["attempts"] if box else None,
-        idempotency_key=box["idempotency_key"] if box else None, error=error, created_at=msg["created_at"],
-        updated_at=msg["updated_at"], sent_at=msg["sent_at"], delivered_at=msg["delivered_at"],
-        read_at=msg["read_at"], failed_at=msg["failed_at"], transitions=[TransitionOut(**h) for h in history])
+        route_reason=box["route_reason"] if box else None,
+        attempts=box["attempts"] if box else None,
+        idempotency_key=box["idempotency_key"] if box else None,
+        error=error,
+        created_at=msg["created_at"],
+        updated_at=msg["updated_at"],
+        sent_at=msg["sent_at"],
+        delivered_at=msg["delivered_at"],
+        read_at=msg["read_at"],
+        failed_at=msg["failed_at"],
+        transitions=[TransitionOut(**h) for h in history],
+    )
 
 
-@router.route("POST", "/api/messages", auth="tenant", tags=TAGS, body=models.SendMessageIn,
-              response=MessageAccepted, status=202, errors=(400, 401, 403, 404, 409, 413, 422, 503),
-              max_body_bytes=models.ROUTE_BODY_LIMIT,
-              summary="Queue a message (text, media, location, template, interactive, reaction); 202 once "
-                      "it is stored. The same idempotency key returns the same message and never sends again.")
+@router.route(
+    "POST",
+    "/api/messages",
+    auth="tenant",
+    tags=TAGS,
+    body=models.SendMessageIn,
+    response=MessageAccepted,
+    status=202,
+    errors=(400, 401, 403, 404, 409, 413, 422, 503),
+    max_body_bytes=models.ROUTE_BODY_LIMIT,
+    summary="Queue a message (text, media, location, template, interactive, reaction); 202 once "
+    "it is stored. The same idempotency key returns the same message and never sends again.",
+)
 async def send_message(request: web.Request, body: models.SendMessageIn) -> web.Response:
     tenant_id = request["tenant"]["id"]
     header_key = request.headers.get("Idempotency-Key")
     if header_key is not None and not 1 <= len(header_key.strip()) <= 128:
-        raise errors.InvalidInput("Idempotency-Key must be 1 to 128 characters", code="invalid_field",
-                                  field="idempotency_key")
-    row, created = await outbox_service.enqueue(request.app["db"], tenant_id, body,
-                                                idempotency_key=header_key.strip() if header_key else None)
+        raise errors.InvalidInput(
+            "Idempotency-Key must be 1 to 128 characters", code="invalid_field", field="idempotency_key"
+        )
+    row, created = await outbox_service.enqueue(
+        request.app["db"], tenant_id, body, idempotency_key=header_key.strip() if header_key else None
+    )
     dispatcher = request.app.get("dispatcher")
     if created and dispatcher is not None:
         dispatcher.notify(tenant_id)
     if created:
         log.info("message queued tenant=%s id=%s type=%s", tenant_id, row["id"], row["type"])
-    out = MessageAccepted(id=row["id"], status=row["status"], conversation_id=row["conversation_id"],
-                          duplicate=not created)
+    out = MessageAccepted(
+        id=row["id"], status=row["status"], conversation_id=row["conversation_id"], duplicate=not created
+    )
     return web.json_response(out.model_dump(mode="json"), status=202)
 
 
-@router.route("GET", "/api/messages/{message_id}", auth="tenant", tags=TAGS, response=MessageOut,
-              errors=(401, 403, 404),
-              summary="A message: status, provider and its id, error, the road and why, and its history")
+@router.route(
+    "GET",
+    "/api/messages/{message_id}",
+    auth="tenant",
+    tags=TAGS,
+    response=MessageOut,
+    errors=(401, 403, 404),
+    summary="A message: status, provider and its id, error, the road and why, and its history",
+)
 async def get_message(request: web.Request) -> MessageOut:
     tenant_id = request["tenant"]["id"]
     message_id = request.match_info["message_id"]
@@ -167,27 +222,47 @@ async def get_message(request: web.Request) -> MessageOut:
 def _settings_out(row: dict[str, Any] | None) -> MessagingSettingsOut:
     if not row or not row.get("fallback_template_name"):
         return MessagingSettingsOut(fallback_template=None)
-    return MessagingSettingsOut(fallback_template=FallbackTemplateOut(
-        name=row["fallback_template_name"], language=row["fallback_template_language"],
-        body_param=bool(row["fallback_template_body_param"])))
+    return MessagingSettingsOut(
+        fallback_template=FallbackTemplateOut(
+            name=row["fallback_template_name"],
+            language=row["fallback_template_language"],
+            body_param=bool(row["fallback_template_body_param"]),
+        )
+    )
 
 
-@router.route("GET", "/api/messaging/settings", auth="tenant", tags=TAGS, response=MessagingSettingsOut,
-              errors=(401, 403, 404), summary="The tenant's messaging settings (fallback template)")
+@router.route(
+    "GET",
+    "/api/messaging/settings",
+    auth="tenant",
+    tags=TAGS,
+    response=MessagingSettingsOut,
+    errors=(401, 403, 404),
+    summary="The tenant's messaging settings (fallback template)",
+)
 async def get_settings(request: web.Request) -> MessagingSettingsOut:
     async with request.app["db"].connect() as conn:
         return _settings_out(await outbox_db.get_settings(conn, request["tenant"]["id"]))
 
 
-@router.route("PUT", "/api/messaging/settings", auth="tenant", tags=TAGS, body=MessagingSettingsIn,
-              response=MessagingSettingsOut, errors=(400, 401, 403, 404, 422),
-              summary="Set or clear the fallback template used outside the 24 h window")
+@router.route(
+    "PUT",
+    "/api/messaging/settings",
+    auth="tenant",
+    tags=TAGS,
+    body=MessagingSettingsIn,
+    response=MessagingSettingsOut,
+    errors=(400, 401, 403, 404, 422),
+    summary="Set or clear the fallback template used outside the 24 h window",
+)
 async def put_settings(request: web.Request, body: MessagingSettingsIn) -> MessagingSettingsOut:
     tenant_id = request["tenant"]["id"]
     tpl = body.fallback_template
-    values = {"fallback_template_name": tpl.name if tpl else None,
-              "fallback_template_language": tpl.language if tpl else None,
-              "fallback_template_body_param": bool(tpl.body_param) if tpl else False}
+    values = {
+        "fallback_template_name": tpl.name if tpl else None,
+        "fallback_template_language": tpl.language if tpl else None,
+        "fallback_template_body_param": bool(tpl.body_param) if tpl else False,
+    }
     async with request.app["db"].begin() as conn:
         row = await outbox_db.save_settings(conn, tenant_id, values)
     dispatcher = request.app.get("dispatcher")

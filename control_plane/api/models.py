@@ -19,11 +19,13 @@ UTCDateTime = Annotated[dt.datetime, PlainSerializer(_iso_utc, return_type=str, 
 
 class RequestModel(BaseModel):
     """Bodies and queries: unknown fields are an error, types are not coerced (a string is no number)."""
+
     model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
 
 
 class QueryModel(BaseModel):
     """Query strings arrive as text: coercion is allowed, unknown parameters are not."""
+
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 

@@ -16,10 +16,16 @@ from control_plane.api.routing import Operation, Router
 
 STATIC = Path(__file__).resolve().parent / "static"
 REF = "#/components/schemas/{model}"
-ERROR_TEXT = {400: "Malformed request (bad JSON)", 401: "Missing or wrong credentials",
-              403: "Not allowed (deactivated tenant, or admin token needed)", 404: "Not found",
-              409: "Conflict", 413: "Body too large", 422: "A field is wrong (named in error.field)",
-              503: "A dependency is unavailable; retry"}
+ERROR_TEXT = {
+    400: "Malformed request (bad JSON)",
+    401: "Missing or wrong credentials",
+    403: "Not allowed (deactivated tenant, or admin token needed)",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    422: "A field is wrong (named in error.field)",
+    503: "A dependency is unavailable; retry",
+}
 
 
 class _Schemas:
@@ -39,15 +45,20 @@ def _json(schema: dict) -> dict:
 
 
 def _operation(op: Operation, path: str, mode: str, schemas: _Schemas) -> dict[str, Any]:
-    params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-              for n in re.findall(r"{(\w+)}", path)]
+    params = [
+        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+        for n in re.findall(r"{(\w+)}", path)
+    ]
     if op.query is not None:
         qschema = op.query.model_json_schema(mode="validation")
         required = set(qschema.get("required", []))
         for name, prop in qschema.get("properties", {}).items():
             params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
-    out: dict[str, Any] = {"summary": op.summary, "tags": list(op.tags),
-                           "operationId": f"{op.handler.__name__}{'_admin' if mode == 'admin_for_tenant' else ''}"}
+    out: dict[str, Any] = {
+        "summary": op.summary,
+        "tags": list(op.tags),
+        "operationId": f"{op.handler.__name__}{'_admin' if mode == 'admin_for_tenant' else ''}",
+    }
     if params:
         out["parameters"] = params
     if mode != "none":
@@ -56,10 +67,16 @@ def _operation(op: Operation, path: str, mode: str, schemas: _Schemas) -> dict[s
         out["requestBody"] = {"required": True, "content": _json(schemas.ref(op.body, "validation"))}
     ok: dict[str, Any] = {"description": "OK"}
     if op.response is not None:
-        ok["content"] = ({ct: {"schema": schemas.ref(op.response, "serialization")} for ct in op.produces}
-                         if op.produces == ("application/json",) else
-                         {ct: {"schema": schemas.ref(op.response, "serialization")} if ct == "application/json"
-                          else {"schema": {"type": "string"}} for ct in op.produces})
+        ok["content"] = (
+            {ct: {"schema": schemas.ref(op.response, "serialization")} for ct in op.produces}
+            if op.produces == ("application/json",)
+            else {
+                ct: {"schema": schemas.ref(op.response, "serialization")}
+                if ct == "application/json"
+                else {"schema": {"type": "string"}}
+                for ct in op.produces
+            }
+        )
     elif op.produces != ("application/json",):
         ok["content"] = {ct: {"schema": {"type": "string"}} for ct in op.produces}
     responses: dict[str, Any] = {str(op.status): ok}
@@ -91,13 +108,18 @@ def build_openapi(router: Router) -> dict[str, Any]:
             paths.setdefault(path, {})[op.method.lower()] = _operation(op, path, mode, schemas)
     return {
         "openapi": "3.1.0",
-        "info": {"title": "WhatsApp gateway", "version": __version__,
-                 "description": "Multi-tenant WhatsApp gateway. Tenant routes take `Authorization: Bearer "
-                                "<tenant API key>`; admin routes take the admin token and mirror every tenant "
-                                "route under `/api/tenants/{tenant_id}/...`."},
+        "info": {
+            "title": "WhatsApp gateway",
+            "version": __version__,
+            "description": "Multi-tenant WhatsApp gateway. Tenant routes take `Authorization: Bearer "
+            "<tenant API key>`; admin routes take the admin token and mirror every tenant "
+            "route under `/api/tenants/{tenant_id}/...`.",
+        },
         "paths": paths,
-        "components": {"schemas": schemas.components,
-                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {
+            "schemas": schemas.components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
     }
 
 

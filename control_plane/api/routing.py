@@ -14,8 +14,9 @@ query model, so nothing the wrapper enforces is skipped.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Literal
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -59,8 +60,9 @@ def _first_error(exc: ValidationError, prefix: str = "") -> errors.InvalidInput:
     if kind == "missing":
         return errors.InvalidInput(f"field '{loc}' is required", code="missing_field", field=loc)
     msg = err["msg"]
-    return errors.InvalidInput(f"{loc}: {msg}" if loc else msg, code="invalid_field" if loc else "invalid_body",
-                               field=loc)
+    return errors.InvalidInput(
+        f"{loc}: {msg}" if loc else msg, code="invalid_field" if loc else "invalid_body", field=loc
+    )
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -134,26 +136,56 @@ class Router:
     def __init__(self) -> None:
         self.operations: list[Operation] = []
 
-    def route(self, method: str, path: str, *, auth: Auth, summary: str, tags: tuple[str, ...] | str = (),
-              body: type[BaseModel] | None = None, query: type[BaseModel] | None = None,
-              response: type[BaseModel] | None = None, status: int = 200, errors: tuple[int, ...] = (),
-              max_body_bytes: int | None = None, produces: tuple[str, ...] = ("application/json",),
-              extra_responses: dict[int, dict] | None = None, openapi: bool = True, mirror: bool = True,
-              lean: bool = False):
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: Auth,
+        summary: str,
+        tags: tuple[str, ...] | str = (),
+        body: type[BaseModel] | None = None,
+        query: type[BaseModel] | None = None,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        errors: tuple[int, ...] = (),
+        max_body_bytes: int | None = None,
+        produces: tuple[str, ...] = ("application/json",),
+        extra_responses: dict[int, dict] | None = None,
+        openapi: bool = True,
+        mirror: bool = True,
+        lean: bool = False,
+    ):
         if lean and (auth != "none" or body is not None or query is not None):
             raise ValueError("a lean route has auth='none' and parses its own input")
 
         def decorate(handler: Handler) -> Handler:
-            self.operations.append(Operation(
-                method=method.upper(), path=path, handler=handler, auth=auth, summary=summary,
-                tags=(tags,) if isinstance(tags, str) else tuple(tags), body=body, query=query,
-                response=response, status=status, errors=errors, max_body_bytes=max_body_bytes,
-                produces=produces, extra_responses=extra_responses or {}, openapi=openapi, mirror=mirror,
-                lean=lean))
+            self.operations.append(
+                Operation(
+                    method=method.upper(),
+                    path=path,
+                    handler=handler,
+                    auth=auth,
+                    summary=summary,
+                    tags=(tags,) if isinstance(tags, str) else tuple(tags),
+                    body=body,
+                    query=query,
+                    response=response,
+                    status=status,
+                    errors=errors,
+                    max_body_bytes=max_body_bytes,
+                    produces=produces,
+                    extra_responses=extra_responses or {},
+                    openapi=openapi,
+                    mirror=mirror,
+                    lean=lean,
+                )
+            )
             return handler
+
         return decorate
 
-    def include(self, other: "Router") -> None:
+    def include(self, other: Router) -> None:
         self.operations.extend(other.operations)
 
     def register(self, app: web.Application) -> None:
@@ -182,6 +214,7 @@ class Router:
                 kwargs["body"] = await parse_body(request, op.body, limit)
             result = await op.handler(request, **kwargs)
             return _to_response(result, op.status)
+
         handler.__name__ = op.handler.__name__
         return handler
 
@@ -189,4 +222,4 @@ class Router:
 def admin_path(path: str) -> str:
     """``/api/session/start`` -> ``/api/tenants/{tenant_id}/session/start``."""
     assert path.startswith("/api/"), path
-    return "/api/tenants/{tenant_id}/" + path[len("/api/"):]
+    return "/api/tenants/{tenant_id}/" + path[len("/api/") :]

@@ -32,6 +32,7 @@ class SandboxResult(ResponseModel):
 
 class Media(RequestModel):
     """Inline (base64) or by URL. Server file paths are not accepted from the API."""
+
     mimetype: str = Field(min_length=3, max_length=200)
     filename: str | None = Field(default=None, max_length=255)
     base64: str | None = Field(default=None, max_length=8 * 1024 * 1024)
@@ -54,7 +55,9 @@ class Incoming(RequestModel):
     model_config = ConfigDict(populate_by_name=True)
     from_: str = Field(alias="from", min_length=5, max_length=64, description="Digits or a chat id (…@c.us)")
     text: str | None = Field(default=None, min_length=1, max_length=65536)
-    type: Literal["chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location"] | None = None
+    type: (
+        Literal["chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location"] | None
+    ) = None
     media: Media | None = None
     location: Location | None = None
     quoted_id: str | None = Field(default=None, max_length=200)
@@ -87,8 +90,9 @@ class Outgoing(RequestModel):
 
 class Ack(RequestModel):
     id: str = Field(min_length=1, max_length=200, description="Message id from a send or an incoming message")
-    ack: int | None = Field(default=None, ge=-1, le=4, description="-1 error, 0 pending, 1 sent, 2 delivered, "
-                            "3 read, 4 played")
+    ack: int | None = Field(
+        default=None, ge=-1, le=4, description="-1 error, 0 pending, 1 sent, 2 delivered, 3 read, 4 played"
+    )
     status: Literal["error", "pending", "sent", "delivered", "read", "played"] | None = None
 
     @model_validator(mode="after")
@@ -99,12 +103,19 @@ class Ack(RequestModel):
 
 
 class Disconnect(RequestModel):
-    reason: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_ -]+$",
-                               description="WhatsApp's reason (default NAVIGATION)")
+    reason: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_ -]+$",
+        description="WhatsApp's reason (default NAVIGATION)",
+    )
 
 
 class Crash(RequestModel):
-    exit_code: int | None = Field(default=None, ge=1, le=255, description="Exit with this code; default SIGKILL")
+    exit_code: int | None = Field(
+        default=None, ge=1, le=255, description="Exit with this code; default SIGKILL"
+    )
 
 
 class Leak(RequestModel):
@@ -114,64 +125,133 @@ class Leak(RequestModel):
 async def _sandbox(request: web.Request, cmd: str, args: dict[str, Any] | None = None) -> SandboxResult:
     tenant = request["tenant"]
     if not tenant.get("sandbox"):
-        raise errors.Forbidden("sandbox endpoints are for sandbox tenants only (created with sandbox: true)",
-                               code="not_sandbox")
+        raise errors.Forbidden(
+            "sandbox endpoints are for sandbox tenants only (created with sandbox: true)", code="not_sandbox"
+        )
     result = await supervisor_of(request).sandbox(tenant["id"], cmd, args or {})
     return SandboxResult(**result)
 
 
-@router.route("POST", "/api/sandbox/scan", auth="tenant", tags=TAGS, response=SandboxResult, errors=ERRORS,
-              summary="Scan the QR code showing now (the session then becomes authenticated, then ready)")
+@router.route(
+    "POST",
+    "/api/sandbox/scan",
+    auth="tenant",
+    tags=TAGS,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="Scan the QR code showing now (the session then becomes authenticated, then ready)",
+)
 async def scan(request: web.Request) -> SandboxResult:
     return await _sandbox(request, "scan")
 
 
-@router.route("POST", "/api/sandbox/incoming", auth="tenant", tags=TAGS, body=Incoming, response=SandboxResult,
-              errors=ERRORS, summary="A contact sends a message to this session (returns its id)")
+@router.route(
+    "POST",
+    "/api/sandbox/incoming",
+    auth="tenant",
+    tags=TAGS,
+    body=Incoming,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="A contact sends a message to this session (returns its id)",
+)
 async def incoming(request: web.Request, body: Incoming) -> SandboxResult:
     return await _sandbox(request, "incoming", body.model_dump(by_alias=True, exclude_none=True))
 
 
-@router.route("POST", "/api/sandbox/outgoing", auth="tenant", tags=TAGS, body=Outgoing,
-              response=SandboxResult, errors=ERRORS,
-              summary="Someone types a message to a contact on the phone itself (returns its id); it is "
-              "reported as message.sent with origin phone")
+@router.route(
+    "POST",
+    "/api/sandbox/outgoing",
+    auth="tenant",
+    tags=TAGS,
+    body=Outgoing,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="Someone types a message to a contact on the phone itself (returns its id); it is "
+    "reported as message.sent with origin phone",
+)
 async def outgoing(request: web.Request, body: Outgoing) -> SandboxResult:
     return await _sandbox(request, "outgoing", body.model_dump(exclude_none=True))
 
 
-@router.route("POST", "/api/sandbox/ack", auth="tenant", tags=TAGS, body=Ack, response=SandboxResult,
-              errors=ERRORS, summary="Delivery/read ack for a message (by number or name)")
+@router.route(
+    "POST",
+    "/api/sandbox/ack",
+    auth="tenant",
+    tags=TAGS,
+    body=Ack,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="Delivery/read ack for a message (by number or name)",
+)
 async def ack(request: web.Request, body: Ack) -> SandboxResult:
     code = body.ack if body.ack is not None else ACK_CODES[body.status or "sent"]
     return await _sandbox(request, "ack", {"id": body.id, "ack": code})
 
 
-@router.route("POST", "/api/sandbox/disconnect", auth="tenant", tags=TAGS, body=Disconnect, response=SandboxResult,
-              errors=ERRORS, summary="WhatsApp drops the connection (body may be {}); the supervisor restarts it")
+@router.route(
+    "POST",
+    "/api/sandbox/disconnect",
+    auth="tenant",
+    tags=TAGS,
+    body=Disconnect,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="WhatsApp drops the connection (body may be {}); the supervisor restarts it",
+)
 async def disconnect(request: web.Request, body: Disconnect) -> SandboxResult:
     return await _sandbox(request, "disconnect", body.model_dump(exclude_none=True))
 
 
-@router.route("POST", "/api/sandbox/logout", auth="tenant", tags=TAGS, response=SandboxResult, errors=ERRORS,
-              summary="The phone unlinks this device: the profile is wiped and a new QR appears")
+@router.route(
+    "POST",
+    "/api/sandbox/logout",
+    auth="tenant",
+    tags=TAGS,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="The phone unlinks this device: the profile is wiped and a new QR appears",
+)
 async def phone_logout(request: web.Request) -> SandboxResult:
     return await _sandbox(request, "logout")
 
 
-@router.route("POST", "/api/sandbox/crash", auth="tenant", tags=TAGS, body=Crash, response=SandboxResult,
-              errors=ERRORS, summary="The bridge dies at once (body may be {}); the supervisor restarts it")
+@router.route(
+    "POST",
+    "/api/sandbox/crash",
+    auth="tenant",
+    tags=TAGS,
+    body=Crash,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="The bridge dies at once (body may be {}); the supervisor restarts it",
+)
 async def crash(request: web.Request, body: Crash) -> SandboxResult:
     return await _sandbox(request, "crash", body.model_dump(exclude_none=True))
 
 
-@router.route("POST", "/api/sandbox/hang", auth="tenant", tags=TAGS, response=SandboxResult, errors=ERRORS,
-              summary="The bridge stops answering and heartbeating; the watchdog kills and restarts it")
+@router.route(
+    "POST",
+    "/api/sandbox/hang",
+    auth="tenant",
+    tags=TAGS,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="The bridge stops answering and heartbeating; the watchdog kills and restarts it",
+)
 async def hang(request: web.Request) -> SandboxResult:
     return await _sandbox(request, "hang")
 
 
-@router.route("POST", "/api/sandbox/leak", auth="tenant", tags=TAGS, body=Leak, response=SandboxResult,
-              errors=ERRORS, summary="The bridge allocates memory it never frees; past MEMORY_LIMIT_MB it is restarted")
+@router.route(
+    "POST",
+    "/api/sandbox/leak",
+    auth="tenant",
+    tags=TAGS,
+    body=Leak,
+    response=SandboxResult,
+    errors=ERRORS,
+    summary="The bridge allocates memory it never frees; past MEMORY_LIMIT_MB it is restarted",
+)
 async def leak(request: web.Request, body: Leak) -> SandboxResult:
     return await _sandbox(request, "leak", {"mb": body.mb})

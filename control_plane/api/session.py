@@ -19,19 +19,34 @@ log = logging.getLogger(__name__)
 router = Router()
 TAGS = ("session",)
 
-State = Literal["stopped", "starting", "qr", "authenticated", "ready", "disconnected", "backoff", "failed",
-                "stopping", "logged_out"]
+State = Literal[
+    "stopped",
+    "starting",
+    "qr",
+    "authenticated",
+    "ready",
+    "disconnected",
+    "backoff",
+    "failed",
+    "stopping",
+    "logged_out",
+]
 
 
 class SessionStatus(ResponseModel):
     state: State
-    reason: str | None = Field(default=None, description="Why it is in this state (crash_loop, qr_expired, "
-                               "memory_limit, heartbeat_timeout, init_failed, requested, ...)")
+    reason: str | None = Field(
+        default=None,
+        description="Why it is in this state (crash_loop, qr_expired, "
+        "memory_limit, heartbeat_timeout, init_failed, requested, ...)",
+    )
     since: str | None = Field(default=None, description="When it entered this state (ISO 8601, UTC)")
     desired_state: Literal["running", "stopped"]
     restarts: int = Field(description="Automatic restarts so far")
     pid: int | None = Field(default=None, description="The bridge's process id while one runs")
-    memory_bytes: int | None = Field(default=None, description="PSS of the bridge's process tree, browser included")
+    memory_bytes: int | None = Field(
+        default=None, description="PSS of the bridge's process tree, browser included"
+    )
     uptime_s: float | None = None
     own_number: str | None = Field(default=None, description="The linked phone number, once ready")
     qr_attempt: int | None = Field(default=None, description="Number of the QR code showing now")
@@ -54,8 +69,10 @@ def supervisor_of(request: web.Request) -> Any:
     supervisor = request.app.get("supervisor")
     if supervisor is None:
         # 409, not 503: this is the server's configuration, not an outage that retrying would outlast.
-        raise errors.Conflict("WhatsApp Web sessions are disabled on this server (SUPERVISOR_ENABLED=false)",
-                              code="supervisor_disabled")
+        raise errors.Conflict(
+            "WhatsApp Web sessions are disabled on this server (SUPERVISOR_ENABLED=false)",
+            code="supervisor_disabled",
+        )
     return supervisor
 
 
@@ -63,44 +80,90 @@ def _tenant_id(request: web.Request) -> str:
     return request["tenant"]["id"]
 
 
-@router.route("GET", "/api/session", auth="tenant", tags=TAGS, response=SessionStatus, errors=(409, 503),
-              summary="The session's state, reason, restarts, process, memory and own number")
+@router.route(
+    "GET",
+    "/api/session",
+    auth="tenant",
+    tags=TAGS,
+    response=SessionStatus,
+    errors=(409, 503),
+    summary="The session's state, reason, restarts, process, memory and own number",
+)
 async def get_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).status(_tenant_id(request)))
 
 
-@router.route("POST", "/api/session/start", auth="tenant", tags=TAGS, response=SessionStatus, status=202,
-              errors=(409, 503), summary="Start the session (desired state running); it goes on in the background")
+@router.route(
+    "POST",
+    "/api/session/start",
+    auth="tenant",
+    tags=TAGS,
+    response=SessionStatus,
+    status=202,
+    errors=(409, 503),
+    summary="Start the session (desired state running); it goes on in the background",
+)
 async def start_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).start(_tenant_id(request)))
 
 
-@router.route("POST", "/api/session/stop", auth="tenant", tags=TAGS, response=SessionStatus, errors=(409, 503),
-              summary="Stop the session (desired state stopped); returns once its processes are gone")
+@router.route(
+    "POST",
+    "/api/session/stop",
+    auth="tenant",
+    tags=TAGS,
+    response=SessionStatus,
+    errors=(409, 503),
+    summary="Stop the session (desired state stopped); returns once its processes are gone",
+)
 async def stop_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).stop(_tenant_id(request)))
 
 
-@router.route("POST", "/api/session/restart", auth="tenant", tags=TAGS, response=SessionStatus, status=202,
-              errors=(409, 503), summary="Restart the session now (also clears a failed state)")
+@router.route(
+    "POST",
+    "/api/session/restart",
+    auth="tenant",
+    tags=TAGS,
+    response=SessionStatus,
+    status=202,
+    errors=(409, 503),
+    summary="Restart the session now (also clears a failed state)",
+)
 async def restart_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).restart(_tenant_id(request)))
 
 
-@router.route("POST", "/api/session/logout", auth="tenant", tags=TAGS, response=SessionStatus, errors=(409, 503),
-              summary="Log out of WhatsApp and wipe the session profile (a new QR scan is needed)")
+@router.route(
+    "POST",
+    "/api/session/logout",
+    auth="tenant",
+    tags=TAGS,
+    response=SessionStatus,
+    errors=(409, 503),
+    summary="Log out of WhatsApp and wipe the session profile (a new QR scan is needed)",
+)
 async def logout_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).logout(_tenant_id(request)))
 
 
-@router.route("GET", "/api/session/qr", auth="tenant", tags=TAGS, query=QRQuery, response=QROut,
-              errors=(404, 409, 503), produces=("application/json", "image/png", "image/svg+xml"),
-              summary="The QR code to scan: PNG, SVG, or JSON with the raw string (404 when none is showing)")
+@router.route(
+    "GET",
+    "/api/session/qr",
+    auth="tenant",
+    tags=TAGS,
+    query=QRQuery,
+    response=QROut,
+    errors=(404, 409, 503),
+    produces=("application/json", "image/png", "image/svg+xml"),
+    summary="The QR code to scan: PNG, SVG, or JSON with the raw string (404 when none is showing)",
+)
 async def get_qr(request: web.Request, query: QRQuery) -> Any:
     current = supervisor_of(request).qr(_tenant_id(request))
     if current is None:
-        raise errors.NotFound("no QR code is showing: start the session and wait for state 'qr'",
-                              code="qr_not_available")
+        raise errors.NotFound(
+            "no QR code is showing: start the session and wait for state 'qr'", code="qr_not_available"
+        )
     if query.format == "json":
         return QROut(**current)
     code = segno.make(current["qr"], error="l")
@@ -111,6 +174,9 @@ async def get_qr(request: web.Request, query: QRQuery) -> Any:
     else:
         code.save(buf, kind="svg", scale=query.scale, border=4, xmldecl=False)
         content_type = "image/svg+xml"
-    headers = {"Cache-Control": "no-store", "X-QR-Attempt": str(current["attempt"]),
-               "X-QR-Expires-At": current["expires_at"]}
+    headers = {
+        "Cache-Control": "no-store",
+        "X-QR-Attempt": str(current["attempt"]),
+        "X-QR-Expires-At": current["expires_at"],
+    }
     return web.Response(body=buf.getvalue(), content_type=content_type, headers=headers)

@@ -18,8 +18,12 @@ from control_plane.api.routing import Router
 from control_plane.db import messages as messages_db
 from control_plane.db import utcnow
 from control_plane.db import whatsapp_config as config_db
-from control_plane.providers.cloud_api import (CloudCredentials, GraphAPIAuthError, GraphAPIError,
-                                               GraphAPIUnavailable)
+from control_plane.providers.cloud_api import (
+    CloudCredentials,
+    GraphAPIAuthError,
+    GraphAPIError,
+    GraphAPIUnavailable,
+)
 
 log = logging.getLogger(__name__)
 router = Router()
@@ -50,54 +54,109 @@ class TemplateSyncOut(TemplateList):
 
 
 def _template_out(row: dict[str, Any]) -> TemplateOut:
-    return TemplateOut(name=row["name"], language=row["language"], status=row["status"], category=row["category"],
-                       components=[c for c in row["components"] if isinstance(c, dict)],
-                       remote_id=row["remote_id"], waba_id=row["waba_id"], synced_at=row["synced_at"])
+    return TemplateOut(
+        name=row["name"],
+        language=row["language"],
+        status=row["status"],
+        category=row["category"],
+        components=[c for c in row["components"] if isinstance(c, dict)],
+        remote_id=row["remote_id"],
+        waba_id=row["waba_id"],
+        synced_at=row["synced_at"],
+    )
 
 
-@router.route("GET", "/api/whatsapp/templates", auth="tenant", tags=TAGS, response=TemplateList,
-              summary="The tenant's message templates as last synced from the Graph API")
+@router.route(
+    "GET",
+    "/api/whatsapp/templates",
+    auth="tenant",
+    tags=TAGS,
+    response=TemplateList,
+    summary="The tenant's message templates as last synced from the Graph API",
+)
 async def list_templates(request: web.Request) -> TemplateList:
     async with request.app["db"].connect() as conn:
         rows = await messages_db.list_templates(conn, request["tenant"]["id"])
     return TemplateList(templates=[_template_out(r) for r in rows])
 
 
-@router.route("POST", "/api/whatsapp/templates/sync", auth="tenant", tags=TAGS, response=TemplateSyncOut,
-              errors=(409, 503),
-              summary="Fetch the WABA's templates from the Graph API and mirror them locally")
+@router.route(
+    "POST",
+    "/api/whatsapp/templates/sync",
+    auth="tenant",
+    tags=TAGS,
+    response=TemplateSyncOut,
+    errors=(409, 503),
+    summary="Fetch the WABA's templates from the Graph API and mirror them locally",
+)
 async def sync_templates(request: web.Request) -> TemplateSyncOut:
     tenant_id = request["tenant"]["id"]
     async with request.app["db"].connect() as conn:
         config = await config_db.get_whatsapp_config(conn, tenant_id)
-    if not config or config["api_type"] not in ("business_api", "both") or not config["access_token_enc"] \
-            or not config["waba_id"] or not config["phone_number_id"]:
-        raise errors.Conflict("template sync needs a Business API config with phone_number_id, waba_id and "
-                              "access_token", code="business_api_not_configured", field="waba_id")
+    if (
+        not config
+        or config["api_type"] not in ("business_api", "both")
+        or not config["access_token_enc"]
+        or not config["waba_id"]
+        or not config["phone_number_id"]
+    ):
+        raise errors.Conflict(
+            "template sync needs a Business API config with phone_number_id, waba_id and access_token",
+            code="business_api_not_configured",
+            field="waba_id",
+        )
     settings = request.app["settings"]
-    creds = CloudCredentials(phone_number_id=config["phone_number_id"], waba_id=config["waba_id"],
-                             access_token=request.app["secret_box"].decrypt(config["access_token_enc"]),
-                             api_version=config["api_version"] or settings.graph_api_version)
+    creds = CloudCredentials(
+        phone_number_id=config["phone_number_id"],
+        waba_id=config["waba_id"],
+        access_token=request.app["secret_box"].decrypt(config["access_token_enc"]),
+        api_version=config["api_version"] or settings.graph_api_version,
+    )
     try:
         async with asyncio.timeout(SYNC_TIMEOUT_S):
             remote = await request.app["cloud_api"].list_templates(creds)
     except GraphAPIAuthError as exc:
         async with request.app["db"].begin() as conn:
-            await config_db.save_whatsapp_config(conn, tenant_id, {
-                "verification_status": "failed", "verified_at": utcnow(),
-                "verification_message": f"the Graph API rejected access_token (code {exc.code})"})
-        raise errors.Conflict(f"the Graph API rejected the stored access_token (code {exc.code}); update "
-                              "the WhatsApp config", code="invalid_access_token", field="access_token") from None
+            await config_db.save_whatsapp_config(
+                conn,
+                tenant_id,
+                {
+                    "verification_status": "failed",
+                    "verified_at": utcnow(),
+                    "verification_message": f"the Graph API rejected access_token (code {exc.code})",
+                },
+            )
+        raise errors.Conflict(
+            f"the Graph API rejected the stored access_token (code {exc.code}); update the WhatsApp config",
+            code="invalid_access_token",
+            field="access_token",
+        ) from None
     except (GraphAPIUnavailable, TimeoutError):
-        raise errors.Unavailable("the Graph API could not be reached; retry later", code="graph_api_unavailable")
+        raise errors.Unavailable(
+            "the Graph API could not be reached; retry later", code="graph_api_unavailable"
+        )
     except GraphAPIError as exc:
         if exc.retryable:
-            raise errors.Unavailable(f"the Graph API answered a temporary error (code {exc.code}); retry later",
-                                     code="graph_api_unavailable") from None
-        raise errors.Conflict(f"the Graph API refused the template list (code {exc.code}): {exc.message}",
-                              code="graph_api_refused", field="waba_id") from None
-    items = [{"id": t.id, "name": t.name, "language": t.language, "status": t.status, "category": t.category,
-              "components": t.components} for t in remote]
+            raise errors.Unavailable(
+                f"the Graph API answered a temporary error (code {exc.code}); retry later",
+                code="graph_api_unavailable",
+            ) from None
+        raise errors.Conflict(
+            f"the Graph API refused the template list (code {exc.code}): {exc.message}",
+            code="graph_api_refused",
+            field="waba_id",
+        ) from None
+    items = [
+        {
+            "id": t.id,
+            "name": t.name,
+            "language": t.language,
+            "status": t.status,
+            "category": t.category,
+            "components": t.components,
+        }
+        for t in remote
+    ]
     async with request.app["db"].begin() as conn:
         counts = await messages_db.replace_templates(conn, tenant_id, config["waba_id"], items)
         rows = await messages_db.list_templates(conn, tenant_id)

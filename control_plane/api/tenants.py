@@ -67,8 +67,16 @@ class ApiKeyList(ResponseModel):
     api_keys: list[ApiKeyOut]
 
 
-@router.route("POST", "/api/tenants", auth="admin", summary="Create a tenant and its first API key",
-              tags=TAGS, body=TenantCreate, response=TenantCreated, status=201)
+@router.route(
+    "POST",
+    "/api/tenants",
+    auth="admin",
+    summary="Create a tenant and its first API key",
+    tags=TAGS,
+    body=TenantCreate,
+    response=TenantCreated,
+    status=201,
+)
 async def create_tenant(request: web.Request, body: TenantCreate) -> TenantCreated:
     async with request.app["db"].begin() as conn:
         tenant = await tenants_db.create_tenant(conn, body.name, sandbox=body.sandbox)
@@ -84,14 +92,29 @@ async def list_tenants(request: web.Request) -> TenantList:
     return TenantList(tenants=[TenantOut(**r) for r in rows])
 
 
-@router.route("GET", "/api/tenants/{tenant_id}", auth="admin", summary="Get a tenant", tags=TAGS,
-              response=TenantOut, errors=(404,))
+@router.route(
+    "GET",
+    "/api/tenants/{tenant_id}",
+    auth="admin",
+    summary="Get a tenant",
+    tags=TAGS,
+    response=TenantOut,
+    errors=(404,),
+)
 async def get_tenant(request: web.Request) -> TenantOut:
     return TenantOut(**await load_tenant(request, request.match_info["tenant_id"]))
 
 
-@router.route("PATCH", "/api/tenants/{tenant_id}", auth="admin", summary="Rename, deactivate or reactivate",
-              tags=TAGS, body=TenantUpdate, response=TenantOut, errors=(404,))
+@router.route(
+    "PATCH",
+    "/api/tenants/{tenant_id}",
+    auth="admin",
+    summary="Rename, deactivate or reactivate",
+    tags=TAGS,
+    body=TenantUpdate,
+    response=TenantOut,
+    errors=(404,),
+)
 async def update_tenant(request: web.Request, body: TenantUpdate) -> TenantOut:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
@@ -113,8 +136,15 @@ def _recheck_open_connections(request: web.Request) -> None:
         relay.recheck_soon()
 
 
-@router.route("DELETE", "/api/tenants/{tenant_id}", auth="admin", tags=TAGS, status=204, errors=(404,),
-              summary="Delete a tenant: stops its session, removes its rows and its session folder")
+@router.route(
+    "DELETE",
+    "/api/tenants/{tenant_id}",
+    auth="admin",
+    tags=TAGS,
+    status=204,
+    errors=(404,),
+    summary="Delete a tenant: stops its session, removes its rows and its session folder",
+)
 async def delete_tenant(request: web.Request) -> None:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
     supervisor = request.app.get("supervisor")
@@ -127,8 +157,15 @@ async def delete_tenant(request: web.Request) -> None:
     return None
 
 
-@router.route("GET", "/api/tenants/{tenant_id}/api-keys", auth="admin", summary="List a tenant's API keys",
-              tags=TAGS, response=ApiKeyList, errors=(404,))
+@router.route(
+    "GET",
+    "/api/tenants/{tenant_id}/api-keys",
+    auth="admin",
+    summary="List a tenant's API keys",
+    tags=TAGS,
+    response=ApiKeyList,
+    errors=(404,),
+)
 async def list_api_keys(request: web.Request) -> ApiKeyList:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
     async with request.app["db"].connect() as conn:
@@ -136,8 +173,17 @@ async def list_api_keys(request: web.Request) -> ApiKeyList:
     return ApiKeyList(api_keys=[ApiKeyOut(**r) for r in rows])
 
 
-@router.route("POST", "/api/tenants/{tenant_id}/api-keys", auth="admin", summary="Create an extra API key",
-              tags=TAGS, body=ApiKeyCreate, response=ApiKeyCreated, status=201, errors=(404,))
+@router.route(
+    "POST",
+    "/api/tenants/{tenant_id}/api-keys",
+    auth="admin",
+    summary="Create an extra API key",
+    tags=TAGS,
+    body=ApiKeyCreate,
+    response=ApiKeyCreated,
+    status=201,
+    errors=(404,),
+)
 async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCreated:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
     async with request.app["db"].begin() as conn:
@@ -146,9 +192,17 @@ async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCrea
     return ApiKeyCreated(**row, api_key=key)
 
 
-@router.route("POST", "/api/tenants/{tenant_id}/api-keys/rotate", auth="admin", tags=TAGS,
-              summary="Rotate: revoke every live key of the tenant and issue one new key",
-              body=ApiKeyCreate, response=ApiKeyCreated, status=201, errors=(404,))
+@router.route(
+    "POST",
+    "/api/tenants/{tenant_id}/api-keys/rotate",
+    auth="admin",
+    tags=TAGS,
+    summary="Rotate: revoke every live key of the tenant and issue one new key",
+    body=ApiKeyCreate,
+    response=ApiKeyCreated,
+    status=201,
+    errors=(404,),
+)
 async def rotate_api_keys(request: web.Request, body: ApiKeyCreate) -> ApiKeyCreated:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
     async with request.app["db"].begin() as conn:
@@ -159,8 +213,15 @@ async def rotate_api_keys(request: web.Request, body: ApiKeyCreate) -> ApiKeyCre
     return ApiKeyCreated(**row, api_key=key)
 
 
-@router.route("DELETE", "/api/tenants/{tenant_id}/api-keys/{key_id}", auth="admin", tags=TAGS, status=204,
-              summary="Revoke one API key (effective at once)", errors=(404,))
+@router.route(
+    "DELETE",
+    "/api/tenants/{tenant_id}/api-keys/{key_id}",
+    auth="admin",
+    tags=TAGS,
+    status=204,
+    summary="Revoke one API key (effective at once)",
+    errors=(404,),
+)
 async def revoke_api_key(request: web.Request) -> None:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
     try:
@@ -176,7 +237,14 @@ async def revoke_api_key(request: web.Request) -> None:
     return None
 
 
-@router.route("GET", "/api/me", auth="tenant", mirror=False, tags=TAGS, response=TenantOut,
-              summary="The tenant this API key belongs to")
+@router.route(
+    "GET",
+    "/api/me",
+    auth="tenant",
+    mirror=False,
+    tags=TAGS,
+    response=TenantOut,
+    summary="The tenant this API key belongs to",
+)
 async def whoami(request: web.Request) -> TenantOut:
     return TenantOut(**request["tenant"])

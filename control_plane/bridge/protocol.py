@@ -35,8 +35,9 @@ import asyncio
 import itertools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ class BridgeConnection:
                 raise BridgeClosed(f"cannot write to the bridge: {exc}") from None
             try:
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise BridgeTimeout(f"{cmd} got no answer within {timeout:g} s") from None
         finally:
             self._pending.pop(id_, None)

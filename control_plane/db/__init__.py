@@ -9,8 +9,8 @@ from control_plane.db.metadata import metadata
 
 # Importing the table modules registers their tables on ``metadata`` (delete_tenant and the test
 # reset walk it). Add new modules here.
-from control_plane.db import events, messages, tenants, whatsapp_config  # noqa: E402,F401  isort: skip
-from control_plane.db import sessions  # noqa: E402,F401  isort: skip
-from control_plane.db import outbox  # noqa: E402,F401  isort: skip
+from control_plane.db import events, messages, tenants, whatsapp_config  # noqa: F401  isort: skip
+from control_plane.db import sessions  # noqa: F401  isort: skip
+from control_plane.db import outbox  # noqa: F401  isort: skip
 
 __all__ = ["Database", "DatabaseUnavailable", "metadata", "utcnow"]

@@ -41,8 +41,14 @@ class Database:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 10}
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, pool_pre_ping=True,
-                          pool_timeout=10, connect_args={"connect_timeout": 5, "charset": "utf8mb4"})
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_recycle=1800,
+                pool_pre_ping=True,
+                pool_timeout=10,
+                connect_args={"connect_timeout": 5, "charset": "utf8mb4"},
+            )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

@@ -29,8 +29,9 @@ event_log = sa.Table(
     "event_log",
     metadata,
     sa.Column("tenant_id", TenantId, primary_key=True),
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True,
-              autoincrement=False),
+    sa.Column(
+        "seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False
+    ),
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("ts", Timestamp, nullable=False, index=True),
     sa.Column("data", LongText, nullable=False),
@@ -67,19 +68,23 @@ Row = tuple[str, int, str, dt.datetime, str]  # (tenant_id, seq, type, ts, data)
 def _sqlite_upsert_counters(counts: dict[str, int]) -> sa.Executable:
     rows = [{"tenant_id": t, "last_seq": n} for t, n in sorted(counts.items())]
     ins = sqlite.insert(tenant_event_seq).values(rows)
-    return ins.on_conflict_do_update(index_elements=["tenant_id"],
-                                     set_={"last_seq": tenant_event_seq.c.last_seq + ins.excluded.last_seq})
+    return ins.on_conflict_do_update(
+        index_elements=["tenant_id"], set_={"last_seq": tenant_event_seq.c.last_seq + ins.excluded.last_seq}
+    )
 
 
 # The hot path on MariaDB: statements written once and sent through the driver. SQLAlchemy's
 # multi-VALUES construct compiles afresh for every batch size and costs more CPU than the insert;
 # aiomysql turns an executemany of ``INSERT ... VALUES (%s, ...)`` into ONE multi-row statement.
-_COUNTER_MOVE = ("ON DUPLICATE KEY UPDATE prev_writer = writer, writer = VALUES(writer), "
-                 "last_seq = last_seq + VALUES(last_seq)")  # SET goes left to right: prev_writer first
+_COUNTER_MOVE = (
+    "ON DUPLICATE KEY UPDATE prev_writer = writer, writer = VALUES(writer), "
+    "last_seq = last_seq + VALUES(last_seq)"
+)  # SET goes left to right: prev_writer first
 _MYSQL_UPSERT = "INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES (%s, %s) " + _COUNTER_MOVE
-_MARIADB_UPSERT_RETURNING = ("INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES {} "
-                             + _COUNTER_MOVE + " "
-                             "RETURNING tenant_id, last_seq")
+_MARIADB_UPSERT_RETURNING = (
+    "INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES {} " + _COUNTER_MOVE + " "
+    "RETURNING tenant_id, last_seq"
+)
 _MYSQL_SELECT = "SELECT tenant_id, last_seq FROM tenant_event_seq WHERE tenant_id IN ({})"
 _MYSQL_INSERT = "INSERT INTO event_log (tenant_id, seq, type, ts, data) VALUES "
 _MYSQL_ROW = "(X'%s',%d,X'%s','%s',X'%s')"  # hex literals: no escaping to get wrong, whatever sql_mode
@@ -89,9 +94,16 @@ def _mysql_insert_sql(rows: list[Row]) -> str:
     """The multi-row INSERT with its values inlined: ~2 us per row, against ~30 us for the
     driver's per-parameter escaping (the event log's hot path)."""
     return _MYSQL_INSERT + ",".join(
-        _MYSQL_ROW % (tenant_id.encode().hex(), seq, type_.encode().hex(),
-                      ts.isoformat(sep=" ", timespec="microseconds"), data.encode().hex())
-        for tenant_id, seq, type_, ts, data in rows)
+        _MYSQL_ROW
+        % (
+            tenant_id.encode().hex(),
+            seq,
+            type_.encode().hex(),
+            ts.isoformat(sep=" ", timespec="microseconds"),
+            data.encode().hex(),
+        )
+        for tenant_id, seq, type_, ts, data in rows
+    )
 
 
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
@@ -108,21 +120,37 @@ def _one_trip_sql(events: Sequence[NewEvent], counts: dict[str, int], *, commit:
     for name in (*tenant_ids, *{e[1] for e in events}):
         if not _SAFE_NAME.match(name):
             raise ValueError(f"event log: invalid tenant id or type {name!r}")
-    upsert = ("INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES "
-              + ",".join(f"('{t}',{counts[t]})" for t in tenant_ids)
-              + " " + _COUNTER_MOVE)
+    upsert = (
+        "INSERT INTO tenant_event_seq (tenant_id, last_seq) VALUES "
+        + ",".join(f"('{t}',{counts[t]})" for t in tenant_ids)
+        + " "
+        + _COUNTER_MOVE
+    )
     remaining = dict(counts)
     selects = []
     for tenant_id, type_, ts, data in events:
         remaining[tenant_id] -= 1
         template = _ROW_SELECT if selects else _FIRST_ROW_SELECT  # the first row names the columns
-        selects.append(template % (tenant_id, remaining[tenant_id], type_,
-                                   ts.isoformat(sep=" ", timespec="microseconds"), data.encode().hex()))
-    insert = ("INSERT INTO event_log (tenant_id, seq, type, ts, data) "
-              "SELECT v.t, c.last_seq - v.b, v.ty, v.ts, v.d FROM "
-              f"({' UNION ALL '.join(selects)}) AS v JOIN tenant_event_seq AS c ON c.tenant_id = v.t")
-    select = ("SELECT tenant_id, last_seq FROM tenant_event_seq WHERE tenant_id IN ("
-              + ",".join(f"'{t}'" for t in tenant_ids) + ")")
+        selects.append(
+            template
+            % (
+                tenant_id,
+                remaining[tenant_id],
+                type_,
+                ts.isoformat(sep=" ", timespec="microseconds"),
+                data.encode().hex(),
+            )
+        )
+    insert = (
+        "INSERT INTO event_log (tenant_id, seq, type, ts, data) "
+        "SELECT v.t, c.last_seq - v.b, v.ty, v.ts, v.d FROM "
+        f"({' UNION ALL '.join(selects)}) AS v JOIN tenant_event_seq AS c ON c.tenant_id = v.t"
+    )
+    select = (
+        "SELECT tenant_id, last_seq FROM tenant_event_seq WHERE tenant_id IN ("
+        + ",".join(f"'{t}'" for t in tenant_ids)
+        + ")"
+    )
     return f"{upsert};{insert};{select};COMMIT" if commit else f"{upsert};{insert};{select}"
 
 
@@ -136,11 +164,15 @@ def _upsert_and_read_sql(counts: dict[str, int], writer: int | None = None) -> s
         if not _SAFE_NAME.match(tenant_id):
             raise ValueError(f"event log: invalid tenant id {tenant_id!r}")
     token = "NULL" if writer is None else str(int(writer))
-    return ("INSERT INTO tenant_event_seq (tenant_id, last_seq, writer) VALUES "
-            + ",".join(f"('{t}',{counts[t]},{token})" for t in tenant_ids)
-            + " " + _COUNTER_MOVE + ";"
-            "SELECT GROUP_CONCAT(tenant_id, ' ', last_seq, ';' SEPARATOR '') FROM tenant_event_seq "
-            "WHERE tenant_id IN (" + ",".join(f"'{t}'" for t in tenant_ids) + ")")
+    return (
+        "INSERT INTO tenant_event_seq (tenant_id, last_seq, writer) VALUES "
+        + ",".join(f"('{t}',{counts[t]},{token})" for t in tenant_ids)
+        + " "
+        + _COUNTER_MOVE
+        + ";"
+        "SELECT GROUP_CONCAT(tenant_id, ' ', last_seq, ';' SEPARATOR '') FROM tenant_event_seq "
+        "WHERE tenant_id IN (" + ",".join(f"'{t}'" for t in tenant_ids) + ")"
+    )
 
 
 def _row_tails(events: Sequence[NewEvent]) -> list[str]:
@@ -178,16 +210,21 @@ async def allocate_seqs(conn: AsyncConnection, counts: dict[str, int]) -> dict[s
     tenant_ids = sorted(counts)
     if _is_mysql(conn) and _has_returning(conn):  # MariaDB >= 10.5: one round trip
         values = ", ".join(["(%s, %s)"] * len(tenant_ids))
-        result = await conn.exec_driver_sql(_MARIADB_UPSERT_RETURNING.format(values),
-                                            tuple(v for t in tenant_ids for v in (t, counts[t])))
+        result = await conn.exec_driver_sql(
+            _MARIADB_UPSERT_RETURNING.format(values), tuple(v for t in tenant_ids for v in (t, counts[t]))
+        )
     elif _is_mysql(conn):
         await conn.exec_driver_sql(_MYSQL_UPSERT, [(t, counts[t]) for t in tenant_ids])
-        result = await conn.exec_driver_sql(_MYSQL_SELECT.format(", ".join(["%s"] * len(tenant_ids))),
-                                            tuple(tenant_ids))
+        result = await conn.exec_driver_sql(
+            _MYSQL_SELECT.format(", ".join(["%s"] * len(tenant_ids))), tuple(tenant_ids)
+        )
     else:
         await conn.execute(_sqlite_upsert_counters(counts))
-        result = await conn.execute(sa.select(tenant_event_seq.c.tenant_id, tenant_event_seq.c.last_seq)
-                                    .where(tenant_event_seq.c.tenant_id.in_(tenant_ids)))
+        result = await conn.execute(
+            sa.select(tenant_event_seq.c.tenant_id, tenant_event_seq.c.last_seq).where(
+                tenant_event_seq.c.tenant_id.in_(tenant_ids)
+            )
+        )
     return {tenant_id: last - counts[tenant_id] + 1 for tenant_id, last in result}
 
 
@@ -209,8 +246,9 @@ def _number(events: Sequence[NewEvent], first_seq: dict[str, int]) -> list[Row]:
     return rows
 
 
-async def append_events(conn: AsyncConnection, events: Sequence[NewEvent], *, before: list[str] | None = None
-                        ) -> list[int]:
+async def append_events(
+    conn: AsyncConnection, events: Sequence[NewEvent], *, before: list[str] | None = None
+) -> list[int]:
     """Append events (any tenants) in one multi-row insert; returns the seq of each, in input order.
 
     Call inside a transaction: the seqs become visible when it commits. ``before``: raw statements
@@ -245,27 +283,34 @@ async def append_events(conn: AsyncConnection, events: Sequence[NewEvent], *, be
     if before:
         raise ValueError("raw statements before the append are for MariaDB/MySQL only")
     rows = _number(events, await allocate_seqs(conn, _count(events)))
-    await conn.execute(event_log.insert(), [dict(zip(("tenant_id", "seq", "type", "ts", "data"), r))
-                                            for r in rows])
+    await conn.execute(
+        event_log.insert(), [dict(zip(("tenant_id", "seq", "type", "ts", "data"), r)) for r in rows]
+    )
     return [r[1] for r in rows]
 
 
-async def events_after(conn: AsyncConnection, tenant_id: str, after_seq: int, *, limit: int = 100
-                       ) -> list[dict[str, Any]]:
+async def events_after(
+    conn: AsyncConnection, tenant_id: str, after_seq: int, *, limit: int = 100
+) -> list[dict[str, Any]]:
     """The tenant's events with seq > ``after_seq``, oldest first, at most ``limit``.
     ``data`` is the stored JSON text."""
     result = await conn.execute(
         sa.select(event_log.c.seq, event_log.c.type, event_log.c.ts, event_log.c.data)
         .where(event_log.c.tenant_id == tenant_id, event_log.c.seq > after_seq)
-        .order_by(event_log.c.seq).limit(limit))
-    return [{"tenant_id": tenant_id, "seq": seq, "type": type_, "ts": ts, "data": data}
-            for seq, type_, ts, data in result]
+        .order_by(event_log.c.seq)
+        .limit(limit)
+    )
+    return [
+        {"tenant_id": tenant_id, "seq": seq, "type": type_, "ts": ts, "data": data}
+        for seq, type_, ts, data in result
+    ]
 
 
 async def last_seq(conn: AsyncConnection, tenant_id: str) -> int:
     """The tenant's latest allocated seq (0 before its first event)."""
-    result = await conn.execute(sa.select(tenant_event_seq.c.last_seq)
-                                .where(tenant_event_seq.c.tenant_id == tenant_id))
+    result = await conn.execute(
+        sa.select(tenant_event_seq.c.last_seq).where(tenant_event_seq.c.tenant_id == tenant_id)
+    )
     return result.scalar() or 0
 
 
@@ -310,8 +355,9 @@ class EventLogWriter:
         """Whether :meth:`append_predicted` is available (MariaDB; known once connected)."""
         return self._two_trips
 
-    async def append(self, events: Sequence[NewEvent], *, on_locked: OnLocked | None = None,
-                     writer: int | None = None) -> list[int]:
+    async def append(
+        self, events: Sequence[NewEvent], *, on_locked: OnLocked | None = None, writer: int | None = None
+    ) -> list[int]:
         """Append and commit; returns the seqs in input order. ``on_locked(last)`` is called once the
         tenants' counter rows are locked by this transaction (its seqs are then settled: another
         transaction's upsert for any of these tenants waits until this one ends), before COMMIT;
@@ -342,8 +388,14 @@ class EventLogWriter:
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return [r[1] for r in _number(events, {t: last[t] - n + 1 for t, n in counts.items()})]
 
-    async def _append_two_trips(self, driver: Any, events: Sequence[NewEvent], counts: dict[str, int],
-                                on_locked: OnLocked | None, writer: int | None = None) -> list[int]:
+    async def _append_two_trips(
+        self,
+        driver: Any,
+        events: Sequence[NewEvent],
+        counts: dict[str, int],
+        on_locked: OnLocked | None,
+        writer: int | None = None,
+    ) -> list[int]:
         """MariaDB: trip 1, the counter upsert (rows locked from here) and the counters as this
         transaction left them; trip 2, ONE plain multi-row INSERT with the seqs inlined, and
         COMMIT. MariaDB spends about half the CPU per event on it that the one-trip
@@ -380,8 +432,15 @@ class EventLogWriter:
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return seqs
 
-    async def append_predicted(self, events: Sequence[NewEvent], seqs: Sequence[int], *, writer: int,
-                               after: dict[str, int], on_sent: Callable[[], None] | None = None) -> list[int]:
+    async def append_predicted(
+        self,
+        events: Sequence[NewEvent],
+        seqs: Sequence[int],
+        *,
+        writer: int,
+        after: dict[str, int],
+        on_sent: Callable[[], None] | None = None,
+    ) -> list[int]:
         """MariaDB: append with the seqs the caller predicted, and commit, in ONE round trip:
         the counter upsert (rows locked from here; ``writer``, this batch's random token, recorded
         as the counters' last mover) that checks each counter was moved last by ``after[tenant]``,
@@ -416,11 +475,15 @@ class EventLogWriter:
         # that batch means it committed and nobody moved the counter since, so it stands where
         # that batch ended and these seqs follow it (by induction back to a counter the database
         # numbered and this process read under its row lock).
-        sql = ("INSERT INTO tenant_event_seq (tenant_id, last_seq, writer, prev_writer) VALUES "
-               + ",".join(f"('{t}',{last[t]},{token},{int(after[t])})" for t in tenant_ids)
-               + " ON DUPLICATE KEY UPDATE last_seq = IF(writer <=> VALUES(prev_writer), VALUES(last_seq), "
-               "last_seq + 9223372036854775807), prev_writer = writer, writer = VALUES(writer);"
-               + _MYSQL_INSERT + ",".join(values) + ";COMMIT")
+        sql = (
+            "INSERT INTO tenant_event_seq (tenant_id, last_seq, writer, prev_writer) VALUES "
+            + ",".join(f"('{t}',{last[t]},{token},{int(after[t])})" for t in tenant_ids)
+            + " ON DUPLICATE KEY UPDATE last_seq = IF(writer <=> VALUES(prev_writer), VALUES(last_seq), "
+            "last_seq + 9223372036854775807), prev_writer = writer, writer = VALUES(writer);"
+            + _MYSQL_INSERT
+            + ",".join(values)
+            + ";COMMIT"
+        )
         try:
             async with self._driver_errors(), driver.cursor() as cur:
                 if on_sent is not None:  # runs once the statements are written (execute writes first)
@@ -458,7 +521,7 @@ class EventLogWriter:
         if self._conn is not None and now - self._used_at > self.PING_IDLE_S:
             try:
                 await self._driver.ping(reconnect=False)
-            except Exception:  # noqa: BLE001 - gone while idle: nothing was sent, take a new one
+            except Exception:
                 await self.close(invalidate=True)
         if self._conn is None:
             conn = await self.db.engine.connect()

@@ -22,7 +22,8 @@ import os
 import re
 import time
 import uuid
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql as mysql_dialect
@@ -32,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from control_plane.compact_json import dict_encoder
 from control_plane.db import events as events_db
 from control_plane.db.engine import utcnow
-from control_plane.db.metadata import LongText, Timestamp, TenantId, metadata
+from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
 
 # BIGINT on MariaDB; INTEGER on SQLite (only INTEGER PRIMARY KEY autoincrements there).
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
@@ -41,10 +42,23 @@ DIRECTIONS = ("inbound", "outbound")
 PROVIDERS = ("web", "business_api")
 STATUSES = ("queued", "sending", "sent", "delivered", "read", "played", "failed", "received")
 # Rank used to never move a message backwards. ``received`` is the inbound terminal state.
-STATUS_RANK = {"queued": 0, "sending": 1, "sent": 2, "failed": 3, "delivered": 4, "read": 5, "played": 6,
-               "received": 0}
-STATUS_TIME_COLUMN = {"sent": "sent_at", "delivered": "delivered_at", "read": "read_at", "played": "read_at",
-                      "failed": "failed_at"}
+STATUS_RANK = {
+    "queued": 0,
+    "sending": 1,
+    "sent": 2,
+    "failed": 3,
+    "delivered": 4,
+    "read": 5,
+    "played": 6,
+    "received": 0,
+}
+STATUS_TIME_COLUMN = {
+    "sent": "sent_at",
+    "delivered": "delivered_at",
+    "read": "read_at",
+    "played": "read_at",
+    "failed": "failed_at",
+}
 PROVIDER_ID_LEN = 128
 
 conversations = sa.Table(
@@ -70,7 +84,9 @@ messages = sa.Table(
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("conversation_id", BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "conversation_id", BigId, sa.ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("direction", sa.String(10), nullable=False),
     sa.Column("provider", sa.String(20), nullable=True),
     sa.Column("provider_message_id", sa.String(PROVIDER_ID_LEN), nullable=True),
@@ -87,8 +103,13 @@ messages = sa.Table(
     sa.Column("failed_at", Timestamp, nullable=True),
     sa.Column("provider_timestamp", Timestamp, nullable=True),
     sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
-    sa.Index("ix_messages_tenant_id_conversation_id_created_at_id", "tenant_id", "conversation_id",
-             "created_at", "id"),
+    sa.Index(
+        "ix_messages_tenant_id_conversation_id_created_at_id",
+        "tenant_id",
+        "conversation_id",
+        "created_at",
+        "id",
+    ),
 )
 
 message_statuses = sa.Table(
@@ -155,18 +176,18 @@ def new_message_ids(n: int) -> list[str]:
     raw = bytearray(os.urandom(16 * n))
     stamp = (time.time_ns() // 1_000_000).to_bytes(6, "big")
     for i in range(0, 16 * n, 16):
-        raw[i:i + 6] = stamp
+        raw[i : i + 6] = stamp
         raw[i + 6] = (raw[i + 6] & 0x0F) | 0x70  # version 7
         raw[i + 8] = (raw[i + 8] & 0x3F) | 0x80  # RFC 4122/9562 variant
     text = raw.hex()
-    return [text[i:i + 32] for i in range(0, 32 * n, 32)]
+    return [text[i : i + 32] for i in range(0, 32 * n, 32)]
 
 
 _ENCODE_DICT = dict_encoder(str)
 
 
 def dump_json(value: Any) -> str:
-    if type(value) is dict:  # noqa: E721 - the usual case: a content object
+    if type(value) is dict:
         return _ENCODE_DICT(value)
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
@@ -213,17 +234,29 @@ def message_out(row: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------- conversations
 
-async def get_or_create_conversation(conn: AsyncConnection, tenant_id: str, wa_id: str, *,
-                                     contact_name: str | None = None,
-                                     provider: str | None = None) -> dict[str, Any]:
+
+async def get_or_create_conversation(
+    conn: AsyncConnection,
+    tenant_id: str,
+    wa_id: str,
+    *,
+    contact_name: str | None = None,
+    provider: str | None = None,
+) -> dict[str, Any]:
     """The tenant's conversation with this contact (created when missing; safe under concurrency)."""
     wa_id = canonical_wa_id(wa_id)
     if not wa_id:
         raise ValueError("wa_id must contain digits")
     now = utcnow()
     stmt = _insert(conn, conversations).values(
-        tenant_id=tenant_id, wa_id=wa_id, contact_name=_clip(contact_name, 256), provider_last=provider,
-        unread_count=0, created_at=now, updated_at=now)
+        tenant_id=tenant_id,
+        wa_id=wa_id,
+        contact_name=_clip(contact_name, 256),
+        provider_last=provider,
+        unread_count=0,
+        created_at=now,
+        updated_at=now,
+    )
     if conn.dialect.name == "sqlite":
         stmt = stmt.on_conflict_do_nothing(index_elements=["tenant_id", "wa_id"])
     else:
@@ -235,116 +268,188 @@ async def get_or_create_conversation(conn: AsyncConnection, tenant_id: str, wa_i
     if provider:
         changes["provider_last"] = provider
     if changes:
-        await conn.execute(conversations.update()
-                           .where(conversations.c.tenant_id == tenant_id, conversations.c.wa_id == wa_id)
-                           .values(**changes))
+        await conn.execute(
+            conversations.update()
+            .where(conversations.c.tenant_id == tenant_id, conversations.c.wa_id == wa_id)
+            .values(**changes)
+        )
     return await get_conversation_by_wa_id(conn, tenant_id, wa_id)  # type: ignore[return-value]
 
 
-async def get_conversation(conn: AsyncConnection, tenant_id: str, conversation_id: int) -> dict[str, Any] | None:
-    result = await conn.execute(sa.select(conversations).where(conversations.c.tenant_id == tenant_id,
-                                                               conversations.c.id == conversation_id))
+async def get_conversation(
+    conn: AsyncConnection, tenant_id: str, conversation_id: int
+) -> dict[str, Any] | None:
+    result = await conn.execute(
+        sa.select(conversations).where(
+            conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id
+        )
+    )
     row = result.first()
     return dict(row._mapping) if row else None
 
 
-async def get_conversation_by_wa_id(conn: AsyncConnection, tenant_id: str, wa_id: str) -> dict[str, Any] | None:
-    result = await conn.execute(sa.select(conversations).where(
-        conversations.c.tenant_id == tenant_id, conversations.c.wa_id == canonical_wa_id(wa_id)))
+async def get_conversation_by_wa_id(
+    conn: AsyncConnection, tenant_id: str, wa_id: str
+) -> dict[str, Any] | None:
+    result = await conn.execute(
+        sa.select(conversations).where(
+            conversations.c.tenant_id == tenant_id, conversations.c.wa_id == canonical_wa_id(wa_id)
+        )
+    )
     row = result.first()
     return dict(row._mapping) if row else None
 
 
-async def adopt_canonical_wa_id(conn: AsyncConnection, tenant_id: str, conversation_id: int, old: str,
-                                new: str) -> bool:
+async def adopt_canonical_wa_id(
+    conn: AsyncConnection, tenant_id: str, conversation_id: int, old: str, new: str
+) -> bool:
     """The Cloud API answered a send to ``old`` with the contact's canonical ``new`` id (Brazil's 9th
     digit): the conversation takes it, so the contact's replies (from ``new``) land in it. False when
     it already changed, or when another conversation of the tenant holds ``new`` (IntegrityError from
     the (tenant_id, wa_id) key: the caller's transaction is then to be rolled back)."""
-    result = await conn.execute(sa.update(conversations).where(
-        conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id,
-        conversations.c.wa_id == canonical_wa_id(old)).values(wa_id=canonical_wa_id(new)))
+    result = await conn.execute(
+        sa.update(conversations)
+        .where(
+            conversations.c.tenant_id == tenant_id,
+            conversations.c.id == conversation_id,
+            conversations.c.wa_id == canonical_wa_id(old),
+        )
+        .values(wa_id=canonical_wa_id(new))
+    )
     return result.rowcount == 1
 
 
-async def list_conversations(conn: AsyncConnection, tenant_id: str, *, limit: int = 50,
-                             before: tuple[dt.datetime, int] | None = None) -> list[dict[str, Any]]:
+async def list_conversations(
+    conn: AsyncConnection, tenant_id: str, *, limit: int = 50, before: tuple[dt.datetime, int] | None = None
+) -> list[dict[str, Any]]:
     """Newest activity first; ``before=(last_message_at, id)`` of the previous page's last row."""
     stmt = sa.select(conversations).where(conversations.c.tenant_id == tenant_id)
     if before is not None:
         at, cid = before
-        stmt = stmt.where(sa.or_(conversations.c.last_message_at < at,
-                                 sa.and_(conversations.c.last_message_at == at, conversations.c.id < cid)))
+        stmt = stmt.where(
+            sa.or_(
+                conversations.c.last_message_at < at,
+                sa.and_(conversations.c.last_message_at == at, conversations.c.id < cid),
+            )
+        )
     stmt = stmt.order_by(conversations.c.last_message_at.desc(), conversations.c.id.desc()).limit(limit)
     result = await conn.execute(stmt)
     return [dict(r._mapping) for r in result]
 
 
 async def mark_conversation_read(conn: AsyncConnection, tenant_id: str, conversation_id: int) -> bool:
-    result = await conn.execute(conversations.update().where(
-        conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
-        .values(unread_count=0, updated_at=utcnow()))
+    result = await conn.execute(
+        conversations.update()
+        .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
+        .values(unread_count=0, updated_at=utcnow())
+    )
     return result.rowcount > 0
 
 
 # -------------------------------------------------------------------------------------------- messages
 
+
 async def get_message(conn: AsyncConnection, tenant_id: str, message_id: str) -> dict[str, Any] | None:
-    result = await conn.execute(sa.select(messages).where(messages.c.tenant_id == tenant_id,
-                                                          messages.c.id == message_id))
+    result = await conn.execute(
+        sa.select(messages).where(messages.c.tenant_id == tenant_id, messages.c.id == message_id)
+    )
     row = result.first()
     return dict(row._mapping) if row else None
 
 
-async def get_message_by_provider_id(conn: AsyncConnection, tenant_id: str, provider: str,
-                                     provider_message_id: str) -> dict[str, Any] | None:
-    result = await conn.execute(sa.select(messages).where(
-        messages.c.tenant_id == tenant_id, messages.c.provider == provider,
-        messages.c.provider_message_id == provider_message_id))
+async def get_message_by_provider_id(
+    conn: AsyncConnection, tenant_id: str, provider: str, provider_message_id: str
+) -> dict[str, Any] | None:
+    result = await conn.execute(
+        sa.select(messages).where(
+            messages.c.tenant_id == tenant_id,
+            messages.c.provider == provider,
+            messages.c.provider_message_id == provider_message_id,
+        )
+    )
     row = result.first()
     return dict(row._mapping) if row else None
 
 
-async def list_messages(conn: AsyncConnection, tenant_id: str, conversation_id: int, *, limit: int = 50,
-                        before: tuple[dt.datetime, str] | None = None) -> list[dict[str, Any]]:
+async def list_messages(
+    conn: AsyncConnection,
+    tenant_id: str,
+    conversation_id: int,
+    *,
+    limit: int = 50,
+    before: tuple[dt.datetime, str] | None = None,
+) -> list[dict[str, Any]]:
     """A conversation's messages, newest first; ``before=(created_at, id)`` of the previous page's last."""
-    stmt = sa.select(messages).where(messages.c.tenant_id == tenant_id,
-                                     messages.c.conversation_id == conversation_id)
+    stmt = sa.select(messages).where(
+        messages.c.tenant_id == tenant_id, messages.c.conversation_id == conversation_id
+    )
     if before is not None:
         at, mid = before
-        stmt = stmt.where(sa.or_(messages.c.created_at < at,
-                                 sa.and_(messages.c.created_at == at, messages.c.id < mid)))
+        stmt = stmt.where(
+            sa.or_(messages.c.created_at < at, sa.and_(messages.c.created_at == at, messages.c.id < mid))
+        )
     stmt = stmt.order_by(messages.c.created_at.desc(), messages.c.id.desc()).limit(limit)
     result = await conn.execute(stmt)
     return [dict(r._mapping) for r in result]
 
 
-async def create_outbound_message(conn: AsyncConnection, tenant_id: str, conversation_id: int, *, type: str,
-                                  content: Any, message_id: str | None = None,
-                                  provider: str | None = None) -> dict[str, Any]:
+async def create_outbound_message(
+    conn: AsyncConnection,
+    tenant_id: str,
+    conversation_id: int,
+    *,
+    type: str,
+    content: Any,
+    message_id: str | None = None,
+    provider: str | None = None,
+) -> dict[str, Any]:
     """A queued outbound message row (the messaging outbox adds its own columns/tables in 0005)."""
     now = utcnow()
-    row = {"id": message_id or new_message_id(), "tenant_id": tenant_id, "conversation_id": conversation_id,
-           "direction": "outbound", "provider": provider, "provider_message_id": None, "type": type,
-           "content": dump_json(content), "status": "queued", "created_at": now, "updated_at": now}
+    row = {
+        "id": message_id or new_message_id(),
+        "tenant_id": tenant_id,
+        "conversation_id": conversation_id,
+        "direction": "outbound",
+        "provider": provider,
+        "provider_message_id": None,
+        "type": type,
+        "content": dump_json(content),
+        "status": "queued",
+        "created_at": now,
+        "updated_at": now,
+    }
     await conn.execute(messages.insert().values(**row))
-    await conn.execute(conversations.update().where(conversations.c.tenant_id == tenant_id,
-                                                    conversations.c.id == conversation_id)
-                       .values(last_message_at=now, last_message_id=row["id"], updated_at=now))
+    await conn.execute(
+        conversations.update()
+        .where(conversations.c.tenant_id == tenant_id, conversations.c.id == conversation_id)
+        .values(last_message_at=now, last_message_id=row["id"], updated_at=now)
+    )
     return row
 
 
-async def advance_message_status(conn: AsyncConnection, tenant_id: str, message_id: str, status: str, *,
-                                 at: dt.datetime | None = None, error_code: str | int | None = None,
-                                 error_message: str | None = None, **columns: Any) -> dict[str, Any] | None:
+async def advance_message_status(
+    conn: AsyncConnection,
+    tenant_id: str,
+    message_id: str,
+    status: str,
+    *,
+    at: dt.datetime | None = None,
+    error_code: str | int | None = None,
+    error_message: str | None = None,
+    **columns: Any,
+) -> dict[str, Any] | None:
     """Move one message forward on the ladder (never backwards); extra ``columns`` (provider,
     provider_message_id, ...) are set whatever the status. Returns the row after the change."""
     row = await get_message(conn, tenant_id, message_id)
     if row is None:
         return None
     values = dict(columns)
-    values.update(_status_changes(row, [{"status": status, "occurred_at": at, "error_code": error_code,
-                                         "error_message": error_message}]))
+    values.update(
+        _status_changes(
+            row,
+            [{"status": status, "occurred_at": at, "error_code": error_code, "error_message": error_message}],
+        )
+    )
     if values:
         values["updated_at"] = utcnow()
         await conn.execute(guarded_update(tenant_id, message_id, values))
@@ -361,11 +466,14 @@ def guarded_update(tenant_id: str, message_id: str, changes: dict[str, Any]) -> 
     values: dict[str, Any] = dict(changes)
     status = values.get("status")
     if status is not None:
-        values["status"] = sa.case((_RANK_SQL < status_rank(status), status), else_=messages.c.status)
+        values["status"] = sa.case((status_rank(status) > _RANK_SQL, status), else_=messages.c.status)
     for column in set(STATUS_TIME_COLUMN.values()).intersection(values):
         values[column] = sa.func.coalesce(messages.c[column], values[column])
-    return (messages.update().where(messages.c.tenant_id == tenant_id, messages.c.id == message_id)
-            .values(**values))
+    return (
+        messages.update()
+        .where(messages.c.tenant_id == tenant_id, messages.c.id == message_id)
+        .values(**values)
+    )
 
 
 def _status_changes(row: dict[str, Any], updates: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -402,8 +510,9 @@ def _fresh_inbound(items: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dic
     return fresh
 
 
-def _inbound_rows(tenant_id: str, fresh: dict[tuple[str, str], dict[str, Any]],
-                  now: dt.datetime) -> list[dict[str, Any]]:
+def _inbound_rows(
+    tenant_id: str, fresh: dict[tuple[str, str], dict[str, Any]], now: dt.datetime
+) -> list[dict[str, Any]]:
     """Message rows for new inbound items (``_wa_id``/``_contact_name`` for the conversations),
     oldest first."""
     rows: list[dict[str, Any]] = []
@@ -413,14 +522,28 @@ def _inbound_rows(tenant_id: str, fresh: dict[tuple[str, str], dict[str, Any]],
         if not wa_id.isdigit() or not wa_id.isascii():
             wa_id = canonical_wa_id(wa_id) or "0"
         kind = item.get("type") or "unknown"
-        rows.append({"id": mid, "tenant_id": tenant_id, "conversation_id": None,
-                     "direction": "inbound", "provider": provider, "provider_message_id": pmid,
-                     "type": kind if len(kind) <= 32 else kind[:32], "content": dump_json(item.get("content")),
-                     "status": "received", "error_code": None, "error_message": None,
-                     "created_at": now, "updated_at": now, "provider_timestamp": item.get("provider_timestamp") or now,
-                     "_wa_id": wa_id if len(wa_id) <= 32 else wa_id[:32],
-                     "_contact_name": _clip(item.get("contact_name"), 256), "_content": item.get("content"),
-                     "_to": item.get("to")})
+        rows.append(
+            {
+                "id": mid,
+                "tenant_id": tenant_id,
+                "conversation_id": None,
+                "direction": "inbound",
+                "provider": provider,
+                "provider_message_id": pmid,
+                "type": kind if len(kind) <= 32 else kind[:32],
+                "content": dump_json(item.get("content")),
+                "status": "received",
+                "error_code": None,
+                "error_message": None,
+                "created_at": now,
+                "updated_at": now,
+                "provider_timestamp": item.get("provider_timestamp") or now,
+                "_wa_id": wa_id if len(wa_id) <= 32 else wa_id[:32],
+                "_contact_name": _clip(item.get("contact_name"), 256),
+                "_content": item.get("content"),
+                "_to": item.get("to"),
+            }
+        )
     if len(rows) > 1:
         rows.sort(key=lambda r: (r["provider_timestamp"], r["provider_message_id"]))
     return rows
@@ -433,9 +556,17 @@ def _conversation_rows(tenant_id: str, rows: list[dict[str, Any]], now: dt.datet
         c = convs.get(r["_wa_id"])
         if c is None:
             c = convs[r["_wa_id"]] = {
-                "tenant_id": tenant_id, "wa_id": r["_wa_id"], "contact_name": None, "provider_last": r["provider"],
-                "last_inbound_at": r["provider_timestamp"], "last_message_at": r["provider_timestamp"],
-                "last_message_id": r["id"], "unread_count": 0, "created_at": now, "updated_at": now}
+                "tenant_id": tenant_id,
+                "wa_id": r["_wa_id"],
+                "contact_name": None,
+                "provider_last": r["provider"],
+                "last_inbound_at": r["provider_timestamp"],
+                "last_message_at": r["provider_timestamp"],
+                "last_message_id": r["id"],
+                "unread_count": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
         c["unread_count"] += 1
         if r["_contact_name"]:
             c["contact_name"] = r["_contact_name"]
@@ -446,8 +577,13 @@ def _conversation_rows(tenant_id: str, rows: list[dict[str, Any]], now: dt.datet
     return [convs[k] for k in sorted(convs)]
 
 
-async def record_inbound_messages(conn: AsyncConnection, tenant_id: str, items: Iterable[dict[str, Any]], *,
-                                  deferred: list[str] | None = None) -> list[dict[str, Any]]:
+async def record_inbound_messages(
+    conn: AsyncConnection,
+    tenant_id: str,
+    items: Iterable[dict[str, Any]],
+    *,
+    deferred: list[str] | None = None,
+) -> list[dict[str, Any]]:
     """Store inbound messages once per (tenant, provider, provider_message_id); create/refresh their
     conversations (contact name, last_inbound_at = the 24 h window, last message, unread count).
 
@@ -473,9 +609,13 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str, items: 
             fresh.pop((provider, pmid), None)
     else:
         for provider, pmids in by_provider.items():
-            result = await conn.execute(sa.select(messages.c.provider_message_id).where(
-                messages.c.tenant_id == tenant_id, messages.c.provider == provider,
-                messages.c.provider_message_id.in_(pmids)))
+            result = await conn.execute(
+                sa.select(messages.c.provider_message_id).where(
+                    messages.c.tenant_id == tenant_id,
+                    messages.c.provider == provider,
+                    messages.c.provider_message_id.in_(pmids),
+                )
+            )
             for (pmid,) in result:
                 fresh.pop((provider, pmid), None)
     if not fresh:
@@ -486,11 +626,16 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str, items: 
     conv_rows = _conversation_rows(tenant_id, rows, now)
     convs = {c["wa_id"]: c for c in conv_rows}
     if raw:  # MariaDB: the upsert returns the ids (one round trip, not two)
-        conv_ids = {wa: cid for cid, wa in (await _driver_query(conn, _upsert_conversations_sql(conv_rows)))[0]}
+        conv_ids = {
+            wa: cid for cid, wa in (await _driver_query(conn, _upsert_conversations_sql(conv_rows)))[0]
+        }
     else:
         await _upsert_conversations(conn, conv_rows)
-        result = await conn.execute(sa.select(conversations.c.id, conversations.c.wa_id).where(
-            conversations.c.tenant_id == tenant_id, conversations.c.wa_id.in_(list(convs))))
+        result = await conn.execute(
+            sa.select(conversations.c.id, conversations.c.wa_id).where(
+                conversations.c.tenant_id == tenant_id, conversations.c.wa_id.in_(list(convs))
+            )
+        )
         conv_ids = {wa: cid for cid, wa in result}
     for r in rows:
         r["conversation_id"] = conv_ids[r["_wa_id"]]
@@ -506,8 +651,11 @@ async def record_inbound_messages(conn: AsyncConnection, tenant_id: str, items: 
         inserted = (await conn.execute(_insert_ignore(conn, messages), insert_rows)).rowcount
     if inserted is not None and 0 <= inserted < len(insert_rows):
         # Another node stored some of these between our check and our insert: keep only ours.
-        got = await conn.execute(sa.select(messages.c.id).where(messages.c.tenant_id == tenant_id,
-                                                                messages.c.id.in_([r["id"] for r in rows])))
+        got = await conn.execute(
+            sa.select(messages.c.id).where(
+                messages.c.tenant_id == tenant_id, messages.c.id.in_([r["id"] for r in rows])
+            )
+        )
         mine = {mid for (mid,) in got}
         rows = [r for r in rows if r["id"] in mine]
     return [_stored_row(r) for r in rows]
@@ -527,6 +675,7 @@ def _stored_row(r: dict[str, Any]) -> dict[str, Any]:
 # parameter in Python; together they cost more CPU than MariaDB spends on the statements. Strings go
 # as ``_utf8mb4 X'<hex>'`` (nothing to escape whatever the sql_mode; the column's collation applies,
 # so the unique indexes serve the lookups), datetimes and integers as digits.
+
 
 async def _driver_query(conn: AsyncConnection, sql: str) -> tuple[list[tuple], int]:
     """Run one parameterless statement on ``conn``'s driver connection, inside its transaction (no
@@ -564,8 +713,11 @@ async def run_deferred(conn: AsyncConnection, deferred: list[str]) -> None:
 def raw_mariadb(conn: AsyncConnection) -> bool:
     """MariaDB >= 10.5 (INSERT ... RETURNING): the raw statements below apply."""
     dialect = conn.dialect
-    return (dialect.name in ("mysql", "mariadb") and bool(getattr(dialect, "is_mariadb", False))
-            and (dialect.server_version_info or ()) >= (10, 5))
+    return (
+        dialect.name in ("mysql", "mariadb")
+        and bool(getattr(dialect, "is_mariadb", False))
+        and (dialect.server_version_info or ()) >= (10, 5)
+    )
 
 
 # ---- The webhook's fast path (MariaDB): no duplicate check before writing. The batch's statements go
@@ -575,10 +727,11 @@ def raw_mariadb(conn: AsyncConnection) -> bool:
 # (``record_inbound_messages``). Conversation ids come from the caller's cache; contacts it does not
 # know are upserted first, in their own round trip, to learn theirs.
 
+
 class InboundPlan:
     """One tenant's new inbound messages, prepared for the fast path."""
 
-    __slots__ = ("tenant_id", "rows", "conversations")
+    __slots__ = ("conversations", "rows", "tenant_id")
 
     def __init__(self, tenant_id: str, items: Iterable[dict[str, Any]], now: dt.datetime) -> None:
         self.tenant_id = tenant_id
@@ -645,11 +798,14 @@ def _existing_wamids_sql(tenant_id: str, by_provider: dict[str, list[str]]) -> s
     return " UNION ALL ".join(
         f"SELECT provider, provider_message_id FROM messages WHERE tenant_id = {tenant} AND provider = "
         f"{_lit(provider)} AND provider_message_id IN ({','.join(map(_lit, pmids))})"
-        for provider, pmids in by_provider.items())
+        for provider, pmids in by_provider.items()
+    )
 
 
-_CONV_UPSERT_HEAD = ("INSERT INTO conversations (tenant_id, wa_id, contact_name, provider_last, last_inbound_at, "
-                     "last_message_at, last_message_id, unread_count, created_at, updated_at) VALUES ")
+_CONV_UPSERT_HEAD = (
+    "INSERT INTO conversations (tenant_id, wa_id, contact_name, provider_last, last_inbound_at, "
+    "last_message_at, last_message_id, unread_count, created_at, updated_at) VALUES "
+)
 _CONV_UPSERT_HEAD_IDS = _CONV_UPSERT_HEAD.replace("updated_at)", "updated_at, id)", 1)
 # The same SET list as ``_upsert_conversations`` (order matters: MariaDB applies it left to right).
 _CONV_UPSERT_TAIL = (
@@ -661,11 +817,13 @@ _CONV_UPSERT_TAIL = (
     "conversations.last_message_at, VALUES(last_message_at), conversations.last_message_at), "
     "last_inbound_at = IF(conversations.last_inbound_at IS NULL OR VALUES(last_inbound_at) > "
     "conversations.last_inbound_at, VALUES(last_inbound_at), conversations.last_inbound_at), "
-    "unread_count = conversations.unread_count + VALUES(unread_count), updated_at = VALUES(updated_at)")
+    "unread_count = conversations.unread_count + VALUES(unread_count), updated_at = VALUES(updated_at)"
+)
 
 
-def _upsert_conversations_sql(rows: list[dict[str, Any]], *, returning: bool = True,
-                              ids: dict[str, int] | None = None) -> str:
+def _upsert_conversations_sql(
+    rows: list[dict[str, Any]], *, returning: bool = True, ids: dict[str, int] | None = None
+) -> str:
     """``ids`` (wa_id -> the conversation's id, when known): the rows carry their ids, so InnoDB finds
     each duplicate on the primary key at once. Without them it first inserts the row into the
     clustered index under a fresh auto-increment id, meets the duplicate on (tenant_id, wa_id) and
@@ -681,16 +839,19 @@ def _upsert_conversations_sql(rows: list[dict[str, Any]], *, returning: bool = T
     values = ",".join(
         f"({lit(c['tenant_id'])},{_lit(c['wa_id'])},{lit(c['contact_name'])},{lit(c['provider_last'])},"
         f"{lit(c['last_inbound_at'])},{lit(c['last_message_at'])},{_lit(c['last_message_id'])},"
-        f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])}" + (
-            f",{int(ids[c['wa_id']])})" if ids is not None else ")")
-        for c in rows)
+        f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])}"
+        + (f",{int(ids[c['wa_id']])})" if ids is not None else ")")
+        for c in rows
+    )
     head = _CONV_UPSERT_HEAD if ids is None else _CONV_UPSERT_HEAD_IDS
     return head + values + (_CONV_UPSERT_TAIL + " RETURNING id, wa_id" if returning else _CONV_UPSERT_TAIL)
 
 
-_MESSAGES_INSERT_HEAD = ("INSERT IGNORE INTO messages (id, tenant_id, conversation_id, direction, provider, "
-                         "provider_message_id, type, content, status, error_code, error_message, created_at, "
-                         "updated_at, provider_timestamp) VALUES ")
+_MESSAGES_INSERT_HEAD = (
+    "INSERT IGNORE INTO messages (id, tenant_id, conversation_id, direction, provider, "
+    "provider_message_id, type, content, status, error_code, error_message, created_at, "
+    "updated_at, provider_timestamp) VALUES "
+)
 
 
 def _insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> str:
@@ -708,7 +869,8 @@ def _insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> 
         f"{lit(r['provider'])},{_lit(r['provider_message_id'])},{lit(r['type'])},{_lit(r['content'])},"
         f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{lit(r['created_at'])},"
         f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])})"
-        for r in rows)
+        for r in rows
+    )
 
 
 async def _upsert_conversations(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
@@ -718,17 +880,24 @@ async def _upsert_conversations(conn: AsyncConnection, rows: list[dict[str, Any]
         ex = stmt.excluded
         c = conversations.c
         newer = sa.or_(c.last_message_at.is_(None), ex.last_message_at >= c.last_message_at)
-        stmt = stmt.on_conflict_do_update(index_elements=["tenant_id", "wa_id"], set_={
-            "contact_name": sa.func.coalesce(ex.contact_name, c.contact_name),
-            "provider_last": ex.provider_last,
-            "last_message_id": sa.case((newer, ex.last_message_id), else_=c.last_message_id),
-            "last_message_at": sa.case((newer, ex.last_message_at), else_=c.last_message_at),
-            "last_inbound_at": sa.case((sa.or_(c.last_inbound_at.is_(None),
-                                               ex.last_inbound_at > c.last_inbound_at), ex.last_inbound_at),
-                                       else_=c.last_inbound_at),
-            "unread_count": c.unread_count + ex.unread_count,
-            "updated_at": ex.updated_at,
-        })
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["tenant_id", "wa_id"],
+            set_={
+                "contact_name": sa.func.coalesce(ex.contact_name, c.contact_name),
+                "provider_last": ex.provider_last,
+                "last_message_id": sa.case((newer, ex.last_message_id), else_=c.last_message_id),
+                "last_message_at": sa.case((newer, ex.last_message_at), else_=c.last_message_at),
+                "last_inbound_at": sa.case(
+                    (
+                        sa.or_(c.last_inbound_at.is_(None), ex.last_inbound_at > c.last_inbound_at),
+                        ex.last_inbound_at,
+                    ),
+                    else_=c.last_inbound_at,
+                ),
+                "unread_count": c.unread_count + ex.unread_count,
+                "updated_at": ex.updated_at,
+            },
+        )
     else:
         stmt = mysql_dialect.insert(conversations)
         ins = stmt.inserted
@@ -736,22 +905,30 @@ async def _upsert_conversations(conn: AsyncConnection, rows: list[dict[str, Any]
         newer = sa.or_(c.last_message_at.is_(None), ins.last_message_at >= c.last_message_at)
         # MariaDB evaluates SET left to right with updated values visible: last_message_id must be
         # decided before last_message_at changes. Passing a list keeps that order.
-        stmt = stmt.on_duplicate_key_update([
-            ("contact_name", sa.func.coalesce(ins.contact_name, c.contact_name)),
-            ("provider_last", ins.provider_last),
-            ("last_message_id", sa.func.IF(newer, ins.last_message_id, c.last_message_id)),
-            ("last_message_at", sa.func.IF(newer, ins.last_message_at, c.last_message_at)),
-            ("last_inbound_at", sa.func.IF(sa.or_(c.last_inbound_at.is_(None),
-                                                  ins.last_inbound_at > c.last_inbound_at),
-                                           ins.last_inbound_at, c.last_inbound_at)),
-            ("unread_count", c.unread_count + ins.unread_count),
-            ("updated_at", ins.updated_at),
-        ])
+        stmt = stmt.on_duplicate_key_update(
+            [
+                ("contact_name", sa.func.coalesce(ins.contact_name, c.contact_name)),
+                ("provider_last", ins.provider_last),
+                ("last_message_id", sa.func.IF(newer, ins.last_message_id, c.last_message_id)),
+                ("last_message_at", sa.func.IF(newer, ins.last_message_at, c.last_message_at)),
+                (
+                    "last_inbound_at",
+                    sa.func.IF(
+                        sa.or_(c.last_inbound_at.is_(None), ins.last_inbound_at > c.last_inbound_at),
+                        ins.last_inbound_at,
+                        c.last_inbound_at,
+                    ),
+                ),
+                ("unread_count", c.unread_count + ins.unread_count),
+                ("updated_at", ins.updated_at),
+            ]
+        )
     await conn.execute(stmt, rows)
 
 
-async def apply_status_updates(conn: AsyncConnection, tenant_id: str,
-                               updates: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+async def apply_status_updates(
+    conn: AsyncConnection, tenant_id: str, updates: Iterable[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Record status facts once per (tenant, provider_message_id, status) and move their messages up
     the ladder (never back). Each update: ``provider``, ``provider_message_id``, ``status``,
     ``occurred_at``, optional ``recipient_id``, ``error_code``, ``error_message``, ``raw`` (JSON-able).
@@ -771,9 +948,11 @@ async def apply_status_updates(conn: AsyncConnection, tenant_id: str,
     if not fresh:
         return []
     pmids = sorted({k[0] for k in fresh})
-    result = await conn.execute(sa.select(message_statuses.c.provider_message_id, message_statuses.c.status)
-                                .where(message_statuses.c.tenant_id == tenant_id,
-                                       message_statuses.c.provider_message_id.in_(pmids)))
+    result = await conn.execute(
+        sa.select(message_statuses.c.provider_message_id, message_statuses.c.status).where(
+            message_statuses.c.tenant_id == tenant_id, message_statuses.c.provider_message_id.in_(pmids)
+        )
+    )
     for pmid, status in result:
         fresh.pop((pmid, status), None)
     if not fresh:
@@ -783,11 +962,16 @@ async def apply_status_updates(conn: AsyncConnection, tenant_id: str,
     providers = sorted({upd["provider"] for upd in fresh.values()})
     # A locking read (MariaDB): another transaction moving these messages commits first, and we read
     # what it left (the unique index (tenant, provider, wamid) finds, and locks, just these rows).
-    result = await conn.execute(sa.select(messages).where(messages.c.tenant_id == tenant_id,
-                                                          messages.c.provider.in_(providers),
-                                                          messages.c.provider_message_id.in_(pmids))
-                                .order_by(messages.c.provider, messages.c.provider_message_id)
-                                .with_for_update())
+    result = await conn.execute(
+        sa.select(messages)
+        .where(
+            messages.c.tenant_id == tenant_id,
+            messages.c.provider.in_(providers),
+            messages.c.provider_message_id.in_(pmids),
+        )
+        .order_by(messages.c.provider, messages.c.provider_message_id)
+        .with_for_update()
+    )
     known: dict[tuple[str | None, str], dict[str, Any]] = {}
     for row in result:
         m = dict(row._mapping)
@@ -798,13 +982,23 @@ async def apply_status_updates(conn: AsyncConnection, tenant_id: str,
     per_message: dict[str, list[dict[str, Any]]] = {}
     for (pmid, status), upd in sorted(fresh.items()):
         msg = known.get((upd["provider"], pmid))
-        status_rows.append({
-            "tenant_id": tenant_id, "message_id": msg["id"] if msg else None, "provider": upd["provider"],
-            "provider_message_id": pmid, "status": status, "occurred_at": upd.get("occurred_at"),
-            "recipient_id": _clip(upd.get("recipient_id"), 32),
-            "error_code": _clip(str(upd["error_code"]), 64) if upd.get("error_code") is not None else None,
-            "error_message": upd.get("error_message"),
-            "raw": dump_json(upd["raw"]) if upd.get("raw") is not None else None, "created_at": now})
+        status_rows.append(
+            {
+                "tenant_id": tenant_id,
+                "message_id": msg["id"] if msg else None,
+                "provider": upd["provider"],
+                "provider_message_id": pmid,
+                "status": status,
+                "occurred_at": upd.get("occurred_at"),
+                "recipient_id": _clip(upd.get("recipient_id"), 32),
+                "error_code": _clip(str(upd["error_code"]), 64)
+                if upd.get("error_code") is not None
+                else None,
+                "error_message": upd.get("error_message"),
+                "raw": dump_json(upd["raw"]) if upd.get("raw") is not None else None,
+                "created_at": now,
+            }
+        )
         if msg:
             per_message.setdefault(msg["id"], []).append(upd)
     await conn.execute(_insert_ignore(conn, message_statuses), status_rows)
@@ -821,32 +1015,51 @@ async def apply_status_updates(conn: AsyncConnection, tenant_id: str,
             await conn.execute(guarded_update(tenant_id, message_id, changes))
             msg.update(changes)
         for upd in upds:
-            out.append({"message_id": message_id, "conversation_id": msg["conversation_id"],
-                        "provider": msg["provider"], "provider_message_id": msg["provider_message_id"],
-                        "status": upd["status"], "message_status": msg["status"],
-                        "changed": msg["status"] != before and msg["status"] == upd["status"],
-                        "occurred_at": upd.get("occurred_at"), "recipient_id": upd.get("recipient_id"),
-                        "error_code": upd.get("error_code"), "error_message": upd.get("error_message")})
+            out.append(
+                {
+                    "message_id": message_id,
+                    "conversation_id": msg["conversation_id"],
+                    "provider": msg["provider"],
+                    "provider_message_id": msg["provider_message_id"],
+                    "status": upd["status"],
+                    "message_status": msg["status"],
+                    "changed": msg["status"] != before and msg["status"] == upd["status"],
+                    "occurred_at": upd.get("occurred_at"),
+                    "recipient_id": upd.get("recipient_id"),
+                    "error_code": upd.get("error_code"),
+                    "error_message": upd.get("error_message"),
+                }
+            )
     return out
 
 
-async def apply_recorded_statuses(conn: AsyncConnection, tenant_id: str, message_id: str) -> dict[str, Any] | None:
+async def apply_recorded_statuses(
+    conn: AsyncConnection, tenant_id: str, message_id: str
+) -> dict[str, Any] | None:
     """Apply status facts that arrived before the message knew its provider id (a webhook racing the
     send response). Call after setting ``provider``/``provider_message_id``. Returns the row."""
     msg = await get_message(conn, tenant_id, message_id)
     if msg is None or not msg["provider_message_id"]:
         return msg
-    result = await conn.execute(sa.select(message_statuses).where(
-        message_statuses.c.tenant_id == tenant_id,
-        message_statuses.c.provider_message_id == msg["provider_message_id"],
-        message_statuses.c.provider == msg["provider"]))
+    result = await conn.execute(
+        sa.select(message_statuses).where(
+            message_statuses.c.tenant_id == tenant_id,
+            message_statuses.c.provider_message_id == msg["provider_message_id"],
+            message_statuses.c.provider == msg["provider"],
+        )
+    )
     facts = [dict(r._mapping) for r in result]
     if not facts:
         return msg
-    await conn.execute(message_statuses.update().where(
-        message_statuses.c.tenant_id == tenant_id,
-        message_statuses.c.provider_message_id == msg["provider_message_id"],
-        message_statuses.c.message_id.is_(None)).values(message_id=message_id))
+    await conn.execute(
+        message_statuses.update()
+        .where(
+            message_statuses.c.tenant_id == tenant_id,
+            message_statuses.c.provider_message_id == msg["provider_message_id"],
+            message_statuses.c.message_id.is_(None),
+        )
+        .values(message_id=message_id)
+    )
     facts.sort(key=lambda f: status_rank(f["status"]))
     changes = _status_changes(msg, facts)
     if changes:
@@ -858,21 +1071,31 @@ async def apply_recorded_statuses(conn: AsyncConnection, tenant_id: str, message
 
 async def list_status_events(conn: AsyncConnection, tenant_id: str, message_id: str) -> list[dict[str, Any]]:
     """The provider's status facts for one message, in arrival order (the history the API shows)."""
-    result = await conn.execute(sa.select(message_statuses).where(
-        message_statuses.c.tenant_id == tenant_id, message_statuses.c.message_id == message_id)
-        .order_by(message_statuses.c.id))
+    result = await conn.execute(
+        sa.select(message_statuses)
+        .where(message_statuses.c.tenant_id == tenant_id, message_statuses.c.message_id == message_id)
+        .order_by(message_statuses.c.id)
+    )
     return [dict(r._mapping) for r in result]
 
 
 # ------------------------------------------------------------------------------------------- templates
 
-async def replace_templates(conn: AsyncConnection, tenant_id: str, waba_id: str | None,
-                            items: Sequence[dict[str, Any]]) -> dict[str, int]:
+
+async def replace_templates(
+    conn: AsyncConnection, tenant_id: str, waba_id: str | None, items: Sequence[dict[str, Any]]
+) -> dict[str, int]:
     """Mirror the WABA's template list: upsert every (name, language); delete the tenant's templates the
     Graph API no longer lists. Items are Graph API template objects."""
     now = utcnow()
-    existing = {(r.name, r.language): r.id for r in await conn.execute(
-        sa.select(templates.c.id, templates.c.name, templates.c.language).where(templates.c.tenant_id == tenant_id))}
+    existing = {
+        (r.name, r.language): r.id
+        for r in await conn.execute(
+            sa.select(templates.c.id, templates.c.name, templates.c.language).where(
+                templates.c.tenant_id == tenant_id
+            )
+        )
+    }
     seen: set[tuple[str, str]] = set()
     created = updated = 0
     for item in items:
@@ -880,28 +1103,47 @@ async def replace_templates(conn: AsyncConnection, tenant_id: str, waba_id: str 
         if not name or not language or (name, language) in seen:
             continue
         seen.add((name, language))
-        values = {"waba_id": waba_id, "status": _clip(item.get("status"), 32),
-                  "category": _clip(item.get("category"), 32), "components": dump_json(item.get("components") or []),
-                  "remote_id": _clip(str(item["id"]), 64) if item.get("id") is not None else None,
-                  "synced_at": now, "updated_at": now}
+        values = {
+            "waba_id": waba_id,
+            "status": _clip(item.get("status"), 32),
+            "category": _clip(item.get("category"), 32),
+            "components": dump_json(item.get("components") or []),
+            "remote_id": _clip(str(item["id"]), 64) if item.get("id") is not None else None,
+            "synced_at": now,
+            "updated_at": now,
+        }
         if (name, language) in existing:
-            await conn.execute(templates.update().where(templates.c.tenant_id == tenant_id,
-                                                        templates.c.id == existing[(name, language)])
-                               .values(**values))
+            await conn.execute(
+                templates.update()
+                .where(templates.c.tenant_id == tenant_id, templates.c.id == existing[(name, language)])
+                .values(**values)
+            )
             updated += 1
         else:
-            await conn.execute(templates.insert().values(tenant_id=tenant_id, name=_clip(name, 255),
-                                                         language=_clip(language, 16), created_at=now, **values))
+            await conn.execute(
+                templates.insert().values(
+                    tenant_id=tenant_id,
+                    name=_clip(name, 255),
+                    language=_clip(language, 16),
+                    created_at=now,
+                    **values,
+                )
+            )
             created += 1
     gone = [tid for key, tid in existing.items() if key not in seen]
     if gone:
-        await conn.execute(templates.delete().where(templates.c.tenant_id == tenant_id, templates.c.id.in_(gone)))
+        await conn.execute(
+            templates.delete().where(templates.c.tenant_id == tenant_id, templates.c.id.in_(gone))
+        )
     return {"created": created, "updated": updated, "deleted": len(gone), "total": len(seen)}
 
 
 async def list_templates(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
-    result = await conn.execute(sa.select(templates).where(templates.c.tenant_id == tenant_id)
-                                .order_by(templates.c.name, templates.c.language))
+    result = await conn.execute(
+        sa.select(templates)
+        .where(templates.c.tenant_id == tenant_id)
+        .order_by(templates.c.name, templates.c.language)
+    )
     out = []
     for r in result:
         row = dict(r._mapping)
@@ -910,9 +1152,14 @@ async def list_templates(conn: AsyncConnection, tenant_id: str) -> list[dict[str
     return out
 
 
-async def get_template(conn: AsyncConnection, tenant_id: str, name: str, language: str) -> dict[str, Any] | None:
-    result = await conn.execute(sa.select(templates).where(templates.c.tenant_id == tenant_id,
-                                                           templates.c.name == name, templates.c.language == language))
+async def get_template(
+    conn: AsyncConnection, tenant_id: str, name: str, language: str
+) -> dict[str, Any] | None:
+    result = await conn.execute(
+        sa.select(templates).where(
+            templates.c.tenant_id == tenant_id, templates.c.name == name, templates.c.language == language
+        )
+    )
     row = result.first()
     if row is None:
         return None
@@ -921,8 +1168,9 @@ async def get_template(conn: AsyncConnection, tenant_id: str, name: str, languag
     return out
 
 
-async def update_template_status(conn: AsyncConnection, tenant_id: str, *, name: str, language: str | None,
-                                 status: str) -> int:
+async def update_template_status(
+    conn: AsyncConnection, tenant_id: str, *, name: str, language: str | None, status: str
+) -> int:
     """A ``message_template_status_update`` webhook: the named template's new status."""
     stmt = templates.update().where(templates.c.tenant_id == tenant_id, templates.c.name == name)
     if language:

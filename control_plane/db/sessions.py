@@ -48,8 +48,14 @@ async def _upsert(conn: AsyncConnection, tenant_id: str, values: dict[str, Any])
     tenants' first writes then deadlock each other)."""
     now = utcnow()
     values = {**values, "updated_at": now}
-    row = {"desired_state": DESIRED_STOPPED, "state": "stopped", "since": now, "restarts": 0,
-           **values, "tenant_id": tenant_id}
+    row = {
+        "desired_state": DESIRED_STOPPED,
+        "state": "stopped",
+        "since": now,
+        "restarts": 0,
+        **values,
+        "tenant_id": tenant_id,
+    }
     if conn.dialect.name in ("mysql", "mariadb"):
         stmt = mysql_insert(session_state).values(**row)
         await conn.execute(stmt.on_duplicate_key_update(**values))
@@ -57,8 +63,9 @@ async def _upsert(conn: AsyncConnection, tenant_id: str, values: dict[str, Any])
         stmt = sqlite_insert(session_state).values(**row)
         await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant_id"], set_=values))
     else:  # pragma: no cover - other dialects are not supported by the gateway
-        result = await conn.execute(session_state.update().where(session_state.c.tenant_id == tenant_id)
-                                    .values(**values))
+        result = await conn.execute(
+            session_state.update().where(session_state.c.tenant_id == tenant_id).values(**values)
+        )
         if not result.rowcount:
             await conn.execute(session_state.insert().values(**row))
 
@@ -82,11 +89,16 @@ async def record_actual_state(conn: AsyncConnection, tenant_id: str, **actual: A
 async def list_sessions_to_start(conn: AsyncConnection) -> list[dict[str, Any]]:
     """Boot: every active tenant whose desired state is running and whose session is not ``failed``
     (failed waits for a person). Returns tenant_id and sandbox, oldest first."""
-    query = (sa.select(session_state.c.tenant_id, tenants.c.sandbox)
-             .join(tenants, tenants.c.id == session_state.c.tenant_id)
-             .where(session_state.c.desired_state == DESIRED_RUNNING, session_state.c.state != "failed",
-                    tenants.c.is_active.is_(True))
-             .order_by(tenants.c.created_at, tenants.c.id))
+    query = (
+        sa.select(session_state.c.tenant_id, tenants.c.sandbox)
+        .join(tenants, tenants.c.id == session_state.c.tenant_id)
+        .where(
+            session_state.c.desired_state == DESIRED_RUNNING,
+            session_state.c.state != "failed",
+            tenants.c.is_active.is_(True),
+        )
+        .order_by(tenants.c.created_at, tenants.c.id)
+    )
     return [dict(r._mapping) for r in await conn.execute(query)]
 
 
@@ -96,7 +108,10 @@ async def mark_stale_states_stopped(conn: AsyncConnection) -> int:
     result = await conn.execute(
         session_state.update()
         .where(session_state.c.state.notin_(("stopped", "failed", "logged_out")))
-        .values(state="stopped", reason="control_plane_restart", pid=None, since=utcnow(), updated_at=utcnow()))
+        .values(
+            state="stopped", reason="control_plane_restart", pid=None, since=utcnow(), updated_at=utcnow()
+        )
+    )
     return result.rowcount
 
 

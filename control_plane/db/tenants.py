@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.crypto import hash_api_key, key_prefix, new_api_key
 from control_plane.db.engine import utcnow
-from control_plane.db.metadata import Timestamp, TenantId, metadata
+from control_plane.db.metadata import TenantId, Timestamp, metadata
 
 tenants = sa.Table(
     "tenants",
@@ -28,7 +28,9 @@ api_keys = sa.Table(
     "api_keys",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column(
+        "tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("prefix", sa.String(16), nullable=False),
     sa.Column("label", sa.String(100), nullable=True),
@@ -47,8 +49,14 @@ def _row(row: sa.Row | None) -> dict[str, Any] | None:
 
 async def create_tenant(conn: AsyncConnection, name: str, *, sandbox: bool = False) -> dict[str, Any]:
     now = utcnow()
-    values = {"id": new_tenant_id(), "name": name, "sandbox": sandbox, "is_active": True,
-              "created_at": now, "updated_at": now}
+    values = {
+        "id": new_tenant_id(),
+        "name": name,
+        "sandbox": sandbox,
+        "is_active": True,
+        "created_at": now,
+        "updated_at": now,
+    }
     await conn.execute(tenants.insert().values(**values))
     return values
 
@@ -59,8 +67,9 @@ async def get_tenant(conn: AsyncConnection, tenant_id: str) -> dict[str, Any] | 
 
 
 async def list_tenants(conn: AsyncConnection, *, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
-    result = await conn.execute(sa.select(tenants).order_by(tenants.c.created_at, tenants.c.id)
-                                .limit(limit).offset(offset))
+    result = await conn.execute(
+        sa.select(tenants).order_by(tenants.c.created_at, tenants.c.id).limit(limit).offset(offset)
+    )
     return [dict(r._mapping) for r in result]
 
 
@@ -87,12 +96,19 @@ async def delete_tenant(conn: AsyncConnection, tenant_id: str) -> bool:
     return result.rowcount > 0
 
 
-async def create_api_key(conn: AsyncConnection, tenant_id: str, *, label: str | None = None
-                         ) -> tuple[str, dict[str, Any]]:
+async def create_api_key(
+    conn: AsyncConnection, tenant_id: str, *, label: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """A new key for the tenant. Returns (the key in clear — shown once, never stored, row)."""
     key = new_api_key()
-    values = {"tenant_id": tenant_id, "key_hash": hash_api_key(key), "prefix": key_prefix(key),
-              "label": label, "created_at": utcnow(), "revoked_at": None}
+    values = {
+        "tenant_id": tenant_id,
+        "key_hash": hash_api_key(key),
+        "prefix": key_prefix(key),
+        "label": label,
+        "created_at": utcnow(),
+        "revoked_at": None,
+    }
     result = await conn.execute(api_keys.insert().values(**values))
     values["id"] = result.inserted_primary_key[0]
     values.pop("key_hash")
@@ -101,8 +117,12 @@ async def create_api_key(conn: AsyncConnection, tenant_id: str, *, label: str | 
 
 async def list_api_keys(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
     result = await conn.execute(
-        sa.select(api_keys.c.id, api_keys.c.prefix, api_keys.c.label, api_keys.c.created_at, api_keys.c.revoked_at)
-        .where(api_keys.c.tenant_id == tenant_id).order_by(api_keys.c.id))
+        sa.select(
+            api_keys.c.id, api_keys.c.prefix, api_keys.c.label, api_keys.c.created_at, api_keys.c.revoked_at
+        )
+        .where(api_keys.c.tenant_id == tenant_id)
+        .order_by(api_keys.c.id)
+    )
     return [dict(r._mapping) for r in result]
 
 
@@ -110,18 +130,22 @@ async def revoke_api_key(conn: AsyncConnection, tenant_id: str, key_id: int) -> 
     result = await conn.execute(
         api_keys.update()
         .where(api_keys.c.tenant_id == tenant_id, api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-        .values(revoked_at=utcnow()))
+        .values(revoked_at=utcnow())
+    )
     if result.rowcount:
         return True
-    exists = await conn.execute(sa.select(api_keys.c.id).where(api_keys.c.tenant_id == tenant_id,
-                                                                 api_keys.c.id == key_id))
+    exists = await conn.execute(
+        sa.select(api_keys.c.id).where(api_keys.c.tenant_id == tenant_id, api_keys.c.id == key_id)
+    )
     return exists.first() is not None
 
 
 async def revoke_all_api_keys(conn: AsyncConnection, tenant_id: str) -> int:
-    result = await conn.execute(api_keys.update()
-                                .where(api_keys.c.tenant_id == tenant_id, api_keys.c.revoked_at.is_(None))
-                                .values(revoked_at=utcnow()))
+    result = await conn.execute(
+        api_keys.update()
+        .where(api_keys.c.tenant_id == tenant_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
     return result.rowcount
 
 
@@ -131,9 +155,14 @@ async def live_key_hashes(conn: AsyncConnection, key_hashes: Collection[str]) ->
     if not key_hashes:
         return set()
     result = await conn.execute(
-        sa.select(api_keys.c.key_hash).join(tenants, api_keys.c.tenant_id == tenants.c.id)
-        .where(api_keys.c.key_hash.in_(list(key_hashes)), api_keys.c.revoked_at.is_(None),
-               tenants.c.is_active == sa.true()))
+        sa.select(api_keys.c.key_hash)
+        .join(tenants, api_keys.c.tenant_id == tenants.c.id)
+        .where(
+            api_keys.c.key_hash.in_(list(key_hashes)),
+            api_keys.c.revoked_at.is_(None),
+            tenants.c.is_active == sa.true(),
+        )
+    )
     return {row[0] for row in result}
 
 
@@ -141,6 +170,8 @@ async def find_tenant_by_api_key(conn: AsyncConnection, key: str) -> dict[str, A
     """The tenant owning this live (not revoked) key, or None. The lookup is by SHA-256 of the key:
     the database compares digests, so timing reveals nothing about the key itself."""
     result = await conn.execute(
-        sa.select(tenants).join(api_keys, api_keys.c.tenant_id == tenants.c.id)
-        .where(api_keys.c.key_hash == hash_api_key(key), api_keys.c.revoked_at.is_(None)))
+        sa.select(tenants)
+        .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
+        .where(api_keys.c.key_hash == hash_api_key(key), api_keys.c.revoked_at.is_(None))
+    )
     return _row(result.first())

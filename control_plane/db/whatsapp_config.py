@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.db.engine import utcnow
-from control_plane.db.metadata import Timestamp, TenantId, metadata
+from control_plane.db.metadata import TenantId, Timestamp, metadata
 
 API_TYPES = ("web", "business_api", "both")
 FALLBACK_POLICIES = ("web_only", "business_api_only", "web_first", "business_api_first")
@@ -45,7 +45,9 @@ async def get_whatsapp_config(conn: AsyncConnection, tenant_id: str) -> dict[str
     return dict(row._mapping) if row else None
 
 
-async def save_whatsapp_config(conn: AsyncConnection, tenant_id: str, values: dict[str, Any]) -> dict[str, Any]:
+async def save_whatsapp_config(
+    conn: AsyncConnection, tenant_id: str, values: dict[str, Any]
+) -> dict[str, Any]:
     """Insert or update the tenant's config with ``values`` (column names). Raises IntegrityError when
     another tenant already holds the phone_number_id."""
     unknown = set(values) - COLUMNS
@@ -54,33 +56,48 @@ async def save_whatsapp_config(conn: AsyncConnection, tenant_id: str, values: di
     now = utcnow()
     existing = await get_whatsapp_config(conn, tenant_id)
     if existing is None:
-        row = {"api_type": "web", "fallback_policy": "web_only", "is_active": True, **values,
-               "tenant_id": tenant_id, "created_at": now, "updated_at": now}
+        row = {
+            "api_type": "web",
+            "fallback_policy": "web_only",
+            "is_active": True,
+            **values,
+            "tenant_id": tenant_id,
+            "created_at": now,
+            "updated_at": now,
+        }
         await conn.execute(whatsapp_config.insert().values(**row))
     else:
-        await conn.execute(whatsapp_config.update().where(whatsapp_config.c.tenant_id == tenant_id)
-                           .values(**values, updated_at=now))
+        await conn.execute(
+            whatsapp_config.update()
+            .where(whatsapp_config.c.tenant_id == tenant_id)
+            .values(**values, updated_at=now)
+        )
     return await get_whatsapp_config(conn, tenant_id)  # type: ignore[return-value]
 
 
 async def phone_number_id_owner(conn: AsyncConnection, phone_number_id: str) -> str | None:
-    result = await conn.execute(sa.select(whatsapp_config.c.tenant_id)
-                                .where(whatsapp_config.c.phone_number_id == phone_number_id))
+    result = await conn.execute(
+        sa.select(whatsapp_config.c.tenant_id).where(whatsapp_config.c.phone_number_id == phone_number_id)
+    )
     row = result.first()
     return row[0] if row else None
 
 
-async def find_config_by_phone_number_id(conn: AsyncConnection, phone_number_id: str) -> dict[str, Any] | None:
+async def find_config_by_phone_number_id(
+    conn: AsyncConnection, phone_number_id: str
+) -> dict[str, Any] | None:
     """The config (any tenant) that owns this Business number: webhooks route by it."""
-    result = await conn.execute(sa.select(whatsapp_config)
-                                .where(whatsapp_config.c.phone_number_id == phone_number_id))
+    result = await conn.execute(
+        sa.select(whatsapp_config).where(whatsapp_config.c.phone_number_id == phone_number_id)
+    )
     row = result.first()
     return dict(row._mapping) if row else None
 
 
 async def find_configs_by_verify_token_hash(conn: AsyncConnection, token_hash: str) -> list[dict[str, Any]]:
-    result = await conn.execute(sa.select(whatsapp_config)
-                                .where(whatsapp_config.c.verify_token_hash == token_hash))
+    result = await conn.execute(
+        sa.select(whatsapp_config).where(whatsapp_config.c.verify_token_hash == token_hash)
+    )
     return [dict(r._mapping) for r in result]
 
 
@@ -93,19 +110,33 @@ async def find_webhook_targets(conn: AsyncConnection, phone_number_ids: list[str
         return []
     c = whatsapp_config.c
     result = await conn.execute(
-        sa.select(c.tenant_id, c.phone_number_id, c.waba_id, c.app_secret_enc, c.api_type,
-                  sa.and_(c.is_active, tenants.c.is_active).label("active"))
+        sa.select(
+            c.tenant_id,
+            c.phone_number_id,
+            c.waba_id,
+            c.app_secret_enc,
+            c.api_type,
+            sa.and_(c.is_active, tenants.c.is_active).label("active"),
+        )
         .join(tenants, tenants.c.id == c.tenant_id)
-        .where(c.phone_number_id.in_(phone_number_ids)))
+        .where(c.phone_number_id.in_(phone_number_ids))
+    )
     return [dict(r._mapping) for r in result]
 
 
-async def find_active_configs_by_verify_token_hash(conn: AsyncConnection, token_hash: str) -> list[dict[str, Any]]:
+async def find_active_configs_by_verify_token_hash(
+    conn: AsyncConnection, token_hash: str
+) -> list[dict[str, Any]]:
     """Configs holding this verify token whose config and tenant are both active (Meta's handshake)."""
     from control_plane.db.tenants import tenants
 
     result = await conn.execute(
-        sa.select(whatsapp_config.c.tenant_id).join(tenants, tenants.c.id == whatsapp_config.c.tenant_id)
-        .where(whatsapp_config.c.verify_token_hash == token_hash, whatsapp_config.c.is_active.is_(True),
-               tenants.c.is_active.is_(True)))
+        sa.select(whatsapp_config.c.tenant_id)
+        .join(tenants, tenants.c.id == whatsapp_config.c.tenant_id)
+        .where(
+            whatsapp_config.c.verify_token_hash == token_hash,
+            whatsapp_config.c.is_active.is_(True),
+            tenants.c.is_active.is_(True),
+        )
+    )
     return [dict(r._mapping) for r in result]

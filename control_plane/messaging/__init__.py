@@ -35,8 +35,15 @@ async def dispatcher_context(app: web.Application):
     if cloud_api is None:
         own_client = cloud_api = await CloudAPIClient.create(settings.graph_api_url)
     db = dispatch_database(settings.database_url)
-    dispatcher = Dispatcher(db=db, settings=settings, secret_box=app["secret_box"], cloud_api=cloud_api,
-                            supervisor=app.get("supervisor"), events=app.get("events"), redis=app.get("redis"))
+    dispatcher = Dispatcher(
+        db=db,
+        settings=settings,
+        secret_box=app["secret_box"],
+        cloud_api=cloud_api,
+        supervisor=app.get("supervisor"),
+        events=app.get("events"),
+        redis=app.get("redis"),
+    )
     await dispatcher.start()
     app["dispatcher"] = dispatcher
     try:
@@ -58,6 +65,7 @@ def dispatch_database(url: str):
 
     db = Database(url, pool_size=10)
     if not db.is_sqlite:
+
         def read_committed(dbapi_conn, _record) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")

@@ -60,16 +60,20 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from control_plane.db import outbox as outbox_db
 from control_plane.db import messages as messages_db
+from control_plane.db import outbox as outbox_db
 from control_plane.db import tenants as tenants_db
 from control_plane.db import whatsapp_config as config_db
 from control_plane.db.engine import utcnow
 from control_plane.messaging import routing
 from control_plane.messaging.governor import Governor, sleep_until
 from control_plane.messaging.web_ingest import WebIngest
-from control_plane.providers.cloud_api import (CloudAPIClient, CloudCredentials, GraphAPIError,
-                                               GraphAPIUnavailable)
+from control_plane.providers.cloud_api import (
+    CloudAPIClient,
+    CloudCredentials,
+    GraphAPIError,
+    GraphAPIUnavailable,
+)
 from control_plane.providers.graph_errors import ErrorScope
 from control_plane.realtime import event_types
 from control_plane.webhooks.ingest import received_event, status_event
@@ -107,8 +111,9 @@ class _Work:
 class Recorder:
     """One writer for every outcome and every Web ingest item of this node (group commit)."""
 
-    def __init__(self, dispatcher: "Dispatcher", *, max_batch: int = 500,
-                 min_interval_s: float = RECORD_MIN_INTERVAL_S) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, *, max_batch: int = 500, min_interval_s: float = RECORD_MIN_INTERVAL_S
+    ) -> None:
         self._d = dispatcher
         self._min_interval_s = min_interval_s
         self._queue: deque[tuple[str, str, list[dict[str, Any]]]] = deque()
@@ -139,11 +144,16 @@ class Recorder:
             self._progress.clear()
             try:
                 await asyncio.wait_for(self._progress.wait(), max(0.01, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
-    def put_ingest(self, tenant_id: str, *, messages: list[dict[str, Any]] | None = None,
-                   statuses: list[dict[str, Any]] | None = None) -> None:
+    def put_ingest(
+        self,
+        tenant_id: str,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        statuses: list[dict[str, Any]] | None = None,
+    ) -> None:
         if messages:
             self._queue.append((tenant_id, "messages", messages))
         if statuses:
@@ -160,7 +170,7 @@ class Recorder:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     async def stop(self) -> None:
@@ -198,9 +208,14 @@ class Recorder:
                 except asyncio.CancelledError:
                     self._queue.extendleft(reversed(batch))
                     raise
-                except Exception as exc:  # noqa: BLE001 - never lose an outcome: retry the batch
-                    log.warning("messaging recorder: batch of %d not stored (%s: %s); retrying in %.1fs",
-                                n, type(exc).__name__, exc, delay)
+                except Exception as exc:
+                    log.warning(
+                        "messaging recorder: batch of %d not stored (%s: %s); retrying in %.1fs",
+                        n,
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
                     self._queue.extendleft(reversed(batch))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
@@ -213,8 +228,18 @@ class Recorder:
 
 
 class Dispatcher:
-    def __init__(self, *, db: Any, settings: Any, secret_box: Any, cloud_api: CloudAPIClient | None,
-                 supervisor: Any = None, events: Any = None, redis: Any = None, node_id: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        db: Any,
+        settings: Any,
+        secret_box: Any,
+        cloud_api: CloudAPIClient | None,
+        supervisor: Any = None,
+        events: Any = None,
+        redis: Any = None,
+        node_id: str | None = None,
+    ) -> None:
         self.db = db
         self.settings = settings
         self.secret_box = secret_box
@@ -223,9 +248,13 @@ class Dispatcher:
         self.events = events
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:12]}"
         self.governor = Governor(
-            cloud_rate_per_s=settings.cloud_rate_per_s, web_rate_per_s=settings.web_rate_per_s,
-            cloud_headroom=settings.cloud_rate_headroom, pair_interval_s=settings.cloud_pair_interval_s,
-            pair_burst=settings.cloud_pair_burst, redis=redis)
+            cloud_rate_per_s=settings.cloud_rate_per_s,
+            web_rate_per_s=settings.web_rate_per_s,
+            cloud_headroom=settings.cloud_rate_headroom,
+            pair_interval_s=settings.cloud_pair_interval_s,
+            pair_burst=settings.cloud_pair_burst,
+            redis=redis,
+        )
         self.recorder = Recorder(self)
         self.web_ingest = WebIngest(self.recorder, db=db, events=events)
         self._loops: dict[str, asyncio.Task] = {}
@@ -239,10 +268,25 @@ class Dispatcher:
         self._background: set[asyncio.Task] = set()
         self._scanner: asyncio.Task | None = None
         self._closing = False
-        self.timing = {"claims": 0, "claim_s": 0.0, "commits": 0, "commit_s": 0.0, "late_s": 0.0, "sends": 0,
-                       "dry_s": 0.0, "claim_max_s": 0.0}
-        self.stats = {"sent": 0, "failed": 0, "retried": 0, "deferred": 0, "unknown": 0, "recovered": 0,
-                      "requeued_unknown": 0}
+        self.timing = {
+            "claims": 0,
+            "claim_s": 0.0,
+            "commits": 0,
+            "commit_s": 0.0,
+            "late_s": 0.0,
+            "sends": 0,
+            "dry_s": 0.0,
+            "claim_max_s": 0.0,
+        }
+        self.stats = {
+            "sent": 0,
+            "failed": 0,
+            "retried": 0,
+            "deferred": 0,
+            "unknown": 0,
+            "recovered": 0,
+            "requeued_unknown": 0,
+        }
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -272,11 +316,20 @@ class Dispatcher:
         await self.recorder.flush(timeout=grace_s)
         await self.recorder.stop()
         t = self.timing
-        log.info("messaging dispatcher stopped node=%s stats=%s claims=%d (avg %.1f ms) commits=%d (avg %.1f ms) "
-                 "sends=%d (avg %.1f ms late) schedules ran dry for %.2f s (claims max %.0f ms)", self.node_id,
-                 self.stats, t["claims"], 1000 * t["claim_s"] / max(1, t["claims"]), t["commits"],
-                 1000 * t["commit_s"] / max(1, t["commits"]), t["sends"], 1000 * t["late_s"] / max(1, t["sends"]),
-                 t["dry_s"], 1000 * t["claim_max_s"])
+        log.info(
+            "messaging dispatcher stopped node=%s stats=%s claims=%d (avg %.1f ms) commits=%d (avg %.1f ms) "
+            "sends=%d (avg %.1f ms late) schedules ran dry for %.2f s (claims max %.0f ms)",
+            self.node_id,
+            self.stats,
+            t["claims"],
+            1000 * t["claim_s"] / max(1, t["claims"]),
+            t["commits"],
+            1000 * t["commit_s"] / max(1, t["commits"]),
+            t["sends"],
+            1000 * t["late_s"] / max(1, t["sends"]),
+            t["dry_s"],
+            1000 * t["claim_max_s"],
+        )
 
     def notify(self, tenant_id: str) -> None:
         """There may be work for ``tenant_id`` now (a new message, a session that became ready)."""
@@ -286,8 +339,9 @@ class Dispatcher:
         wake.set()
         loop = self._loops.get(tenant_id)
         if loop is None or loop.done():
-            self._loops[tenant_id] = asyncio.create_task(self._tenant_loop(tenant_id),
-                                                         name=f"dispatch-{tenant_id}")
+            self._loops[tenant_id] = asyncio.create_task(
+                self._tenant_loop(tenant_id), name=f"dispatch-{tenant_id}"
+            )
 
     # -------------------------------------------------------------------------------- context
 
@@ -301,26 +355,41 @@ class Dispatcher:
                 tenant = await tenants_db.get_tenant(conn, tenant_id)
             creds = None
             api_type = cfg["api_type"] if cfg else "web"
-            cloud_configured = bool(cfg and api_type in ("business_api", "both") and cfg["phone_number_id"]
-                                    and cfg["access_token_enc"] and cfg["is_active"])
+            cloud_configured = bool(
+                cfg
+                and api_type in ("business_api", "both")
+                and cfg["phone_number_id"]
+                and cfg["access_token_enc"]
+                and cfg["is_active"]
+            )
             if cloud_configured:
                 try:
                     token = self.secret_box.decrypt(cfg["access_token_enc"])
-                    creds = CloudCredentials(phone_number_id=cfg["phone_number_id"], waba_id=cfg["waba_id"] or "",
-                                             access_token=token,
-                                             api_version=cfg["api_version"] or self.settings.graph_api_version)
-                except Exception:  # noqa: BLE001 - a key change: the road is unusable, say so
+                    creds = CloudCredentials(
+                        phone_number_id=cfg["phone_number_id"],
+                        waba_id=cfg["waba_id"] or "",
+                        access_token=token,
+                        api_version=cfg["api_version"] or self.settings.graph_api_version,
+                    )
+                except Exception:
                     log.error("cannot decrypt the Business API token tenant=%s", tenant_id)
                     cloud_configured = False
             fallback = None
             if ms and ms.get("fallback_template_name"):
-                fallback = {"name": ms["fallback_template_name"], "language": ms["fallback_template_language"],
-                            "body_param": bool(ms["fallback_template_body_param"])}
-            roads = routing.Roads(policy=cfg["fallback_policy"] if cfg else "web_only",
-                                  web_configured=api_type in ("web", "both") and (cfg is None or cfg["is_active"]),
-                                  cloud_configured=cloud_configured, fallback_template=fallback)
-            ctx = TenantContext(roads=roads, creds=creds, loaded_at=now,
-                                active=bool(tenant and tenant["is_active"]))
+                fallback = {
+                    "name": ms["fallback_template_name"],
+                    "language": ms["fallback_template_language"],
+                    "body_param": bool(ms["fallback_template_body_param"]),
+                }
+            roads = routing.Roads(
+                policy=cfg["fallback_policy"] if cfg else "web_only",
+                web_configured=api_type in ("web", "both") and (cfg is None or cfg["is_active"]),
+                cloud_configured=cloud_configured,
+                fallback_template=fallback,
+            )
+            ctx = TenantContext(
+                roads=roads, creds=creds, loaded_at=now, active=bool(tenant and tenant["is_active"])
+            )
             self._contexts[tenant_id] = ctx
         blocked = self._cloud_blocked.get(tenant_id)
         if blocked and blocked[1] < now:
@@ -332,8 +401,14 @@ class Dispatcher:
         if not web_ready and callable(state_fn):
             st = state_fn(tenant_id)
             state = f"not ready (state {getattr(st, 'value', st) or 'stopped'})"
-        ctx.roads = routing.Roads(**{**ctx.roads.__dict__, "web_ready": web_ready, "web_state": state,
-                                     "cloud_blocked": blocked[0] if blocked else None})
+        ctx.roads = routing.Roads(
+            **{
+                **ctx.roads.__dict__,
+                "web_ready": web_ready,
+                "web_state": state,
+                "cloud_blocked": blocked[0] if blocked else None,
+            }
+        )
         return ctx
 
     def invalidate(self, tenant_id: str) -> None:
@@ -344,8 +419,10 @@ class Dispatcher:
     def _claim_size(self, ctx: TenantContext) -> int:
         roads = ctx.roads
         web_primary = roads.web_configured and (
-            roads.policy == "web_only" or (roads.policy == "web_first" and roads.web_ready)
-            or not roads.cloud_configured)
+            roads.policy == "web_only"
+            or (roads.policy == "web_first" and roads.web_ready)
+            or not roads.cloud_configured
+        )
         rate = self.settings.web_rate_per_s if web_primary else self.settings.cloud_rate_per_s
         return max(1, min(self.settings.messaging_batch_max, math.ceil(rate * BATCH_WINDOW_S)))
 
@@ -367,7 +444,7 @@ class Dispatcher:
                     await self._sweep_orphans()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.warning("messaging scan failed: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self.settings.messaging_poll_s)
 
@@ -399,10 +476,10 @@ class Dispatcher:
                     errors_in_row = 0
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     errors_in_row += 1
                     log.warning("dispatch claim failed tenant=%s: %s: %s", tenant_id, type(exc).__name__, exc)
-                    await asyncio.sleep(min(5.0, 0.2 * 2 ** errors_in_row))
+                    await asyncio.sleep(min(5.0, 0.2 * 2**errors_in_row))
                     continue
                 if not rows:
                     async with self.db.connect() as conn:
@@ -416,7 +493,7 @@ class Dispatcher:
                         wait = min(wait, max(0.01, (nxt - utcnow()).total_seconds()))
                     try:
                         await asyncio.wait_for(wake.wait(), wait)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     continue
                 self._recent_tenants[tenant_id] = time.monotonic()
@@ -430,8 +507,9 @@ class Dispatcher:
             if self._loops.get(tenant_id) is asyncio.current_task():
                 del self._loops[tenant_id]
 
-    async def _dispatch_batch(self, tenant_id: str, ctx: TenantContext, rows: list[dict[str, Any]],
-                              inflight: set[asyncio.Task]) -> float:
+    async def _dispatch_batch(
+        self, tenant_id: str, ctx: TenantContext, rows: list[dict[str, Any]], inflight: set[asyncio.Task]
+    ) -> float:
         """Route a claimed batch and schedule its sends; returns the loop time of its last slot."""
         now = utcnow()
         loop = asyncio.get_running_loop()
@@ -440,21 +518,40 @@ class Dispatcher:
         cloud_rows: list[tuple[dict[str, Any], routing.Decision]] = []
         for row in rows:
             if not ctx.active:  # held, not failed: the tenant may be reactivated
-                immediate.append({"message_id": row["message_id"], "kind": "defer", "provider": None,
-                                  "next_attempt_at": now + dt.timedelta(seconds=30),
-                                  "reason": "held: the tenant is deactivated"})
+                immediate.append(
+                    {
+                        "message_id": row["message_id"],
+                        "kind": "defer",
+                        "provider": None,
+                        "next_attempt_at": now + dt.timedelta(seconds=30),
+                        "reason": "held: the tenant is deactivated",
+                    }
+                )
                 continue
-            decision = routing.decide(kind=row["type"], requested=row["requested_provider"], roads=ctx.roads,
-                                      last_inbound_at=row["last_inbound_at"], now=now,
-                                      web_capable=_web_capable(row))
+            decision = routing.decide(
+                kind=row["type"],
+                requested=row["requested_provider"],
+                roads=ctx.roads,
+                last_inbound_at=row["last_inbound_at"],
+                now=now,
+                web_capable=_web_capable(row),
+            )
             if decision.action == "fail":
-                immediate.append(_failed(row, decision.provider, decision.error_code, decision.reason,
-                                         decision.reason))
+                immediate.append(
+                    _failed(row, decision.provider, decision.error_code, decision.reason, decision.reason)
+                )
             elif decision.action == "wait":
                 if decision.provider == routing.WEB:
                     self._waiting_web.add(tenant_id)
-                immediate.append(self._retry(row, decision.provider, decision.error_code or "not_available",
-                                             decision.reason, decision.reason))
+                immediate.append(
+                    self._retry(
+                        row,
+                        decision.provider,
+                        decision.error_code or "not_available",
+                        decision.reason,
+                        decision.reason,
+                    )
+                )
             elif decision.provider == routing.WEB:
                 web_rows.append((row, decision))
             else:
@@ -467,9 +564,15 @@ class Dispatcher:
             go = []
             for (row, decision), delay in zip(cloud_rows, delays):
                 if delay > 0:
-                    immediate.append({"message_id": row["message_id"], "kind": "defer", "provider": routing.CLOUD,
-                                      "next_attempt_at": now + dt.timedelta(seconds=delay),
-                                      "reason": f"paced: pair limit to {row['wa_id']} ({delay:.1f} s)"})
+                    immediate.append(
+                        {
+                            "message_id": row["message_id"],
+                            "kind": "defer",
+                            "provider": routing.CLOUD,
+                            "next_attempt_at": now + dt.timedelta(seconds=delay),
+                            "reason": f"paced: pair limit to {row['wa_id']} ({delay:.1f} s)",
+                        }
+                    )
                 else:
                     go.append((row, decision))
             idle = self.governor.idle_s(number)
@@ -481,7 +584,9 @@ class Dispatcher:
                 chains.setdefault((routing.CLOUD, row["wa_id"]), []).append((row, decision, base + delay))
                 last = max(last, base + delay)
         if web_rows:
-            slots = await self.governor.reserve(f"web:{tenant_id}", self.governor.web_intervals(len(web_rows)))
+            slots = await self.governor.reserve(
+                f"web:{tenant_id}", self.governor.web_intervals(len(web_rows))
+            )
             base = loop.time()
             for (row, decision), delay in zip(web_rows, slots):
                 chains.setdefault((routing.WEB, row["wa_id"]), []).append((row, decision, base + delay))
@@ -494,8 +599,9 @@ class Dispatcher:
             task.add_done_callback(inflight.discard)
         return last
 
-    async def _run_chain(self, tenant_id: str, ctx: TenantContext,
-                         chain: list[tuple[dict[str, Any], routing.Decision, float]]) -> None:
+    async def _run_chain(
+        self, tenant_id: str, ctx: TenantContext, chain: list[tuple[dict[str, Any], routing.Decision, float]]
+    ) -> None:
         loop = asyncio.get_running_loop()
         for row, decision, deadline in chain:
             await sleep_until(deadline)
@@ -505,7 +611,7 @@ class Dispatcher:
                 outcome = await self._send_one(tenant_id, ctx, row, decision)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a bug must not lose a row: treat as "may have gone"
+            except Exception as exc:
                 log.exception("send crashed tenant=%s message=%s", tenant_id, row["message_id"])
                 outcome = self._unknown(row, decision.provider, decision.reason, f"internal error: {exc!r}")
             self._count([outcome])
@@ -513,46 +619,77 @@ class Dispatcher:
 
     def _count(self, outcomes: list[dict[str, Any]]) -> None:
         for o in outcomes:
-            key = {"sent": "sent", "failed": "failed", "retry": "retried", "defer": "deferred",
-                   "unknown": "unknown"}[o["kind"]]
+            key = {
+                "sent": "sent",
+                "failed": "failed",
+                "retry": "retried",
+                "defer": "deferred",
+                "unknown": "unknown",
+            }[o["kind"]]
             self.stats[key] += 1
 
     # ------------------------------------------------------------------------------ outcomes
 
-    def _retry(self, row: dict[str, Any], provider: str | None, code: Any, message: str, reason: str, *,
-               min_delay: float = 0.0) -> dict[str, Any]:
+    def _retry(
+        self,
+        row: dict[str, Any],
+        provider: str | None,
+        code: Any,
+        message: str,
+        reason: str,
+        *,
+        min_delay: float = 0.0,
+    ) -> dict[str, Any]:
         s = self.settings
         if row["attempts"] >= s.messaging_max_attempts:
-            return _failed(row, provider, code, f"gave up after {row['attempts']} attempts: {message}", reason)
+            return _failed(
+                row, provider, code, f"gave up after {row['attempts']} attempts: {message}", reason
+            )
         backoff = min(s.messaging_retry_cap_s, s.messaging_retry_base_s * 2 ** (row["attempts"] - 1))
         delay = max(min_delay, backoff * random.uniform(0.8, 1.2))
-        return {"message_id": row["message_id"], "kind": "retry", "provider": provider,
-                "next_attempt_at": utcnow() + dt.timedelta(seconds=delay), "error_code": code,
-                "error_message": message, "reason": f"retry in {delay:.1f} s: {message}"[:255]}
+        return {
+            "message_id": row["message_id"],
+            "kind": "retry",
+            "provider": provider,
+            "next_attempt_at": utcnow() + dt.timedelta(seconds=delay),
+            "error_code": code,
+            "error_message": message,
+            "reason": f"retry in {delay:.1f} s: {message}"[:255],
+        }
 
-    def _unknown(self, row: dict[str, Any], provider: str | None, reason: str, message: str) -> dict[str, Any]:
-        return {"message_id": row["message_id"], "kind": "unknown", "provider": provider, "reason": reason,
-                "error_message": message,
-                "next_attempt_at": utcnow() + dt.timedelta(seconds=self.settings.messaging_reconcile_s)}
+    def _unknown(
+        self, row: dict[str, Any], provider: str | None, reason: str, message: str
+    ) -> dict[str, Any]:
+        return {
+            "message_id": row["message_id"],
+            "kind": "unknown",
+            "provider": provider,
+            "reason": reason,
+            "error_message": message,
+            "next_attempt_at": utcnow() + dt.timedelta(seconds=self.settings.messaging_reconcile_s),
+        }
 
     # --------------------------------------------------------------------------------- sending
 
-    async def _send_one(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
-                        decision: routing.Decision) -> dict[str, Any]:
+    async def _send_one(
+        self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
+    ) -> dict[str, Any]:
         if decision.provider == routing.WEB:
             return await self._send_web(tenant_id, ctx, row, decision)
         return await self._send_cloud(tenant_id, ctx, row, decision)
 
-    async def _send_web(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
-                        decision: routing.Decision) -> dict[str, Any]:
+    async def _send_web(
+        self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
+    ) -> dict[str, Any]:
         from control_plane import supervisor as sup
 
         args = await self._bridge_args(tenant_id, row)
         try:
             result = await self.supervisor.send(tenant_id, args)
         except sup.SessionNotReady as exc:
-            fallback = routing.fallback_on_web_down(ctx.roads, row["requested_provider"], row["type"],
-                                                    row["last_inbound_at"], utcnow())
+            fallback = routing.fallback_on_web_down(
+                ctx.roads, row["requested_provider"], row["type"], row["last_inbound_at"], utcnow()
+            )
             if fallback is not None and ctx.creds is not None:
                 number = f"cloud:{ctx.creds.phone_number_id}"
                 (delay,) = await self.governor.reserve(number, [self.governor.cloud_interval()])
@@ -564,8 +701,12 @@ class Dispatcher:
             return _failed(row, routing.WEB, f"bridge_{exc.bridge_code}", exc.bridge_message, decision.reason)
         except sup.BridgeCommandError as exc:
             if exc.bridge_code in ("not_on_whatsapp", "not_supported"):
-                return _failed(row, routing.WEB, f"bridge_{exc.bridge_code}", exc.bridge_message, decision.reason)
-            return self._retry(row, routing.WEB, f"bridge_{exc.bridge_code}", exc.bridge_message, decision.reason)
+                return _failed(
+                    row, routing.WEB, f"bridge_{exc.bridge_code}", exc.bridge_message, decision.reason
+                )
+            return self._retry(
+                row, routing.WEB, f"bridge_{exc.bridge_code}", exc.bridge_message, decision.reason
+            )
         except sup.BridgeUnavailable as exc:
             if exc.ambiguous:
                 return self._unknown(row, routing.WEB, decision.reason, f"bridge gave no answer: {exc}")
@@ -574,35 +715,57 @@ class Dispatcher:
             return self._retry(row, routing.WEB, "shutting_down", str(exc), decision.reason)
         pmid = str(result.get("id") or "")
         if not pmid:
-            return self._unknown(row, routing.WEB, decision.reason, "the bridge answered without a message id")
-        return {"message_id": row["message_id"], "kind": "sent", "provider": routing.WEB, "provider_message_id": pmid,
-                "conversation_id": row["conversation_id"], "wa_id": row["wa_id"], "reason": decision.reason,
-                "at": utcnow()}
+            return self._unknown(
+                row, routing.WEB, decision.reason, "the bridge answered without a message id"
+            )
+        return {
+            "message_id": row["message_id"],
+            "kind": "sent",
+            "provider": routing.WEB,
+            "provider_message_id": pmid,
+            "conversation_id": row["conversation_id"],
+            "wa_id": row["wa_id"],
+            "reason": decision.reason,
+            "at": utcnow(),
+        }
 
-    async def _send_cloud(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
-                          decision: routing.Decision) -> dict[str, Any]:
+    async def _send_cloud(
+        self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
+    ) -> dict[str, Any]:
         creds = ctx.creds
         if creds is None or self.cloud_api is None:
-            return _failed(row, routing.CLOUD, "no_route", "the Business API is not configured", decision.reason)
+            return _failed(
+                row, routing.CLOUD, "no_route", "the Business API is not configured", decision.reason
+            )
         try:
             payload = await self._cloud_payload(tenant_id, ctx, row, decision)
-            win = await self.governor.window_acquire(f"cloud:{creds.phone_number_id}",
-                                                     max(1, math.floor(self.settings.cloud_rate_per_s)))
+            win = await self.governor.window_acquire(
+                f"cloud:{creds.phone_number_id}", max(1, math.floor(self.settings.cloud_rate_per_s))
+            )
             try:
                 result = await self.cloud_api.send_raw(creds, payload)
             finally:
                 self.governor.window_release(win)
         except GraphAPIUnavailable as exc:
             if exc.maybe_sent:
-                return self._unknown(row, routing.CLOUD, decision.reason, f"no answer from the Graph API: {exc}")
+                return self._unknown(
+                    row, routing.CLOUD, decision.reason, f"no answer from the Graph API: {exc}"
+                )
             return self._retry(row, routing.CLOUD, "graph_unavailable", str(exc), decision.reason)
         except GraphAPIError as exc:
             return await self._cloud_error(tenant_id, ctx, row, decision, exc)
         if result.wa_id and messages_db.canonical_wa_id(result.wa_id) != row["wa_id"]:
             self._adopt_canonical(tenant_id, row["conversation_id"], row["wa_id"], result.wa_id)
-        return {"message_id": row["message_id"], "kind": "sent", "provider": routing.CLOUD,
-                "provider_message_id": result.wamid, "conversation_id": row["conversation_id"],
-                "wa_id": row["wa_id"], "reason": decision.reason, "at": utcnow()}
+        return {
+            "message_id": row["message_id"],
+            "kind": "sent",
+            "provider": routing.CLOUD,
+            "provider_message_id": result.wamid,
+            "conversation_id": row["conversation_id"],
+            "wa_id": row["wa_id"],
+            "reason": decision.reason,
+            "at": utcnow(),
+        }
 
     def _adopt_canonical(self, tenant_id: str, conversation_id: int, old: str, new: str) -> None:
         """Best effort, off the send path: the conversation takes the contact's canonical wa_id."""
@@ -614,16 +777,30 @@ class Dispatcher:
         async def adopt() -> None:
             try:
                 async with self.db.begin() as conn:
-                    changed = await messages_db.adopt_canonical_wa_id(conn, tenant_id, conversation_id, old, new)
+                    changed = await messages_db.adopt_canonical_wa_id(
+                        conn, tenant_id, conversation_id, old, new
+                    )
                 if changed:
-                    log.info("conversation %s takes the canonical wa_id %s (sent to %s) tenant=%s",
-                             conversation_id, new, old, tenant_id)
+                    log.info(
+                        "conversation %s takes the canonical wa_id %s (sent to %s) tenant=%s",
+                        conversation_id,
+                        new,
+                        old,
+                        tenant_id,
+                    )
             except IntegrityError:
-                log.warning("conversation %s: another conversation already has the canonical wa_id %s "
-                            "(sent to %s); both kept tenant=%s", conversation_id, new, old, tenant_id)
-            except Exception:  # noqa: BLE001 - best effort: the next send to it tries again
-                log.exception("conversation %s: cannot take the canonical wa_id tenant=%s", conversation_id,
-                              tenant_id)
+                log.warning(
+                    "conversation %s: another conversation already has the canonical wa_id %s "
+                    "(sent to %s); both kept tenant=%s",
+                    conversation_id,
+                    new,
+                    old,
+                    tenant_id,
+                )
+            except Exception:
+                log.exception(
+                    "conversation %s: cannot take the canonical wa_id tenant=%s", conversation_id, tenant_id
+                )
             finally:
                 self._adopting.discard(key)
 
@@ -631,8 +808,14 @@ class Dispatcher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _cloud_error(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
-                           decision: routing.Decision, exc: GraphAPIError) -> dict[str, Any]:
+    async def _cloud_error(
+        self,
+        tenant_id: str,
+        ctx: TenantContext,
+        row: dict[str, Any],
+        decision: routing.Decision,
+        exc: GraphAPIError,
+    ) -> dict[str, Any]:
         code = str(exc.code) if exc.code is not None else f"http_{exc.http_status}"
         text = exc.details or exc.message
         number = f"cloud:{ctx.creds.phone_number_id}" if ctx.creds else "cloud:?"
@@ -647,7 +830,9 @@ class Dispatcher:
             self._cloud_blocked[tenant_id] = (f"token refused ({code})", time.monotonic() + 60.0)
             log.warning("Business API token refused tenant=%s code=%s", tenant_id, code)
         if exc.retryable:
-            return self._retry(row, routing.CLOUD, code, text, decision.reason, min_delay=exc.retry_after_s or 0.0)
+            return self._retry(
+                row, routing.CLOUD, code, text, decision.reason, min_delay=exc.retry_after_s or 0.0
+            )
         return _failed(row, routing.CLOUD, code, text, decision.reason)
 
     async def _resolve_reference(self, tenant_id: str, ref: str, provider: str) -> str:
@@ -660,15 +845,18 @@ class Dispatcher:
             return msg["provider_message_id"]
         return ref
 
-    async def _cloud_payload(self, tenant_id: str, ctx: TenantContext, row: dict[str, Any],
-                             decision: routing.Decision) -> dict[str, Any]:
+    async def _cloud_payload(
+        self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
+    ) -> dict[str, Any]:
         """The Graph API request for a stored (provider-neutral) message."""
         content = row["content"] or {}
         kind = row["type"]
         if decision.use_fallback_template:
             tpl = ctx.roads.fallback_template or {}
-            part: dict[str, Any] = {"name": tpl["name"], "language": {"code": tpl["language"],
-                                                                      "policy": "deterministic"}}
+            part: dict[str, Any] = {
+                "name": tpl["name"],
+                "language": {"code": tpl["language"], "policy": "deterministic"},
+            }
             if tpl.get("body_param"):
                 text = _plain_text(kind, content)[:1024] or "-"
                 part["components"] = [{"type": "body", "parameters": [{"type": "text", "text": text}]}]
@@ -679,19 +867,27 @@ class Dispatcher:
             elif kind in _MEDIA:
                 part = await self._cloud_media(ctx, kind, content)
             elif kind == "template":
-                part = {"name": content["name"], "language": {"code": content["language"], "policy": "deterministic"}}
+                part = {
+                    "name": content["name"],
+                    "language": {"code": content["language"], "policy": "deterministic"},
+                }
                 if content.get("components"):
                     part["components"] = content["components"]
             elif kind == "reaction":
-                part = {"message_id": await self._resolve_reference(tenant_id, content["message_id"], routing.CLOUD),
-                        "emoji": content["emoji"]}
+                part = {
+                    "message_id": await self._resolve_reference(
+                        tenant_id, content["message_id"], routing.CLOUD
+                    ),
+                    "emoji": content["emoji"],
+                }
             else:  # location, interactive: the stored object is the Cloud API's
                 part = {k: v for k, v in content.items() if k != "context"}
             payload = {"type": kind, kind: part}
         context = content.get("context") or {}
         if context.get("id") and not decision.use_fallback_template:
-            payload["context"] = {"message_id": await self._resolve_reference(tenant_id, context["id"],
-                                                                               routing.CLOUD)}
+            payload["context"] = {
+                "message_id": await self._resolve_reference(tenant_id, context["id"], routing.CLOUD)
+            }
         payload["to"] = row["wa_id"]
         payload["biz_opaque_callback_data"] = row["message_id"]
         return payload
@@ -702,9 +898,12 @@ class Dispatcher:
             import base64
 
             data = base64.b64decode(content["base64"])
-            out["id"] = await self.cloud_api.upload_media(ctx.creds, data, content.get("mime_type") or
-                                                          "application/octet-stream",
-                                                          content.get("filename") or f"{kind}")
+            out["id"] = await self.cloud_api.upload_media(
+                ctx.creds,
+                data,
+                content.get("mime_type") or "application/octet-stream",
+                content.get("filename") or f"{kind}",
+            )
         elif content.get("media_id"):
             out["id"] = content["media_id"]
         else:
@@ -723,9 +922,14 @@ class Dispatcher:
         if kind == "text":
             args.update(type="text", text=content["text"])
         elif kind == "location":
-            args.update(type="location", location={"latitude": content["latitude"],
-                                                   "longitude": content["longitude"],
-                                                   "description": content.get("name") or content.get("address")})
+            args.update(
+                type="location",
+                location={
+                    "latitude": content["latitude"],
+                    "longitude": content["longitude"],
+                    "description": content.get("name") or content.get("address"),
+                },
+            )
         else:
             media: dict[str, Any] = {}
             if content.get("base64"):
@@ -761,8 +965,14 @@ class Dispatcher:
                 if work.messages:
                     rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages)
                     to = {m["provider_message_id"]: m.get("to") for m in work.messages}
-                    new_events += [(tenant_id, event_types.MESSAGE_RECEIVED,
-                                    received_event(r, to.get(r["provider_message_id"]))) for r in rows]
+                    new_events += [
+                        (
+                            tenant_id,
+                            event_types.MESSAGE_RECEIVED,
+                            received_event(r, to.get(r["provider_message_id"])),
+                        )
+                        for r in rows
+                    ]
                 if work.statuses:
                     changes = await messages_db.apply_status_updates(conn, tenant_id, work.statuses)
                     new_events += _status_events(tenant_id, changes)
@@ -781,7 +991,8 @@ class Dispatcher:
         now = utcnow()
         tenants = sorted(by_tenant)
         raced = await outbox_db.record_sent(
-            conn, [(t, o) for t in tenants for o in by_tenant[t] if o["kind"] == "sent"], now=now)
+            conn, [(t, o) for t in tenants for o in by_tenant[t] if o["kind"] == "sent"], now=now
+        )
         events: list[tuple[str, str, dict[str, Any]]] = []
         for tenant_id in tenants:
             outcomes = by_tenant[tenant_id]
@@ -796,12 +1007,27 @@ class Dispatcher:
                     if (tenant_id, o["provider_message_id"]) in raced:  # a status beat our record: apply it
                         after = await messages_db.apply_recorded_statuses(conn, tenant_id, o["message_id"])
                         if after and after["status"] != "sent":
-                            events.append((tenant_id, event_types.MESSAGE_STATUS, _status_data(
-                                {**o, "provider_message_id": after["provider_message_id"]}, after["status"],
-                                after["updated_at"], after.get("error_code"), after.get("error_message"))))
+                            events.append(
+                                (
+                                    tenant_id,
+                                    event_types.MESSAGE_STATUS,
+                                    _status_data(
+                                        {**o, "provider_message_id": after["provider_message_id"]},
+                                        after["status"],
+                                        after["updated_at"],
+                                        after.get("error_code"),
+                                        after.get("error_message"),
+                                    ),
+                                )
+                            )
                 elif o["kind"] == "failed":
-                    data = _status_data({**o, "provider_message_id": None}, "failed", now, o.get("error_code"),
-                                        o.get("error_message"))
+                    data = _status_data(
+                        {**o, "provider_message_id": None},
+                        "failed",
+                        now,
+                        o.get("error_code"),
+                        o.get("error_message"),
+                    )
                     data["route_reason"] = o.get("reason")
                     events.append((tenant_id, event_types.MESSAGE_STATUS, data))
                     events.append((tenant_id, event_types.MESSAGE_FAILED, data))
@@ -819,7 +1045,7 @@ class Dispatcher:
         if envelopes and self.events is not None:
             try:
                 await self.events.emit(envelopes)
-            except Exception:  # noqa: BLE001 - stored; clients catch up by seq
+            except Exception:
                 log.exception("messaging events stored but not emitted")
 
     # ---------------------------------------------------------------------------- recovery
@@ -831,11 +1057,17 @@ class Dispatcher:
         result = {"expired": 0, "recovered": 0, "requeued": 0}
         async with self.db.begin() as conn:
             result["expired"] = await outbox_db.expire_leases(
-                conn, now - dt.timedelta(seconds=s.messaging_lease_s),
-                now + dt.timedelta(seconds=s.messaging_reconcile_s))
+                conn,
+                now - dt.timedelta(seconds=s.messaging_lease_s),
+                now + dt.timedelta(seconds=s.messaging_reconcile_s),
+            )
         if result["expired"]:
-            log.warning("messaging: %d message(s) were mid-send on a node that stopped; waiting up to %.0f s "
-                        "for the provider's confirmation", result["expired"], s.messaging_reconcile_s)
+            log.warning(
+                "messaging: %d message(s) were mid-send on a node that stopped; waiting up to %.0f s "
+                "for the provider's confirmation",
+                result["expired"],
+                s.messaging_reconcile_s,
+            )
         envelopes: list[Any] = []
         async with self.db.begin() as conn:
             rows = await outbox_db.list_unknown(conn)
@@ -844,26 +1076,40 @@ class Dispatcher:
             for row in rows:
                 tenant_id = row["tenant_id"]
                 claimed = row["claimed_at"] or now
-                fact = await outbox_db.find_cloud_confirmation(conn, tenant_id, row["message_id"],
-                                                               claimed - dt.timedelta(seconds=5))
+                fact = await outbox_db.find_cloud_confirmation(
+                    conn, tenant_id, row["message_id"], claimed - dt.timedelta(seconds=5)
+                )
                 provider = "business_api"
                 if fact is None and row["wa_id"]:
                     fact = await outbox_db.find_web_confirmation(
-                        conn, tenant_id, row["wa_id"], claimed - dt.timedelta(seconds=1),
-                        claimed + dt.timedelta(seconds=s.messaging_lease_s))
+                        conn,
+                        tenant_id,
+                        row["wa_id"],
+                        claimed - dt.timedelta(seconds=1),
+                        claimed + dt.timedelta(seconds=s.messaging_lease_s),
+                    )
                     provider = "web"
                 if fact is not None:
-                    by_tenant.setdefault(tenant_id, []).append({
-                        "message_id": row["message_id"], "kind": "sent", "provider": provider,
-                        "provider_message_id": fact["provider_message_id"],
-                        "conversation_id": row["conversation_id"], "wa_id": row["wa_id"],
-                        "reason": f"{row['route_reason'] or 'sent'}; recovered after an unknown outcome: "
-                                  f"the provider confirmed {fact['provider_message_id'][:40]}"})
+                    by_tenant.setdefault(tenant_id, []).append(
+                        {
+                            "message_id": row["message_id"],
+                            "kind": "sent",
+                            "provider": provider,
+                            "provider_message_id": fact["provider_message_id"],
+                            "conversation_id": row["conversation_id"],
+                            "wa_id": row["wa_id"],
+                            "reason": f"{row['route_reason'] or 'sent'}; recovered after an unknown outcome: "
+                            f"the provider confirmed {fact['provider_message_id'][:40]}",
+                        }
+                    )
                 elif row["next_attempt_at"] <= now:
                     await outbox_db.requeue_unknown(
-                        conn, tenant_id, row["message_id"],
+                        conn,
+                        tenant_id,
+                        row["message_id"],
                         f"outcome unknown and no provider confirmation within {s.messaging_reconcile_s:.0f} s: "
-                        "sending again")
+                        "sending again",
+                    )
                     result["requeued"] += 1
                     self.notify(tenant_id)
             for tenant_id, outcomes in by_tenant.items():
@@ -882,8 +1128,9 @@ class Dispatcher:
         horizon = time.monotonic() - 600
         for tenant_id in [t for t, at in self._recent_tenants.items() if at >= horizon]:
             async with self.db.begin() as conn:
-                ids = await outbox_db.orphan_status_message_ids(conn, tenant_id,
-                                                                utcnow() - dt.timedelta(minutes=10))
+                ids = await outbox_db.orphan_status_message_ids(
+                    conn, tenant_id, utcnow() - dt.timedelta(minutes=10)
+                )
                 events = []
                 for message_id in ids:
                     before = await messages_db.get_message(conn, tenant_id, message_id)
@@ -891,9 +1138,19 @@ class Dispatcher:
                     if before and after and after["status"] != before["status"]:
                         conv = await messages_db.get_conversation(conn, tenant_id, after["conversation_id"])
                         after["wa_id"] = conv["wa_id"] if conv else None
-                        events.append((tenant_id, event_types.MESSAGE_STATUS,
-                                       _status_data(after, after["status"], after["updated_at"],
-                                                    after.get("error_code"), after.get("error_message"))))
+                        events.append(
+                            (
+                                tenant_id,
+                                event_types.MESSAGE_STATUS,
+                                _status_data(
+                                    after,
+                                    after["status"],
+                                    after["updated_at"],
+                                    after.get("error_code"),
+                                    after.get("error_message"),
+                                ),
+                            )
+                        )
                 envelopes = await self._append(conn, events)
             await self.emit(envelopes)
         self._recent_tenants = {t: at for t, at in self._recent_tenants.items() if at >= horizon}
@@ -924,7 +1181,7 @@ class Dispatcher:
                 out["forwarded"] = True
             else:
                 out["error"] = "no provider has carried this conversation yet"
-        except Exception as exc:  # noqa: BLE001 - unread is cleared locally either way; say what failed
+        except Exception as exc:
             out["error"] = f"{type(exc).__name__}: {getattr(exc, 'message', None) or exc}"
             log.info("mark read not forwarded tenant=%s provider=%s: %s", tenant_id, provider, out["error"])
         return out
@@ -946,21 +1203,39 @@ def _plain_text(kind: str, content: dict[str, Any]) -> str:
     return str(content.get("caption") or "")
 
 
-def _failed(row: dict[str, Any], provider: str | None, code: Any, message: str, reason: str) -> dict[str, Any]:
-    return {"message_id": row["message_id"], "kind": "failed", "provider": provider, "error_code": code,
-            "error_message": message, "reason": reason, "conversation_id": row.get("conversation_id"),
-            "wa_id": row.get("wa_id")}
+def _failed(
+    row: dict[str, Any], provider: str | None, code: Any, message: str, reason: str
+) -> dict[str, Any]:
+    return {
+        "message_id": row["message_id"],
+        "kind": "failed",
+        "provider": provider,
+        "error_code": code,
+        "error_message": message,
+        "reason": reason,
+        "conversation_id": row.get("conversation_id"),
+        "wa_id": row.get("wa_id"),
+    }
 
 
-def _status_data(row: dict[str, Any], status: str, at: dt.datetime | None, code: Any,
-                 message: str | None) -> dict[str, Any]:
+def _status_data(
+    row: dict[str, Any], status: str, at: dt.datetime | None, code: Any, message: str | None
+) -> dict[str, Any]:
     """The ``message.status`` data shape the webhook receiver publishes (docs/EVENTS.md). ``row`` is a
     message row (``id``) or an outcome (``message_id``), with ``conversation_id`` and ``wa_id``."""
-    return status_event({"message_id": row.get("message_id") or row.get("id"),
-                         "conversation_id": row.get("conversation_id"), "provider": row.get("provider"),
-                         "provider_message_id": row.get("provider_message_id"), "status": status,
-                         "occurred_at": at, "recipient_id": row.get("wa_id"), "error_code": code,
-                         "error_message": message})
+    return status_event(
+        {
+            "message_id": row.get("message_id") or row.get("id"),
+            "conversation_id": row.get("conversation_id"),
+            "provider": row.get("provider"),
+            "provider_message_id": row.get("provider_message_id"),
+            "status": status,
+            "occurred_at": at,
+            "recipient_id": row.get("wa_id"),
+            "error_code": code,
+            "error_message": message,
+        }
+    )
 
 
 def _status_events(tenant_id: str, changes: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -973,4 +1248,3 @@ def _status_events(tenant_id: str, changes: list[dict[str, Any]]) -> list[tuple[
         if change["status"] == "failed":
             out.append((tenant_id, event_types.MESSAGE_FAILED, data))
     return out
-

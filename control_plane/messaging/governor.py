@@ -26,7 +26,8 @@ import asyncio
 import random
 import time
 from collections import deque
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 _RESERVE_LUA = """
 local t = redis.call('TIME')
@@ -73,9 +74,18 @@ return out
 
 
 class Governor:
-    def __init__(self, *, cloud_rate_per_s: float = 80.0, web_rate_per_s: float = 1.0,
-                 cloud_headroom: float = 0.03, pair_interval_s: float = 6.0, pair_burst: int = 5,
-                 web_jitter: tuple[float, float] = (1.0, 1.6), redis: Any = None, prefix: str = "gw:gov:") -> None:
+    def __init__(
+        self,
+        *,
+        cloud_rate_per_s: float = 80.0,
+        web_rate_per_s: float = 1.0,
+        cloud_headroom: float = 0.03,
+        pair_interval_s: float = 6.0,
+        pair_burst: int = 5,
+        web_jitter: tuple[float, float] = (1.0, 1.6),
+        redis: Any = None,
+        prefix: str = "gw:gov:",
+    ) -> None:
         self.cloud_rate_per_s = cloud_rate_per_s
         self.web_rate_per_s = web_rate_per_s
         self.cloud_headroom = cloud_headroom
@@ -144,7 +154,9 @@ class Governor:
             return [0.0] * len(recipients)
         keys = [f"{self.prefix}pair:{number_key}:{r}" for r in recipients]
         if self.redis is not None:
-            out = await self._script("pair", _PAIR_LUA)(keys=keys, args=[self.pair_interval_s, self.pair_burst])
+            out = await self._script("pair", _PAIR_LUA)(
+                keys=keys, args=[self.pair_interval_s, self.pair_burst]
+            )
             return [float(v) for v in out]
         now = time.monotonic()
         delays = []
@@ -169,8 +181,9 @@ class Governor:
             return
         self._pairs[key] = max(self._pairs.get(key, 0.0), time.monotonic() + full)
 
-    async def window_acquire(self, key: str, limit: int, window_s: float = 1.0,
-                             margin_s: float = 0.005) -> "_Window":
+    async def window_acquire(
+        self, key: str, limit: int, window_s: float = 1.0, margin_s: float = 0.005
+    ) -> _Window:
         """Last line of defence, in-process: wait until one more request on ``key`` cannot make the
         provider see more than ``limit`` requests in any ``window_s`` window, whatever the network
         and the provider's queue did to their timing. Pair it with :meth:`window_release` once the
@@ -206,7 +219,7 @@ class Governor:
                 await asyncio.shield(win.answered)
 
     @staticmethod
-    def window_release(win: "_Window") -> None:
+    def window_release(win: _Window) -> None:
         """The request :meth:`window_acquire` let go has its answer (or failed)."""
         win.inflight -= 1
         win.done.append(time.monotonic())
@@ -224,7 +237,7 @@ class _Window:
     """One key's requests for :meth:`Governor.window_acquire`: answer times (ascending) of the
     last window, and how many are in flight."""
 
-    __slots__ = ("done", "inflight", "answered")
+    __slots__ = ("answered", "done", "inflight")
 
     def __init__(self) -> None:
         self.done: deque[float] = deque()

@@ -24,14 +24,23 @@ log = logging.getLogger(__name__)
 RETRYABLE_MYSQL_CODES = {1213, 1205}  # deadlock, lock wait timeout
 
 
-async def enqueue(db: Any, tenant_id: str, body: models.SendMessageIn, *, idempotency_key: str | None = None,
-                  templates_known: bool = True) -> tuple[dict[str, Any], bool]:
+async def enqueue(
+    db: Any,
+    tenant_id: str,
+    body: models.SendMessageIn,
+    *,
+    idempotency_key: str | None = None,
+    templates_known: bool = True,
+) -> tuple[dict[str, Any], bool]:
     """Validate and store one outbound message. Returns (message row, created)."""
     wa_id, kind, content = models.normalize(body)
     key = body.idempotency_key or idempotency_key
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
-        raise errors.InvalidInput("the Idempotency-Key header and idempotency_key differ", code="invalid_field",
-                                  field="idempotency_key")
+        raise errors.InvalidInput(
+            "the Idempotency-Key header and idempotency_key differ",
+            code="invalid_field",
+            field="idempotency_key",
+        )
     digest = models.request_hash(wa_id, kind, content, body.provider)
     if key is not None:
         existing = await _existing(db, tenant_id, key, digest)
@@ -43,9 +52,16 @@ async def enqueue(db: Any, tenant_id: str, body: models.SendMessageIn, *, idempo
             known = await messages_db.get_template(conn, tenant_id, tpl["name"], tpl["language"])
         models.check_template_against_known(tpl, known)
     try:
-        row = await _insert(db, tenant_id, wa_id=wa_id, type=kind, content=content,
-                            requested_provider=body.provider, idempotency_key=key,
-                            request_hash=digest if key else None)
+        row = await _insert(
+            db,
+            tenant_id,
+            wa_id=wa_id,
+            type=kind,
+            content=content,
+            requested_provider=body.provider,
+            idempotency_key=key,
+            request_hash=digest if key else None,
+        )
     except IntegrityError:
         if key is None:
             raise
@@ -86,6 +102,9 @@ async def _existing(db: Any, tenant_id: str, key: str, digest: str) -> dict[str,
         if box is None:
             return None
         if box["request_hash"] != digest:
-            raise errors.Conflict("this idempotency_key was already used for a different request",
-                                  code="idempotency_key_reused", field="idempotency_key")
+            raise errors.Conflict(
+                "this idempotency_key was already used for a different request",
+                code="idempotency_key_reused",
+                field="idempotency_key",
+            )
         return await messages_db.get_message(conn, tenant_id, box["message_id"])

@@ -31,6 +31,7 @@ POLICIES = ("web_only", "business_api_only", "web_first", "business_api_first")
 @dataclass(frozen=True)
 class Roads:
     """What a tenant has right now."""
+
     policy: str = "web_only"
     web_configured: bool = True
     web_ready: bool = False
@@ -43,6 +44,7 @@ class Roads:
 @dataclass(frozen=True)
 class Decision:
     """``action``: send (on ``provider``), wait (no road now; retry later) or fail (never possible)."""
+
     action: str
     provider: str | None = None
     reason: str = ""
@@ -72,8 +74,15 @@ def _cloud_can_carry(kind: str, in_window: bool, roads: Roads) -> tuple[bool, st
     return False, "outside the 24 h window the Cloud API only takes templates", False
 
 
-def decide(*, kind: str, requested: str, roads: Roads, last_inbound_at: dt.datetime | None,
-           now: dt.datetime, web_capable: bool = True) -> Decision:
+def decide(
+    *,
+    kind: str,
+    requested: str,
+    roads: Roads,
+    last_inbound_at: dt.datetime | None,
+    now: dt.datetime,
+    web_capable: bool = True,
+) -> Decision:
     """The road for one message. ``requested``: auto | web | business_api (the request's ``provider``);
     ``web_capable=False`` for content only the Cloud API can carry (media given by Cloud media id)."""
     in_window = window_open(last_inbound_at, now)
@@ -83,23 +92,33 @@ def decide(*, kind: str, requested: str, roads: Roads, last_inbound_at: dt.datet
 
     def cloud(reason: str) -> Decision:
         if cloud_tpl:
-            reason += f"; outside the 24 h window: sent as fallback template {roads.fallback_template['name']}"
+            reason += (
+                f"; outside the 24 h window: sent as fallback template {roads.fallback_template['name']}"
+            )
         return Decision("send", CLOUD, reason, use_fallback_template=cloud_tpl)
 
     def cloud_failure(prefix: str = "") -> Decision:
         if not roads.cloud_configured:
-            return Decision("fail", None, prefix + "no configured road can carry this message",
-                            error_code="no_route")
+            return Decision(
+                "fail", None, prefix + "no configured road can carry this message", error_code="no_route"
+            )
         if roads.cloud_blocked:
             return Decision("fail", CLOUD, prefix + cloud_why, error_code="provider_unusable")
-        return Decision("fail", CLOUD, prefix + "the customer wrote more than 24 h ago (or never): outside the "
-                        "window the Cloud API only takes templates; send a template or configure a "
-                        "fallback template", error_code="outside_window")
+        return Decision(
+            "fail",
+            CLOUD,
+            prefix + "the customer wrote more than 24 h ago (or never): outside the "
+            "window the Cloud API only takes templates; send a template or configure a "
+            "fallback template",
+            error_code="outside_window",
+        )
 
     # An explicit road in the request overrides the policy (no fallback).
     if requested == WEB:
         if not web_can_type:
-            return Decision("fail", WEB, f"{kind} messages need the Business API", error_code="unsupported_on_web")
+            return Decision(
+                "fail", WEB, f"{kind} messages need the Business API", error_code="unsupported_on_web"
+            )
         if not roads.web_configured:
             return Decision("fail", WEB, "the Web session is not configured", error_code="no_route")
         if roads.web_ready:
@@ -114,8 +133,12 @@ def decide(*, kind: str, requested: str, roads: Roads, last_inbound_at: dt.datet
     web_usable = roads.web_configured and web_can_type
     if policy == "web_only":
         if not web_can_type:
-            return Decision("fail", WEB, f"{kind} messages need the Business API; policy is web_only",
-                            error_code="unsupported_on_web")
+            return Decision(
+                "fail",
+                WEB,
+                f"{kind} messages need the Business API; policy is web_only",
+                error_code="unsupported_on_web",
+            )
         if roads.web_ready:
             return Decision("send", WEB, "policy web_only")
         return Decision("wait", WEB, f"policy web_only; {state}", error_code="web_not_ready")
@@ -130,8 +153,12 @@ def decide(*, kind: str, requested: str, roads: Roads, last_inbound_at: dt.datet
             why = f"{kind} messages need the Business API" if not web_can_type else f"{state}"
             return cloud(f"fallback to business_api: {why}")
         if web_usable:
-            return Decision("wait", WEB, f"policy web_first; {state}; Business API cannot take it ({cloud_why})",
-                            error_code="web_not_ready")
+            return Decision(
+                "wait",
+                WEB,
+                f"policy web_first; {state}; Business API cannot take it ({cloud_why})",
+                error_code="web_not_ready",
+            )
         return cloud_failure("policy web_first: ")
     # business_api_first
     if cloud_ok:
@@ -140,14 +167,19 @@ def decide(*, kind: str, requested: str, roads: Roads, last_inbound_at: dt.datet
         return Decision("send", WEB, f"fallback to web: {cloud_why}")
     if web_usable and roads.cloud_configured and not roads.cloud_blocked:
         # Cloud could not take it (window); the session may come back.
-        return Decision("wait", WEB, f"policy business_api_first; {cloud_why}; {state}", error_code="web_not_ready")
+        return Decision(
+            "wait", WEB, f"policy business_api_first; {cloud_why}; {state}", error_code="web_not_ready"
+        )
     if web_usable:
-        return Decision("wait", WEB, f"policy business_api_first; {cloud_why}; {state}", error_code="web_not_ready")
+        return Decision(
+            "wait", WEB, f"policy business_api_first; {cloud_why}; {state}", error_code="web_not_ready"
+        )
     return cloud_failure("policy business_api_first: ")
 
 
-def fallback_on_web_down(roads: Roads, requested: str, kind: str, last_inbound_at: dt.datetime | None,
-                         now: dt.datetime) -> Decision | None:
+def fallback_on_web_down(
+    roads: Roads, requested: str, kind: str, last_inbound_at: dt.datetime | None, now: dt.datetime
+) -> Decision | None:
     """The Web session went down mid-send (the bridge said not ready: nothing was sent). The Cloud API
     takes over when the policy allows a fallback and it can carry the message."""
     if requested != "auto" or roads.policy not in ("web_first", "business_api_first"):

@@ -39,8 +39,14 @@ log = logging.getLogger(__name__)
 
 PROVIDER = "web"
 ACK_STATUS = {-1: "failed", 1: "sent", 2: "delivered", 3: "read", 4: "played"}
-_MEDIA_KINDS = {"image": "image", "video": "video", "audio": "audio", "ptt": "audio", "document": "document",
-                "sticker": "sticker"}
+_MEDIA_KINDS = {
+    "image": "image",
+    "video": "video",
+    "audio": "audio",
+    "ptt": "audio",
+    "document": "document",
+    "sticker": "sticker",
+}
 
 
 def chat_wa_id(chat_id: Any) -> str:
@@ -99,13 +105,26 @@ def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
     if data.get("quoted_id"):
         content["context"] = {"id": str(data["quoted_id"])}
     if from_me:
-        return {"provider": PROVIDER, "provider_message_id": message_id, "wa_id": wa_id, "type": kind,
-                "content": content, "provider_timestamp": _ts(data.get("timestamp")), "from_me": True,
-                "from": chat_wa_id(data.get("from")) or None}
-    return {"provider": PROVIDER, "provider_message_id": message_id, "wa_id": wa_id, "type": kind,
-            "content": content, "provider_timestamp": _ts(data.get("timestamp")),
-            "contact_name": data.get("notify_name") if isinstance(data.get("notify_name"), str) else None,
-            "to": chat_wa_id(data.get("to")) or None}
+        return {
+            "provider": PROVIDER,
+            "provider_message_id": message_id,
+            "wa_id": wa_id,
+            "type": kind,
+            "content": content,
+            "provider_timestamp": _ts(data.get("timestamp")),
+            "from_me": True,
+            "from": chat_wa_id(data.get("from")) or None,
+        }
+    return {
+        "provider": PROVIDER,
+        "provider_message_id": message_id,
+        "wa_id": wa_id,
+        "type": kind,
+        "content": content,
+        "provider_timestamp": _ts(data.get("timestamp")),
+        "contact_name": data.get("notify_name") if isinstance(data.get("notify_name"), str) else None,
+        "to": chat_wa_id(data.get("to")) or None,
+    }
 
 
 def status_item(data: dict[str, Any], ts_ms: int | None = None) -> dict[str, Any] | None:
@@ -115,9 +134,14 @@ def status_item(data: dict[str, Any], ts_ms: int | None = None) -> dict[str, Any
     status = ACK_STATUS.get(ack) if isinstance(ack, int) else None
     if not isinstance(message_id, str) or not message_id or status is None:
         return None
-    item = {"provider": PROVIDER, "provider_message_id": message_id, "status": status,
-            "occurred_at": _ts(ts_ms / 1000) if ts_ms else None,
-            "recipient_id": chat_wa_id(data.get("to")) or None, "raw": data}
+    item = {
+        "provider": PROVIDER,
+        "provider_message_id": message_id,
+        "status": status,
+        "occurred_at": _ts(ts_ms / 1000) if ts_ms else None,
+        "recipient_id": chat_wa_id(data.get("to")) or None,
+        "raw": data,
+    }
     if status == "failed":
         item["error_code"] = "web_ack_error"
         item["error_message"] = "WhatsApp Web reported the message as failed (ack -1)"
@@ -131,27 +155,41 @@ def phone_sent_event(row: dict[str, Any]) -> dict[str, Any]:
     """``message.sent`` data for a message typed on the phone (docs/EVENTS.md): the outbound shape
     plus ``origin: "phone"``, ``from``, ``type`` and ``content`` (the CRM has not seen it before)."""
     at = row.get("provider_timestamp")
-    return {"message_id": row["id"], "conversation_id": row["conversation_id"], "provider": PROVIDER,
-            "direction": "outbound", "origin": "phone", "from": row.get("from"), "to": row["wa_id"],
-            "type": row["type"], "content": row["content"], "status": "sent",
-            "provider_message_id": row["provider_message_id"],
-            "timestamp": iso(at), "error": None,
-            "route_reason": PHONE_ROUTE_REASON}
+    return {
+        "message_id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "provider": PROVIDER,
+        "direction": "outbound",
+        "origin": "phone",
+        "from": row.get("from"),
+        "to": row["wa_id"],
+        "type": row["type"],
+        "content": row["content"],
+        "status": "sent",
+        "provider_message_id": row["provider_message_id"],
+        "timestamp": iso(at),
+        "error": None,
+        "route_reason": PHONE_ROUTE_REASON,
+    }
 
 
-async def record_phone_messages(conn: Any, tenant_id: str,
-                                items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def record_phone_messages(
+    conn: Any, tenant_id: str, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Store messages typed on the phone as outbound rows, once per (tenant, provider message id);
     returns the rows stored now (content decoded, ``wa_id`` and ``from`` added), oldest first.
     Acks that were stored before their message (``message_id`` NULL) are applied."""
     m, c = messages_db.messages.c, messages_db.conversations.c
     fresh: dict[str, dict[str, Any]] = {}
     for item in items:
-        fresh.setdefault(item["provider_message_id"][:messages_db.PROVIDER_ID_LEN], item)
+        fresh.setdefault(item["provider_message_id"][: messages_db.PROVIDER_ID_LEN], item)
     if not fresh:
         return []
-    known = await conn.execute(sa.select(m.provider_message_id).where(
-        m.tenant_id == tenant_id, m.provider == PROVIDER, m.provider_message_id.in_(list(fresh))))
+    known = await conn.execute(
+        sa.select(m.provider_message_id).where(
+            m.tenant_id == tenant_id, m.provider == PROVIDER, m.provider_message_id.in_(list(fresh))
+        )
+    )
     for (pmid,) in known:
         fresh.pop(pmid, None)  # a send of ours, or the same message reported again
     now = utcnow()
@@ -159,19 +197,31 @@ async def record_phone_messages(conn: Any, tenant_id: str,
     for pmid, item in sorted(fresh.items(), key=lambda kv: (kv[1]["provider_timestamp"] or now, kv[0])):
         conv = await messages_db.get_or_create_conversation(conn, tenant_id, item["wa_id"], provider=PROVIDER)
         at = item["provider_timestamp"] or now
-        row = {"id": messages_db.new_message_id(), "tenant_id": tenant_id, "conversation_id": conv["id"],
-               "direction": "outbound", "provider": PROVIDER, "provider_message_id": pmid,
-               "type": str(item["type"])[:32], "content": messages_db.dump_json(item["content"]),
-               "status": "sent",
-               "created_at": now, "updated_at": now, "sent_at": at, "provider_timestamp": at}
+        row = {
+            "id": messages_db.new_message_id(),
+            "tenant_id": tenant_id,
+            "conversation_id": conv["id"],
+            "direction": "outbound",
+            "provider": PROVIDER,
+            "provider_message_id": pmid,
+            "type": str(item["type"])[:32],
+            "content": messages_db.dump_json(item["content"]),
+            "status": "sent",
+            "created_at": now,
+            "updated_at": now,
+            "sent_at": at,
+            "provider_timestamp": at,
+        }
         insert = messages_db.messages.insert()
         insert = insert.prefix_with("OR IGNORE" if conn.dialect.name == "sqlite" else "IGNORE")
         if (await conn.execute(insert.values(**row))).rowcount == 0:
             continue  # stored meanwhile by another writer
         newer = sa.or_(c.last_message_at.is_(None), c.last_message_at <= at)
-        await conn.execute(messages_db.conversations.update().where(
-            c.tenant_id == tenant_id, c.id == conv["id"], newer).values(
-            last_message_at=at, last_message_id=row["id"], updated_at=now))
+        await conn.execute(
+            messages_db.conversations.update()
+            .where(c.tenant_id == tenant_id, c.id == conv["id"], newer)
+            .values(last_message_at=at, last_message_id=row["id"], updated_at=now)
+        )
         after = await messages_db.apply_recorded_statuses(conn, tenant_id, row["id"])
         if after is not None:
             row.update(status=after["status"], updated_at=after["updated_at"])
@@ -237,7 +287,7 @@ class WebIngest:
             batch = [self._phone.popleft() for _ in range(min(len(self._phone), self.MAX_BATCH))]
             try:
                 await self._store_phone(batch)
-            except Exception:  # noqa: BLE001 - logged; the held acks still go on
+            except Exception:
                 log.exception("web ingest: cannot store %d phone message(s)", len(batch))
             for tenant_id, item in batch:
                 acks = self._held.pop((tenant_id, item["provider_message_id"]), None)
@@ -255,8 +305,9 @@ class WebIngest:
                     new_events = []
                     for tenant_id in sorted(per_tenant):
                         rows = await record_phone_messages(conn, tenant_id, per_tenant[tenant_id])
-                        new_events += [(tenant_id, event_types.MESSAGE_SENT, phone_sent_event(r))
-                                       for r in rows]
+                        new_events += [
+                            (tenant_id, event_types.MESSAGE_SENT, phone_sent_event(r)) for r in rows
+                        ]
                     envelopes = []
                     if new_events and events is not None:
                         append_many = getattr(events, "append_many", None)
@@ -268,12 +319,13 @@ class WebIngest:
             except sa.exc.DBAPIError:
                 if attempt == self.ATTEMPTS - 1:
                     raise
-                log.warning("web ingest: phone messages not stored (attempt %d), retrying", attempt + 1,
-                            exc_info=True)
+                log.warning(
+                    "web ingest: phone messages not stored (attempt %d), retrying", attempt + 1, exc_info=True
+                )
                 await asyncio.sleep(0.05 * (attempt + 1))
         self.stored_phone += len(new_events)
         if envelopes:
             try:
                 await events.emit(envelopes)
-            except Exception:  # noqa: BLE001 - stored; clients catch up by seq
+            except Exception:
                 log.exception("phone message events stored but not emitted")

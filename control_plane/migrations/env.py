@@ -11,8 +11,9 @@ config = context.config
 
 
 def _run(connection) -> None:
-    context.configure(connection=connection, target_metadata=None, render_as_batch=True,
-                      transaction_per_migration=True)
+    context.configure(
+        connection=connection, target_metadata=None, render_as_batch=True, transaction_per_migration=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

@@ -4,6 +4,7 @@ Pure module (standard library only). Built from the retry table in
 shared/reference/cloud-api.md §5. Key on ``error.code``, never on HTTP status or titles;
 the HTTP status only matters when there is no Graph error envelope at all (5xx from a proxy).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

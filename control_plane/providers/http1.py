@@ -60,7 +60,7 @@ class ProtocolError(HTTPError):
 
 
 class Response:
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
         self.status = status
@@ -71,7 +71,7 @@ class Response:
 class _Conn(asyncio.Protocol):
     """One connection: at most one request at a time (no pipelining)."""
 
-    def __init__(self, pool: "HTTP1Pool") -> None:
+    def __init__(self, pool: HTTP1Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -116,8 +116,11 @@ class _Conn(asyncio.Protocol):
             if self.until_close and self.head_done:
                 waiter.set_result(Response(self.status, self.headers, bytes(self.buf)))
             else:
-                waiter.set_exception(Disconnected(
-                    f"connection closed before a complete answer ({type(exc).__name__ if exc else 'EOF'})"))
+                waiter.set_exception(
+                    Disconnected(
+                        f"connection closed before a complete answer ({type(exc).__name__ if exc else 'EOF'})"
+                    )
+                )
         self.pool._forget(self)
 
     # -- parsing ---------------------------------------------------------------------------------
@@ -131,7 +134,7 @@ class _Conn(asyncio.Protocol):
                     raise ProtocolError("response head too large")
                 return
             head = bytes(buf[:end]).decode("latin-1")
-            del buf[:end + 4]
+            del buf[: end + 4]
             lines = head.split("\r\n")
             version, _, rest = lines[0].partition(" ")
             code = rest[:3]
@@ -148,7 +151,9 @@ class _Conn(asyncio.Protocol):
                 continue
             self.status, self.headers, self.head_done = status, headers, True
             connection = headers.get("connection", "").lower()
-            self.keep_alive = ("close" not in connection) and (version == "HTTP/1.1" or "keep-alive" in connection)
+            self.keep_alive = ("close" not in connection) and (
+                version == "HTTP/1.1" or "keep-alive" in connection
+            )
             if self.head_only or status in (204, 304):
                 self.length = 0
             elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -198,10 +203,10 @@ class _Conn(asyncio.Protocol):
             if len(buf) < eol + 2 + size + 2:
                 return
             start = eol + 2
-            self.chunks.append(bytes(buf[start:start + size]))
-            if buf[start + size:start + size + 2] != b"\r\n":
+            self.chunks.append(bytes(buf[start : start + size]))
+            if buf[start + size : start + size + 2] != b"\r\n":
                 raise ProtocolError("bad chunk framing")
-            del buf[:start + size + 2]
+            del buf[: start + size + 2]
             if sum(map(len, self.chunks)) > _MAX_BODY:
                 raise ProtocolError("answer too large")
 
@@ -232,8 +237,15 @@ class _Conn(asyncio.Protocol):
 class HTTP1Pool:
     """Keep-alive connections to one origin. ``await pool.request(...)`` -> :class:`Response`."""
 
-    def __init__(self, base_url: str, *, max_connections: int = 100, connect_timeout_s: float = 5.0,
-                 idle_s: float = 10.0, ssl_context: ssl_module.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        max_connections: int = 100,
+        connect_timeout_s: float = 5.0,
+        idle_s: float = 10.0,
+        ssl_context: ssl_module.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"unsupported base URL {base_url!r}")
@@ -254,8 +266,15 @@ class HTTP1Pool:
         self._slots = asyncio.Semaphore(max_connections)
         self._closed = False
 
-    async def request(self, method: str, target: str, *, headers: bytes = b"", body: bytes | None = None,
-                      timeout_s: float = 30.0) -> Response:
+    async def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: bytes = b"",
+        body: bytes | None = None,
+        timeout_s: float = 30.0,
+    ) -> Response:
         """``target``: the path (and query) after the base URL's own path. ``headers``: ready
         ``Name: value\\r\\n`` lines (Host, Content-Length and Connection are added here)."""
         if self._closed:
@@ -264,8 +283,14 @@ class HTTP1Pool:
         deadline = loop.time() + timeout_s
         async with self._slots:
             conn = await self._connection(loop, deadline)
-            head = [method.encode("ascii"), b" ", (self.prefix + target).encode("ascii"), b" HTTP/1.1\r\n",
-                    self.host_line, headers]
+            head = [
+                method.encode("ascii"),
+                b" ",
+                (self.prefix + target).encode("ascii"),
+                b" HTTP/1.1\r\n",
+                self.host_line,
+                headers,
+            ]
             if body is not None:
                 head.append(b"Content-Length: %d\r\n" % len(body))
             head.append(b"\r\n")
@@ -296,11 +321,17 @@ class HTTP1Pool:
             conn._abort()
         conn = _Conn(self)
         try:
-            await asyncio.wait_for(loop.create_connection(
-                lambda: conn, self.host, self.port, ssl=self._ssl,
-                server_hostname=self.host if self.https else None),
-                max(0.001, min(self.connect_timeout_s, deadline - loop.time())))
-        except asyncio.TimeoutError:
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: conn,
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self.https else None,
+                ),
+                max(0.001, min(self.connect_timeout_s, deadline - loop.time())),
+            )
+        except TimeoutError:
             raise ConnectTimeout(f"no connection to {self.host}:{self.port} in time") from None
         except (OSError, ssl_module.SSLError) as exc:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
@@ -335,5 +366,13 @@ def _expire(waiter: asyncio.Future) -> None:
         waiter.set_exception(ResponseTimeout("no complete answer in time"))
 
 
-__all__: list[Any] = ["ConnectFailed", "ConnectTimeout", "Disconnected", "HTTP1Pool", "HTTPError",
-                      "ProtocolError", "Response", "ResponseTimeout"]
+__all__: list[Any] = [
+    "ConnectFailed",
+    "ConnectTimeout",
+    "Disconnected",
+    "HTTP1Pool",
+    "HTTPError",
+    "ProtocolError",
+    "Response",
+    "ResponseTimeout",
+]

@@ -50,8 +50,9 @@ async def running(app: web.Application) -> AsyncIterator[EventPublisher]:
     publisher.start()
     app["events"] = publisher
     app["realtime_relay"] = relay
-    pruner = asyncio.create_task(prune_forever(app["db"], settings.event_retention_days),
-                                 name="event-log-pruner")
+    pruner = asyncio.create_task(
+        prune_forever(app["db"], settings.event_retention_days), name="event-log-pruner"
+    )
     rechecker = asyncio.create_task(relay.recheck_forever(CREDENTIALS_RECHECK_S), name="realtime-credentials")
     try:
         yield publisher

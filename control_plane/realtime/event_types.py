@@ -12,18 +12,33 @@ MESSAGE_SENT = "message.sent"
 MESSAGE_STATUS = "message.status"
 MESSAGE_FAILED = "message.failed"
 
-ALL_TYPES: frozenset[str] = frozenset({
-    SESSION_STATE, SESSION_QR, MESSAGE_RECEIVED, MESSAGE_SENT, MESSAGE_STATUS, MESSAGE_FAILED,
-})
+ALL_TYPES: frozenset[str] = frozenset(
+    {
+        SESSION_STATE,
+        SESSION_QR,
+        MESSAGE_RECEIVED,
+        MESSAGE_SENT,
+        MESSAGE_STATUS,
+        MESSAGE_FAILED,
+    }
+)
 
 # Every tenant's events also go to this room (admin subscriptions to "all tenants").
 ALL_ROOM = "tenants:all"
 _TENANT_ROOM_PREFIX = "tenant:"
 
 # Keys that must never appear at the top level of a payload (secrets stay out of the event log).
-FORBIDDEN_KEYS: frozenset[str] = frozenset({
-    "api_key", "access_token", "app_secret", "verify_token", "secret_key", "admin_token", "password",
-})
+FORBIDDEN_KEYS: frozenset[str] = frozenset(
+    {
+        "api_key",
+        "access_token",
+        "app_secret",
+        "verify_token",
+        "secret_key",
+        "admin_token",
+        "password",
+    }
+)
 
 
 def tenant_room(tenant_id: str) -> str:
@@ -34,5 +49,5 @@ def tenant_room(tenant_id: str) -> str:
 def tenant_of_room(room: str) -> str | None:
     """The tenant id a room name belongs to, or None for other rooms."""
     if room.startswith(_TENANT_ROOM_PREFIX):
-        return room[len(_TENANT_ROOM_PREFIX):]
+        return room[len(_TENANT_ROOM_PREFIX) :]
     return None

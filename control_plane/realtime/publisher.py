@@ -133,8 +133,9 @@ def check_names(tenant_id: str, type_: str) -> None:
         raise ValueError(f"invalid event type {type_!r}; use dotted lower-case names like 'message.sent'")
 
 
-def make_envelope(tenant_id: str, seq: int, type_: str, ts: dt.datetime, data: Any, data_json: str
-                  ) -> Envelope:
+def make_envelope(
+    tenant_id: str, seq: int, type_: str, ts: dt.datetime, data: Any, data_json: str
+) -> Envelope:
     env = Envelope(seq=seq, tenant_id=tenant_id, type=type_, ts=format_ts(ts), data=data)
     env.data_json = data_json
     return env
@@ -143,7 +144,7 @@ def make_envelope(tenant_id: str, seq: int, type_: str, ts: dt.datetime, data: A
 class _Turn:
     """A batch's tenants, held back from later batches until its counter rows are locked."""
 
-    __slots__ = ("publisher", "tenants", "held", "writer")
+    __slots__ = ("held", "publisher", "tenants", "writer")
 
     def __init__(self, publisher: EventPublisher, tenants: set[str], writer: int) -> None:
         self.publisher, self.tenants, self.held, self.writer = publisher, tenants, False, writer
@@ -195,16 +196,24 @@ def _retryable(exc: BaseException) -> bool:
 class EventPublisher:
     """See the module docstring. ``persist=False`` (benchmarks only) numbers events in memory."""
 
-    def __init__(self, db: Database | None, sink: Sink | None = None, *, persist: bool = True,
-                 max_batch: int = MAX_BATCH, commits_in_flight: int = COMMITS_IN_FLIGHT) -> None:
+    def __init__(
+        self,
+        db: Database | None,
+        sink: Sink | None = None,
+        *,
+        persist: bool = True,
+        max_batch: int = MAX_BATCH,
+        commits_in_flight: int = COMMITS_IN_FLIGHT,
+    ) -> None:
         if persist and db is None:
             raise ValueError("a database is needed unless persist=False")
         self.db = db
         self.sink = sink
         self.persist = persist
         self.max_batch = max_batch
-        self._pending: collections.deque[tuple[str, str, dt.datetime, Any, str, asyncio.Future]] = \
+        self._pending: collections.deque[tuple[str, str, dt.datetime, Any, str, asyncio.Future]] = (
             collections.deque()
+        )
         self._wake = asyncio.Event()
         self._emit_queue: asyncio.Queue[list[Envelope] | None] = asyncio.Queue()
         self._memory_seq: dict[str, int] = {}
@@ -229,16 +238,26 @@ class EventPublisher:
         self._writers_left = 0
         self._tasks: list[asyncio.Task] = []
         self._closing = False
-        self.stats = {"batches": 0, "events": 0, "emitted": 0, "commit_s": 0.0, "predicted": 0,
-                      "mispredicted": 0}
+        self.stats = {
+            "batches": 0,
+            "events": 0,
+            "emitted": 0,
+            "commit_s": 0.0,
+            "predicted": 0,
+            "mispredicted": 0,
+        }
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
         n = self._commits_in_flight if self.persist else 1
         self._writers_left = n
-        self._tasks = [asyncio.create_task(self._writer(self._logs[i] if self._logs else None),
-                                           name=f"events-writer-{i}") for i in range(n)]
+        self._tasks = [
+            asyncio.create_task(
+                self._writer(self._logs[i] if self._logs else None), name=f"events-writer-{i}"
+            )
+            for i in range(n)
+        ]
         self._tasks.append(asyncio.create_task(self._emitter(), name="events-emitter"))
 
     async def close(self) -> None:
@@ -265,8 +284,9 @@ class EventPublisher:
         self._wake.set()
         return await fut
 
-    async def append(self, conn: AsyncConnection, tenant_id: str, type: str,
-                     data: dict[str, Any]) -> Envelope:
+    async def append(
+        self, conn: AsyncConnection, tenant_id: str, type: str, data: dict[str, Any]
+    ) -> Envelope:
         """Append inside the caller's transaction (``conn``). Emit it with :meth:`emit` once that
         transaction has committed; until then nobody sees it (a rollback takes its seq back)."""
         check_names(tenant_id, type)
@@ -276,8 +296,13 @@ class EventPublisher:
         [seq] = await events_db.append_events(conn, [(tenant_id, type, ts, data_json)])
         return make_envelope(tenant_id, seq, type, ts, data, data_json)
 
-    async def append_many(self, conn: AsyncConnection, events: Sequence[tuple[str, str, dict[str, Any]]], *,
-                          before: list[str] | None = None) -> list[Envelope]:
+    async def append_many(
+        self,
+        conn: AsyncConnection,
+        events: Sequence[tuple[str, str, dict[str, Any]]],
+        *,
+        before: list[str] | None = None,
+    ) -> list[Envelope]:
         """:meth:`append` for many ``(tenant_id, type, data)`` at once: one counter upsert and one
         multi-row insert. Envelopes come back in input order (seqs in input order per tenant).
         ``before``: raw statements to send in the same round trip (see ``events_db.append_events``).
@@ -292,7 +317,9 @@ class EventPublisher:
             check_names(tenant_id, type_)
             prepared.append((tenant_id, type_, data, event[3] if len(event) > 3 else encode_data(data)))
             self._next.pop(tenant_id, None)  # its counter moves outside the publisher: read it again
-        seqs = await events_db.append_events(conn, [(t, ty, ts, dj) for t, ty, _d, dj in prepared], before=before)
+        seqs = await events_db.append_events(
+            conn, [(t, ty, ts, dj) for t, ty, _d, dj in prepared], before=before
+        )
         return [make_envelope(t, seq, ty, ts, d, dj) for (t, ty, d, dj), seq in zip(prepared, seqs)]
 
     async def emit(self, envelopes: Sequence[Envelope]) -> None:
@@ -440,16 +467,22 @@ class EventPublisher:
 
     # -- committing -----------------------------------------------------------------------------
 
-    async def _commit_batch(self, batch: list, number: int, event_log: events_db.EventLogWriter | None,
-                            turn: _Turn, seqs: list[int] | None = None, after: dict[str, int] | None = None
-                            ) -> list[Envelope | None]:
+    async def _commit_batch(
+        self,
+        batch: list,
+        number: int,
+        event_log: events_db.EventLogWriter | None,
+        turn: _Turn,
+        seqs: list[int] | None = None,
+        after: dict[str, int] | None = None,
+    ) -> list[Envelope | None]:
         if seqs is not None:
             assert event_log is not None and after is not None
             try:
                 return await self._commit_predicted(batch, seqs, event_log, turn.writer, after, turn)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - see below
+            except Exception as exc:
                 for tenant_id in turn.tenants:
                     self._next.pop(tenant_id, None)  # read the counters again
                 if not isinstance(exc, events_db.CounterMoved | IntegrityError) and not _retryable(exc):
@@ -477,24 +510,38 @@ class EventPublisher:
                 return await self._commit_per_tenant(batch, number, event_log)
             log.warning("event batch of %d failed: %s", len(batch), exc)
             self._fail(batch, exc)
-        except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it (db down)
+        except Exception as exc:
             log.warning("event batch of %d failed: %s", len(batch), exc)
             self._fail(batch, exc)
         return []
 
-    async def _commit_predicted(self, batch: list, seqs: list[int], event_log: events_db.EventLogWriter,
-                                writer: int, after: dict[str, int], turn: _Turn) -> list[Envelope]:
+    async def _commit_predicted(
+        self,
+        batch: list,
+        seqs: list[int],
+        event_log: events_db.EventLogWriter,
+        writer: int,
+        after: dict[str, int],
+        turn: _Turn,
+    ) -> list[Envelope]:
         started = time.monotonic()
         await event_log.append_predicted(
-            [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch], seqs,
-            writer=writer, after=after, on_sent=turn.release)
+            [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch],
+            seqs,
+            writer=writer,
+            after=after,
+            on_sent=turn.release,
+        )
         self.stats["commit_s"] += time.monotonic() - started
         self.stats["predicted"] += 1
-        return [make_envelope(tenant_id, seq, type_, ts, data, data_json)
-                for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)]
+        return [
+            make_envelope(tenant_id, seq, type_, ts, data, data_json)
+            for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)
+        ]
 
-    async def _commit_per_tenant(self, batch: list, number: int, event_log: events_db.EventLogWriter | None
-                                 ) -> list[Envelope | None]:
+    async def _commit_per_tenant(
+        self, batch: list, number: int, event_log: events_db.EventLogWriter | None
+    ) -> list[Envelope | None]:
         groups: dict[str, list] = {}
         for entry in batch:
             groups.setdefault(entry[0], []).append(entry)
@@ -505,7 +552,7 @@ class EventPublisher:
                     by_entry[id(entry)] = env
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - this tenant's callers get it, the others go on
+            except Exception as exc:
                 log.warning("events for tenant=%s failed: %s", tenant_id, exc)
                 self._fail(group, exc)
         return [by_entry.get(id(entry)) for entry in batch]
@@ -555,8 +602,9 @@ class EventPublisher:
         if onward:
             self._emit_queue.put_nowait(onward)
 
-    async def _commit(self, batch: list, number: int, event_log: events_db.EventLogWriter | None,
-                      turn: _Turn | _Kept) -> list[Envelope]:
+    async def _commit(
+        self, batch: list, number: int, event_log: events_db.EventLogWriter | None, turn: _Turn | _Kept
+    ) -> list[Envelope]:
         rows = [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch]
         if not self.persist:
             seqs = []
@@ -570,8 +618,7 @@ class EventPublisher:
             started = time.monotonic()
             for attempt in range(1, COMMIT_ATTEMPTS + 1):
                 try:
-                    seqs = await event_log.append(rows, on_locked=turn.release,
-                                                  writer=turn.writer)
+                    seqs = await event_log.append(rows, on_locked=turn.release, writer=turn.writer)
                     self._predicts = event_log.predicts
                     break
                 except DBAPIError as exc:
@@ -584,11 +631,14 @@ class EventPublisher:
                         if self._batches_taken != number + 1:
                             raise
                         turn.hold_again()
-                    log.info("event batch retried after %s (%d attempts left)", exc.orig,
-                             COMMIT_ATTEMPTS - attempt)
+                    log.info(
+                        "event batch retried after %s (%d attempts left)", exc.orig, COMMIT_ATTEMPTS - attempt
+                    )
             self.stats["commit_s"] += time.monotonic() - started
-        return [make_envelope(tenant_id, seq, type_, ts, data, data_json)
-                for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)]
+        return [
+            make_envelope(tenant_id, seq, type_, ts, data, data_json)
+            for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)
+        ]
 
     async def _emitter(self) -> None:
         while True:

@@ -65,18 +65,26 @@ Item = tuple[str, int, str]
 def encode_packet(tenant_id: str, seq: int, type_: str, ts: str, data_json: str) -> str:
     """The Socket.IO EVENT packet text for one envelope, built without re-encoding ``data``.
     (``2`` = EVENT on the default namespace; names are validated by the publisher.)"""
-    return (f'2["{type_}",{{"seq":{seq},"tenant_id":"{tenant_id}","type":"{type_}","ts":"{ts}",'
-            f'"data":{data_json}}}]')
+    return (
+        f'2["{type_}",{{"seq":{seq},"tenant_id":"{tenant_id}","type":"{type_}","ts":"{ts}",'
+        f'"data":{data_json}}}]'
+    )
 
 
 def envelope_item(env: Envelope) -> Item:
-    return env["tenant_id"], env["seq"], encode_packet(env["tenant_id"], env["seq"], env["type"], env["ts"],
-                                                      env.data_json)
+    return (
+        env["tenant_id"],
+        env["seq"],
+        encode_packet(env["tenant_id"], env["seq"], env["type"], env["ts"], env.data_json),
+    )
 
 
 def row_item(row: dict[str, Any]) -> Item:
-    return row["tenant_id"], row["seq"], encode_packet(row["tenant_id"], row["seq"], row["type"],
-                                                       format_ts(row["ts"]), row["data"])
+    return (
+        row["tenant_id"],
+        row["seq"],
+        encode_packet(row["tenant_id"], row["seq"], row["type"], format_ts(row["ts"]), row["data"]),
+    )
 
 
 @dataclass(eq=False)
@@ -108,8 +116,16 @@ class RelayRedisManager(socketio.AsyncRedisManager):
         self._subscribed = asyncio.Event()
 
     async def publish_batch(self, items: Sequence[Item]) -> None:
-        await self._publish({"host_id": self.host_id, "method": "emit", "event": BATCH_EVENT,
-                             "data": items, "namespace": NAMESPACE, "room": None})
+        await self._publish(
+            {
+                "host_id": self.host_id,
+                "method": "emit",
+                "event": BATCH_EVENT,
+                "data": items,
+                "namespace": NAMESPACE,
+                "room": None,
+            }
+        )
 
     async def _handle_emit(self, message: dict) -> None:
         if message.get("event") == BATCH_EVENT:
@@ -139,7 +155,7 @@ class RelayRedisManager(socketio.AsyncRedisManager):
                     yield data
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - reconnect; clients catch up on their next event
+            except Exception as exc:
                 log.warning("realtime redis listener: %s; retrying in %.1fs", exc, retry_s)
                 await asyncio.sleep(retry_s)
                 retry_s = min(retry_s * 2, 30.0)
@@ -158,9 +174,16 @@ class RelayRedisManager(socketio.AsyncRedisManager):
 class Relay:
     """Owns the Socket.IO server's delivery: auth at connect, replay, live fan-out, slow clients."""
 
-    def __init__(self, sio: socketio.AsyncServer, db: Database, settings: Settings, *,
-                 max_queue: int = MAX_QUEUE, max_buffer: int = MAX_BUFFER, replay_page: int = REPLAY_PAGE
-                 ) -> None:
+    def __init__(
+        self,
+        sio: socketio.AsyncServer,
+        db: Database,
+        settings: Settings,
+        *,
+        max_queue: int = MAX_QUEUE,
+        max_buffer: int = MAX_BUFFER,
+        replay_page: int = REPLAY_PAGE,
+    ) -> None:
         self.sio = sio
         self.db = db
         self.settings = settings
@@ -264,8 +287,11 @@ class Relay:
     def _cut_off_slow(self, sub: Subscriber) -> None:
         sub.closed = True
         self.stats["slow_disconnects"] += 1
-        log.warning("realtime client %s cut off: send queue over %d packets (it resumes with since)",
-                    sub.sid, self.max_queue)
+        log.warning(
+            "realtime client %s cut off: send queue over %d packets (it resumes with since)",
+            sub.sid,
+            self.max_queue,
+        )
         self._spawn(self.sio.disconnect(sub.sid))
 
     def _spawn(self, coro) -> asyncio.Task:
@@ -288,8 +314,12 @@ class Relay:
                 if not sub.closed and sub.sid in self.subs:
                     # Left as it is, it would stay in catch-up and be sent nothing while it looks
                     # connected: cut it off instead; it reconnects with since and loses nothing.
-                    log.warning("realtime client %s: connection not seen as established within %.0fs; "
-                                "disconnecting it", sub.sid, CONNECT_WAIT_S)
+                    log.warning(
+                        "realtime client %s: connection not seen as established within %.0fs; "
+                        "disconnecting it",
+                        sub.sid,
+                        CONNECT_WAIT_S,
+                    )
                     sub.closed = True
                     self._spawn(self.sio.disconnect(sub.sid))
                 return
@@ -338,8 +368,9 @@ class Relay:
         sent = False
         while not sub.closed:
             async with self.db.connect() as conn:
-                rows = await events_db.events_after(conn, tenant_id, sub.cursors.get(tenant_id, 0),
-                                                    limit=self.replay_page)
+                rows = await events_db.events_after(
+                    conn, tenant_id, sub.cursors.get(tenant_id, 0), limit=self.replay_page
+                )
             for row in rows:
                 if not self._send(sub, row_item(row)[2]):
                     return sent
@@ -366,16 +397,19 @@ class Relay:
             tenants, cursors, key_hash = await self._authorize(environ, auth)
         except Refused:
             raise
-        except Exception as exc:  # noqa: BLE001 - e.g. the database is down: refuse, the client retries
+        except Exception as exc:
             log.warning("realtime connect refused, dependency failed: %s", exc)
             raise _refuse("temporarily unavailable; retry shortly", "unavailable") from None
         sub = Subscriber(sid=sid, tenants=tenants, cursors=cursors, dirty=set(cursors), key_hash=key_hash)
         self.subs[sid] = sub
-        for room in ([tenant_room(t) for t in tenants] if tenants is not None else [ALL_ROOM]):
+        for room in [tenant_room(t) for t in tenants] if tenants is not None else [ALL_ROOM]:
             await self.sio.enter_room(sid, room, namespace=NAMESPACE)
         self._start_catch_up(sub)
-        log.info("realtime connect sid=%s tenants=%s", sid,
-                 ",".join(sorted(tenants)) if tenants is not None else "all")
+        log.info(
+            "realtime connect sid=%s tenants=%s",
+            sid,
+            ",".join(sorted(tenants)) if tenants is not None else "all",
+        )
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
         sub = self.subs.pop(sid, None)
@@ -385,8 +419,9 @@ class Relay:
         if sub.task is not None:
             sub.task.cancel()
 
-    async def _authorize(self, environ: dict, auth: Any
-                         ) -> tuple[frozenset[str] | None, dict[str, int], str | None]:
+    async def _authorize(
+        self, environ: dict, auth: Any
+    ) -> tuple[frozenset[str] | None, dict[str, int], str | None]:
         """(tenants or None for all, initial cursors, the API key's digest or None for the admin)
         or raise a refusal."""
         if auth is None:
@@ -397,8 +432,9 @@ class Relay:
         if not token and _admin_panel_session(environ):
             return *await self._authorize_admin(auth, auth.get("since")), None
         if not isinstance(token, str) or not token:
-            raise _refuse("missing credentials: connect with auth: {token: '<api key>'}",
-                          "missing_credentials")
+            raise _refuse(
+                "missing credentials: connect with auth: {token: '<api key>'}", "missing_credentials"
+            )
         since = auth.get("since")
         if tokens_equal(token, self.settings.admin_token.get()):
             return *await self._authorize_admin(auth, since), None
@@ -424,12 +460,18 @@ class Relay:
             return 0
         async with self.db.connect() as conn:
             live = await tenants_db.live_key_hashes(conn, held)
-        gone = [sub for sub in list(self.subs.values())
-                if sub.key_hash is not None and sub.key_hash not in live and not sub.closed]
+        gone = [
+            sub
+            for sub in list(self.subs.values())
+            if sub.key_hash is not None and sub.key_hash not in live and not sub.closed
+        ]
         for sub in gone:
             sub.closed = True
-            log.info("realtime client %s disconnected: its API key was revoked or its tenant "
-                     "deactivated or deleted", sub.sid)
+            log.info(
+                "realtime client %s disconnected: its API key was revoked or its tenant "
+                "deactivated or deleted",
+                sub.sid,
+            )
             await self.sio.disconnect(sub.sid)
         return len(gone)
 
@@ -445,9 +487,10 @@ class Relay:
             self._recheck.clear()
             try:
                 await self.recheck_credentials()
-            except Exception as exc:  # noqa: BLE001 - database down: open sockets stay until it is back
-                log.warning("realtime: cannot re-check credentials of open connections: %s",
-                            type(exc).__name__)
+            except Exception as exc:
+                log.warning(
+                    "realtime: cannot re-check credentials of open connections: %s", type(exc).__name__
+                )
 
     async def _authorize_admin(self, auth: dict, since: Any) -> tuple[frozenset[str] | None, dict[str, int]]:
         wanted = auth.get("tenants")
@@ -475,8 +518,9 @@ class Relay:
         for tenant_id in tenant_ids:
             value = since.get(tenant_id) if isinstance(since, dict) else since
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise _refuse("since must be a non-negative integer (the last seq you received)",
-                              "invalid_since")
+                raise _refuse(
+                    "since must be a non-negative integer (the last seq you received)", "invalid_since"
+                )
             latest = await events_db.last_seq(conn, tenant_id)
             # A since beyond the latest seq (a client that outlived a database restore) restarts
             # from the latest: better a repeat than a silent loss.
@@ -524,8 +568,9 @@ def _admin_panel_session(environ: dict) -> bool:
 def create_server(settings: Settings) -> socketio.AsyncServer:
     """The Socket.IO server; with REDIS_URL, a Redis manager links it to the other nodes."""
     manager = RelayRedisManager(settings.redis_url) if settings.redis_url else socketio.AsyncManager()
-    sio = socketio.AsyncServer(async_mode="aiohttp", client_manager=manager, logger=False,
-                               engineio_logger=False)
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp", client_manager=manager, logger=False, engineio_logger=False
+    )
     transport.install(sio.eio)
     return sio
 

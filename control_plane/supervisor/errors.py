@@ -1,14 +1,14 @@
 """What the supervisor raises. Each is a domain error, so the HTTP layer maps it without help::
 
-    SupervisorError (mixin: every error below)
-    ├── SessionNotReady        (Conflict 409)     no ready session for this tenant
-    ├── BridgeCommandError     the bridge answered ok:false (.bridge_code, .bridge_message)
-    │   ├── BridgeBadRequest   (InvalidInput 422) bad arguments (bridge code bad_request)
-    │   └── BridgeRefused      (Conflict 409)     anything else (invalid_state, not_on_whatsapp, ...)
-    ├── BridgeUnavailable      (Unavailable 503)  the bridge died or timed out mid-command
-    │                                             (.ambiguous: it may have acted on it)
-    ├── NotSandbox             (Forbidden 403)    sandbox command for a real WhatsApp session
-    └── SupervisorClosed       (Unavailable 503)  the control plane is shutting down
+SupervisorError (mixin: every error below)
+├── SessionNotReady        (Conflict 409)     no ready session for this tenant
+├── BridgeCommandError     the bridge answered ok:false (.bridge_code, .bridge_message)
+│   ├── BridgeBadRequest   (InvalidInput 422) bad arguments (bridge code bad_request)
+│   └── BridgeRefused      (Conflict 409)     anything else (invalid_state, not_on_whatsapp, ...)
+├── BridgeUnavailable      (Unavailable 503)  the bridge died or timed out mid-command
+│                                             (.ambiguous: it may have acted on it)
+├── NotSandbox             (Forbidden 403)    sandbox command for a real WhatsApp session
+└── SupervisorClosed       (Unavailable 503)  the control plane is shutting down
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ class BridgeCommandError(SupervisorError):
     code = "bridge_command_failed"
 
     def __init__(self, bridge_code: str, bridge_message: str) -> None:
-        super().__init__(f"the session refused the command: {bridge_code}: {bridge_message}",
-                         code=f"bridge_{bridge_code}")
+        super().__init__(
+            f"the session refused the command: {bridge_code}: {bridge_message}", code=f"bridge_{bridge_code}"
+        )
         self.bridge_code = bridge_code
         self.bridge_message = bridge_message
 

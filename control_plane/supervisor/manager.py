@@ -115,10 +115,12 @@ class Supervisor:
             await sessions_db.mark_stale_states_stopped(conn)
         async with self.db.connect() as conn:
             to_start = await sessions_db.list_sessions_to_start(conn) if boot else []
-        self._tasks = [asyncio.create_task(self._writer(), name="supervisor-writer"),
-                       asyncio.create_task(self._dispatcher(), name="supervisor-messages"),
-                       asyncio.create_task(self._memory_loop(), name="supervisor-memory"),
-                       asyncio.create_task(self._watchdog_loop(), name="supervisor-watchdog")]
+        self._tasks = [
+            asyncio.create_task(self._writer(), name="supervisor-writer"),
+            asyncio.create_task(self._dispatcher(), name="supervisor-messages"),
+            asyncio.create_task(self._memory_loop(), name="supervisor-memory"),
+            asyncio.create_task(self._watchdog_loop(), name="supervisor-watchdog"),
+        ]
         self.is_running = True
         self._boot_task = asyncio.create_task(self._boot(to_start), name="supervisor-boot")
         log.info("supervisor up: %d session(s) to bring back, sessions in %s", len(to_start), root)
@@ -184,8 +186,13 @@ class Supervisor:
             row = await sessions_db.get_session_state(conn, tenant_id)
         session = self._sessions.get(tenant_id)  # loaded meanwhile by a concurrent call
         if session is None:
-            session = TenantSession(self, tenant_id, sandbox=sandbox,
-                                    desired_running=bool(row and row["desired_state"] == "running"), row=row)
+            session = TenantSession(
+                self,
+                tenant_id,
+                sandbox=sandbox,
+                desired_running=bool(row and row["desired_state"] == "running"),
+                row=row,
+            )
             self._sessions[tenant_id] = session
         return session
 
@@ -195,8 +202,11 @@ class Supervisor:
     async def _set_desired(self, session: TenantSession, running: bool) -> None:
         session.desired_running = running
         async with self._write() as conn:
-            await sessions_db.set_desired_state(conn, session.tenant_id,
-                                                sessions_db.DESIRED_RUNNING if running else sessions_db.DESIRED_STOPPED)
+            await sessions_db.set_desired_state(
+                conn,
+                session.tenant_id,
+                sessions_db.DESIRED_RUNNING if running else sessions_db.DESIRED_STOPPED,
+            )
 
     async def _await_runner(self, session: TenantSession) -> None:
         if session.runner is not None:
@@ -286,11 +296,20 @@ class Supervisor:
             async with self.db.connect() as conn:
                 row = await sessions_db.get_session_state(conn, tenant_id)
             row = row or {}
-            return {"state": row.get("state", "stopped"), "reason": row.get("reason"),
-                    "since": iso(row.get("since")), "restarts": row.get("restarts", 0), "pid": None,
-                    "memory_bytes": None, "uptime_s": None, "own_number": row.get("own_number"),
-                    "desired_state": row.get("desired_state", "stopped"), "qr_attempt": None,
-                    "last_exit_code": row.get("last_exit_code"), "driver": None}
+            return {
+                "state": row.get("state", "stopped"),
+                "reason": row.get("reason"),
+                "since": iso(row.get("since")),
+                "restarts": row.get("restarts", 0),
+                "pid": None,
+                "memory_bytes": None,
+                "uptime_s": None,
+                "own_number": row.get("own_number"),
+                "desired_state": row.get("desired_state", "stopped"),
+                "qr_attempt": None,
+                "last_exit_code": row.get("last_exit_code"),
+                "driver": None,
+            }
         proc = session.proc
         alive = proc is not None and not proc.exited
         memory = None
@@ -298,12 +317,20 @@ class Supervisor:
             roots = session.memory_roots()
             memory = await asyncio.to_thread(policy.tree_memory_bytes, roots)
         qr = session.qr()
-        return {"state": session.state.value, "reason": session.machine.reason, "since": iso(session.machine.since),
-                "restarts": session.restarts, "pid": proc.pid if alive else None, "memory_bytes": memory,
-                "uptime_s": round(proc.uptime_s, 3) if alive else None, "own_number": session.own_number,
-                "desired_state": "running" if session.desired_running else "stopped",
-                "qr_attempt": qr["attempt"] if qr else None, "last_exit_code": session.last_exit_code,
-                "driver": session.driver}
+        return {
+            "state": session.state.value,
+            "reason": session.machine.reason,
+            "since": iso(session.machine.since),
+            "restarts": session.restarts,
+            "pid": proc.pid if alive else None,
+            "memory_bytes": memory,
+            "uptime_s": round(proc.uptime_s, 3) if alive else None,
+            "own_number": session.own_number,
+            "desired_state": "running" if session.desired_running else "stopped",
+            "qr_attempt": qr["attempt"] if qr else None,
+            "last_exit_code": session.last_exit_code,
+            "driver": session.driver,
+        }
 
     def qr(self, tenant_id: str) -> dict[str, Any] | None:
         """The current QR ({qr, attempt, expires_at}) or None when none is showing."""
@@ -349,8 +376,9 @@ class Supervisor:
         session = self._live(tenant_id)
         if not session.is_ready:
             raise sup_errors.SessionNotReady(tenant_id, session.state.value)
-        await session.bridge_request(protocol.CMD_MARK_READ, {"chat_id": chat_id}, timeout_s=COMMAND_TIMEOUT_S,
-                                     ambiguous=False)
+        await session.bridge_request(
+            protocol.CMD_MARK_READ, {"chat_id": chat_id}, timeout_s=COMMAND_TIMEOUT_S, ambiguous=False
+        )
 
     async def sandbox(self, tenant_id: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
         """A ``sandbox.*`` command (``scan`` or ``sandbox.scan``) to a scripted-driver bridge."""
@@ -371,10 +399,22 @@ class Supervisor:
     # ------------------------------------------------------------------ outbound (one boundary)
     def bridge_argv(self, tenant_id: str, folder: Path, driver: str) -> list[str]:
         s = self.settings
-        return [s.node_path, str(s.bridge_script), "--tenant", tenant_id, "--session-dir", str(folder),
-                "--driver", driver, "--heartbeat-ms", str(max(10, round(s.heartbeat_interval_s * 1000))),
-                "--qr-interval-ms", str(max(10, round(s.qr_interval_s * 1000))),
-                "--stop-timeout-ms", str(max(1, round(s.stop_wait_s * 800)))]
+        return [
+            s.node_path,
+            str(s.bridge_script),
+            "--tenant",
+            tenant_id,
+            "--session-dir",
+            str(folder),
+            "--driver",
+            driver,
+            "--heartbeat-ms",
+            str(max(10, round(s.heartbeat_interval_s * 1000))),
+            "--qr-interval-ms",
+            str(max(10, round(s.qr_interval_s * 1000))),
+            "--stop-timeout-ms",
+            str(max(1, round(s.stop_wait_s * 800))),
+        ]
 
     def record_state(self, session: TenantSession, event: dict[str, Any] | None) -> None:
         """Queues the session's actual state for the database and, with ``event``, a session.state."""
@@ -416,13 +456,15 @@ class Supervisor:
                 async with self._write() as conn:
                     for tenant_id, snap in latest.items():
                         await sessions_db.record_actual_state(conn, tenant_id, **snap)
-            except Exception:  # noqa: BLE001 - one bad row (a tenant deleted meanwhile) must not lose the others
+            except Exception:
                 for tenant_id, snap in latest.items():
                     try:
                         async with self._write() as conn:
                             await sessions_db.record_actual_state(conn, tenant_id, **snap)
-                    except Exception as exc:  # noqa: BLE001 - logged; the in-memory state stays right
-                        log.warning("cannot persist session state tenant=%s: %s", tenant_id, type(exc).__name__)
+                    except Exception as exc:
+                        log.warning(
+                            "cannot persist session state tenant=%s: %s", tenant_id, type(exc).__name__
+                        )
         for tenant_id, snapshot, event in batch:
             if event is None or tenant_id in self._forgotten:
                 continue
@@ -431,7 +473,7 @@ class Supervisor:
                 await self.events.publish(tenant_id, type_, data)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a publisher outage must not stop supervision
+            except Exception as exc:
                 log.warning("cannot publish %s tenant=%s: %s", type_, tenant_id, exc)
 
     async def _dispatcher(self) -> None:
@@ -494,6 +536,10 @@ class Supervisor:
                     continue
                 session.memory_bytes = verdict.bytes
                 if verdict.over and session.proc is not None and not session._acting:
-                    log.warning("memory %d MB over the %d MB limit: restarting tenant=%s",
-                                verdict.bytes // 2**20, self.settings.memory_limit_mb, verdict.tenant_id)
+                    log.warning(
+                        "memory %d MB over the %d MB limit: restarting tenant=%s",
+                        verdict.bytes // 2**20,
+                        self.settings.memory_limit_mb,
+                        verdict.tenant_id,
+                    )
                     session.request("kill", "memory_limit")

@@ -40,6 +40,7 @@ class InvalidTenantId(errors.InvalidInput):
 
 class UnsafeSessionPath(errors.Conflict):
     """The tenant folder resolves outside SESSIONS_DIR (a symlink was planted)."""
+
     code = "unsafe_session_path"
 
 

@@ -16,8 +16,9 @@ import psutil
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def backoff_delay(failures: int, base_s: float, cap_s: float, *, jitter: float = 0.2,
-                  rand: random.Random | None = None) -> float:
+def backoff_delay(
+    failures: int, base_s: float, cap_s: float, *, jitter: float = 0.2, rand: random.Random | None = None
+) -> float:
     """Exponential backoff: ``base * 2**(failures-1)`` capped at ``cap``, minus up to ``jitter`` of it
     (so many tenants crashing together do not restart in the same instant, and the delay never
     exceeds the cap)."""
@@ -57,13 +58,15 @@ class CrashLoopBreaker:
         self._times.clear()
 
 
-def heartbeat_overdue(last_seen: float, interval_s: float, now: float | None = None, *,
-                      missed: float = 2.0) -> bool:
+def heartbeat_overdue(
+    last_seen: float, interval_s: float, now: float | None = None, *, missed: float = 2.0
+) -> bool:
     """Silent for ``missed`` heartbeat intervals."""
     return ((time.monotonic() if now is None else now) - last_seen) > missed * interval_s
 
 
 # --- memory ------------------------------------------------------------------------------------
+
 
 def _read_small(path: str) -> bytes:
     """One read of a small /proc file (os.open/os.read: no file object; this runs ~500 times a check)."""
@@ -84,7 +87,7 @@ def ppid_map() -> dict[int, int]:
             stat = _read_small(f"/proc/{name}/stat")
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2:].split(b" ", 2)
+        fields = stat[stat.rfind(b")") + 2 :].split(b" ", 2)
         if len(fields) >= 2:
             out[int(name)] = int(fields[1])
     return out
@@ -163,4 +166,3 @@ def check_memory(trees: dict[str, list[int]], limit_bytes: int) -> list[MemoryVe
             used = pss_bytes(pids)
         verdicts.append(MemoryVerdict(tenant_id, used, used > limit_bytes))
     return verdicts
-

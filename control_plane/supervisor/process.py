@@ -60,15 +60,30 @@ class BridgeProcess:
 
     # -- spawn --
     @classmethod
-    async def spawn(cls, argv: list[str], *, cwd: Path, env: dict[str, str],
-                    on_event: Callable[[BridgeEvent], None], on_stderr: Callable[[str], None],
-                    log_context: str, default_timeout_s: float = 10.0,
-                    on_heartbeat: Callable[[], None] | None = None) -> BridgeProcess:
+    async def spawn(
+        cls,
+        argv: list[str],
+        *,
+        cwd: Path,
+        env: dict[str, str],
+        on_event: Callable[[BridgeEvent], None],
+        on_stderr: Callable[[str], None],
+        log_context: str,
+        default_timeout_s: float = 10.0,
+        on_heartbeat: Callable[[], None] | None = None,
+    ) -> BridgeProcess:
         # Popen (vfork+exec, ~1 ms) rather than asyncio's subprocess: exit is watched through a pidfd
         # below, so there is no child watcher and no thread per child.
-        popen = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.PIPE,  # noqa: ASYNC220
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                 close_fds=True)
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
         self = cls(popen, log_context=log_context)
         try:
             await self._attach(on_event, on_stderr, default_timeout_s, on_heartbeat)
@@ -86,8 +101,14 @@ class BridgeProcess:
         self._watch_exit(loop)
         transport, proto = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, self.popen.stdin)
         writer = asyncio.StreamWriter(transport, proto, None, loop)
-        self.conn = BridgeConnection(None, writer, on_event, on_heartbeat=on_heartbeat,
-                                     default_timeout_s=default_timeout_s, log_context=self.log_context)
+        self.conn = BridgeConnection(
+            None,
+            writer,
+            on_event,
+            on_heartbeat=on_heartbeat,
+            default_timeout_s=default_timeout_s,
+            log_context=self.log_context,
+        )
         conn = self.conn
         out_t, out_p = await loop.connect_read_pipe(lambda: BridgeStdoutProtocol(conn), self.popen.stdout)
         self._pipes.append((out_t, out_p.closed))
@@ -181,8 +202,12 @@ class BridgeProcess:
         self.send_signal(signal.SIGTERM)
         code = await self.wait(stop_wait_s)
         if code is None:
-            log.warning("%sbridge pid=%d ignored SIGTERM for %.1fs: killing its group",
-                        self.log_context, self.pid, stop_wait_s)
+            log.warning(
+                "%sbridge pid=%d ignored SIGTERM for %.1fs: killing its group",
+                self.log_context,
+                self.pid,
+                stop_wait_s,
+            )
             return await self.kill()
         self.kill_group(signal.SIGKILL)  # leftovers of the group, if any
         return code
@@ -242,8 +267,22 @@ class StderrLines(asyncio.Protocol):
 def bridge_env(*, tmpdir: Path, chrome_path: str, base: dict[str, str] | None = None) -> dict[str, str]:
     """A minimal environment for a bridge: never the control plane's secrets or database URL."""
     base = dict(os.environ if base is None else base)
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "NODE_OPTIONS", "NODE_EXTRA_CA_CERTS",
-            "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+    keep = (
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "LC_CTYPE",
+        "TZ",
+        "NODE_OPTIONS",
+        "NODE_EXTRA_CA_CERTS",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    )
     env = {k: base[k] for k in keep if k in base}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["TMPDIR"] = str(tmpdir)
@@ -252,6 +291,7 @@ def bridge_env(*, tmpdir: Path, chrome_path: str, base: dict[str, str] | None = 
 
 
 # --- profile cleanup ---------------------------------------------------------------------------
+
 
 def iter_cmdlines() -> Iterator[tuple[int, list[str]]]:
     """(pid, argv) of every process we can read, straight from /proc (cheap, no psutil objects)."""
@@ -282,7 +322,7 @@ def _arg_value(argv: list[str], name: str) -> str | None:
         if arg == name and i + 1 < len(argv):
             return argv[i + 1]
         if arg.startswith(name + "="):
-            return arg[len(name) + 1:]
+            return arg[len(name) + 1 :]
     return None
 
 
@@ -305,7 +345,7 @@ def _alive(pid: int) -> bool:
             stat = fh.read()
     except OSError:
         return False
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")  # a zombie holds nothing
+    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")  # a zombie holds nothing
 
 
 def kill_process_groups(pids: Iterable[int], wait_s: float = PROFILE_KILL_WAIT_S) -> int:
@@ -379,6 +419,14 @@ def describe_exit(code: int | None) -> str:
     return f"exit_{code}"
 
 
-__all__: list[Any] = ["BridgeProcess", "bridge_env", "cleanup_profile", "cleanup_profile_sync",
-                      "describe_exit", "find_orphans", "find_profile_holders", "kill_process_groups",
-                      "remove_singletons"]
+__all__: list[Any] = [
+    "BridgeProcess",
+    "bridge_env",
+    "cleanup_profile",
+    "cleanup_profile_sync",
+    "describe_exit",
+    "find_orphans",
+    "find_profile_holders",
+    "kill_process_groups",
+    "remove_singletons",
+]

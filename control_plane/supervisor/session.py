@@ -51,8 +51,12 @@ S = SessionState
 
 # What the runner can be asked to do, strongest first: a weaker request never replaces a stronger one.
 ACTION_PRIORITY = {"logout": 5, "stop": 4, "restart": 3, "expire": 2, "kill": 1}
-BRIDGE_STATES = {protocol.STATE_QR: S.QR, protocol.STATE_AUTHENTICATED: S.AUTHENTICATED,
-                 protocol.STATE_READY: S.READY, protocol.STATE_DISCONNECTED: S.DISCONNECTED}
+BRIDGE_STATES = {
+    protocol.STATE_QR: S.QR,
+    protocol.STATE_AUTHENTICATED: S.AUTHENTICATED,
+    protocol.STATE_READY: S.READY,
+    protocol.STATE_DISCONNECTED: S.DISCONNECTED,
+}
 STDERR_TAIL = 10
 
 
@@ -78,8 +82,15 @@ def iso(value: dt.datetime | None) -> str | None:
 class TenantSession:
     """Actual state, desired state and the runner of one tenant's bridge."""
 
-    def __init__(self, sup: Supervisor, tenant_id: str, *, sandbox: bool, desired_running: bool,
-                 row: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        sup: Supervisor,
+        tenant_id: str,
+        *,
+        sandbox: bool,
+        desired_running: bool,
+        row: dict[str, Any] | None = None,
+    ) -> None:
         self.sup = sup
         self.tenant_id = tenant_id
         self.sandbox = sandbox
@@ -146,9 +157,15 @@ class TenantSession:
     def snapshot(self) -> dict[str, Any]:
         """The persisted columns of the actual state."""
         alive = self.proc is not None and not self.proc.exited
-        return {"state": self.state.value, "reason": self.machine.reason, "since": self.machine.since,
-                "restarts": self.restarts, "last_exit_code": self.last_exit_code,
-                "pid": self.proc.pid if alive else None, "own_number": self.own_number}
+        return {
+            "state": self.state.value,
+            "reason": self.machine.reason,
+            "since": self.machine.since,
+            "restarts": self.restarts,
+            "last_exit_code": self.last_exit_code,
+            "pid": self.proc.pid if alive else None,
+            "own_number": self.own_number,
+        }
 
     # -- the one mutation point --
     def _change(self, new: SessionState, reason: str | None = None, **extra: Any) -> Transition | None:
@@ -157,11 +174,22 @@ class TenantSession:
         except InvalidTransition as exc:
             log.warning("ignored transition tenant=%s: %s", self.tenant_id, exc)
             return None
-        log.info("session %s -> %s%s tenant=%s", transition.previous.value, new.value,
-                 f" reason={reason}" if reason else "", self.tenant_id)
-        data = {"state": new.value, "previous": transition.previous.value, "reason": reason,
-                "since": iso(transition.since), "restarts": self.restarts,
-                "desired_state": "running" if self.desired_running else "stopped", **extra}
+        log.info(
+            "session %s -> %s%s tenant=%s",
+            transition.previous.value,
+            new.value,
+            f" reason={reason}" if reason else "",
+            self.tenant_id,
+        )
+        data = {
+            "state": new.value,
+            "previous": transition.previous.value,
+            "reason": reason,
+            "since": iso(transition.since),
+            "restarts": self.restarts,
+            "desired_state": "running" if self.desired_running else "stopped",
+            **extra,
+        }
         if new is S.READY:
             data["own_number"] = self.own_number
         self.sup.record_state(self, data)
@@ -185,7 +213,11 @@ class TenantSession:
         try:
             while True:
                 action = self._take_action()
-                if (action and action.kind in ("stop", "logout")) or not self.desired_running or self.sup.closing:
+                if (
+                    (action and action.kind in ("stop", "logout"))
+                    or not self.desired_running
+                    or self.sup.closing
+                ):
                     await self._finish_idle(action)
                     return
                 if action and action.kind == "restart":
@@ -220,18 +252,26 @@ class TenantSession:
         folder = paths.tenant_dir(sup.settings.sessions_dir, self.tenant_id, create=True)
         killed, removed = await cleanup_profile(self.profile_dirs())
         if killed or removed:
-            log.warning("freed the profile before start tenant=%s killed=%d removed=%s",
-                        self.tenant_id, killed, removed)
+            log.warning(
+                "freed the profile before start tenant=%s killed=%d removed=%s",
+                self.tenant_id,
+                killed,
+                removed,
+            )
         self._reset_run()
         self._change(S.STARTING, self.machine.reason if self.state is S.BACKOFF else None)
         self._gen += 1
         gen = self._gen
         try:
             proc = await BridgeProcess.spawn(
-                sup.bridge_argv(self.tenant_id, folder, self.driver), cwd=folder,
+                sup.bridge_argv(self.tenant_id, folder, self.driver),
+                cwd=folder,
                 env=bridge_env(tmpdir=folder / paths.TMP_DIR_NAME, chrome_path=sup.settings.chrome_path),
-                on_event=lambda ev: self._on_event(gen, ev), on_stderr=self._on_stderr,
-                on_heartbeat=lambda: self._on_heartbeat(gen), log_context=f"tenant={self.tenant_id} ")
+                on_event=lambda ev: self._on_event(gen, ev),
+                on_stderr=self._on_stderr,
+                on_heartbeat=lambda: self._on_heartbeat(gen),
+                log_context=f"tenant={self.tenant_id} ",
+            )
         except OSError as exc:
             log.error("cannot spawn the bridge tenant=%s: %s", self.tenant_id, exc)
             self.fatal_code = "spawn_failed"
@@ -276,7 +316,9 @@ class TenantSession:
     async def _act(self, proc: BridgeProcess, action: Action) -> None:
         stop_wait_s = self.sup.settings.stop_wait_s
         if action.kind == "kill":
-            log.warning("killing the bridge pid=%d reason=%s tenant=%s", proc.pid, action.reason, self.tenant_id)
+            log.warning(
+                "killing the bridge pid=%d reason=%s tenant=%s", proc.pid, action.reason, self.tenant_id
+            )
             if action.reason == "heartbeat_timeout":  # hung: a polite stop would never be answered
                 await proc.kill()
             else:
@@ -315,12 +357,21 @@ class TenantSession:
 
     async def _crashed(self, outcome: Outcome, cause: Action | None) -> bool:
         reason = cause.reason if cause else (outcome.fatal_code or describe_exit(outcome.code))
-        log.warning("bridge exited unasked code=%s reason=%s tenant=%s; last stderr: %s", outcome.code,
-                    reason, self.tenant_id, " | ".join(self.stderr_tail) or "-")
+        log.warning(
+            "bridge exited unasked code=%s reason=%s tenant=%s; last stderr: %s",
+            outcome.code,
+            reason,
+            self.tenant_id,
+            " | ".join(self.stderr_tail) or "-",
+        )
         failures = self.breaker.record()
         if self.breaker.tripped():
-            log.error("crash loop: %d failures within %.0fs, giving up until someone asks tenant=%s",
-                      failures, self.breaker.window_s, self.tenant_id)
+            log.error(
+                "crash loop: %d failures within %.0fs, giving up until someone asks tenant=%s",
+                failures,
+                self.breaker.window_s,
+                self.tenant_id,
+            )
             self._change(S.FAILED, "crash_loop", exit_code=outcome.code, cause=reason)
             return False
         self.restarts += 1
@@ -328,9 +379,17 @@ class TenantSession:
             self.own_number = None
             self._change(S.LOGGED_OUT, "phone_logout", exit_code=outcome.code)
             return True  # a fresh QR at once
-        delay = policy.backoff_delay(failures, self.sup.settings.backoff_base_s, self.sup.settings.backoff_cap_s)
-        self._change(S.BACKOFF, reason, exit_code=outcome.code, retry_in_s=round(delay, 3),
-                     failures_in_window=failures, attempts_left=self.breaker.max_failures - failures)
+        delay = policy.backoff_delay(
+            failures, self.sup.settings.backoff_base_s, self.sup.settings.backoff_cap_s
+        )
+        self._change(
+            S.BACKOFF,
+            reason,
+            exit_code=outcome.code,
+            retry_in_s=round(delay, 3),
+            failures_in_window=failures,
+            attempts_left=self.breaker.max_failures - failures,
+        )
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)  # a request cuts the wait short
         return True
@@ -396,20 +455,30 @@ class TenantSession:
             return
         expires_ms = int(data.get("expires_at") or 0)
         expires_at = iso(dt.datetime.fromtimestamp(expires_ms / 1000, dt.UTC).replace(tzinfo=None))
-        self.current_qr = {"qr": data.get("qr"), "attempt": attempt, "expires_at": expires_at,
-                           "expires_at_ms": expires_ms}
+        self.current_qr = {
+            "qr": data.get("qr"),
+            "attempt": attempt,
+            "expires_at": expires_at,
+            "expires_at_ms": expires_ms,
+        }
         if self.first_qr_at is None:
             self.first_qr_at = time.monotonic()
-        self.sup.publish(self.tenant_id, "session.qr", {"qr": data.get("qr"), "attempt": attempt,
-                                                        "expires_at": expires_at})
+        self.sup.publish(
+            self.tenant_id, "session.qr", {"qr": data.get("qr"), "attempt": attempt, "expires_at": expires_at}
+        )
 
     def _ev_ready(self, data: dict[str, Any]) -> None:
         if data.get("number"):
             self.own_number = str(data["number"])[:32]
 
     def _ev_error(self, data: dict[str, Any]) -> None:
-        log.warning("bridge error code=%s fatal=%s message=%s tenant=%s", data.get("code"), data.get("fatal"),
-                    data.get("message"), self.tenant_id)
+        log.warning(
+            "bridge error code=%s fatal=%s message=%s tenant=%s",
+            data.get("code"),
+            data.get("fatal"),
+            data.get("message"),
+            self.tenant_id,
+        )
         if data.get("fatal"):
             self.fatal_code = str(data.get("code") or "fatal")[:100]
 
@@ -479,8 +548,9 @@ class TenantSession:
         elif self.state is S.QR and self.first_qr_at is not None:
             qr = self.current_qr
             past_ttl = now - self.first_qr_at > settings.qr_ttl_s
-            last_expired = (qr is not None and qr["attempt"] >= settings.qr_max_cycles
-                            and wall_ms > qr["expires_at_ms"])
+            last_expired = (
+                qr is not None and qr["attempt"] >= settings.qr_max_cycles and wall_ms > qr["expires_at_ms"]
+            )
             if past_ttl or last_expired:
                 self.request("expire", "qr_expired")
 
@@ -490,19 +560,30 @@ class TenantSession:
             return []
         return [p for p in (proc.pid, self.browser_pid) if p]
 
-    async def bridge_request(self, cmd: str, args: dict[str, Any], *, timeout_s: float,
-                             ambiguous: bool) -> dict[str, Any]:
+    async def bridge_request(
+        self, cmd: str, args: dict[str, Any], *, timeout_s: float, ambiguous: bool
+    ) -> dict[str, Any]:
         """A command to the live bridge, with errors translated to supervisor errors."""
         proc = self.proc
-        if proc is None or proc.exited or proc.conn is None or self.state not in LIVE or self.state is S.STOPPING:
-            raise sup_errors.SessionNotReady(self.tenant_id, self.state.value,
-                                             f"no running WhatsApp session (state {self.state.value})")
+        if (
+            proc is None
+            or proc.exited
+            or proc.conn is None
+            or self.state not in LIVE
+            or self.state is S.STOPPING
+        ):
+            raise sup_errors.SessionNotReady(
+                self.tenant_id, self.state.value, f"no running WhatsApp session (state {self.state.value})"
+            )
         try:
             return await proc.conn.request(cmd, args, timeout_s=timeout_s)
         except protocol.BridgeCommandFailed as exc:
             raise sup_errors.from_command_failure(self.tenant_id, self.state.value, exc) from None
         except protocol.BridgeTimeout:
-            raise sup_errors.BridgeUnavailable(f"the session did not answer {cmd} within {timeout_s:g}s",
-                                               ambiguous=ambiguous) from None
+            raise sup_errors.BridgeUnavailable(
+                f"the session did not answer {cmd} within {timeout_s:g}s", ambiguous=ambiguous
+            ) from None
         except protocol.BridgeClosed:
-            raise sup_errors.BridgeUnavailable(f"the session ended during {cmd}", ambiguous=ambiguous) from None
+            raise sup_errors.BridgeUnavailable(
+                f"the session ended during {cmd}", ambiguous=ambiguous
+            ) from None

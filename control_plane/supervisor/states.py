@@ -92,8 +92,9 @@ class SessionStateMachine:
 
     __slots__ = ("reason", "since", "state")
 
-    def __init__(self, state: SessionState = S.STOPPED, reason: str | None = None,
-                 since: dt.datetime | None = None) -> None:
+    def __init__(
+        self, state: SessionState = S.STOPPED, reason: str | None = None, since: dt.datetime | None = None
+    ) -> None:
         self.state = state
         self.reason = reason
         self.since = since or utcnow()

@@ -27,6 +27,7 @@ SIGNATURE_PREFIX = "sha256="
 @dataclass(frozen=True)
 class Target:
     """A phone_number_id's tenant (only active configs of active tenants are targets)."""
+
     tenant_id: str
     phone_number_id: str
     waba_id: str | None
@@ -41,7 +42,7 @@ def parse_signature(header: str | None) -> bytes | None:
     if not header.lower().startswith(SIGNATURE_PREFIX):
         return None
     try:
-        digest = bytes.fromhex(header[len(SIGNATURE_PREFIX):])
+        digest = bytes.fromhex(header[len(SIGNATURE_PREFIX) :])
     except ValueError:
         return None
     return digest if len(digest) == 32 else None
@@ -67,7 +68,7 @@ class TenantDirectory:
         self._cache.clear()
         self._generation += 1
 
-    def cached(self, pnid: str) -> Target | None | bool:
+    def cached(self, pnid: str) -> Target | bool | None:
         """The cached answer for one id without waiting: a Target, None (no active tenant owns it), or
         False when the cache cannot say (missing or expired: use :meth:`targets`)."""
         hit = self._cache.get(pnid)
@@ -131,7 +132,12 @@ class TenantDirectory:
             try:
                 secret = self._box.decrypt(row["app_secret_enc"]).encode()
             except ValueError:
-                log.error("webhook app secret cannot be decrypted (SECRET_KEY changed?) tenant=%s",
-                          row["tenant_id"])
-        return Target(tenant_id=row["tenant_id"], phone_number_id=row["phone_number_id"],
-                      waba_id=row["waba_id"], app_secret=secret)
+                log.error(
+                    "webhook app secret cannot be decrypted (SECRET_KEY changed?) tenant=%s", row["tenant_id"]
+                )
+        return Target(
+            tenant_id=row["tenant_id"],
+            phone_number_id=row["phone_number_id"],
+            waba_id=row["waba_id"],
+            app_secret=secret,
+        )

@@ -31,8 +31,9 @@ import datetime as dt
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class TenantWork:
     """What one delivery stores for one tenant."""
+
     tenant_id: str
     messages: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
@@ -86,8 +88,9 @@ def is_connection_lost(exc: BaseException) -> bool:
     if isinstance(orig, ConnectionError) or isinstance(exc, (InterfaceError, ConnectionError)):
         return True
     code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
-    return isinstance(exc, DBAPIError) and (isinstance(code, int) and code >= 2000
-                                            or type(orig).__name__ == "InterfaceError")
+    return isinstance(exc, DBAPIError) and (
+        (isinstance(code, int) and code >= 2000) or type(orig).__name__ == "InterfaceError"
+    )
 
 
 def is_db_outage(exc: BaseException) -> bool:
@@ -108,14 +111,24 @@ def received_event(row: dict[str, Any], to: str | None = None) -> dict[str, Any]
     """``message.received`` data (the same shape for both providers; see docs/EVENTS.md)."""
     # A fast-path row keeps the content object aside (its "content" is the stored JSON text).
     content = row["_content"] if "_content" in row else row["content"]
-    return {"message_id": row["id"], "conversation_id": row["conversation_id"], "provider": row["provider"],
-            "direction": "inbound", "from": row["wa_id"], "to": to, "contact_name": row.get("contact_name"),
-            "type": row["type"], "content": content, "status": "received",
-            "provider_message_id": row["provider_message_id"], "timestamp": iso(row.get("provider_timestamp"))}
+    return {
+        "message_id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "provider": row["provider"],
+        "direction": "inbound",
+        "from": row["wa_id"],
+        "to": to,
+        "contact_name": row.get("contact_name"),
+        "type": row["type"],
+        "content": content,
+        "status": "received",
+        "provider_message_id": row["provider_message_id"],
+        "timestamp": iso(row.get("provider_timestamp")),
+    }
 
 
 def _json_str(value: Any) -> str:
-    if type(value) is str:  # noqa: E721
+    if type(value) is str:
         return _encode_str(value)
     if value is None:
         return "null"
@@ -128,15 +141,17 @@ def received_event_json(data: dict[str, Any], content_json: str) -> str:
     (the same separators, non-ASCII kept; webhook content is plain JSON values, so both encoders
     write it alike). Anything unexpected in a field goes through ``encode_data``."""
     try:
-        if type(data["conversation_id"]) is not int:  # noqa: E721
+        if type(data["conversation_id"]) is not int:
             raise TypeError
-        return (f'{{"message_id":{_json_str(data["message_id"])},"conversation_id":{data["conversation_id"]},'
-                f'"provider":{_json_str(data["provider"])},"direction":"inbound",'
-                f'"from":{_json_str(data["from"])},"to":{_json_str(data["to"])},'
-                f'"contact_name":{_json_str(data["contact_name"])},"type":{_json_str(data["type"])},'
-                f'"content":{content_json},"status":"received",'
-                f'"provider_message_id":{_json_str(data["provider_message_id"])},'
-                f'"timestamp":{_json_str(data["timestamp"])}}}')
+        return (
+            f'{{"message_id":{_json_str(data["message_id"])},"conversation_id":{data["conversation_id"]},'
+            f'"provider":{_json_str(data["provider"])},"direction":"inbound",'
+            f'"from":{_json_str(data["from"])},"to":{_json_str(data["to"])},'
+            f'"contact_name":{_json_str(data["contact_name"])},"type":{_json_str(data["type"])},'
+            f'"content":{content_json},"status":"received",'
+            f'"provider_message_id":{_json_str(data["provider_message_id"])},'
+            f'"timestamp":{_json_str(data["timestamp"])}}}'
+        )
     except TypeError:
         return encode_data(data)
 
@@ -146,10 +161,17 @@ def status_event(change: dict[str, Any]) -> dict[str, Any]:
     error = None
     if change["status"] == "failed":
         error = {"code": change.get("error_code"), "message": change.get("error_message")}
-    return {"message_id": change["message_id"], "conversation_id": change["conversation_id"],
-            "provider": change["provider"], "direction": "outbound", "to": change.get("recipient_id"),
-            "status": change["status"], "provider_message_id": change["provider_message_id"],
-            "timestamp": iso(change.get("occurred_at")), "error": error}
+    return {
+        "message_id": change["message_id"],
+        "conversation_id": change["conversation_id"],
+        "provider": change["provider"],
+        "direction": "outbound",
+        "to": change.get("recipient_id"),
+        "status": change["status"],
+        "provider_message_id": change["provider_message_id"],
+        "timestamp": iso(change.get("occurred_at")),
+        "error": error,
+    }
 
 
 @dataclass
@@ -161,7 +183,7 @@ class _Pending:
 class _Writer:
     """One writer's connection (held: no pool checkout, ping or reset per batch)."""
 
-    __slots__ = ("number", "conn", "driver")
+    __slots__ = ("conn", "driver", "number")
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -172,7 +194,7 @@ class _Writer:
 class _Emission:
     """One batch's events, in the order the batches appended them (their seqs): emitted once done."""
 
-    __slots__ = ("envelopes", "done")
+    __slots__ = ("done", "envelopes")
 
     def __init__(self) -> None:
         self.envelopes: list[dict[str, Any]] | None = None
@@ -212,7 +234,9 @@ class _Gate:
 
 
 class WebhookIngester:
-    def __init__(self, db: Database, events: Callable[[], Any], *, max_batch: int = 256, writers: int = 1) -> None:
+    def __init__(
+        self, db: Database, events: Callable[[], Any], *, max_batch: int = 256, writers: int = 1
+    ) -> None:
         self._db = db
         self._events = events  # () -> app["events"] or None (looked up late: realtime may start after us)
         self._max_batch = max_batch
@@ -229,8 +253,9 @@ class WebhookIngester:
         self.stats = IngestStats()
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(w), name=f"webhook-ingester-{w.number}")
-                       for w in self._writers]
+        self._tasks = [
+            asyncio.create_task(self._run(w), name=f"webhook-ingester-{w.number}") for w in self._writers
+        ]
 
     async def stop(self) -> None:
         if not self._tasks:
@@ -256,10 +281,10 @@ class WebhookIngester:
         if conn is not None:
             try:
                 await conn.close()
-            except Exception:  # noqa: BLE001 - it is broken already
+            except Exception:
                 try:
                     await conn.invalidate()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     pass
 
     async def submit(self, works: list[TenantWork]) -> None:
@@ -294,7 +319,7 @@ class WebhookIngester:
                     if not p.future.done():
                         p.future.set_exception(errors.Unavailable("shutting down; retry later"))
                 raise
-            except Exception:  # noqa: BLE001 - the writer must survive anything
+            except Exception:
                 log.exception("webhook ingester: unexpected error")
                 for p in batch:
                     if not p.future.done():
@@ -315,7 +340,7 @@ class WebhookIngester:
             try:
                 await self._store(writer, batch)
                 break
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if attempt < ATTEMPTS and (is_deadlock(exc) or (held and is_connection_lost(exc))):
                     # Deadlock: InnoDB rolled it back. A held connection lost (MariaDB restarted, or
                     # dropped it while idle): once more on a new one. Safe even if it was lost during
@@ -328,17 +353,29 @@ class WebhookIngester:
                 self.stats.failed_batches += 1
                 await self._drop(writer)
                 if is_db_outage(exc):
-                    log.warning("webhook batch of %d not stored, database unavailable: %s", len(batch),
-                                type(exc).__name__)
-                    self._fail(batch, errors.Unavailable("the database is unavailable; retry later",
-                                                         code="database_unavailable"))
+                    log.warning(
+                        "webhook batch of %d not stored, database unavailable: %s",
+                        len(batch),
+                        type(exc).__name__,
+                    )
+                    self._fail(
+                        batch,
+                        errors.Unavailable(
+                            "the database is unavailable; retry later", code="database_unavailable"
+                        ),
+                    )
                     return
                 if len(batch) == 1:
                     log.exception("webhook delivery not stored")
-                    self._fail(batch, errors.Unavailable("storage failed; retry later", code="storage_failed"))
+                    self._fail(
+                        batch, errors.Unavailable("storage failed; retry later", code="storage_failed")
+                    )
                     return
-                log.warning("webhook batch of %d failed (%s); retrying one delivery at a time", len(batch),
-                            type(exc).__name__)
+                log.warning(
+                    "webhook batch of %d failed (%s); retrying one delivery at a time",
+                    len(batch),
+                    type(exc).__name__,
+                )
                 for pending in batch:
                     await self._commit_batch_now(writer, [pending])
                 return
@@ -370,7 +407,7 @@ class WebhookIngester:
             if ready:
                 try:
                     await self._events().emit(ready)
-                except Exception:  # noqa: BLE001 - stored and logged; clients catch up by seq
+                except Exception:
                     log.exception("webhook events stored but not emitted (clients will catch up by seq)")
 
     # -- storing --------------------------------------------------------------------------------
@@ -399,8 +436,12 @@ class WebhookIngester:
                 merged.statuses.extend(work.statuses)
         events = self._events()
         conn = await self._connection(writer)
-        if (writer.driver is not None and events is not None and hasattr(events, "append_many")
-                and not any(w.statuses for w in per_tenant.values())):
+        if (
+            writer.driver is not None
+            and events is not None
+            and hasattr(events, "append_many")
+            and not any(w.statuses for w in per_tenant.values())
+        ):
             try:
                 await self._store_fast(writer, per_tenant, events, len(batch))
                 return
@@ -413,17 +454,23 @@ class WebhookIngester:
                         self._conversation_ids.pop((work.tenant_id, wa_id), None)
         await self._store_careful(conn, per_tenant, events, len(batch))
 
-    async def _store_fast(self, writer: _Writer, per_tenant: dict[str, TenantWork], events: Any,
-                          deliveries: int) -> None:
+    async def _store_fast(
+        self, writer: _Writer, per_tenant: dict[str, TenantWork], events: Any, deliveries: int
+    ) -> None:
         """MariaDB, inbound messages only: one round trip (conversations upsert, plain messages INSERT,
         event-log append) and the COMMIT; one more first when a contact's conversation id is not
         known yet. See ``messages_db.InboundPlan``."""
         conn, driver = writer.conn, writer.driver
         now = utcnow()
         known = self._conversation_ids
-        plans = [plan for plan in (messages_db.InboundPlan(tenant_id, per_tenant[tenant_id].messages, now)
-                                   for tenant_id in sorted(per_tenant))  # one lock order for every writer
-                 if plan.rows]
+        plans = [
+            plan
+            for plan in (
+                messages_db.InboundPlan(tenant_id, per_tenant[tenant_id].messages, now)
+                for tenant_id in sorted(per_tenant)
+            )  # one lock order for every writer
+            if plan.rows
+        ]
         if not plans:
             return
         ids: list[dict[str, int]] = []
@@ -437,12 +484,16 @@ class WebhookIngester:
         emission = None
         try:
             if ids:  # every conversation known: the upserts go in the one round trip
-                statements = [plan.upsert_conversations_sql(returning=False, ids=plan_ids)
-                              for plan, plan_ids in zip(plans, ids)]
+                statements = [
+                    plan.upsert_conversations_sql(returning=False, ids=plan_ids)
+                    for plan, plan_ids in zip(plans, ids)
+                ]
             else:  # a contact not seen yet: the upserts first, returning the ids
                 statements = []
                 for plan in plans:
-                    rows = await messages_db.driver_fetch(driver, plan.upsert_conversations_sql(returning=True))
+                    rows = await messages_db.driver_fetch(
+                        driver, plan.upsert_conversations_sql(returning=True)
+                    )
                     got = {wa_id: cid for cid, wa_id in rows}
                     ids.append(got)
                     learned.update(((plan.tenant_id, wa_id), cid) for wa_id, cid in got.items())
@@ -451,15 +502,21 @@ class WebhookIngester:
             for plan in plans:
                 for row, to in plan.stored():
                     data = received_event(row, to)
-                    new_events.append((plan.tenant_id, event_types.MESSAGE_RECEIVED, data,
-                                       received_event_json(data, row["content"])))
+                    new_events.append(
+                        (
+                            plan.tenant_id,
+                            event_types.MESSAGE_RECEIVED,
+                            data,
+                            received_event_json(data, row["content"]),
+                        )
+                    )
             envelopes = list(await events.append_many(conn, new_events, before=statements))
             emission = self._appended()
             await driver.commit()
         except BaseException:
             try:
                 await driver.rollback()
-            except Exception:  # noqa: BLE001 - the caller drops the connection on what is not IntegrityError
+            except Exception:
                 pass
             if emission is not None:
                 await self._finished(emission, None)
@@ -478,8 +535,9 @@ class WebhookIngester:
         self.stats.messages_stored += messages
         self.stats.statuses_stored += statuses
 
-    async def _store_careful(self, conn: Any, per_tenant: dict[str, TenantWork], events: Any, deliveries: int
-                             ) -> None:
+    async def _store_careful(
+        self, conn: Any, per_tenant: dict[str, TenantWork], events: Any, deliveries: int
+    ) -> None:
         try:
             await self._store_checked(conn, per_tenant, events, deliveries)
         except IntegrityError:
@@ -488,8 +546,9 @@ class WebhookIngester:
             log.info("webhook batch of %d raced another writer; storing it once more", deliveries)
             await self._store_checked(conn, per_tenant, events, deliveries)
 
-    async def _store_checked(self, conn: Any, per_tenant: dict[str, TenantWork], events: Any, deliveries: int
-                             ) -> None:
+    async def _store_checked(
+        self, conn: Any, per_tenant: dict[str, TenantWork], events: Any, deliveries: int
+    ) -> None:
         """Any database, messages and statuses: check what is stored already, then write."""
         new_events: list[tuple[str, str, dict[str, Any]]] = []
         stored_messages = stored_statuses = 0
@@ -502,12 +561,19 @@ class WebhookIngester:
                 for tenant_id in sorted(per_tenant):  # one lock order for every writer
                     work = per_tenant[tenant_id]
                     if work.messages:
-                        rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages,
-                                                                         deferred=deferred)
+                        rows = await messages_db.record_inbound_messages(
+                            conn, tenant_id, work.messages, deferred=deferred
+                        )
                         stored_messages += len(rows)
                         to = {m["provider_message_id"]: m.get("to") for m in work.messages}
-                        new_events.extend((tenant_id, event_types.MESSAGE_RECEIVED,
-                                           received_event(r, to.get(r["provider_message_id"]))) for r in rows)
+                        new_events.extend(
+                            (
+                                tenant_id,
+                                event_types.MESSAGE_RECEIVED,
+                                received_event(r, to.get(r["provider_message_id"])),
+                            )
+                            for r in rows
+                        )
                     if work.statuses:
                         if deferred:  # statuses read messages: store this batch's first
                             await messages_db.run_deferred(conn, deferred)

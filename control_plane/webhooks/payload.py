@@ -23,6 +23,7 @@ _ENVELOPE_KEYS = ("id", "from", "timestamp")
 @dataclass
 class NumberBatch:
     """Everything one delivery carries for one phone_number_id."""
+
     phone_number_id: str
     messages: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
@@ -32,8 +33,8 @@ class NumberBatch:
 @dataclass
 class ParsedDelivery:
     numbers: dict[str, NumberBatch] = field(default_factory=dict)
-    ignored_changes: int = 0       # fields we do not handle (account_update, templates ...)
-    skipped_items: int = 0         # malformed messages/statuses (no id, no sender ...)
+    ignored_changes: int = 0  # fields we do not handle (account_update, templates ...)
+    skipped_items: int = 0  # malformed messages/statuses (no id, no sender ...)
 
     def number(self, pnid: str) -> NumberBatch:
         batch = self.numbers.get(pnid)
@@ -49,12 +50,12 @@ _SECOND = dt.timedelta(seconds=1)
 def unix_ts(value: Any) -> dt.datetime | None:
     """Meta's unix-second strings -> naive UTC; None when absent or unreadable."""
     try:
-        seconds = int(value) if type(value) is str and value.isdigit() else float(value)  # noqa: E721
+        seconds = int(value) if type(value) is str and value.isdigit() else float(value)
     except (TypeError, ValueError, OverflowError):
         return None
     if not 0 <= seconds < 32503680000:  # year 3000
         return None
-    if type(seconds) is int:  # noqa: E721 - the usual case: whole seconds, exact
+    if type(seconds) is int:
         return _EPOCH + _SECOND * seconds
     return _EPOCH + dt.timedelta(seconds=seconds)
 
@@ -99,13 +100,17 @@ def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
     elif kind == "interactive":
         reply_type = part.get("type") if isinstance(part, dict) else None
         reply = part.get(reply_type) if isinstance(part, dict) and isinstance(reply_type, str) else None
-        content = {"reply_type": reply_type, **_pick(reply, "id", "title", "description", "response_json",
-                                                        "body", "name")}
+        content = {
+            "reply_type": reply_type,
+            **_pick(reply, "id", "title", "description", "response_json", "body", "name"),
+        }
     elif kind == "button":
         content = _pick(part, "payload", "text")
     elif kind == "reaction":
-        content = {"message_id": part.get("message_id") if isinstance(part, dict) else None,
-                   "emoji": (part.get("emoji") or "") if isinstance(part, dict) else ""}
+        content = {
+            "message_id": part.get("message_id") if isinstance(part, dict) else None,
+            "emoji": (part.get("emoji") or "") if isinstance(part, dict) else "",
+        }
     else:
         content = {"raw": {k: v for k, v in msg.items() if k not in _ENVELOPE_KEYS}}
     context = msg.get("context")
@@ -117,15 +122,24 @@ def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
     return content
 
 
-def _message_item(msg: dict[str, Any], names: dict[str, str], business_number: str | None) -> dict[str, Any] | None:
+def _message_item(
+    msg: dict[str, Any], names: dict[str, str], business_number: str | None
+) -> dict[str, Any] | None:
     wamid, sender = msg.get("id"), msg.get("from")
     if not isinstance(wamid, str) or not wamid or not isinstance(sender, (str, int)) or not str(sender):
         return None
     sender = str(sender)
     kind = msg.get("type") if isinstance(msg.get("type"), str) and msg.get("type") else "unknown"
-    return {"provider": PROVIDER, "provider_message_id": wamid, "wa_id": sender, "type": kind,
-            "content": normalize_content(msg, kind), "provider_timestamp": unix_ts(msg.get("timestamp")),
-            "contact_name": names.get(sender), "to": business_number}
+    return {
+        "provider": PROVIDER,
+        "provider_message_id": wamid,
+        "wa_id": sender,
+        "type": kind,
+        "content": normalize_content(msg, kind),
+        "provider_timestamp": unix_ts(msg.get("timestamp")),
+        "contact_name": names.get(sender),
+        "to": business_number,
+    }
 
 
 def _status_item(st: dict[str, Any]) -> dict[str, Any] | None:
@@ -134,17 +148,25 @@ def _status_item(st: dict[str, Any]) -> dict[str, Any] | None:
         return None
     code, message = _error_fields(st.get("errors"))
     recipient = st.get("recipient_id")
-    return {"provider": PROVIDER, "provider_message_id": wamid, "status": status,
-            "occurred_at": unix_ts(st.get("timestamp")),
-            "recipient_id": str(recipient) if recipient is not None else None,
-            "error_code": code, "error_message": message, "raw": st}
+    return {
+        "provider": PROVIDER,
+        "provider_message_id": wamid,
+        "status": status,
+        "occurred_at": unix_ts(st.get("timestamp")),
+        "recipient_id": str(recipient) if recipient is not None else None,
+        "error_code": code,
+        "error_message": message,
+        "raw": st,
+    }
 
 
 def parse_delivery(data: Any) -> ParsedDelivery:
     """Group a delivery's messages and statuses by phone_number_id (400 if it is not Meta-shaped)."""
     if not isinstance(data, dict) or not isinstance(data.get("entry"), list):
-        raise errors.BadRequest("expected a WhatsApp Business Account webhook: an object with an 'entry' list",
-                                code="invalid_webhook")
+        raise errors.BadRequest(
+            "expected a WhatsApp Business Account webhook: an object with an 'entry' list",
+            code="invalid_webhook",
+        )
     parsed = ParsedDelivery()
     for entry in data["entry"]:
         changes = entry.get("changes") if isinstance(entry, dict) else None

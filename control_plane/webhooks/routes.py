@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from pydantic import Field
 
 from control_plane import errors
 from control_plane.api.models import QueryModel, ResponseModel
@@ -29,7 +30,6 @@ from control_plane.logs import current_tenant
 from control_plane.webhooks.directory import Target, TenantDirectory, parse_signature, signature_matches
 from control_plane.webhooks.ingest import TenantWork, WebhookIngester
 from control_plane.webhooks.payload import parse_delivery
-from pydantic import Field
 
 log = logging.getLogger(__name__)
 router = Router()
@@ -64,17 +64,29 @@ class WebhookAck(ResponseModel):
     ok: bool = True
     messages: int = Field(0, description="Inbound messages in the delivery (for known numbers)")
     statuses: int = Field(0, description="Status updates in the delivery (for known numbers)")
-    unknown_phone_number_ids: int = Field(0, description="Changes for numbers no active tenant owns (not stored)")
+    unknown_phone_number_ids: int = Field(
+        0, description="Changes for numbers no active tenant owns (not stored)"
+    )
 
 
-@router.route("GET", PATH, auth="none", tags=TAGS, query=HandshakeQuery, errors=(403,), produces=("text/plain",),
-              summary="Meta's webhook verification: echoes hub.challenge when hub.verify_token matches an "
-                      "active tenant's verify token")
+@router.route(
+    "GET",
+    PATH,
+    auth="none",
+    tags=TAGS,
+    query=HandshakeQuery,
+    errors=(403,),
+    produces=("text/plain",),
+    summary="Meta's webhook verification: echoes hub.challenge when hub.verify_token matches an "
+    "active tenant's verify token",
+)
 async def handshake(request: web.Request, query: HandshakeQuery) -> web.Response:
     if query.mode != "subscribe" or not query.verify_token or query.challenge is None:
         raise errors.Forbidden("webhook verification failed", code="verification_failed")
     async with request.app["db"].connect() as conn:
-        matches = await config_db.find_active_configs_by_verify_token_hash(conn, hash_api_key(query.verify_token))
+        matches = await config_db.find_active_configs_by_verify_token_hash(
+            conn, hash_api_key(query.verify_token)
+        )
     if not matches:
         log.warning("webhook handshake with an unknown verify token")
         raise errors.Forbidden("webhook verification failed", code="verification_failed")
@@ -86,8 +98,16 @@ async def handshake(request: web.Request, query: HandshakeQuery) -> web.Response
 _ACK = '{"ok": true, "messages": %d, "statuses": %d, "unknown_phone_number_ids": %d}'
 
 
-@router.route("POST", PATH, auth="none", tags=TAGS, response=WebhookAck, errors=(400, 401, 413, 422, 503),
-              summary="Meta's signed webhook deliveries (X-Hub-Signature-256); 200 only once stored", lean=True)
+@router.route(
+    "POST",
+    PATH,
+    auth="none",
+    tags=TAGS,
+    response=WebhookAck,
+    errors=(400, 401, 413, 422, 503),
+    summary="Meta's signed webhook deliveries (X-Hub-Signature-256); 200 only once stored",
+    lean=True,
+)
 async def receive(request: web.Request) -> web.Response:
     # A lean route (see routing.py): it reads, checks and answers by itself; errors still go through
     # the error middleware, the access line through the access middleware.
@@ -129,8 +149,12 @@ async def receive(request: web.Request) -> web.Response:
         target = targets.get(pnid)
         if target is None:
             unknown += 1
-            log.warning("webhook for unknown phone_number_id=%s (%d messages, %d statuses) not stored",
-                        pnid, len(batch.messages), len(batch.statuses))
+            log.warning(
+                "webhook for unknown phone_number_id=%s (%d messages, %d statuses) not stored",
+                pnid,
+                len(batch.messages),
+                len(batch.statuses),
+            )
             continue
         tenant_id = target.tenant_id
         work = works.get(tenant_id)
@@ -143,8 +167,12 @@ async def receive(request: web.Request) -> web.Response:
         messages += len(batch.messages)
         statuses += len(batch.statuses)
         if batch.errors:
-            log.warning("webhook errors for phone_number_id=%s tenant=%s: %s", pnid, tenant_id,
-                        str(batch.errors)[:500])
+            log.warning(
+                "webhook errors for phone_number_id=%s tenant=%s: %s",
+                pnid,
+                tenant_id,
+                str(batch.errors)[:500],
+            )
     if unknown:
         counters.unknown_phone_number_id += unknown
 
@@ -166,8 +194,9 @@ async def receive(request: web.Request) -> web.Response:
         finally:
             current_tenant.reset(token)
     counters.accepted += 1
-    return web.Response(body=(_ACK % (messages, statuses, unknown)).encode(), content_type="application/json",
-                        charset="utf-8")
+    return web.Response(
+        body=(_ACK % (messages, statuses, unknown)).encode(), content_type="application/json", charset="utf-8"
+    )
 
 
 async def webhooks_context(app: web.Application):

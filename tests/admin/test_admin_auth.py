@@ -8,8 +8,8 @@ import re
 import pytest
 import socketio
 
-from control_plane.admin_cookie import COOKIE_NAME, CSRF_HEADER, LOGIN_COOKIE_NAME, SessionSigner
 from control_plane.admin.throttle import LoginThrottle
+from control_plane.admin_cookie import COOKIE_NAME, CSRF_HEADER, LOGIN_COOKIE_NAME, SessionSigner
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -17,6 +17,7 @@ CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
 
 
 # --- the signer, pure --------------------------------------------------------------------------
+
 
 def test_session_cookie_round_trip_and_csrf():
     signer = SessionSigner(SECRET_KEY, ADMIN_TOKEN)
@@ -30,13 +31,16 @@ def test_session_cookie_round_trip_and_csrf():
     assert signer.csrf_token(signer.verify(other, now=1001)) != token  # per session
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda c: c[:-2] + "xx",                                   # forged signature
-    lambda c: c.replace(c.split(".")[2], "9999999999"),        # extended expiry
-    lambda c: "v2" + c[2:],                                    # unknown version
-    lambda c: "",
-    lambda c: "garbage",
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda c: c[:-2] + "xx",  # forged signature
+        lambda c: c.replace(c.split(".")[2], "9999999999"),  # extended expiry
+        lambda c: "v2" + c[2:],  # unknown version
+        lambda c: "",
+        lambda c: "garbage",
+    ],
+)
 def test_tampered_cookies_are_refused(mangle):
     signer = SessionSigner(SECRET_KEY, ADMIN_TOKEN)
     cookie, _ = signer.issue(now=1000)
@@ -57,12 +61,16 @@ def test_expired_revoked_and_rotated_secrets_end_sessions():
 
 # --- over HTTP ---------------------------------------------------------------------------------
 
+
 async def login(client, token: str = ADMIN_TOKEN):
     page = await client.get("/admin/login")
     assert page.status == 200
     csrf = CSRF_INPUT.search(await page.text()).group(1)
-    return await client.post("/admin/login", data={"token": token, "csrf_token": csrf, "next": "/admin/tenants"},
-                             allow_redirects=False)
+    return await client.post(
+        "/admin/login",
+        data={"token": token, "csrf_token": csrf, "next": "/admin/tenants"},
+        allow_redirects=False,
+    )
 
 
 async def page_csrf(client) -> str:
@@ -99,16 +107,16 @@ def test_login_throttle_counts_failures_in_a_sliding_window():
     assert throttle.retry_after("1.1.1.1") == 0
     now[0] += 10
     throttle.failed("1.1.1.1")
-    assert throttle.retry_after("1.1.1.1") == pytest.approx(50)   # the first failure leaves at 1060
-    assert throttle.retry_after("2.2.2.2") == 0                  # per client
+    assert throttle.retry_after("1.1.1.1") == pytest.approx(50)  # the first failure leaves at 1060
+    assert throttle.retry_after("2.2.2.2") == 0  # per client
     now[0] += 50
-    assert throttle.retry_after("1.1.1.1") == 0                  # one failure left the window
+    assert throttle.retry_after("1.1.1.1") == 0  # one failure left the window
     throttle.succeeded("1.1.1.1")
     throttle.failed("1.1.1.1")
     throttle.failed("1.1.1.1")
-    assert throttle.retry_after("1.1.1.1") == 0                  # success forgot the older ones
+    assert throttle.retry_after("1.1.1.1") == 0  # success forgot the older ones
     throttle.failed("2.2.2.2")
-    throttle.failed("3.3.3.3")                                   # over max_clients: the stalest goes
+    throttle.failed("3.3.3.3")  # over max_clients: the stalest goes
     assert "1.1.1.1" not in throttle._failures and len(throttle._failures) == 2
 
 
@@ -126,8 +134,9 @@ async def test_repeated_wrong_tokens_are_throttled_even_for_the_right_one(client
 @pytest.mark.smoke
 async def test_login_form_needs_its_csrf_token(client):
     await client.get("/admin/login")
-    resp = await client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": "forged"},
-                             allow_redirects=False)
+    resp = await client.post(
+        "/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": "forged"}, allow_redirects=False
+    )
     assert resp.status == 403
     assert "expired" in await resp.text()
     assert (await client.get("/admin/tenants", allow_redirects=False)).status == 302
@@ -149,8 +158,11 @@ async def test_login_sets_a_strict_httponly_expiring_cookie(client):
 async def test_open_redirects_are_refused(client):
     page = await client.get("/admin/login")
     csrf = CSRF_INPUT.search(await page.text()).group(1)
-    resp = await client.post("/admin/login", data={"token": ADMIN_TOKEN, "csrf_token": csrf,
-                                                   "next": "//evil.example/admin/"}, allow_redirects=False)
+    resp = await client.post(
+        "/admin/login",
+        data={"token": ADMIN_TOKEN, "csrf_token": csrf, "next": "//evil.example/admin/"},
+        allow_redirects=False,
+    )
     assert resp.headers["Location"] == "/admin/tenants"
 
 
@@ -164,8 +176,9 @@ async def test_cookie_acts_as_admin_on_api_with_csrf_for_unsafe_methods(client):
     assert (await refused.json())["error"]["code"] == "csrf_failed"
     wrong = await client.post("/api/tenants", json={"name": "bad-csrf"}, headers={CSRF_HEADER: csrf + "x"})
     assert wrong.status == 403
-    created = await client.post("/api/tenants", json={"name": "with-csrf", "sandbox": True},
-                                headers={CSRF_HEADER: csrf})
+    created = await client.post(
+        "/api/tenants", json={"name": "with-csrf", "sandbox": True}, headers={CSRF_HEADER: csrf}
+    )
     assert created.status == 201
     tenant = await created.json()
     # admin mirror of a tenant route
@@ -202,14 +215,24 @@ async def test_socketio_accepts_the_admin_cookie_and_refuses_without(client, mak
 
     sio = socketio.AsyncClient(reconnection=False)
     try:
-        await sio.connect(url, headers={"Cookie": f"{COOKIE_NAME}={cookie}"}, auth={"tenant_id": tenant["id"]},
-                          transports=["websocket"], wait_timeout=10)
+        await sio.connect(
+            url,
+            headers={"Cookie": f"{COOKIE_NAME}={cookie}"},
+            auth={"tenant_id": tenant["id"]},
+            transports=["websocket"],
+            wait_timeout=10,
+        )
         assert sio.connected
     finally:
         await sio.disconnect()
 
     refused = socketio.AsyncClient(reconnection=False)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        await refused.connect(url, headers={"Cookie": f"{COOKIE_NAME}=v1.forged.1.x"},
-                              auth={"tenant_id": tenant["id"]}, transports=["websocket"], wait_timeout=10)
+        await refused.connect(
+            url,
+            headers={"Cookie": f"{COOKIE_NAME}=v1.forged.1.x"},
+            auth={"tenant_id": tenant["id"]},
+            transports=["websocket"],
+            wait_timeout=10,
+        )
     await refused.disconnect()

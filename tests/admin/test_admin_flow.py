@@ -34,8 +34,11 @@ WAIT_MS = 30_000  # generous for a loaded machine: every wait is a condition, ne
 PNID, WABA, GRAPH_TOKEN = "106540352242922", "102290129340398", "EAAG-admin-panel-test-token"
 
 expect.set_options(timeout=WAIT_MS)
-pytestmark = [pytest.mark.mariadb, pytest.mark.timeout(180),
-              unless_installed(CHROMIUM, "Debian's chromium is not installed")]
+pytestmark = [
+    pytest.mark.mariadb,
+    pytest.mark.timeout(180),
+    unless_installed(CHROMIUM, "Debian's chromium is not installed"),
+]
 
 
 class LoopThread:
@@ -115,8 +118,16 @@ def start_server(make_settings, empty_db, graph_api):
     sessions = tempfile.mkdtemp(prefix="gwadm")  # short: browser profile paths have length limits
 
     def start(**overrides: str) -> ThreadedServer:
-        env = {"SESSIONS_DIR": sessions, "BRIDGE_DRIVER": "scripted", "QR_INTERVAL_S": "1", "QR_TTL_S": "30",
-               "QR_MAX_CYCLES": "60", "GRAPH_API_URL": graph_api.url, "LOG_LEVEL": "INFO", **overrides}
+        env = {
+            "SESSIONS_DIR": sessions,
+            "BRIDGE_DRIVER": "scripted",
+            "QR_INTERVAL_S": "1",
+            "QR_TTL_S": "30",
+            "QR_MAX_CYCLES": "60",
+            "GRAPH_API_URL": graph_api.url,
+            "LOG_LEVEL": "INFO",
+            **overrides,
+        }
         settings = make_settings(**env)
         srv = ThreadedServer(lambda: create_app(settings)).start()
         started.append(srv)
@@ -131,8 +142,11 @@ def start_server(make_settings, empty_db, graph_api):
 @pytest.fixture
 def browser():
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                      args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        chromium = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
         try:
             yield chromium
         finally:

@@ -31,8 +31,11 @@ async def test_healthz_and_readyz(client):
 
 
 async def test_readyz_names_the_failed_dependency(aiohttp_client, make_settings):
-    settings = make_settings(DATABASE_URL="mysql://root@127.0.0.1:1/nowhere", REDIS_URL="redis://127.0.0.1:1/0",
-                             SUPERVISOR_ENABLED="false")
+    settings = make_settings(
+        DATABASE_URL="mysql://root@127.0.0.1:1/nowhere",
+        REDIS_URL="redis://127.0.0.1:1/0",
+        SUPERVISOR_ENABLED="false",
+    )
     app = create_app(settings)
     client = await aiohttp_client(app)
     resp = await client.get("/readyz")
@@ -43,7 +46,9 @@ async def test_readyz_names_the_failed_dependency(aiohttp_client, make_settings)
 
 
 async def test_database_outage_on_a_route_is_503_json(aiohttp_client, make_settings, admin_headers):
-    app = create_app(make_settings(DATABASE_URL="mysql://root@127.0.0.1:1/nowhere", SUPERVISOR_ENABLED="false"))
+    app = create_app(
+        make_settings(DATABASE_URL="mysql://root@127.0.0.1:1/nowhere", SUPERVISOR_ENABLED="false")
+    )
     client = await aiohttp_client(app)
     resp = await client.post("/api/tenants", json={"name": "x"}, headers=admin_headers)
     assert resp.status == 503

@@ -7,9 +7,14 @@ from __future__ import annotations
 import pytest
 import requests
 import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings as hsettings
-from schemathesis.checks import (content_type_conformance, not_a_server_error, response_schema_conformance,
-                                 status_code_conformance)
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hsettings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from control_plane.app import create_app
 from tests.conftest import ADMIN_TOKEN
@@ -22,8 +27,13 @@ EXAMPLES_PER_OPERATION = 12
 async def test_openapi_lists_the_public_interface(client):
     doc = await (await client.get("/api/openapi.json")).json()
     assert doc["openapi"].startswith("3.")
-    for path in ("/api/tenants", "/api/whatsapp/config", "/api/tenants/{tenant_id}/whatsapp/config",
-                 "/healthz", "/readyz"):
+    for path in (
+        "/api/tenants",
+        "/api/whatsapp/config",
+        "/api/tenants/{tenant_id}/whatsapp/config",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in doc["paths"], path
     docs = await client.get("/docs")
     assert docs.status == 200
@@ -46,8 +56,12 @@ def _operations(schema):
 
 
 def test_schemathesis_finds_no_server_error(live_app):
-    resp = requests.post(f"{live_app.url}/api/tenants", json={"name": "fuzz", "sandbox": True},
-                         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+    resp = requests.post(
+        f"{live_app.url}/api/tenants",
+        json={"name": "fuzz", "sandbox": True},
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        timeout=10,
+    )
     tenant_key = resp.json()["api_key"]
     schema = schemathesis.openapi.from_url(f"{live_app.url}/api/openapi.json")
     session = requests.Session()
@@ -57,12 +71,23 @@ def test_schemathesis_finds_no_server_error(live_app):
     for operation in operations:
         token = ADMIN_TOKEN if operation.path.startswith("/api/tenants") else tenant_key
 
-        @hsettings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, derandomize=True, database=None,
-                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+        @hsettings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=operation.as_strategy())
         def run(case):
-            case.call_and_validate(base_url=live_app.url, session=session, checks=CHECKS,
-                                   headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            case.call_and_validate(
+                base_url=live_app.url,
+                session=session,
+                checks=CHECKS,
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
 
         try:
             run()

@@ -42,6 +42,7 @@ async def wait_state(client, headers, state: str, timeout: float = 10) -> dict:
     async def reached() -> bool:
         seen.update(await session_state(client, headers))
         return seen["state"] == state
+
     await wait_for(reached, timeout=timeout, message=f"session state {state}")
     return seen
 
@@ -75,7 +76,9 @@ async def test_session_lifecycle_over_http(client, make_tenant, admin_headers, s
     resp = await client.post("/api/sandbox/scan", headers=h)
     assert resp.status == 200, await resp.text()
     ready = await wait_state(client, h, "ready")
-    assert ready["own_number"] and ready["pid"] and ready["memory_bytes"] > 0 and ready["driver"] == "scripted"
+    assert (
+        ready["own_number"] and ready["pid"] and ready["memory_bytes"] > 0 and ready["driver"] == "scripted"
+    )
 
     # the admin sees the same session under /api/tenants/{id}/session
     resp = await client.get(f"/api/tenants/{tenant['id']}/session", headers=admin_headers)
@@ -129,8 +132,15 @@ async def _restarted(client, headers, old_pid: int) -> bool:
 
 async def test_sandbox_refuses_real_tenants_and_stopped_sessions(client, make_tenant):
     real = await make_tenant(sandbox=False)
-    for path, body in [("scan", None), ("incoming", {"from": "15550002222", "text": "x"}), ("hang", None),
-                       ("crash", {}), ("leak", {"mb": 1}), ("disconnect", {}), ("ack", {"id": "x", "ack": 3})]:
+    for path, body in [
+        ("scan", None),
+        ("incoming", {"from": "15550002222", "text": "x"}),
+        ("hang", None),
+        ("crash", {}),
+        ("leak", {"mb": 1}),
+        ("disconnect", {}),
+        ("ack", {"id": "x", "ack": 3}),
+    ]:
         resp = await client.post(f"/api/sandbox/{path}", json=body, headers=real["headers"])
         assert resp.status == 403, path
         assert (await resp.json())["error"]["code"] == "not_sandbox"
@@ -140,17 +150,23 @@ async def test_sandbox_refuses_real_tenants_and_stopped_sessions(client, make_te
     assert resp.status == 409 and (await resp.json())["error"]["code"] == "session_not_ready"
 
 
-@pytest.mark.parametrize("path,body,field", [
-    ("ack", {"id": "x", "ack": 3, "status": "read"}, None),
-    ("ack", {"id": "x"}, None),
-    ("ack", {"id": "x", "ack": 9}, "ack"),
-    ("leak", {"mb": 100000}, "mb"),
-    ("incoming", {"text": "no sender"}, "from"),
-    ("incoming", {"from": "15550002222", "media": {"mimetype": "text/plain", "path": "/etc/passwd"}},
-     "media.path"),
-    ("crash", {"exit_code": 0}, "exit_code"),
-    ("disconnect", {"reason": "../../x"}, "reason"),
-])
+@pytest.mark.parametrize(
+    "path,body,field",
+    [
+        ("ack", {"id": "x", "ack": 3, "status": "read"}, None),
+        ("ack", {"id": "x"}, None),
+        ("ack", {"id": "x", "ack": 9}, "ack"),
+        ("leak", {"mb": 100000}, "mb"),
+        ("incoming", {"text": "no sender"}, "from"),
+        (
+            "incoming",
+            {"from": "15550002222", "media": {"mimetype": "text/plain", "path": "/etc/passwd"}},
+            "media.path",
+        ),
+        ("crash", {"exit_code": 0}, "exit_code"),
+        ("disconnect", {"reason": "../../x"}, "reason"),
+    ],
+)
 async def test_sandbox_bad_bodies_are_422(client, make_tenant, path, body, field):
     tenant = await make_tenant(sandbox=True)
     resp = await client.post(f"/api/sandbox/{path}", json=body, headers=tenant["headers"])
@@ -159,8 +175,9 @@ async def test_sandbox_bad_bodies_are_422(client, make_tenant, path, body, field
         assert (await resp.json())["error"]["field"] == field
 
 
-async def test_delete_tenant_stops_the_bridge_and_removes_its_folder(client, make_tenant, admin_headers,
-                                                                    sessions_root):
+async def test_delete_tenant_stops_the_bridge_and_removes_its_folder(
+    client, make_tenant, admin_headers, sessions_root
+):
     tenant = await make_tenant(sandbox=True)
     await client.post("/api/session/start", headers=tenant["headers"])
     await wait_state(client, tenant["headers"], "qr")
@@ -180,10 +197,14 @@ async def test_malicious_admin_paths_are_404(client, admin_headers, sessions_roo
     assert list(sessions_root.iterdir()) == []
 
 
-async def test_sessions_disabled_is_409(aiohttp_client, make_settings, empty_db, admin_headers, sessions_root):
+async def test_sessions_disabled_is_409(
+    aiohttp_client, make_settings, empty_db, admin_headers, sessions_root
+):
     from control_plane.app import create_app
-    http = await aiohttp_client(create_app(make_settings(SUPERVISOR_ENABLED="false",
-                                                         SESSIONS_DIR=str(sessions_root))))
+
+    http = await aiohttp_client(
+        create_app(make_settings(SUPERVISOR_ENABLED="false", SESSIONS_DIR=str(sessions_root)))
+    )
     resp = await http.post("/api/tenants", json={"name": "x", "sandbox": True}, headers=admin_headers)
     key = (await resp.json())["api_key"]
     resp = await http.post("/api/session/start", headers={"Authorization": f"Bearer {key}"})

@@ -15,8 +15,9 @@ async def test_create_tenant_returns_key_once_and_stores_only_its_hash(client, a
     assert body["name"] == "Acme" and body["sandbox"] is True and body["is_active"] is True
     assert len(body["id"]) == 32 and body["api_key"].startswith("wgk_") and len(body["api_key"]) >= 40
     with sync_engine.connect() as conn:
-        stored = conn.execute(sa.text("SELECT key_hash, prefix FROM api_keys WHERE tenant_id = :t"),
-                              {"t": body["id"]}).one()
+        stored = conn.execute(
+            sa.text("SELECT key_hash, prefix FROM api_keys WHERE tenant_id = :t"), {"t": body["id"]}
+        ).one()
     assert body["api_key"] not in stored.key_hash and len(stored.key_hash) == 64
     got = await (await client.get(f"/api/tenants/{body['id']}", headers=admin_headers)).json()
     assert "api_key" not in got
@@ -37,8 +38,9 @@ async def test_list_update_and_deactivate(client, admin_headers, make_tenant):
     a, b = await make_tenant("a"), await make_tenant("b")
     listed = await (await client.get("/api/tenants", headers=admin_headers)).json()
     assert {t["id"] for t in listed["tenants"]} == {a["id"], b["id"]}
-    resp = await client.patch(f"/api/tenants/{a['id']}", json={"name": "renamed", "is_active": False},
-                              headers=admin_headers)
+    resp = await client.patch(
+        f"/api/tenants/{a['id']}", json={"name": "renamed", "is_active": False}, headers=admin_headers
+    )
     assert resp.status == 200
     assert (await resp.json())["name"] == "renamed"
     resp = await client.get("/api/me", headers=a["headers"])
@@ -58,7 +60,9 @@ async def test_delete_removes_rows(client, admin_headers, make_tenant, sync_engi
     assert (await client.get("/api/me", headers=tenant["headers"])).status == 401
     with sync_engine.connect() as conn:
         for table in ("api_keys", "whatsapp_config"):
-            n = conn.execute(sa.text(f"SELECT COUNT(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant["id"]})
+            n = conn.execute(
+                sa.text(f"SELECT COUNT(*) FROM {table} WHERE tenant_id = :t"), {"t": tenant["id"]}
+            )
             assert n.scalar() == 0, table
     assert (await client.delete(f"/api/tenants/{tenant['id']}", headers=admin_headers)).status == 404
 
@@ -77,8 +81,11 @@ async def test_revoked_key_stops_working_at_once(client, admin_headers, make_ten
 
 async def test_rotation_revokes_old_keys_and_issues_a_working_one(client, admin_headers, make_tenant):
     tenant = await make_tenant()
-    extra = await (await client.post(f"/api/tenants/{tenant['id']}/api-keys", json={"label": "crm"},
-                                     headers=admin_headers)).json()
+    extra = await (
+        await client.post(
+            f"/api/tenants/{tenant['id']}/api-keys", json={"label": "crm"}, headers=admin_headers
+        )
+    ).json()
     extra_headers = {"Authorization": f"Bearer {extra['api_key']}"}
     assert (await client.get("/api/me", headers=extra_headers)).status == 200
     resp = await client.post(f"/api/tenants/{tenant['id']}/api-keys/rotate", json={}, headers=admin_headers)

@@ -13,9 +13,16 @@ from tests.conftest import SECRET_KEY
 
 pytestmark = pytest.mark.smoke
 
-BUSINESS = {"api_type": "both", "fallback_policy": "web_first", "phone_number_id": "106540352242922",
-            "waba_id": "102290129340398", "access_token": "EAAG-secret-token-123456",
-            "app_secret": "app-secret-abcdef", "verify_token": "verify-me-please", "api_version": "v23.0"}
+BUSINESS = {
+    "api_type": "both",
+    "fallback_policy": "web_first",
+    "phone_number_id": "106540352242922",
+    "waba_id": "102290129340398",
+    "access_token": "EAAG-secret-token-123456",
+    "app_secret": "app-secret-abcdef",
+    "verify_token": "verify-me-please",
+    "api_version": "v23.0",
+}
 
 
 async def test_unconfigured_tenant_reads_defaults(client, make_tenant):
@@ -25,7 +32,8 @@ async def test_unconfigured_tenant_reads_defaults(client, make_tenant):
 
 
 async def test_secrets_are_ciphertext_at_rest_and_masked_on_read_and_never_logged(
-        client, make_tenant, sync_engine, caplog):
+    client, make_tenant, sync_engine, caplog
+):
     caplog.set_level(logging.DEBUG)
     tenant = await make_tenant()
     resp = await client.post("/api/whatsapp/config", json=BUSINESS, headers=tenant["headers"])
@@ -35,8 +43,11 @@ async def test_secrets_are_ciphertext_at_rest_and_masked_on_read_and_never_logge
         assert body[secret] == "********"
     assert body["phone_number_id"] == BUSINESS["phone_number_id"] and body["business_api_ready"] is True
     with sync_engine.connect() as conn:
-        row = conn.execute(sa.text("SELECT * FROM whatsapp_config WHERE tenant_id = :t"),
-                           {"t": tenant["id"]}).one()._mapping
+        row = (
+            conn.execute(sa.text("SELECT * FROM whatsapp_config WHERE tenant_id = :t"), {"t": tenant["id"]})
+            .one()
+            ._mapping
+        )
     box = SecretBox(SECRET_KEY)
     for secret in ("access_token", "app_secret", "verify_token"):
         raw = row[f"{secret}_enc"]
@@ -52,8 +63,9 @@ async def test_secrets_are_ciphertext_at_rest_and_masked_on_read_and_never_logge
 async def test_put_is_partial_and_keeps_secrets(client, make_tenant, sync_engine):
     tenant = await make_tenant()
     await client.post("/api/whatsapp/config", json=BUSINESS, headers=tenant["headers"])
-    resp = await client.put("/api/whatsapp/config", json={"fallback_policy": "business_api_first"},
-                            headers=tenant["headers"])
+    resp = await client.put(
+        "/api/whatsapp/config", json={"fallback_policy": "business_api_first"}, headers=tenant["headers"]
+    )
     assert resp.status == 200
     body = await resp.json()
     assert body["fallback_policy"] == "business_api_first" and body["access_token"] == "********"
@@ -67,25 +79,34 @@ async def test_duplicate_phone_number_id_is_409(client, make_tenant):
     assert resp.status == 409
     err = (await resp.json())["error"]
     assert err["code"] == "phone_number_id_taken" and err["field"] == "phone_number_id"
-    assert (await (await client.get("/api/whatsapp/config", headers=b["headers"])).json())["configured"] is False
+    assert (await (await client.get("/api/whatsapp/config", headers=b["headers"])).json())[
+        "configured"
+    ] is False
 
 
-@pytest.mark.parametrize("body, status, field", [
-    ({"api_type": "telegram"}, 422, "api_type"),
-    ({"api_type": "web", "colour": "red"}, 422, "colour"),
-    ({"is_active": "yes"}, 422, "is_active"),
-    ({"phone_number_id": 106540352242922}, 422, "phone_number_id"),
-    ({"phone_number_id": "12ab"}, 422, "phone_number_id"),
-    ({"api_type": "business_api", "fallback_policy": "business_api_only"}, 422, "phone_number_id"),
-    ({"api_type": "web", "fallback_policy": "business_api_only"}, 422, "fallback_policy"),
-    ({"api_version": "23"}, 422, "api_version"),
-])
-async def test_bad_values_are_422_naming_the_field_and_write_nothing(client, make_tenant, body, status, field):
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"api_type": "telegram"}, 422, "api_type"),
+        ({"api_type": "web", "colour": "red"}, 422, "colour"),
+        ({"is_active": "yes"}, 422, "is_active"),
+        ({"phone_number_id": 106540352242922}, 422, "phone_number_id"),
+        ({"phone_number_id": "12ab"}, 422, "phone_number_id"),
+        ({"api_type": "business_api", "fallback_policy": "business_api_only"}, 422, "phone_number_id"),
+        ({"api_type": "web", "fallback_policy": "business_api_only"}, 422, "fallback_policy"),
+        ({"api_version": "23"}, 422, "api_version"),
+    ],
+)
+async def test_bad_values_are_422_naming_the_field_and_write_nothing(
+    client, make_tenant, body, status, field
+):
     tenant = await make_tenant()
     resp = await client.put("/api/whatsapp/config", json=body, headers=tenant["headers"])
     assert resp.status == status, await resp.text()
     assert (await resp.json())["error"]["field"] == field
-    assert (await (await client.get("/api/whatsapp/config", headers=tenant["headers"])).json())["configured"] is False
+    assert (await (await client.get("/api/whatsapp/config", headers=tenant["headers"])).json())[
+        "configured"
+    ] is False
 
 
 async def test_malformed_and_oversized_bodies(client, make_tenant, settings):
@@ -93,20 +114,24 @@ async def test_malformed_and_oversized_bodies(client, make_tenant, settings):
     headers = {**tenant["headers"], "Content-Type": "application/json"}
     resp = await client.put("/api/whatsapp/config", data=b'{"api_type": ', headers=headers)
     assert resp.status == 400 and (await resp.json())["error"]["code"] == "malformed_json"
-    resp = await client.put("/api/whatsapp/config", data=b'[1, 2]', headers=headers)
+    resp = await client.put("/api/whatsapp/config", data=b"[1, 2]", headers=headers)
     assert resp.status == 422
     big = b'{"api_type": "web", "waba_id": "' + b"1" * (settings.max_body_bytes + 10) + b'"}'
     resp = await client.put("/api/whatsapp/config", data=big, headers=headers)
     assert resp.status == 413 and (await resp.json())["error"]["code"] == "payload_too_large"
     chunked = await client.put("/api/whatsapp/config", data=io.BytesIO(big), headers=headers)
     assert chunked.status == 413
-    assert (await (await client.get("/api/whatsapp/config", headers=tenant["headers"])).json())["configured"] is False
+    assert (await (await client.get("/api/whatsapp/config", headers=tenant["headers"])).json())[
+        "configured"
+    ] is False
 
 
 async def test_admin_mirror_reads_and_writes_any_tenant(client, admin_headers, make_tenant):
     tenant = await make_tenant()
     path = f"/api/tenants/{tenant['id']}/whatsapp/config"
-    resp = await client.put(path, json={"api_type": "web", "fallback_policy": "web_only"}, headers=admin_headers)
+    resp = await client.put(
+        path, json={"api_type": "web", "fallback_policy": "web_only"}, headers=admin_headers
+    )
     assert resp.status == 200
     mine = await (await client.get("/api/whatsapp/config", headers=tenant["headers"])).json()
     assert mine["configured"] is True

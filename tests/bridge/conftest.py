@@ -9,8 +9,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -73,11 +74,13 @@ class RunningBridge:
                     return event
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {name} event within {timeout_s} s; got {[e.name for e in self.events]}")
+                raise AssertionError(
+                    f"no {name} event within {timeout_s} s; got {[e.name for e in self.events]}"
+                )
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def wait_state(self, state: str, *, timeout_s: float = 5.0) -> BridgeEvent:
@@ -110,7 +113,7 @@ class RunningBridge:
         for task in (self.read_task, self.stderr_task):
             try:
                 await asyncio.wait_for(task, 5)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()

@@ -9,8 +9,6 @@ import asyncio
 import json
 import subprocess
 
-import pytest
-
 from control_plane.bridge import protocol as p
 from tests.bridge.conftest import NODE, REPO
 from tests.support import unless_installed
@@ -19,8 +17,10 @@ from tests.support import unless_installed
 async def test_phone_typed_message_is_reported_before_its_ack(spawn_bridge):
     b = await spawn_bridge()
     ready = await b.ready()
-    r = await b.conn.request(p.CMD_SANDBOX_OUTGOING, {"to": "+1 555 000 1111", "text": "typed on the phone",
-                                                      "quoted_id": "false_15550001111@c.us_AB"})
+    r = await b.conn.request(
+        p.CMD_SANDBOX_OUTGOING,
+        {"to": "+1 555 000 1111", "text": "typed on the phone", "quoted_id": "false_15550001111@c.us_AB"},
+    )
     assert r["id"].startswith("true_15550001111@c.us_")
     msg = await b.wait_event(p.EVENT_MESSAGE, lambda d: d["id"] == r["id"])
     assert msg.data["from_me"] is True and msg.data["from"] == ready.data["wid"]
@@ -32,8 +32,10 @@ async def test_phone_typed_message_is_reported_before_its_ack(spawn_bridge):
     names = [(e.name, e.data.get("id")) for e in b.events]
     assert names.index((p.EVENT_MESSAGE, r["id"])) < names.index((p.EVENT_MESSAGE_ACK, r["id"]))
     # Media and location from the phone, and acks by the sandbox like any message of ours.
-    loc = await b.conn.request(p.CMD_SANDBOX_OUTGOING, {"to": "15550001111", "location": {
-        "latitude": 1.5, "longitude": 2.5, "description": "here"}})
+    loc = await b.conn.request(
+        p.CMD_SANDBOX_OUTGOING,
+        {"to": "15550001111", "location": {"latitude": 1.5, "longitude": 2.5, "description": "here"}},
+    )
     got = await b.wait_event(p.EVENT_MESSAGE, lambda d: d["id"] == loc["id"])
     assert got.data["type"] == "location" and got.data["location"]["latitude"] == 1.5
     await b.conn.request(p.CMD_SANDBOX_ACK, {"id": r["id"], "ack": 3})
@@ -46,8 +48,9 @@ async def test_our_own_sends_are_not_reported_as_phone_messages(spawn_bridge):
     the bridge drops the echo, even with many sends in flight, and still forwards their acks."""
     b = await spawn_bridge()
     await b.ready()
-    results = await asyncio.gather(*(b.conn.request(p.CMD_SEND, {"to": "15550001111", "text": f"m{i}"})
-                                     for i in range(20)))
+    results = await asyncio.gather(
+        *(b.conn.request(p.CMD_SEND, {"to": "15550001111", "text": f"m{i}"}) for i in range(20))
+    )
     phone = await b.conn.request(p.CMD_SANDBOX_OUTGOING, {"to": "15550001111", "text": "mine"})
     await b.wait_event(p.EVENT_MESSAGE, lambda d: d["id"] == phone["id"])
     for r in results:
@@ -88,6 +91,14 @@ d.client.emit('message_create', msg({to: 'status@broadcast', id: {_serialized: '
     assert out.returncode == 0, out.stderr.decode()
     result = json.loads(out.stderr.decode().strip().splitlines()[-1])
     assert result["own"] == ["true_1555@c.us_3EB0"] and result["emitted"] == 0
-    assert result["data"] == {"id": "true_1555@c.us_3EB0", "chat_id": "1555@c.us", "from": "1999@c.us",
-                              "to": "1555@c.us", "from_me": True, "type": "chat", "body": "hi",
-                              "timestamp": 1700000000, "has_media": False}
+    assert result["data"] == {
+        "id": "true_1555@c.us_3EB0",
+        "chat_id": "1555@c.us",
+        "from": "1999@c.us",
+        "to": "1555@c.us",
+        "from_me": True,
+        "type": "chat",
+        "body": "hi",
+        "timestamp": 1700000000,
+        "has_media": False,
+    }

@@ -95,8 +95,13 @@ STREAM = (
 
 def test_feed_data_gives_the_same_events_wherever_the_chunks_split():
     _, whole = fed([STREAM])
-    assert [(e.name, e.ts) for e in whole] == [("hello", 1), ("heartbeat", 2), ("state", 3), ("heartbeat", 4),
-                                               ("qr", 5)]
+    assert [(e.name, e.ts) for e in whole] == [
+        ("hello", 1),
+        ("heartbeat", 2),
+        ("state", 3),
+        ("heartbeat", 4),
+        ("qr", 5),
+    ]
     assert whole[4].data["qr"] == "x\ny" and whole[3].data["seq"] == 2
     for cut in range(1, len(STREAM)):
         _, events = fed([STREAM[:cut], STREAM[cut:]])
@@ -122,8 +127,12 @@ def test_heartbeats_go_to_on_heartbeat_undecoded_when_asked():
 def test_feed_data_drops_over_long_lines_and_keeps_going():
     long_line = b'{"event":"message","ts":1,"data":{"body":"' + b"x" * 300 + b'"}}\n'
     ok = b'{"event":"state","ts":2,"data":{"state":"ready"}}\n'
-    for chunks in ([long_line + ok], [long_line, ok], [long_line[:150], long_line[150:] + ok],
-                   [long_line[:-1], b"\n" + ok]):
+    for chunks in (
+        [long_line + ok],
+        [long_line, ok],
+        [long_line[:150], long_line[150:] + ok],
+        [long_line[:-1], b"\n" + ok],
+    ):
         _, events = fed(chunks, max_line_bytes=200)
         assert [e.name for e in events] == ["state"], chunks
 
@@ -137,8 +146,9 @@ async def test_responses_and_end_of_stream_through_the_pipe_protocol():
     events: list[p.BridgeEvent] = []
     beats: list[int] = []
     wt, wp = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, os.fdopen(cmd_w, "wb"))
-    conn = p.BridgeConnection(None, asyncio.StreamWriter(wt, wp, None, loop), events.append,
-                              on_heartbeat=lambda: beats.append(1))
+    conn = p.BridgeConnection(
+        None, asyncio.StreamWriter(wt, wp, None, loop), events.append, on_heartbeat=lambda: beats.append(1)
+    )
     _, proto = await loop.connect_read_pipe(lambda: p.BridgeStdoutProtocol(conn), os.fdopen(out_r, "rb"))
     try:
         first = asyncio.create_task(conn.request("get_state", timeout_s=5))
@@ -146,9 +156,12 @@ async def test_responses_and_end_of_stream_through_the_pipe_protocol():
         await asyncio.sleep(0.05)
         sent = os.read(cmd_r, 4096).splitlines()
         assert [json.loads(line)["id"] for line in sent] == [1, 2]
-        os.write(out_w, b'{"event":"heartbeat","ts":1,"data":{}}\n'
-                        b'{"id":1,"ok":true,"result":{"state":"qr"}}\n'
-                        b'{"event":"state","ts":2,"data":{"state":"qr"}}\n')
+        os.write(
+            out_w,
+            b'{"event":"heartbeat","ts":1,"data":{}}\n'
+            b'{"id":1,"ok":true,"result":{"state":"qr"}}\n'
+            b'{"event":"state","ts":2,"data":{"state":"qr"}}\n',
+        )
         assert await asyncio.wait_for(first, 5) == {"state": "qr"}
         assert beats == [1] and [e.name for e in events] == ["state"]
         os.close(out_w)

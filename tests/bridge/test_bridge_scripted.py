@@ -87,11 +87,19 @@ async def test_send_text_gets_id_and_sent_ack_then_read(spawn_bridge):
 async def test_send_media_location_and_reply(spawn_bridge, tmp_path):
     b = await spawn_bridge()
     await b.ready()
-    media = {"base64": base64.b64encode(b"%PDF-1.4").decode(), "mimetype": "application/pdf", "filename": "a.pdf"}
-    r1 = await b.conn.request(p.CMD_SEND, {"to": "15550001111", "type": "media", "media": media, "caption": "c"})
+    media = {
+        "base64": base64.b64encode(b"%PDF-1.4").decode(),
+        "mimetype": "application/pdf",
+        "filename": "a.pdf",
+    }
+    r1 = await b.conn.request(
+        p.CMD_SEND, {"to": "15550001111", "type": "media", "media": media, "caption": "c"}
+    )
     f = tmp_path / "pic.jpg"
     f.write_bytes(b"\xff\xd8\xff")
-    r2 = await b.conn.request(p.CMD_SEND, {"to": "15550001111@c.us", "media": {"path": str(f)}, "as_document": True})
+    r2 = await b.conn.request(
+        p.CMD_SEND, {"to": "15550001111@c.us", "media": {"path": str(f)}, "as_document": True}
+    )
     loc = {"latitude": 52.52, "longitude": 13.4, "description": "Berlin"}
     r3 = await b.conn.request(p.CMD_SEND, {"to": "15550001111", "location": loc, "reply_to": r1["id"]})
     assert len({r1["id"], r2["id"], r3["id"]}) == 3
@@ -103,14 +111,18 @@ async def test_send_media_location_and_reply(spawn_bridge, tmp_path):
 async def test_incoming_message_event(spawn_bridge):
     b = await spawn_bridge()
     ready = await b.ready()
-    r = await b.conn.request(p.CMD_SANDBOX_INCOMING, {"from": "15557654321", "text": "hi there", "notify_name": "Ann"})
+    r = await b.conn.request(
+        p.CMD_SANDBOX_INCOMING, {"from": "15557654321", "text": "hi there", "notify_name": "Ann"}
+    )
     msg = await b.wait_event(p.EVENT_MESSAGE)
     assert msg.data["id"] == r["id"]
     assert msg.data["from"] == msg.data["chat_id"] == "15557654321@c.us"
     assert msg.data["to"] == ready.data["wid"]
     assert msg.data["from_me"] is False and msg.data["type"] == "chat" and msg.data["body"] == "hi there"
     assert msg.data["has_media"] is False and msg.data["notify_name"] == "Ann"
-    await b.conn.request(p.CMD_SANDBOX_INCOMING, {"from": "15557654321", "location": {"latitude": 1.5, "longitude": 2.5}})
+    await b.conn.request(
+        p.CMD_SANDBOX_INCOMING, {"from": "15557654321", "location": {"latitude": 1.5, "longitude": 2.5}}
+    )
     loc = await b.wait_event(p.EVENT_MESSAGE, lambda d: d["type"] == "location")
     assert loc.data["location"]["latitude"] == 1.5
     assert await b.conn.request(p.CMD_MARK_READ, {"chat_id": "15557654321@c.us"}) == {}
@@ -158,7 +170,7 @@ async def test_command_errors(spawn_bridge):
 async def test_garbage_on_stdin_is_answered_and_ignored(spawn_bridge):
     b = await spawn_bridge()
     assert b.proc.stdin is not None
-    b.proc.stdin.write(b"this is not json\n{\"cmd\": \"get_state\"}\n")
+    b.proc.stdin.write(b'this is not json\n{"cmd": "get_state"}\n')
     await b.wait_event(p.EVENT_STATE)
     assert (await b.conn.request(p.CMD_GET_STATE))["state"] in ("starting", "qr")
 
@@ -373,7 +385,8 @@ async def test_bridge_exits_when_its_control_plane_is_killed(sessions_root):
     session_dir = sessions_root / "orphan"
     session_dir.mkdir()
     parent = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", parent_code, NODE, str(MAIN_JS), str(session_dir), stdout=subprocess.PIPE)
+        sys.executable, "-c", parent_code, NODE, str(MAIN_JS), str(session_dir), stdout=subprocess.PIPE
+    )
     assert parent.stdout is not None
     bridge_pid = int(await asyncio.wait_for(parent.stdout.readline(), 15))
     assert (await asyncio.wait_for(parent.stdout.readline(), 15)).strip() == b"up"

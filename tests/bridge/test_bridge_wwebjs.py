@@ -15,7 +15,6 @@ import psutil
 import pytest
 
 from control_plane.bridge import protocol as p
-
 from tests.support import unless_installed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,8 +22,10 @@ CHROME = os.environ.get("CHROME_PATH", "/usr/bin/chromium")
 
 pytestmark = [
     unless_installed(CHROME, f"no Chromium at {CHROME}"),
-    unless_installed(REPO / "bridge/node_modules/whatsapp-web.js",
-                     "bridge/node_modules missing: PUPPETEER_SKIP_DOWNLOAD=true npm ci in bridge/"),
+    unless_installed(
+        REPO / "bridge/node_modules/whatsapp-web.js",
+        "bridge/node_modules missing: PUPPETEER_SKIP_DOWNLOAD=true npm ci in bridge/",
+    ),
 ]
 
 SINGLETONS = ("SingletonLock", "SingletonSocket", "SingletonCookie")
@@ -98,14 +99,18 @@ async def test_browser_gone_is_fatal(spawn_bridge, blackhole_proxy, profile_proc
     await assert_nothing_left(b, profile_processes, until)
 
 
-async def test_stdin_closed_exits_3_and_frees_the_browser(spawn_bridge, blackhole_proxy, profile_processes, until):
+async def test_stdin_closed_exits_3_and_frees_the_browser(
+    spawn_bridge, blackhole_proxy, profile_processes, until
+):
     b, _ = await started(spawn_bridge, blackhole_proxy)
     b.conn.close_writer()
     assert await b.wait_exit() == p.EXIT_STDIN_CLOSED
     await assert_nothing_left(b, profile_processes, until)
 
 
-async def test_deep_session_dir_still_launches_chromium(spawn_bridge, sessions_root, profile_processes, until):
+async def test_deep_session_dir_still_launches_chromium(
+    spawn_bridge, sessions_root, profile_processes, until
+):
     deep = sessions_root / ("d" * 60) / ("e" * 40) / "tenant"
     b, _ = await started(spawn_bridge, session_dir=deep)
     assert len(str(deep / "tmp")) > 64  # too long for Chromium's SingletonSocket path as is

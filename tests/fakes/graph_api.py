@@ -19,6 +19,7 @@ Webhooks: pure builders (``text_message``, ``status``, ``change_value``, ``entry
 ``fake.webhooks(target_url, app_secret)`` for a sender that knows the fake's numbers and sent
 messages (and opens the 24 h window when it delivers an inbound message).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,7 +61,11 @@ ERRORS: dict[int, tuple[str, str, int]] = {
     131026: ("Message undeliverable", "OAuthException", 400),
     131047: ("Re-engagement message", "OAuthException", 400),
     131048: ("Spam rate limit hit", "OAuthException", 400),
-    131049: ("This message was not delivered to maintain healthy ecosystem engagement.", "OAuthException", 400),
+    131049: (
+        "This message was not delivered to maintain healthy ecosystem engagement.",
+        "OAuthException",
+        400,
+    ),
     131051: ("Unsupported message type", "OAuthException", 400),
     131056: ("(Business Account, Consumer Account) pair rate limit hit", "OAuthException", 400),
     131057: ("Account in maintenance mode", "OAuthException", 400),
@@ -73,8 +78,10 @@ ERRORS: dict[int, tuple[str, str, int]] = {
     132016: ("Template is disabled", "OAuthException", 400),
     133010: ("Account not registered", "OAuthException", 400),
 }
-WINDOW_DETAILS = ("Message failed to send because more than 24 hours have passed since the customer "
-                  "last replied to this number.")
+WINDOW_DETAILS = (
+    "Message failed to send because more than 24 hours have passed since the customer "
+    "last replied to this number."
+)
 MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
 _PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
 
@@ -82,8 +89,15 @@ _PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
 class GraphFault(Exception):
     """Raised inside the fake's handlers; turned into the Graph error envelope."""
 
-    def __init__(self, code: int, details: str = "", *, http_status: int | None = None,
-                 subcode: int | None = None, message: str | None = None) -> None:
+    def __init__(
+        self,
+        code: int,
+        details: str = "",
+        *,
+        http_status: int | None = None,
+        subcode: int | None = None,
+        message: str | None = None,
+    ) -> None:
         super().__init__(code, details)
         self.code, self.details, self.subcode = code, details, subcode
         title, self.type, default_status = ERRORS.get(code, ("Unknown error", "OAuthException", 400))
@@ -91,8 +105,9 @@ class GraphFault(Exception):
         self.message = message or f"(#{code}) {title}"
 
 
-def error_envelope(code: int, message: str, *, type_: str = "OAuthException", subcode: int | None = None,
-                   details: str = "") -> dict[str, Any]:
+def error_envelope(
+    code: int, message: str, *, type_: str = "OAuthException", subcode: int | None = None, details: str = ""
+) -> dict[str, Any]:
     """The Graph error body exactly as cloud-api.md §5 shows it."""
     error: dict[str, Any] = {"message": message, "type": type_, "code": code}
     if subcode is not None:
@@ -123,8 +138,14 @@ class _Template:
     param_counts: dict[str, int] | None  # component type (lower) -> expected parameters; None = unchecked
 
     def public(self) -> dict[str, Any]:
-        return {"name": self.name, "language": self.language, "status": self.status, "category": self.category,
-                "components": self.components, "id": self.id}
+        return {
+            "name": self.name,
+            "language": self.language,
+            "status": self.status,
+            "category": self.category,
+            "components": self.components,
+            "id": self.id,
+        }
 
 
 @dataclass
@@ -168,8 +189,9 @@ def _new_wamid() -> str:
 class FakeGraphAPI:
     """The fake Graph API server and its state. See the module docstring."""
 
-    def __init__(self, *, enforce_window: bool = True, clock: Callable[[], float] = time.time,
-                 host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, *, enforce_window: bool = True, clock: Callable[[], float] = time.time, host: str = "127.0.0.1"
+    ) -> None:
         self.enforce_window = enforce_window
         self.clock = clock
         self.host = host
@@ -212,8 +234,12 @@ class FakeGraphAPI:
         app.router.add_post(f"/{v}/{{pnid}}/messages", self._wrap("messages", self._messages))
         app.router.add_post(f"/{v}/{{pnid}}/media", self._wrap("media", self._upload))
         app.router.add_get(f"/{v}/{{waba}}/message_templates", self._wrap("templates", self._list_templates))
-        app.router.add_post(f"/{v}/{{waba}}/message_templates", self._wrap("templates", self._create_template))
-        app.router.add_delete(f"/{v}/{{waba}}/message_templates", self._wrap("templates", self._delete_template))
+        app.router.add_post(
+            f"/{v}/{{waba}}/message_templates", self._wrap("templates", self._create_template)
+        )
+        app.router.add_delete(
+            f"/{v}/{{waba}}/message_templates", self._wrap("templates", self._delete_template)
+        )
         app.router.add_get(f"/{v}/{{node}}", self._wrap("node", self._get_node))
         app.router.add_delete(f"/{v}/{{node}}", self._wrap("node", self._delete_node))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
@@ -242,13 +268,22 @@ class FakeGraphAPI:
 
     # -- state set-up ----------------------------------------------------------------------------
 
-    def add_number(self, phone_number_id: str, waba_id: str, token: str, *, display_phone_number: str = "15550783881",
-                   verified_name: str = "Test Business", quality_rating: str = "GREEN") -> None:
+    def add_number(
+        self,
+        phone_number_id: str,
+        waba_id: str,
+        token: str,
+        *,
+        display_phone_number: str = "15550783881",
+        verified_name: str = "Test Business",
+        quality_rating: str = "GREEN",
+    ) -> None:
         for owned in self._token_numbers.values():  # re-registering a number replaces its token
             owned.discard(phone_number_id)
         self._token_numbers.setdefault(token, set()).add(phone_number_id)
-        self.numbers[phone_number_id] = _Number(phone_number_id, waba_id, token, display_phone_number,
-                                                verified_name, quality_rating)
+        self.numbers[phone_number_id] = _Number(
+            phone_number_id, waba_id, token, display_phone_number, verified_name, quality_rating
+        )
         self.templates.setdefault(waba_id, {})
 
     def add_token(self, token: str) -> None:
@@ -263,9 +298,18 @@ class FakeGraphAPI:
         """Answer ``wa_id`` for sends to ``input_number`` (the canonical id differs from the input)."""
         self.wa_id_map[_digits(input_number)] = wa_id
 
-    def add_template(self, waba_id: str, name: str, language: str = "en_US", *, status: str = "APPROVED",
-                     category: str = "UTILITY", components: list[dict[str, Any]] | None = None,
-                     body_params: int | None = None, header_params: int | None = None) -> str:
+    def add_template(
+        self,
+        waba_id: str,
+        name: str,
+        language: str = "en_US",
+        *,
+        status: str = "APPROVED",
+        category: str = "UTILITY",
+        components: list[dict[str, Any]] | None = None,
+        body_params: int | None = None,
+        header_params: int | None = None,
+    ) -> str:
         """Register a template. Parameter counts come from ``{{n}}`` in the components' text, or from
         ``body_params``/``header_params``; with neither, counts are not checked."""
         components = components or []
@@ -278,15 +322,18 @@ class FakeGraphAPI:
                 counts["header"] = header_params
         template_id = str(next(self._ids))
         self.templates.setdefault(waba_id, {})[(name, language)] = _Template(
-            template_id, name, language, status, category, components, counts)
+            template_id, name, language, status, category, components, counts
+        )
         return template_id
 
-    def add_media(self, phone_number_id: str, data: bytes, mime_type: str = "image/jpeg",
-                  filename: str = "") -> str:
+    def add_media(
+        self, phone_number_id: str, data: bytes, mime_type: str = "image/jpeg", filename: str = ""
+    ) -> str:
         """Store media as if uploaded (or received in a webhook); returns its media id."""
         media_id = str(next(self._ids))
-        self.media[media_id] = _Media(media_id, data, mime_type, filename, phone_number_id,
-                                      hashlib.sha256(data).hexdigest())
+        self.media[media_id] = _Media(
+            media_id, data, mime_type, filename, phone_number_id, hashlib.sha256(data).hexdigest()
+        )
         return media_id
 
     def set_template_status(self, waba_id: str, name: str, status: str, language: str | None = None) -> None:
@@ -305,16 +352,37 @@ class FakeGraphAPI:
         at = self.windows.get((phone_number_id, _digits(wa_id)))
         return at is not None and self.clock() - at < WINDOW_S
 
-    def inject_error(self, code: int | None, *, http_status: int | None = None, times: int | None = 1,
-                     pnid: str | None = None, to: str | None = None, endpoint: str | None = "messages",
-                     subcode: int | None = None, details: str = "", retry_after: str | None = None) -> None:
+    def inject_error(
+        self,
+        code: int | None,
+        *,
+        http_status: int | None = None,
+        times: int | None = 1,
+        pnid: str | None = None,
+        to: str | None = None,
+        endpoint: str | None = "messages",
+        subcode: int | None = None,
+        details: str = "",
+        retry_after: str | None = None,
+    ) -> None:
         """Answer the next ``times`` matching calls (None: until cleared) with error ``code``.
 
         ``code=None`` answers a bare HTTP error without a Graph envelope (a proxy's 502).
         ``endpoint``: "messages" (default), "media", "templates", "node", or None for any call."""
         status = http_status or (ERRORS[code][2] if code in ERRORS else 400 if code is not None else 502)
-        self._injections.append(_Injection(code, status, times, pnid, _digits(to) if to else None, endpoint,
-                                           subcode, details, retry_after))
+        self._injections.append(
+            _Injection(
+                code,
+                status,
+                times,
+                pnid,
+                _digits(to) if to else None,
+                endpoint,
+                subcode,
+                details,
+                retry_after,
+            )
+        )
 
     def clear_errors(self) -> None:
         self._injections.clear()
@@ -344,7 +412,11 @@ class FakeGraphAPI:
 
     def sent_to(self, to: str | None = None, pnid: str | None = None) -> list[dict[str, Any]]:
         wa_id = self.wa_id_map.get(_digits(to), _digits(to)) if to else None
-        return [s for s in self.sent if (wa_id is None or s["to"] == wa_id) and (pnid is None or s["pnid"] == pnid)]
+        return [
+            s
+            for s in self.sent
+            if (wa_id is None or s["to"] == wa_id) and (pnid is None or s["pnid"] == pnid)
+        ]
 
     def max_per_second(self, pnid: str, *, sliding: bool = True) -> int:
         """Most sends accepted for ``pnid`` in any 1 s window (``sliding=False``: calendar seconds)."""
@@ -372,10 +444,19 @@ class FakeGraphAPI:
             key = record.get("biz_opaque_callback_data")
             if key is not None:
                 seen[key] = seen.get(key, 0) + 1
-        return {"sent": len(self.sent), "duplicates": sum(n - 1 for n in seen.values() if n > 1),
-                "numbers": {p: {"sent": len(times), "max_per_second": self.max_per_second(p),
-                                "throttled": self.throttled.get(p, 0), "times": sorted(times)}
-                            for p, times in per.items()}}
+        return {
+            "sent": len(self.sent),
+            "duplicates": sum(n - 1 for n in seen.values() if n > 1),
+            "numbers": {
+                p: {
+                    "sent": len(times),
+                    "max_per_second": self.max_per_second(p),
+                    "throttled": self.throttled.get(p, 0),
+                    "times": sorted(times),
+                }
+                for p, times in per.items()
+            },
+        }
 
     def webhooks(self, target_url: str, app_secret: str) -> WebhookSender:
         """A webhook sender bound to this fake (closed with it)."""
@@ -390,8 +471,12 @@ class FakeGraphAPI:
 
     async def _control_number(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.add_number(body["phone_number_id"], body["waba_id"], body["token"],
-                        display_phone_number=body.get("display_phone_number", "15550783881"))
+        self.add_number(
+            body["phone_number_id"],
+            body["waba_id"],
+            body["token"],
+            display_phone_number=body.get("display_phone_number", "15550783881"),
+        )
         if body.get("rate_limit") is not None:
             self.set_rate_limit(body["phone_number_id"], int(body["rate_limit"]))
         return web.json_response({"ok": True}, status=201)
@@ -411,12 +496,20 @@ class FakeGraphAPI:
                 response = await handler(request, number, endpoint)
             except GraphFault as fault:
                 response = web.json_response(
-                    error_envelope(fault.code, fault.message, type_=fault.type, subcode=fault.subcode,
-                                   details=fault.details), status=fault.http_status)
+                    error_envelope(
+                        fault.code,
+                        fault.message,
+                        type_=fault.type,
+                        subcode=fault.subcode,
+                        details=fault.details,
+                    ),
+                    status=fault.http_status,
+                )
             except _Bare as bare:
                 response = web.Response(status=bare.status, text=bare.text, headers=bare.headers)
             self.requests.append((request.method, request.path, response.status))
             return response
+
         return wrapped
 
     async def _maybe_delay(self, endpoint: str) -> None:
@@ -429,7 +522,7 @@ class FakeGraphAPI:
                 delay.remaining -= 1
             try:
                 await asyncio.wait_for(self._closing.wait(), delay.seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             return
 
@@ -438,11 +531,18 @@ class FakeGraphAPI:
         header = request.headers.get("Authorization", "")
         token = header[7:] if header.startswith("Bearer ") else request.query.get("access_token", "")
         if not token:
-            raise GraphFault(190, "An active access token must be used to query information about the current user.",
-                             message="(#190) An active access token must be used")
+            raise GraphFault(
+                190,
+                "An active access token must be used to query information about the current user.",
+                message="(#190) An active access token must be used",
+            )
         if token in self.expired_tokens:
-            raise GraphFault(190, "Session has expired", subcode=463,
-                             message="(#190) Error validating access token: Session has expired")
+            raise GraphFault(
+                190,
+                "Session has expired",
+                subcode=463,
+                message="(#190) Error validating access token: Session has expired",
+            )
         owned = self._token_numbers.get(token, set())
         if not owned and token not in self.extra_tokens:
             raise GraphFault(190, "Invalid OAuth access token - Cannot parse access token", subcode=467)
@@ -450,19 +550,31 @@ class FakeGraphAPI:
 
     def _number(self, pnid: str, owned: set[str]) -> _Number:
         if pnid not in self.numbers or pnid not in owned:
-            raise GraphFault(100, f"Unsupported request. Object with ID '{pnid}' does not exist, cannot be loaded "
-                                  "due to missing permissions, or does not support this operation.", subcode=33)
+            raise GraphFault(
+                100,
+                f"Unsupported request. Object with ID '{pnid}' does not exist, cannot be loaded "
+                "due to missing permissions, or does not support this operation.",
+                subcode=33,
+            )
         return self.numbers[pnid]
 
     def _waba(self, waba: str, owned: set[str]) -> str:
         if not any(self.numbers[p].waba_id == waba for p in owned):
-            raise GraphFault(100, f"Unsupported request. Object with ID '{waba}' does not exist, cannot be loaded "
-                                  "due to missing permissions, or does not support this operation.", subcode=33)
+            raise GraphFault(
+                100,
+                f"Unsupported request. Object with ID '{waba}' does not exist, cannot be loaded "
+                "due to missing permissions, or does not support this operation.",
+                subcode=33,
+            )
         return waba
 
     def _maybe_inject(self, endpoint: str, pnid: str | None, to: str | None) -> None:
         for inj in self._injections:
-            if inj.endpoint not in (None, endpoint) or (inj.pnid and inj.pnid != pnid) or (inj.to and inj.to != to):
+            if (
+                inj.endpoint not in (None, endpoint)
+                or (inj.pnid and inj.pnid != pnid)
+                or (inj.to and inj.to != to)
+            ):
                 continue
             if inj.remaining is not None:
                 if inj.remaining <= 0:
@@ -472,9 +584,19 @@ class FakeGraphAPI:
             if inj.code is None:
                 raise _Bare(inj.http_status, "<html><body>Bad Gateway</body></html>", headers)
             fault = GraphFault(inj.code, inj.details, http_status=inj.http_status, subcode=inj.subcode)
-            raise _Bare(inj.http_status, json.dumps(error_envelope(
-                fault.code, fault.message, type_=fault.type, subcode=fault.subcode, details=fault.details)),
-                {**headers, "Content-Type": "application/json"})
+            raise _Bare(
+                inj.http_status,
+                json.dumps(
+                    error_envelope(
+                        fault.code,
+                        fault.message,
+                        type_=fault.type,
+                        subcode=fault.subcode,
+                        details=fault.details,
+                    )
+                ),
+                {**headers, "Content-Type": "application/json"},
+            )
 
     # -- /{pnid}/messages ------------------------------------------------------------------------
 
@@ -489,8 +611,11 @@ class FakeGraphAPI:
         to = _digits(str(body.get("to", "")))
         self._maybe_inject(endpoint, number.phone_number_id, to or None)
         if body.get("messaging_product") != "whatsapp":
-            raise GraphFault(100, "The parameter messaging_product is required.",
-                             message="(#100) The parameter messaging_product is required.")
+            raise GraphFault(
+                100,
+                "The parameter messaging_product is required.",
+                message="(#100) The parameter messaging_product is required.",
+            )
         if body.get("status") == "read":
             return self._mark_read(number, body)
         return self._send(number, body)
@@ -502,8 +627,14 @@ class FakeGraphAPI:
         typing = body.get("typing_indicator")
         if typing is not None and typing != {"type": "text"}:
             raise GraphFault(131009, "typing_indicator.type must be 'text'")
-        self.read_marks.append({"pnid": number.phone_number_id, "message_id": message_id,
-                                "typing": typing is not None, "at": self.clock()})
+        self.read_marks.append(
+            {
+                "pnid": number.phone_number_id,
+                "message_id": message_id,
+                "typing": typing is not None,
+                "at": self.clock(),
+            }
+        )
         return web.json_response({"success": True})
 
     def _send(self, number: _Number, body: dict[str, Any]) -> web.Response:
@@ -519,7 +650,11 @@ class FakeGraphAPI:
         kind = body.get("type", "text")
         part = body.get(kind)
         if kind == "contacts":  # the only type whose part is an array
-            if not isinstance(part, list) or not part or not all(isinstance(c, dict) and c.get("name") for c in part):
+            if (
+                not isinstance(part, list)
+                or not part
+                or not all(isinstance(c, dict) and c.get("name") for c in part)
+            ):
                 raise GraphFault(100, "Param contacts must be a non-empty array of contacts with a name")
         elif kind not in _VALIDATORS:
             raise GraphFault(100, f"Param type '{kind}' is not a valid message type")
@@ -538,15 +673,29 @@ class FakeGraphAPI:
         now = self.clock()
         self._check_rates(pnid, wa_id, now)
         wamid = _new_wamid()
-        record = {"pnid": pnid, "to": wa_id, "input": raw_to, "type": kind, "payload": part, "body": body,
-                  "wamid": wamid, "at": now, "biz_opaque_callback_data": body.get("biz_opaque_callback_data")}
+        record = {
+            "pnid": pnid,
+            "to": wa_id,
+            "input": raw_to,
+            "type": kind,
+            "payload": part,
+            "body": body,
+            "wamid": wamid,
+            "at": now,
+            "biz_opaque_callback_data": body.get("biz_opaque_callback_data"),
+        }
         self.sent.append(record)
         self.sent_by_wamid[wamid] = record
         message: dict[str, Any] = {"id": wamid}
         if template is not None:
             message["message_status"] = "accepted"
-        return web.json_response({"messaging_product": "whatsapp",
-                                  "contacts": [{"input": raw_to, "wa_id": wa_id}], "messages": [message]})
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": raw_to, "wa_id": wa_id}],
+                "messages": [message],
+            }
+        )
 
     def _check_template(self, number: _Number, part: dict[str, Any]) -> _Template:
         name = part.get("name")
@@ -563,8 +712,10 @@ class FakeGraphAPI:
         if template.status == "DISABLED":
             raise GraphFault(132016, f"Template {name} is disabled")
         if template.status != "APPROVED":
-            raise GraphFault(132001, f"template name ({name}) does not exist in {language['code']} "
-                                     f"(status {template.status})")
+            raise GraphFault(
+                132001,
+                f"template name ({name}) does not exist in {language['code']} (status {template.status})",
+            )
         components = part.get("components") or []
         if not isinstance(components, list):
             raise GraphFault(100, "Param template['components'] must be an array")
@@ -575,12 +726,19 @@ class FakeGraphAPI:
                     given[comp["type"]] = len(comp.get("parameters") or [])
             for comp_type, expected in template.param_counts.items():
                 if given.get(comp_type, 0) != expected:
-                    raise GraphFault(132000, f"{comp_type}: number of localizable_params "
-                                             f"({given.get(comp_type, 0)}) does not match the expected "
-                                             f"number of params ({expected})")
+                    raise GraphFault(
+                        132000,
+                        f"{comp_type}: number of localizable_params "
+                        f"({given.get(comp_type, 0)}) does not match the expected "
+                        f"number of params ({expected})",
+                    )
         for comp in components:
             for param in (comp.get("parameters") or []) if isinstance(comp, dict) else []:
-                if isinstance(param, dict) and param.get("type") == "text" and len(str(param.get("text", ""))) > 1024:
+                if (
+                    isinstance(param, dict)
+                    and param.get("type") == "text"
+                    and len(str(param.get("text", ""))) > 1024
+                ):
                     raise GraphFault(132005, "Translated text too long")
         return template
 
@@ -592,15 +750,19 @@ class FakeGraphAPI:
                 window.popleft()
             if len(window) >= limit:
                 self.throttled[pnid] = self.throttled.get(pnid, 0) + 1
-                raise GraphFault(130429, f"Message throughput of {limit}/s exceeded for this phone number",
-                                 subcode=2494055)
+                raise GraphFault(
+                    130429, f"Message throughput of {limit}/s exceeded for this phone number", subcode=2494055
+                )
             window.append(now)
         interval = self._pair_intervals.get(pnid)
         if interval is not None:
             last = self._pair_last.get((pnid, wa_id))
             if last is not None and now - last < interval:
-                raise GraphFault(131056, "Message failed to send because there were too many messages sent "
-                                         "from this phone number to the same phone number in a short period.")
+                raise GraphFault(
+                    131056,
+                    "Message failed to send because there were too many messages sent "
+                    "from this phone number to the same phone number in a short period.",
+                )
             self._pair_last[(pnid, wa_id)] = now
 
     # -- media -----------------------------------------------------------------------------------
@@ -639,8 +801,10 @@ class FakeGraphAPI:
             if media is None or media.phone_number_id not in owned:
                 raise _Bare(404, "Not Found")
         except GraphFault as fault:
-            return web.json_response(error_envelope(fault.code, fault.message, subcode=fault.subcode,
-                                                    details=fault.details), status=fault.http_status)
+            return web.json_response(
+                error_envelope(fault.code, fault.message, subcode=fault.subcode, details=fault.details),
+                status=fault.http_status,
+            )
         except _Bare as bare:
             return web.Response(status=bare.status, text=bare.text)
         return web.Response(body=media.data, content_type=media.mime_type)
@@ -650,29 +814,54 @@ class FakeGraphAPI:
         self._maybe_inject(endpoint, node if node in self.numbers else None, None)
         if node in self.numbers:
             number = self._number(node, owned)
-            return web.json_response({"verified_name": number.verified_name, "code_verification_status": "VERIFIED",
-                                      "display_phone_number": number.display_phone_number,
-                                      "quality_rating": number.quality_rating,
-                                      "platform_type": "CLOUD_API", "throughput": {"level": "STANDARD"},
-                                      "id": number.phone_number_id})
+            return web.json_response(
+                {
+                    "verified_name": number.verified_name,
+                    "code_verification_status": "VERIFIED",
+                    "display_phone_number": number.display_phone_number,
+                    "quality_rating": number.quality_rating,
+                    "platform_type": "CLOUD_API",
+                    "throughput": {"level": "STANDARD"},
+                    "id": number.phone_number_id,
+                }
+            )
         media = self.media.get(node)
         if media is not None and media.phone_number_id in owned:
-            return web.json_response({"messaging_product": "whatsapp",
-                                      "url": f"{self.url}/_fake/media/{media.id}?ext={secrets.token_hex(4)}",
-                                      "mime_type": media.mime_type, "sha256": media.sha256,
-                                      "file_size": len(media.data), "id": media.id})
+            return web.json_response(
+                {
+                    "messaging_product": "whatsapp",
+                    "url": f"{self.url}/_fake/media/{media.id}?ext={secrets.token_hex(4)}",
+                    "mime_type": media.mime_type,
+                    "sha256": media.sha256,
+                    "file_size": len(media.data),
+                    "id": media.id,
+                }
+            )
         if any(self.numbers[p].waba_id == node for p in owned):
-            return web.json_response({"id": node, "name": "Test WABA", "currency": "USD", "timezone_id": "1",
-                                      "message_template_namespace": f"ns_{node}"})
-        raise GraphFault(100, f"Unsupported get request. Object with ID '{node}' does not exist, cannot be "
-                              "loaded due to missing permissions, or does not support this operation.", subcode=33)
+            return web.json_response(
+                {
+                    "id": node,
+                    "name": "Test WABA",
+                    "currency": "USD",
+                    "timezone_id": "1",
+                    "message_template_namespace": f"ns_{node}",
+                }
+            )
+        raise GraphFault(
+            100,
+            f"Unsupported get request. Object with ID '{node}' does not exist, cannot be "
+            "loaded due to missing permissions, or does not support this operation.",
+            subcode=33,
+        )
 
     async def _delete_node(self, request: web.Request, owned: set[str], endpoint: str) -> web.Response:
         node = request.match_info["node"]
         self._maybe_inject(endpoint, None, None)
         media = self.media.get(node)
         if media is None or media.phone_number_id not in owned:
-            raise GraphFault(100, f"Unsupported delete request. Object with ID '{node}' does not exist", subcode=33)
+            raise GraphFault(
+                100, f"Unsupported delete request. Object with ID '{node}' does not exist", subcode=33
+            )
         del self.media[node]
         return web.json_response({"success": True})
 
@@ -682,18 +871,28 @@ class FakeGraphAPI:
         waba = self._waba(request.match_info["waba"], owned)
         self._maybe_inject(endpoint, None, None)
         status = request.query.get("status")
-        items = [t for t in self.templates.get(waba, {}).values() if status is None or t.status == status.upper()]
+        items = [
+            t for t in self.templates.get(waba, {}).values() if status is None or t.status == status.upper()
+        ]
         try:
             limit = max(1, min(int(request.query.get("limit", "25")), 1000))
-            start = int(base64.urlsafe_b64decode(request.query["after"]).decode()) if "after" in request.query else 0
+            start = (
+                int(base64.urlsafe_b64decode(request.query["after"]).decode())
+                if "after" in request.query
+                else 0
+            )
         except (ValueError, UnicodeDecodeError):
             raise GraphFault(100, "Invalid limit or cursor") from None
-        page = items[start:start + limit]
-        cursors = {"before": base64.urlsafe_b64encode(str(start).encode()).decode(),
-                   "after": base64.urlsafe_b64encode(str(start + len(page)).encode()).decode()}
+        page = items[start : start + limit]
+        cursors = {
+            "before": base64.urlsafe_b64encode(str(start).encode()).decode(),
+            "after": base64.urlsafe_b64encode(str(start + len(page)).encode()).decode(),
+        }
         paging: dict[str, Any] = {"cursors": cursors}
         if start + limit < len(items):
-            next_url = request.url.with_host(self.host).with_port(self.port).update_query(after=cursors["after"])
+            next_url = (
+                request.url.with_host(self.host).with_port(self.port).update_query(after=cursors["after"])
+            )
             paging["next"] = str(next_url)
         return web.json_response({"data": [t.public() for t in page], "paging": paging})
 
@@ -715,10 +914,15 @@ class FakeGraphAPI:
         if not isinstance(components, list) or not components:
             raise GraphFault(100, "Param components is required")
         if (name, language) in self.templates.get(waba, {}):
-            raise GraphFault(100, f"Message template \"{name}\" already exists in {language}", subcode=2388024,
-                             message="(#100) Invalid parameter")
-        template_id = self.add_template(waba, name, language, status="PENDING", category=category,
-                                        components=components)
+            raise GraphFault(
+                100,
+                f'Message template "{name}" already exists in {language}',
+                subcode=2388024,
+                message="(#100) Invalid parameter",
+            )
+        template_id = self.add_template(
+            waba, name, language, status="PENDING", category=category, components=components
+        )
         return web.json_response({"id": template_id, "status": "PENDING", "category": category})
 
     async def _delete_template(self, request: web.Request, owned: set[str], endpoint: str) -> web.Response:
@@ -726,7 +930,7 @@ class FakeGraphAPI:
         name = request.query.get("name")
         keys = [k for k in self.templates.get(waba, {}) if k[0] == name]
         if not keys:
-            raise GraphFault(100, f"Message template \"{name}\" not found")
+            raise GraphFault(100, f'Message template "{name}" not found')
         for key in keys:
             del self.templates[waba][key]
         return web.json_response({"success": True})
@@ -748,6 +952,7 @@ def _count_params(components: list[dict[str, Any]]) -> dict[str, int] | None:
 
 
 # -- per-type validation (cloud-api.md §2) -----------------------------------------------------
+
 
 def _need_str(value: Any, what: str, max_len: int | None = None, *, allow_empty: bool = False) -> str:
     if not isinstance(value, str) or (not value and not allow_empty):
@@ -778,6 +983,7 @@ def _media_validator(kind: str) -> Callable[[dict[str, Any]], None]:
             _need_str(part["caption"], f"{kind}['caption']", 1024, allow_empty=True)
         if "filename" in part and kind != "document":
             raise GraphFault(100, f"Param {kind}['filename'] is only allowed for documents")
+
     return validate
 
 
@@ -802,7 +1008,15 @@ def _validate_interactive(part: dict[str, Any]) -> None:
     kind = part.get("type")
     body = part.get("body")
     action = part.get("action")
-    if kind not in ("button", "list", "cta_url", "product", "product_list", "flow", "location_request_message"):
+    if kind not in (
+        "button",
+        "list",
+        "cta_url",
+        "product",
+        "product_list",
+        "flow",
+        "location_request_message",
+    ):
         raise GraphFault(100, f"Param interactive['type'] '{kind}' is not valid")
     if kind in ("button", "list", "cta_url"):
         if not isinstance(body, dict):
@@ -838,7 +1052,9 @@ def _validate_list(action: dict[str, Any]) -> None:
     _need_str(action.get("button"), "interactive['action']['button']", 20)
     sections = action.get("sections")
     if not isinstance(sections, list) or not 1 <= len(sections) <= 10:
-        raise GraphFault(131009, "Param interactive['action']['sections'] must have between 1 and 10 elements")
+        raise GraphFault(
+            131009, "Param interactive['action']['sections'] must have between 1 and 10 elements"
+        )
     ids: list[str] = []
     for s, section in enumerate(sections):
         rows = section.get("rows") if isinstance(section, dict) else None
@@ -852,7 +1068,9 @@ def _validate_list(action: dict[str, Any]) -> None:
             ids.append(_need_str(row.get("id"), f"sections[{s}]['rows'][{r}]['id']", 200))
             _need_str(row.get("title"), f"sections[{s}]['rows'][{r}]['title']", 24)
             if "description" in row:
-                _need_str(row["description"], f"sections[{s}]['rows'][{r}]['description']", 72, allow_empty=True)
+                _need_str(
+                    row["description"], f"sections[{s}]['rows'][{r}]['description']", 72, allow_empty=True
+                )
     if len(ids) > 10:
         raise GraphFault(131009, "Total row count exceed max allowed count: 10")
     if len(set(ids)) != len(ids):
@@ -865,7 +1083,9 @@ def _validate_template_shape(part: dict[str, Any]) -> None:
 
 def _validate_context(body: dict[str, Any]) -> None:
     context = body.get("context")
-    if context is not None and (not isinstance(context, dict) or not isinstance(context.get("message_id"), str)):
+    if context is not None and (
+        not isinstance(context, dict) or not isinstance(context.get("message_id"), str)
+    ):
         raise GraphFault(100, "Param context['message_id'] must be a string")
     opaque = body.get("biz_opaque_callback_data")
     if opaque is not None:
@@ -894,9 +1114,21 @@ def _ts(timestamp: float | int | str | None) -> str:
     return str(int(time.time() if timestamp is None else float(timestamp)))
 
 
-def _message(from_: str, kind: str, part: Any, *, wamid: str | None, timestamp: float | str | None,
-             context: Mapping[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-    message: dict[str, Any] = {"from": _digits(from_), "id": wamid or _new_wamid(), "timestamp": _ts(timestamp)}
+def _message(
+    from_: str,
+    kind: str,
+    part: Any,
+    *,
+    wamid: str | None,
+    timestamp: float | str | None,
+    context: Mapping[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "from": _digits(from_),
+        "id": wamid or _new_wamid(),
+        "timestamp": _ts(timestamp),
+    }
     if context is not None:
         message["context"] = dict(context)
     message["type"] = kind
@@ -906,18 +1138,36 @@ def _message(from_: str, kind: str, part: Any, *, wamid: str | None, timestamp: 
     return message
 
 
-def text_message(from_: str, body: str, *, wamid: str | None = None, timestamp: float | str | None = None,
-                 context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def text_message(
+    from_: str,
+    body: str,
+    *,
+    wamid: str | None = None,
+    timestamp: float | str | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """An inbound ``messages[]`` item of type text. ``context``: {from, id} for a reply or {forwarded: True}."""
     return _message(from_, "text", {"body": body}, wamid=wamid, timestamp=timestamp, context=context)
 
 
-def media_message(from_: str, kind: str = "image", *, media_id: str | None = None, mime_type: str = "image/jpeg",
-                  sha256: str | None = None, caption: str | None = None, filename: str | None = None,
-                  wamid: str | None = None, timestamp: float | str | None = None,
-                  context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    part: dict[str, Any] = {"mime_type": mime_type, "sha256": sha256 or secrets.token_hex(32),
-                            "id": media_id or str(secrets.randbelow(10**15) + 10**15)}
+def media_message(
+    from_: str,
+    kind: str = "image",
+    *,
+    media_id: str | None = None,
+    mime_type: str = "image/jpeg",
+    sha256: str | None = None,
+    caption: str | None = None,
+    filename: str | None = None,
+    wamid: str | None = None,
+    timestamp: float | str | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    part: dict[str, Any] = {
+        "mime_type": mime_type,
+        "sha256": sha256 or secrets.token_hex(32),
+        "id": media_id or str(secrets.randbelow(10**15) + 10**15),
+    }
     if caption is not None:
         part["caption"] = caption
     if filename is not None:
@@ -929,35 +1179,66 @@ def image_message(from_: str, *, caption: str | None = None, **kw: Any) -> dict[
     return media_message(from_, "image", caption=caption, **kw)
 
 
-def button_reply_message(from_: str, reply_id: str, title: str, *, context_id: str | None = None,
-                         wamid: str | None = None, timestamp: float | str | None = None,
-                         business_number: str = "15550783881") -> dict[str, Any]:
+def button_reply_message(
+    from_: str,
+    reply_id: str,
+    title: str,
+    *,
+    context_id: str | None = None,
+    wamid: str | None = None,
+    timestamp: float | str | None = None,
+    business_number: str = "15550783881",
+) -> dict[str, Any]:
     part = {"type": "button_reply", "button_reply": {"id": reply_id, "title": title}}
     context = {"from": business_number, "id": context_id or _new_wamid()}
     return _message(from_, "interactive", part, wamid=wamid, timestamp=timestamp, context=context)
 
 
-def list_reply_message(from_: str, row_id: str, title: str, description: str | None = None, *,
-                       context_id: str | None = None, wamid: str | None = None,
-                       timestamp: float | str | None = None, business_number: str = "15550783881") -> dict[str, Any]:
+def list_reply_message(
+    from_: str,
+    row_id: str,
+    title: str,
+    description: str | None = None,
+    *,
+    context_id: str | None = None,
+    wamid: str | None = None,
+    timestamp: float | str | None = None,
+    business_number: str = "15550783881",
+) -> dict[str, Any]:
     reply: dict[str, Any] = {"id": row_id, "title": title}
     if description is not None:
         reply["description"] = description
     context = {"from": business_number, "id": context_id or _new_wamid()}
-    return _message(from_, "interactive", {"type": "list_reply", "list_reply": reply}, wamid=wamid,
-                    timestamp=timestamp, context=context)
+    return _message(
+        from_,
+        "interactive",
+        {"type": "list_reply", "list_reply": reply},
+        wamid=wamid,
+        timestamp=timestamp,
+        context=context,
+    )
 
 
-def button_message(from_: str, payload: str, text: str, *, context_id: str | None = None, wamid: str | None = None,
-                   timestamp: float | str | None = None, business_number: str = "15550783881") -> dict[str, Any]:
+def button_message(
+    from_: str,
+    payload: str,
+    text: str,
+    *,
+    context_id: str | None = None,
+    wamid: str | None = None,
+    timestamp: float | str | None = None,
+    business_number: str = "15550783881",
+) -> dict[str, Any]:
     """A template quick-reply button press (type ``button``)."""
     context = {"from": business_number, "id": context_id or _new_wamid()}
-    return _message(from_, "button", {"payload": payload, "text": text}, wamid=wamid, timestamp=timestamp,
-                    context=context)
+    return _message(
+        from_, "button", {"payload": payload, "text": text}, wamid=wamid, timestamp=timestamp, context=context
+    )
 
 
-def reaction_message(from_: str, message_id: str, emoji: str, *, wamid: str | None = None,
-                     timestamp: float | str | None = None) -> dict[str, Any]:
+def reaction_message(
+    from_: str, message_id: str, emoji: str, *, wamid: str | None = None, timestamp: float | str | None = None
+) -> dict[str, Any]:
     """An inbound reaction; an empty ``emoji`` means the user removed it."""
     part: dict[str, Any] = {"message_id": message_id}
     if emoji:
@@ -965,9 +1246,16 @@ def reaction_message(from_: str, message_id: str, emoji: str, *, wamid: str | No
     return _message(from_, "reaction", part, wamid=wamid, timestamp=timestamp)
 
 
-def location_message(from_: str, latitude: float, longitude: float, *, name: str | None = None,
-                     address: str | None = None, wamid: str | None = None,
-                     timestamp: float | str | None = None) -> dict[str, Any]:
+def location_message(
+    from_: str,
+    latitude: float,
+    longitude: float,
+    *,
+    name: str | None = None,
+    address: str | None = None,
+    wamid: str | None = None,
+    timestamp: float | str | None = None,
+) -> dict[str, Any]:
     part: dict[str, Any] = {"latitude": latitude, "longitude": longitude}
     if name is not None:
         part["name"] = name
@@ -976,32 +1264,68 @@ def location_message(from_: str, latitude: float, longitude: float, *, name: str
     return _message(from_, "location", part, wamid=wamid, timestamp=timestamp)
 
 
-def contacts_message(from_: str, contacts: Sequence[Mapping[str, Any]] | None = None, *, wamid: str | None = None,
-                     timestamp: float | str | None = None) -> dict[str, Any]:
-    cards = [dict(c) for c in contacts] if contacts else [
-        {"name": {"formatted_name": "Ana Souza", "first_name": "Ana", "last_name": "Souza"},
-         "phones": [{"phone": "+55 11 91234-5678", "wa_id": "5511912345678", "type": "CELL"}]}]
+def contacts_message(
+    from_: str,
+    contacts: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    wamid: str | None = None,
+    timestamp: float | str | None = None,
+) -> dict[str, Any]:
+    cards = (
+        [dict(c) for c in contacts]
+        if contacts
+        else [
+            {
+                "name": {"formatted_name": "Ana Souza", "first_name": "Ana", "last_name": "Souza"},
+                "phones": [{"phone": "+55 11 91234-5678", "wa_id": "5511912345678", "type": "CELL"}],
+            }
+        ]
+    )
     return _message(from_, "contacts", cards, wamid=wamid, timestamp=timestamp)
 
 
-def unsupported_message(from_: str, *, wamid: str | None = None, timestamp: float | str | None = None) -> dict[str, Any]:
-    errors = [{"code": 131051, "title": "Message type unknown", "message": "Message type unknown",
-               "error_data": {"details": "Message type is currently not supported."}}]
+def unsupported_message(
+    from_: str, *, wamid: str | None = None, timestamp: float | str | None = None
+) -> dict[str, Any]:
+    errors = [
+        {
+            "code": 131051,
+            "title": "Message type unknown",
+            "message": "Message type unknown",
+            "error_data": {"details": "Message type is currently not supported."},
+        }
+    ]
     return _message(from_, "unsupported", None, wamid=wamid, timestamp=timestamp, errors=errors)
 
 
-def status(wamid: str, status_: str, recipient_id: str, *, timestamp: float | str | None = None,
-           errors: Sequence[Mapping[str, Any]] | None = None, biz_opaque_callback_data: str | None = None,
-           pricing: bool = True, conversation_id: str | None = None) -> dict[str, Any]:
+def status(
+    wamid: str,
+    status_: str,
+    recipient_id: str,
+    *,
+    timestamp: float | str | None = None,
+    errors: Sequence[Mapping[str, Any]] | None = None,
+    biz_opaque_callback_data: str | None = None,
+    pricing: bool = True,
+    conversation_id: str | None = None,
+) -> dict[str, Any]:
     """A ``statuses[]`` item: sent | delivered | read | failed | played."""
-    item: dict[str, Any] = {"id": wamid, "status": status_, "timestamp": _ts(timestamp),
-                            "recipient_id": _digits(recipient_id)}
+    item: dict[str, Any] = {
+        "id": wamid,
+        "status": status_,
+        "timestamp": _ts(timestamp),
+        "recipient_id": _digits(recipient_id),
+    }
     if biz_opaque_callback_data is not None:
         item["biz_opaque_callback_data"] = biz_opaque_callback_data
     if status_ in ("sent", "delivered") and pricing:
-        item["conversation"] = {"id": conversation_id or secrets.token_hex(16),
-                                "origin": {"type": "service"}}
-        item["pricing"] = {"billable": False, "pricing_model": "PMP", "category": "service", "type": "free_customer_service"}
+        item["conversation"] = {"id": conversation_id or secrets.token_hex(16), "origin": {"type": "service"}}
+        item["pricing"] = {
+            "billable": False,
+            "pricing_model": "PMP",
+            "category": "service",
+            "type": "free_customer_service",
+        }
     if status_ == "failed":
         item["errors"] = [dict(e) for e in errors] if errors else [failed_error(131047)]
     elif errors:
@@ -1013,18 +1337,30 @@ def failed_error(code: int, details: str | None = None) -> dict[str, Any]:
     """The ``errors[]`` item of a failed status."""
     title = ERRORS.get(code, ("Unknown error", "", 400))[0]
     detail = details or (WINDOW_DETAILS if code == 131047 else title)
-    return {"code": code, "title": title, "message": title, "error_data": {"details": detail},
-            "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/"}
+    return {
+        "code": code,
+        "title": title,
+        "message": title,
+        "error_data": {"details": detail},
+        "href": "https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes/",
+    }
 
 
-def change_value(phone_number_id: str, display_phone_number: str = "15550783881", *,
-                 messages: Sequence[Mapping[str, Any]] = (), statuses: Sequence[Mapping[str, Any]] = (),
-                 contacts: Sequence[Mapping[str, Any]] | None = None, errors: Sequence[Mapping[str, Any]] = (),
-                 contact_name: str = "Sheena Nelson") -> dict[str, Any]:
+def change_value(
+    phone_number_id: str,
+    display_phone_number: str = "15550783881",
+    *,
+    messages: Sequence[Mapping[str, Any]] = (),
+    statuses: Sequence[Mapping[str, Any]] = (),
+    contacts: Sequence[Mapping[str, Any]] | None = None,
+    errors: Sequence[Mapping[str, Any]] = (),
+    contact_name: str = "Sheena Nelson",
+) -> dict[str, Any]:
     """The ``value`` of a ``messages`` change. ``contacts`` default to one per distinct sender."""
-    value: dict[str, Any] = {"messaging_product": "whatsapp",
-                             "metadata": {"display_phone_number": display_phone_number,
-                                          "phone_number_id": phone_number_id}}
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": display_phone_number, "phone_number_id": phone_number_id},
+    }
     if messages:
         if contacts is None:
             senders = list(dict.fromkeys(m["from"] for m in messages))
@@ -1050,12 +1386,19 @@ def envelope(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"object": WEBHOOK_OBJECT, "entry": [dict(e) for e in entries]}
 
 
-def messages_payload(waba_id: str, phone_number_id: str, display_phone_number: str = "15550783881", *,
-                     messages: Sequence[Mapping[str, Any]] = (), statuses: Sequence[Mapping[str, Any]] = (),
-                     contact_name: str = "Sheena Nelson") -> dict[str, Any]:
+def messages_payload(
+    waba_id: str,
+    phone_number_id: str,
+    display_phone_number: str = "15550783881",
+    *,
+    messages: Sequence[Mapping[str, Any]] = (),
+    statuses: Sequence[Mapping[str, Any]] = (),
+    contact_name: str = "Sheena Nelson",
+) -> dict[str, Any]:
     """One delivery with one entry and one change (the common case)."""
-    value = change_value(phone_number_id, display_phone_number, messages=messages, statuses=statuses,
-                         contact_name=contact_name)
+    value = change_value(
+        phone_number_id, display_phone_number, messages=messages, statuses=statuses, contact_name=contact_name
+    )
     return envelope([entry(waba_id, [change(value)])])
 
 
@@ -1064,25 +1407,62 @@ def batch(entries: Iterable[tuple[str, Iterable[Mapping[str, Any]]]]) -> dict[st
     return envelope([entry(waba_id, [change(v) for v in values]) for waba_id, values in entries])
 
 
-def text_batch(n_entries: int, n_changes: int, *, waba_id: str | Sequence[str], phone_number_id: str | Sequence[str],
-               display_phone_number: str = "15550783881", from_: str = "16505551234",
-               prefix: str = "batch") -> dict[str, Any]:
+def text_batch(
+    n_entries: int,
+    n_changes: int,
+    *,
+    waba_id: str | Sequence[str],
+    phone_number_id: str | Sequence[str],
+    display_phone_number: str = "15550783881",
+    from_: str = "16505551234",
+    prefix: str = "batch",
+) -> dict[str, Any]:
     """``n_entries`` x ``n_changes`` changes, each carrying one unique inbound text. ``waba_id`` and
     ``phone_number_id`` may be sequences (one per entry) to spread the batch over several numbers."""
     wabas = [waba_id] * n_entries if isinstance(waba_id, str) else list(waba_id)
     pnids = [phone_number_id] * n_entries if isinstance(phone_number_id, str) else list(phone_number_id)
-    return batch((wabas[e], [change_value(pnids[e], display_phone_number,
-                                          messages=[text_message(from_, f"{prefix} {e}.{c}")])
-                             for c in range(n_changes)]) for e in range(n_entries))
+    return batch(
+        (
+            wabas[e],
+            [
+                change_value(
+                    pnids[e], display_phone_number, messages=[text_message(from_, f"{prefix} {e}.{c}")]
+                )
+                for c in range(n_changes)
+            ],
+        )
+        for e in range(n_entries)
+    )
 
 
-def template_status_payload(waba_id: str, template_id: str, name: str, language: str, event: str,
-                            reason: str | None = None, *, timestamp: float | None = None) -> dict[str, Any]:
+def template_status_payload(
+    waba_id: str,
+    template_id: str,
+    name: str,
+    language: str,
+    event: str,
+    reason: str | None = None,
+    *,
+    timestamp: float | None = None,
+) -> dict[str, Any]:
     """A ``message_template_status_update`` delivery (event: APPROVED, REJECTED, PAUSED, DISABLED, ...)."""
-    value = {"event": event, "message_template_id": int(template_id), "message_template_name": name,
-             "message_template_language": language, "reason": reason or "NONE"}
-    return {"object": WEBHOOK_OBJECT, "entry": [{"id": waba_id, "time": int(timestamp or time.time()),
-                                                 "changes": [{"value": value, "field": "message_template_status_update"}]}]}
+    value = {
+        "event": event,
+        "message_template_id": int(template_id),
+        "message_template_name": name,
+        "message_template_language": language,
+        "reason": reason or "NONE",
+    }
+    return {
+        "object": WEBHOOK_OBJECT,
+        "entry": [
+            {
+                "id": waba_id,
+                "time": int(timestamp or time.time()),
+                "changes": [{"value": value, "field": "message_template_status_update"}],
+            }
+        ],
+    }
 
 
 def serialize(payload: Mapping[str, Any]) -> bytes:
@@ -1095,9 +1475,15 @@ def sign(body: bytes, app_secret: str) -> str:
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-async def deliver(url: str, payload: Mapping[str, Any] | bytes, app_secret: str, *,
-                  signature: str | bool | None = None, session: aiohttp.ClientSession | None = None,
-                  headers: Mapping[str, str] | None = None) -> tuple[int, str]:
+async def deliver(
+    url: str,
+    payload: Mapping[str, Any] | bytes,
+    app_secret: str,
+    *,
+    signature: str | bool | None = None,
+    session: aiohttp.ClientSession | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> tuple[int, str]:
     """POST one delivery like Meta does; returns (HTTP status, body text).
 
     ``signature``: None signs the exact bytes sent; False omits the header; a string is sent as is
@@ -1144,16 +1530,29 @@ class WebhookSender:
             await self._session.close()
             self._session = None
 
-    async def send(self, payload: Mapping[str, Any] | bytes, *, signature: str | bool | None = None,
-                   app_secret: str | None = None, copies: int = 1) -> Delivery:
+    async def send(
+        self,
+        payload: Mapping[str, Any] | bytes,
+        *,
+        signature: str | bool | None = None,
+        app_secret: str | None = None,
+        copies: int = 1,
+    ) -> Delivery:
         """Deliver ``payload`` ``copies`` times (duplicates, as Meta's at-least-once does); returns the last."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         result: Delivery | None = None
         for _ in range(copies):
-            code, text = await deliver(self.target_url, payload, app_secret or self.app_secret,
-                                       signature=signature, session=self._session)
-            result = Delivery(code, text, dict(json.loads(payload)) if isinstance(payload, bytes) else dict(payload))
+            code, text = await deliver(
+                self.target_url,
+                payload,
+                app_secret or self.app_secret,
+                signature=signature,
+                session=self._session,
+            )
+            result = Delivery(
+                code, text, dict(json.loads(payload)) if isinstance(payload, bytes) else dict(payload)
+            )
             self.deliveries.append(result)
         assert result is not None
         return result
@@ -1163,14 +1562,26 @@ class WebhookSender:
             raise KeyError(f"the fake does not know phone_number_id {phone_number_id}")
         return self.fake.numbers[phone_number_id]
 
-    def inbound_payload(self, phone_number_id: str, *messages: Mapping[str, Any],
-                        contact_name: str = "Sheena Nelson") -> dict[str, Any]:
+    def inbound_payload(
+        self, phone_number_id: str, *messages: Mapping[str, Any], contact_name: str = "Sheena Nelson"
+    ) -> dict[str, Any]:
         number = self._number(phone_number_id)
-        return messages_payload(number.waba_id, phone_number_id, number.display_phone_number,
-                                messages=messages, contact_name=contact_name)
+        return messages_payload(
+            number.waba_id,
+            phone_number_id,
+            number.display_phone_number,
+            messages=messages,
+            contact_name=contact_name,
+        )
 
-    async def inbound(self, phone_number_id: str, *messages: Mapping[str, Any], contact_name: str = "Sheena Nelson",
-                      signature: str | bool | None = None, copies: int = 1) -> Delivery:
+    async def inbound(
+        self,
+        phone_number_id: str,
+        *messages: Mapping[str, Any],
+        contact_name: str = "Sheena Nelson",
+        signature: str | bool | None = None,
+        copies: int = 1,
+    ) -> Delivery:
         """Deliver user messages (built with ``text_message`` etc.) to ``phone_number_id``; a
         successful delivery opens the fake's window for each sender."""
         payload = self.inbound_payload(phone_number_id, *messages, contact_name=contact_name)
@@ -1185,30 +1596,57 @@ class WebhookSender:
         message = text_message(from_, body)
         return await self.inbound(phone_number_id, message, **kw), message["id"]
 
-    def status_payload(self, wamid: str, *statuses_: str, errors: Sequence[Mapping[str, Any]] | None = None,
-                       timestamp: float | None = None) -> dict[str, Any]:
+    def status_payload(
+        self,
+        wamid: str,
+        *statuses_: str,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        timestamp: float | None = None,
+    ) -> dict[str, Any]:
         """One delivery carrying ``statuses_`` (in that order) for a message the fake sent."""
         if self.fake is None or wamid not in self.fake.sent_by_wamid:
             raise KeyError(f"the fake did not send {wamid}")
         record = self.fake.sent_by_wamid[wamid]
         number = self._number(record["pnid"])
         base = timestamp if timestamp is not None else record["at"]
-        items = [status(wamid, s, record["to"], timestamp=base + i, errors=errors if s == "failed" else None,
-                        biz_opaque_callback_data=record["biz_opaque_callback_data"])
-                 for i, s in enumerate(statuses_)]
-        return messages_payload(number.waba_id, number.phone_number_id, number.display_phone_number, statuses=items)
+        items = [
+            status(
+                wamid,
+                s,
+                record["to"],
+                timestamp=base + i,
+                errors=errors if s == "failed" else None,
+                biz_opaque_callback_data=record["biz_opaque_callback_data"],
+            )
+            for i, s in enumerate(statuses_)
+        ]
+        return messages_payload(
+            number.waba_id, number.phone_number_id, number.display_phone_number, statuses=items
+        )
 
-    async def statuses(self, wamid: str, sequence: Sequence[str] = ("sent", "delivered", "read"), *,
-                       together: bool = False, errors: Sequence[Mapping[str, Any]] | None = None,
-                       copies: int = 1, signature: str | bool | None = None) -> list[Delivery]:
+    async def statuses(
+        self,
+        wamid: str,
+        sequence: Sequence[str] = ("sent", "delivered", "read"),
+        *,
+        together: bool = False,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        copies: int = 1,
+        signature: str | bool | None = None,
+    ) -> list[Delivery]:
         """Deliver status updates for ``wamid`` in the order given: pass ("read", "sent") for
         out-of-order with ``delivered`` missing, ("failed",) with ``errors`` for a failure. One
         delivery per status, or all in one delivery with ``together=True``."""
         if together:
-            return [await self.send(self.status_payload(wamid, *sequence, errors=errors),
-                                    copies=copies, signature=signature)]
-        return [await self.send(self.status_payload(wamid, s, errors=errors), copies=copies, signature=signature)
-                for s in sequence]
+            return [
+                await self.send(
+                    self.status_payload(wamid, *sequence, errors=errors), copies=copies, signature=signature
+                )
+            ]
+        return [
+            await self.send(self.status_payload(wamid, s, errors=errors), copies=copies, signature=signature)
+            for s in sequence
+        ]
 
 
 async def _serve(host: str, port: int, enforce_window: bool) -> None:

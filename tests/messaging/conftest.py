@@ -51,8 +51,10 @@ async def fake():
 @pytest.fixture
 def msg_settings(make_settings, fake, sessions_root):
     def make(**overrides: Any):
-        return make_settings(**{"GRAPH_API_URL": fake.url, "SESSIONS_DIR": str(sessions_root), **FAST,
-                                **overrides})
+        return make_settings(
+            **{"GRAPH_API_URL": fake.url, "SESSIONS_DIR": str(sessions_root), **FAST, **overrides}
+        )
+
     return make
 
 
@@ -66,6 +68,7 @@ def db_rows(sync_engine):
     def rows(sql: str, **params: Any) -> list[dict[str, Any]]:
         with sync_engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(sa.text(sql), params)]
+
     return rows
 
 
@@ -74,30 +77,48 @@ def db_exec(sync_engine):
     def run(sql: str, **params: Any) -> None:
         with sync_engine.begin() as conn:
             conn.execute(sa.text(sql), params)
+
     return run
 
 
 async def create_tenant(http, *, sandbox: bool = False) -> dict[str, Any]:
-    resp = await http.post("/api/tenants", json={"name": f"msg-{secrets.token_hex(3)}", "sandbox": sandbox},
-                           headers=ADMIN)
+    resp = await http.post(
+        "/api/tenants", json={"name": f"msg-{secrets.token_hex(3)}", "sandbox": sandbox}, headers=ADMIN
+    )
     assert resp.status == 201, await resp.text()
     tenant = await resp.json()
     tenant["headers"] = {"Authorization": f"Bearer {tenant['api_key']}"}
     return tenant
 
 
-async def configure_business(http, fake: FakeGraphAPI, tenant: dict[str, Any], *, api_type: str = "both",
-                             policy: str = "web_first", rate_limit: int | None = None) -> dict[str, Any]:
+async def configure_business(
+    http,
+    fake: FakeGraphAPI,
+    tenant: dict[str, Any],
+    *,
+    api_type: str = "both",
+    policy: str = "web_first",
+    rate_limit: int | None = None,
+) -> dict[str, Any]:
     pnid = str(10**14 + secrets.randbelow(10**14))
     waba = str(10**14 + secrets.randbelow(10**14))
     token = "EAAG-" + secrets.token_hex(12)
     fake.add_number(pnid, waba, token)
     if rate_limit is not None:
         fake.set_rate_limit(pnid, rate_limit)
-    resp = await http.post("/api/whatsapp/config", headers=tenant["headers"], json={
-        "api_type": api_type, "fallback_policy": policy, "phone_number_id": pnid, "waba_id": waba,
-        "access_token": token, "app_secret": "secret-" + secrets.token_hex(8),
-        "verify_token": "verify-" + secrets.token_hex(8)})
+    resp = await http.post(
+        "/api/whatsapp/config",
+        headers=tenant["headers"],
+        json={
+            "api_type": api_type,
+            "fallback_policy": policy,
+            "phone_number_id": pnid,
+            "waba_id": waba,
+            "access_token": token,
+            "app_secret": "secret-" + secrets.token_hex(8),
+            "verify_token": "verify-" + secrets.token_hex(8),
+        },
+    )
     assert resp.status == 201, await resp.text()
     tenant.update(pnid=pnid, waba=waba, token=token)
     return tenant
@@ -134,8 +155,9 @@ async def get_message(http, tenant: dict[str, Any], message_id: str) -> dict[str
     return await resp.json()
 
 
-async def wait_status(http, tenant: dict[str, Any], message_id: str, *statuses: str,
-                      timeout: float = 15.0) -> dict[str, Any]:
+async def wait_status(
+    http, tenant: dict[str, Any], message_id: str, *statuses: str, timeout: float = 15.0
+) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
     async def check() -> bool:
@@ -151,10 +173,15 @@ async def wait_status(http, tenant: dict[str, Any], message_id: str, *statuses: 
 
 def open_window(db_exec, tenant_id: str, wa_id: str, *, hours_ago: float = 1.0) -> None:
     """The contact wrote ``hours_ago`` (the 24 h window; what an inbound message would set)."""
-    db_exec("UPDATE conversations SET last_inbound_at = :at WHERE tenant_id = :t AND wa_id = :w",
-            at=_ago(hours_ago), t=tenant_id, w=wa_id)
+    db_exec(
+        "UPDATE conversations SET last_inbound_at = :at WHERE tenant_id = :t AND wa_id = :w",
+        at=_ago(hours_ago),
+        t=tenant_id,
+        w=wa_id,
+    )
 
 
 def _ago(hours: float):
     import datetime as dt
+
     return dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=hours)

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-
 from pathlib import Path
 
 import aiohttp
@@ -42,8 +41,14 @@ class ControlPlane:
 
     async def start(self, http: aiohttp.ClientSession) -> None:
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "control_plane", "serve"], cwd=ROOT, env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "control_plane", "serve"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
 
         async def healthy() -> bool:
@@ -54,7 +59,9 @@ class ControlPlane:
             except aiohttp.ClientError:
                 return False
 
-        await wait_for(healthy, timeout=90, interval=0.1, message="control plane up")  # slow imports on a busy box
+        await wait_for(
+            healthy, timeout=90, interval=0.1, message="control plane up"
+        )  # slow imports on a busy box
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -73,12 +80,25 @@ class ControlPlane:
 
 @pytest.mark.mariadb
 @pytest.mark.timeout(300)
-async def test_kill9_mid_dispatch_every_message_sent_exactly_once(database_url, sync_engine, empty_db, tmp_path):
-    env = {**os.environ, "DATABASE_URL": database_url, "ADMIN_TOKEN": ADMIN_TOKEN, "SECRET_KEY": SECRET_KEY,
-           "HOST": "127.0.0.1", "PORT": str(free_port()), "DATA_DIR": str(tmp_path / "data"),
-           "SESSIONS_DIR": str(tmp_path / "s"), "SUPERVISOR_ENABLED": "false", "LOG_LEVEL": "INFO",
-           "MESSAGING_LEASE_S": "2", "MESSAGING_RECONCILE_S": "6", "MESSAGING_POLL_S": "0.2",
-           "CLOUD_RATE_PER_S": "80"}
+async def test_kill9_mid_dispatch_every_message_sent_exactly_once(
+    database_url, sync_engine, empty_db, tmp_path
+):
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "ADMIN_TOKEN": ADMIN_TOKEN,
+        "SECRET_KEY": SECRET_KEY,
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "DATA_DIR": str(tmp_path / "data"),
+        "SESSIONS_DIR": str(tmp_path / "s"),
+        "SUPERVISOR_ENABLED": "false",
+        "LOG_LEVEL": "INFO",
+        "MESSAGING_LEASE_S": "2",
+        "MESSAGING_RECONCILE_S": "6",
+        "MESSAGING_POLL_S": "0.2",
+        "CLOUD_RATE_PER_S": "80",
+    }
     async with FakeGraphAPI() as fake, aiohttp.ClientSession() as http:
         env["GRAPH_API_URL"] = fake.url
         # The first process only takes requests (no dispatcher): all 500 are queued before any is sent.
@@ -96,18 +116,36 @@ async def test_kill9_mid_dispatch_every_message_sent_exactly_once(database_url, 
             app_secret = "secret-" + secrets.token_hex(8)
             fake.add_number(pnid, waba, token)
             fake.add_template(waba, "order_update", "en_US")
-            async with http.post(first.url + "/api/whatsapp/config", headers=headers, json={
-                    "api_type": "business_api", "fallback_policy": "business_api_only", "phone_number_id": pnid,
-                    "waba_id": waba, "access_token": token, "app_secret": app_secret,
-                    "verify_token": "verify-" + secrets.token_hex(8)}) as resp:
+            async with http.post(
+                first.url + "/api/whatsapp/config",
+                headers=headers,
+                json={
+                    "api_type": "business_api",
+                    "fallback_policy": "business_api_only",
+                    "phone_number_id": pnid,
+                    "waba_id": waba,
+                    "access_token": token,
+                    "app_secret": app_secret,
+                    "verify_token": "verify-" + secrets.token_hex(8),
+                },
+            ) as resp:
                 assert resp.status == 201, await resp.text()
 
             sem = asyncio.Semaphore(20)
 
             async def enqueue(i: int) -> str:
-                async with sem, http.post(first.url + "/api/messages", headers=headers, json={
-                        "to": f"+1650{i:07d}", "type": "template",
-                        "template": {"name": "order_update", "language": "en_US"}}) as resp:
+                async with (
+                    sem,
+                    http.post(
+                        first.url + "/api/messages",
+                        headers=headers,
+                        json={
+                            "to": f"+1650{i:07d}",
+                            "type": "template",
+                            "template": {"name": "order_update", "language": "en_US"},
+                        },
+                    ) as resp,
+                ):
                     assert resp.status == 202, await resp.text()
                     return (await resp.json())["id"]
 
@@ -128,20 +166,33 @@ async def test_kill9_mid_dispatch_every_message_sent_exactly_once(database_url, 
             sender = fake.webhooks(second.url + "/api/whatsapp/webhook", app_secret)
             records = list(fake.sent)
             for start in range(0, len(records), 100):
-                items = [g.status(r["wamid"], "sent", r["to"], biz_opaque_callback_data=r["biz_opaque_callback_data"])
-                         for r in records[start:start + 100]]
+                items = [
+                    g.status(
+                        r["wamid"], "sent", r["to"], biz_opaque_callback_data=r["biz_opaque_callback_data"]
+                    )
+                    for r in records[start : start + 100]
+                ]
                 delivery = await sender.send(g.messages_payload(waba, pnid, statuses=items))
                 assert delivery.status == 200, delivery.text
 
             def counts() -> dict[str, int]:
                 with sync_engine.connect() as conn:
-                    return dict(conn.execute(sa.text(
-                        "SELECT status, COUNT(*) FROM messages WHERE tenant_id = :t GROUP BY status"),
-                        {"t": tenant["id"]}).all())
+                    return dict(
+                        conn.execute(
+                            sa.text(
+                                "SELECT status, COUNT(*) FROM messages WHERE tenant_id = :t GROUP BY status"
+                            ),
+                            {"t": tenant["id"]},
+                        ).all()
+                    )
 
             t_restarted = time.monotonic()
-            await wait_for(lambda: counts().get("sent", 0) == N, timeout=60, interval=0.25,
-                           message=f"all {N} sent after the restart")
+            await wait_for(
+                lambda: counts().get("sent", 0) == N,
+                timeout=60,
+                interval=0.25,
+                message=f"all {N} sent after the restart",
+            )
             t_done = time.monotonic()
             per_id: dict[str, int] = {}
             for r in fake.sent:
@@ -150,17 +201,23 @@ async def test_kill9_mid_dispatch_every_message_sent_exactly_once(database_url, 
             assert [k for k, n in per_id.items() if n != 1] == [], "sent more than once"
             assert len(fake.sent) == N
             with sync_engine.connect() as conn:
-                recovered = conn.execute(sa.text(
-                    "SELECT COUNT(*) FROM message_transitions WHERE tenant_id = :t AND reason LIKE :r"),
-                    {"t": tenant["id"], "r": "%recovered after an unknown outcome%"}).scalar()
-                pmids = conn.execute(sa.text(
-                    "SELECT COUNT(DISTINCT provider_message_id) FROM messages WHERE tenant_id = :t"),
-                    {"t": tenant["id"]}).scalar()
+                recovered = conn.execute(
+                    sa.text(
+                        "SELECT COUNT(*) FROM message_transitions WHERE tenant_id = :t AND reason LIKE :r"
+                    ),
+                    {"t": tenant["id"], "r": "%recovered after an unknown outcome%"},
+                ).scalar()
+                pmids = conn.execute(
+                    sa.text("SELECT COUNT(DISTINCT provider_message_id) FROM messages WHERE tenant_id = :t"),
+                    {"t": tenant["id"]},
+                ).scalar()
             assert pmids == N
-            print(f"\nkill -9 after {sent_before} sends; {recovered} settled by status webhooks; "
-                  f"{N} sent exactly once; enqueue {t_enqueued - t0:.1f}s, to restart {t_restarted - t_enqueued:.1f}s, "
-                  f"to all sent {t_done - t_restarted:.1f}s", flush=True)
+            print(
+                f"\nkill -9 after {sent_before} sends; {recovered} settled by status webhooks; "
+                f"{N} sent exactly once; enqueue {t_enqueued - t0:.1f}s, to restart {t_restarted - t_enqueued:.1f}s, "
+                f"to all sent {t_done - t_restarted:.1f}s",
+                flush=True,
+            )
         finally:
             for cp in (intake, first, second):
                 cp.stop()
-

@@ -20,10 +20,27 @@ OLD = NOW - dt.timedelta(hours=25)
 TPL = {"name": "reengage", "language": "en_US", "body_param": True}
 
 
-def d(policy, *, ready=False, cloud=True, web=True, kind="text", requested="auto", inbound=RECENT, tpl=None,
-      blocked=None):
-    roads = Roads(policy=policy, web_configured=web, web_ready=ready, web_state="stopped", cloud_configured=cloud,
-                  fallback_template=tpl, cloud_blocked=blocked)
+def d(
+    policy,
+    *,
+    ready=False,
+    cloud=True,
+    web=True,
+    kind="text",
+    requested="auto",
+    inbound=RECENT,
+    tpl=None,
+    blocked=None,
+):
+    roads = Roads(
+        policy=policy,
+        web_configured=web,
+        web_ready=ready,
+        web_state="stopped",
+        cloud_configured=cloud,
+        fallback_template=tpl,
+        cloud_blocked=blocked,
+    )
     return decide(kind=kind, requested=requested, roads=roads, last_inbound_at=inbound, now=NOW)
 
 
@@ -62,8 +79,12 @@ def test_fallback_when_web_goes_down_mid_send():
     roads = Roads(policy="web_first", web_ready=False, cloud_configured=True)
     r = routing.fallback_on_web_down(roads, "auto", "text", RECENT, NOW)
     assert r and r.provider == "business_api" and "mid-send" in r.reason
-    assert routing.fallback_on_web_down(Roads(policy="web_only", cloud_configured=True), "auto", "text",
-                                        RECENT, NOW) is None
+    assert (
+        routing.fallback_on_web_down(
+            Roads(policy="web_only", cloud_configured=True), "auto", "text", RECENT, NOW
+        )
+        is None
+    )
     assert routing.fallback_on_web_down(roads, "web", "text", RECENT, NOW) is None
     assert routing.fallback_on_web_down(roads, "auto", "text", OLD, NOW) is None
 
@@ -181,14 +202,31 @@ async def test_governor_is_shared_across_nodes_through_redis(redis_url):
 
 @pytest.mark.smoke
 def test_web_events_map_onto_cloud_shapes():
-    item = inbound_item({"id": "false_16505551234@c.us_AB", "from": "16505551234@c.us", "to": "15550001111@c.us",
-                         "type": "chat", "body": "hi", "timestamp": 1767268800, "notify_name": "Ana",
-                         "quoted_id": "true_x"})
+    item = inbound_item(
+        {
+            "id": "false_16505551234@c.us_AB",
+            "from": "16505551234@c.us",
+            "to": "15550001111@c.us",
+            "type": "chat",
+            "body": "hi",
+            "timestamp": 1767268800,
+            "notify_name": "Ana",
+            "quoted_id": "true_x",
+        }
+    )
     assert item["wa_id"] == "16505551234" and item["type"] == "text" and item["to"] == "15550001111"
     assert item["content"] == {"text": "hi", "context": {"id": "true_x"}} and item["contact_name"] == "Ana"
-    assert inbound_item({"id": "x", "from": "1@c.us", "from_me": True, "type": "chat", "body": "mine"}) is None
-    media = inbound_item({"id": "y", "from": "16505551234@c.us", "type": "ptt",
-                          "media": {"mimetype": "audio/ogg", "data": "AAAA"}})
+    assert (
+        inbound_item({"id": "x", "from": "1@c.us", "from_me": True, "type": "chat", "body": "mine"}) is None
+    )
+    media = inbound_item(
+        {
+            "id": "y",
+            "from": "16505551234@c.us",
+            "type": "ptt",
+            "media": {"mimetype": "audio/ogg", "data": "AAAA"},
+        }
+    )
     assert media["type"] == "audio" and media["content"] == {"mime_type": "audio/ogg", "voice": True}
     for ack, status in ((1, "sent"), (2, "delivered"), (3, "read"), (4, "played"), (-1, "failed")):
         got = status_item({"id": "true_1", "to": "16505551234@c.us", "ack": ack})

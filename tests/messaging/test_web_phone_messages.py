@@ -28,8 +28,16 @@ async def _conversation_messages(http, tenant) -> list[dict]:
 
 
 def test_from_me_item_shape():
-    data = {"id": "true_16505551234@c.us_AB", "chat_id": "16505551234@c.us", "from": "15550001111@c.us",
-            "to": "16505551234@c.us", "from_me": True, "type": "chat", "body": "hi", "timestamp": 1700000000}
+    data = {
+        "id": "true_16505551234@c.us_AB",
+        "chat_id": "16505551234@c.us",
+        "from": "15550001111@c.us",
+        "to": "16505551234@c.us",
+        "from_me": True,
+        "type": "chat",
+        "body": "hi",
+        "timestamp": 1700000000,
+    }
     item = inbound_item(data)
     assert item["from_me"] is True and item["wa_id"] == WA and item["from"] == "15550001111"
     assert item["type"] == "text" and item["content"] == {"text": "hi"}
@@ -40,8 +48,11 @@ async def test_phone_typed_message_stored_published_and_acked(app_client):
     tenant = await create_tenant(app_client, sandbox=True)
     await ready_sandbox(app_client, tenant)
     session = await (await app_client.get("/api/session", headers=tenant["headers"])).json()
-    resp = await app_client.post("/api/sandbox/outgoing", headers=tenant["headers"],
-                                 json={"to": "+1 650 555 1234", "text": "typed on the phone"})
+    resp = await app_client.post(
+        "/api/sandbox/outgoing",
+        headers=tenant["headers"],
+        json={"to": "+1 650 555 1234", "text": "typed on the phone"},
+    )
     assert resp.status == 200, await resp.text()
     pmid = (await resp.json())["id"]
 
@@ -66,13 +77,17 @@ async def test_phone_typed_message_stored_published_and_acked(app_client):
 
     # Acks move it like any outbound message.
     for ack in ("delivered", "read"):
-        resp = await app_client.post("/api/sandbox/ack", json={"id": pmid, "status": ack},
-                                     headers=tenant["headers"])
+        resp = await app_client.post(
+            "/api/sandbox/ack", json={"id": pmid, "status": ack}, headers=tenant["headers"]
+        )
         assert resp.status == 200, await resp.text()
         msg = await wait_status(app_client, tenant, row["id"], ack)
     assert msg["read_at"] and msg["delivered_at"] and msg["sent_at"]
-    statuses = [e["status"] for e in await _events(app_client, tenant, "message.status")
-                if e["message_id"] == row["id"]]
+    statuses = [
+        e["status"]
+        for e in await _events(app_client, tenant, "message.status")
+        if e["message_id"] == row["id"]
+    ]
     assert statuses == ["delivered", "read"], statuses
 
 
@@ -86,13 +101,22 @@ async def test_gateway_sent_message_is_not_stored_twice(app_client):
     sent = await wait_status(app_client, tenant, accepted["id"], "sent")
     pmid = sent["provider_message_id"]
     ingest = app_client.server.app["dispatcher"].web_ingest
-    echo = {"id": pmid, "chat_id": f"{WA}@c.us", "from": "15550001111@c.us", "to": f"{WA}@c.us",
-            "from_me": True, "type": "chat", "body": "from the CRM", "timestamp": 1700000000}
+    echo = {
+        "id": pmid,
+        "chat_id": f"{WA}@c.us",
+        "from": "15550001111@c.us",
+        "to": f"{WA}@c.us",
+        "from_me": True,
+        "type": "chat",
+        "body": "from the CRM",
+        "timestamp": 1700000000,
+    }
     await ingest(tenant["id"], "message", echo)
     await ingest(tenant["id"], "message", echo)
     assert await ingest.flush()
-    resp = await app_client.post("/api/sandbox/outgoing", json={"to": WA, "text": "phone"},
-                                 headers=tenant["headers"])
+    resp = await app_client.post(
+        "/api/sandbox/outgoing", json={"to": WA, "text": "phone"}, headers=tenant["headers"]
+    )
     phone_id = (await resp.json())["id"]
 
     async def two() -> bool:
@@ -108,7 +132,8 @@ async def test_gateway_sent_message_is_not_stored_twice(app_client):
     sent_events = await _events(app_client, tenant, "message.sent")
     assert [e.get("origin") for e in sent_events] == [None, "phone"], sent_events
     # The gateway's own message still gets its acks.
-    resp = await app_client.post("/api/sandbox/ack", json={"id": pmid, "status": "read"},
-                                 headers=tenant["headers"])
+    resp = await app_client.post(
+        "/api/sandbox/ack", json={"id": pmid, "status": "read"}, headers=tenant["headers"]
+    )
     assert resp.status == 200
     await wait_status(app_client, tenant, accepted["id"], "read")

@@ -1,4 +1,5 @@
 """The Cloud API client against the fake Graph API (which this also tests), and the webhook sender."""
+
 from __future__ import annotations
 
 import asyncio
@@ -75,13 +76,20 @@ async def _error(coro) -> GraphAPIError:
 
 # -- sending -------------------------------------------------------------------------------------
 
+
 async def test_send_text_inside_window_returns_wamid_and_canonical_wa_id(fake, client):
     fake.open_window(PNID, USER)
-    result = await client.send_text(CREDS, "+" + USER, "hello", reply_to="wamid.prev",
-                                    biz_opaque_callback_data="outbox-1")
+    result = await client.send_text(
+        CREDS, "+" + USER, "hello", reply_to="wamid.prev", biz_opaque_callback_data="outbox-1"
+    )
     assert result.wamid.startswith("wamid.") and result.wa_id == USER and result.message_status is None
     [sent] = fake.sent
-    assert sent["pnid"] == PNID and sent["to"] == USER and sent["type"] == "text" and sent["wamid"] == result.wamid
+    assert (
+        sent["pnid"] == PNID
+        and sent["to"] == USER
+        and sent["type"] == "text"
+        and sent["wamid"] == result.wamid
+    )
     assert sent["payload"] == {"body": "hello", "preview_url": False}
     assert sent["body"]["context"] == {"message_id": "wamid.prev"}
     assert sent["biz_opaque_callback_data"] == "outbox-1"
@@ -104,9 +112,15 @@ async def test_free_form_outside_window_is_131047(fake, client):
 
 
 async def test_send_template_outside_window(fake, client):
-    fake.add_template(WABA, "order_update", "en_US",
-                      components=[{"type": "BODY", "text": "Hi {{1}}, your order {{2}} shipped"}])
-    components = [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}, {"type": "text", "text": "42"}]}]
+    fake.add_template(
+        WABA,
+        "order_update",
+        "en_US",
+        components=[{"type": "BODY", "text": "Hi {{1}}, your order {{2}} shipped"}],
+    )
+    components = [
+        {"type": "body", "parameters": [{"type": "text", "text": "Ana"}, {"type": "text", "text": "42"}]}
+    ]
     result = await client.send_template(CREDS, USER, "order_update", "en_US", components)
     assert result.message_status == "accepted"
     assert fake.sent[0]["payload"]["language"] == {"code": "en_US", "policy": "deterministic"}
@@ -126,40 +140,96 @@ async def test_media_interactive_location_reaction_contacts(fake, client):
     fake.open_window(PNID, USER)
     await client.send_media(CREDS, USER, "image", media_id="123", caption="look")
     await client.send_media(CREDS, USER, "document", link="https://example.com/a.pdf", filename="a.pdf")
-    buttons = {"type": "button", "body": {"text": "Continue?"},
-               "action": {"buttons": [{"type": "reply", "reply": {"id": f"b{i}", "title": f"B{i}"}} for i in range(3)]}}
+    buttons = {
+        "type": "button",
+        "body": {"text": "Continue?"},
+        "action": {
+            "buttons": [{"type": "reply", "reply": {"id": f"b{i}", "title": f"B{i}"}} for i in range(3)]
+        },
+    }
     await client.send_interactive(CREDS, USER, buttons)
     rows = [{"id": f"r{i}", "title": f"Row {i}", "description": "d"} for i in range(10)]
-    listing = {"type": "list", "body": {"text": "Pick"}, "action": {"button": "Options",
-                                                                   "sections": [{"title": "S1", "rows": rows}]}}
+    listing = {
+        "type": "list",
+        "body": {"text": "Pick"},
+        "action": {"button": "Options", "sections": [{"title": "S1", "rows": rows}]},
+    }
     await client.send_interactive(CREDS, USER, listing)
     await client.send_location(CREDS, USER, -23.55, -46.63, name="Office", address="Av. Paulista")
     await client.send_reaction(CREDS, USER, "wamid.x", "👍")
     await client.send_reaction(CREDS, USER, "wamid.x", "")  # removes the reaction
-    await client.send_raw(CREDS, {"type": "contacts", "contacts": [{"name": {"formatted_name": "Ana"}}]}, to=USER)
-    assert [s["type"] for s in fake.sent] == ["image", "document", "interactive", "interactive", "location",
-                                              "reaction", "reaction", "contacts"]
+    await client.send_raw(
+        CREDS, {"type": "contacts", "contacts": [{"name": {"formatted_name": "Ana"}}]}, to=USER
+    )
+    assert [s["type"] for s in fake.sent] == [
+        "image",
+        "document",
+        "interactive",
+        "interactive",
+        "location",
+        "reaction",
+        "reaction",
+        "contacts",
+    ]
     assert fake.sent[1]["payload"] == {"link": "https://example.com/a.pdf", "filename": "a.pdf"}
 
 
-@pytest.mark.parametrize(("payload", "code"), [
-    ({"type": "text", "text": {"body": "x" * 4097}}, 100),
-    ({"type": "text", "text": {}}, 131008),
-    ({"type": "audio", "audio": {"id": "1", "caption": "no captions on audio"}}, 100),
-    ({"type": "image", "image": {"id": "1", "link": "https://x/y.jpg"}}, 100),
-    ({"type": "interactive", "interactive": {"type": "button", "body": {"text": "?"}, "action": {"buttons": [
-        {"type": "reply", "reply": {"id": f"b{i}", "title": "t"}} for i in range(4)]}}}, 131009),
-    ({"type": "interactive", "interactive": {"type": "button", "body": {"text": "?"}, "action": {"buttons": [
-        {"type": "reply", "reply": {"id": "b", "title": "t" * 21}}]}}}, 100),
-    ({"type": "interactive", "interactive": {"type": "list", "body": {"text": "?"}, "action": {
-        "button": "Go", "sections": [{"title": "a", "rows": [{"id": f"r{i}", "title": "t"} for i in range(6)]},
-                                     {"title": "b", "rows": [{"id": f"s{i}", "title": "t"} for i in range(5)]}]}}},
-     131009),
-    ({"type": "location", "location": {"latitude": 95, "longitude": 0}}, 100),
-    ({"type": "reaction", "reaction": {"emoji": "x"}}, 131008),
-    ({"type": "sticker_pack", "sticker_pack": {}}, 100),
-    ({"type": "text", "text": {"body": "hi"}, "to": "not-a-number"}, 100),
-])
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        ({"type": "text", "text": {"body": "x" * 4097}}, 100),
+        ({"type": "text", "text": {}}, 131008),
+        ({"type": "audio", "audio": {"id": "1", "caption": "no captions on audio"}}, 100),
+        ({"type": "image", "image": {"id": "1", "link": "https://x/y.jpg"}}, 100),
+        (
+            {
+                "type": "interactive",
+                "interactive": {
+                    "type": "button",
+                    "body": {"text": "?"},
+                    "action": {
+                        "buttons": [
+                            {"type": "reply", "reply": {"id": f"b{i}", "title": "t"}} for i in range(4)
+                        ]
+                    },
+                },
+            },
+            131009,
+        ),
+        (
+            {
+                "type": "interactive",
+                "interactive": {
+                    "type": "button",
+                    "body": {"text": "?"},
+                    "action": {"buttons": [{"type": "reply", "reply": {"id": "b", "title": "t" * 21}}]},
+                },
+            },
+            100,
+        ),
+        (
+            {
+                "type": "interactive",
+                "interactive": {
+                    "type": "list",
+                    "body": {"text": "?"},
+                    "action": {
+                        "button": "Go",
+                        "sections": [
+                            {"title": "a", "rows": [{"id": f"r{i}", "title": "t"} for i in range(6)]},
+                            {"title": "b", "rows": [{"id": f"s{i}", "title": "t"} for i in range(5)]},
+                        ],
+                    },
+                },
+            },
+            131009,
+        ),
+        ({"type": "location", "location": {"latitude": 95, "longitude": 0}}, 100),
+        ({"type": "reaction", "reaction": {"emoji": "x"}}, 131008),
+        ({"type": "sticker_pack", "sticker_pack": {}}, 100),
+        ({"type": "text", "text": {"body": "hi"}, "to": "not-a-number"}, 100),
+    ],
+)
 async def test_invalid_payloads_are_rejected(fake, client, payload, code):
     fake.open_window(PNID, USER)
     err = await _error(client.send_raw(CREDS, {"to": USER, **payload}))
@@ -170,10 +240,14 @@ async def test_invalid_payloads_are_rejected(fake, client, payload, code):
 async def test_mark_read_and_typing(fake, client):
     assert await client.mark_read(CREDS, "wamid.in1") is True
     assert await client.mark_read(CREDS, "wamid.in2", typing=True) is True
-    assert [(m["message_id"], m["typing"]) for m in fake.read_marks] == [("wamid.in1", False), ("wamid.in2", True)]
+    assert [(m["message_id"], m["typing"]) for m in fake.read_marks] == [
+        ("wamid.in1", False),
+        ("wamid.in2", True),
+    ]
 
 
 # -- auth and account ----------------------------------------------------------------------------
+
 
 async def test_bad_token_is_190_not_retryable(fake, client):
     bad = CloudCredentials(PNID, WABA, "wrong-token")
@@ -190,11 +264,14 @@ async def test_get_phone_number_validates_credentials(fake, client):
     info = await client.get_phone_number(CREDS)
     assert (info.id, info.display_phone_number, info.quality_rating) == (PNID, "15550783881", "GREEN")
     fake.add_number("999", "888", "other-token")
-    err = await _error(client.get_phone_number(CloudCredentials("999", WABA, TOKEN)))  # not this token's number
+    err = await _error(
+        client.get_phone_number(CloudCredentials("999", WABA, TOKEN))
+    )  # not this token's number
     assert (err.code, err.subcode, err.retryable) == (100, 33, False)
 
 
 # -- injected failures ---------------------------------------------------------------------------
+
 
 async def test_injected_130429_is_retryable_for_the_number(fake, client):
     fake.open_window(PNID, USER)
@@ -231,8 +308,9 @@ async def test_5xx_is_retryable_with_or_without_envelope(fake, client):
 async def test_rate_limit_enforced_per_number(fake, client):
     fake.open_window(PNID, USER)
     fake.set_rate_limit(PNID, 3)
-    results = await asyncio.gather(*(client.send_text(CREDS, USER, str(i)) for i in range(5)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(client.send_text(CREDS, USER, str(i)) for i in range(5)), return_exceptions=True
+    )
     errors = [r for r in results if isinstance(r, GraphAPIError)]
     assert len(errors) == 2 and all(e.code == 130429 for e in errors)
     assert fake.max_per_second(PNID) == 3
@@ -286,6 +364,7 @@ def test_max_per_second_sliding_and_aligned():
 
 # -- media ---------------------------------------------------------------------------------------
 
+
 async def test_media_upload_info_download_delete(fake, client):
     data = b"\x89PNG\r\n" + bytes(range(256)) * 40
     media_id = await client.upload_media(CREDS, data, "image/png", "a.png")
@@ -301,6 +380,7 @@ async def test_media_upload_info_download_delete(fake, client):
 
 # -- templates -----------------------------------------------------------------------------------
 
+
 async def test_templates_paging_create_delete(fake, client):
     for i in range(7):
         fake.add_template(WABA, f"t{i}", status="APPROVED" if i % 2 == 0 else "REJECTED")
@@ -309,18 +389,27 @@ async def test_templates_paging_create_delete(fake, client):
     assert sum(1 for m, path, _ in fake.requests if m == "GET" and path.endswith("/message_templates")) == 3
     approved = await client.list_templates(CREDS, status="APPROVED", page_size=2)
     assert [t.name for t in approved] == ["t0", "t2", "t4", "t6"]
-    created = await client.create_template(CREDS, "welcome", "en_US", "UTILITY",
-                                           [{"type": "BODY", "text": "Hi {{1}}", "example": {"body_text": [["Ana"]]}}])
+    created = await client.create_template(
+        CREDS,
+        "welcome",
+        "en_US",
+        "UTILITY",
+        [{"type": "BODY", "text": "Hi {{1}}", "example": {"body_text": [["Ana"]]}}],
+    )
     assert created["status"] == "PENDING" and created["id"]
-    assert (await _error(client.send_template(CREDS, USER, "welcome", "en_US"))).code == 132001  # not approved
+    assert (
+        await _error(client.send_template(CREDS, USER, "welcome", "en_US"))
+    ).code == 132001  # not approved
     fake.set_template_status(WABA, "welcome", "APPROVED")
-    await client.send_template(CREDS, USER, "welcome", "en_US",
-                               [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}])
+    await client.send_template(
+        CREDS, USER, "welcome", "en_US", [{"type": "body", "parameters": [{"type": "text", "text": "Ana"}]}]
+    )
     assert await client.delete_template(CREDS, "welcome") is True
     assert "welcome" not in [t.name for t in await client.list_templates(CREDS)]
 
 
 # -- webhook sender ------------------------------------------------------------------------------
+
 
 async def test_signature_covers_the_exact_ascii_escaped_bytes(receiver):
     url, got = receiver
@@ -329,7 +418,9 @@ async def test_signature_covers_the_exact_ascii_escaped_bytes(receiver):
     assert status == 200
     raw = got[0]["raw"]
     assert raw.isascii() and b"\\u00e1" in raw and b'": ' not in raw
-    assert got[0]["json"]["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] == "Olá, ação ✓ 😀"
+    assert (
+        got[0]["json"]["entry"][0]["changes"][0]["value"]["messages"][0]["text"]["body"] == "Olá, ação ✓ 😀"
+    )
     # Re-serializing the parsed body (what a careless receiver does) gives other bytes.
     assert json.dumps(got[0]["json"]).encode() != raw
     assert (await g.deliver(url, payload, SECRET, signature=g.BAD_SIGNATURE))[0] == 401
@@ -374,7 +465,9 @@ async def test_sender_opens_window_and_sends_statuses(fake, client, receiver):
     delivery, wamid_in = await hooks.text(PNID, USER, "hi there")
     assert delivery.status == 200 and fake.window_open(PNID, USER)
     result = await client.send_text(CREDS, USER, "hello back", biz_opaque_callback_data="ob-7")
-    out = await hooks.statuses(result.wamid, ("read", "sent"), copies=2)  # out of order, no delivered, duplicated
+    out = await hooks.statuses(
+        result.wamid, ("read", "sent"), copies=2
+    )  # out of order, no delivered, duplicated
     assert [d.status for d in out] == [200, 200]
     statuses = [j["json"]["entry"][0]["changes"][0]["value"]["statuses"][0] for j in got[1:]]
     assert [s["status"] for s in statuses] == ["read", "read", "sent", "sent"]
@@ -403,10 +496,14 @@ async def test_control_routes_and_stats(fake, client):
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
-        async with http.post(f"{fake.url}/_fake/numbers", json={"phone_number_id": "777", "waba_id": "778",
-                                                                "token": "t7", "rate_limit": 5}) as resp:
+        async with http.post(
+            f"{fake.url}/_fake/numbers",
+            json={"phone_number_id": "777", "waba_id": "778", "token": "t7", "rate_limit": 5},
+        ) as resp:
             assert resp.status == 201
-        async with http.post(f"{fake.url}/_fake/windows", json={"phone_number_id": "777", "wa_id": USER}) as resp:
+        async with http.post(
+            f"{fake.url}/_fake/windows", json={"phone_number_id": "777", "wa_id": USER}
+        ) as resp:
             assert resp.status == 201
         creds = CloudCredentials("777", "778", "t7")
         await client.send_text(creds, USER, "a", biz_opaque_callback_data="m1")

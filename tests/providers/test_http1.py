@@ -24,7 +24,7 @@ class Server:
         self.server: asyncio.AbstractServer | None = None
         self.url = ""
 
-    async def __aenter__(self) -> "Server":
+    async def __aenter__(self) -> Server:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/base"
         return self
@@ -64,16 +64,21 @@ class Server:
 
 
 def ok(body: bytes = b'{"ok":true}', extra: bytes = b"") -> list[bytes]:
-    return [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
-            + b"Content-Length: %d\r\n\r\n" % len(body) + body]
+    return [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    ]
 
 
 async def test_keep_alive_reuses_one_connection_and_frames_the_request():
     async with Server(lambda req: ok()) as srv:
         pool = http1.HTTP1Pool(srv.url)
         for i in range(5):
-            resp = await pool.request("POST", f"/v23.0/1/messages", headers=b"Authorization: Bearer T\r\n",
-                                      body=b'{"n":%d}' % i)
+            resp = await pool.request(
+                "POST", "/v23.0/1/messages", headers=b"Authorization: Bearer T\r\n", body=b'{"n":%d}' % i
+            )
             assert resp.status == 200 and resp.body == b'{"ok":true}'
             assert resp.headers["content-type"] == "application/json"
         await pool.close()
@@ -81,14 +86,21 @@ async def test_keep_alive_reuses_one_connection_and_frames_the_request():
     first = srv.requests[0]
     assert first.startswith(b"POST /base/v23.0/1/messages HTTP/1.1\r\n")
     assert b"\r\nHost: 127.0.0.1:" in first and b"\r\nAuthorization: Bearer T\r\n" in first
-    assert b"\r\nContent-Length: 7\r\n\r\n{\"n\":0}" in first
+    assert b'\r\nContent-Length: 7\r\n\r\n{"n":0}' in first
 
 
 async def test_answers_split_anywhere_chunked_and_100_continue():
     body = b'{"messages":[{"id":"wamid.X"}]}'
-    whole = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-             + b"5;ext=1\r\n" + body[:5] + b"\r\n" + b"%x\r\n" % (len(body) - 5) + body[5:] + b"\r\n0\r\n\r\n")
-    async with Server(lambda req: [whole[i:i + 7] for i in range(0, len(whole), 7)]) as srv:
+    whole = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"5;ext=1\r\n"
+        + body[:5]
+        + b"\r\n"
+        + b"%x\r\n" % (len(body) - 5)
+        + body[5:]
+        + b"\r\n0\r\n\r\n"
+    )
+    async with Server(lambda req: [whole[i : i + 7] for i in range(0, len(whole), 7)]) as srv:
         pool = http1.HTTP1Pool(srv.url)
         for _ in range(2):  # and the connection is still good for the next request
             resp = await pool.request("POST", "/x", body=b"{}")
@@ -98,9 +110,13 @@ async def test_answers_split_anywhere_chunked_and_100_continue():
 
 
 async def test_connection_close_and_read_until_close():
-    answers = iter([ok(extra=b"Connection: close\r\n") + ["close"],
-                    [b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3\r\n\r\nbusy", "close"],
-                    ok()])
+    answers = iter(
+        [
+            ok(extra=b"Connection: close\r\n") + ["close"],
+            [b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3\r\n\r\nbusy", "close"],
+            ok(),
+        ]
+    )
     async with Server(lambda req: next(answers)) as srv:
         pool = http1.HTTP1Pool(srv.url)
         assert (await pool.request("POST", "/a", body=b"{}")).status == 200

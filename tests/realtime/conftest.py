@@ -35,6 +35,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what:
 @dataclass
 class Node:
     """One control-plane process's app behind a real HTTP server."""
+
     app: Any
     url: str
 
@@ -48,6 +49,7 @@ async def start_node(aiohttp_server, make_settings, empty_db) -> Callable[..., A
     async def start(**env: str) -> Node:
         server = await aiohttp_server(create_app(make_settings(**env)))
         return Node(app=server.app, url=f"http://127.0.0.1:{server.port}")
+
     return start
 
 
@@ -60,6 +62,7 @@ async def node(start_node) -> Node:
 async def new_tenant(admin_headers) -> Callable[..., Awaitable[dict[str, Any]]]:
     """Create a tenant on a node over HTTP: its JSON plus ``headers`` and ``key``."""
     async with aiohttp.ClientSession() as http:
+
         async def make(node: Node, name: str = "t") -> dict[str, Any]:
             async with http.post(f"{node.url}/api/tenants", json={"name": name}, headers=admin_headers) as r:
                 assert r.status == 201, await r.text()
@@ -67,12 +70,14 @@ async def new_tenant(admin_headers) -> Callable[..., Awaitable[dict[str, Any]]]:
             tenant["key"] = tenant["api_key"]
             tenant["headers"] = {"Authorization": f"Bearer {tenant['api_key']}"}
             return tenant
+
         yield make
 
 
 @dataclass
 class Consumer:
     """What a consumer saw: events (name, envelope), connect errors, disconnects."""
+
     events: list[tuple[str, dict]] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     connected: bool = False
@@ -123,11 +128,18 @@ class NodeConsumer(Consumer):
         self._reader: asyncio.Task | None = None
         self.closed = False
 
-    async def connect(self, url: str, auth: dict | None, *, expect_ok: bool = True,
-                      transport: str = "default") -> None:
+    async def connect(
+        self, url: str, auth: dict | None, *, expect_ok: bool = True, transport: str = "default"
+    ) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            "node", str(CLIENT_JS), url, json.dumps(auth or {}), transport,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            "node",
+            str(CLIENT_JS),
+            url,
+            json.dumps(auth or {}),
+            transport,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         self._reader = asyncio.create_task(self._read())
         await wait_until(lambda: self.connected or self.errors or self.closed, 15, "node client connect")
         if expect_ok:
@@ -168,8 +180,9 @@ def node_client_installed() -> None:
     if shutil.which("node") is None:
         pytest.fail("node is not installed; the realtime tests drive the npm socket.io-client")
     if not (NODE_DIR / "node_modules" / "socket.io-client").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, stdout=subprocess.DEVNULL
+        )
 
 
 @pytest.fixture

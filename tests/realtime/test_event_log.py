@@ -21,8 +21,9 @@ async def test_concurrent_publishes_share_commits_and_stay_gapless(client, make_
     tenants = [await make_tenant() for _ in range(4)]
     events = client.app["events"]
     batches_before = events.stats["batches"]
-    envs = await asyncio.gather(*(events.publish(t["id"], ev.MESSAGE_SENT, {"n": i})
-                                  for i in range(100) for t in tenants))
+    envs = await asyncio.gather(
+        *(events.publish(t["id"], ev.MESSAGE_SENT, {"n": i}) for i in range(100) for t in tenants)
+    )
     for t in tenants:
         mine = [e for e in envs if e["tenant_id"] == t["id"]]
         assert [e["seq"] for e in mine] == list(range(1, 101))  # in call order, gapless
@@ -37,8 +38,14 @@ async def test_each_tenant_commits_in_call_order_across_concurrent_transactions(
     events = EventPublisher(client.app["db"], None, max_batch=7, commits_in_flight=2)
     events.start()
     try:
-        envs = await asyncio.gather(*(events.publish(t["id"], ev.MESSAGE_SENT, {"n": i})
-                                      for i in range(60) for t in (a, b) if i % 3 or t is a))
+        envs = await asyncio.gather(
+            *(
+                events.publish(t["id"], ev.MESSAGE_SENT, {"n": i})
+                for i in range(60)
+                for t in (a, b)
+                if i % 3 or t is a
+            )
+        )
     finally:
         await events.close()
     for t in (a, b):
@@ -68,12 +75,20 @@ async def test_append_many_numbers_in_input_order_per_tenant(client, make_tenant
     events, db = client.app["events"], client.app["db"]
     await events.publish(b["id"], ev.SESSION_STATE, {"state": "ready"})
     async with db.begin() as conn:
-        envs = await events.append_many(conn, [(a["id"], ev.MESSAGE_RECEIVED, {"n": 1}),
-                                               (b["id"], ev.MESSAGE_STATUS, {"n": 2}),
-                                               (a["id"], ev.MESSAGE_FAILED, {"n": 3})])
+        envs = await events.append_many(
+            conn,
+            [
+                (a["id"], ev.MESSAGE_RECEIVED, {"n": 1}),
+                (b["id"], ev.MESSAGE_STATUS, {"n": 2}),
+                (a["id"], ev.MESSAGE_FAILED, {"n": 3}),
+            ],
+        )
     await events.emit(envs)
-    assert [(e["tenant_id"], e["seq"], e["data"]["n"]) for e in envs] == [(a["id"], 1, 1), (b["id"], 2, 2),
-                                                                          (a["id"], 2, 3)]
+    assert [(e["tenant_id"], e["seq"], e["data"]["n"]) for e in envs] == [
+        (a["id"], 1, 1),
+        (b["id"], 2, 2),
+        (a["id"], 2, 3),
+    ]
     assert await events.append_many(None, []) == []
 
 
@@ -147,9 +162,12 @@ async def test_deleting_a_tenant_removes_its_log(client, make_tenant, admin_head
 async def test_an_unknown_tenant_fails_alone_not_its_whole_batch(client, make_tenant):
     t = await make_tenant()
     events = client.app["events"]
-    results = await asyncio.gather(events.publish(t["id"], ev.MESSAGE_SENT, {"n": 1}),
-                                   events.publish("0" * 32, ev.MESSAGE_SENT, {"n": 2}),
-                                   events.publish(t["id"], ev.MESSAGE_SENT, {"n": 3}), return_exceptions=True)
+    results = await asyncio.gather(
+        events.publish(t["id"], ev.MESSAGE_SENT, {"n": 1}),
+        events.publish("0" * 32, ev.MESSAGE_SENT, {"n": 2}),
+        events.publish(t["id"], ev.MESSAGE_SENT, {"n": 3}),
+        return_exceptions=True,
+    )
     assert isinstance(results[1], sa.exc.IntegrityError)
     assert [r["seq"] for r in (results[0], results[2])] == [1, 2]
 
@@ -159,9 +177,14 @@ async def test_group_commit_stores_exactly_what_is_sent(client, make_tenant):
     envelopes carry, whatever the payload (quotes, backslashes, non-ASCII, a tenant's first event)."""
     tenants = [await make_tenant() for _ in range(3)]
     events = client.app["events"]
-    tricky = ["it's \"quoted\" \\ back\\slash", "ünïcödé ✓ 😀", "x'41' ; DROP TABLE event_log; --", ""]
-    envs = await asyncio.gather(*(events.publish(t["id"], ev.MESSAGE_SENT, {"text": text, "n": i})
-                                  for i, text in enumerate(tricky * 3) for t in tenants))
+    tricky = ['it\'s "quoted" \\ back\\slash', "ünïcödé ✓ 😀", "x'41' ; DROP TABLE event_log; --", ""]
+    envs = await asyncio.gather(
+        *(
+            events.publish(t["id"], ev.MESSAGE_SENT, {"text": text, "n": i})
+            for i, text in enumerate(tricky * 3)
+            for t in tenants
+        )
+    )
     async with client.app["db"].connect() as conn:
         for t in tenants:
             rows = await events_db.events_after(conn, t["id"], 0, limit=100)
@@ -188,14 +211,19 @@ async def test_numbered_in_advance_survives_other_writers_moving_the_counters(cl
         envs = []
         for i in range(15):
             async with db.begin() as conn:
-                envs += await nodes[0].append_many(conn, [(a["id"], ev.MESSAGE_RECEIVED, {"w": i}),
-                                                          (b["id"], ev.MESSAGE_RECEIVED, {"w": i})])
+                envs += await nodes[0].append_many(
+                    conn, [(a["id"], ev.MESSAGE_RECEIVED, {"w": i}), (b["id"], ev.MESSAGE_RECEIVED, {"w": i})]
+                )
             await asyncio.sleep(0)
         return envs
 
     try:
-        published = [node.publish(t["id"], ev.MESSAGE_SENT, {"node": k, "n": i})
-                     for i in range(80) for k, node in enumerate(nodes) for t in (a, b)]
+        published = [
+            node.publish(t["id"], ev.MESSAGE_SENT, {"node": k, "n": i})
+            for i in range(80)
+            for k, node in enumerate(nodes)
+            for t in (a, b)
+        ]
         *envs, direct = await asyncio.gather(*published, caller_transactions())
     finally:
         for node in nodes:

@@ -112,10 +112,12 @@ def deadlock() -> sa.exc.DBAPIError:
     return sa.exc.DBAPIError("event log append", None, Exception(1213, "Deadlock found"))
 
 
-def make_publisher(shared: dict, sink: Sink, writers: int = 3, max_batch: int = 5, predicts: bool = False
-                   ) -> EventPublisher:
-    publisher = EventPublisher(SimpleNamespace(is_sqlite=False), sink, max_batch=max_batch,
-                               commits_in_flight=writers)
+def make_publisher(
+    shared: dict, sink: Sink, writers: int = 3, max_batch: int = 5, predicts: bool = False
+) -> EventPublisher:
+    publisher = EventPublisher(
+        SimpleNamespace(is_sqlite=False), sink, max_batch=max_batch, commits_in_flight=writers
+    )
     publisher._logs = [FakeLog(shared) for _ in range(writers)]
     publisher._predicts = predicts
     publisher.start()
@@ -123,8 +125,14 @@ def make_publisher(shared: dict, sink: Sink, writers: int = 3, max_batch: int = 
 
 
 def shared_state(**fail) -> dict:
-    return {"counters": {}, "writers": {}, "locked": set(), "calls": 0, "mispredicted": 0,
-            "fail": {int(k[1:]): v for k, v in fail.items()}}
+    return {
+        "counters": {},
+        "writers": {},
+        "locked": set(),
+        "calls": 0,
+        "mispredicted": 0,
+        "fail": {int(k[1:]): v for k, v in fail.items()},
+    }
 
 
 def assert_emitted_in_order(sink: Sink, envs: list) -> None:
@@ -133,7 +141,8 @@ def assert_emitted_in_order(sink: Sink, envs: list) -> None:
         assert env["seq"] == last.get(env["tenant_id"], 0) + 1, (env["tenant_id"], env["seq"], last)
         last[env["tenant_id"]] = env["seq"]
     assert sorted((e["tenant_id"], e["seq"]) for e in sink.got) == sorted(
-        (e["tenant_id"], e["seq"]) for e in envs if isinstance(e, dict))
+        (e["tenant_id"], e["seq"]) for e in envs if isinstance(e, dict)
+    )
 
 
 async def test_pipelined_batches_number_in_call_order_and_emit_in_seq_order():
@@ -192,8 +201,9 @@ async def test_a_batch_failing_after_the_next_was_sent_is_not_retried_and_leaves
     random.seed(5)
     shared, sink = shared_state(b0=deadlock()), Sink()
     publisher = make_publisher(shared, sink, max_batch=2)
-    results = await asyncio.gather(*(publisher.publish("ta", ev.MESSAGE_SENT, {"n": i}) for i in range(6)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(publisher.publish("ta", ev.MESSAGE_SENT, {"n": i}) for i in range(6)), return_exceptions=True
+    )
     await publisher.close()
     # Batch 0 (the first two) failed after batch 1 had been sent: retrying it would number its
     # events after later ones, so its callers get the error; the others take its seqs.
@@ -223,8 +233,11 @@ async def test_predicted_batches_overtaken_or_failed_renumber_in_call_order(seed
     tenants = ["ta", "tb", "tc", "td"]
     calls = []
     for i in range(400):
-        calls.append(asyncio.ensure_future(publisher.publish(tenants[i % 4 if i % 5 else 0], ev.MESSAGE_SENT,
-                                                             {"n": i})))
+        calls.append(
+            asyncio.ensure_future(
+                publisher.publish(tenants[i % 4 if i % 5 else 0], ev.MESSAGE_SENT, {"n": i})
+            )
+        )
         if i % 3 == 0:
             await asyncio.sleep(0)
     results = await asyncio.gather(*calls, return_exceptions=True)
@@ -245,7 +258,9 @@ async def test_the_websocket_writers_poll_keeps_engineio_contract():
 
     from control_plane.realtime.transport import _FastPoll
 
-    sock = SimpleNamespace(queue=asyncio.Queue(), server=SimpleNamespace(ping_interval=0.02, ping_timeout=0.01))
+    sock = SimpleNamespace(
+        queue=asyncio.Queue(), server=SimpleNamespace(ping_interval=0.02, ping_timeout=0.01)
+    )
     poll = _FastPoll(sock)
     for item in ("a", "b"):
         sock.queue.put_nowait(item)

@@ -44,15 +44,18 @@ async def test_tenant_sees_only_its_own_events(node, new_tenant, consumers, kind
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_wrong_missing_or_revoked_credentials_are_refused(node, new_tenant, consumers, admin_headers,
-                                                                kind):
+async def test_wrong_missing_or_revoked_credentials_are_refused(
+    node, new_tenant, consumers, admin_headers, kind
+):
     a = await new_tenant(node)
-    cases = [({"token": "wk_" + "0" * 40}, "invalid_credentials"),
-             ({}, "missing_credentials"),
-             ({"token": a["key"], "tenant_id": "f" * 32}, "forbidden"),
-             ({"token": admin_headers["Authorization"][7:], "since": 3}, "invalid_since"),
-             ({"token": admin_headers["Authorization"][7:], "tenant_id": "e" * 32}, "tenant_not_found"),
-             ({"token": a["key"], "since": "x"}, "invalid_since")]
+    cases = [
+        ({"token": "wk_" + "0" * 40}, "invalid_credentials"),
+        ({}, "missing_credentials"),
+        ({"token": a["key"], "tenant_id": "f" * 32}, "forbidden"),
+        ({"token": admin_headers["Authorization"][7:], "since": 3}, "invalid_since"),
+        ({"token": admin_headers["Authorization"][7:], "tenant_id": "e" * 32}, "tenant_not_found"),
+        ({"token": a["key"], "since": "x"}, "invalid_since"),
+    ]
     for auth, code in cases:
         c = consumers(kind)
         await c.connect(node.url, auth, expect_ok=False)
@@ -77,8 +80,9 @@ async def test_wrong_missing_or_revoked_credentials_are_refused(node, new_tenant
 
 
 @pytest.mark.parametrize("kind", KINDS)
-async def test_open_connections_are_closed_when_their_key_or_tenant_goes(node, new_tenant, consumers,
-                                                                        admin_headers, sync_engine, kind):
+async def test_open_connections_are_closed_when_their_key_or_tenant_goes(
+    node, new_tenant, consumers, admin_headers, sync_engine, kind
+):
     a, b, c = await new_tenant(node, "a"), await new_tenant(node, "b"), await new_tenant(node, "c")
     ca, cb, cc, admin = consumers(kind), consumers(kind), consumers(kind), consumers(kind)
     for consumer, tenant in ((ca, a), (cb, b), (cc, c)):
@@ -86,20 +90,25 @@ async def test_open_connections_are_closed_when_their_key_or_tenant_goes(node, n
     await admin.connect(node.url, {"token": admin_headers["Authorization"][7:]})
     await wait_until(lambda: all(x.connected for x in (ca, cb, cc, admin)), what="connected")
     async with aiohttp.ClientSession() as http:
-        keys = await (await http.get(f"{node.url}/api/tenants/{a['id']}/api-keys", headers=admin_headers)).json()
-        resp = await http.delete(f"{node.url}/api/tenants/{a['id']}/api-keys/{keys['api_keys'][0]['id']}",
-                                 headers=admin_headers)
+        keys = await (
+            await http.get(f"{node.url}/api/tenants/{a['id']}/api-keys", headers=admin_headers)
+        ).json()
+        resp = await http.delete(
+            f"{node.url}/api/tenants/{a['id']}/api-keys/{keys['api_keys'][0]['id']}", headers=admin_headers
+        )
         assert resp.status == 204
         await wait_until(lambda: not ca.connected, what="revoked key's connection closed")
-        resp = await http.patch(f"{node.url}/api/tenants/{b['id']}", json={"is_active": False},
-                                headers=admin_headers)
+        resp = await http.patch(
+            f"{node.url}/api/tenants/{b['id']}", json={"is_active": False}, headers=admin_headers
+        )
         assert resp.status == 200
         await wait_until(lambda: not cb.connected, what="deactivated tenant's connection closed")
     assert cc.connected and admin.connected  # the others are untouched
     # Another node revokes c's key straight in the shared database: the periodic re-check finds it.
     with sync_engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP WHERE tenant_id = %s",
-                             (c["id"],))
+        conn.exec_driver_sql(
+            "UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP WHERE tenant_id = %s", (c["id"],)
+        )
     assert await node.app["realtime_relay"].recheck_credentials() == 1
     await wait_until(lambda: not cc.connected, what="connection of a key revoked elsewhere closed")
     await node.events.publish(c["id"], ev.SESSION_STATE, {"state": "ready"})
@@ -109,7 +118,8 @@ async def test_open_connections_are_closed_when_their_key_or_tenant_goes(node, n
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_reconnect_with_since_gets_the_rest_in_order_while_events_keep_coming(
-        node, new_tenant, consumers, kind):
+    node, new_tenant, consumers, kind
+):
     a = await new_tenant(node)
     await produce(node, a["id"], 30)
     first = consumers(kind)
@@ -170,8 +180,9 @@ async def test_two_nodes_share_mariadb_and_redis(start_node, new_tenant, consume
     await wait_until(lambda: on_two.seqs() == [env["seq"]], what="event from node one on node two")
     # Both nodes publish for the same tenant at once: one gapless sequence, in order, everywhere.
     await asyncio.gather(produce(one, a["id"], 100, every=2), produce(two, a["id"], 100, every=2))
-    await wait_until(lambda: len(on_two.events) >= 201 and len(node_on_one.events) >= 201, 15,
-                     what="interleaved events")
+    await wait_until(
+        lambda: len(on_two.events) >= 201 and len(node_on_one.events) >= 201, 15, what="interleaved events"
+    )
     assert on_two.seqs() == list(range(1, 202)) == node_on_one.seqs()
     assert other.events == []
 
@@ -250,7 +261,8 @@ async def test_publisher_survives_its_database_connection_being_killed(node, new
 
 
 async def test_a_connection_its_catch_up_cannot_see_established_is_cut_off_then_resumes(
-        node, new_tenant, consumers, monkeypatch):
+    node, new_tenant, consumers, monkeypatch
+):
     # If the catch-up never sees the connection established (CONNECT_WAIT_S), the connection must
     # not stay open in catch-up, sent nothing: it is cut off and resumes with since.
     a = await new_tenant(node)

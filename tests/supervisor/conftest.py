@@ -54,8 +54,15 @@ class RecordingPublisher:
     def states(self, tenant_id: str) -> list[str]:
         return [d["state"] for d in self.of(tenant_id)]
 
-    async def wait(self, tenant_id: str, pred: Callable[[dict[str, Any]], bool], *, type: str = "session.state",
-                   timeout: float = 10.0, after: int = 0) -> dict[str, Any]:
+    async def wait(
+        self,
+        tenant_id: str,
+        pred: Callable[[dict[str, Any]], bool],
+        *,
+        type: str = "session.state",
+        timeout: float = 10.0,
+        after: int = 0,
+    ) -> dict[str, Any]:
         """The first event (index >= after among this tenant's events of ``type``) matching ``pred``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -64,18 +71,25 @@ class RecordingPublisher:
                     return data
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no matching {type} for {tenant_id} within {timeout}s; "
-                                     f"got {[(d.get('state'), d.get('reason')) for d in self.of(tenant_id, type)]}")
+                raise AssertionError(
+                    f"no matching {type} for {tenant_id} within {timeout}s; "
+                    f"got {[(d.get('state'), d.get('reason')) for d in self.of(tenant_id, type)]}"
+                )
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 pass
 
-    async def wait_state(self, tenant_id: str, state: str, *, reason: str | None = None, timeout: float = 10.0,
-                         after: int = 0) -> dict[str, Any]:
-        return await self.wait(tenant_id, lambda d: d["state"] == state and (reason is None or d["reason"] == reason),
-                               timeout=timeout, after=after)
+    async def wait_state(
+        self, tenant_id: str, state: str, *, reason: str | None = None, timeout: float = 10.0, after: int = 0
+    ) -> dict[str, Any]:
+        return await self.wait(
+            tenant_id,
+            lambda d: d["state"] == state and (reason is None or d["reason"] == reason),
+            timeout=timeout,
+            after=after,
+        )
 
 
 @pytest.fixture
@@ -93,6 +107,7 @@ def sessions_root() -> Any:
 def sup_settings(make_settings, sessions_root) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         return make_settings(**{"SESSIONS_DIR": str(sessions_root), **FAST, **overrides})
+
     return make
 
 
@@ -109,14 +124,19 @@ def new_tenant(db) -> Callable[..., Awaitable[str]]:
         async with db.begin() as conn:
             tenant = await tenants_db.create_tenant(conn, name, sandbox=sandbox)
         return tenant["id"]
+
     return make
 
 
 @pytest.fixture
-async def make_supervisor(db, sup_settings) -> AsyncIterator[Callable[..., Awaitable[tuple[Supervisor, RecordingPublisher]]]]:
+async def make_supervisor(
+    db, sup_settings
+) -> AsyncIterator[Callable[..., Awaitable[tuple[Supervisor, RecordingPublisher]]]]:
     made: list[Supervisor] = []
 
-    async def make(settings: Settings | None = None, **overrides: Any) -> tuple[Supervisor, RecordingPublisher]:
+    async def make(
+        settings: Settings | None = None, **overrides: Any
+    ) -> tuple[Supervisor, RecordingPublisher]:
         publisher = RecordingPublisher()
         sup = Supervisor(settings or sup_settings(**overrides), db, events=publisher)
         await sup.startup()
@@ -128,7 +148,9 @@ async def make_supervisor(db, sup_settings) -> AsyncIterator[Callable[..., Await
         await sup.close()
 
 
-async def ready_session(sup: Supervisor, pub: RecordingPublisher, tenant_id: str, *, timeout: float = 10.0) -> None:
+async def ready_session(
+    sup: Supervisor, pub: RecordingPublisher, tenant_id: str, *, timeout: float = 10.0
+) -> None:
     """Start a fresh sandbox session, scan its QR, wait for ready."""
     await sup.start(tenant_id)
     await pub.wait_state(tenant_id, "qr", timeout=timeout)

@@ -14,22 +14,27 @@ import psutil
 from control_plane.supervisor import process
 
 # Ignores SIGTERM, then says so by creating the file named in argv[1].
-SLEEPER = ("import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-           "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)")
+SLEEPER = (
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+)
 
 
 def spawn_holder(profile: Path, *, ignore_term: bool = False) -> psutil.Popen:
     if ignore_term:
         ready = profile.parent / "stubborn-ready"
-        proc = psutil.Popen([sys.executable, "-c", SLEEPER, str(ready), f"--user-data-dir={profile}"],
-                            start_new_session=True)
+        proc = psutil.Popen(
+            [sys.executable, "-c", SLEEPER, str(ready), f"--user-data-dir={profile}"], start_new_session=True
+        )
         deadline = time.monotonic() + 10
         while not ready.exists():
             assert time.monotonic() < deadline, "the stubborn holder did not start"
             time.sleep(0.01)
         return proc
-    return psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--user-data-dir={profile}"],
-                        start_new_session=True)
+    return psutil.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", f"--user-data-dir={profile}"],
+        start_new_session=True,
+    )
 
 
 def wait_until(predicate, timeout: float = 10.0) -> None:
@@ -76,8 +81,10 @@ def test_cleanup_profile_kills_holders_then_removes_singletons(tmp_path):
 def test_find_orphans_matches_session_and_profile_dirs_under_root(tmp_path):
     root = tmp_path / "sessions"
     inside = spawn_holder(root / "a" / "session-session")
-    bridge = psutil.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--session-dir",
-                           str(root / "b")], start_new_session=True)
+    bridge = psutil.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "--session-dir", str(root / "b")],
+        start_new_session=True,
+    )
     outside = spawn_holder(tmp_path / "sessions-other" / "x")
     try:
         wait_until(lambda: {inside.pid, bridge.pid} <= set(process.find_orphans(root)))
@@ -95,12 +102,20 @@ def test_find_orphans_matches_session_and_profile_dirs_under_root(tmp_path):
 
 async def test_bridge_process_terminate_escalates_to_group_kill(tmp_path):
     # a parent that ignores SIGTERM and has a child in its group: terminate() must take both
-    script = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
-              "print('{\"event\":\"hello\",\"ts\":1,\"data\":{}}', flush=True); time.sleep(60)")
+    script = (
+        "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        'print(\'{"event":"hello","ts":1,"data":{}}\', flush=True); time.sleep(60)'
+    )
     events = []
-    proc = await process.BridgeProcess.spawn([sys.executable, "-c", script], cwd=tmp_path, env=dict(os.environ),
-                                             on_event=events.append, on_stderr=lambda line: None, log_context="")
+    proc = await process.BridgeProcess.spawn(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        on_event=events.append,
+        on_stderr=lambda line: None,
+        log_context="",
+    )
     for _ in range(200):
         if events:
             break

@@ -23,22 +23,35 @@ def test_states_module_imports_only_the_standard_library():
 
 def test_every_state_has_a_row_in_the_table():
     assert set(states.TRANSITIONS) == set(S)
-    assert {s.value for s in S} == {"stopped", "starting", "qr", "authenticated", "ready", "disconnected",
-                                    "backoff", "failed", "stopping", "logged_out"}
+    assert {s.value for s in S} == {
+        "stopped",
+        "starting",
+        "qr",
+        "authenticated",
+        "ready",
+        "disconnected",
+        "backoff",
+        "failed",
+        "stopping",
+        "logged_out",
+    }
 
 
-@pytest.mark.parametrize("path", [
-    [S.STOPPED, S.STARTING, S.QR, S.AUTHENTICATED, S.READY],          # first link
-    [S.STOPPED, S.STARTING, S.AUTHENTICATED, S.READY],                # saved session
-    [S.READY, S.BACKOFF, S.STARTING],                                 # crash, then restart
-    [S.READY, S.DISCONNECTED, S.BACKOFF, S.STARTING],
-    [S.BACKOFF, S.FAILED, S.STARTING],                                # someone asks again
-    [S.QR, S.STOPPING, S.FAILED],                                     # qr_expired
-    [S.READY, S.STOPPING, S.STOPPED],
-    [S.READY, S.STOPPING, S.STARTING],                                # restart
-    [S.READY, S.STOPPING, S.LOGGED_OUT, S.STARTING],
-    [S.BACKOFF, S.STOPPED],                                           # stop while waiting
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        [S.STOPPED, S.STARTING, S.QR, S.AUTHENTICATED, S.READY],  # first link
+        [S.STOPPED, S.STARTING, S.AUTHENTICATED, S.READY],  # saved session
+        [S.READY, S.BACKOFF, S.STARTING],  # crash, then restart
+        [S.READY, S.DISCONNECTED, S.BACKOFF, S.STARTING],
+        [S.BACKOFF, S.FAILED, S.STARTING],  # someone asks again
+        [S.QR, S.STOPPING, S.FAILED],  # qr_expired
+        [S.READY, S.STOPPING, S.STOPPED],
+        [S.READY, S.STOPPING, S.STARTING],  # restart
+        [S.READY, S.STOPPING, S.LOGGED_OUT, S.STARTING],
+        [S.BACKOFF, S.STOPPED],  # stop while waiting
+    ],
+)
 def test_allowed_paths(path):
     machine = SessionStateMachine(path[0])
     for new in path[1:]:
@@ -48,10 +61,19 @@ def test_allowed_paths(path):
     assert machine.state is path[-1]
 
 
-@pytest.mark.parametrize("current,new", [
-    (S.STOPPED, S.READY), (S.STOPPED, S.BACKOFF), (S.FAILED, S.READY), (S.BACKOFF, S.READY),
-    (S.STOPPED, S.STOPPED), (S.LOGGED_OUT, S.READY), (S.STOPPING, S.READY), (S.FAILED, S.BACKOFF),
-])
+@pytest.mark.parametrize(
+    "current,new",
+    [
+        (S.STOPPED, S.READY),
+        (S.STOPPED, S.BACKOFF),
+        (S.FAILED, S.READY),
+        (S.BACKOFF, S.READY),
+        (S.STOPPED, S.STOPPED),
+        (S.LOGGED_OUT, S.READY),
+        (S.STOPPING, S.READY),
+        (S.FAILED, S.BACKOFF),
+    ],
+)
 def test_forbidden_transitions_raise_and_change_nothing(current, new):
     machine = SessionStateMachine(current, "before")
     with pytest.raises(InvalidTransition):
@@ -86,6 +108,7 @@ def test_heartbeat_overdue_after_two_intervals():
 
 def test_process_tree_and_memory_of_this_process():
     import os
+
     children = policy.children_index(policy.ppid_map())
     tree = policy.process_tree([os.getppid()], children)
     assert os.getpid() in tree
@@ -95,8 +118,22 @@ def test_process_tree_and_memory_of_this_process():
     assert verdict.over and verdict.bytes > 0
 
 
-@pytest.mark.parametrize("bad", ["..", "../x", "/etc", "A" * 32, "a" * 31, "a" * 33, "a" * 32 + "\n",
-                                 "a" * 31 + "/", None, 123, "a" * 16 + "." * 16])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "..",
+        "../x",
+        "/etc",
+        "A" * 32,
+        "a" * 31,
+        "a" * 33,
+        "a" * 32 + "\n",
+        "a" * 31 + "/",
+        None,
+        123,
+        "a" * 16 + "." * 16,
+    ],
+)
 def test_invalid_tenant_ids_are_refused(tmp_path, bad):
     with pytest.raises(paths.InvalidTenantId):
         paths.tenant_dir(tmp_path, bad, create=True)

@@ -41,7 +41,9 @@ async def test_qr_scan_ready(make_supervisor, new_tenant, db, sessions_root):
     await sup.start(tid)
     await pub.wait_state(tid, "qr")
     qr = sup.qr(tid)
-    assert qr is not None and qr["attempt"] == 1 and qr["qr"].startswith("2@") and qr["expires_at"].endswith("Z")
+    assert (
+        qr is not None and qr["attempt"] == 1 and qr["qr"].startswith("2@") and qr["expires_at"].endswith("Z")
+    )
     assert pub.of(tid, "session.qr")[0]["attempt"] == 1
     assert not sup.is_ready(tid)
 
@@ -52,7 +54,9 @@ async def test_qr_scan_ready(make_supervisor, new_tenant, db, sessions_root):
     assert sup.is_ready(tid) and sup.qr(tid) is None
 
     status = await sup.status(tid)
-    assert status["state"] == "ready" and status["desired_state"] == "running" and status["driver"] == "scripted"
+    assert (
+        status["state"] == "ready" and status["desired_state"] == "running" and status["driver"] == "scripted"
+    )
     assert status["pid"] == sup.pid(tid) and status["memory_bytes"] > 10 * 2**20 and status["uptime_s"] > 0
     persisted = await row(db, tid)
     assert persisted["state"] == "ready" and persisted["desired_state"] == "running"
@@ -67,7 +71,9 @@ async def test_qr_scan_ready(make_supervisor, new_tenant, db, sessions_root):
     assert "SECRET_KEY" not in proc.environ() and "DATABASE_URL" not in proc.environ()
 
 
-async def test_twenty_tenants_started_together_each_in_its_own_folder(make_supervisor, new_tenant, sessions_root):
+async def test_twenty_tenants_started_together_each_in_its_own_folder(
+    make_supervisor, new_tenant, sessions_root
+):
     sup, pub = await make_supervisor()
     tids = [await new_tenant(name=f"t{i}") for i in range(20)]
     await asyncio.gather(*(sup.start(t) for t in tids))
@@ -143,8 +149,12 @@ async def test_hung_bridge_killed_within_two_heartbeats_and_restarted(make_super
     await sup.sandbox(tid, "hang", {})
     last_beat = sup._sessions[tid].last_seen  # the last thing the bridge said before it hung
     killed_at: list[float] = []
-    await wait_for(lambda: gone(old) and not killed_at.append(time.monotonic()), timeout=5, interval=0.005,
-                   message="the hung bridge is killed")
+    await wait_for(
+        lambda: gone(old) and not killed_at.append(time.monotonic()),
+        timeout=5,
+        interval=0.005,
+        message="the hung bridge is killed",
+    )
     silent = killed_at[0] - last_beat
     assert 2 * 0.3 <= silent < 2 * 0.3 + 0.2, silent  # killed once silent for two intervals, not before
 
@@ -185,7 +195,11 @@ async def test_stop_leaves_no_process_of_the_tenant(make_supervisor, new_tenant,
     # The actual state is stored, then published, by the supervisor's writer after stop() returns.
     await pub.wait_state(tid, "stopped")
     persisted = await row(db, tid)
-    assert persisted["desired_state"] == "stopped" and persisted["state"] == "stopped" and persisted["pid"] is None
+    assert (
+        persisted["desired_state"] == "stopped"
+        and persisted["state"] == "stopped"
+        and persisted["pid"] is None
+    )
     assert pub.states(tid)[-2:] == ["stopping", "stopped"]
     assert sup.is_ready(other)  # the neighbour is untouched
     assert set(sup._watched) == {other}  # the watchdog sweep only looks at live bridges
@@ -195,7 +209,8 @@ async def test_stop_leaves_no_process_of_the_tenant(make_supervisor, new_tenant,
 
 @pytest.mark.smoke
 async def test_control_plane_restart_brings_back_exactly_the_desired_sessions(
-        make_supervisor, new_tenant, db, sessions_root, sup_settings):
+    make_supervisor, new_tenant, db, sessions_root, sup_settings
+):
     sup1, pub1 = await make_supervisor()
     running, stopped, never = await new_tenant(), await new_tenant(), await new_tenant()
     await ready_session(sup1, pub1, running)
@@ -210,9 +225,19 @@ async def test_control_plane_restart_brings_back_exactly_the_desired_sessions(
     settings = sup_settings()
     orphan_dir = (sessions_root / stopped).resolve()
     orphan = await asyncio.create_subprocess_exec(
-        settings.node_path, str(settings.bridge_script), "--tenant", stopped, "--session-dir", str(orphan_dir),
-        "--driver", "scripted", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+        settings.node_path,
+        str(settings.bridge_script),
+        "--tenant",
+        stopped,
+        "--session-dir",
+        str(orphan_dir),
+        "--driver",
+        "scripted",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         await wait_for(lambda: find_orphans(orphan_dir) != [], timeout=5, message="orphan running")
         sup2, pub2 = await make_supervisor(settings)
@@ -230,10 +255,14 @@ async def test_control_plane_restart_brings_back_exactly_the_desired_sessions(
     assert (await sup2.status(stopped))["state"] == "stopped"
 
 
-@pytest.mark.parametrize("overrides", [
-    {"QR_INTERVAL_S": "0.2", "QR_MAX_CYCLES": "3", "QR_TTL_S": "60"},   # cycles run out
-    {"QR_INTERVAL_S": "5", "QR_MAX_CYCLES": "100", "QR_TTL_S": "0.6"},  # time runs out
-], ids=["max_cycles", "ttl"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"QR_INTERVAL_S": "0.2", "QR_MAX_CYCLES": "3", "QR_TTL_S": "60"},  # cycles run out
+        {"QR_INTERVAL_S": "5", "QR_MAX_CYCLES": "100", "QR_TTL_S": "0.6"},  # time runs out
+    ],
+    ids=["max_cycles", "ttl"],
+)
 async def test_qr_never_scanned_ends_failed_qr_expired(make_supervisor, new_tenant, sessions_root, overrides):
     sup, pub = await make_supervisor(**overrides)
     tid = await new_tenant()
@@ -254,14 +283,27 @@ async def test_qr_never_scanned_ends_failed_qr_expired(make_supervisor, new_tena
         await pub.wait_state(tid, "starting", after=n, timeout=1.0)
 
 
-async def test_malicious_tenant_ids_cannot_touch_folders_outside(make_supervisor, new_tenant, sessions_root,
-                                                                 tmp_path):
+async def test_malicious_tenant_ids_cannot_touch_folders_outside(
+    make_supervisor, new_tenant, sessions_root, tmp_path
+):
     sup, _ = await make_supervisor()
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "precious").write_text("keep me")
-    for bad in ["../" + outside.name, "..", str(outside), "/etc", "A" * 32, "0" * 31, "0" * 33,
-                "0" * 32 + "/..", "0" * 32 + "\n", "../" + "0" * 29, "%2e%2e", ""]:
+    for bad in [
+        "../" + outside.name,
+        "..",
+        str(outside),
+        "/etc",
+        "A" * 32,
+        "0" * 31,
+        "0" * 33,
+        "0" * 32 + "/..",
+        "0" * 32 + "\n",
+        "../" + "0" * 29,
+        "%2e%2e",
+        "",
+    ]:
         for call in (sup.start, sup.stop, sup.restart, sup.logout, sup.forget, sup.status):
             with pytest.raises(InvalidTenantId):
                 await call(bad)
@@ -283,7 +325,11 @@ async def test_logout_wipes_the_profile_and_needs_a_new_scan(make_supervisor, ne
     await ready_session(sup, pub, tid)
     assert (sessions_root / tid / "scripted-auth.json").exists()
     status = await sup.logout(tid)
-    assert status["state"] == "logged_out" and status["desired_state"] == "stopped" and status["own_number"] is None
+    assert (
+        status["state"] == "logged_out"
+        and status["desired_state"] == "stopped"
+        and status["own_number"] is None
+    )
     assert not (sessions_root / tid / "scripted-auth.json").exists()
     assert find_orphans((sessions_root / tid).resolve()) == []
     n = len(pub.of(tid))
@@ -308,8 +354,11 @@ async def test_restart_send_and_message_listener(make_supervisor, new_tenant):
     await sup.mark_read(tid, "15550001111@c.us")
     incoming = await sup.sandbox(tid, "incoming", {"from": "15550002222", "text": "hey"})
     sup.add_message_listener(listener)  # late: what came before is kept for it
-    await wait_for(lambda: {n for _, n, _ in received} >= {"message", "message_ack"}, timeout=5,
-                   message="message and ack delivered to the listener")
+    await wait_for(
+        lambda: {n for _, n, _ in received} >= {"message", "message_ack"},
+        timeout=5,
+        message="message and ack delivered to the listener",
+    )
     msg = next(d for _, n, d in received if n == "message")
     assert msg["id"] == incoming["id"] and msg["body"] == "hey" and received[0][0] == tid
 

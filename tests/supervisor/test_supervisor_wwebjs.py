@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from control_plane.supervisor.process import SINGLETON_FILES, find_orphans, find_profile_holders
-from tests.support import wait_for, unless_installed
+from tests.support import unless_installed, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHROME = os.environ.get("CHROME_PATH", "/usr/bin/chromium")
@@ -22,12 +22,20 @@ CHROME = os.environ.get("CHROME_PATH", "/usr/bin/chromium")
 pytestmark = [
     pytest.mark.timeout(90),
     unless_installed(CHROME, f"no Chromium at {CHROME}"),
-    unless_installed(REPO / "bridge/node_modules/whatsapp-web.js",
-                     "bridge/node_modules missing: PUPPETEER_SKIP_DOWNLOAD=true npm ci in bridge/"),
+    unless_installed(
+        REPO / "bridge/node_modules/whatsapp-web.js",
+        "bridge/node_modules missing: PUPPETEER_SKIP_DOWNLOAD=true npm ci in bridge/",
+    ),
 ]
 
-REAL = {"BRIDGE_DRIVER": "wwebjs", "CHROME_PATH": CHROME, "HEARTBEAT_INTERVAL_S": "1", "BACKOFF_BASE_S": "0.5",
-        "CRASH_LOOP_MAX": "20", "STOP_WAIT_S": "5"}
+REAL = {
+    "BRIDGE_DRIVER": "wwebjs",
+    "CHROME_PATH": CHROME,
+    "HEARTBEAT_INTERVAL_S": "1",
+    "BACKOFF_BASE_S": "0.5",
+    "CRASH_LOOP_MAX": "20",
+    "STOP_WAIT_S": "5",
+}
 
 
 def alive(pid: int) -> bool:
@@ -63,7 +71,8 @@ async def blackhole_proxy() -> AsyncIterator[str]:
 
 
 async def test_offline_real_driver_fails_clearly_backs_off_and_stop_leaves_nothing(
-        make_supervisor, new_tenant, sessions_root, monkeypatch):
+    make_supervisor, new_tenant, sessions_root, monkeypatch
+):
     for var in ("https_proxy", "http_proxy", "HTTPS_PROXY", "HTTP_PROXY"):
         monkeypatch.delenv(var, raising=False)
     sup, pub = await make_supervisor(**REAL)
@@ -85,7 +94,8 @@ async def test_offline_real_driver_fails_clearly_backs_off_and_stop_leaves_nothi
 
 
 async def test_kill9_of_a_real_bridge_leaves_no_orphaned_browser(
-        make_supervisor, new_tenant, sessions_root, blackhole_proxy, monkeypatch):
+    make_supervisor, new_tenant, sessions_root, blackhole_proxy, monkeypatch
+):
     monkeypatch.setenv("https_proxy", blackhole_proxy)
     monkeypatch.setenv("http_proxy", blackhole_proxy)
     sup, pub = await make_supervisor(**REAL)

@@ -22,8 +22,10 @@ TID = "0123456789abcdef0123456789abcdef"
 def test_link_name_matches_the_bridge():
     """sha256 of '<folder>/tmp', as bridge/src/main.js names it."""
     folder = "/srv/sessions/" + TID
-    js = ("const tmp = require('path').join(process.argv[1], 'tmp');"
-          "console.log(require('crypto').createHash('sha256').update(tmp).digest('hex').slice(0, 16))")
+    js = (
+        "const tmp = require('path').join(process.argv[1], 'tmp');"
+        "console.log(require('crypto').createHash('sha256').update(tmp).digest('hex').slice(0, 16))"
+    )
     out = subprocess.run([NODE, "-e", js, folder], capture_output=True, text=True, check=True).stdout.strip()
     assert paths.tmp_link(Path(folder)) == Path(f"/tmp/wabridge-{out}")
 
@@ -60,24 +62,26 @@ def test_sweep_removes_only_our_dangling_links(tmp_path):
     live = tmp_path / "live" / "tmp"
     live.mkdir(parents=True)
     made = {
-        "wabridge-00000000000000aa": tmp_path / "gone" / "tmp",   # dangling: removed
-        "wabridge-00000000000000bb": live,                         # target exists: kept
+        "wabridge-00000000000000aa": tmp_path / "gone" / "tmp",  # dangling: removed
+        "wabridge-00000000000000bb": live,  # target exists: kept
         "wabridge-00000000000000cc": tmp_path / "gone" / "other",  # not a .../tmp target: kept
-        "wabridge-short": tmp_path / "gone" / "tmp",               # not a bridge name: kept
-        "other-00000000000000dd": tmp_path / "gone" / "tmp",       # not a bridge name: kept
+        "wabridge-short": tmp_path / "gone" / "tmp",  # not a bridge name: kept
+        "other-00000000000000dd": tmp_path / "gone" / "tmp",  # not a bridge name: kept
     }
     for name, target in made.items():
         (links / name).symlink_to(target)
     (links / "wabridge-00000000000000ee").write_text("a file")  # not a symlink: kept
     assert paths.sweep_tmp_links(links) == 1
-    assert sorted(p.name for p in links.iterdir()) == sorted(set(made) - {"wabridge-00000000000000aa"}
-                                                             | {"wabridge-00000000000000ee"})
+    assert sorted(p.name for p in links.iterdir()) == sorted(
+        set(made) - {"wabridge-00000000000000aa"} | {"wabridge-00000000000000ee"}
+    )
     assert live.is_dir()
     assert paths.sweep_tmp_links(tmp_path / "missing") == 0
 
 
 async def test_logout_and_forget_remove_the_link_and_boot_sweeps_dangling_ones(
-        make_supervisor, new_tenant, sessions_root):
+    make_supervisor, new_tenant, sessions_root
+):
     # A deep SESSIONS_DIR: <folder>/tmp is too long for Chromium's sockets, so the bridge makes a link.
     deep = sessions_root / ("d" * 60)
     sup, pub = await make_supervisor(SESSIONS_DIR=str(deep))

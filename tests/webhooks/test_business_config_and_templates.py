@@ -20,16 +20,25 @@ async def _tenant(client) -> dict:
 
 
 def _config(pnid: str, token: str, waba: str = "102290129340398") -> dict:
-    return {"api_type": "business_api", "fallback_policy": "business_api_only", "phone_number_id": pnid,
-            "waba_id": waba, "access_token": token, "app_secret": "app-secret-abcdef",
-            "verify_token": "verify-me-please"}
+    return {
+        "api_type": "business_api",
+        "fallback_policy": "business_api_only",
+        "phone_number_id": pnid,
+        "waba_id": waba,
+        "access_token": token,
+        "app_secret": "app-secret-abcdef",
+        "verify_token": "verify-me-please",
+    }
 
 
 async def test_valid_credentials_are_verified(app_client, fake):
     fake.add_number("106540352242922", "102290129340398", "EAAG-good-token-1")
     tenant = await _tenant(app_client)
-    resp = await app_client.post("/api/whatsapp/config", json=_config("106540352242922", "EAAG-good-token-1"),
-                                 headers=tenant["headers"])
+    resp = await app_client.post(
+        "/api/whatsapp/config",
+        json=_config("106540352242922", "EAAG-good-token-1"),
+        headers=tenant["headers"],
+    )
     assert resp.status == 201, await resp.text()
     body = await resp.json()
     assert body["verification"]["status"] == "verified" and body["verification"]["checked_at"]
@@ -38,8 +47,9 @@ async def test_valid_credentials_are_verified(app_client, fake):
     assert again["verification"]["status"] == "verified"
     # a change that does not touch credentials keeps the verification without calling the Graph API
     calls = len(fake.requests)
-    resp = await app_client.put("/api/whatsapp/config", json={"fallback_policy": "business_api_only"},
-                                headers=tenant["headers"])
+    resp = await app_client.put(
+        "/api/whatsapp/config", json={"fallback_policy": "business_api_only"}, headers=tenant["headers"]
+    )
     assert resp.status == 200 and (await resp.json())["verification"]["status"] == "verified"
     assert len(fake.requests) == calls
 
@@ -47,21 +57,31 @@ async def test_valid_credentials_are_verified(app_client, fake):
 async def test_rejected_token_is_400_naming_access_token_and_nothing_saved(app_client, fake):
     fake.add_number("106540352242922", "102290129340398", "EAAG-good-token-1")
     tenant = await _tenant(app_client)
-    resp = await app_client.post("/api/whatsapp/config", json=_config("106540352242922", "EAAG-wrong-token"),
-                                 headers=tenant["headers"])
+    resp = await app_client.post(
+        "/api/whatsapp/config", json=_config("106540352242922", "EAAG-wrong-token"), headers=tenant["headers"]
+    )
     assert resp.status == 400, await resp.text()
     error = (await resp.json())["error"]
-    assert error["field"] == "access_token" and error["code"] == "invalid_access_token" and "190" in error["message"]
-    assert (await (await app_client.get("/api/whatsapp/config", headers=tenant["headers"])).json())["configured"] \
-        is False
+    assert (
+        error["field"] == "access_token"
+        and error["code"] == "invalid_access_token"
+        and "190" in error["message"]
+    )
+    assert (await (await app_client.get("/api/whatsapp/config", headers=tenant["headers"])).json())[
+        "configured"
+    ] is False
     # an expired token on PUT: refused, the stored config untouched
-    resp = await app_client.post("/api/whatsapp/config", json=_config("106540352242922", "EAAG-good-token-1"),
-                                 headers=tenant["headers"])
+    resp = await app_client.post(
+        "/api/whatsapp/config",
+        json=_config("106540352242922", "EAAG-good-token-1"),
+        headers=tenant["headers"],
+    )
     assert resp.status == 201
     fake.add_number("106540352242922", "102290129340398", "EAAG-expired-token")
     fake.expire_token("EAAG-expired-token")
-    resp = await app_client.put("/api/whatsapp/config", json={"access_token": "EAAG-expired-token"},
-                                headers=tenant["headers"])
+    resp = await app_client.put(
+        "/api/whatsapp/config", json={"access_token": "EAAG-expired-token"}, headers=tenant["headers"]
+    )
     assert resp.status == 400 and (await resp.json())["error"]["field"] == "access_token"
 
 
@@ -69,9 +89,11 @@ async def test_number_the_token_cannot_use_is_400_naming_phone_number_id(app_cli
     fake.add_number("106540352242922", "102290129340398", "EAAG-good-token-1")
     fake.add_token("EAAG-token-without-numbers")
     tenant = await _tenant(app_client)
-    resp = await app_client.post("/api/whatsapp/config",
-                                 json=_config("106540352242922", "EAAG-token-without-numbers"),
-                                 headers=tenant["headers"])
+    resp = await app_client.post(
+        "/api/whatsapp/config",
+        json=_config("106540352242922", "EAAG-token-without-numbers"),
+        headers=tenant["headers"],
+    )
     assert resp.status == 400, await resp.text()
     assert (await resp.json())["error"]["field"] == "phone_number_id"
 
@@ -82,8 +104,9 @@ async def test_unreachable_graph_api_saves_unverified(aiohttp_client, make_setti
         port = s.getsockname()[1]
     client = await aiohttp_client(create_app(make_settings(GRAPH_API_URL=f"http://127.0.0.1:{port}")))
     tenant = await _tenant(client)
-    resp = await client.post("/api/whatsapp/config", json=_config("106540352242922", "EAAG-any-token"),
-                             headers=tenant["headers"])
+    resp = await client.post(
+        "/api/whatsapp/config", json=_config("106540352242922", "EAAG-any-token"), headers=tenant["headers"]
+    )
     assert resp.status == 201, await resp.text()
     verification = (await resp.json())["verification"]
     assert verification["status"] == "unverified" and "could not be reached" in verification["message"]
@@ -100,20 +123,30 @@ async def test_template_sync_mirrors_the_waba(app_client, fake):
     fake.add_number("106540352242922", "102290129340398", "EAAG-good-token-1")
     for i in range(130):  # more than one page
         fake.add_template("102290129340398", f"order_update_{i:03d}", "en_US")
-    fake.add_template("102290129340398", "order_update_000", "pt_BR", status="PENDING",
-                      components=[{"type": "BODY", "text": "Olá {{1}}"}])
+    fake.add_template(
+        "102290129340398",
+        "order_update_000",
+        "pt_BR",
+        status="PENDING",
+        components=[{"type": "BODY", "text": "Olá {{1}}"}],
+    )
     tenant = await _tenant(app_client)
     other = await _tenant(app_client)
     assert (await app_client.get("/api/whatsapp/templates", headers=tenant["headers"])).status == 200
     resp = await app_client.post("/api/whatsapp/templates/sync", headers=tenant["headers"])
     assert resp.status == 409 and (await resp.json())["error"]["code"] == "business_api_not_configured"
-    await app_client.post("/api/whatsapp/config", json=_config("106540352242922", "EAAG-good-token-1"),
-                          headers=tenant["headers"])
+    await app_client.post(
+        "/api/whatsapp/config",
+        json=_config("106540352242922", "EAAG-good-token-1"),
+        headers=tenant["headers"],
+    )
     resp = await app_client.post("/api/whatsapp/templates/sync", headers=tenant["headers"])
     assert resp.status == 200, await resp.text()
     body = await resp.json()
     assert body["created"] == 131 and body["total"] == 131 and len(body["templates"]) == 131
-    listed = (await (await app_client.get("/api/whatsapp/templates", headers=tenant["headers"])).json())["templates"]
+    listed = (await (await app_client.get("/api/whatsapp/templates", headers=tenant["headers"])).json())[
+        "templates"
+    ]
     pt = [t for t in listed if t["language"] == "pt_BR"]
     assert len(listed) == 131 and pt[0]["status"] == "PENDING" and pt[0]["components"]
     # removed at Meta -> removed here; a second sync updates the rest
@@ -121,7 +154,9 @@ async def test_template_sync_mirrors_the_waba(app_client, fake):
     body = await (await app_client.post("/api/whatsapp/templates/sync", headers=tenant["headers"])).json()
     assert body["deleted"] == 1 and body["updated"] == 130 and body["created"] == 0
     # tenant-scoped
-    assert (await (await app_client.get("/api/whatsapp/templates", headers=other["headers"])).json())["templates"] == []
+    assert (await (await app_client.get("/api/whatsapp/templates", headers=other["headers"])).json())[
+        "templates"
+    ] == []
     # the admin mirror
     resp = await app_client.get(f"/api/tenants/{tenant['id']}/whatsapp/templates", headers=ADMIN)
     assert resp.status == 200 and len((await resp.json())["templates"]) == 130

@@ -19,9 +19,12 @@ pytestmark = pytest.mark.smoke
 USER = "16505551234"
 
 CONTENTS = [
-    {"text": "Olá \u2028 \x00 \"quoted\" \\ größer 😀"},
+    {"text": 'Olá \u2028 \x00 "quoted" \\ größer 😀'},
     {"raw": {"a": [1, 2.5, None, True, False, {"b": "c"}], "n": float("nan")}, "context": {"from": "x"}},
-    {}, None, "a string", [1, "two"],
+    {},
+    None,
+    "a string",
+    [1, "two"],
 ]
 
 
@@ -31,17 +34,33 @@ def test_dump_json_is_json_dumps(content):
 
 
 def _row(content, **extra):
-    row = {"id": uuid.uuid4().hex, "conversation_id": 42, "provider": "business_api", "wa_id": USER,
-           "contact_name": "Sheena \"N\" ö 😀", "type": "text", "_content": content, "content": dump_json(content),
-           "provider_message_id": "wamid.HBgL==", "provider_timestamp": dt.datetime(2024, 1, 2, 3, 4, 5, 678000)}
+    row = {
+        "id": uuid.uuid4().hex,
+        "conversation_id": 42,
+        "provider": "business_api",
+        "wa_id": USER,
+        "contact_name": 'Sheena "N" ö 😀',
+        "type": "text",
+        "_content": content,
+        "content": dump_json(content),
+        "provider_message_id": "wamid.HBgL==",
+        "provider_timestamp": dt.datetime(2024, 1, 2, 3, 4, 5, 678000),
+    }
     row.update(extra)
     return row
 
 
 @pytest.mark.parametrize("content", CONTENTS)
 @pytest.mark.parametrize("to", ["15550783881", None])
-@pytest.mark.parametrize("extra", [{}, {"contact_name": None, "provider_timestamp": None},
-                                   {"conversation_id": True}, {"type": "ünïcode\n"}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"contact_name": None, "provider_timestamp": None},
+        {"conversation_id": True},
+        {"type": "ünïcode\n"},
+    ],
+)
 def test_received_event_json_is_encode_data(content, to, extra):
     row = _row(content, **extra)
     data = received_event(row, to)
@@ -49,10 +68,19 @@ def test_received_event_json_is_encode_data(content, to, extra):
 
 
 def test_received_event_json_for_every_reference_type():
-    parsed = parse_delivery(g.messages_payload("1", "2", messages=[
-        g.location_message(USER, 38.7, -9.1, name="Lisboa", address="Praça"), g.contacts_message(USER),
-        g.list_reply_message(USER, "r1", "Row", "desc"), g.button_message(USER, "OPT_OUT", "Stop"),
-        g.media_message(USER, "audio", mime_type="audio/ogg")]))
+    parsed = parse_delivery(
+        g.messages_payload(
+            "1",
+            "2",
+            messages=[
+                g.location_message(USER, 38.7, -9.1, name="Lisboa", address="Praça"),
+                g.contacts_message(USER),
+                g.list_reply_message(USER, "r1", "Row", "desc"),
+                g.button_message(USER, "OPT_OUT", "Stop"),
+                g.media_message(USER, "audio", mime_type="audio/ogg"),
+            ],
+        )
+    )
     for item in parsed.numbers["2"].messages:
         row = _row(item["content"], type=item["type"])
         data = received_event(row, item["to"])
@@ -67,13 +95,30 @@ def test_message_ids_are_time_ordered_uuids():
     assert later[:12] >= max(first)[:12]  # the millisecond prefix never goes back
 
 
-@pytest.mark.parametrize("raw", [
-    b'{}', b'{"a":"\xc3\xa9"}', b'{"a":"\xed\xa0\x80"}', '{"a":1}'.encode("utf-16"), '{"a":1}'.encode("utf-16-le"),
-    '{"a":1}'.encode("utf-32-le"), b'\xef\xbb\xbf{"a":1}', b'{"a":1} x', b"{", b'{"a":"\xff"}', b"[1]", b' {"a":1}',
-    b"{\x00", b'{"a":1}\n', b'{"\\ud800":1}'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{}",
+        b'{"a":"\xc3\xa9"}',
+        b'{"a":"\xed\xa0\x80"}',
+        '{"a":1}'.encode("utf-16"),
+        '{"a":1}'.encode("utf-16-le"),
+        '{"a":1}'.encode("utf-32-le"),
+        b'\xef\xbb\xbf{"a":1}',
+        b'{"a":1} x',
+        b"{",
+        b'{"a":"\xff"}',
+        b"[1]",
+        b' {"a":1}',
+        b"{\x00",
+        b'{"a":1}\n',
+        b'{"\\ud800":1}',
+    ],
+)
 def test_parse_json_reads_bodies_like_json_loads(raw):
     from control_plane import errors
     from control_plane.api.routing import parse_json
+
     try:
         expected = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -18,25 +18,42 @@ def _contents(*messages):
 
 
 def test_every_reference_type_is_kept():
-    order = g._message(USER, "order", {"catalog_id": "c1", "product_items": [{"product_retailer_id": "p1"}]},
-                       wamid=None, timestamp=None)
-    system = g._message(USER, "system", {"body": "changed number", "wa_id": "1650"}, wamid=None, timestamp=None)
+    order = g._message(
+        USER,
+        "order",
+        {"catalog_id": "c1", "product_items": [{"product_retailer_id": "p1"}]},
+        wamid=None,
+        timestamp=None,
+    )
+    system = g._message(
+        USER, "system", {"body": "changed number", "wa_id": "1650"}, wamid=None, timestamp=None
+    )
     future = g._message(USER, "hologram", {"x": 1}, wamid=None, timestamp=None)
-    got = dict(_contents(
-        g.location_message(USER, 38.7, -9.1, name="Lisboa", address="Praça"),
-        g.contacts_message(USER),
-        g.list_reply_message(USER, "r1", "Row", "desc"),
-        g.button_message(USER, "OPT_OUT", "Stop"),
-        g.media_message(USER, "audio", mime_type="audio/ogg"),
-        g.media_message(USER, "document", mime_type="application/pdf", filename="a.pdf", caption="c"),
-        g.media_message(USER, "sticker", mime_type="image/webp"),
-        g.media_message(USER, "video", mime_type="video/mp4"),
-        g.text_message(USER, "fwd", context={"forwarded": True}),
-        order, system, future))
+    got = dict(
+        _contents(
+            g.location_message(USER, 38.7, -9.1, name="Lisboa", address="Praça"),
+            g.contacts_message(USER),
+            g.list_reply_message(USER, "r1", "Row", "desc"),
+            g.button_message(USER, "OPT_OUT", "Stop"),
+            g.media_message(USER, "audio", mime_type="audio/ogg"),
+            g.media_message(USER, "document", mime_type="application/pdf", filename="a.pdf", caption="c"),
+            g.media_message(USER, "sticker", mime_type="image/webp"),
+            g.media_message(USER, "video", mime_type="video/mp4"),
+            g.text_message(USER, "fwd", context={"forwarded": True}),
+            order,
+            system,
+            future,
+        )
+    )
     assert got["location"] == {"latitude": 38.7, "longitude": -9.1, "name": "Lisboa", "address": "Praça"}
     assert got["contacts"]["contacts"][0]["phones"][0]["wa_id"] == "5511912345678"
-    assert got["interactive"] == {"reply_type": "list_reply", "id": "r1", "title": "Row", "description": "desc",
-                                  "context": got["interactive"]["context"]}
+    assert got["interactive"] == {
+        "reply_type": "list_reply",
+        "id": "r1",
+        "title": "Row",
+        "description": "desc",
+        "context": got["interactive"]["context"],
+    }
     assert got["button"] == {"payload": "OPT_OUT", "text": "Stop", "context": got["button"]["context"]}
     assert got["audio"]["mime_type"] == "audio/ogg" and got["audio"]["media_id"]
     assert got["document"]["filename"] == "a.pdf" and got["document"]["caption"] == "c"
@@ -48,9 +65,18 @@ def test_every_reference_type_is_kept():
 
 
 def test_entries_changes_statuses_and_malformed_items():
-    payload = g.batch([("w1", [g.change_value("p1", messages=[g.text_message(USER, "a")]),
-                               g.change_value("p2", statuses=[g.status("wamid.x", "read", USER)])]),
-                       ("w2", [g.change_value("p1", messages=[g.text_message(USER, "b")])])])
+    payload = g.batch(
+        [
+            (
+                "w1",
+                [
+                    g.change_value("p1", messages=[g.text_message(USER, "a")]),
+                    g.change_value("p2", statuses=[g.status("wamid.x", "read", USER)]),
+                ],
+            ),
+            ("w2", [g.change_value("p1", messages=[g.text_message(USER, "b")])]),
+        ]
+    )
     payload["entry"][0]["changes"][0]["value"]["messages"].append({"type": "text"})  # no id, no sender
     payload["entry"][1]["changes"].append({"field": "account_update", "value": {"event": "X"}})
     parsed = parse_delivery(payload)

@@ -19,9 +19,12 @@ TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 def upgrade() -> None:
     op.create_table(
         "session_state",
-        sa.Column("tenant_id", sa.String(32), sa.ForeignKey("tenants.id", ondelete="CASCADE",
-                                                           name="fk_session_state_tenant_id_tenants"),
-                  primary_key=True),
+        sa.Column(
+            "tenant_id",
+            sa.String(32),
+            sa.ForeignKey("tenants.id", ondelete="CASCADE", name="fk_session_state_tenant_id_tenants"),
+            primary_key=True,
+        ),
         sa.Column("desired_state", sa.String(16), nullable=False),
         sa.Column("state", sa.String(20), nullable=False),
         sa.Column("reason", sa.String(200), nullable=True),
@@ -31,7 +34,8 @@ def upgrade() -> None:
         sa.Column("pid", sa.Integer, nullable=True),
         sa.Column("own_number", sa.String(32), nullable=True),
         sa.Column("updated_at", TS, nullable=False),
-        mysql_engine="InnoDB", mysql_charset="utf8mb4",
+        mysql_engine="InnoDB",
+        mysql_charset="utf8mb4",
     )
     op.create_index("ix_session_state_desired_state", "session_state", ["desired_state"])
 

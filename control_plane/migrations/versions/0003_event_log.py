@@ -27,17 +27,22 @@ def upgrade() -> None:
         sa.Column("ts", TS, nullable=False),
         sa.Column("data", LONG_TEXT, nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "seq", name="pk_event_log"),
-        mysql_engine="InnoDB", mysql_charset="utf8mb4",
+        mysql_engine="InnoDB",
+        mysql_charset="utf8mb4",
     )
     op.create_index("ix_event_log_ts", "event_log", ["ts"])
     op.create_table(
         "tenant_event_seq",
-        sa.Column("tenant_id", sa.String(32), sa.ForeignKey("tenants.id", ondelete="CASCADE",
-                                                           name="fk_tenant_event_seq_tenant_id_tenants"),
-                  nullable=False),
+        sa.Column(
+            "tenant_id",
+            sa.String(32),
+            sa.ForeignKey("tenants.id", ondelete="CASCADE", name="fk_tenant_event_seq_tenant_id_tenants"),
+            nullable=False,
+        ),
         sa.Column("last_seq", SEQ, nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", name="pk_tenant_event_seq"),
-        mysql_engine="InnoDB", mysql_charset="utf8mb4",
+        mysql_engine="InnoDB",
+        mysql_charset="utf8mb4",
     )
 
 

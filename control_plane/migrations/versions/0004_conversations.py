@@ -20,9 +20,12 @@ OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
 def _tenant_fk(table: str) -> sa.Column:
-    return sa.Column("tenant_id", sa.String(32),
-                     sa.ForeignKey("tenants.id", ondelete="CASCADE", name=f"fk_{table}_tenant_id_tenants"),
-                     nullable=False)
+    return sa.Column(
+        "tenant_id",
+        sa.String(32),
+        sa.ForeignKey("tenants.id", ondelete="CASCADE", name=f"fk_{table}_tenant_id_tenants"),
+        nullable=False,
+    )
 
 
 def upgrade() -> None:
@@ -47,15 +50,21 @@ def upgrade() -> None:
         sa.UniqueConstraint("tenant_id", "wa_id", name="uq_conversations_tenant_id_wa_id"),
         **OPTS,
     )
-    op.create_index("ix_conversations_tenant_id_last_message_at", "conversations",
-                    ["tenant_id", "last_message_at"])
+    op.create_index(
+        "ix_conversations_tenant_id_last_message_at", "conversations", ["tenant_id", "last_message_at"]
+    )
     op.create_table(
         "messages",
         sa.Column("id", sa.String(32), primary_key=True),
         _tenant_fk("messages"),
-        sa.Column("conversation_id", BIGID,
-                  sa.ForeignKey("conversations.id", ondelete="CASCADE",
-                                name="fk_messages_conversation_id_conversations"), nullable=False),
+        sa.Column(
+            "conversation_id",
+            BIGID,
+            sa.ForeignKey(
+                "conversations.id", ondelete="CASCADE", name="fk_messages_conversation_id_conversations"
+            ),
+            nullable=False,
+        ),
         sa.Column("direction", sa.String(10), nullable=False),
         sa.Column("provider", sa.String(20), nullable=True),
         sa.Column("provider_message_id", sa.String(128), nullable=True),
@@ -71,12 +80,19 @@ def upgrade() -> None:
         sa.Column("read_at", TS, nullable=True),
         sa.Column("failed_at", TS, nullable=True),
         sa.Column("provider_timestamp", TS, nullable=True),
-        sa.UniqueConstraint("tenant_id", "provider", "provider_message_id",
-                            name="uq_messages_tenant_id_provider_provider_message_id"),
+        sa.UniqueConstraint(
+            "tenant_id",
+            "provider",
+            "provider_message_id",
+            name="uq_messages_tenant_id_provider_provider_message_id",
+        ),
         **OPTS,
     )
-    op.create_index("ix_messages_tenant_id_conversation_id_created_at_id", "messages",
-                    ["tenant_id", "conversation_id", "created_at", "id"])
+    op.create_index(
+        "ix_messages_tenant_id_conversation_id_created_at_id",
+        "messages",
+        ["tenant_id", "conversation_id", "created_at", "id"],
+    )
     op.create_table(
         "message_statuses",
         sa.Column("id", BIGID, primary_key=True, autoincrement=True),
@@ -91,11 +107,17 @@ def upgrade() -> None:
         sa.Column("error_message", sa.Text, nullable=True),
         sa.Column("raw", LONG, nullable=True),
         sa.Column("created_at", TS, nullable=False),
-        sa.UniqueConstraint("tenant_id", "provider_message_id", "status",
-                            name="uq_message_statuses_tenant_id_provider_message_id_status"),
+        sa.UniqueConstraint(
+            "tenant_id",
+            "provider_message_id",
+            "status",
+            name="uq_message_statuses_tenant_id_provider_message_id_status",
+        ),
         **OPTS,
     )
-    op.create_index("ix_message_statuses_tenant_id_message_id", "message_statuses", ["tenant_id", "message_id"])
+    op.create_index(
+        "ix_message_statuses_tenant_id_message_id", "message_statuses", ["tenant_id", "message_id"]
+    )
     op.create_table(
         "templates",
         sa.Column("id", BIGID, primary_key=True, autoincrement=True),

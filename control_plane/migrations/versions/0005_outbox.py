@@ -20,15 +20,23 @@ OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
 def _tenant_fk(table: str, primary_key: bool = False) -> sa.Column:
-    return sa.Column("tenant_id", sa.String(32),
-                     sa.ForeignKey("tenants.id", ondelete="CASCADE", name=f"fk_{table}_tenant_id_tenants"),
-                     nullable=False, primary_key=primary_key)
+    return sa.Column(
+        "tenant_id",
+        sa.String(32),
+        sa.ForeignKey("tenants.id", ondelete="CASCADE", name=f"fk_{table}_tenant_id_tenants"),
+        nullable=False,
+        primary_key=primary_key,
+    )
 
 
 def _message_fk(table: str, primary_key: bool = False) -> sa.Column:
-    return sa.Column("message_id", sa.String(32),
-                     sa.ForeignKey("messages.id", ondelete="CASCADE", name=f"fk_{table}_message_id_messages"),
-                     nullable=False, primary_key=primary_key)
+    return sa.Column(
+        "message_id",
+        sa.String(32),
+        sa.ForeignKey("messages.id", ondelete="CASCADE", name=f"fk_{table}_message_id_messages"),
+        nullable=False,
+        primary_key=primary_key,
+    )
 
 
 def upgrade() -> None:
@@ -54,8 +62,9 @@ def upgrade() -> None:
         **OPTS,
     )
     op.create_index("ix_outbox_state_next_attempt_at", "outbox", ["state", "next_attempt_at"])
-    op.create_index("ix_outbox_tenant_id_state_next_attempt_at", "outbox",
-                    ["tenant_id", "state", "next_attempt_at"])
+    op.create_index(
+        "ix_outbox_tenant_id_state_next_attempt_at", "outbox", ["tenant_id", "state", "next_attempt_at"]
+    )
     op.create_table(
         "message_transitions",
         sa.Column("id", BIGID, primary_key=True, autoincrement=True),
@@ -70,8 +79,9 @@ def upgrade() -> None:
         sa.Column("at", TS, nullable=False),
         **OPTS,
     )
-    op.create_index("ix_message_transitions_tenant_id_message_id", "message_transitions",
-                    ["tenant_id", "message_id"])
+    op.create_index(
+        "ix_message_transitions_tenant_id_message_id", "message_transitions", ["tenant_id", "message_id"]
+    )
     # Per-tenant messaging options (the fallback template used outside the 24 h window).
     op.create_table(
         "messaging_settings",
