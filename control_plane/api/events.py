@@ -12,7 +12,7 @@ from pydantic import Field
 from control_plane.api.models import QueryModel, ResponseModel
 from control_plane.api.routing import Router
 from control_plane.db import events as events_db
-from control_plane.realtime.publisher import format_ts
+from control_plane.events import format_ts
 
 router = Router()
 TAGS = ("events",)

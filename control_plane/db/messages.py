@@ -34,31 +34,14 @@ from control_plane.compact_json import dict_encoder
 from control_plane.db import events as events_db
 from control_plane.db.engine import utcnow
 from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
+from control_plane.statuses import STATUS_RANK, STATUS_TIME_COLUMN, MessageStatus, status_rank
 
 # BIGINT on MariaDB; INTEGER on SQLite (only INTEGER PRIMARY KEY autoincrements there).
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 DIRECTIONS = ("inbound", "outbound")
 PROVIDERS = ("web", "business_api")
-STATUSES = ("queued", "sending", "sent", "delivered", "read", "played", "failed", "received")
-# Rank used to never move a message backwards. ``received`` is the inbound terminal state.
-STATUS_RANK = {
-    "queued": 0,
-    "sending": 1,
-    "sent": 2,
-    "failed": 3,
-    "delivered": 4,
-    "read": 5,
-    "played": 6,
-    "received": 0,
-}
-STATUS_TIME_COLUMN = {
-    "sent": "sent_at",
-    "delivered": "delivered_at",
-    "read": "read_at",
-    "played": "read_at",
-    "failed": "failed_at",
-}
+STATUSES = tuple(MessageStatus)
 PROVIDER_ID_LEN = 128
 
 conversations = sa.Table(
@@ -199,10 +182,6 @@ def load_json(text: str | None) -> Any:
         return json.loads(text)
     except ValueError:
         return {"raw": text}
-
-
-def status_rank(status: str | None) -> int:
-    return STATUS_RANK.get(status or "", -1)
 
 
 def _clip(value: Any, length: int) -> Any:

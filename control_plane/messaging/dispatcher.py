@@ -60,6 +60,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from control_plane import events as event_types
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
 from control_plane.db import tenants as tenants_db
@@ -75,7 +76,6 @@ from control_plane.providers.cloud_api import (
     GraphAPIUnavailable,
 )
 from control_plane.providers.graph_errors import ErrorScope
-from control_plane.realtime import event_types
 from control_plane.webhooks.ingest import received_event, status_event
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from control_plane import events as event_types
 from control_plane.bridge import protocol
 from control_plane.db import messages as messages_db
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import canonical_wa_id
-from control_plane.realtime import event_types
 from control_plane.webhooks.ingest import iso
 
 log = logging.getLogger(__name__)

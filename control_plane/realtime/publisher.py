@@ -57,7 +57,7 @@ from control_plane import errors
 from control_plane.compact_json import dict_encoder
 from control_plane.db import events as events_db
 from control_plane.db.engine import Database, utcnow
-from control_plane.realtime.event_types import FORBIDDEN_KEYS
+from control_plane.events import FORBIDDEN_KEYS, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,6 @@ class Sink(Protocol):
     get an event one event-loop turn sooner."""
 
     async def broadcast(self, envelopes: Sequence[Envelope]) -> None: ...
-
-
-def format_ts(ts: dt.datetime) -> str:
-    """Naive UTC datetime -> ``2025-01-31T12:00:00.123Z``."""
-    if ts.tzinfo is None and ts.year >= 1000:  # isoformat is C and several times faster than strftime
-        return ts.isoformat(timespec="milliseconds") + "Z"
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
 def _now_ms() -> dt.datetime:

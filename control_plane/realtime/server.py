@@ -43,9 +43,9 @@ from control_plane.crypto import hash_api_key, tokens_equal
 from control_plane.db import events as events_db
 from control_plane.db import tenants as tenants_db
 from control_plane.db.engine import Database
+from control_plane.events import ALL_ROOM, format_ts, tenant_room
 from control_plane.realtime import transport
-from control_plane.realtime.event_types import ALL_ROOM, tenant_room
-from control_plane.realtime.publisher import Envelope, format_ts
+from control_plane.realtime.publisher import Envelope
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from control_plane.bridge import protocol
 from control_plane.config import ConfigError, Settings
 from control_plane.db import sessions as sessions_db
 from control_plane.db import tenants as tenants_db
+from control_plane.events import SESSION_QR, SESSION_STATE
 from control_plane.supervisor import errors as sup_errors
 from control_plane.supervisor import paths, policy
 from control_plane.supervisor.process import find_orphans, kill_process_groups
@@ -38,8 +39,6 @@ from control_plane.supervisor.states import SessionState
 log = logging.getLogger(__name__)
 S = SessionState
 
-SESSION_STATE = "session.state"
-SESSION_QR = "session.qr"
 SEND_TIMEOUT_S = 60.0
 COMMAND_TIMEOUT_S = 10.0
 SHUTDOWN_MARGIN_S = 3.0

@@ -39,10 +39,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, Operation
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from control_plane import errors
+from control_plane import events as event_types
 from control_plane.db import Database, DatabaseUnavailable
 from control_plane.db import messages as messages_db
 from control_plane.db.engine import utcnow
-from control_plane.realtime import event_types
 from control_plane.realtime.publisher import encode_data
 
 _encode_str = json.encoder.encode_basestring  # the C one: a JSON string, non-ASCII kept

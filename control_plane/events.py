@@ -1,9 +1,12 @@
-"""Event names the CRM receives, and the Socket.IO room names. Pure: standard library only.
+"""Event names the CRM receives, the Socket.IO room names and the one timestamp format of events and
+API answers. The bottom layer: standard library only, imported by everyone.
 
 Payload shapes are documented in ``docs/EVENTS.md``; add a name here and a section there together.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 SESSION_STATE = "session.state"
 SESSION_QR = "session.qr"
@@ -51,3 +54,16 @@ def tenant_of_room(room: str) -> str | None:
     if room.startswith(_TENANT_ROOM_PREFIX):
         return room[len(_TENANT_ROOM_PREFIX) :]
     return None
+
+
+def format_ts(ts: dt.datetime) -> str:
+    """UTC datetime (naive means UTC) -> ``2025-01-31T12:00:00.123Z``: milliseconds, always."""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
+    if ts.year >= 1000:  # isoformat is C and several times faster than strftime
+        return ts.isoformat(timespec="milliseconds") + "Z"
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def format_ts_or_none(ts: dt.datetime | None) -> str | None:
+    return None if ts is None else format_ts(ts)
