@@ -13,12 +13,12 @@ load. Each round runs ``python bench/<name>.py <args> --json`` with its tree as 
 line. The table shows, per figure, the median over rounds of each side and new/old, then every round's
 value. Whether higher or lower is better depends on the figure (req/s vs. ms).
 
-By default the NEW bench script (``bench/<name>.py`` and the ``bench/*.js`` it drives) is copied into
-the old worktree before its rounds: the bench measures the server, the script is only the harness, and
-an older script may lack ``--json``. ``--base-bench own`` keeps the old tree's own script (it must
-print the JSON line). A new script that imports a module the old tree does not have fails on the old
-side: then use ``--base-bench own`` with a base that has ``--json``, or keep the bench's imports to
-what both trees provide.
+By default the NEW bench script, i.e. this tree's (``bench/<name>.py`` and the ``bench/*.js`` it
+drives), is copied into the old worktree (and into the ``--new`` one) before the rounds: the bench
+measures the server, the script is only the harness, and an older script may lack ``--json``.
+``--base-bench own`` keeps each checked-out tree's own script (it must print the JSON line). A script
+that imports a module the old tree does not have fails on the old side: then use ``--base-bench own``
+with a base that has ``--json``, or keep the bench's imports to what both trees provide.
 """
 
 from __future__ import annotations
@@ -102,15 +102,31 @@ def flatten(obj: dict, prefix: str = "") -> Figures:
     return out
 
 
+def stop(proc: subprocess.Popen, forward: bool) -> None:
+    """Let an interrupted bench run its own clean-up (servers, throwaway database): SIGINT, then kill."""
+    if forward:  # a Ctrl-C in the terminal already reached it (same process group)
+        proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+
+
 def run_round(tree: Path, name: str, bench_args: list[str], label: str, show: bool) -> Figures:
     cmd = [sys.executable, f"bench/{name}.py", *bench_args, "--json"]
     started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, cwd=tree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException as exc:
+        stop(proc, forward=not isinstance(exc, KeyboardInterrupt))
+        raise
     if show:
-        sys.stderr.write(proc.stdout + proc.stderr)
-    figures = last_json(proc.stdout)
+        sys.stderr.write(stdout + stderr)
+    figures = last_json(stdout)
     if proc.returncode != 0 or figures is None:
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        tail = "\n".join((stdout + stderr).splitlines()[-30:])
         sys.exit(
             f"compare: {label} round failed (exit {proc.returncode}, "
             f"{'no' if figures is None else 'a'} JSON line) in {tree}:\n{tail}"
@@ -173,7 +189,7 @@ def parse_args() -> tuple[argparse.Namespace, list[str]]:
         "--base-bench",
         choices=("new", "own"),
         default="new",
-        help="which bench script runs on the old side: the new tree's, copied over (default), or its own",
+        help="bench script on a checked-out side: this tree's, copied over (default), or the tree's own",
     )
     parser.add_argument("--show-output", action="store_true", help="echo every round's output to stderr")
     args = parser.parse_args(argv)
@@ -192,11 +208,13 @@ def main() -> None:
         old_tree = stack.enter_context(worktree(base))
         new_tree = stack.enter_context(worktree(new_rev)) if new_rev else ROOT
         if args.base_bench == "new":
-            copy_harness(args.bench, new_tree, old_tree)
+            for tree in {old_tree, new_tree} - {ROOT}:
+                copy_harness(args.bench, ROOT, tree)
+        script = "this tree's bench script" if args.base_bench == "new" else "each tree's own bench script"
         new_label = new_rev[:10] if new_rev else f"working tree ({git('rev-parse', '--short=10', 'HEAD')}+)"
         print(
             f"{args.bench} {' '.join(bench_args)}: old {base[:10]} vs new {new_label}, {args.rounds} "
-            f"alternating rounds, {args.base_bench} bench script on the old side, {os.cpu_count()} CPUs, "
+            f"alternating rounds, {script}, {os.cpu_count()} CPUs, "
             f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
             flush=True,
         )
