@@ -142,7 +142,7 @@ def fmt(value: float) -> str:
         return f"{value:,.0f}"
     if abs(value) >= 1:
         return f"{value:.2f}"
-    return f"{value:.4g}"
+    return f"{value:.3g}"
 
 
 def table(old: list[Figures], new: list[Figures]) -> list[str]:
