@@ -17,13 +17,16 @@ By default the NEW bench script, i.e. this tree's (``bench/<name>.py`` and the `
 drives), is copied into the old worktree (and into the ``--new`` one) before the rounds: the bench
 measures the server, the script is only the harness, and an older script may lack ``--json``.
 ``--base-bench own`` keeps each checked-out tree's own script (it must print the JSON line). A script
-that imports a module the old tree does not have fails on the old side: then use ``--base-bench own``
-with a base that has ``--json``, or keep the bench's imports to what both trees provide.
+that imports a ``control_plane`` module the old tree does not have gets it from the virtualenv's
+editable install (another tree) if there is one, and fails otherwise; compare.py prints a note naming
+such modules. Harmless for constants (event names); otherwise keep the bench's imports to what both
+trees provide, or use ``--base-bench own`` with a base whose bench has ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import shutil
@@ -76,6 +79,23 @@ def copy_harness(name: str, source: Path, target: Path) -> None:
     shutil.copy2(source / "bench" / f"{name}.py", target / "bench" / f"{name}.py")
     for js in (source / "bench").glob("*.js"):
         shutil.copy2(js, target / "bench" / js.name)
+
+
+def missing_modules(tree: Path, name: str) -> list[str]:
+    """The ``control_plane`` modules the bench script imports that ``tree`` does not have.
+
+    Python does not fail on them: the virtualenv's editable install of the package (if any) supplies
+    them from wherever it points, mixed with this tree's modules. Worth knowing before trusting figures.
+    """
+    script = ast.parse((tree / "bench" / f"{name}.py").read_text())
+    wanted = {n.name for node in ast.walk(script) if isinstance(node, ast.Import) for n in node.names}
+    wanted |= {node.module for node in ast.walk(script) if isinstance(node, ast.ImportFrom) and node.module}
+    missing = []
+    for module in sorted(m for m in wanted if m.split(".")[0] == "control_plane"):
+        base = tree.joinpath(*module.split("."))
+        if not (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()):
+            missing.append(module)
+    return missing
 
 
 def last_json(stdout: str) -> Figures | None:
@@ -218,6 +238,13 @@ def main() -> None:
             f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
             flush=True,
         )
+        for side, tree in (("old", old_tree), ("new", new_tree)):
+            if missing := missing_modules(tree, args.bench):
+                print(
+                    f"note: the {side} tree has no {', '.join(missing)}; the bench imports "
+                    f"{'it' if len(missing) == 1 else 'them'} from the installed package, if any",
+                    flush=True,
+                )
         old: list[Figures] = []
         new: list[Figures] = []
         for i in range(1, args.rounds + 1):
