@@ -8,9 +8,11 @@ Shape (one node)::
         the road's rate; the next one LOOKAHEAD_S before this one's last slot, so the schedule
         never runs dry while a claim waits on a busy loop
         route each message (routing.decide) -> fail now | wait (retry later) | send on web / business_api
-        book governor slots for the batch -> one task per recipient chain (order kept per recipient);
-        each Cloud send also passes the per-number window guard (Governor.window_acquire)
-        each send's outcome -> recorder (group commit: one transaction for everything that finished
+        book governor slots for the batch (batch.py) -> one task per recipient chain (order kept per
+        recipient); each send goes through its road's provider (providers/web.py, providers/cloud.py:
+        ``send(message) -> Outcome``); each Cloud send also passes the per-number window guard
+        (Governor.window_acquire)
+        each send's outcome (outcomes.py) -> recorder (group commit: one transaction for everything that finished
         since the last commit, every tenant's sends in one round trip on MariaDB, at most one commit
         per RECORD_MIN_INTERVAL_S while busy; then message.sent / message.status / message.failed
         are emitted)
@@ -61,6 +63,7 @@ from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
 from control_plane.db.engine import utcnow
 from control_plane.messaging import outcomes, routing, tenant_context
+from control_plane.messaging.batch import BatchPlanner, Slot
 from control_plane.messaging.conversations import CanonicalAdopter, References
 from control_plane.messaging.governor import Governor, sleep_until
 from control_plane.messaging.tenant_context import CONTEXT_TTL_S, TenantContext
@@ -68,7 +71,6 @@ from control_plane.messaging.web_ingest import WebIngest
 from control_plane.providers.base import OutboundMessage, Retryable, Sent
 from control_plane.providers.cloud import CloudProvider
 from control_plane.providers.cloud_api import CloudAPIClient
-from control_plane.providers.graph_types import CloudCredentials
 from control_plane.providers.web import WebProvider
 from control_plane.webhooks.ingest import received_event, status_event
 
@@ -83,8 +85,6 @@ RECORD_BACKLOG_MAX = 1000  # outcomes sent but not yet committed, per node, befo
 # commits of a dozen rows each spent more CPU on those than on the rows.
 RECORD_MIN_INTERVAL_S = 0.03
 
-_Routed = tuple[dict[str, Any], routing.Decision]  # a claimed row and its road
-_Slot = tuple[dict[str, Any], routing.Decision, float]  # ... and the loop time it may go
 _STAT_OF_KIND = {
     outcomes.SENT: "sent",
     outcomes.FAILED: "failed",
@@ -252,6 +252,7 @@ class Dispatcher:
         self.web = WebProvider(supervisor, resolve)
         self.cloud = CloudProvider(cloud_api, self.governor, resolve, rate_per_s=settings.cloud_rate_per_s)
         self.adopter = CanonicalAdopter(db)
+        self.planner = BatchPlanner(self.governor, settings)
         self.recorder = Recorder(self)
         self.web_ingest = WebIngest(self.recorder, db=db, events=events)
         self._loops: dict[str, asyncio.Task] = {}
@@ -441,101 +442,19 @@ class Dispatcher:
         self, tenant_id: str, ctx: TenantContext, rows: list[dict[str, Any]], inflight: set[asyncio.Task]
     ) -> float:
         """Route a claimed batch and schedule its sends; returns the loop time of its last slot."""
-        now = utcnow()
-        last = asyncio.get_running_loop().time()
-        immediate, web_rows, cloud_rows = self._route(tenant_id, ctx, rows, now)
-        chains: dict[tuple[str, str], list[_Slot]] = {}
-        if cloud_rows and ctx.creds is not None:
-            last = max(last, await self._book_cloud(ctx.creds, cloud_rows, now, immediate, chains))
-        if web_rows:
-            gaps = self.governor.web_intervals(len(web_rows))
-            last = max(last, await self._book(f"web:{tenant_id}", gaps, web_rows, routing.WEB, chains))
-        self._count(immediate)
-        self.recorder.put(tenant_id, immediate)
-        for chain in chains.values():
+        plan = await self.planner.plan(tenant_id, ctx, rows)
+        if plan.waits_for_web:
+            self._waiting_web.add(tenant_id)
+        self.timing["dry_s"] += plan.dry_s
+        self._count(plan.immediate)
+        self.recorder.put(tenant_id, plan.immediate)
+        for chain in plan.chains.values():
             task = asyncio.create_task(self._run_chain(tenant_id, ctx, chain))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
-        return last
+        return plan.last
 
-    def _route(
-        self, tenant_id: str, ctx: TenantContext, rows: list[dict[str, Any]], now: dt.datetime
-    ) -> tuple[list[dict[str, Any]], list[_Routed], list[_Routed]]:
-        """(outcomes known now, rows for the Web session, rows for the Cloud API)."""
-        immediate: list[dict[str, Any]] = []
-        web_rows: list[_Routed] = []
-        cloud_rows: list[_Routed] = []
-        for row in rows:
-            if not ctx.active:  # held, not failed: the tenant may be reactivated
-                held_until = now + dt.timedelta(seconds=30)
-                immediate.append(outcomes.defer(row, None, held_until, "held: the tenant is deactivated"))
-                continue
-            decision = routing.decide(
-                kind=row["type"],
-                requested=row["requested_provider"],
-                roads=ctx.roads,
-                last_inbound_at=row["last_inbound_at"],
-                now=now,
-                web_capable=routing.web_capable(row["type"], row.get("content") or {}),
-            )
-            if decision.action == routing.FAIL:
-                code, why = decision.error_code, decision.reason
-                immediate.append(outcomes.failed(row, decision.provider, code, why, why))
-            elif decision.action == routing.WAIT:
-                if decision.provider == routing.WEB:
-                    self._waiting_web.add(tenant_id)
-                code, why = decision.error_code or "not_available", decision.reason
-                immediate.append(outcomes.retry(row, self.settings, decision.provider, code, why, why))
-            elif decision.provider == routing.WEB:
-                web_rows.append((row, decision))
-            else:
-                cloud_rows.append((row, decision))
-        return immediate, web_rows, cloud_rows
-
-    async def _book_cloud(
-        self,
-        creds: CloudCredentials,
-        rows: list[_Routed],
-        now: dt.datetime,
-        immediate: list[dict[str, Any]],
-        chains: dict[tuple[str, str], list[_Slot]],
-    ) -> float:
-        """Slots on the number's schedule for the rows their pair limit lets go now; the others are
-        put back (``defer``) until it does."""
-        number = f"cloud:{creds.phone_number_id}"
-        delays = await self.governor.pair_delays(number, [r["wa_id"] for r, _ in rows])
-        go = []
-        for (row, decision), delay in zip(rows, delays, strict=True):
-            if delay > 0:
-                at, why = (
-                    now + dt.timedelta(seconds=delay),
-                    f"paced: pair limit to {row['wa_id']} ({delay:.1f} s)",
-                )
-                immediate.append(outcomes.defer(row, routing.CLOUD, at, why))
-            else:
-                go.append((row, decision))
-        idle = self.governor.idle_s(number)
-        if idle is not None and go:
-            self.timing["dry_s"] += idle
-        return await self._book(number, [self.governor.cloud_interval()] * len(go), go, routing.CLOUD, chains)
-
-    async def _book(
-        self,
-        key: str,
-        gaps: list[float],
-        rows: list[_Routed],
-        provider: str,
-        chains: dict[tuple[str, str], list[_Slot]],
-    ) -> float:
-        """Reserve ``key``'s slots for ``rows`` (one chain per recipient keeps their order); returns
-        the loop time of the last slot (0.0: none)."""
-        slots = await self.governor.reserve(key, gaps)
-        base = asyncio.get_running_loop().time()
-        for (row, decision), delay in zip(rows, slots, strict=True):
-            chains.setdefault((provider, row["wa_id"]), []).append((row, decision, base + delay))
-        return base + max(slots) if slots else 0.0
-
-    async def _run_chain(self, tenant_id: str, ctx: TenantContext, chain: list[_Slot]) -> None:
+    async def _run_chain(self, tenant_id: str, ctx: TenantContext, chain: list[Slot]) -> None:
         loop = asyncio.get_running_loop()
         for row, decision, deadline in chain:
             await sleep_until(deadline)
