@@ -240,14 +240,7 @@ class Dispatcher:
         self.supervisor = supervisor
         self.events = events
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:12]}"
-        self.governor = Governor(
-            cloud_rate_per_s=settings.cloud_rate_per_s,
-            web_rate_per_s=settings.web_rate_per_s,
-            cloud_headroom=settings.cloud_rate_headroom,
-            pair_interval_s=settings.cloud_pair_interval_s,
-            pair_burst=settings.cloud_pair_burst,
-            redis=redis,
-        )
+        self.governor = Governor.from_settings(settings, redis)
         resolve = References(db).resolve
         self.web = WebProvider(supervisor, resolve)
         self.cloud = CloudProvider(cloud_api, self.governor, resolve, rate_per_s=settings.cloud_rate_per_s)
