@@ -20,13 +20,15 @@ from typing import Any
 
 from control_plane.db.engine import utcnow
 from control_plane.providers.base import Failed, Outcome, Retryable, Sent, Unknown
-from control_plane.statuses import MessageStatus
+from control_plane.statuses import MessageStatus, OutboxState
 
+# kind: SENT and FAILED are the message's new status, UNKNOWN the outbox's new state; RETRY and
+# DEFER put the row back in the queue (OutboxState.QUEUED) with its next_attempt_at.
 SENT = MessageStatus.SENT
 FAILED = MessageStatus.FAILED
+UNKNOWN = OutboxState.UNKNOWN
 RETRY = "retry"
 DEFER = "defer"
-UNKNOWN = "unknown"
 
 
 def sent(row: dict[str, Any], provider: str, provider_message_id: str, reason: str) -> dict[str, Any]:
