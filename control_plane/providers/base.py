@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from control_plane.providers.graph_types import CloudCredentials
@@ -78,6 +78,7 @@ class Unknown:
 Outcome = Sent | Retryable | Failed | Unknown
 
 
+@runtime_checkable
 class Provider(Protocol):
     """A road that carries messages."""
 

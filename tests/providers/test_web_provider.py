@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from control_plane.providers.base import WEB, Failed, OutboundMessage, Retryable, Sent, Unknown
+from control_plane.providers.base import WEB, Failed, OutboundMessage, Provider, Retryable, Sent, Unknown
+from control_plane.providers.cloud import CloudProvider
 from control_plane.providers.web import WebProvider
 from control_plane.supervisor import errors as sup
 
@@ -116,3 +117,10 @@ async def test_other_errors_propagate():
         await WebProvider(Sessions(error=sup.NotSandbox("no")), resolve).send(message("text", {"text": "x"}))
     with pytest.raises(RuntimeError):
         await WebProvider(Sessions(error=RuntimeError("boom")), resolve).send(message("text", {"text": "x"}))
+
+
+def test_both_roads_implement_the_send_protocol():
+    web = WebProvider(Sessions(), resolve)
+    cloud = CloudProvider(None, object(), resolve, rate_per_s=80)  # type: ignore[arg-type]  # never paced here
+    assert isinstance(web, Provider) and isinstance(cloud, Provider)
+    assert (web.name, cloud.name) == ("web", "business_api")
