@@ -116,8 +116,8 @@ class CloudAPIClient:
         self, creds: CloudCredentials, payload: Mapping[str, Any], *, to: str | None = None
     ) -> SendResult:
         """Send one message: ``payload`` holds ``type`` and the per-type part (and ``to`` unless
-        given here); ``messaging_product`` and ``recipient_type`` are filled in. The generic path
-        every ``send_*`` method and the outbox use."""
+        given here); ``messaging_product`` and ``recipient_type`` are filled in. What every
+        ``send_*`` method ends in (through :meth:`send_message`)."""
         body = {"messaging_product": "whatsapp", "recipient_type": "individual", **payload}
         if to is not None:
             body["to"] = to
