@@ -94,7 +94,7 @@ def _as_template(reason: str, roads: Roads, use_template: bool) -> Decision:
     return Decision(SEND, CLOUD, reason, use_fallback_template=use_template)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Facts:
     """What one message's road depends on."""
 
