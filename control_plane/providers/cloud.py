@@ -7,6 +7,7 @@ webhooks on it). Then the answer:
 
 - accepted: ``Sent`` (with the contact's canonical wa_id when Meta answers another one)
 - no answer: ``Unknown`` if the request may have reached Meta, else ``Retryable``
+- stored content the client cannot express (no media source, bad base64): ``Failed``
 - a Graph error pushes the governor back (130429 / bare 429: the number; 131056: the pair; 4 and
   80007: the app), and a refused token (auth / permission scope) blocks the road for the tenant for
   ``block_s`` (following messages fall back when the policy allows); then ``Retryable`` or
@@ -100,7 +101,10 @@ class CloudProvider:
         if creds is None or client is None:
             return Failed("no_route", "the Business API is not configured")
         try:
-            call = await self._prepare(client, creds, message)
+            try:
+                call = await self._prepare(client, creds, message)
+            except ValueError as exc:  # stored content the Cloud API cannot express (bad base64, no media)
+                return Failed("invalid_content", f"cannot send this message: {exc}")
             win = await self.pacer.window_acquire(f"cloud:{creds.phone_number_id}", self._window_limit)
             try:
                 result = await call()
@@ -164,7 +168,9 @@ class CloudProvider:
             return {"media_id": await client.upload_media(creds, data, mime, content.get("filename") or kind)}
         if content.get("media_id"):
             return {"media_id": content["media_id"]}
-        return {"link": content.get("link")}
+        if content.get("link"):
+            return {"link": content["link"]}
+        raise ValueError(f"{kind} messages need base64, media_id or link")
 
     # -- the answer ---------------------------------------------------------------------------
 

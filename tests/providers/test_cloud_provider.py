@@ -206,6 +206,16 @@ async def test_base64_media_is_uploaded_first(fake, cloud):
     assert fake.sent[-1]["body"] == body("image", {"id": media_id, "caption": "c"})
 
 
+async def test_content_the_client_cannot_express_fails_before_any_request(fake, cloud, pacer):
+    outcome = await cloud.send(message("image", {"caption": "no source"}))
+    assert outcome == Failed(
+        "invalid_content", "cannot send this message: image messages need base64, media_id or link"
+    )
+    outcome = await cloud.send(message("document", {"base64": "not base64!"}))
+    assert isinstance(outcome, Failed) and outcome.code == "invalid_content"
+    assert not fake.sent and not fake.media and pacer.calls == []
+
+
 async def test_canonical_wa_id_is_reported(fake, cloud):
     fake.set_wa_id(USER, "5516505551234")
     fake.open_window(PNID, "5516505551234")
