@@ -8,9 +8,11 @@ Shape (one node)::
         the road's rate; the next one LOOKAHEAD_S before this one's last slot, so the schedule
         never runs dry while a claim waits on a busy loop
         route each message (routing.decide) -> fail now | wait (retry later) | send on web / business_api
-        book governor slots for the batch -> one task per recipient chain (order kept per recipient);
-        each Cloud send also passes the per-number window guard (Governor.window_acquire)
-        each send's outcome -> recorder (group commit: one transaction for everything that finished
+        book governor slots for the batch (batch.py) -> one task per recipient chain (order kept per
+        recipient); each send goes through its road's provider (providers/web.py, providers/cloud.py:
+        ``send(message) -> Outcome``); each Cloud send also passes the per-number window guard
+        (Governor.window_acquire)
+        each send's outcome (outcomes.py) -> recorder (group commit: one transaction for everything that finished
         since the last commit, every tenant's sends in one round trip on MariaDB, at most one commit
         per RECORD_MIN_INTERVAL_S while busy; then message.sent / message.status / message.failed
         are emitted)
@@ -47,40 +49,33 @@ bridge timeout): "unknown", never blindly retried.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-import math
-import random
-import re
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from control_plane import events as event_types
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
-from control_plane.db import tenants as tenants_db
-from control_plane.db import whatsapp_config as config_db
 from control_plane.db.engine import utcnow
-from control_plane.messaging import routing
+from control_plane.messaging import outcomes, routing, tenant_context
+from control_plane.messaging.batch import BatchPlanner, Slot
+from control_plane.messaging.conversations import CanonicalAdopter, References
 from control_plane.messaging.governor import Governor, sleep_until
+from control_plane.messaging.tenant_context import CONTEXT_TTL_S, TenantContext
 from control_plane.messaging.web_ingest import WebIngest
-from control_plane.providers.cloud_api import (
-    CloudAPIClient,
-    CloudCredentials,
-    GraphAPIError,
-    GraphAPIUnavailable,
-)
-from control_plane.providers.graph_errors import ErrorScope
+from control_plane.providers.base import OutboundMessage, Retryable, Sent
+from control_plane.providers.cloud import CloudProvider
+from control_plane.providers.cloud_api import CloudAPIClient
+from control_plane.providers.web import WebProvider
 from control_plane.webhooks.ingest import received_event, status_event
 
 log = logging.getLogger(__name__)
 
-BATCH_WINDOW_S = 1.0  # a claim takes what the governor can send in this long
 # Claim the next batch this long before the current one's last slot: a claim is several round trips
 # that wait for a busy event loop each (100-800 ms under load); a schedule that runs dry loses that.
 LOOKAHEAD_S = 1.0
@@ -89,16 +84,14 @@ RECORD_BACKLOG_MAX = 1000  # outcomes sent but not yet committed, per node, befo
 # commit costs a few round trips whatever its size, and at thousands of sends a second back-to-back
 # commits of a dozen rows each spent more CPU on those than on the rows.
 RECORD_MIN_INTERVAL_S = 0.03
-CONTEXT_TTL_S = 5.0  # a tenant's config is re-read this often (and at once after a settings change)
-_OUR_ID = re.compile(r"^[0-9a-f]{32}$")
 
-
-@dataclass
-class TenantContext:
-    roads: routing.Roads
-    creds: CloudCredentials | None
-    loaded_at: float
-    active: bool = True
+_STAT_OF_KIND = {
+    outcomes.SENT: "sent",
+    outcomes.FAILED: "failed",
+    outcomes.RETRY: "retried",
+    outcomes.DEFER: "deferred",
+    outcomes.UNKNOWN: "unknown",
+}
 
 
 @dataclass
@@ -247,46 +240,28 @@ class Dispatcher:
         self.supervisor = supervisor
         self.events = events
         self.node_id = node_id or f"node-{uuid.uuid4().hex[:12]}"
-        self.governor = Governor(
-            cloud_rate_per_s=settings.cloud_rate_per_s,
-            web_rate_per_s=settings.web_rate_per_s,
-            cloud_headroom=settings.cloud_rate_headroom,
-            pair_interval_s=settings.cloud_pair_interval_s,
-            pair_burst=settings.cloud_pair_burst,
-            redis=redis,
-        )
+        self.governor = Governor.from_settings(settings, redis)
+        resolve = References(db).resolve
+        self.web = WebProvider(supervisor, resolve)
+        self.cloud = CloudProvider(cloud_api, self.governor, resolve, rate_per_s=settings.cloud_rate_per_s)
+        self.adopter = CanonicalAdopter(db)
+        self.planner = BatchPlanner(self.governor, settings)
         self.recorder = Recorder(self)
         self.web_ingest = WebIngest(self.recorder, db=db, events=events)
         self._loops: dict[str, asyncio.Task] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._inflight: dict[str, set[asyncio.Task]] = {}
         self._contexts: dict[str, TenantContext] = {}
-        self._cloud_blocked: dict[str, tuple[str, float]] = {}
         self._recent_tenants: dict[str, float] = {}
         self._waiting_web: set[str] = set()  # tenants with messages waiting for their session
-        self._adopting: set[tuple[str, int]] = set()  # conversations taking a canonical wa_id
-        self._background: set[asyncio.Task] = set()
         self._scanner: asyncio.Task | None = None
         self._closing = False
-        self.timing = {
-            "claims": 0,
-            "claim_s": 0.0,
-            "commits": 0,
-            "commit_s": 0.0,
-            "late_s": 0.0,
-            "sends": 0,
-            "dry_s": 0.0,
-            "claim_max_s": 0.0,
-        }
-        self.stats = {
-            "sent": 0,
-            "failed": 0,
-            "retried": 0,
-            "deferred": 0,
-            "unknown": 0,
-            "recovered": 0,
-            "requeued_unknown": 0,
-        }
+        self.timing: dict[str, float] = dict.fromkeys(
+            ("claims", "claim_s", "commits", "commit_s", "late_s", "sends", "dry_s", "claim_max_s"), 0
+        )
+        self.stats = dict.fromkeys(
+            ("sent", "failed", "retried", "deferred", "unknown", "recovered", "requeued_unknown"), 0
+        )
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -306,13 +281,12 @@ class Dispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         inflight = [t for s in self._inflight.values() for t in s]
         if inflight:
-            done, pending = await asyncio.wait(inflight, timeout=grace_s)
+            _, pending = await asyncio.wait(inflight, timeout=grace_s)
             for task in pending:
                 task.cancel()  # left "sending": the lease and reconciliation settle them
             await asyncio.gather(*pending, return_exceptions=True)
         await self.web_ingest.flush(timeout=grace_s)  # phone-typed messages received so far
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=grace_s)
+        await self.adopter.wait(grace_s)
         await self.recorder.flush(timeout=grace_s)
         await self.recorder.stop()
         t = self.timing
@@ -346,85 +320,27 @@ class Dispatcher:
     # -------------------------------------------------------------------------------- context
 
     async def context(self, tenant_id: str, *, fresh: bool = False) -> TenantContext:
+        """The tenant's roads: its config (cached ``CONTEXT_TTL_S``) with the live state over it."""
         now = time.monotonic()
         ctx = self._contexts.get(tenant_id)
         if ctx is None or fresh or now - ctx.loaded_at > CONTEXT_TTL_S:
-            async with self.db.connect() as conn:
-                cfg = await config_db.get_whatsapp_config(conn, tenant_id)
-                ms = await outbox_db.get_settings(conn, tenant_id)
-                tenant = await tenants_db.get_tenant(conn, tenant_id)
-            creds = None
-            api_type = cfg["api_type"] if cfg else "web"
-            cloud_configured = bool(
-                cfg
-                and api_type in ("business_api", "both")
-                and cfg["phone_number_id"]
-                and cfg["access_token_enc"]
-                and cfg["is_active"]
-            )
-            if cloud_configured:
-                try:
-                    token = self.secret_box.decrypt(cfg["access_token_enc"])
-                    creds = CloudCredentials(
-                        phone_number_id=cfg["phone_number_id"],
-                        waba_id=cfg["waba_id"] or "",
-                        access_token=token,
-                        api_version=cfg["api_version"] or self.settings.graph_api_version,
-                    )
-                except Exception:
-                    log.error("cannot decrypt the Business API token tenant=%s", tenant_id)
-                    cloud_configured = False
-            fallback = None
-            if ms and ms.get("fallback_template_name"):
-                fallback = {
-                    "name": ms["fallback_template_name"],
-                    "language": ms["fallback_template_language"],
-                    "body_param": bool(ms["fallback_template_body_param"]),
-                }
-            roads = routing.Roads(
-                policy=cfg["fallback_policy"] if cfg else "web_only",
-                web_configured=api_type in ("web", "both") and (cfg is None or cfg["is_active"]),
-                cloud_configured=cloud_configured,
-                fallback_template=fallback,
-            )
-            ctx = TenantContext(
-                roads=roads, creds=creds, loaded_at=now, active=bool(tenant and tenant["is_active"])
-            )
+            ctx = await tenant_context.load(self.db, self.secret_box, self.settings, tenant_id, now)
             self._contexts[tenant_id] = ctx
-        blocked = self._cloud_blocked.get(tenant_id)
-        if blocked and blocked[1] < now:
-            self._cloud_blocked.pop(tenant_id, None)
-            blocked = None
         web_ready = bool(self.supervisor is not None and self.supervisor.is_ready(tenant_id))
         state = "ready" if web_ready else "not running"
         state_fn = getattr(self.supervisor, "state", None)
         if not web_ready and callable(state_fn):
             st = state_fn(tenant_id)
             state = f"not ready (state {getattr(st, 'value', st) or 'stopped'})"
-        ctx.roads = routing.Roads(
-            **{
-                **ctx.roads.__dict__,
-                "web_ready": web_ready,
-                "web_state": state,
-                "cloud_blocked": blocked[0] if blocked else None,
-            }
+        ctx.roads = tenant_context.with_live_state(
+            ctx.roads, web_ready=web_ready, web_state=state, cloud_blocked=self.cloud.blocked(tenant_id)
         )
         return ctx
 
     def invalidate(self, tenant_id: str) -> None:
         """The tenant's config changed."""
         self._contexts.pop(tenant_id, None)
-        self._cloud_blocked.pop(tenant_id, None)
-
-    def _claim_size(self, ctx: TenantContext) -> int:
-        roads = ctx.roads
-        web_primary = roads.web_configured and (
-            roads.policy == "web_only"
-            or (roads.policy == "web_first" and roads.web_ready)
-            or not roads.cloud_configured
-        )
-        rate = self.settings.web_rate_per_s if web_primary else self.settings.cloud_rate_per_s
-        return max(1, min(self.settings.messaging_batch_max, math.ceil(rate * BATCH_WINDOW_S)))
+        self.cloud.unblock(tenant_id)
 
     # ------------------------------------------------------------------------------ the loops
 
@@ -465,14 +381,8 @@ class Dispatcher:
                 wake.clear()
                 try:
                     ctx = await self.context(tenant_id)
-                    limit = self._claim_size(ctx)
-                    t0 = time.perf_counter()
-                    async with self.db.begin() as conn:
-                        rows = await outbox_db.claim(conn, tenant_id, self.node_id, limit=limit)
-                    self.timing["claims"] += 1
-                    took = time.perf_counter() - t0
-                    self.timing["claim_s"] += took
-                    self.timing["claim_max_s"] = max(self.timing["claim_max_s"], took)
+                    limit = tenant_context.claim_size(ctx.roads, self.settings)
+                    rows = await self._claim(tenant_id, limit)
                     errors_in_row = 0
                 except asyncio.CancelledError:
                     raise
@@ -482,19 +392,8 @@ class Dispatcher:
                     await asyncio.sleep(min(5.0, 0.2 * 2**errors_in_row))
                     continue
                 if not rows:
-                    async with self.db.connect() as conn:
-                        nxt = await outbox_db.next_due_at(conn, tenant_id)
-                    if wake.is_set():
-                        continue
-                    if nxt is None and not inflight:
+                    if await self._idle(tenant_id, wake, inflight):
                         return  # idle: the scanner or notify() starts a new loop when work arrives
-                    wait = self.settings.messaging_poll_s
-                    if nxt is not None:
-                        wait = min(wait, max(0.01, (nxt - utcnow()).total_seconds()))
-                    try:
-                        await asyncio.wait_for(wake.wait(), wait)
-                    except TimeoutError:
-                        pass
                     continue
                 self._recent_tenants[tenant_id] = time.monotonic()
                 last = await self._dispatch_batch(tenant_id, ctx, rows, inflight)
@@ -507,101 +406,48 @@ class Dispatcher:
             if self._loops.get(tenant_id) is asyncio.current_task():
                 del self._loops[tenant_id]
 
+    async def _claim(self, tenant_id: str, limit: int) -> list[dict[str, Any]]:
+        t0 = time.perf_counter()
+        async with self.db.begin() as conn:
+            rows: list[dict[str, Any]] = await outbox_db.claim(conn, tenant_id, self.node_id, limit=limit)
+        took = time.perf_counter() - t0
+        self.timing["claims"] += 1
+        self.timing["claim_s"] += took
+        self.timing["claim_max_s"] = max(self.timing["claim_max_s"], took)
+        return rows
+
+    async def _idle(self, tenant_id: str, wake: asyncio.Event, inflight: set[asyncio.Task]) -> bool:
+        """Nothing to claim: wait for the next due message or a wake; True when the loop may end."""
+        async with self.db.connect() as conn:
+            nxt = await outbox_db.next_due_at(conn, tenant_id)
+        if wake.is_set():
+            return False
+        if nxt is None and not inflight:
+            return True
+        wait = self.settings.messaging_poll_s
+        if nxt is not None:
+            wait = min(wait, max(0.01, (nxt - utcnow()).total_seconds()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), wait)
+        return False
+
     async def _dispatch_batch(
         self, tenant_id: str, ctx: TenantContext, rows: list[dict[str, Any]], inflight: set[asyncio.Task]
     ) -> float:
         """Route a claimed batch and schedule its sends; returns the loop time of its last slot."""
-        now = utcnow()
-        loop = asyncio.get_running_loop()
-        immediate: list[dict[str, Any]] = []
-        web_rows: list[tuple[dict[str, Any], routing.Decision]] = []
-        cloud_rows: list[tuple[dict[str, Any], routing.Decision]] = []
-        for row in rows:
-            if not ctx.active:  # held, not failed: the tenant may be reactivated
-                immediate.append(
-                    {
-                        "message_id": row["message_id"],
-                        "kind": "defer",
-                        "provider": None,
-                        "next_attempt_at": now + dt.timedelta(seconds=30),
-                        "reason": "held: the tenant is deactivated",
-                    }
-                )
-                continue
-            decision = routing.decide(
-                kind=row["type"],
-                requested=row["requested_provider"],
-                roads=ctx.roads,
-                last_inbound_at=row["last_inbound_at"],
-                now=now,
-                web_capable=_web_capable(row),
-            )
-            if decision.action == "fail":
-                immediate.append(
-                    _failed(row, decision.provider, decision.error_code, decision.reason, decision.reason)
-                )
-            elif decision.action == "wait":
-                if decision.provider == routing.WEB:
-                    self._waiting_web.add(tenant_id)
-                immediate.append(
-                    self._retry(
-                        row,
-                        decision.provider,
-                        decision.error_code or "not_available",
-                        decision.reason,
-                        decision.reason,
-                    )
-                )
-            elif decision.provider == routing.WEB:
-                web_rows.append((row, decision))
-            else:
-                cloud_rows.append((row, decision))
-        last = loop.time()
-        chains: dict[tuple[str, str], list[tuple[dict[str, Any], routing.Decision, float]]] = {}
-        if cloud_rows and ctx.creds is not None:
-            number = f"cloud:{ctx.creds.phone_number_id}"
-            delays = await self.governor.pair_delays(number, [r["wa_id"] for r, _ in cloud_rows])
-            go = []
-            for (row, decision), delay in zip(cloud_rows, delays):
-                if delay > 0:
-                    immediate.append(
-                        {
-                            "message_id": row["message_id"],
-                            "kind": "defer",
-                            "provider": routing.CLOUD,
-                            "next_attempt_at": now + dt.timedelta(seconds=delay),
-                            "reason": f"paced: pair limit to {row['wa_id']} ({delay:.1f} s)",
-                        }
-                    )
-                else:
-                    go.append((row, decision))
-            idle = self.governor.idle_s(number)
-            if idle is not None and go:
-                self.timing["dry_s"] += idle
-            slots = await self.governor.reserve(number, [self.governor.cloud_interval()] * len(go))
-            base = loop.time()
-            for (row, decision), delay in zip(go, slots):
-                chains.setdefault((routing.CLOUD, row["wa_id"]), []).append((row, decision, base + delay))
-                last = max(last, base + delay)
-        if web_rows:
-            slots = await self.governor.reserve(
-                f"web:{tenant_id}", self.governor.web_intervals(len(web_rows))
-            )
-            base = loop.time()
-            for (row, decision), delay in zip(web_rows, slots):
-                chains.setdefault((routing.WEB, row["wa_id"]), []).append((row, decision, base + delay))
-                last = max(last, base + delay)
-        self._count(immediate)
-        self.recorder.put(tenant_id, immediate)
-        for chain in chains.values():
+        plan = await self.planner.plan(tenant_id, ctx, rows)
+        if plan.waits_for_web:
+            self._waiting_web.add(tenant_id)
+        self.timing["dry_s"] += plan.dry_s
+        self._count(plan.immediate)
+        self.recorder.put(tenant_id, plan.immediate)
+        for chain in plan.chains.values():
             task = asyncio.create_task(self._run_chain(tenant_id, ctx, chain))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
-        return last
+        return plan.last
 
-    async def _run_chain(
-        self, tenant_id: str, ctx: TenantContext, chain: list[tuple[dict[str, Any], routing.Decision, float]]
-    ) -> None:
+    async def _run_chain(self, tenant_id: str, ctx: TenantContext, chain: list[Slot]) -> None:
         loop = asyncio.get_running_loop()
         for row, decision, deadline in chain:
             await sleep_until(deadline)
@@ -613,340 +459,58 @@ class Dispatcher:
                 raise
             except Exception as exc:
                 log.exception("send crashed tenant=%s message=%s", tenant_id, row["message_id"])
-                outcome = self._unknown(row, decision.provider, decision.reason, f"internal error: {exc!r}")
+                why = f"internal error: {exc!r}"
+                outcome = outcomes.unknown(row, self.settings, decision.provider, decision.reason, why)
             self._count([outcome])
             self.recorder.put(tenant_id, [outcome])
 
-    def _count(self, outcomes: list[dict[str, Any]]) -> None:
-        for o in outcomes:
-            key = {
-                "sent": "sent",
-                "failed": "failed",
-                "retry": "retried",
-                "defer": "deferred",
-                "unknown": "unknown",
-            }[o["kind"]]
-            self.stats[key] += 1
-
-    # ------------------------------------------------------------------------------ outcomes
-
-    def _retry(
-        self,
-        row: dict[str, Any],
-        provider: str | None,
-        code: Any,
-        message: str,
-        reason: str,
-        *,
-        min_delay: float = 0.0,
-    ) -> dict[str, Any]:
-        s = self.settings
-        if row["attempts"] >= s.messaging_max_attempts:
-            return _failed(
-                row, provider, code, f"gave up after {row['attempts']} attempts: {message}", reason
-            )
-        backoff = min(s.messaging_retry_cap_s, s.messaging_retry_base_s * 2 ** (row["attempts"] - 1))
-        delay = max(min_delay, backoff * random.uniform(0.8, 1.2))
-        return {
-            "message_id": row["message_id"],
-            "kind": "retry",
-            "provider": provider,
-            "next_attempt_at": utcnow() + dt.timedelta(seconds=delay),
-            "error_code": code,
-            "error_message": message,
-            "reason": f"retry in {delay:.1f} s: {message}"[:255],
-        }
-
-    def _unknown(
-        self, row: dict[str, Any], provider: str | None, reason: str, message: str
-    ) -> dict[str, Any]:
-        return {
-            "message_id": row["message_id"],
-            "kind": "unknown",
-            "provider": provider,
-            "reason": reason,
-            "error_message": message,
-            "next_attempt_at": utcnow() + dt.timedelta(seconds=self.settings.messaging_reconcile_s),
-        }
+    def _count(self, recorded: list[dict[str, Any]]) -> None:
+        for o in recorded:
+            self.stats[_STAT_OF_KIND[o["kind"]]] += 1
 
     # --------------------------------------------------------------------------------- sending
 
     async def _send_one(
         self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
     ) -> dict[str, Any]:
-        if decision.provider == routing.WEB:
-            return await self._send_web(tenant_id, ctx, row, decision)
-        return await self._send_cloud(tenant_id, ctx, row, decision)
+        if decision.provider != routing.WEB:
+            return await self._send_cloud(tenant_id, ctx, row, decision)
+        outcome = await self.web.send(_outbound(tenant_id, row))
+        if isinstance(outcome, Retryable) and outcome.not_ready:
+            return await self._web_went_down(tenant_id, ctx, row, decision, outcome)
+        return outcomes.from_provider(row, self.settings, routing.WEB, decision.reason, outcome)
 
-    async def _send_web(
-        self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
-    ) -> dict[str, Any]:
-        from control_plane import supervisor as sup
-
-        args = await self._bridge_args(tenant_id, row)
-        try:
-            result = await self.supervisor.send(tenant_id, args)
-        except sup.SessionNotReady as exc:
-            fallback = routing.fallback_on_web_down(
-                ctx.roads, row["requested_provider"], row["type"], row["last_inbound_at"], utcnow()
-            )
-            if fallback is not None and ctx.creds is not None:
-                number = f"cloud:{ctx.creds.phone_number_id}"
-                (delay,) = await self.governor.reserve(number, [self.governor.cloud_interval()])
-                await asyncio.sleep(delay)
-                return await self._send_cloud(tenant_id, ctx, row, fallback)
-            self._waiting_web.add(tenant_id)
-            return self._retry(row, routing.WEB, "web_not_ready", str(exc), decision.reason)
-        except sup.BridgeBadRequest as exc:
-            return _failed(row, routing.WEB, f"bridge_{exc.bridge_code}", exc.bridge_message, decision.reason)
-        except sup.BridgeCommandError as exc:
-            if exc.bridge_code in ("not_on_whatsapp", "not_supported"):
-                return _failed(
-                    row, routing.WEB, f"bridge_{exc.bridge_code}", exc.bridge_message, decision.reason
-                )
-            return self._retry(
-                row, routing.WEB, f"bridge_{exc.bridge_code}", exc.bridge_message, decision.reason
-            )
-        except sup.BridgeUnavailable as exc:
-            if exc.ambiguous:
-                return self._unknown(row, routing.WEB, decision.reason, f"bridge gave no answer: {exc}")
-            return self._retry(row, routing.WEB, "bridge_unavailable", str(exc), decision.reason)
-        except sup.SupervisorClosed as exc:
-            return self._retry(row, routing.WEB, "shutting_down", str(exc), decision.reason)
-        pmid = str(result.get("id") or "")
-        if not pmid:
-            return self._unknown(
-                row, routing.WEB, decision.reason, "the bridge answered without a message id"
-            )
-        return {
-            "message_id": row["message_id"],
-            "kind": "sent",
-            "provider": routing.WEB,
-            "provider_message_id": pmid,
-            "conversation_id": row["conversation_id"],
-            "wa_id": row["wa_id"],
-            "reason": decision.reason,
-            "at": utcnow(),
-        }
-
-    async def _send_cloud(
-        self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
-    ) -> dict[str, Any]:
-        creds = ctx.creds
-        if creds is None or self.cloud_api is None:
-            return _failed(
-                row, routing.CLOUD, "no_route", "the Business API is not configured", decision.reason
-            )
-        try:
-            payload = await self._cloud_payload(tenant_id, ctx, row, decision)
-            win = await self.governor.window_acquire(
-                f"cloud:{creds.phone_number_id}", max(1, math.floor(self.settings.cloud_rate_per_s))
-            )
-            try:
-                result = await self.cloud_api.send_raw(creds, payload)
-            finally:
-                self.governor.window_release(win)
-        except GraphAPIUnavailable as exc:
-            if exc.maybe_sent:
-                return self._unknown(
-                    row, routing.CLOUD, decision.reason, f"no answer from the Graph API: {exc}"
-                )
-            return self._retry(row, routing.CLOUD, "graph_unavailable", str(exc), decision.reason)
-        except GraphAPIError as exc:
-            return await self._cloud_error(tenant_id, ctx, row, decision, exc)
-        if result.wa_id and messages_db.canonical_wa_id(result.wa_id) != row["wa_id"]:
-            self._adopt_canonical(tenant_id, row["conversation_id"], row["wa_id"], result.wa_id)
-        return {
-            "message_id": row["message_id"],
-            "kind": "sent",
-            "provider": routing.CLOUD,
-            "provider_message_id": result.wamid,
-            "conversation_id": row["conversation_id"],
-            "wa_id": row["wa_id"],
-            "reason": decision.reason,
-            "at": utcnow(),
-        }
-
-    def _adopt_canonical(self, tenant_id: str, conversation_id: int, old: str, new: str) -> None:
-        """Best effort, off the send path: the conversation takes the contact's canonical wa_id."""
-        key = (tenant_id, conversation_id)
-        if key in self._adopting:
-            return
-        self._adopting.add(key)
-
-        async def adopt() -> None:
-            try:
-                async with self.db.begin() as conn:
-                    changed = await messages_db.adopt_canonical_wa_id(
-                        conn, tenant_id, conversation_id, old, new
-                    )
-                if changed:
-                    log.info(
-                        "conversation %s takes the canonical wa_id %s (sent to %s) tenant=%s",
-                        conversation_id,
-                        new,
-                        old,
-                        tenant_id,
-                    )
-            except IntegrityError:
-                log.warning(
-                    "conversation %s: another conversation already has the canonical wa_id %s "
-                    "(sent to %s); both kept tenant=%s",
-                    conversation_id,
-                    new,
-                    old,
-                    tenant_id,
-                )
-            except Exception:
-                log.exception(
-                    "conversation %s: cannot take the canonical wa_id tenant=%s", conversation_id, tenant_id
-                )
-            finally:
-                self._adopting.discard(key)
-
-        task = asyncio.create_task(adopt(), name=f"adopt-wa-id-{conversation_id}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _cloud_error(
+    async def _web_went_down(
         self,
         tenant_id: str,
         ctx: TenantContext,
         row: dict[str, Any],
         decision: routing.Decision,
-        exc: GraphAPIError,
+        outcome: Retryable,
     ) -> dict[str, Any]:
-        code = str(exc.code) if exc.code is not None else f"http_{exc.http_status}"
-        text = exc.details or exc.message
-        number = f"cloud:{ctx.creds.phone_number_id}" if ctx.creds else "cloud:?"
-        if exc.code == 130429 or (exc.code is None and exc.http_status == 429):
-            await self.governor.penalize(number, exc.retry_after_s or 1.0)
-        elif exc.code == 131056:
-            await self.governor.penalize_pair(number, row["wa_id"], exc.retry_after_s or 6.0)
-        elif exc.code in (4, 80007):
-            await self.governor.penalize(number, exc.retry_after_s or 60.0)
-        if exc.scope in (ErrorScope.AUTH, ErrorScope.PERMISSION):
-            # Stop using the road for a while: following messages fall back when the policy allows.
-            self._cloud_blocked[tenant_id] = (f"token refused ({code})", time.monotonic() + 60.0)
-            log.warning("Business API token refused tenant=%s code=%s", tenant_id, code)
-        if exc.retryable:
-            return self._retry(
-                row, routing.CLOUD, code, text, decision.reason, min_delay=exc.retry_after_s or 0.0
-            )
-        return _failed(row, routing.CLOUD, code, text, decision.reason)
+        """Nothing was sent: the Cloud API takes it when the policy allows, else it waits for the
+        session."""
+        fallback = routing.fallback_on_web_down(
+            ctx.roads, row["requested_provider"], row["type"], row["last_inbound_at"], utcnow()
+        )
+        if fallback is not None and ctx.creds is not None:
+            number = f"cloud:{ctx.creds.phone_number_id}"
+            (delay,) = await self.governor.reserve(number, [self.governor.cloud_interval()])
+            await asyncio.sleep(delay)
+            return await self._send_cloud(tenant_id, ctx, row, fallback)
+        self._waiting_web.add(tenant_id)
+        return outcomes.retry(row, self.settings, routing.WEB, outcome.code, outcome.message, decision.reason)
 
-    async def _resolve_reference(self, tenant_id: str, ref: str, provider: str) -> str:
-        """``reply_to``/``reaction.message_id`` may name our message id: the provider wants its own."""
-        if not _OUR_ID.match(ref):
-            return ref
-        async with self.db.connect() as conn:
-            msg = await messages_db.get_message(conn, tenant_id, ref)
-        if msg and msg["provider_message_id"] and msg["provider"] == provider:
-            return msg["provider_message_id"]
-        return ref
-
-    async def _cloud_payload(
+    async def _send_cloud(
         self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
     ) -> dict[str, Any]:
-        """The Graph API request for a stored (provider-neutral) message."""
-        content = row["content"] or {}
-        kind = row["type"]
-        if decision.use_fallback_template:
-            tpl = ctx.roads.fallback_template or {}
-            part: dict[str, Any] = {
-                "name": tpl["name"],
-                "language": {"code": tpl["language"], "policy": "deterministic"},
-            }
-            if tpl.get("body_param"):
-                text = _plain_text(kind, content)[:1024] or "-"
-                part["components"] = [{"type": "body", "parameters": [{"type": "text", "text": text}]}]
-            payload: dict[str, Any] = {"type": "template", "template": part}
-        else:
-            if kind == "text":
-                part = {"body": content["text"], "preview_url": bool(content.get("preview_url"))}
-            elif kind in _MEDIA:
-                part = await self._cloud_media(ctx, kind, content)
-            elif kind == "template":
-                part = {
-                    "name": content["name"],
-                    "language": {"code": content["language"], "policy": "deterministic"},
-                }
-                if content.get("components"):
-                    part["components"] = content["components"]
-            elif kind == "reaction":
-                part = {
-                    "message_id": await self._resolve_reference(
-                        tenant_id, content["message_id"], routing.CLOUD
-                    ),
-                    "emoji": content["emoji"],
-                }
-            else:  # location, interactive: the stored object is the Cloud API's
-                part = {k: v for k, v in content.items() if k != "context"}
-            payload = {"type": kind, kind: part}
-        context = content.get("context") or {}
-        if context.get("id") and not decision.use_fallback_template:
-            payload["context"] = {
-                "message_id": await self._resolve_reference(tenant_id, context["id"], routing.CLOUD)
-            }
-        payload["to"] = row["wa_id"]
-        payload["biz_opaque_callback_data"] = row["message_id"]
-        return payload
-
-    async def _cloud_media(self, ctx: TenantContext, kind: str, content: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if content.get("base64"):
-            import base64
-
-            data = base64.b64decode(content["base64"])
-            out["id"] = await self.cloud_api.upload_media(
-                ctx.creds,
-                data,
-                content.get("mime_type") or "application/octet-stream",
-                content.get("filename") or f"{kind}",
-            )
-        elif content.get("media_id"):
-            out["id"] = content["media_id"]
-        else:
-            out["link"] = content.get("link")
-        if content.get("caption") is not None and kind in ("image", "video", "document"):
-            out["caption"] = content["caption"]
-        if content.get("filename") and kind == "document":
-            out["filename"] = content["filename"]
-        return out
-
-    async def _bridge_args(self, tenant_id: str, row: dict[str, Any]) -> dict[str, Any]:
-        """The bridge's ``send`` arguments for a stored (provider-neutral) message."""
-        content = row["content"] or {}
-        kind = row["type"]
-        args: dict[str, Any] = {"to": row["wa_id"]}
-        if kind == "text":
-            args.update(type="text", text=content["text"])
-        elif kind == "location":
-            args.update(
-                type="location",
-                location={
-                    "latitude": content["latitude"],
-                    "longitude": content["longitude"],
-                    "description": content.get("name") or content.get("address"),
-                },
-            )
-        else:
-            media: dict[str, Any] = {}
-            if content.get("base64"):
-                media["base64"] = content["base64"]
-            else:
-                media["url"] = content.get("link")
-            if content.get("mime_type"):
-                media["mimetype"] = content["mime_type"]
-            if content.get("filename"):
-                media["filename"] = content["filename"]
-            args.update(type="media", media=media)
-            if content.get("caption") is not None:
-                args["caption"] = content["caption"]
-        context = content.get("context") or {}
-        if context.get("id"):
-            args["reply_to"] = await self._resolve_reference(tenant_id, context["id"], routing.WEB)
-        return args
+        template = ctx.roads.fallback_template if decision.use_fallback_template else None
+        outcome = await self.cloud.send(
+            _outbound(tenant_id, row, creds=ctx.creds, fallback_template=template)
+        )
+        if isinstance(outcome, Sent) and outcome.canonical_wa_id:
+            self.adopter.adopt(tenant_id, row["conversation_id"], row["wa_id"], outcome.canonical_wa_id)
+        return outcomes.from_provider(row, self.settings, routing.CLOUD, decision.reason, outcome)
 
     # ------------------------------------------------------------------------------ recording
 
@@ -1189,33 +753,12 @@ class Dispatcher:
 
 # --------------------------------------------------------------------------------------- helpers
 
-_MEDIA = ("image", "video", "audio", "document", "sticker")
 
-
-def _web_capable(row: dict[str, Any]) -> bool:
-    """Media given by a Cloud API media id can only go by the Cloud API."""
-    return not (row["type"] in _MEDIA and (row.get("content") or {}).get("media_id"))
-
-
-def _plain_text(kind: str, content: dict[str, Any]) -> str:
-    if kind == "text":
-        return str(content.get("text") or "")
-    return str(content.get("caption") or "")
-
-
-def _failed(
-    row: dict[str, Any], provider: str | None, code: Any, message: str, reason: str
-) -> dict[str, Any]:
-    return {
-        "message_id": row["message_id"],
-        "kind": "failed",
-        "provider": provider,
-        "error_code": code,
-        "error_message": message,
-        "reason": reason,
-        "conversation_id": row.get("conversation_id"),
-        "wa_id": row.get("wa_id"),
-    }
+def _outbound(tenant_id: str, row: dict[str, Any], **cloud: Any) -> OutboundMessage:
+    """A claimed row as the providers take it (``cloud``: creds, fallback_template)."""
+    return OutboundMessage(
+        tenant_id, row["message_id"], row["wa_id"], row["type"], row["content"] or {}, **cloud
+    )
 
 
 def _status_data(

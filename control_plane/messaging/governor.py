@@ -101,6 +101,18 @@ class Governor:
 
     # -- intervals -------------------------------------------------------------------------------
 
+    @classmethod
+    def from_settings(cls, settings: Any, redis: Any = None) -> Governor:
+        """The limits configured for this process (CLOUD_RATE_PER_S, WEB_RATE_PER_S, ...)."""
+        return cls(
+            cloud_rate_per_s=settings.cloud_rate_per_s,
+            web_rate_per_s=settings.web_rate_per_s,
+            cloud_headroom=settings.cloud_rate_headroom,
+            pair_interval_s=settings.cloud_pair_interval_s,
+            pair_burst=settings.cloud_pair_burst,
+            redis=redis,
+        )
+
     def cloud_interval(self, rate: float | None = None) -> float:
         rate = rate or self.cloud_rate_per_s
         return (1.0 + self.cloud_headroom) / rate if rate > 0 else 0.0

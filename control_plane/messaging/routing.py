@@ -18,14 +18,21 @@ tenant's fallback template if one is configured, otherwise (no other road) it fa
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-WEB = "web"
-CLOUD = "business_api"
+from control_plane.providers.base import CLOUD, MEDIA_KINDS, WEB
+
 WINDOW = dt.timedelta(hours=24)
 WEB_TYPES = frozenset({"text", "image", "document", "audio", "video", "sticker", "location"})
 POLICIES = ("web_only", "business_api_only", "web_first", "business_api_first")
+# Decision.action
+SEND = "send"
+WAIT = "wait"
+FAIL = "fail"
+
+__all__ = ["CLOUD", "FAIL", "POLICIES", "SEND", "WAIT", "WEB", "WEB_TYPES", "WINDOW", "Decision", "Roads"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,11 @@ def window_open_until(last_inbound_at: dt.datetime | None) -> dt.datetime | None
     return last_inbound_at + WINDOW if last_inbound_at is not None else None
 
 
+def web_capable(kind: str, content: Mapping[str, Any]) -> bool:
+    """Media given by a Cloud API media id can only go by the Cloud API."""
+    return not (kind in MEDIA_KINDS and content.get("media_id"))
+
+
 def _cloud_can_carry(kind: str, in_window: bool, roads: Roads) -> tuple[bool, str, bool]:
     """(can, why-not, needs fallback template)."""
     if not roads.cloud_configured:
@@ -74,6 +86,63 @@ def _cloud_can_carry(kind: str, in_window: bool, roads: Roads) -> tuple[bool, st
     return False, "outside the 24 h window the Cloud API only takes templates", False
 
 
+def _as_template(reason: str, roads: Roads, use_template: bool) -> Decision:
+    """Send on the Cloud API, as the tenant's fallback template when ``use_template``."""
+    if use_template:
+        name = (roads.fallback_template or {}).get("name")
+        reason += f"; outside the 24 h window: sent as fallback template {name}"
+    return Decision(SEND, CLOUD, reason, use_fallback_template=use_template)
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What one message's road depends on."""
+
+    kind: str
+    roads: Roads
+    web_can_type: bool  # the Web session can carry this message
+    cloud_ok: bool
+    cloud_why: str  # why not, when not cloud_ok
+    cloud_tpl: bool  # the Cloud API takes it only as the fallback template
+
+    @property
+    def state(self) -> str:
+        return f"session {self.roads.web_state}"
+
+    @property
+    def web_usable(self) -> bool:
+        return self.roads.web_configured and self.web_can_type
+
+    def cloud(self, reason: str) -> Decision:
+        return _as_template(reason, self.roads, self.cloud_tpl)
+
+    def cloud_failure(self, prefix: str = "") -> Decision:
+        if not self.roads.cloud_configured:
+            why = prefix + "no configured road can carry this message"
+            return Decision(FAIL, None, why, error_code="no_route")
+        if self.roads.cloud_blocked:
+            return Decision(FAIL, CLOUD, prefix + self.cloud_why, error_code="provider_unusable")
+        return Decision(
+            FAIL,
+            CLOUD,
+            prefix + "the customer wrote more than 24 h ago (or never): outside the "
+            "window the Cloud API only takes templates; send a template or configure a "
+            "fallback template",
+            error_code="outside_window",
+        )
+
+    def cloud_or_fail(self, reason: str) -> Decision:
+        return self.cloud(reason) if self.cloud_ok else self.cloud_failure(f"{reason}: ")
+
+    def needs_cloud(self, why: str) -> Decision:
+        return Decision(
+            FAIL, WEB, f"{self.kind} messages need the Business API{why}", error_code="unsupported_on_web"
+        )
+
+    def wait_web(self, reason: str) -> Decision:
+        return Decision(WAIT, WEB, reason, error_code="web_not_ready")
+
+
 def decide(
     *,
     kind: str,
@@ -85,96 +154,68 @@ def decide(
 ) -> Decision:
     """The road for one message. ``requested``: auto | web | business_api (the request's ``provider``);
     ``web_capable=False`` for content only the Cloud API can carry (media given by Cloud media id)."""
-    in_window = window_open(last_inbound_at, now)
-    web_can_type = kind in WEB_TYPES and web_capable
-    cloud_ok, cloud_why, cloud_tpl = _cloud_can_carry(kind, in_window, roads)
-    state = f"session {roads.web_state}"
-
-    def cloud(reason: str) -> Decision:
-        if cloud_tpl:
-            reason += (
-                f"; outside the 24 h window: sent as fallback template {roads.fallback_template['name']}"
-            )
-        return Decision("send", CLOUD, reason, use_fallback_template=cloud_tpl)
-
-    def cloud_failure(prefix: str = "") -> Decision:
-        if not roads.cloud_configured:
-            return Decision(
-                "fail", None, prefix + "no configured road can carry this message", error_code="no_route"
-            )
-        if roads.cloud_blocked:
-            return Decision("fail", CLOUD, prefix + cloud_why, error_code="provider_unusable")
-        return Decision(
-            "fail",
-            CLOUD,
-            prefix + "the customer wrote more than 24 h ago (or never): outside the "
-            "window the Cloud API only takes templates; send a template or configure a "
-            "fallback template",
-            error_code="outside_window",
-        )
-
+    cloud_ok, cloud_why, cloud_tpl = _cloud_can_carry(kind, window_open(last_inbound_at, now), roads)
+    facts = _Facts(kind, roads, kind in WEB_TYPES and web_capable, cloud_ok, cloud_why, cloud_tpl)
     # An explicit road in the request overrides the policy (no fallback).
     if requested == WEB:
-        if not web_can_type:
-            return Decision(
-                "fail", WEB, f"{kind} messages need the Business API", error_code="unsupported_on_web"
-            )
-        if not roads.web_configured:
-            return Decision("fail", WEB, "the Web session is not configured", error_code="no_route")
-        if roads.web_ready:
-            return Decision("send", WEB, "requested provider web")
-        return Decision("wait", WEB, f"requested provider web; {state}", error_code="web_not_ready")
+        return _requested_web(facts)
     if requested == CLOUD:
-        if cloud_ok:
-            return cloud("requested provider business_api")
-        return cloud_failure("requested provider business_api: ")
-
+        return facts.cloud_or_fail("requested provider business_api")
     policy = roads.policy if roads.policy in POLICIES else "web_only"
-    web_usable = roads.web_configured and web_can_type
-    if policy == "web_only":
-        if not web_can_type:
-            return Decision(
-                "fail",
-                WEB,
-                f"{kind} messages need the Business API; policy is web_only",
-                error_code="unsupported_on_web",
-            )
-        if roads.web_ready:
-            return Decision("send", WEB, "policy web_only")
-        return Decision("wait", WEB, f"policy web_only; {state}", error_code="web_not_ready")
-    if policy == "business_api_only":
-        if cloud_ok:
-            return cloud("policy business_api_only")
-        return cloud_failure("policy business_api_only: ")
-    if policy == "web_first":
-        if web_usable and roads.web_ready:
-            return Decision("send", WEB, "policy web_first; session ready")
-        if cloud_ok:
-            why = f"{kind} messages need the Business API" if not web_can_type else f"{state}"
-            return cloud(f"fallback to business_api: {why}")
-        if web_usable:
-            return Decision(
-                "wait",
-                WEB,
-                f"policy web_first; {state}; Business API cannot take it ({cloud_why})",
-                error_code="web_not_ready",
-            )
-        return cloud_failure("policy web_first: ")
-    # business_api_first
-    if cloud_ok:
-        return cloud("policy business_api_first")
-    if web_usable and roads.web_ready:
-        return Decision("send", WEB, f"fallback to web: {cloud_why}")
-    if web_usable and roads.cloud_configured and not roads.cloud_blocked:
-        # Cloud could not take it (window); the session may come back.
-        return Decision(
-            "wait", WEB, f"policy business_api_first; {cloud_why}; {state}", error_code="web_not_ready"
-        )
-    if web_usable:
-        return Decision(
-            "wait", WEB, f"policy business_api_first; {cloud_why}; {state}", error_code="web_not_ready"
-        )
-    return cloud_failure("policy business_api_first: ")
+    return _BY_POLICY[policy](facts)
+
+
+def _requested_web(f: _Facts) -> Decision:
+    if not f.web_can_type:
+        return f.needs_cloud("")
+    if not f.roads.web_configured:
+        return Decision(FAIL, WEB, "the Web session is not configured", error_code="no_route")
+    if f.roads.web_ready:
+        return Decision(SEND, WEB, "requested provider web")
+    return f.wait_web(f"requested provider web; {f.state}")
+
+
+def _web_only(f: _Facts) -> Decision:
+    if not f.web_can_type:
+        return f.needs_cloud("; policy is web_only")
+    if f.roads.web_ready:
+        return Decision(SEND, WEB, "policy web_only")
+    return f.wait_web(f"policy web_only; {f.state}")
+
+
+def _business_api_only(f: _Facts) -> Decision:
+    return f.cloud_or_fail("policy business_api_only")
+
+
+def _web_first(f: _Facts) -> Decision:
+    if f.web_usable and f.roads.web_ready:
+        return Decision(SEND, WEB, "policy web_first; session ready")
+    if f.cloud_ok:
+        why = f"{f.kind} messages need the Business API" if not f.web_can_type else f.state
+        return f.cloud(f"fallback to business_api: {why}")
+    if f.web_usable:
+        return f.wait_web(f"policy web_first; {f.state}; Business API cannot take it ({f.cloud_why})")
+    return f.cloud_failure("policy web_first: ")
+
+
+def _business_api_first(f: _Facts) -> Decision:
+    if f.cloud_ok:
+        return f.cloud("policy business_api_first")
+    if f.web_usable and f.roads.web_ready:
+        return Decision(SEND, WEB, f"fallback to web: {f.cloud_why}")
+    if (
+        f.web_usable
+    ):  # Cloud cannot take it (window, not configured, token refused): the session may come back
+        return f.wait_web(f"policy business_api_first; {f.cloud_why}; {f.state}")
+    return f.cloud_failure("policy business_api_first: ")
+
+
+_BY_POLICY: dict[str, Callable[[_Facts], Decision]] = {
+    "web_only": _web_only,
+    "business_api_only": _business_api_only,
+    "web_first": _web_first,
+    "business_api_first": _business_api_first,
+}
 
 
 def fallback_on_web_down(
@@ -187,7 +228,4 @@ def fallback_on_web_down(
     cloud_ok, _, cloud_tpl = _cloud_can_carry(kind, window_open(last_inbound_at, now), roads)
     if not cloud_ok:
         return None
-    reason = "fallback to business_api: the Web session went down mid-send"
-    if cloud_tpl:
-        reason += f"; outside the 24 h window: sent as fallback template {roads.fallback_template['name']}"
-    return Decision("send", CLOUD, reason, use_fallback_template=cloud_tpl)
+    return _as_template("fallback to business_api: the Web session went down mid-send", roads, cloud_tpl)

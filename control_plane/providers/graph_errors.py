@@ -1,14 +1,29 @@
-"""Graph API error classification: the one table that says what a failure means.
+"""Graph API failures: the error tree, and the one table that says what a failure means.
 
-Pure module (standard library only). Built from the retry table in
-shared/reference/cloud-api.md §5. Key on ``error.code``, never on HTTP status or titles;
-the HTTP status only matters when there is no Graph error envelope at all (5xx from a proxy).
+Pure module (standard library only). Every failed Graph call raises a ``GraphAPIError``::
+
+    GraphAPIError            any failed Graph call: .code .subcode .http_status .details
+    │                        .retryable .retry_after_s .scope (from ERROR_TABLE below)
+    ├── GraphAPIAuthError    scope "auth" (codes 0, 190): the tenant's token is bad or expired
+    └── GraphAPIUnavailable  no usable answer: connection refused/reset, timeout (code None,
+        │                    retryable). .maybe_sent says whether the request may have reached
+        │                    Meta (a send retried after that can duplicate: no idempotency key).
+        └── GraphAPITimeout  connect or total timeout
+
+A 5xx without a Graph envelope is a plain ``GraphAPIError`` with ``code=None, retryable=True``.
+
+The table is built from the retry table in shared/reference/cloud-api.md §5. Key on ``error.code``,
+never on HTTP status or titles; the HTTP status only matters when there is no Graph error envelope
+at all (5xx from a proxy).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class ErrorScope(StrEnum):
@@ -91,3 +106,131 @@ def classify(code: int | None, http_status: int | None = None) -> Classification
     if code is None and http_status is None:
         return UNAVAILABLE
     return _UNLISTED
+
+
+class GraphAPIError(Exception):
+    """A Graph API call failed; see the module docstring for the tree."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        code: int | None = None,
+        subcode: int | None = None,
+        error_type: str | None = None,
+        details: str | None = None,
+        fbtrace_id: str | None = None,
+        retry_after_s: float | None = None,
+        phone_number_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+        self.code = code
+        self.subcode = subcode
+        self.error_type = error_type
+        self.details = details
+        self.fbtrace_id = fbtrace_id
+        self.phone_number_id = phone_number_id
+        cls = classify(code, http_status)
+        self.retryable: bool = cls.retryable
+        self.scope: ErrorScope = cls.scope
+        self.action: str = cls.action
+        # A server's Retry-After wins over the table's suggestion.
+        self.retry_after_s: float | None = retry_after_s if retry_after_s is not None else cls.retry_after_s
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.code is not None:
+            parts.append(f"code={self.code}")
+        if self.subcode is not None:
+            parts.append(f"subcode={self.subcode}")
+        if self.http_status is not None:
+            parts.append(f"http={self.http_status}")
+        if self.details:
+            parts.append(f"details={self.details!r}")
+        return " ".join(parts)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code!r}, subcode={self.subcode!r}, "
+            f"http_status={self.http_status!r}, retryable={self.retryable!r}, scope={self.scope.value!r})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe summary for storing on a message row or sending to the CRM."""
+        return {
+            "code": self.code,
+            "subcode": self.subcode,
+            "http_status": self.http_status,
+            "message": self.message,
+            "details": self.details,
+            "fbtrace_id": self.fbtrace_id,
+            "retryable": self.retryable,
+            "scope": self.scope.value,
+        }
+
+
+class GraphAPIAuthError(GraphAPIError):
+    """The access token was refused (code 0 or 190; subcode 463 expired, 467 invalid)."""
+
+
+class GraphAPIUnavailable(GraphAPIError):
+    """No usable answer from the Graph API (network error or timeout); always retryable."""
+
+    def __init__(self, message: str, *, maybe_sent: bool, phone_number_id: str | None = None) -> None:
+        super().__init__(message, phone_number_id=phone_number_id)
+        self.maybe_sent = maybe_sent
+
+
+class GraphAPITimeout(GraphAPIUnavailable):
+    """The call timed out (connect or total)."""
+
+
+def error_from_response(
+    status: int, body: str, headers: Mapping[str, str | None], pnid: str | None
+) -> GraphAPIError:
+    """The error for an HTTP answer >= 400 (its body may or may not be a Graph error envelope)."""
+    retry_after = _parse_retry_after(headers.get("Retry-After"))
+    envelope: Any = None
+    try:
+        envelope = json.loads(body).get("error") if body else None
+    except (ValueError, AttributeError):
+        envelope = None
+    if not isinstance(envelope, dict):
+        return GraphAPIError(
+            f"HTTP {status} from Graph API: {body[:200]!r}",
+            http_status=status,
+            retry_after_s=retry_after,
+            phone_number_id=pnid,
+        )
+    code = _int_or_none(envelope.get("code"))
+    error_data = envelope.get("error_data") or {}
+    details = error_data.get("details") if isinstance(error_data, dict) else None
+    cls = GraphAPIAuthError if code in (0, 190) else GraphAPIError
+    return cls(
+        str(envelope.get("message") or "Graph API error"),
+        http_status=status,
+        code=code,
+        subcode=_int_or_none(envelope.get("error_subcode")),
+        error_type=envelope.get("type"),
+        details=details,
+        fbtrace_id=envelope.get("fbtrace_id"),
+        retry_after_s=retry_after,
+        phone_number_id=pnid,
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None

@@ -25,6 +25,7 @@ connections; a request written to one that is being closed would end as "may hav
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl as ssl_module
 import time
 from collections import deque
@@ -347,10 +348,8 @@ class HTTP1Pool:
 
     def _forget(self, conn: _Conn) -> None:
         self._all.discard(conn)
-        try:
+        with contextlib.suppress(ValueError):
             self._idle.remove(conn)
-        except ValueError:
-            pass
 
     async def close(self) -> None:
         self._closed = True

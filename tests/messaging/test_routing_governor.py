@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import time
 
 import pytest
@@ -72,6 +73,24 @@ def test_routing_by_policy_with_reasons():
     assert d("web_first", requested="web").action == "wait"
     assert d("web_only", requested="business_api").provider == "business_api"
     assert d("web_first", requested="web", kind="reaction").error_code == "unsupported_on_web"
+
+
+def test_media_given_by_cloud_media_id_cannot_go_on_web():
+    assert routing.web_capable("image", {"link": "https://x/y.jpg"})
+    assert not routing.web_capable("image", {"media_id": "4490"})
+    assert routing.web_capable("text", {"text": "x", "media_id": "4490"})
+    r = decide(
+        kind="image",
+        requested="auto",
+        roads=Roads(policy="web_first", web_ready=True, cloud_configured=True),
+        last_inbound_at=RECENT,
+        now=NOW,
+        web_capable=False,
+    )
+    assert (
+        r.provider == "business_api"
+        and r.reason == "fallback to business_api: image messages need the Business API"
+    )
 
 
 @pytest.mark.smoke
@@ -188,7 +207,7 @@ async def test_governor_is_shared_across_nodes_through_redis(redis_url):
         second = await b.reserve("cloud:shared", [gap] * 50)
         assert first[0] <= 0.01 and abs(first[-1] - 49 * gap) < 0.01
         assert second[0] >= first[-1] + gap - elapsed - 0.05 - (time.monotonic() - t0), (first[-1], second[0])
-        assert all(abs((y - x) - gap) < 1e-3 for x, y in zip(second, second[1:]))
+        assert all(abs((y - x) - gap) < 1e-3 for x, y in itertools.pairwise(second))
         await a.penalize("cloud:shared", 5.0)
         (later,) = await b.reserve("cloud:shared", [gap])
         assert later >= 4.9

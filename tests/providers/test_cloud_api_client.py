@@ -430,7 +430,7 @@ async def test_signature_covers_the_exact_ascii_escaped_bytes(receiver):
 
 
 async def test_batch_has_n_entries_by_m_changes(receiver):
-    url, got = receiver
+    url, _got = receiver
     payload = g.text_batch(2, 3, waba_id=[WABA, "2000"], phone_number_id=[PNID, "3000"])
     assert len(payload["entry"]) == 2 and all(len(e["changes"]) == 3 for e in payload["entry"])
     assert payload["entry"][1]["changes"][0]["value"]["metadata"]["phone_number_id"] == "3000"
@@ -462,7 +462,7 @@ def test_inbound_builders_follow_the_reference():
 async def test_sender_opens_window_and_sends_statuses(fake, client, receiver):
     url, got = receiver
     hooks = fake.webhooks(url, SECRET)
-    delivery, wamid_in = await hooks.text(PNID, USER, "hi there")
+    delivery, _wamid_in = await hooks.text(PNID, USER, "hi there")
     assert delivery.status == 200 and fake.window_open(PNID, USER)
     result = await client.send_text(CREDS, USER, "hello back", biz_opaque_callback_data="ob-7")
     out = await hooks.statuses(
@@ -480,6 +480,7 @@ async def test_sender_opens_window_and_sends_statuses(fake, client, receiver):
 
 async def test_token_never_logged_and_download_size_cap(fake, client, caplog):
     caplog.set_level(logging.DEBUG, logger="control_plane.providers.cloud_api")
+    caplog.set_level(logging.DEBUG, logger="control_plane.providers.graph_http")
     fake.open_window(PNID, USER)
     await client.send_text(CREDS, USER, "x")
     await _error(client.send_text(CloudCredentials(PNID, WABA, "bad-token-xyz"), USER, "x"))

@@ -112,7 +112,7 @@ async def test_answers_split_anywhere_chunked_and_100_continue():
 async def test_connection_close_and_read_until_close():
     answers = iter(
         [
-            ok(extra=b"Connection: close\r\n") + ["close"],
+            [*ok(extra=b"Connection: close\r\n"), "close"],
             [b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 3\r\n\r\nbusy", "close"],
             ok(),
         ]
@@ -156,7 +156,7 @@ async def test_failures_say_whether_the_request_may_have_been_processed():
 
 
 async def test_a_connection_the_server_closed_while_idle_is_not_reused():
-    answers = iter([ok() + [0.05, "close"], ok()])
+    answers = iter([[*ok(), 0.05, "close"], ok()])
     async with Server(lambda req: next(answers)) as srv:
         pool = http1.HTTP1Pool(srv.url)
         assert (await pool.request("POST", "/a", body=b"{}")).status == 200
@@ -167,7 +167,7 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused():
 
 
 async def test_concurrent_requests_use_separate_connections_up_to_the_cap():
-    async with Server(lambda req: [0.05] + ok()) as srv:
+    async with Server(lambda req: [0.05, *ok()]) as srv:
         pool = http1.HTTP1Pool(srv.url, max_connections=3)
         results = await asyncio.gather(*(pool.request("POST", f"/{i}", body=b"{}") for i in range(9)))
         assert all(r.status == 200 for r in results)
