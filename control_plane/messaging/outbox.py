@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from control_plane import errors
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
+from control_plane.db import templates as templates_db
 from control_plane.messaging import models
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ async def enqueue(
     if kind == "template" and templates_known:
         tpl = content
         async with db.connect() as conn:
-            known = await messages_db.get_template(conn, tenant_id, tpl["name"], tpl["language"])
+            known = await templates_db.get_template(conn, tenant_id, tpl["name"], tpl["language"])
         models.check_template_against_known(tpl, known)
     try:
         row = await _insert(
