@@ -1,0 +1,106 @@
+"""Inbound order on the Web road: messages a contact sends one after another (each after the previous
+one's 200 on ``POST /api/sandbox/incoming``) are published (event log seqs) and listed (conversation
+history) in the order the bridge reported them, with the bridge's millisecond timestamps.
+
+Once, ten such messages came out as ``m1 m2 m3 m9 m10 m8 m7 m6 m5 m4``: a batch's rows were sorted by
+their whole-second timestamp, then by the random message id, and shared one ``created_at``.
+Real app, real MariaDB, real scripted bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+from tests.messaging.conftest import create_tenant, ready_sandbox
+from tests.support import wait_for
+
+CONTACT = "16505550{:03d}"
+
+
+async def _incoming(http, tenant: dict[str, Any], wa_id: str, texts: list[str]) -> None:
+    for text in texts:  # one after another: each waits for the previous one's 200
+        resp = await http.post(
+            "/api/sandbox/incoming", json={"from": wa_id, "text": text}, headers=tenant["headers"]
+        )
+        assert resp.status == 200, await resp.text()
+
+
+def _received(db_rows, tenant_id: str) -> list[dict[str, Any]]:
+    rows = db_rows(
+        "SELECT seq, data FROM event_log WHERE tenant_id = :t AND type = 'message.received' ORDER BY seq",
+        t=tenant_id,
+    )
+    return [{"seq": r["seq"], **json.loads(r["data"])} for r in rows]
+
+
+async def _history(http, tenant: dict[str, Any], conversation_id: int) -> list[dict[str, Any]]:
+    """The conversation's messages, oldest first (the API pages newest first)."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": "200", **({"cursor": cursor} if cursor else {})}
+        resp = await http.get(
+            f"/api/conversations/{conversation_id}/messages", params=params, headers=tenant["headers"]
+        )
+        assert resp.status == 200, await resp.text()
+        page = await resp.json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return items[::-1]
+
+
+def _ms(text: str) -> dt.datetime:
+    """An event timestamp: always milliseconds and a Z (``format_ts``)."""
+    assert text.endswith("Z") and len(text) == len("2025-01-31T12:00:00.123Z"), text
+    return dt.datetime.fromisoformat(text[:-1])
+
+
+def _api_ts(text: str) -> dt.datetime:
+    assert text.endswith("Z"), text
+    return dt.datetime.fromisoformat(text[:-1])
+
+
+async def _check_contact(http, db_rows, tenant, wa_id: str, texts: list[str]) -> None:
+    events = [e for e in _received(db_rows, tenant["id"]) if e["from"] == wa_id]
+    assert [e["content"]["text"] for e in events] == texts
+    assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
+    stamps = [_ms(e["timestamp"]) for e in events]  # the bridge's, to the millisecond
+    assert stamps == sorted(stamps)
+    history = await _history(http, tenant, events[0]["conversation_id"])
+    assert [m["content"]["text"] for m in history] == texts
+    assert [m["id"] for m in history] == [e["message_id"] for e in events]
+    assert [_api_ts(m["provider_timestamp"]) for m in history] == stamps
+    created = [m["created_at"] for m in history]
+    assert len(set(created)) == len(created)  # a stable order, not a tie broken by ids
+
+
+async def _all_stored(db_rows, tenant_id: str, n: int) -> None:
+    async def done() -> bool:
+        return len(_received(db_rows, tenant_id)) >= n
+
+    await wait_for(done, timeout=20, interval=0.05, message=f"{n} messages published")
+    assert len(_received(db_rows, tenant_id)) == n
+
+
+async def test_one_contact_in_sequence_keeps_its_order(app_client, db_rows):
+    tenant = await create_tenant(app_client, sandbox=True)
+    await ready_sandbox(app_client, tenant)
+    texts = [f"m{i}" for i in range(1, 201)]
+    await _incoming(app_client, tenant, CONTACT.format(1), texts)
+    await _all_stored(db_rows, tenant["id"], len(texts))
+    await _check_contact(app_client, db_rows, tenant, CONTACT.format(1), texts)
+    stamps = [_ms(e["timestamp"]) for e in _received(db_rows, tenant["id"])]
+    assert any(s.microsecond for s in stamps)  # milliseconds kept, not whole seconds
+
+
+async def test_ten_contacts_at_once_each_keep_their_order(app_client, db_rows):
+    tenant = await create_tenant(app_client, sandbox=True)
+    await ready_sandbox(app_client, tenant)
+    contacts = {CONTACT.format(c): [f"c{c}-m{i}" for i in range(1, 51)] for c in range(10)}
+    await asyncio.gather(*(_incoming(app_client, tenant, wa, texts) for wa, texts in contacts.items()))
+    await _all_stored(db_rows, tenant["id"], 500)
+    for wa_id, texts in contacts.items():
+        await _check_contact(app_client, db_rows, tenant, wa_id, texts)
