@@ -233,7 +233,8 @@ class GroupCommit(Generic[T]):
                 backoff = 0.05
 
     def _take(self) -> list[_Entry[T]]:
-        queue, batch, weight = self._queue, [], 0
+        queue, weight = self._queue, 0
+        batch: list[_Entry[T]] = []
         while queue and (not batch or weight + queue[0].weight <= self.max_batch):
             entry = queue.popleft()
             batch.append(entry)

@@ -56,14 +56,14 @@ def clip(value: Any, length: int) -> Any:
     return value
 
 
-def dialect_insert(conn: AsyncConnection, table: sa.Table):
+def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
     """The dialect's INSERT (for ON DUPLICATE KEY / ON CONFLICT)."""
     if conn.dialect.name == "sqlite":
         return sqlite_dialect.insert(table)
     return mysql_dialect.insert(table)
 
 
-def insert_ignore(conn: AsyncConnection, table: sa.Table):
+def insert_ignore(conn: AsyncConnection, table: sa.Table) -> sa.Insert:
     """INSERT that skips rows hitting a unique key (a concurrent writer on another node)."""
     if conn.dialect.name == "sqlite":
         return table.insert().prefix_with("OR IGNORE")
@@ -186,6 +186,7 @@ async def mark_conversation_read(conn: AsyncConnection, tenant_id: str, conversa
 
 async def upsert_conversations(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Multi-row upsert: counts add up, times only move forward, names are kept when absent."""
+    stmt: Any
     if conn.dialect.name == "sqlite":
         stmt = sqlite_dialect.insert(conversations)
         ex = stmt.excluded

@@ -9,7 +9,9 @@ twins (SQLite, MySQL) are in ``db/inbound.py`` and ``db/conversations.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -17,19 +19,40 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from control_plane.db import events as events_db
 
 
-async def driver_query(conn: AsyncConnection, sql: str) -> tuple[list[tuple], int]:
-    """Run one parameterless statement on ``conn``'s driver connection, inside its transaction (no
-    SQLAlchemy statement machinery); returns (rows, rowcount). Driver errors come out as SQLAlchemy's."""
-    raw = await conn.get_raw_connection()
+async def _driver(conn: AsyncConnection) -> Any:
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None
+    return driver
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Driver errors raised inside come out as SQLAlchemy's (chained to the original)."""
     try:
-        async with raw.driver_connection.cursor() as cur:
-            await cur.execute(sql)
-            return list(await cur.fetchall()), cur.rowcount
+        yield
     except Exception as exc:
-        translated = events_db.as_sqlalchemy_error(exc, "webhook ingest")
+        translated = events_db.as_sqlalchemy_error(exc, "inbound messages")
         if translated is exc:
             raise
         raise translated from exc
+
+
+async def _query(driver: Any, sql: str) -> tuple[list[tuple], int]:
+    with _translated():
+        async with driver.cursor() as cur:
+            await cur.execute(sql)
+            return list(await cur.fetchall()), cur.rowcount
+
+
+async def driver_query(conn: AsyncConnection, sql: str) -> tuple[list[tuple], int]:
+    """Run one parameterless statement on ``conn``'s driver connection, inside its transaction (no
+    SQLAlchemy statement machinery); returns (rows, rowcount). Driver errors come out as SQLAlchemy's."""
+    return await _query(await _driver(conn), sql)
+
+
+async def driver_fetch(driver: Any, sql: str) -> list[tuple]:
+    """Run one statement on a driver (aiomysql) connection inside its transaction; its rows."""
+    return (await _query(driver, sql))[0]
 
 
 async def run_deferred(conn: AsyncConnection, deferred: list[str]) -> None:
@@ -37,17 +60,11 @@ async def run_deferred(conn: AsyncConnection, deferred: list[str]) -> None:
     if not deferred:
         return
     sql, deferred[:] = ";".join(deferred), []
-    raw = await conn.get_raw_connection()
-    try:
-        async with raw.driver_connection.cursor() as cur:
+    with _translated():
+        async with (await _driver(conn)).cursor() as cur:
             await cur.execute(sql)
             while await cur.nextset():
                 pass
-    except Exception as exc:
-        translated = events_db.as_sqlalchemy_error(exc, "webhook ingest")
-        if translated is exc:
-            raise
-        raise translated from exc
 
 
 def raw_mariadb(conn: AsyncConnection) -> bool:
@@ -58,20 +75,6 @@ def raw_mariadb(conn: AsyncConnection) -> bool:
         and bool(getattr(dialect, "is_mariadb", False))
         and (dialect.server_version_info or ()) >= (10, 5)
     )
-
-
-async def driver_fetch(driver: Any, sql: str) -> list[tuple]:
-    """Run one statement on a driver (aiomysql) connection inside its transaction; its rows.
-    Driver errors come out as SQLAlchemy's."""
-    try:
-        async with driver.cursor() as cur:
-            await cur.execute(sql)
-            return list(await cur.fetchall())
-    except Exception as exc:
-        translated = events_db.as_sqlalchemy_error(exc, "webhook ingest")
-        if translated is exc:
-            raise
-        raise translated from exc
 
 
 def _lit(value: str | None) -> str:

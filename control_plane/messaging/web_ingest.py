@@ -64,6 +64,34 @@ def _ts(value: Any) -> dt.datetime | None:
     return _EPOCH + dt.timedelta(milliseconds=round(seconds * 1000))
 
 
+def _content(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A bridge message's (type, provider-neutral content)."""
+    raw_type = str(data.get("type") or "chat")
+    body = data.get("body") if isinstance(data.get("body"), str) else ""
+    if raw_type in ("chat", "text"):
+        return "text", {"text": body}
+    if raw_type in _MEDIA_KINDS:
+        media: dict[str, Any] = data["media"] if isinstance(data.get("media"), dict) else {}
+        content: dict[str, Any] = {"mime_type": media.get("mimetype")}
+        if media.get("filename"):
+            content["filename"] = media["filename"]
+        if body:
+            content["caption"] = body
+        if raw_type == "ptt":
+            content["voice"] = True
+        if media.get("url"):
+            content["url"] = media["url"]
+        # Inline media bytes are not stored in the message row (they can be megabytes).
+        return _MEDIA_KINDS[raw_type], content
+    if raw_type == "location":
+        loc: dict[str, Any] = data["location"] if isinstance(data.get("location"), dict) else {}
+        content = {"latitude": loc.get("latitude"), "longitude": loc.get("longitude")}
+        if loc.get("description"):
+            content["name"] = loc["description"]
+        return "location", content
+    return raw_type[:32], {"raw": {"type": raw_type, "body": body}}
+
+
 def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
     """A bridge ``message`` event -> a ``record_inbound_messages`` item (None: not for us).
     A ``from_me`` one (typed on the phone) gets ``from_me: True`` and ``wa_id`` = the recipient."""
@@ -75,32 +103,7 @@ def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
         wa_id = chat_wa_id(data.get("from") or data.get("chat_id"))
     if not isinstance(message_id, str) or not message_id or not wa_id:
         return None
-    raw_type = str(data.get("type") or "chat")
-    body = data.get("body") if isinstance(data.get("body"), str) else ""
-    content: dict[str, Any]
-    if raw_type in ("chat", "text"):
-        kind, content = "text", {"text": body}
-    elif raw_type in _MEDIA_KINDS:
-        kind = _MEDIA_KINDS[raw_type]
-        media = data.get("media") if isinstance(data.get("media"), dict) else {}
-        content = {"mime_type": media.get("mimetype")}
-        if media.get("filename"):
-            content["filename"] = media["filename"]
-        if body:
-            content["caption"] = body
-        if raw_type == "ptt":
-            content["voice"] = True
-        if media.get("url"):
-            content["url"] = media["url"]
-        # Inline media bytes are not stored in the message row (they can be megabytes).
-    elif raw_type == "location":
-        loc = data.get("location") if isinstance(data.get("location"), dict) else {}
-        content = {"latitude": loc.get("latitude"), "longitude": loc.get("longitude")}
-        if loc.get("description"):
-            content["name"] = loc["description"]
-        kind = "location"
-    else:
-        kind, content = raw_type[:32], {"raw": {"type": raw_type, "body": body}}
+    kind, content = _content(data)
     if data.get("quoted_id"):
         content["context"] = {"id": str(data["quoted_id"])}
     if from_me:

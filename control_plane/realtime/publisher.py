@@ -312,7 +312,7 @@ class EventPublisher:
         if seqs is not None:
             assert event_log is not None and after is not None
             try:
-                return await self._commit_predicted(batch, seqs, event_log, turn.writer, after, turn)
+                return list(await self._commit_predicted(batch, seqs, event_log, turn.writer, after, turn))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -333,7 +333,7 @@ class EventPublisher:
                 self.stats["mispredicted"] += 1
                 log.debug("event batch of %d renumbered after %s", len(batch), exc)
         try:
-            return await self._commit(batch, number, event_log, turn)
+            return list(await self._commit(batch, number, event_log, turn))
         except asyncio.CancelledError:
             raise
         except IntegrityError as exc:
@@ -489,7 +489,8 @@ class EventPublisher:
             inline = hasattr(self.sink, "deliver_now")  # then these were delivered here: forward
             if envelopes and self.sink is not None:
                 try:
-                    await (self.sink.forward(envelopes) if inline else self.sink.broadcast(envelopes))
+                    sink: Any = self.sink  # forward() comes with deliver_now (see Sink)
+                    await (sink.forward(envelopes) if inline else sink.broadcast(envelopes))
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # clients catch up from the log on their next event
