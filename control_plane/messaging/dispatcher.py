@@ -146,21 +146,13 @@ class Dispatcher:
             "dry_s": 0.0,
             "claim_max_s": 0.0,
         }
-        self.stats = {
-            "sent": 0,
-            "failed": 0,
-            "retried": 0,
-            "deferred": 0,
-            "unknown": 0,
-            "recovered": 0,
-            "requeued_unknown": 0,
-        }
+        counts = ("sent", "failed", "retried", "deferred", "unknown", "recovered", "requeued_unknown")
+        self.stats = dict.fromkeys(counts, 0)
         self.recorder = Recorder(
             db=db, events=events, settings=settings, notify=self.notify, timing=self.timing
         )
-        # Web messages and acks go to the app's inbound service (or, without one, our own).
-        self._own_inbound = inbound is None
-        self.inbound = inbound if inbound is not None else InboundService(db, lambda: events)
+        self._own_inbound = inbound is None  # Web events go to the app's inbound service, else our own
+        self.inbound = inbound or InboundService(db, lambda: events)
         self.web_ingest = WebIngest(self.inbound)
 
     # ------------------------------------------------------------------------------- lifecycle

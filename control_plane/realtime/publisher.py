@@ -7,8 +7,7 @@
     envelopes = await events.append_many(conn, [(tenant_id, type, data), ...])
         the same for many events, in one multi-row insert.
     prepared = events.prepare([...]); ...; envelopes = prepared.envelopes(seqs)
-        for writers that append with their own statements (``realtime/unit.py`` wraps all of this:
-        a transaction whose events are emitted once it commits).
+        for writers appending with their own statements (``realtime/unit.py`` wraps all of these).
 
 Envelope (a dict): ``{seq, tenant_id, type, ts, data}``; ``ts`` is ISO 8601 UTC with milliseconds and
 a ``Z`` (``2025-01-31T12:00:00.123Z``). The Socket.IO event name is ``type``.
@@ -490,7 +489,7 @@ class EventPublisher:
             if envelopes and self.sink is not None:
                 try:
                     sink: Any = self.sink  # forward() comes with deliver_now (see Sink)
-                    await (sink.forward(envelopes) if inline else sink.broadcast(envelopes))
+                    await (sink.forward if inline else sink.broadcast)(envelopes)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # clients catch up from the log on their next event
