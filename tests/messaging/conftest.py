@@ -185,3 +185,20 @@ def _ago(hours: float):
     import datetime as dt
 
     return dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=hours)
+
+
+async def conversation_history(http, tenant: dict[str, Any], conversation_id: int) -> list[dict[str, Any]]:
+    """``GET /api/conversations/{id}/messages``, every page, oldest first (the API pages newest first)."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": "200", **({"cursor": cursor} if cursor else {})}
+        resp = await http.get(
+            f"/api/conversations/{conversation_id}/messages", params=params, headers=tenant["headers"]
+        )
+        assert resp.status == 200, await resp.text()
+        page = await resp.json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return items[::-1]

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from tests.messaging.conftest import create_tenant, ready_sandbox
+from tests.messaging.conftest import conversation_history, create_tenant, ready_sandbox
 from tests.support import wait_for
 
 CONTACT = "16505550{:03d}"
@@ -35,23 +35,6 @@ def _received(db_rows, tenant_id: str) -> list[dict[str, Any]]:
     return [{"seq": r["seq"], **json.loads(r["data"])} for r in rows]
 
 
-async def _history(http, tenant: dict[str, Any], conversation_id: int) -> list[dict[str, Any]]:
-    """The conversation's messages, oldest first (the API pages newest first)."""
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params = {"limit": "200", **({"cursor": cursor} if cursor else {})}
-        resp = await http.get(
-            f"/api/conversations/{conversation_id}/messages", params=params, headers=tenant["headers"]
-        )
-        assert resp.status == 200, await resp.text()
-        page = await resp.json()
-        items += page["items"]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return items[::-1]
-
-
 def _ms(text: str) -> dt.datetime:
     """An event timestamp: always milliseconds and a Z (``format_ts``)."""
     assert text.endswith("Z") and len(text) == len("2025-01-31T12:00:00.123Z"), text
@@ -69,7 +52,7 @@ async def _check_contact(http, db_rows, tenant, wa_id: str, texts: list[str]) ->
     assert [e["seq"] for e in events] == sorted(e["seq"] for e in events)
     stamps = [_ms(e["timestamp"]) for e in events]  # the bridge's, to the millisecond
     assert stamps == sorted(stamps)
-    history = await _history(http, tenant, events[0]["conversation_id"])
+    history = await conversation_history(http, tenant, events[0]["conversation_id"])
     assert [m["content"]["text"] for m in history] == texts
     assert [m["id"] for m in history] == [e["message_id"] for e in events]
     assert [_api_ts(m["provider_timestamp"]) for m in history] == stamps

@@ -11,29 +11,13 @@ import time
 from typing import Any
 
 from tests.fakes import graph_api as g
+from tests.messaging.conftest import conversation_history
 
 CONTACT = "16505551{:03d}"
 
 
 def _utc(seconds: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
-
-
-async def _history(app_client, tenant: dict[str, Any], conversation_id: int) -> list[dict[str, Any]]:
-    """The conversation's messages, oldest first (the API pages newest first)."""
-    items: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params = {"limit": "200", **({"cursor": cursor} if cursor else {})}
-        resp = await app_client.get(
-            f"/api/conversations/{conversation_id}/messages", params=params, headers=tenant["headers"]
-        )
-        assert resp.status == 200, await resp.text()
-        page = await resp.json()
-        items += page["items"]
-        cursor = page["next_cursor"]
-        if not cursor:
-            return items[::-1]
 
 
 async def _deliver(send, tenant: dict[str, Any], messages: list[dict[str, Any]]) -> None:
@@ -48,7 +32,7 @@ async def _check_contact(app_client, published, tenant, wa_id: str, sent: list[d
     assert [e["data"]["timestamp"] for e in events] == [
         s.isoformat(timespec="milliseconds") + "Z" for s in stamps
     ]
-    history = await _history(app_client, tenant, events[0]["data"]["conversation_id"])
+    history = await conversation_history(app_client, tenant, events[0]["data"]["conversation_id"])
     assert [m["provider_message_id"] for m in history] == [m["id"] for m in sent]
     assert [m["provider_timestamp"] for m in history] == [s.isoformat() + "Z" for s in stamps]
     created = [m["created_at"] for m in history]
