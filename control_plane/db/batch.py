@@ -153,14 +153,24 @@ class GroupCommit(Generic[T]):
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def stop(self) -> None:
-        """Stop at once (what is queued is not stored; waiters get ``errors.Unavailable``)."""
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Store what is queued (up to ``grace_s``), then stop; what is left is not stored (waiters
+        get ``errors.Unavailable``; kept items are dropped, logged)."""
         if self._task is not None:
+            if grace_s > 0 and not self._task.done():
+                await self.flush(grace_s)
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        dropped = 0
         while self._queue:
-            self._settle(self._queue.popleft(), errors.Unavailable("shutting down; retry later"))
+            entry = self._queue.popleft()
+            dropped += entry.future is None
+            self.pending -= entry.weight
+            if entry.future is not None and not entry.future.done():
+                entry.future.set_exception(errors.Unavailable("shutting down; retry later"))
+        if dropped:
+            log.warning("%s: stopped with %d item(s) not stored", self.name, dropped)
         self._idle.set()
 
     # -- handing over ---------------------------------------------------------------------------
@@ -222,11 +232,12 @@ class GroupCommit(Generic[T]):
             last_commit = time.monotonic()
             batch = self._take()
             try:
-                requeued = await self._commit(batch)
+                back = await self._commit(batch)
             except asyncio.CancelledError:
                 self._queue.extendleft(reversed(batch))
                 raise
-            if requeued:
+            if back:  # kept items not stored: first in line again, in their order
+                self._queue.extendleft(reversed(back))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
             else:
@@ -242,8 +253,8 @@ class GroupCommit(Generic[T]):
         self.max_seen = max(self.max_seen, len(batch))
         return batch
 
-    async def _commit(self, batch: list[_Entry[T]]) -> bool:
-        """Store ``batch`` (see the module docstring); True when kept items went back to the queue."""
+    async def _commit(self, batch: list[_Entry[T]]) -> list[_Entry[T]]:
+        """Store ``batch`` (see the module docstring); returns the kept items to try again."""
         try:
             await retry_transaction(
                 lambda: self._store([e.item for e in batch]), what=f"{self.name} batch", on_lost=self._on_lost
@@ -259,9 +270,9 @@ class GroupCommit(Generic[T]):
         for entry in batch:
             self._settle(entry, None)
         self._progress.set()
-        return False
+        return []
 
-    async def _failed(self, batch: list[_Entry[T]], exc: Exception) -> bool:
+    async def _failed(self, batch: list[_Entry[T]], exc: Exception) -> list[_Entry[T]]:
         if is_db_outage(exc):
             log.warning("%s: batch of %d not stored, database unavailable: %s", self.name, len(batch), exc)
             unavailable = errors.Unavailable(
@@ -275,26 +286,27 @@ class GroupCommit(Generic[T]):
                 len(batch),
                 type(exc).__name__,
             )
-            requeued = False
+            back: list[_Entry[T]] = []
             for entry in batch:
-                requeued = await self._commit([entry]) or requeued
-            return requeued
+                if back and entry.future is None:
+                    back.append(entry)  # after a kept item that failed: not before it
+                else:
+                    back += await self._commit([entry])
+            return back
         [entry] = batch
         log.error("%s: item not stored", self.name, exc_info=exc)
         entry.failures += 1
         if entry.future is None and entry.failures < KEPT_ATTEMPTS:
-            return self._requeue_kept(batch, None)
+            return [entry]
         self._settle(entry, errors.Unavailable("storage failed; retry later", code="storage_failed"))
-        return False
+        return []
 
-    def _requeue_kept(self, batch: list[_Entry[T]], exc: Exception | None) -> bool:
-        """Kept entries back to the front of the queue (in order); waiters fail with ``exc``."""
-        kept = [e for e in batch if e.future is None]
+    def _requeue_kept(self, batch: list[_Entry[T]], exc: Exception) -> list[_Entry[T]]:
+        """The kept entries (to try again); the waiters fail with ``exc``."""
         for entry in batch:
-            if entry.future is not None and exc is not None:
+            if entry.future is not None:
                 self._settle(entry, exc)
-        self._queue.extendleft(reversed(kept))
-        return bool(kept)
+        return [e for e in batch if e.future is None]
 
     def _settle(self, entry: _Entry[T], exc: Exception | None) -> None:
         self.pending -= entry.weight

@@ -98,8 +98,9 @@ class InboundService:
     def start(self) -> None:
         self._writer.start()
 
-    async def stop(self) -> None:
-        await self._writer.stop()
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Store what was handed over (up to ``grace_s``), then stop."""
+        await self._writer.stop(grace_s)
         await self.drop_connection()
 
     async def flush(self, within_s: float = 10.0) -> bool:

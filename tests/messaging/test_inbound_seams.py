@@ -96,6 +96,26 @@ async def test_group_commit_keeps_put_items_through_an_outage():
     await writer.stop()
 
 
+async def test_group_commit_keeps_the_order_of_kept_items_after_a_failure():
+    failures = {"b": 2}  # fails in its batch, then once alone: tried again, still before c and d
+    stored: list[str] = []
+
+    async def store(batch: list[str]) -> None:
+        for item in batch:
+            if failures.get(item):
+                failures[item] -= 1
+                raise ValueError("transient")
+        stored.extend(batch)
+
+    writer: GroupCommit[str] = GroupCommit(store, name="t")
+    writer.start()
+    for item in "abcd":
+        writer.put(item)
+    assert await writer.flush(5)
+    assert stored == ["a", "b", "c", "d"]
+    await writer.stop()
+
+
 def test_is_deadlock():
     assert is_deadlock(_deadlock())
     assert not is_deadlock(DBAPIError("x", None, _DriverError(1062, "Duplicate")))
