@@ -70,6 +70,8 @@ class TenantClock:
         self._last: dict[str, dt.datetime] = {}
 
     def stamps(self, tenant_id: str, n: int, now: dt.datetime) -> list[dt.datetime]:
+        if n <= 0:
+            return []
         last = self._last.get(tenant_id)
         at = now if last is None or now > last else last + _TICK
         out = [at]
@@ -360,6 +362,8 @@ async def record_phone_messages(
     )
     for (pmid,) in known:
         fresh.pop(pmid, None)  # a send of ours, or the same message reported again
+    if not fresh:
+        return []
     now = utcnow()
     stored = []
     for (pmid, item), created in zip(fresh.items(), clock.stamps(tenant_id, len(fresh), now), strict=True):

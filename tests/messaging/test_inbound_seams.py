@@ -175,6 +175,7 @@ def test_tenant_clock_is_strictly_increasing_per_tenant():
     stamps = first + again
     assert stamps == sorted(stamps) and len(set(stamps)) == 5
     assert other == [now]
+    assert clock.stamps("a", 0, now) == []
     later = now + dt.timedelta(seconds=1)
     assert clock.stamps("a", 1, later) == [later]
 
