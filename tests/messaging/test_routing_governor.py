@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import time
 
 import pytest
@@ -188,7 +189,7 @@ async def test_governor_is_shared_across_nodes_through_redis(redis_url):
         second = await b.reserve("cloud:shared", [gap] * 50)
         assert first[0] <= 0.01 and abs(first[-1] - 49 * gap) < 0.01
         assert second[0] >= first[-1] + gap - elapsed - 0.05 - (time.monotonic() - t0), (first[-1], second[0])
-        assert all(abs((y - x) - gap) < 1e-3 for x, y in zip(second, second[1:]))
+        assert all(abs((y - x) - gap) < 1e-3 for x, y in itertools.pairwise(second))
         await a.penalize("cloud:shared", 5.0)
         (later,) = await b.reserve("cloud:shared", [gap])
         assert later >= 4.9

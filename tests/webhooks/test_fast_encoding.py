@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from control_plane.db.messages import dump_json, new_message_ids
-from control_plane.realtime.publisher import encode_data
 from control_plane.events import received_event, received_event_json
+from control_plane.realtime.publisher import encode_data
 from control_plane.webhooks.payload import parse_delivery
 from tests.fakes import graph_api as g
 
