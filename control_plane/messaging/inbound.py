@@ -151,7 +151,8 @@ class InboundService:
                     # all of it was rolled back; the careful path checks first, stores what is new.
                     self._forget_conversations(per_tenant)
                 else:
-                    return self._count(len(batch), stored, 0, 0)
+                    self._count(len(batch), stored, 0, 0)
+                    return
             try:
                 counts = await self._store_careful(conn, per_tenant, events)
             except IntegrityError:

@@ -87,3 +87,29 @@ async def test_ten_contacts_at_once_each_keep_their_order(app_client, db_rows):
     await _all_stored(db_rows, tenant["id"], 500)
     for wa_id, texts in contacts.items():
         await _check_contact(app_client, db_rows, tenant, wa_id, texts)
+
+
+async def test_phone_typed_messages_interleave_in_order(app_client, db_rows):
+    """The contact writes, the phone answers, the contact writes again, ...: the history is that
+    conversation as it happened (incoming and phone-typed messages go through one writer)."""
+    tenant = await create_tenant(app_client, sandbox=True)
+    await ready_sandbox(app_client, tenant)
+    wa_id = CONTACT.format(7)
+    texts = []
+    for i in range(10):
+        await _incoming(app_client, tenant, wa_id, [f"in{i}"])
+        resp = await app_client.post(
+            "/api/sandbox/outgoing", json={"to": wa_id, "text": f"out{i}"}, headers=tenant["headers"]
+        )
+        assert resp.status == 200, await resp.text()
+        texts += [f"in{i}", f"out{i}"]
+
+    async def all_stored() -> bool:
+        rows = db_rows("SELECT COUNT(*) AS n FROM messages WHERE tenant_id = :t", t=tenant["id"])
+        return rows[0]["n"] == len(texts)
+
+    await wait_for(all_stored, timeout=20, interval=0.05, message="every message stored")
+    [conv] = db_rows("SELECT id FROM conversations WHERE tenant_id = :t", t=tenant["id"])
+    history = await conversation_history(app_client, tenant, conv["id"])
+    assert [m["content"]["text"] for m in history] == texts
+    assert [m["direction"] for m in history] == ["inbound", "outbound"] * 10
