@@ -30,6 +30,7 @@ from control_plane.crypto import SecretBox
 from control_plane.db import Database
 from control_plane.logs import current_tenant
 from control_plane.messaging import dispatcher_context
+from control_plane.messaging.inbound import inbound_context
 from control_plane.providers.cloud_api import CloudAPIClient
 from control_plane.supervisor import Supervisor
 from control_plane.webhooks import routes as webhooks
@@ -156,6 +157,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_redis)
     realtime.attach(app)
     app.cleanup_ctx.append(_realtime)
+    app.cleanup_ctx.append(inbound_context)  # app["inbound"]: inbound messages and statuses, both roads
     app.cleanup_ctx.append(_providers)
     app.cleanup_ctx.append(_supervisor)
     app.cleanup_ctx.append(webhooks.webhooks_context)

@@ -15,7 +15,7 @@ from aiohttp import web
 from control_plane import errors
 from control_plane.api.models import ResponseModel, UTCDateTime
 from control_plane.api.routing import Router
-from control_plane.db import messages as messages_db
+from control_plane.db import templates as templates_db
 from control_plane.db import utcnow
 from control_plane.db import whatsapp_config as config_db
 from control_plane.providers.cloud_api import (
@@ -76,7 +76,7 @@ def _template_out(row: dict[str, Any]) -> TemplateOut:
 )
 async def list_templates(request: web.Request) -> TemplateList:
     async with request.app["db"].connect() as conn:
-        rows = await messages_db.list_templates(conn, request["tenant"]["id"])
+        rows = await templates_db.list_templates(conn, request["tenant"]["id"])
     return TemplateList(templates=[_template_out(r) for r in rows])
 
 
@@ -158,7 +158,7 @@ async def sync_templates(request: web.Request) -> TemplateSyncOut:
         for t in remote
     ]
     async with request.app["db"].begin() as conn:
-        counts = await messages_db.replace_templates(conn, tenant_id, config["waba_id"], items)
-        rows = await messages_db.list_templates(conn, tenant_id)
+        counts = await templates_db.replace_templates(conn, tenant_id, config["waba_id"], items)
+        rows = await templates_db.list_templates(conn, tenant_id)
     log.info("templates synced tenant=%s %s", tenant_id, counts)
     return TemplateSyncOut(templates=[_template_out(r) for r in rows], **counts)

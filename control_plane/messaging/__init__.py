@@ -5,8 +5,10 @@ and the Cloud API, the rate governor, and Web-session ingest.
     outbox.py      enqueue with idempotency (the row is committed before the 202)
     routing.py     policy -> road, with a recorded reason (pure)
     governor.py    per-number / per-pair / per-session pacing (in-process or Redis)
-    dispatcher.py  claim, route, send, record; crash recovery (the remaining duplicate window)
-    web_ingest.py  bridge message / message_ack -> the same tables and events as Cloud ones
+    dispatcher.py  claim, route, send; crash recovery (the remaining duplicate window)
+    recorder.py    what each send came to, stored by one group-commit writer, then published
+    inbound.py     the inbound service: both roads' messages and statuses, in delivery order
+    web_ingest.py  bridge message / message_ack -> the inbound service
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ async def dispatcher_context(app: web.Application):
         supervisor=app.get("supervisor"),
         events=app.get("events"),
         redis=app.get("redis"),
+        inbound=app.get("inbound"),
     )
     await dispatcher.start()
     app["dispatcher"] = dispatcher

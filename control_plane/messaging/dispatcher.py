@@ -12,10 +12,10 @@ Shape (one node)::
         recipient); each send goes through its road's provider (providers/web.py, providers/cloud.py:
         ``send(message) -> Outcome``); each Cloud send also passes the per-number window guard
         (Governor.window_acquire)
-        each send's outcome (outcomes.py) -> recorder (group commit: one transaction for everything that finished
-        since the last commit, every tenant's sends in one round trip on MariaDB, at most one commit
-        per RECORD_MIN_INTERVAL_S while busy; then message.sent / message.status / message.failed
-        are emitted)
+        each send's outcome (outcomes.py) -> recorder (recorder.py; group commit: one transaction
+        for everything that finished since the last commit, every tenant's sends in one round trip
+        on MariaDB, at most one commit per RECORD_MIN_INTERVAL_S while busy; then message.sent /
+        message.status / message.failed are emitted)
 
 Several nodes share the work through the database: claims skip each other's locked rows (MariaDB),
 and the governor's schedule lives in Redis when REDIS_URL is set.
@@ -50,29 +50,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
-from control_plane import events as event_types
-from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
 from control_plane.db.engine import utcnow
 from control_plane.messaging import outcomes, routing, tenant_context
 from control_plane.messaging.batch import BatchPlanner, Slot
 from control_plane.messaging.conversations import CanonicalAdopter, References
 from control_plane.messaging.governor import Governor, sleep_until
+from control_plane.messaging.inbound import InboundService
+from control_plane.messaging.recorder import Recorder
 from control_plane.messaging.tenant_context import CONTEXT_TTL_S, TenantContext
 from control_plane.messaging.web_ingest import WebIngest
 from control_plane.providers.base import OutboundMessage, Retryable, Sent
 from control_plane.providers.cloud import CloudProvider
 from control_plane.providers.cloud_api import CloudAPIClient
 from control_plane.providers.web import WebProvider
-from control_plane.webhooks.ingest import received_event, status_event
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +76,6 @@ log = logging.getLogger(__name__)
 # that wait for a busy event loop each (100-800 ms under load); a schedule that runs dry loses that.
 LOOKAHEAD_S = 1.0
 RECORD_BACKLOG_MAX = 1000  # outcomes sent but not yet committed, per node, before claiming pauses
-# A busy recorder commits at most this often (a lone outcome after a quiet spell goes at once): every
-# commit costs a few round trips whatever its size, and at thousands of sends a second back-to-back
-# commits of a dozen rows each spent more CPU on those than on the rows.
-RECORD_MIN_INTERVAL_S = 0.03
 
 _STAT_OF_KIND = {
     outcomes.SENT: "sent",
@@ -92,132 +84,6 @@ _STAT_OF_KIND = {
     outcomes.DEFER: "deferred",
     outcomes.UNKNOWN: "unknown",
 }
-
-
-@dataclass
-class _Work:
-    outcomes: list[dict[str, Any]] = field(default_factory=list)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    statuses: list[dict[str, Any]] = field(default_factory=list)
-
-
-class Recorder:
-    """One writer for every outcome and every Web ingest item of this node (group commit)."""
-
-    def __init__(
-        self, dispatcher: Dispatcher, *, max_batch: int = 500, min_interval_s: float = RECORD_MIN_INTERVAL_S
-    ) -> None:
-        self._d = dispatcher
-        self._min_interval_s = min_interval_s
-        self._queue: deque[tuple[str, str, list[dict[str, Any]]]] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._progress = asyncio.Event()
-        self.pending = 0  # outcomes queued, not yet committed
-        self._max_batch = max_batch
-        self._task: asyncio.Task | None = None
-        self.committed_batches = 0
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="messaging-recorder")
-
-    def put(self, tenant_id: str, outcomes: list[dict[str, Any]]) -> None:
-        if outcomes:
-            self._queue.append((tenant_id, "outcomes", outcomes))
-            self.pending += len(outcomes)
-            self._idle.clear()
-            self._wake.set()
-
-    async def wait_below(self, limit: int, timeout: float = 1.0) -> None:
-        """Backpressure: a process that sends faster than it can record stops claiming until the
-        recorder catches up (otherwise every latency grows and the whole node collapses)."""
-        deadline = time.monotonic() + timeout
-        while self.pending > limit and time.monotonic() < deadline:
-            self._progress.clear()
-            try:
-                await asyncio.wait_for(self._progress.wait(), max(0.01, deadline - time.monotonic()))
-            except TimeoutError:
-                return
-
-    def put_ingest(
-        self,
-        tenant_id: str,
-        *,
-        messages: list[dict[str, Any]] | None = None,
-        statuses: list[dict[str, Any]] | None = None,
-    ) -> None:
-        if messages:
-            self._queue.append((tenant_id, "messages", messages))
-        if statuses:
-            self._queue.append((tenant_id, "statuses", statuses))
-        if messages or statuses:
-            self._idle.clear()
-            self._wake.set()
-
-    @property
-    def backlog(self) -> int:
-        return len(self._queue)
-
-    async def flush(self, timeout: float = 10.0) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    async def _run(self) -> None:
-        delay = 0.05
-        last_commit = 0.0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                wait = last_commit + self._min_interval_s - time.monotonic()
-                if wait > 0 and self.pending < self._max_batch:
-                    await asyncio.sleep(wait)
-                last_commit = time.monotonic()
-                n = 0
-                batch: list[tuple[str, str, list[dict[str, Any]]]] = []
-                while self._queue and n < self._max_batch:
-                    item = self._queue.popleft()
-                    batch.append(item)
-                    n += len(item[2])
-                try:
-                    t0 = time.perf_counter()
-                    envelopes = await self._d.store(batch)
-                    self._d.timing["commits"] += 1
-                    self._d.timing["commit_s"] += time.perf_counter() - t0
-                    delay = 0.05
-                except asyncio.CancelledError:
-                    self._queue.extendleft(reversed(batch))
-                    raise
-                except Exception as exc:
-                    log.warning(
-                        "messaging recorder: batch of %d not stored (%s: %s); retrying in %.1fs",
-                        n,
-                        type(exc).__name__,
-                        exc,
-                        delay,
-                    )
-                    self._queue.extendleft(reversed(batch))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-                    continue
-                self.committed_batches += 1
-                self.pending -= sum(len(items) for _, kind, items in batch if kind == "outcomes")
-                self._progress.set()
-                await self._d.emit(envelopes)
-            self._idle.set()
 
 
 class Dispatcher:
@@ -232,6 +98,7 @@ class Dispatcher:
         events: Any = None,
         redis: Any = None,
         node_id: str | None = None,
+        inbound: InboundService | None = None,
     ) -> None:
         self.db = db
         self.settings = settings
@@ -246,8 +113,6 @@ class Dispatcher:
         self.cloud = CloudProvider(cloud_api, self.governor, resolve, rate_per_s=settings.cloud_rate_per_s)
         self.adopter = CanonicalAdopter(db)
         self.planner = BatchPlanner(self.governor, settings)
-        self.recorder = Recorder(self)
-        self.web_ingest = WebIngest(self.recorder, db=db, events=events)
         self._loops: dict[str, asyncio.Task] = {}
         self._wakes: dict[str, asyncio.Event] = {}
         self._inflight: dict[str, set[asyncio.Task]] = {}
@@ -262,11 +127,19 @@ class Dispatcher:
         self.stats = dict.fromkeys(
             ("sent", "failed", "retried", "deferred", "unknown", "recovered", "requeued_unknown"), 0
         )
+        self.recorder = Recorder(
+            db=db, events=events, settings=settings, notify=self.notify, timing=self.timing
+        )
+        self._own_inbound = inbound is None  # Web events go to the app's inbound service, else our own
+        self.inbound = inbound or InboundService(db, lambda: events)
+        self.web_ingest = WebIngest(self.inbound)
 
     # ------------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         self.recorder.start()
+        if self._own_inbound:
+            self.inbound.start()
         if self.supervisor is not None and hasattr(self.supervisor, "add_message_listener"):
             self.supervisor.add_message_listener(self.web_ingest)
         self._scanner = asyncio.create_task(self._scan_loop(), name="messaging-scanner")
@@ -285,9 +158,11 @@ class Dispatcher:
             for task in pending:
                 task.cancel()  # left "sending": the lease and reconciliation settle them
             await asyncio.gather(*pending, return_exceptions=True)
-        await self.web_ingest.flush(timeout=grace_s)  # phone-typed messages received so far
+        await self.web_ingest.flush(grace_s)  # Web events received so far
+        if self._own_inbound:
+            await self.inbound.stop()
         await self.adopter.wait(grace_s)
-        await self.recorder.flush(timeout=grace_s)
+        await self.recorder.flush(grace_s)
         await self.recorder.stop()
         t = self.timing
         log.info(
@@ -512,211 +387,20 @@ class Dispatcher:
             self.adopter.adopt(tenant_id, row["conversation_id"], row["wa_id"], outcome.canonical_wa_id)
         return outcomes.from_provider(row, self.settings, routing.CLOUD, decision.reason, outcome)
 
-    # ------------------------------------------------------------------------------ recording
-
-    async def store(self, batch: list[tuple[str, str, list[dict[str, Any]]]]) -> list[Any]:
-        """One transaction for a recorder batch; returns the event envelopes to emit after commit."""
-        per_tenant: dict[str, _Work] = {}
-        for tenant_id, kind, items in batch:
-            getattr(per_tenant.setdefault(tenant_id, _Work()), kind).extend(items)
-        new_events: list[tuple[str, str, dict[str, Any]]] = []
-        async with self.db.begin() as conn:
-            outcomes = {t: work.outcomes for t, work in per_tenant.items() if work.outcomes}
-            if outcomes:
-                new_events += await self.record_many(conn, outcomes)
-            for tenant_id in sorted(per_tenant):
-                work = per_tenant[tenant_id]
-                if work.messages:
-                    rows = await messages_db.record_inbound_messages(conn, tenant_id, work.messages)
-                    to = {m["provider_message_id"]: m.get("to") for m in work.messages}
-                    new_events += [
-                        (
-                            tenant_id,
-                            event_types.MESSAGE_RECEIVED,
-                            received_event(r, to.get(r["provider_message_id"])),
-                        )
-                        for r in rows
-                    ]
-                if work.statuses:
-                    changes = await messages_db.apply_status_updates(conn, tenant_id, work.statuses)
-                    new_events += _status_events(tenant_id, changes)
-            return await self._append(conn, new_events)
-
-    async def record(self, conn: Any, tenant_id: str, outcomes: list[dict[str, Any]]) -> list[tuple]:
-        """:meth:`record_many` for one tenant."""
-        return await self.record_many(conn, {tenant_id: outcomes})
-
-    async def record_many(self, conn: Any, by_tenant: dict[str, list[dict[str, Any]]]) -> list[tuple]:
-        """Record outcomes (of any tenants) inside ``conn``'s transaction; returns (tenant, type,
-        data) events. Sends of every tenant are recorded together (one round trip on MariaDB).
-
-        ``message.sent`` for each send the provider accepted; ``message.status`` + ``message.failed``
-        for each failure (the webhook's shapes); later statuses come from webhooks and Web acks."""
-        now = utcnow()
-        tenants = sorted(by_tenant)
-        raced = await outbox_db.record_sent(
-            conn, [(t, o) for t in tenants for o in by_tenant[t] if o["kind"] == "sent"], now=now
-        )
-        events: list[tuple[str, str, dict[str, Any]]] = []
-        for tenant_id in tenants:
-            outcomes = by_tenant[tenant_id]
-            others = [o for o in outcomes if o["kind"] != "sent"]
-            if others:
-                await outbox_db.record_outcomes(conn, tenant_id, others, now=now)
-            for o in outcomes:
-                if o["kind"] == "sent":
-                    data = _status_data(o, "sent", o.get("at") or now, None, None)
-                    data["route_reason"] = o.get("reason")
-                    events.append((tenant_id, event_types.MESSAGE_SENT, data))
-                    if (tenant_id, o["provider_message_id"]) in raced:  # a status beat our record: apply it
-                        after = await messages_db.apply_recorded_statuses(conn, tenant_id, o["message_id"])
-                        if after and after["status"] != "sent":
-                            events.append(
-                                (
-                                    tenant_id,
-                                    event_types.MESSAGE_STATUS,
-                                    _status_data(
-                                        {**o, "provider_message_id": after["provider_message_id"]},
-                                        after["status"],
-                                        after["updated_at"],
-                                        after.get("error_code"),
-                                        after.get("error_message"),
-                                    ),
-                                )
-                            )
-                elif o["kind"] == "failed":
-                    data = _status_data(
-                        {**o, "provider_message_id": None},
-                        "failed",
-                        now,
-                        o.get("error_code"),
-                        o.get("error_message"),
-                    )
-                    data["route_reason"] = o.get("reason")
-                    events.append((tenant_id, event_types.MESSAGE_STATUS, data))
-                    events.append((tenant_id, event_types.MESSAGE_FAILED, data))
-        return events
-
-    async def _append(self, conn: Any, new_events: list[tuple[str, str, dict[str, Any]]]) -> list[Any]:
-        if not new_events or self.events is None:
-            return []
-        append_many = getattr(self.events, "append_many", None)
-        if append_many is not None:
-            return list(await append_many(conn, new_events))
-        return [await self.events.append(conn, t, type_, data) for t, type_, data in new_events]
-
-    async def emit(self, envelopes: list[Any]) -> None:
-        if envelopes and self.events is not None:
-            try:
-                await self.events.emit(envelopes)
-            except Exception:
-                log.exception("messaging events stored but not emitted")
-
-    # ---------------------------------------------------------------------------- recovery
+    # ---------------------------------------------------------------- recording (recorder.py)
 
     async def recover(self) -> dict[str, int]:
         """Settle rows whose outcome is unknown (crash or timeout mid-send); see the module docstring."""
-        s = self.settings
-        now = utcnow()
-        result = {"expired": 0, "recovered": 0, "requeued": 0}
-        async with self.db.begin() as conn:
-            result["expired"] = await outbox_db.expire_leases(
-                conn,
-                now - dt.timedelta(seconds=s.messaging_lease_s),
-                now + dt.timedelta(seconds=s.messaging_reconcile_s),
-            )
-        if result["expired"]:
-            log.warning(
-                "messaging: %d message(s) were mid-send on a node that stopped; waiting up to %.0f s "
-                "for the provider's confirmation",
-                result["expired"],
-                s.messaging_reconcile_s,
-            )
-        envelopes: list[Any] = []
-        async with self.db.begin() as conn:
-            rows = await outbox_db.list_unknown(conn)
-            events: list[tuple] = []
-            by_tenant: dict[str, list[dict[str, Any]]] = {}
-            for row in rows:
-                tenant_id = row["tenant_id"]
-                claimed = row["claimed_at"] or now
-                fact = await outbox_db.find_cloud_confirmation(
-                    conn, tenant_id, row["message_id"], claimed - dt.timedelta(seconds=5)
-                )
-                provider = "business_api"
-                if fact is None and row["wa_id"]:
-                    fact = await outbox_db.find_web_confirmation(
-                        conn,
-                        tenant_id,
-                        row["wa_id"],
-                        claimed - dt.timedelta(seconds=1),
-                        claimed + dt.timedelta(seconds=s.messaging_lease_s),
-                    )
-                    provider = "web"
-                if fact is not None:
-                    by_tenant.setdefault(tenant_id, []).append(
-                        {
-                            "message_id": row["message_id"],
-                            "kind": "sent",
-                            "provider": provider,
-                            "provider_message_id": fact["provider_message_id"],
-                            "conversation_id": row["conversation_id"],
-                            "wa_id": row["wa_id"],
-                            "reason": f"{row['route_reason'] or 'sent'}; recovered after an unknown outcome: "
-                            f"the provider confirmed {fact['provider_message_id'][:40]}",
-                        }
-                    )
-                elif row["next_attempt_at"] <= now:
-                    await outbox_db.requeue_unknown(
-                        conn,
-                        tenant_id,
-                        row["message_id"],
-                        f"outcome unknown and no provider confirmation within {s.messaging_reconcile_s:.0f} s: "
-                        "sending again",
-                    )
-                    result["requeued"] += 1
-                    self.notify(tenant_id)
-            for tenant_id, outcomes in by_tenant.items():
-                events += await self.record(conn, tenant_id, outcomes)
-                result["recovered"] += len(outcomes)
-            envelopes = await self._append(conn, events)
-        await self.emit(envelopes)
+        result = await self.recorder.recover()
         self.stats["recovered"] += result["recovered"]
         self.stats["requeued_unknown"] += result["requeued"]
-        if result["recovered"] or result["requeued"]:
-            log.warning("messaging recovery: %s", result)
         return result
 
     async def _sweep_orphans(self) -> None:
         """Status facts that raced their send's record (a webhook faster than our commit)."""
         horizon = time.monotonic() - 600
         for tenant_id in [t for t, at in self._recent_tenants.items() if at >= horizon]:
-            async with self.db.begin() as conn:
-                ids = await outbox_db.orphan_status_message_ids(
-                    conn, tenant_id, utcnow() - dt.timedelta(minutes=10)
-                )
-                events = []
-                for message_id in ids:
-                    before = await messages_db.get_message(conn, tenant_id, message_id)
-                    after = await messages_db.apply_recorded_statuses(conn, tenant_id, message_id)
-                    if before and after and after["status"] != before["status"]:
-                        conv = await messages_db.get_conversation(conn, tenant_id, after["conversation_id"])
-                        after["wa_id"] = conv["wa_id"] if conv else None
-                        events.append(
-                            (
-                                tenant_id,
-                                event_types.MESSAGE_STATUS,
-                                _status_data(
-                                    after,
-                                    after["status"],
-                                    after["updated_at"],
-                                    after.get("error_code"),
-                                    after.get("error_message"),
-                                ),
-                            )
-                        )
-                envelopes = await self._append(conn, events)
-            await self.emit(envelopes)
+            await self.recorder.sweep_orphans(tenant_id)
         self._recent_tenants = {t: at for t, at in self._recent_tenants.items() if at >= horizon}
 
     # ---------------------------------------------------------------------------- mark read
@@ -759,35 +443,3 @@ def _outbound(tenant_id: str, row: dict[str, Any], **cloud: Any) -> OutboundMess
     return OutboundMessage(
         tenant_id, row["message_id"], row["wa_id"], row["type"], row["content"] or {}, **cloud
     )
-
-
-def _status_data(
-    row: dict[str, Any], status: str, at: dt.datetime | None, code: Any, message: str | None
-) -> dict[str, Any]:
-    """The ``message.status`` data shape the webhook receiver publishes (docs/EVENTS.md). ``row`` is a
-    message row (``id``) or an outcome (``message_id``), with ``conversation_id`` and ``wa_id``."""
-    return status_event(
-        {
-            "message_id": row.get("message_id") or row.get("id"),
-            "conversation_id": row.get("conversation_id"),
-            "provider": row.get("provider"),
-            "provider_message_id": row.get("provider_message_id"),
-            "status": status,
-            "occurred_at": at,
-            "recipient_id": row.get("wa_id"),
-            "error_code": code,
-            "error_message": message,
-        }
-    )
-
-
-def _status_events(tenant_id: str, changes: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
-    out = []
-    for change in changes:
-        if not change["changed"]:
-            continue
-        data = status_event(change)
-        out.append((tenant_id, event_types.MESSAGE_STATUS, data))
-        if change["status"] == "failed":
-            out.append((tenant_id, event_types.MESSAGE_FAILED, data))
-    return out

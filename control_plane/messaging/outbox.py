@@ -18,10 +18,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from control_plane import errors
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
+from control_plane.db import templates as templates_db
+from control_plane.db.batch import is_deadlock
 from control_plane.messaging import models
 
 log = logging.getLogger(__name__)
-RETRYABLE_MYSQL_CODES = {1213, 1205}  # deadlock, lock wait timeout
 
 
 async def enqueue(
@@ -49,7 +50,7 @@ async def enqueue(
     if kind == "template" and templates_known:
         tpl = content
         async with db.connect() as conn:
-            known = await messages_db.get_template(conn, tenant_id, tpl["name"], tpl["language"])
+            known = await templates_db.get_template(conn, tenant_id, tpl["name"], tpl["language"])
         models.check_template_against_known(tpl, known)
     try:
         row = await _insert(
@@ -72,12 +73,6 @@ async def enqueue(
     return row, True
 
 
-def _is_deadlock(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
-    args = getattr(orig, "args", ())
-    return bool(args) and args[0] in RETRYABLE_MYSQL_CODES
-
-
 async def _insert(db: Any, tenant_id: str, **values: Any) -> dict[str, Any]:
     """One transaction; MariaDB deadlocks between concurrent first messages to one contact (the
     conversation upsert's gap locks) are retried."""
@@ -89,7 +84,7 @@ async def _insert(db: Any, tenant_id: str, **values: Any) -> dict[str, Any]:
             async with db.begin() as conn:
                 return await outbox_db.enqueue(conn, tenant_id, **values)
         except OperationalError as exc:
-            if not _is_deadlock(exc) or attempt == attempts - 1:
+            if not is_deadlock(exc) or attempt == attempts - 1:
                 raise
             log.info("enqueue deadlock tenant=%s, retrying (attempt %d)", tenant_id, attempt + 1)
             await asyncio.sleep(0.01 * (attempt + 1) * random.random())

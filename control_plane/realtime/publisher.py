@@ -6,6 +6,8 @@
         inside the caller's transaction; after the caller commits: ``await events.emit([envelope])``.
     envelopes = await events.append_many(conn, [(tenant_id, type, data), ...])
         the same for many events, in one multi-row insert.
+    prepared = events.prepare([...]); ...; envelopes = prepared.envelopes(seqs)
+        for writers appending with their own statements (``realtime/unit.py`` wraps all of these).
 
 Envelope (a dict): ``{seq, tenant_id, type, ts, data}``; ``ts`` is ISO 8601 UTC with milliseconds and
 a ``Z`` (``2025-01-31T12:00:00.123Z``). The Socket.IO event name is ``type``.
@@ -13,20 +15,7 @@ a ``Z`` (``2025-01-31T12:00:00.123Z``). The Socket.IO event name is ``type``.
 Group commit: concurrent ``publish()`` calls are coalesced by writer tasks into transactions (one
 counter upsert for all tenants in the batch, one multi-row insert); each caller awaits its batch's
 commit. Up to ``commits_in_flight`` batches are in flight, each on its own connection.
-- Numbered in advance (MariaDB; the common case): once this process has read a tenant's counter, it
-  numbers the tenant's events itself when it takes a batch, and sends the batch at once, in ONE
-  round trip that the database checks (``EventLogWriter.append_predicted``: each counter must have
-  been moved last by the batch the seqs were predicted after). The batch holds its tenants back
-  only until its statements are written, so the next batch of theirs reaches the database after
-  it; several batches of the same tenants are in flight together, and the row locks on the
-  counters make the database commit them in order. A batch that fails the check (another node or
-  a caller's transaction moved the counter, an earlier batch failed or reached the database late)
-  is rolled back, waits for every earlier batch of its tenants, and is numbered the database's way.
-- Numbered by the database (a tenant not known yet, after a failed check, SQLite, MySQL): a batch
-  holds its tenants back from later batches until its counter upsert has returned (their counter
-  rows are then locked by its transaction): a later batch with one of them is sent after that, so
-  its upsert waits in the database for the earlier commit. The counters it reads make its tenants
-  known again.
+Each batch is numbered in advance (MariaDB, known tenants) or by the database: see ``turns.py``.
 Either way a tenant's events are numbered in call order, and batches of other tenants go in parallel.
 Committed batches are emitted in batch order (per tenant: seq order): to this node's clients as
 soon as each is committed (the relay's ``deliver_now``), to other nodes by one emitter task,
@@ -41,12 +30,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import enum
 import logging
 import random
-import re
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -54,26 +40,27 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane import errors
-from control_plane.compact_json import dict_encoder
 from control_plane.db import events as events_db
-from control_plane.db.engine import Database, utcnow
-from control_plane.events import FORBIDDEN_KEYS, format_ts
+from control_plane.db.batch import is_deadlock
+from control_plane.db.engine import Database
+from control_plane.realtime.envelopes import (  # noqa: F401  (importable from here)
+    TENANT_RE,
+    TYPE_RE,
+    Envelope,
+    NewEvent,
+    PreparedEvents,
+    check_names,
+    encode_data,
+    make_envelope,
+    now_ms,
+)
+from control_plane.realtime.turns import Kept, Turn, count_down, count_up, take_batch
 
 log = logging.getLogger(__name__)
 
-TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
-TENANT_RE = re.compile(r"^[0-9A-Za-z_-]{1,32}$")
 MAX_BATCH = 1000
 COMMITS_IN_FLIGHT = 3  # transactions in flight at once (each on its own connection)
-RETRYABLE_MYSQL_CODES = {1213, 1205}  # deadlock, lock wait timeout: the whole batch is retried
-COMMIT_ATTEMPTS = 3
-
-
-class Envelope(dict):
-    """``{seq, tenant_id, type, ts, data}``; keeps the JSON text of ``data`` so it is encoded once."""
-
-    __slots__ = ("data_json",)
-    data_json: str
+COMMIT_ATTEMPTS = 3  # deadlock, lock wait timeout: the whole batch is retried
 
 
 class Sink(Protocol):
@@ -85,105 +72,6 @@ class Sink(Protocol):
     get an event one event-loop turn sooner."""
 
     async def broadcast(self, envelopes: Sequence[Envelope]) -> None: ...
-
-
-def _now_ms() -> dt.datetime:
-    now = utcnow()
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)  # stored == sent, to the ms
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(dt.UTC).replace(tzinfo=None)
-        return value.isoformat(timespec="milliseconds") + "Z"
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, uuid.UUID):
-        return value.hex
-    raise TypeError(f"event data: {type(value).__name__} is not JSON serializable")
-
-
-_encode = dict_encoder(_json_default)
-
-
-def encode_data(data: dict[str, Any]) -> str:
-    """Validate an event payload and return its JSON text."""
-    if not isinstance(data, dict):
-        raise TypeError("event data must be a dict")
-    leaked = FORBIDDEN_KEYS.intersection(data)
-    if leaked:
-        raise ValueError(f"event data must not carry secrets: {sorted(leaked)}")
-    return _encode(data)
-
-
-def check_names(tenant_id: str, type_: str) -> None:
-    if not isinstance(tenant_id, str) or not TENANT_RE.match(tenant_id):
-        raise ValueError(f"invalid tenant id {tenant_id!r}")
-    if not isinstance(type_, str) or len(type_) > 64 or not TYPE_RE.match(type_):
-        raise ValueError(f"invalid event type {type_!r}; use dotted lower-case names like 'message.sent'")
-
-
-def make_envelope(
-    tenant_id: str, seq: int, type_: str, ts: dt.datetime, data: Any, data_json: str
-) -> Envelope:
-    env = Envelope(seq=seq, tenant_id=tenant_id, type=type_, ts=format_ts(ts), data=data)
-    env.data_json = data_json
-    return env
-
-
-class _Turn:
-    """A batch's tenants, held back from later batches until its counter rows are locked."""
-
-    __slots__ = ("held", "publisher", "tenants", "writer")
-
-    def __init__(self, publisher: EventPublisher, tenants: set[str], writer: int) -> None:
-        self.publisher, self.tenants, self.held, self.writer = publisher, tenants, False, writer
-        self.hold_again()
-
-    def release(self, last: dict[str, int] | None = None) -> None:
-        """Let later batches of these tenants go (``last``: their counters, where known)."""
-        if self.held:
-            self.held = False
-            self.publisher._let_go(self.tenants, last, self.writer)
-
-    def hold_again(self) -> None:
-        if not self.held:
-            self.held = True
-            _count_up(self.publisher._sending, self.tenants)
-
-
-class _Kept:
-    """A turn that stays held (the per-tenant fallback runs its groups one after another in it)."""
-
-    held = True
-    writer = None  # its groups are numbered by the database
-
-    def release(self, last: dict[str, int] | None = None) -> None:
-        pass
-
-
-def _count_up(counts: dict[str, int], keys: set[str]) -> None:
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
-
-
-def _count_down(counts: dict[str, int], keys: set[str]) -> None:
-    """Each key once less; a key at zero goes (``key in counts`` means: at least one)."""
-    for key in keys:
-        left = counts[key] - 1
-        if left:
-            counts[key] = left
-        else:
-            del counts[key]
-
-
-def _retryable(exc: BaseException) -> bool:
-    orig = getattr(exc, "orig", None)
-    code = orig.args[0] if orig is not None and getattr(orig, "args", None) else None
-    return isinstance(exc, DBAPIError) and code in RETRYABLE_MYSQL_CODES
 
 
 class EventPublisher:
@@ -273,7 +161,7 @@ class EventPublisher:
         check_names(tenant_id, type)
         data_json = encode_data(data)
         fut: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
-        self._pending.append((tenant_id, type, _now_ms(), data, data_json, fut))
+        self._pending.append((tenant_id, type, now_ms(), data, data_json, fut))
         self._wake.set()
         return await fut
 
@@ -282,38 +170,26 @@ class EventPublisher:
     ) -> Envelope:
         """Append inside the caller's transaction (``conn``). Emit it with :meth:`emit` once that
         transaction has committed; until then nobody sees it (a rollback takes its seq back)."""
-        check_names(tenant_id, type)
-        data_json = encode_data(data)
-        ts = _now_ms()
-        self._next.pop(tenant_id, None)  # its counter moves outside the publisher: read it again
-        [seq] = await events_db.append_events(conn, [(tenant_id, type, ts, data_json)])
-        return make_envelope(tenant_id, seq, type, ts, data, data_json)
+        [envelope] = await self.append_many(conn, [(tenant_id, type, data)])
+        return envelope
 
-    async def append_many(
-        self,
-        conn: AsyncConnection,
-        events: Sequence[tuple[str, str, dict[str, Any]]],
-        *,
-        before: list[str] | None = None,
-    ) -> list[Envelope]:
+    async def append_many(self, conn: AsyncConnection, events: Sequence[NewEvent]) -> list[Envelope]:
         """:meth:`append` for many ``(tenant_id, type, data)`` at once: one counter upsert and one
         multi-row insert. Envelopes come back in input order (seqs in input order per tenant).
-        ``before``: raw statements to send in the same round trip (see ``events_db.append_events``).
-        An item may carry a 4th element, ``data``'s JSON text exactly as ``encode_data`` writes it
-        (the webhook ingester writes ``message.received``'s itself, faster): it is stored as given."""
+        An item may carry a 4th element, ``data``'s JSON text exactly as ``encode_data`` writes it:
+        it is stored as given."""
         if not events:
             return []
-        ts = _now_ms()
-        prepared = []
-        for event in events:
-            tenant_id, type_, data = event[0], event[1], event[2]
-            check_names(tenant_id, type_)
-            prepared.append((tenant_id, type_, data, event[3] if len(event) > 3 else encode_data(data)))
+        prepared = self.prepare(events)
+        return prepared.envelopes(await events_db.append_events(conn, prepared.rows))
+
+    def prepare(self, events: Sequence[NewEvent]) -> PreparedEvents:
+        """Events for a caller that appends them itself, with its own statements in one round trip
+        (``db.inbound.store_fast``): checked, encoded, stamped; ``envelopes(seqs)`` afterwards."""
+        prepared = PreparedEvents(events)
+        for tenant_id in prepared.tenants():
             self._next.pop(tenant_id, None)  # its counter moves outside the publisher: read it again
-        seqs = await events_db.append_events(
-            conn, [(t, ty, ts, dj) for t, ty, _d, dj in prepared], before=before
-        )
-        return [make_envelope(t, seq, ty, ts, d, dj) for (t, ty, d, dj), seq in zip(prepared, seqs)]
+        return prepared
 
     async def emit(self, envelopes: Sequence[Envelope]) -> None:
         """Push envelopes that are already committed (from :meth:`append`) to subscribers."""
@@ -356,7 +232,7 @@ class EventPublisher:
                 tenants = {entry[0] for entry in batch}
                 if self.persist:
                     self._opened(number, tenants, seqs is not None)
-                turn = _Turn(self, tenants, writer)
+                turn = Turn(self, tenants, writer)
                 envelopes: list[Envelope | None] = []
                 try:
                     envelopes = await self._commit_batch(batch, number, event_log, turn, seqs, after)
@@ -369,72 +245,35 @@ class EventPublisher:
                 self._emit_queue.put_nowait(None)
 
     def _take_batch(self) -> tuple[list, list[int] | None, int, dict[str, int]]:
-        """Up to ``max_batch`` pending events, keeping each tenant's order; their predicted seqs
-        (None: the database numbers them); the batch's token (``writer``) and, when predicted, the
-        token of the batch each tenant's seqs were predicted after. One batch is all predicted or
-        all not: a tenant held by an unlocked batch waits; a tenant whose counter is not known
-        waits while predicted batches of it are in flight (a batch numbered by the database could
-        overtake them)."""
-        pending = self._pending
+        """Up to ``max_batch`` pending events (see ``turns.take_batch``) and its writer token."""
         writer = random.getrandbits(62) + 1
         if not self.persist:
-            n = min(len(pending), self.max_batch)
-            return [pending.popleft() for _ in range(n)], None, writer, {}
-        sending, known, predicted_open = self._sending, self._next, self._predicted_open
-        predict = self._predicts
-        batch: list = []
-        held: collections.deque | None = None
-        mode: bool | None = None  # True: predicted
-        while pending and len(batch) < self.max_batch:
-            entry = pending.popleft()
-            tenant_id = entry[0]
-            if tenant_id in sending:
-                want = None
-            elif predict and tenant_id in known:
-                want = True
-            elif tenant_id in predicted_open:
-                want = None
-            else:
-                want = False
-            if want is not None and mode is None:
-                mode = want
-            if want is None or want is not mode:
-                if held is None:
-                    held = collections.deque()
-                held.append(entry)
-            else:
-                batch.append(entry)
-        if held is not None:
-            held.extend(pending)
-            self._pending = held
-        if not mode:
-            for entry in batch:  # numbered by the database: known again once its rows are locked
-                known.pop(entry[0], None)
-            return batch, None, writer, {}
-        seqs = []
-        after: dict[str, int] = {}
-        for entry in batch:
-            tenant_id = entry[0]
-            seq, last_writer = known[tenant_id]
-            if tenant_id not in after:
-                after[tenant_id] = last_writer
-            known[tenant_id] = (seq + 1, writer)
-            seqs.append(seq)
+            n = min(len(self._pending), self.max_batch)
+            return [self._pending.popleft() for _ in range(n)], None, writer, {}
+        batch, seqs, after, self._pending = take_batch(
+            self._pending,
+            self.max_batch,
+            writer,
+            sending=self._sending,
+            known=self._next,
+            predicted_open=self._predicted_open,
+            predict=self._predicts,
+        )
         return batch, seqs, writer, after
 
     # -- bookkeeping of batches in flight -------------------------------------------------------
 
     def _opened(self, number: int, tenants: set[str], predicted: bool) -> None:
         self._open[number] = (tenants, predicted)
-        _count_up(self._open_count, tenants)
+        count_up(self._open_count, tenants)
         if predicted:
-            _count_up(self._predicted_open, tenants)
+            count_up(self._predicted_open, tenants)
 
     def _closed(self, number: int) -> None:
         tenants, predicted = self._open.pop(number)
-        _count_down(self._open_count, tenants)
+        count_down(self._open_count, tenants)
         if predicted:
-            _count_down(self._predicted_open, tenants)
+            count_down(self._predicted_open, tenants)
         closers, self._closers = self._closers, []
         for fut in closers:
             if not fut.done():
@@ -443,7 +282,7 @@ class EventPublisher:
 
     def _let_go(self, tenants: set[str], last: dict[str, int] | None, writer: int) -> None:
         """A batch's counter rows are locked (``last``: the counters as it leaves them, if known)."""
-        _count_down(self._sending, tenants)
+        count_down(self._sending, tenants)
         if last is not None:
             open_count = self._open_count
             for tenant_id, value in last.items():
@@ -465,20 +304,20 @@ class EventPublisher:
         batch: list,
         number: int,
         event_log: events_db.EventLogWriter | None,
-        turn: _Turn,
+        turn: Turn,
         seqs: list[int] | None = None,
         after: dict[str, int] | None = None,
     ) -> list[Envelope | None]:
         if seqs is not None:
             assert event_log is not None and after is not None
             try:
-                return await self._commit_predicted(batch, seqs, event_log, turn.writer, after, turn)
+                return list(await self._commit_predicted(batch, seqs, event_log, turn.writer, after, turn))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 for tenant_id in turn.tenants:
                     self._next.pop(tenant_id, None)  # read the counters again
-                if not isinstance(exc, events_db.CounterMoved | IntegrityError) and not _retryable(exc):
+                if not isinstance(exc, events_db.CounterMoved | IntegrityError) and not is_deadlock(exc):
                     # The database is down, or the connection went mid-COMMIT (the outcome is
                     # unknown): every caller of the batch gets the error.
                     log.warning("event batch of %d failed: %s", len(batch), exc)
@@ -493,7 +332,7 @@ class EventPublisher:
                 self.stats["mispredicted"] += 1
                 log.debug("event batch of %d renumbered after %s", len(batch), exc)
         try:
-            return await self._commit(batch, number, event_log, turn)
+            return list(await self._commit(batch, number, event_log, turn))
         except asyncio.CancelledError:
             raise
         except IntegrityError as exc:
@@ -515,7 +354,7 @@ class EventPublisher:
         event_log: events_db.EventLogWriter,
         writer: int,
         after: dict[str, int],
-        turn: _Turn,
+        turn: Turn,
     ) -> list[Envelope]:
         started = time.monotonic()
         await event_log.append_predicted(
@@ -529,7 +368,7 @@ class EventPublisher:
         self.stats["predicted"] += 1
         return [
             make_envelope(tenant_id, seq, type_, ts, data, data_json)
-            for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)
+            for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs, strict=True)
         ]
 
     async def _commit_per_tenant(
@@ -541,7 +380,9 @@ class EventPublisher:
         by_entry: dict[int, Envelope] = {}
         for tenant_id, group in groups.items():
             try:
-                for entry, env in zip(group, await self._commit(group, number, event_log, _Kept())):
+                for entry, env in zip(
+                    group, await self._commit(group, number, event_log, Kept()), strict=True
+                ):
                     by_entry[id(entry)] = env
             except asyncio.CancelledError:
                 raise
@@ -559,7 +400,7 @@ class EventPublisher:
     def _done(self, number: int, batch: list, envelopes: list[Envelope | None]) -> None:
         """Resolve the batch's callers now (durable); hand its envelopes to the emitter in batch order."""
         committed = []
-        for (*_, fut), env in zip(batch, envelopes):
+        for (*_, fut), env in zip(batch, envelopes, strict=False):  # [] when it failed
             if env is None:
                 continue
             committed.append(env)
@@ -596,7 +437,7 @@ class EventPublisher:
             self._emit_queue.put_nowait(onward)
 
     async def _commit(
-        self, batch: list, number: int, event_log: events_db.EventLogWriter | None, turn: _Turn | _Kept
+        self, batch: list, number: int, event_log: events_db.EventLogWriter | None, turn: Turn | Kept
     ) -> list[Envelope]:
         rows = [(tenant_id, type_, ts, data_json) for tenant_id, type_, ts, _data, data_json, _f in batch]
         if not self.persist:
@@ -615,12 +456,12 @@ class EventPublisher:
                     self._predicts = event_log.predicts
                     break
                 except DBAPIError as exc:
-                    if attempt == COMMIT_ATTEMPTS or not _retryable(exc):
+                    if attempt == COMMIT_ATTEMPTS or not is_deadlock(exc):
                         raise
                     if not turn.held:
                         # Rolled back after its tenants were let go. Retrying is in order only if
                         # no batch was taken since (it would number after theirs).
-                        assert isinstance(turn, _Turn)
+                        assert isinstance(turn, Turn)
                         if self._batches_taken != number + 1:
                             raise
                         turn.hold_again()
@@ -630,7 +471,7 @@ class EventPublisher:
             self.stats["commit_s"] += time.monotonic() - started
         return [
             make_envelope(tenant_id, seq, type_, ts, data, data_json)
-            for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs)
+            for (tenant_id, type_, ts, data, data_json, _f), seq in zip(batch, seqs, strict=True)
         ]
 
     async def _emitter(self) -> None:
@@ -647,7 +488,8 @@ class EventPublisher:
             inline = hasattr(self.sink, "deliver_now")  # then these were delivered here: forward
             if envelopes and self.sink is not None:
                 try:
-                    await (self.sink.forward(envelopes) if inline else self.sink.broadcast(envelopes))
+                    sink: Any = self.sink  # forward() comes with deliver_now (see Sink)
+                    await (sink.forward if inline else sink.broadcast)(envelopes)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # clients catch up from the log on their next event

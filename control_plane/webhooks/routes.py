@@ -200,14 +200,12 @@ async def receive(request: web.Request) -> web.Response:
 
 
 async def webhooks_context(app: web.Application):
-    """Cleanup context: the tenant directory and the group-commit writer (after database and realtime)."""
+    """Cleanup context: the tenant directory; deliveries go to the app's inbound service (set up
+    before, in ``app["inbound"]``)."""
     app["webhook_counters"] = WebhookCounters()
     app["webhook_directory"] = TenantDirectory(app["db"], app["secret_box"])
-    ingester = WebhookIngester(app["db"], lambda: app.get("events"))
-    app["webhook_ingester"] = ingester
-    ingester.start()
+    app["webhook_ingester"] = app["inbound"]
     yield
-    await ingester.stop()
 
 
 def stats(app: web.Application) -> dict[str, Any]:

@@ -124,7 +124,7 @@ async def configure_business(
     return tenant
 
 
-async def ready_sandbox(http, tenant: dict[str, Any], *, timeout: float = 20.0) -> None:
+async def ready_sandbox(http, tenant: dict[str, Any], *, within_s: float = 20.0) -> None:
     """Start the tenant's scripted session, scan its QR, wait until it is ready."""
     resp = await http.post("/api/session/start", headers=tenant["headers"])
     assert resp.status in (200, 202), await resp.text()
@@ -133,10 +133,10 @@ async def ready_sandbox(http, tenant: dict[str, Any], *, timeout: float = 20.0) 
         r = await http.get("/api/session", headers=tenant["headers"])
         return (await r.json()).get("state")
 
-    await wait_for(lambda: _is(state, "qr"), timeout=timeout, message="session shows a QR")
+    await wait_for(lambda: _is(state, "qr"), timeout=within_s, message="session shows a QR")
     resp = await http.post("/api/sandbox/scan", headers=tenant["headers"])
     assert resp.status == 200, await resp.text()
-    await wait_for(lambda: _is(state, "ready"), timeout=timeout, message="session ready")
+    await wait_for(lambda: _is(state, "ready"), timeout=within_s, message="session ready")
 
 
 async def _is(getter, value) -> bool:
@@ -156,7 +156,7 @@ async def get_message(http, tenant: dict[str, Any], message_id: str) -> dict[str
 
 
 async def wait_status(
-    http, tenant: dict[str, Any], message_id: str, *statuses: str, timeout: float = 15.0
+    http, tenant: dict[str, Any], message_id: str, *statuses: str, within_s: float = 15.0
 ) -> dict[str, Any]:
     seen: dict[str, Any] = {}
 
@@ -165,7 +165,7 @@ async def wait_status(
         return seen["m"]["status"] in statuses
 
     try:
-        await wait_for(check, timeout=timeout, interval=0.05, message=f"message {message_id} in {statuses}")
+        await wait_for(check, timeout=within_s, interval=0.05, message=f"message {message_id} in {statuses}")
     except AssertionError:
         raise AssertionError(f"message not in {statuses}: {seen.get('m')}") from None
     return seen["m"]
@@ -185,3 +185,20 @@ def _ago(hours: float):
     import datetime as dt
 
     return dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=hours)
+
+
+async def conversation_history(http, tenant: dict[str, Any], conversation_id: int) -> list[dict[str, Any]]:
+    """``GET /api/conversations/{id}/messages``, every page, oldest first (the API pages newest first)."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": "200", **({"cursor": cursor} if cursor else {})}
+        resp = await http.get(
+            f"/api/conversations/{conversation_id}/messages", params=params, headers=tenant["headers"]
+        )
+        assert resp.status == 200, await resp.text()
+        page = await resp.json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return items[::-1]

@@ -40,8 +40,8 @@ class ControlPlane:
         self.proc: subprocess.Popen | None = None
 
     async def start(self, http: aiohttp.ClientSession) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
+        log = open(self.log_path, "ab")  # noqa: ASYNC230, SIM115  (the child's stdout, kept open)
+        self.proc = subprocess.Popen(  # noqa: ASYNC220  (starting the server process; it returns at once)
             [sys.executable, "-m", "control_plane", "serve"],
             cwd=ROOT,
             env=self.env,
@@ -214,8 +214,8 @@ async def test_kill9_mid_dispatch_every_message_sent_exactly_once(
             assert pmids == N
             print(
                 f"\nkill -9 after {sent_before} sends; {recovered} settled by status webhooks; "
-                f"{N} sent exactly once; enqueue {t_enqueued - t0:.1f}s, to restart {t_restarted - t_enqueued:.1f}s, "
-                f"to all sent {t_done - t_restarted:.1f}s",
+                f"{N} sent exactly once; enqueue {t_enqueued - t0:.1f}s, "
+                f"to restart {t_restarted - t_enqueued:.1f}s, to all sent {t_done - t_restarted:.1f}s",
                 flush=True,
             )
         finally:

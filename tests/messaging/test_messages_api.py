@@ -303,17 +303,17 @@ async def test_throughput_error_130429_is_retried_and_sent(app_client, fake):
     await configure_business(app_client, fake, tenant, api_type="business_api", policy="business_api_only")
     fake.add_template(tenant["waba"], "hello", "en_US")
     fake.inject_error(130429, times=2)
-    status, accepted = await send(
+    _status, accepted = await send(
         app_client, tenant, type="template", template={"name": "hello", "language": "en_US"}
     )
-    msg = await wait_status(app_client, tenant, accepted["id"], "sent", "failed", timeout=20)
+    msg = await wait_status(app_client, tenant, accepted["id"], "sent", "failed", within_s=20)
     assert msg["status"] == "sent", msg
     assert fake.sent_count() == 1 and msg["attempts"] == 3
     retries = [t for t in msg["transitions"] if t["error"] and t["error"]["code"] == "130429"]
     assert len(retries) == 2 and all(t["status"] == "queued" for t in retries)
     # A non-retryable error fails at once with the provider's code and message.
     fake.inject_error(131026, times=1)
-    status, bad = await send(
+    _status, bad = await send(
         app_client, tenant, type="template", template={"name": "hello", "language": "en_US"}
     )
     msg = await wait_status(app_client, tenant, bad["id"], "failed")

@@ -30,7 +30,8 @@ class FakeLog:
 
     async def _lock(self, tenants):
         shared = self.shared
-        while tenants & shared["locked"]:  # another transaction holds one of these rows
+        # another transaction holds one of these rows: yield until it is free (a row lock's wait)
+        while tenants & shared["locked"]:  # noqa: ASYNC110
             await asyncio.sleep(0)
         shared["locked"] |= tenants
         return dict(shared["counters"]), dict(shared["writers"])
@@ -75,7 +76,7 @@ class FakeLog:
         start, writers = await self._lock(tenants)
         try:
             last = {}
-            for (tenant_id, *_), seq in zip(rows, seqs):
+            for (tenant_id, *_), seq in zip(rows, seqs, strict=True):
                 last[tenant_id] = seq
             for t in tenants:
                 shared["counters"][t] = start.get(t, 0) + sum(1 for r in rows if r[0] == t)

@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 from control_plane.db.messages import dump_json, new_message_ids
+from control_plane.events import received_event, received_event_json
 from control_plane.realtime.publisher import encode_data
-from control_plane.webhooks.ingest import received_event, received_event_json
 from control_plane.webhooks.payload import parse_delivery
 from tests.fakes import graph_api as g
 
@@ -64,7 +64,7 @@ def _row(content, **extra):
 def test_received_event_json_is_encode_data(content, to, extra):
     row = _row(content, **extra)
     data = received_event(row, to)
-    assert received_event_json(data, row["content"]) == encode_data(data)
+    assert received_event_json(data, row["content"], encode_data) == encode_data(data)
 
 
 def test_received_event_json_for_every_reference_type():
@@ -84,7 +84,7 @@ def test_received_event_json_for_every_reference_type():
     for item in parsed.numbers["2"].messages:
         row = _row(item["content"], type=item["type"])
         data = received_event(row, item["to"])
-        assert received_event_json(data, row["content"]) == encode_data(data)
+        assert received_event_json(data, row["content"], encode_data) == encode_data(data)
 
 
 def test_message_ids_are_time_ordered_uuids():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import time
@@ -11,6 +12,7 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from control_plane.db import messages as messages_db
+from control_plane.db import status_facts
 from control_plane.providers.cloud_api import CloudCredentials
 from tests.fakes import graph_api as g
 
@@ -275,7 +277,7 @@ async def test_status_before_its_message_knows_the_wamid(business_tenant, sender
         await messages_db.advance_message_status(
             conn, tenant["id"], row["id"], "sent", provider="business_api", provider_message_id="wamid.early"
         )
-        row = await messages_db.apply_recorded_statuses(conn, tenant["id"], row["id"])
+        row = await status_facts.apply_recorded_statuses(conn, tenant["id"], row["id"])
     assert row["status"] == "delivered"
 
 
@@ -424,10 +426,8 @@ async def test_killed_connections_mid_batch_are_503_then_recover(
             )
         ]
         for pid in ids:
-            try:
+            with contextlib.suppress(Exception):  # gone already
                 conn.execute(sa.text(f"KILL {int(pid)}"))
-            except Exception:
-                pass
     message = g.text_message(USER, "after the kill")
     first = await send.inbound(tenant["pnid"], message)
     assert first.status in (200, 503)
@@ -445,13 +445,13 @@ async def test_race_with_another_writer_is_stored_once_with_one_event(
 ):
     """Another node stores the wamid between our duplicate check and our INSERT (simulated: the check
     misses it once): the batch is rolled back and stored once more; 200, one row, one event."""
-    from control_plane.db import messages as messages_db
+    from control_plane.db import inbound_sql
 
     tenant = await business_tenant()
     send = sender(tenant)
     message = g.text_message(USER, "raced")
     assert (await send.inbound(tenant["pnid"], message)).status == 200
-    real = messages_db._existing_wamids_sql
+    real = inbound_sql.existing_wamids_sql
     calls = []
 
     def miss_once(tenant_id, by_provider):
@@ -459,7 +459,7 @@ async def test_race_with_another_writer_is_stored_once_with_one_event(
         sql = real(tenant_id, by_provider)
         return sql + " AND 1 = 0" if len(calls) == 1 else sql
 
-    monkeypatch.setattr(messages_db, "_existing_wamids_sql", miss_once)
+    monkeypatch.setattr(inbound_sql, "existing_wamids_sql", miss_once)
     assert (await send.inbound(tenant["pnid"], message)).status == 200
     assert len(calls) == 2
     assert len(_messages(db_rows, tenant["id"])) == 1
@@ -482,7 +482,7 @@ async def test_known_contacts_take_the_fast_path_and_counts_add_up(
     for message in sent:
         assert (await send.inbound(tenant["pnid"], message)).status == 200
     ingester = app_client.server.app["webhook_ingester"]
-    if ingester._writers[0].driver is not None:  # MariaDB: the fast path learned the conversation's id
+    if ingester._driver is not None:  # MariaDB: the fast path learned the conversation's id
         assert (tenant["id"], USER) in ingester._conversation_ids
     assert (await send.inbound(tenant["pnid"], sent[1])).status == 200  # a redelivery
     stored = _messages(db_rows, tenant["id"])
@@ -495,17 +495,25 @@ async def test_known_contacts_take_the_fast_path_and_counts_add_up(
 
 @pytest.mark.mariadb
 async def test_two_writers_store_once_and_keep_the_ladder(
-    app_client, business_tenant, sender, db_rows, published
+    app_client, business_tenant, sender, db_rows, published, monkeypatch
 ):
-    """Two batches committing at once: duplicates across them stored once, seqs gapless, and statuses
-    racing each other never move a message backwards."""
-    from control_plane.webhooks.ingest import _Writer
+    """Two writers (two nodes' inbound services) committing at once: duplicates across them stored
+    once, seqs gapless, and statuses racing each other never move a message backwards."""
+    from control_plane.messaging.inbound import InboundService
 
     app = app_client.server.app
-    ingester = app["webhook_ingester"]
-    await ingester.stop()
-    ingester._writers = [_Writer(0), _Writer(1)]
-    ingester.start()
+    first = app["inbound"]
+    other = InboundService(app["db"], lambda: app["events"])  # another node's
+    other.start()
+
+    own_submit, deliveries = first.submit, []
+
+    async def alternate(works):  # message deliveries alternate between the two nodes
+        deliveries.append(works)
+        statuses = any(w.statuses for w in works)
+        await (own_submit if statuses or len(deliveries) % 2 else other.submit)(works)
+
+    monkeypatch.setattr(first, "submit", alternate)
     try:
         tenant = await business_tenant()
         send = sender(tenant)
@@ -535,9 +543,11 @@ async def test_two_writers_store_once_and_keep_the_ladder(
         ]
         results = await asyncio.gather(*(send.send(p) for p in [*payloads, *status_payloads]))
         assert {r.status for r in results} == {200}
-        assert ingester.stats.batches >= 2
+        assert first.stats.batches + other.stats.batches >= 2
+        assert len(deliveries) == len(results) + 1
     finally:
-        await ingester.stop()
+        monkeypatch.undo()
+        await other.stop()
     assert len(_messages(db_rows, tenant["id"])) == 1 + 30 + 1
     received = published(tenant["id"], "message.received")
     assert len(received) == 31

@@ -173,7 +173,7 @@ class ScriptedDriver {
             from_me: false,
             type,
             body,
-            timestamp: Math.floor(Date.now() / 1000),
+            timestamp: Date.now() / 1000, // milliseconds kept (whatsapp-web.js gives whole seconds)
             has_media: false,
         };
         msg.has_media = Boolean(media);
@@ -198,7 +198,7 @@ class ScriptedDriver {
             from_me: true,
             type,
             body,
-            timestamp: Math.floor(Date.now() / 1000),
+            timestamp: Date.now() / 1000, // milliseconds kept (whatsapp-web.js gives whole seconds)
             has_media: false,
         };
     }

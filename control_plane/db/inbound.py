@@ -1,0 +1,425 @@
+"""Inbound messages (both providers) and messages typed on the Web session's phone, stored in the
+order they are given: the writers hand them over in the provider's delivery order, and that order
+becomes the history's (``created_at``, see ``TenantClock``) and the event log's.
+
+Batch functions issue a fixed handful of multi-row statements whatever the batch size: the inbound
+writer calls them once per tenant per batch.
+
+MariaDB fast path (``InboundPlan`` + ``store_fast``): no duplicate check before writing. The
+conversations upsert, a PLAIN messages INSERT and the event-log append go out in one round trip,
+so a wamid stored before (a redelivery) fails the INSERT (IntegrityError) and the caller rolls
+everything back and stores the batch the careful way (``record_inbound_messages``: check, then
+write). Conversation ids come from the caller's cache; contacts it does not know are upserted
+first, in their own round trip, to learn theirs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.db import events as events_db
+from control_plane.db import inbound_sql
+from control_plane.db.conversations import (
+    canonical_wa_id,
+    clip,
+    conversations,
+    get_or_create_conversation,
+    insert_ignore,
+    upsert_conversations,
+)
+from control_plane.db.engine import utcnow
+from control_plane.db.inbound_sql import run_deferred  # noqa: F401  (importable from here)
+from control_plane.db.messages import (
+    PROVIDER_ID_LEN,
+    dump_json,
+    load_json,
+    messages,
+    new_message_id,
+    new_message_ids,
+)
+from control_plane.db.status_facts import apply_recorded_statuses
+from control_plane.statuses import MessageStatus
+
+_TICK = dt.timedelta(microseconds=1)
+
+
+@dataclass
+class TenantWork:
+    """What one hand-over (a webhook delivery, a Web event) stores for one tenant, provider-neutral:
+    inbound ``messages`` (``record_inbound_messages`` items), ``statuses`` (``apply_status_updates``
+    items) and ``phone`` messages (typed on the Web session's phone: ``record_phone_messages`` items)."""
+
+    tenant_id: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    phone: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TenantClock:
+    """``created_at`` for new message rows: now, but strictly after the tenant's previous one (in this
+    process), so rows stored in one batch, or in one microsecond, keep the order they were stored
+    in; the history (ordered by ``created_at``, then ``id``) is stable and in delivery order."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, dt.datetime] = {}
+
+    def stamps(self, tenant_id: str, n: int, now: dt.datetime) -> list[dt.datetime]:
+        if n <= 0:
+            return []
+        last = self._last.get(tenant_id)
+        at = now if last is None or now > last else last + _TICK
+        out = [at]
+        for _ in range(n - 1):
+            at += _TICK
+            out.append(at)
+        if len(self._last) > 100_000:
+            self._last.clear()
+        self._last[tenant_id] = at
+        return out
+
+
+clock = TenantClock()
+
+
+# ------------------------------------------------------------------------------------- preparing rows
+
+
+def _fresh_inbound(items: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Items keyed by (provider, provider_message_id), in the given order; the first of duplicates wins."""
+    fresh: dict[tuple[str, str], dict[str, Any]] = {}
+    for item in items:
+        pmid = item["provider_message_id"]
+        key = (item["provider"], pmid if len(pmid) <= PROVIDER_ID_LEN else pmid[:PROVIDER_ID_LEN])
+        if key not in fresh:
+            fresh[key] = item
+    return fresh
+
+
+def _inbound_rows(
+    tenant_id: str, fresh: dict[tuple[str, str], dict[str, Any]], now: dt.datetime
+) -> list[dict[str, Any]]:
+    """Message rows for new inbound items, in the given (delivery) order, ``created_at`` increasing;
+    ``_wa_id``/``_contact_name``/``_content``/``_to`` are kept aside for the conversations and events."""
+    rows: list[dict[str, Any]] = []
+    ids = new_message_ids(len(fresh))
+    stamps = clock.stamps(tenant_id, len(fresh), now)
+    for mid, at, ((provider, pmid), item) in zip(ids, stamps, fresh.items(), strict=True):
+        wa_id = item["wa_id"]
+        if not wa_id.isdigit() or not wa_id.isascii():
+            wa_id = canonical_wa_id(wa_id) or "0"
+        kind = item.get("type") or "unknown"
+        rows.append(
+            {
+                "id": mid,
+                "tenant_id": tenant_id,
+                "conversation_id": None,
+                "direction": "inbound",
+                "provider": provider,
+                "provider_message_id": pmid,
+                "type": kind if len(kind) <= 32 else kind[:32],
+                "content": dump_json(item.get("content")),
+                "status": MessageStatus.RECEIVED.value,
+                "error_code": None,
+                "error_message": None,
+                "created_at": at,
+                "updated_at": now,
+                "provider_timestamp": item.get("provider_timestamp") or now,
+                "_wa_id": wa_id if len(wa_id) <= 32 else wa_id[:32],
+                "_contact_name": clip(item.get("contact_name"), 256),
+                "_content": item.get("content"),
+                "_to": item.get("to"),
+            }
+        )
+    return rows
+
+
+def _conversation_rows(tenant_id: str, rows: list[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
+    """One upsert row per contact, aggregated in Python; sorted so concurrent writers lock in one order."""
+    convs: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        c = convs.get(r["_wa_id"])
+        if c is None:
+            c = convs[r["_wa_id"]] = {
+                "tenant_id": tenant_id,
+                "wa_id": r["_wa_id"],
+                "contact_name": None,
+                "provider_last": r["provider"],
+                "last_inbound_at": r["provider_timestamp"],
+                "last_message_at": r["provider_timestamp"],
+                "last_message_id": r["id"],
+                "unread_count": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+        c["unread_count"] += 1
+        if r["_contact_name"]:
+            c["contact_name"] = r["_contact_name"]
+        if r["provider_timestamp"] >= c["last_inbound_at"]:
+            c["last_inbound_at"] = c["last_message_at"] = r["provider_timestamp"]
+            c["last_message_id"] = r["id"]
+            c["provider_last"] = r["provider"]
+    return [convs[k] for k in sorted(convs)]
+
+
+def _stored_row(r: dict[str, Any]) -> dict[str, Any]:
+    """What ``record_inbound_messages`` returns for a stored row: content decoded, wa_id and contact_name."""
+    stored = {k: v for k, v in r.items() if k[0] != "_"}
+    stored["content"] = load_json(r["content"]) if r.get("_content") is None else r["_content"]
+    stored["wa_id"] = r["_wa_id"]
+    stored["contact_name"] = r["_contact_name"]
+    return stored
+
+
+# ------------------------------------------------------------------------------- the careful path
+
+
+async def _drop_stored(
+    conn: AsyncConnection, tenant_id: str, fresh: dict[tuple[str, str], dict[str, Any]], raw: bool
+) -> None:
+    """Forget the items whose (provider, provider message id) is stored already."""
+    by_provider: dict[str, list[str]] = {}
+    for provider, pmid in fresh:
+        by_provider.setdefault(provider, []).append(pmid)
+    if raw:  # one statement for every provider, written out (no SQLAlchemy compile, no escaping)
+        found, _ = await inbound_sql.driver_query(
+            conn, inbound_sql.existing_wamids_sql(tenant_id, by_provider)
+        )
+        for provider, pmid in found:
+            fresh.pop((provider, pmid), None)
+        return
+    for provider, pmids in by_provider.items():
+        result = await conn.execute(
+            sa.select(messages.c.provider_message_id).where(
+                messages.c.tenant_id == tenant_id,
+                messages.c.provider == provider,
+                messages.c.provider_message_id.in_(pmids),
+            )
+        )
+        for (pmid,) in result:
+            fresh.pop((provider, pmid), None)
+
+
+async def _conversation_ids(
+    conn: AsyncConnection, tenant_id: str, conv_rows: list[dict[str, Any]], raw: bool
+) -> dict[str, int]:
+    """Upsert the batch's conversations; their ids by wa_id."""
+    if raw:  # MariaDB: the upsert returns the ids (one round trip, not two)
+        found, _ = await inbound_sql.driver_query(conn, inbound_sql.upsert_conversations_sql(conv_rows))
+        return {wa: cid for cid, wa in found}
+    await upsert_conversations(conn, conv_rows)
+    result = await conn.execute(
+        sa.select(conversations.c.id, conversations.c.wa_id).where(
+            conversations.c.tenant_id == tenant_id,
+            conversations.c.wa_id.in_([c["wa_id"] for c in conv_rows]),
+        )
+    )
+    return {wa: cid for cid, wa in result}
+
+
+async def _insert_rows(
+    conn: AsyncConnection, tenant_id: str, rows: list[dict[str, Any]], raw: bool, deferred: list[str] | None
+) -> list[dict[str, Any]]:
+    """INSERT the rows (or defer the statement); returns the rows that are ours."""
+    if raw and deferred is not None:
+        deferred.append(inbound_sql.insert_messages_sql(rows, ignore=False))
+        return rows  # all or nothing: see record_inbound_messages
+    if raw:
+        _, inserted = await inbound_sql.driver_query(conn, inbound_sql.insert_messages_sql(rows))
+    else:
+        insert_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+        inserted = (await conn.execute(insert_ignore(conn, messages), insert_rows)).rowcount
+    if inserted is None or not 0 <= inserted < len(rows):
+        return rows
+    # Another node stored some of these between our check and our insert: keep only ours.
+    got = await conn.execute(
+        sa.select(messages.c.id).where(
+            messages.c.tenant_id == tenant_id, messages.c.id.in_([r["id"] for r in rows])
+        )
+    )
+    mine = {mid for (mid,) in got}
+    return [r for r in rows if r["id"] in mine]
+
+
+async def record_inbound_messages(
+    conn: AsyncConnection,
+    tenant_id: str,
+    items: Iterable[dict[str, Any]],
+    *,
+    deferred: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Store inbound messages once per (tenant, provider, provider_message_id), in the given order;
+    create/refresh their conversations (contact name, last_inbound_at = the 24 h window, last
+    message, unread count).
+
+    Each item: ``provider``, ``provider_message_id``, ``wa_id``, ``type``, ``content`` (JSON-able),
+    ``provider_timestamp`` (naive UTC), optional ``contact_name``. Returns the rows actually stored
+    (new ones only, content decoded, ``wa_id`` and ``contact_name`` added), in the given order.
+
+    ``deferred`` (MariaDB only; ignored elsewhere): instead of running the messages INSERT now, append
+    it to this list for the caller to send in one round trip with what follows (``run_deferred`` or the
+    event-log append). It is then a plain INSERT: a row stored meanwhile by another writer makes it
+    fail (IntegrityError) and the transaction must be rolled back and retried, rather than ignored.
+    """
+    fresh = _fresh_inbound(items)
+    if not fresh:
+        return []
+    raw = inbound_sql.raw_mariadb(conn)
+    await _drop_stored(conn, tenant_id, fresh, raw)
+    if not fresh:
+        return []
+    now = utcnow()
+    rows = _inbound_rows(tenant_id, fresh, now)
+    conv_ids = await _conversation_ids(conn, tenant_id, _conversation_rows(tenant_id, rows, now), raw)
+    for r in rows:
+        r["conversation_id"] = conv_ids[r["_wa_id"]]
+    return [_stored_row(r) for r in await _insert_rows(conn, tenant_id, rows, raw, deferred)]
+
+
+# ------------------------------------------------------------------------ the fast path (MariaDB)
+
+
+class InboundPlan:
+    """One tenant's new inbound messages, prepared for the fast path."""
+
+    __slots__ = ("conversations", "rows", "tenant_id")
+
+    def __init__(self, tenant_id: str, items: Iterable[dict[str, Any]], now: dt.datetime) -> None:
+        self.tenant_id = tenant_id
+        self.rows = _inbound_rows(tenant_id, _fresh_inbound(items), now)
+        self.conversations = _conversation_rows(tenant_id, self.rows, now)
+
+    def wa_ids(self) -> list[str]:
+        return [c["wa_id"] for c in self.conversations]
+
+    def stored(self) -> list[tuple[dict[str, Any], Any]]:
+        """(row, the item's ``to``) per stored message: the row as ``record_inbound_messages`` returns
+        it, less the copy (the private ``_`` keys stay; readers use the public ones)."""
+        out = []
+        for r in self.rows:
+            r["wa_id"], r["contact_name"] = r["_wa_id"], r["_contact_name"]
+            out.append((r, r["_to"]))
+        return out
+
+
+async def learn_conversation_ids(driver: Any, plan: InboundPlan) -> dict[str, int]:
+    """Upsert a plan's conversations on its own (some contact's id is not known); their ids."""
+    sql = inbound_sql.upsert_conversations_sql(plan.conversations, returning=True)
+    return {wa_id: cid for cid, wa_id in await inbound_sql.driver_fetch(driver, sql)}
+
+
+async def store_fast(
+    conn: AsyncConnection,
+    plans: Sequence[InboundPlan],
+    ids: Sequence[dict[str, int]],
+    *,
+    upserted: bool,
+    events: Callable[[], Sequence[events_db.NewEvent]],
+) -> list[int]:
+    """Write the plans (conversation ids ``ids``, one dict per plan) and their events in ONE round
+    trip: the conversations upsert (unless ``upserted`` by ``learn_conversation_ids``), the plain
+    messages INSERT and the event-log append. ``events()`` builds the event rows once the message
+    rows know their conversations. Returns the events' seqs. Inside the caller's transaction."""
+    statements = (
+        []
+        if upserted
+        else [
+            inbound_sql.upsert_conversations_sql(plan.conversations, returning=False, ids=plan_ids)
+            for plan, plan_ids in zip(plans, ids, strict=True)
+        ]
+    )
+    for plan, plan_ids in zip(plans, ids, strict=True):
+        for r in plan.rows:
+            r["conversation_id"] = plan_ids[r["_wa_id"]]
+        statements.append(inbound_sql.insert_messages_sql(plan.rows, ignore=False))
+    return await events_db.append_events(conn, events(), before=statements)
+
+
+# ---------------------------------------------------------------------- typed on the phone (Web)
+
+
+async def record_phone_messages(
+    conn: AsyncConnection, tenant_id: str, provider: str, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Store messages typed on the phone as outbound rows (``sent``), once per (tenant, provider
+    message id), in the given order; returns the rows stored now (content decoded, ``wa_id`` and
+    ``from`` added). Acks that were stored before their message (``message_id`` NULL) are applied."""
+    m = messages.c
+    fresh: dict[str, dict[str, Any]] = {}
+    for item in items:
+        fresh.setdefault(item["provider_message_id"][:PROVIDER_ID_LEN], item)
+    if not fresh:
+        return []
+    known = await conn.execute(
+        sa.select(m.provider_message_id).where(
+            m.tenant_id == tenant_id, m.provider == provider, m.provider_message_id.in_(list(fresh))
+        )
+    )
+    for (pmid,) in known:
+        fresh.pop(pmid, None)  # a send of ours, or the same message reported again
+    if not fresh:
+        return []
+    now = utcnow()
+    stored = []
+    for (pmid, item), created in zip(fresh.items(), clock.stamps(tenant_id, len(fresh), now), strict=True):
+        row = await _record_phone_message(conn, tenant_id, provider, pmid, item, created, now)
+        if row is not None:
+            stored.append(row)
+    return stored
+
+
+async def _record_phone_message(
+    conn: AsyncConnection,
+    tenant_id: str,
+    provider: str,
+    pmid: str,
+    item: dict[str, Any],
+    created: dt.datetime,
+    now: dt.datetime,
+) -> dict[str, Any] | None:
+    conv = await get_or_create_conversation(conn, tenant_id, item["wa_id"], provider=provider)
+    at = item["provider_timestamp"] or now
+    row = {
+        "id": new_message_id(),
+        "tenant_id": tenant_id,
+        "conversation_id": conv["id"],
+        "direction": "outbound",
+        "provider": provider,
+        "provider_message_id": pmid,
+        "type": str(item["type"])[:32],
+        "content": dump_json(item["content"]),
+        "status": MessageStatus.SENT.value,
+        "created_at": created,
+        "updated_at": now,
+        "sent_at": at,
+        "provider_timestamp": at,
+    }
+    if (await conn.execute(insert_ignore(conn, messages).values(**row))).rowcount == 0:
+        return None  # stored meanwhile by another writer
+    c = conversations.c
+    newer = sa.or_(c.last_message_at.is_(None), c.last_message_at <= at)
+    await conn.execute(
+        conversations.update()
+        .where(c.tenant_id == tenant_id, c.id == conv["id"], newer)
+        .values(last_message_at=at, last_message_id=row["id"], updated_at=now)
+    )
+    after = await apply_recorded_statuses(conn, tenant_id, row["id"])
+    if after is not None:
+        row.update(status=after["status"], updated_at=after["updated_at"])
+    row["content"] = item["content"]
+    row["wa_id"] = conv["wa_id"]
+    row["from"] = item.get("from")
+    return row
+
+
+async def append_after(
+    conn: AsyncConnection, deferred: list[str], events: Sequence[events_db.NewEvent]
+) -> list[int]:
+    """The statements ``record_inbound_messages`` deferred, then the event-log append of ``events``,
+    in one round trip (MariaDB); returns the events' seqs. Inside the caller's transaction."""
+    return await events_db.append_events(conn, events, before=deferred)

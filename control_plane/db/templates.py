@@ -1,0 +1,132 @@
+"""Business API message templates: a mirror of the WABA's list (synced from the Graph API)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.db.conversations import BigId, clip
+from control_plane.db.engine import utcnow
+from control_plane.db.messages import dump_json, load_json
+from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
+
+templates = sa.Table(
+    "templates",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("waba_id", sa.String(64), nullable=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("language", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(32), nullable=True),
+    sa.Column("category", sa.String(32), nullable=True),
+    sa.Column("components", LongText, nullable=False),
+    sa.Column("remote_id", sa.String(64), nullable=True),
+    sa.Column("synced_at", Timestamp, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("tenant_id", "name", "language"),
+)
+
+
+# ------------------------------------------------------------------------------------------- templates
+
+
+async def replace_templates(
+    conn: AsyncConnection, tenant_id: str, waba_id: str | None, items: Sequence[dict[str, Any]]
+) -> dict[str, int]:
+    """Mirror the WABA's template list: upsert every (name, language); delete the tenant's templates the
+    Graph API no longer lists. Items are Graph API template objects."""
+    now = utcnow()
+    existing = {
+        (r.name, r.language): r.id
+        for r in await conn.execute(
+            sa.select(templates.c.id, templates.c.name, templates.c.language).where(
+                templates.c.tenant_id == tenant_id
+            )
+        )
+    }
+    seen: set[tuple[str, str]] = set()
+    created = updated = 0
+    for item in items:
+        name, language = str(item.get("name") or ""), str(item.get("language") or "")
+        if not name or not language or (name, language) in seen:
+            continue
+        seen.add((name, language))
+        values = {
+            "waba_id": waba_id,
+            "status": clip(item.get("status"), 32),
+            "category": clip(item.get("category"), 32),
+            "components": dump_json(item.get("components") or []),
+            "remote_id": clip(str(item["id"]), 64) if item.get("id") is not None else None,
+            "synced_at": now,
+            "updated_at": now,
+        }
+        if (name, language) in existing:
+            await conn.execute(
+                templates.update()
+                .where(templates.c.tenant_id == tenant_id, templates.c.id == existing[(name, language)])
+                .values(**values)
+            )
+            updated += 1
+        else:
+            await conn.execute(
+                templates.insert().values(
+                    tenant_id=tenant_id,
+                    name=clip(name, 255),
+                    language=clip(language, 16),
+                    created_at=now,
+                    **values,
+                )
+            )
+            created += 1
+    gone = [tid for key, tid in existing.items() if key not in seen]
+    if gone:
+        await conn.execute(
+            templates.delete().where(templates.c.tenant_id == tenant_id, templates.c.id.in_(gone))
+        )
+    return {"created": created, "updated": updated, "deleted": len(gone), "total": len(seen)}
+
+
+async def list_templates(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
+    result = await conn.execute(
+        sa.select(templates)
+        .where(templates.c.tenant_id == tenant_id)
+        .order_by(templates.c.name, templates.c.language)
+    )
+    out = []
+    for r in result:
+        row = dict(r._mapping)
+        row["components"] = load_json(row["components"]) or []
+        out.append(row)
+    return out
+
+
+async def get_template(
+    conn: AsyncConnection, tenant_id: str, name: str, language: str
+) -> dict[str, Any] | None:
+    result = await conn.execute(
+        sa.select(templates).where(
+            templates.c.tenant_id == tenant_id, templates.c.name == name, templates.c.language == language
+        )
+    )
+    row = result.first()
+    if row is None:
+        return None
+    out = dict(row._mapping)
+    out["components"] = load_json(out["components"]) or []
+    return out
+
+
+async def update_template_status(
+    conn: AsyncConnection, tenant_id: str, *, name: str, language: str | None, status: str
+) -> int:
+    """A ``message_template_status_update`` webhook: the named template's new status."""
+    stmt = templates.update().where(templates.c.tenant_id == tenant_id, templates.c.name == name)
+    if language:
+        stmt = stmt.where(templates.c.language == language)
+    result = await conn.execute(stmt.values(status=clip(status, 32), updated_at=utcnow()))
+    return result.rowcount

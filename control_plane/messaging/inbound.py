@@ -1,0 +1,386 @@
+"""The one inbound service (``app["inbound"]``): inbound messages, statuses and messages typed on
+the phone, from both roads, provider-neutral (``db.inbound.TenantWork``), stored and published.
+
+    await inbound.submit([TenantWork, ...])   # a webhook delivery: durable before it returns (200)
+    inbound.put(tenant_id, messages=[...])     # the Web session's events: kept until stored
+
+One group-commit writer (``db.batch.GroupCommit``) takes everything handed over since it last looked
+and stores it in ONE transaction with a fixed handful of multi-row statements per tenant, then emits
+its events (``realtime.unit``). One writer, so batches commit in the order they were handed over:
+
+Order. Within a conversation, the event log's seq order and the history's order (``created_at``,
+a per-tenant increasing stamp: ``db.inbound.TenantClock``) are the provider's delivery order:
+- Web: the bridge's arrival order (the supervisor hands events over in the order the bridge wrote
+  them; nothing here sorts them);
+- Cloud: the order of the messages within a webhook delivery, and between deliveries stored in one
+  batch, their message timestamp (Meta's are whole seconds: equal ones keep their arrival order).
+Per tenant, a batch stores its messages (inbound and phone-typed, in that order) first, then its
+statuses (an ack finds a phone message stored in the same batch).
+
+MariaDB, inbound messages only (the common case): the fast path (``db.inbound.store_fast``), no
+duplicate check first; a wamid stored before fails the INSERT, the batch is rolled back and stored
+the careful way (``record_inbound_messages``: check, then write). Elsewhere, or with statuses or
+phone messages: the careful way at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.exc import IntegrityError
+
+from control_plane import events as event_types
+from control_plane.db import Database, status_facts
+from control_plane.db import inbound as inbound_db
+from control_plane.db.batch import GroupCommit
+from control_plane.db.engine import utcnow
+from control_plane.db.inbound import TenantWork
+from control_plane.db.inbound_sql import raw_mariadb
+from control_plane.realtime.envelopes import encode_data
+from control_plane.realtime.unit import EventLog, Unit, store_then_publish
+
+log = logging.getLogger(__name__)
+
+Delivery = list[TenantWork]  # one hand-over: what it stores, per tenant
+Run = tuple[str, list[dict[str, Any]]]  # ("messages" | "phone", items)
+_EPOCH = dt.datetime(1970, 1, 1)
+KNOWN_CONVERSATIONS_MAX = 200_000
+
+
+@dataclass
+class IngestStats:
+    batches: int = 0
+    deliveries: int = 0
+    messages_stored: int = 0
+    statuses_stored: int = 0
+    phone_stored: int = 0
+    failed_batches: int = 0
+    max_batch: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _TenantBatch:
+    """One tenant's part of a batch: message runs in order, then statuses."""
+
+    runs: list[Run]
+    statuses: list[dict[str, Any]]
+
+
+class InboundService:
+    """See the module docstring. ``events()`` returns the publisher (looked up late: realtime may
+    start after us) or None."""
+
+    def __init__(self, db: Database, events: Callable[[], EventLog | None], *, max_batch: int = 256) -> None:
+        self._db = db
+        self._events = events
+        self._conn: Any = None  # held: no pool checkout, ping or reset per batch
+        self._driver: Any = None  # its driver (aiomysql) connection, for the fast path (MariaDB)
+        # (tenant_id, wa_id) -> conversation id, learned from committed upserts. A conversation's id
+        # never changes; a stale entry (its tenant deleted) fails the fast path's INSERT, which then
+        # falls back to the careful path and forgets the batch's entries.
+        self._conversation_ids: dict[tuple[str, str], int] = {}
+        self.stats = IngestStats()
+        self._writer: GroupCommit[Delivery] = GroupCommit(
+            self._store, name="inbound", max_batch=max_batch, on_lost=self.drop_connection
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._writer.start()
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Store what was handed over (up to ``grace_s``), then stop."""
+        await self._writer.stop(grace_s)
+        await self.drop_connection()
+
+    async def flush(self, within_s: float = 10.0) -> bool:
+        """Waits until what was handed over so far is stored (tests, shutdown)."""
+        return await self._writer.flush(within_s)
+
+    async def drop_connection(self) -> None:
+        """Forget the held connection (after an error; tests simulating an outage)."""
+        conn, self._conn, self._driver = self._conn, None, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await conn.invalidate()
+
+    # -- handing over ---------------------------------------------------------------------------
+
+    async def submit(self, works: Delivery) -> None:
+        """Store ``works`` durably (returns after their commit). Raises ``errors.Unavailable``."""
+        if any(w.messages or w.statuses or w.phone for w in works):
+            await self._writer.submit(works)
+
+    def put(
+        self,
+        tenant_id: str,
+        *,
+        messages: list[dict[str, Any]] | None = None,
+        statuses: list[dict[str, Any]] | None = None,
+        phone: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Queue items for the next batch, after everything handed over before (kept until stored)."""
+        if messages or statuses or phone:
+            self._writer.put([TenantWork(tenant_id, messages or [], statuses or [], phone or [])])
+
+    # -- storing --------------------------------------------------------------------------------
+
+    async def _store(self, batch: list[Delivery]) -> None:
+        per_tenant = _per_tenant(batch)
+        events = self._events()
+        conn = await self._connection()
+        try:
+            if self._driver is not None and events is not None and _messages_only(per_tenant):
+                try:
+                    stored = await self._store_fast(per_tenant, events)
+                except IntegrityError:
+                    # A wamid stored before (a redelivery), or a conversation gone with its tenant:
+                    # all of it was rolled back; the careful path checks first, stores what is new.
+                    self._forget_conversations(per_tenant)
+                else:
+                    self._count(len(batch), stored, 0, 0)
+                    return
+            try:
+                counts = await self._store_careful(conn, per_tenant, events)
+            except IntegrityError:
+                # Another writer stored one of these wamids between our check and our (MariaDB:
+                # plain, deferred) INSERT: all of it was rolled back; the next check sees theirs.
+                log.info("inbound batch of %d raced another writer; storing it once more", len(batch))
+                counts = await self._store_careful(conn, per_tenant, events)
+        except Exception:
+            self.stats.failed_batches += 1
+            raise
+        self._count(len(batch), *counts)
+
+    async def _connection(self) -> Any:
+        if self._conn is None:
+            conn = await self._db.engine.connect()
+            driver = None
+            if raw_mariadb(conn):
+                try:
+                    driver = (await conn.get_raw_connection()).driver_connection
+                except BaseException:
+                    await conn.close()
+                    raise
+            self._conn, self._driver = conn, driver
+        return self._conn
+
+    def _count(self, deliveries: int, messages: int, statuses: int, phone: int) -> None:
+        s = self.stats
+        s.batches += 1
+        s.deliveries += deliveries
+        s.max_batch = max(s.max_batch, deliveries)
+        s.messages_stored += messages
+        s.statuses_stored += statuses
+        s.phone_stored += phone
+
+    def _forget_conversations(self, per_tenant: dict[str, _TenantBatch]) -> None:
+        for tenant_id, part in per_tenant.items():
+            for _kind, items in part.runs:
+                for item in items:
+                    wa_id = inbound_db.canonical_wa_id(item["wa_id"])[:32] or "0"
+                    self._conversation_ids.pop((tenant_id, wa_id), None)
+
+    async def _store_fast(self, per_tenant: dict[str, _TenantBatch], events: EventLog) -> int:
+        """MariaDB, inbound messages only: one round trip (conversations upsert, plain messages INSERT,
+        event-log append) and the COMMIT; one more first when a contact's conversation id is not
+        known yet. Returns the number of messages stored."""
+        now = utcnow()
+        plans = [
+            plan
+            for plan in (
+                inbound_db.InboundPlan(tenant_id, per_tenant[tenant_id].runs[0][1], now)
+                for tenant_id in sorted(per_tenant)  # one lock order for every writer
+            )
+            if plan.rows
+        ]
+        if not plans:
+            return 0
+        known = self._conversation_ids
+        ids: list[dict[str, int]] = []
+        try:
+            ids = [{wa_id: known[(p.tenant_id, wa_id)] for wa_id in p.wa_ids()} for p in plans]
+        except KeyError:
+            ids = []
+        upserted = not ids
+        driver = self._driver
+        async with store_then_publish(_driver_transaction(driver), events) as unit:
+            if upserted:  # a contact not seen yet: the upserts first, returning the ids
+                ids = [await inbound_db.learn_conversation_ids(driver, plan) for plan in plans]
+
+            def event_rows() -> list[Any]:
+                for plan in plans:
+                    for row, to in plan.stored():
+                        data = event_types.received_event(row, to)
+                        json_text = event_types.received_event_json(data, row["content"], encode_data)
+                        unit.add(plan.tenant_id, event_types.MESSAGE_RECEIVED, data, json_text)
+                prepared = unit.prepare()
+                return prepared.rows if prepared is not None else []
+
+            unit.appended(
+                await inbound_db.store_fast(self._conn, plans, ids, upserted=upserted, events=event_rows)
+            )
+        if upserted:
+            if len(known) > KNOWN_CONVERSATIONS_MAX:
+                known.clear()
+            for plan, plan_ids in zip(plans, ids, strict=True):
+                known.update(((plan.tenant_id, wa_id), cid) for wa_id, cid in plan_ids.items())
+        return sum(len(plan.rows) for plan in plans)
+
+    async def _store_careful(
+        self, conn: Any, per_tenant: dict[str, _TenantBatch], events: EventLog | None
+    ) -> tuple[int, int, int]:
+        """Any database, anything: check what is stored already, then write. Returns the numbers of
+        inbound messages, statuses and phone messages stored."""
+        counts = [0, 0, 0]
+        # MariaDB: the messages INSERTs go out with the event-log append, in one round trip.
+        deferred: list[str] | None = [] if self._driver is not None else None
+        async with store_then_publish(_transaction(conn), events) as unit:
+            for tenant_id in sorted(per_tenant):  # one lock order for every writer
+                part = per_tenant[tenant_id]
+                for kind, items in part.runs:
+                    if kind == "phone":
+                        if deferred:  # in order: the inbound messages before these first
+                            await inbound_db.run_deferred(conn, deferred)
+                        counts[2] += await _store_phone(unit, tenant_id, items)
+                    else:
+                        counts[0] += await _store_inbound(unit, tenant_id, items, deferred)
+                if part.statuses:
+                    if deferred:  # statuses read messages: store this batch's first
+                        await inbound_db.run_deferred(conn, deferred)
+                    counts[1] += await _store_statuses(unit, tenant_id, part.statuses)
+            if deferred:
+                prepared = unit.prepare()
+                if prepared is None:
+                    await inbound_db.run_deferred(conn, deferred)
+                else:
+                    unit.appended(await inbound_db.append_after(conn, deferred, prepared.rows))
+        return counts[0], counts[1], counts[2]
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+async def _store_inbound(
+    unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]], deferred: list[str] | None
+) -> int:
+    rows = await inbound_db.record_inbound_messages(unit.conn, tenant_id, items, deferred=deferred)
+    to = {m["provider_message_id"]: m.get("to") for m in items}
+    for r in rows:
+        unit.add(
+            tenant_id,
+            event_types.MESSAGE_RECEIVED,
+            event_types.received_event(r, to.get(r["provider_message_id"])),
+        )
+    return len(rows)
+
+
+async def _store_phone(unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]]) -> int:
+    by_provider: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        by_provider.setdefault(item["provider"], []).append(item)
+    stored = 0
+    for provider, group in by_provider.items():
+        for row in await inbound_db.record_phone_messages(unit.conn, tenant_id, provider, group):
+            unit.add(tenant_id, event_types.MESSAGE_SENT, event_types.phone_sent_event(row))
+            stored += 1
+    return stored
+
+
+async def _store_statuses(unit: Unit[Any], tenant_id: str, statuses: list[dict[str, Any]]) -> int:
+    changes = await status_facts.apply_status_updates(unit.conn, tenant_id, statuses)
+    unit.extend(event_types.status_events(tenant_id, changes))
+    return len(changes)
+
+
+def _per_tenant(batch: list[Delivery]) -> dict[str, _TenantBatch]:
+    """The batch per tenant, in hand-over order: runs of inbound and phone-typed messages (a new
+    run where the kind changes), then the statuses. Cloud messages of several deliveries are put
+    in their delivery order (see the module docstring)."""
+    parts: dict[str, _TenantBatch] = {}
+    sources: dict[str, list[int]] = {}  # per tenant: the delivery of each message of its last run
+    for number, delivery in enumerate(batch):
+        for work in delivery:
+            part = parts.get(work.tenant_id)
+            if part is None:
+                part = parts[work.tenant_id] = _TenantBatch([], [])
+                sources[work.tenant_id] = []
+            for kind, items in (("messages", work.messages), ("phone", work.phone)):
+                if not items:
+                    continue
+                if part.runs and part.runs[-1][0] == kind:
+                    part.runs[-1][1].extend(items)
+                else:
+                    part.runs.append((kind, list(items)))
+                    sources[work.tenant_id] = []
+                sources[work.tenant_id].extend([number] * len(items))
+            part.statuses.extend(work.statuses)
+    for tenant_id, part in parts.items():
+        if len(part.runs) == 1 and part.runs[0][0] == "messages" and len(set(sources[tenant_id])) > 1:
+            part.runs[0] = ("messages", _delivery_order(part.runs[0][1], sources[tenant_id]))
+    return parts
+
+
+def _delivery_order(items: list[dict[str, Any]], deliveries: list[int]) -> list[dict[str, Any]]:
+    """Cloud messages of several deliveries: each delivery's messages of one contact stay together
+    and in their order; such blocks go by their first message's timestamp, then arrival. Web
+    messages (or a mix) keep their arrival order."""
+    if any(item["provider"] != "business_api" for item in items):
+        return items
+    first: dict[tuple[int, str], dt.datetime] = {}
+    keyed = []
+    for pos, (item, number) in enumerate(zip(items, deliveries, strict=True)):
+        at = first.setdefault((number, item["wa_id"]), item.get("provider_timestamp") or _EPOCH)
+        keyed.append((at, number, pos, item))
+    keyed.sort(key=lambda k: k[:3])
+    return [k[3] for k in keyed]
+
+
+def _messages_only(per_tenant: dict[str, _TenantBatch]) -> bool:
+    return all(
+        not part.statuses and len(part.runs) == 1 and part.runs[0][0] == "messages"
+        for part in per_tenant.values()
+    )
+
+
+@contextlib.asynccontextmanager
+async def _transaction(conn: Any) -> AsyncIterator[Any]:
+    """A transaction on a held connection, yielding the connection."""
+    async with conn.begin():
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def _driver_transaction(driver: Any) -> AsyncIterator[Any]:
+    """A transaction on the driver connection (the fast path): committed at the end, rolled back on
+    any error."""
+    try:
+        yield driver
+        await driver.commit()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await driver.rollback()
+        raise
+
+
+async def inbound_context(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: ``app["inbound"]``, after the database and realtime, before the supervisor
+    (bridges still speaking while they stop are stored), webhooks and the dispatcher."""
+    service = InboundService(app["db"], lambda: app.get("events"))
+    app["inbound"] = service
+    service.start()
+    yield
+    await service.stop()
