@@ -11,10 +11,10 @@ from aiohttp import web
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.api.models import RequestModel, ResponseModel, UTCDateTime
-from control_plane.api.routing import Router
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
+from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
+from control_plane.http.routing import Router
 from control_plane.messaging import models
 from control_plane.messaging import outbox as outbox_service
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.api.models import RequestModel
+from control_plane.http.models import RequestModel
 
 MessageType = Literal[
     "text",
