@@ -166,7 +166,7 @@ def message_view(
     "/api/messages",
     auth="tenant",
     tags=TAGS,
-    body=models.SendMessageIn,
+    body=models.SEND_MESSAGE,
     response=MessageAccepted,
     status=202,
     errors=(400, 401, 403, 404, 409, 413, 422, 503),
