@@ -18,14 +18,15 @@ class BodySchema(Protocol):
     def model_validate(self, obj: Any, /) -> Any: ...
 
 
-def invalid_input(exc: ValidationError, skip: int = 0) -> errors.InvalidInput:
+def invalid_input(exc: ValidationError, skip: int = 0, at: str = "") -> errors.InvalidInput:
     """The first validation error as the API reports it: code and field (dotted path) named.
 
     An error whose context names a ``code`` (``models.reports_invalid_input``, ``models.OneOf``) keeps
-    its code, message and field. ``skip``: leading path items that are not fields (the
-    tag pydantic puts first in a tagged union's paths)."""
+    its code, message and field. ``skip``: leading path items that are not fields (the tag pydantic
+    puts first in a tagged union's paths); ``at``: the path of the part validated, when not the body."""
     err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"][skip:]) or None
+    path = [at] if at else []
+    loc = ".".join([*path, *(str(p) for p in err["loc"][skip:])]) or None
     kind = err["type"]
     ctx = err.get("ctx") or {}
     if "code" in ctx:  # raised as a domain error (models.reports_invalid_input) or a custom one

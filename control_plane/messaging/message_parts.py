@@ -13,10 +13,18 @@ import binascii
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 from control_plane import errors
 from control_plane.http.models import RequestModel
+from control_plane.http.parsing import invalid_input
 
 MAX_CAPTION = 1024
 # Cloud API limits (bytes) and accepted MIME types per media kind (cloud-api.md §3).
@@ -388,4 +396,17 @@ def _check_rows(s: int, section: Any) -> int:
     return len(items)
 
 
-InteractiveIn = Annotated[InteractiveButtonsIn | InteractiveListIn, Field(discriminator="type")]
+def _named_from_interactive(value: Any, validate: ValidatorFunctionWrapHandler) -> Any:
+    """A shape error below ``interactive`` names its path from ``interactive`` (without the union's tag,
+    ``button`` or ``list``, that pydantic puts first)."""
+    try:
+        return validate(value)
+    except ValidationError as exc:
+        raise invalid_input(exc, skip=1, at="interactive") from None
+
+
+InteractiveIn = Annotated[
+    InteractiveButtonsIn | InteractiveListIn,
+    Field(discriminator="type"),
+    WrapValidator(_named_from_interactive),
+]

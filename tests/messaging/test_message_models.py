@@ -189,6 +189,18 @@ def test_invalid_bodies_name_the_field(body, expected):
         assert message == expected[2]
 
 
+def test_a_shape_error_inside_interactive_names_its_path_from_interactive():
+    row = {"id": "r1", "title": "R1", "description": 5}  # passes the checks, not the model
+    interactive = {
+        "type": "list",
+        "body": {"text": "b"},
+        "action": {"button": "Go", "sections": [{"rows": [row]}]},
+    }
+    field = "interactive.action.sections.0.rows.0.description"
+    assert error_of(type="interactive", interactive=interactive)[1:3] == ("invalid_field", field)
+    assert error_of(type="interactive", interactive="x")[1:3] == ("invalid_field", "interactive")
+
+
 def test_oversized_media_is_413():
     big = base64.b64encode(b"x" * (5 * 1024 * 1024 + 1)).decode()
     assert error_of(type="image", media={"base64": big, "mime_type": "image/png"})[:3] == (
