@@ -100,7 +100,9 @@ class SessionSigner:
         return self._sign(f"csrf.{session.sid}")
 
     def check_csrf(self, session: AdminSession, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(token.encode(), self.csrf_token(session).encode())
+        if not token:
+            return False
+        return hmac.compare_digest(token.encode(), self.csrf_token(session).encode())
 
     def login_csrf_token(self, login_nonce: str) -> str:
         return self._sign(f"login.{login_nonce}")

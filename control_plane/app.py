@@ -23,11 +23,12 @@ from control_plane.api import (
     tenants,
     whatsapp_config,
 )
-from control_plane.api.errors import error_middleware
-from control_plane.api.routing import Router
 from control_plane.config import Settings, mask_url
 from control_plane.crypto import SecretBox
 from control_plane.db import Database
+from control_plane.http import auth
+from control_plane.http.errors import error_middleware
+from control_plane.http.routing import Router
 from control_plane.logs import current_tenant
 from control_plane.messaging import dispatcher_context
 from control_plane.messaging.inbound import inbound_context
@@ -164,7 +165,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(dispatcher_context)  # app["dispatcher"], after the supervisor
     router = build_router()
     app["router_spec"] = router
-    router.register(app)
+    router.register(app, authenticate=auth.authenticate)
     openapi.setup(app, router)
     admin_views.setup(app)
     return app

@@ -1,4 +1,4 @@
-"""Domain errors. Deep code raises these; only the HTTP layer (api/errors.py) maps them to statuses.
+"""Domain errors. Deep code raises these; only the HTTP layer (http/errors.py) maps them to statuses.
 
 GatewayError
 ├── InvalidInput          a value is wrong (names the field)          -> 422

@@ -3,7 +3,7 @@
 Pages are rendered server-side (Jinja2, autoescaped) with the facts known at render time; the page
 scripts then keep them live from Socket.IO events and change things through the same JSON API the
 CRM uses (``/api/tenants/...``), authenticated by the admin session cookie plus its CSRF header
-(see ``control_plane/admin_cookie.py`` and ``api.auth.admin_panel_session``). No page loads anything
+(see ``control_plane/admin_cookie.py`` and ``http.auth.admin_panel_session``). No page loads anything
 from another origin.
 """
 
@@ -23,11 +23,11 @@ from aiohttp import web
 
 from control_plane import admin_cookie as sess
 from control_plane.admin.throttle import LoginThrottle
-from control_plane.api.auth import TENANT_ID_RE
-from control_plane.api.whatsapp_config import config_out
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
 from control_plane.db import whatsapp_config as config_db
+from control_plane.http.auth import TENANT_ID_RE
+from control_plane.messaging.whatsapp_config import config_out
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent

@@ -14,10 +14,10 @@ from pydantic import Field
 
 from control_plane import errors
 from control_plane.api.messages import message_view, strip_inline_media
-from control_plane.api.models import QueryModel, ResponseModel, UTCDateTime
-from control_plane.api.routing import Router
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
+from control_plane.http.models import QueryModel, ResponseModel, UTCDateTime
+from control_plane.http.routing import Router
 from control_plane.messaging.routing import window_open_until
 
 router = Router()

@@ -9,10 +9,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
-from control_plane.api.models import QueryModel, ResponseModel
-from control_plane.api.routing import Router
 from control_plane.db import events as events_db
 from control_plane.events import format_ts
+from control_plane.http.models import QueryModel, ResponseModel
+from control_plane.http.routing import Router
 
 router = Router()
 TAGS = ("events",)

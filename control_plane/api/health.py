@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 from pydantic import BaseModel
 
-from control_plane.api.routing import Router
+from control_plane.http.routing import Router
 
 log = logging.getLogger(__name__)
 router = Router()

@@ -11,10 +11,10 @@ from aiohttp import web
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.api.models import RequestModel, ResponseModel, UTCDateTime
-from control_plane.api.routing import Router
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
+from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
+from control_plane.http.routing import Router
 from control_plane.messaging import models
 from control_plane.messaging import outbox as outbox_service
 
@@ -166,7 +166,7 @@ def message_view(
     "/api/messages",
     auth="tenant",
     tags=TAGS,
-    body=models.SendMessageIn,
+    body=models.SEND_MESSAGE,
     response=MessageAccepted,
     status=202,
     errors=(400, 401, 403, 404, 409, 413, 422, 503),

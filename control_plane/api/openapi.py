@@ -9,10 +9,12 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode
 
 from control_plane import __version__
-from control_plane.api.errors import ErrorResponse
-from control_plane.api.routing import Operation, Router
+from control_plane.http.errors import ErrorResponse
+from control_plane.http.models import OneOf
+from control_plane.http.routing import Operation, Router
 
 STATIC = Path(__file__).resolve().parent / "static"
 REF = "#/components/schemas/{model}"
@@ -32,8 +34,8 @@ class _Schemas:
     def __init__(self) -> None:
         self.components: dict[str, Any] = {}
 
-    def ref(self, model: type[BaseModel], mode: str) -> dict[str, Any]:
-        schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+    def ref(self, model: type[BaseModel] | OneOf, mode: JsonSchemaMode) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template=REF, mode=mode)
         for name, sub in schema.pop("$defs", {}).items():
             self.components.setdefault(name, sub)
         self.components.setdefault(model.__name__, schema)

@@ -15,9 +15,9 @@ from aiohttp import web
 from pydantic import ConfigDict, Field, model_validator
 
 from control_plane import errors
-from control_plane.api.models import RequestModel, ResponseModel
-from control_plane.api.routing import Router
 from control_plane.api.session import supervisor_of
+from control_plane.http.models import RequestModel, ResponseModel
+from control_plane.http.routing import Router
 
 router = Router()
 TAGS = ("sandbox",)

@@ -12,8 +12,8 @@ from aiohttp import web
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.api.models import QueryModel, ResponseModel
-from control_plane.api.routing import Router
+from control_plane.http.models import QueryModel, ResponseModel
+from control_plane.http.routing import Router
 
 log = logging.getLogger(__name__)
 router = Router()

@@ -13,11 +13,11 @@ from typing import Any
 from aiohttp import web
 
 from control_plane import errors
-from control_plane.api.models import ResponseModel, UTCDateTime
-from control_plane.api.routing import Router
 from control_plane.db import templates as templates_db
 from control_plane.db import utcnow
 from control_plane.db import whatsapp_config as config_db
+from control_plane.http.models import ResponseModel, UTCDateTime
+from control_plane.http.routing import Router
 from control_plane.providers.cloud_api import (
     CloudCredentials,
     GraphAPIAuthError,
@@ -91,6 +91,28 @@ async def list_templates(request: web.Request) -> TemplateList:
 )
 async def sync_templates(request: web.Request) -> TemplateSyncOut:
     tenant_id = request["tenant"]["id"]
+    config, creds = await _sync_credentials(request, tenant_id)
+    remote = await _fetch_templates(request, tenant_id, creds)
+    items = [
+        {
+            "id": t.id,
+            "name": t.name,
+            "language": t.language,
+            "status": t.status,
+            "category": t.category,
+            "components": t.components,
+        }
+        for t in remote
+    ]
+    async with request.app["db"].begin() as conn:
+        counts = await templates_db.replace_templates(conn, tenant_id, config["waba_id"], items)
+        rows = await templates_db.list_templates(conn, tenant_id)
+    log.info("templates synced tenant=%s %s", tenant_id, counts)
+    return TemplateSyncOut(templates=[_template_out(r) for r in rows], **counts)
+
+
+async def _sync_credentials(request: web.Request, tenant_id: str) -> tuple[dict[str, Any], CloudCredentials]:
+    """The tenant's Business API config and credentials (409 unless complete)."""
     async with request.app["db"].connect() as conn:
         config = await config_db.get_whatsapp_config(conn, tenant_id)
     if (
@@ -105,16 +127,21 @@ async def sync_templates(request: web.Request) -> TemplateSyncOut:
             code="business_api_not_configured",
             field="waba_id",
         )
-    settings = request.app["settings"]
     creds = CloudCredentials(
         phone_number_id=config["phone_number_id"],
         waba_id=config["waba_id"],
         access_token=request.app["secret_box"].decrypt(config["access_token_enc"]),
-        api_version=config["api_version"] or settings.graph_api_version,
+        api_version=config["api_version"] or request.app["settings"].graph_api_version,
     )
+    return config, creds
+
+
+async def _fetch_templates(request: web.Request, tenant_id: str, creds: CloudCredentials) -> list[Any]:
+    """The WABA's templates from the Graph API: a refused token is recorded on the config (409); an
+    unreachable or busy Graph API is a 503, any other refusal a 409."""
     try:
         async with asyncio.timeout(SYNC_TIMEOUT_S):
-            remote = await request.app["cloud_api"].list_templates(creds)
+            return await request.app["cloud_api"].list_templates(creds)
     except GraphAPIAuthError as exc:
         async with request.app["db"].begin() as conn:
             await config_db.save_whatsapp_config(
@@ -134,7 +161,7 @@ async def sync_templates(request: web.Request) -> TemplateSyncOut:
     except (GraphAPIUnavailable, TimeoutError):
         raise errors.Unavailable(
             "the Graph API could not be reached; retry later", code="graph_api_unavailable"
-        )
+        ) from None
     except GraphAPIError as exc:
         if exc.retryable:
             raise errors.Unavailable(
@@ -146,19 +173,3 @@ async def sync_templates(request: web.Request) -> TemplateSyncOut:
             code="graph_api_refused",
             field="waba_id",
         ) from None
-    items = [
-        {
-            "id": t.id,
-            "name": t.name,
-            "language": t.language,
-            "status": t.status,
-            "category": t.category,
-            "components": t.components,
-        }
-        for t in remote
-    ]
-    async with request.app["db"].begin() as conn:
-        counts = await templates_db.replace_templates(conn, tenant_id, config["waba_id"], items)
-        rows = await templates_db.list_templates(conn, tenant_id)
-    log.info("templates synced tenant=%s %s", tenant_id, counts)
-    return TemplateSyncOut(templates=[_template_out(r) for r in rows], **counts)

@@ -8,10 +8,10 @@ from aiohttp import web
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.api.auth import load_tenant
-from control_plane.api.models import RequestModel, ResponseModel, UTCDateTime
-from control_plane.api.routing import Router
 from control_plane.db import tenants as tenants_db
+from control_plane.http.auth import load_tenant
+from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
+from control_plane.http.routing import Router
 
 log = logging.getLogger(__name__)
 router = Router()

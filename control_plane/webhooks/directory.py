@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from control_plane.crypto import SecretBox
 from control_plane.db import Database
@@ -68,7 +68,7 @@ class TenantDirectory:
         self._cache.clear()
         self._generation += 1
 
-    def cached(self, pnid: str) -> Target | bool | None:
+    def cached(self, pnid: str) -> Target | Literal[False] | None:
         """The cached answer for one id without waiting: a Target, None (no active tenant owns it), or
         False when the cache cannot say (missing or expired: use :meth:`targets`)."""
         hit = self._cache.get(pnid)

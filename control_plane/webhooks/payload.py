@@ -68,7 +68,9 @@ def _error_fields(errs: Any) -> tuple[str | None, str | None]:
     if not isinstance(errs, list) or not errs or not isinstance(errs[0], dict):
         return None, None
     first = errs[0]
-    data = first.get("error_data") if isinstance(first.get("error_data"), dict) else {}
+    data = first.get("error_data")
+    if not isinstance(data, dict):
+        data = {}
     code = first.get("code")
     message = data.get("details") or first.get("message") or first.get("title")
     return (str(code) if code is not None else None), (str(message) if message is not None else None)
@@ -129,7 +131,9 @@ def _message_item(
     if not isinstance(wamid, str) or not wamid or not isinstance(sender, (str, int)) or not str(sender):
         return None
     sender = str(sender)
-    kind = msg.get("type") if isinstance(msg.get("type"), str) and msg.get("type") else "unknown"
+    kind = msg.get("type")
+    if not isinstance(kind, str) or not kind:
+        kind = "unknown"
     return {
         "provider": PROVIDER,
         "provider_message_id": wamid,
@@ -160,6 +164,46 @@ def _status_item(st: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _business_number(metadata: dict[str, Any]) -> str | None:
+    number = metadata.get("display_phone_number")
+    if not number:
+        return None
+    number = str(number)
+    return number if number.isdigit() else "".join(ch for ch in number if ch.isdigit())
+
+
+def _contact_names(value: dict[str, Any]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for contact in _list(value.get("contacts")):
+        if isinstance(contact, dict) and contact.get("wa_id") is not None:
+            profile = contact.get("profile")
+            if isinstance(profile, dict) and isinstance(profile.get("name"), str):
+                names[str(contact["wa_id"])] = profile["name"]
+    return names
+
+
+def _add_change(
+    parsed: ParsedDelivery, batch: NumberBatch, value: dict[str, Any], metadata: dict[str, Any]
+) -> None:
+    """One change's messages and statuses into its number's batch (malformed items are counted)."""
+    business_number = _business_number(metadata)
+    names = _contact_names(value)
+    for msg in _list(value.get("messages")):
+        item = _message_item(msg, names, business_number) if isinstance(msg, dict) else None
+        if item is None:
+            parsed.skipped_items += 1
+        else:
+            batch.messages.append(item)
+    for st in _list(value.get("statuses")):
+        item = _status_item(st) if isinstance(st, dict) else None
+        if item is None:
+            parsed.skipped_items += 1
+        else:
+            batch.statuses.append(item)
+    if value.get("errors"):
+        batch.errors.append(value["errors"])
+
+
 def parse_delivery(data: Any) -> ParsedDelivery:
     """Group a delivery's messages and statuses by phone_number_id (400 if it is not Meta-shaped)."""
     if not isinstance(data, dict) or not isinstance(data.get("entry"), list):
@@ -177,35 +221,8 @@ def parse_delivery(data: Any) -> ParsedDelivery:
             value = change.get("value") if isinstance(change, dict) else None
             metadata = value.get("metadata") if isinstance(value, dict) else None
             pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
-            if pnid is None or not str(pnid):
+            if value is None or metadata is None or pnid is None or not str(pnid):
                 parsed.ignored_changes += 1
                 continue
-            batch = parsed.number(str(pnid))
-            business_number = metadata.get("display_phone_number")
-            if business_number:
-                business_number = str(business_number)
-                if not business_number.isdigit():
-                    business_number = "".join(ch for ch in business_number if ch.isdigit())
-            else:
-                business_number = None
-            names: dict[str, str] = {}
-            for contact in _list(value.get("contacts")):
-                if isinstance(contact, dict) and contact.get("wa_id") is not None:
-                    profile = contact.get("profile") if isinstance(contact.get("profile"), dict) else {}
-                    if isinstance(profile.get("name"), str):
-                        names[str(contact["wa_id"])] = profile["name"]
-            for msg in _list(value.get("messages")):
-                item = _message_item(msg, names, business_number) if isinstance(msg, dict) else None
-                if item is None:
-                    parsed.skipped_items += 1
-                else:
-                    batch.messages.append(item)
-            for st in _list(value.get("statuses")):
-                item = _status_item(st) if isinstance(st, dict) else None
-                if item is None:
-                    parsed.skipped_items += 1
-                else:
-                    batch.statuses.append(item)
-            if value.get("errors"):
-                batch.errors.append(value["errors"])
+            _add_change(parsed, parsed.number(str(pnid)), value, metadata)
     return parsed

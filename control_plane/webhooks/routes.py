@@ -16,20 +16,22 @@ POST, in order, nothing stored until the last step:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.api.models import QueryModel, ResponseModel
-from control_plane.api.routing import Router, parse_json, read_body
 from control_plane.crypto import hash_api_key
 from control_plane.db import whatsapp_config as config_db
+from control_plane.http.models import QueryModel, ResponseModel
+from control_plane.http.parsing import parse_json, read_body
+from control_plane.http.routing import Router
 from control_plane.logs import current_tenant
 from control_plane.webhooks.directory import Target, TenantDirectory, parse_signature, signature_matches
 from control_plane.webhooks.ingest import TenantWork, WebhookIngester
-from control_plane.webhooks.payload import parse_delivery
+from control_plane.webhooks.payload import ParsedDelivery, parse_delivery
 
 log = logging.getLogger(__name__)
 router = Router()
@@ -109,8 +111,8 @@ _ACK = '{"ok": true, "messages": %d, "statuses": %d, "unknown_phone_number_ids":
     lean=True,
 )
 async def receive(request: web.Request) -> web.Response:
-    # A lean route (see routing.py): it reads, checks and answers by itself; errors still go through
-    # the error middleware, the access line through the access middleware.
+    # A lean route (see http/routing.py): it reads, checks and answers by itself; errors still go
+    # through the error middleware, the access line through the access middleware.
     app = request.app
     counters: WebhookCounters = app["webhook_counters"]
     counters.deliveries += 1
@@ -131,58 +133,15 @@ async def receive(request: web.Request) -> web.Response:
 
     # Routing: the directory's cache answers without waiting; a miss (or an expired entry) is loaded.
     directory: TenantDirectory = app["webhook_directory"]
-    targets: dict[str, Target | None] = {}
-    missing = None
-    for pnid in parsed.numbers:
-        target = directory.cached(pnid)
-        if target is False:
-            missing = [pnid] if missing is None else [*missing, pnid]
-        else:
-            targets[pnid] = target
+    targets, missing = _cached_targets(directory, parsed)
     if missing:
         targets.update(await directory.targets(missing))
+    routed = _by_tenant(parsed, targets)
+    if routed.unknown:
+        counters.unknown_phone_number_id += routed.unknown
+    _check_signatures(raw, digest, routed, counters)
 
-    works: dict[str, TenantWork] = {}
-    app_secrets: dict[str, bytes | None] = {}
-    unknown = messages = statuses = 0
-    for pnid, batch in parsed.numbers.items():
-        target = targets.get(pnid)
-        if target is None:
-            unknown += 1
-            log.warning(
-                "webhook for unknown phone_number_id=%s (%d messages, %d statuses) not stored",
-                pnid,
-                len(batch.messages),
-                len(batch.statuses),
-            )
-            continue
-        tenant_id = target.tenant_id
-        work = works.get(tenant_id)
-        if work is None:
-            work = works[tenant_id] = TenantWork(tenant_id, batch.messages, batch.statuses)
-            app_secrets[tenant_id] = target.app_secret
-        else:
-            work.messages = [*work.messages, *batch.messages]
-            work.statuses = [*work.statuses, *batch.statuses]
-        messages += len(batch.messages)
-        statuses += len(batch.statuses)
-        if batch.errors:
-            log.warning(
-                "webhook errors for phone_number_id=%s tenant=%s: %s",
-                pnid,
-                tenant_id,
-                str(batch.errors)[:500],
-            )
-    if unknown:
-        counters.unknown_phone_number_id += unknown
-
-    # Every tenant the delivery names must have signed it: verify all before storing anything.
-    for tenant_id, secret in app_secrets.items():
-        if not signature_matches(raw, digest, secret):
-            counters.bad_signature += 1
-            log.warning("webhook signature mismatch tenant=%s (nothing stored)", tenant_id)
-            raise errors.Unauthenticated("X-Hub-Signature-256 does not match", code="invalid_signature")
-
+    works = routed.works
     if works:
         token = current_tenant.set(next(iter(works)) if len(works) == 1 else None)
         try:
@@ -195,8 +154,79 @@ async def receive(request: web.Request) -> web.Response:
             current_tenant.reset(token)
     counters.accepted += 1
     return web.Response(
-        body=(_ACK % (messages, statuses, unknown)).encode(), content_type="application/json", charset="utf-8"
+        body=(_ACK % (routed.messages, routed.statuses, routed.unknown)).encode(),
+        content_type="application/json",
+        charset="utf-8",
     )
+
+
+@dataclass(slots=True)
+class _Routed:
+    """A delivery's batches grouped by the tenant owning each number."""
+
+    works: dict[str, TenantWork] = field(default_factory=dict)
+    app_secrets: dict[str, bytes | None] = field(default_factory=dict)
+    unknown: int = 0  # numbers no active tenant owns
+    messages: int = 0
+    statuses: int = 0
+
+
+def _cached_targets(
+    directory: TenantDirectory, parsed: ParsedDelivery
+) -> tuple[dict[str, Target | None], list[str] | None]:
+    """The targets the directory's cache knows, and the numbers it must load (None: none)."""
+    targets: dict[str, Target | None] = {}
+    missing = None
+    for pnid in parsed.numbers:
+        target = directory.cached(pnid)
+        if target is False:
+            missing = [pnid] if missing is None else [*missing, pnid]
+        else:
+            targets[pnid] = target
+    return targets, missing
+
+
+def _by_tenant(parsed: ParsedDelivery, targets: dict[str, Target | None]) -> _Routed:
+    routed = _Routed()
+    works = routed.works
+    for pnid, batch in parsed.numbers.items():
+        target = targets.get(pnid)
+        if target is None:
+            routed.unknown += 1
+            log.warning(
+                "webhook for unknown phone_number_id=%s (%d messages, %d statuses) not stored",
+                pnid,
+                len(batch.messages),
+                len(batch.statuses),
+            )
+            continue
+        tenant_id = target.tenant_id
+        work = works.get(tenant_id)
+        if work is None:
+            work = works[tenant_id] = TenantWork(tenant_id, batch.messages, batch.statuses)
+            routed.app_secrets[tenant_id] = target.app_secret
+        else:
+            work.messages = [*work.messages, *batch.messages]
+            work.statuses = [*work.statuses, *batch.statuses]
+        routed.messages += len(batch.messages)
+        routed.statuses += len(batch.statuses)
+        if batch.errors:
+            log.warning(
+                "webhook errors for phone_number_id=%s tenant=%s: %s",
+                pnid,
+                tenant_id,
+                str(batch.errors)[:500],
+            )
+    return routed
+
+
+def _check_signatures(raw: bytes, digest: bytes, routed: _Routed, counters: WebhookCounters) -> None:
+    """Every tenant the delivery names must have signed it: all are verified before anything is stored."""
+    for tenant_id, secret in routed.app_secrets.items():
+        if not signature_matches(raw, digest, secret):
+            counters.bad_signature += 1
+            log.warning("webhook signature mismatch tenant=%s (nothing stored)", tenant_id)
+            raise errors.Unauthenticated("X-Hub-Signature-256 does not match", code="invalid_signature")
 
 
 async def webhooks_context(app: web.Application):

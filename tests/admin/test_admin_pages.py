@@ -1,4 +1,5 @@
-"""Admin pages over HTTP (no browser): escaping, missing tenants, no supervisor, nothing from another origin."""
+"""Admin pages over HTTP (no browser): escaping, missing tenants, no supervisor, nothing from another
+origin."""
 
 from __future__ import annotations
 

@@ -36,14 +36,14 @@ async def session_state(client, headers) -> dict:
     return await resp.json()
 
 
-async def wait_state(client, headers, state: str, timeout: float = 10) -> dict:
+async def wait_state(client, headers, state: str, wait_s: float = 10) -> dict:
     seen: dict = {}
 
     async def reached() -> bool:
         seen.update(await session_state(client, headers))
         return seen["state"] == state
 
-    await wait_for(reached, timeout=timeout, message=f"session state {state}")
+    await wait_for(reached, timeout=wait_s, message=f"session state {state}")
     return seen
 
 

@@ -117,7 +117,7 @@ def test_message_ids_are_time_ordered_uuids():
 )
 def test_parse_json_reads_bodies_like_json_loads(raw):
     from control_plane import errors
-    from control_plane.api.routing import parse_json
+    from control_plane.http.parsing import parse_json
 
     try:
         expected = json.loads(raw)

@@ -1,4 +1,5 @@
-"""Who is calling: the admin token, or a tenant's API key (resolved to that tenant only)."""
+"""Who is calling: the admin token (or the admin panel's session cookie), or a tenant's API key
+(resolved to that tenant only). ``authenticate`` is the app's ``routing.Authenticator``."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from control_plane import admin_cookie as admin_session
 from control_plane import errors
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
+from control_plane.http.routing import AuthMode
 from control_plane.logs import current_tenant
 
 TENANT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -98,7 +100,7 @@ async def _require_admin(request: web.Request, token: str | None) -> None:
     raise errors.Unauthenticated("invalid admin token", code="invalid_credentials")
 
 
-async def authenticate(request: web.Request, mode: str) -> None:
+async def authenticate(request: web.Request, mode: AuthMode) -> None:
     """Enforce ``mode`` ("none", "admin", "tenant", "admin_for_tenant", "admin_or_tenant")."""
     request["is_admin"] = False
     if mode == "none":

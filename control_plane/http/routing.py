@@ -2,6 +2,9 @@
 and its responses, so the OpenAPI document (``/api/openapi.json``) is generated from the same facts
 that the server enforces.
 
+Authentication is not decided here: ``Router.register`` takes an ``Authenticator`` (the app passes
+``http.auth.authenticate``), called with each served path's ``AuthMode`` before the handler.
+
 A tenant-scoped operation (``auth="tenant"``) is served twice: at its path with the tenant's API key,
 and under ``/api/tenants/{tenant_id}/...`` with the admin token. Handlers read ``request["tenant"]``.
 
@@ -13,19 +16,29 @@ query model, so nothing the wrapper enforces is skipped.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from control_plane import errors
-from control_plane.api import auth
+from control_plane.http.models import OneOf
+from control_plane.http.parsing import parse_body, parse_query
 
 Auth = Literal["none", "admin", "tenant", "admin_or_tenant"]
+# How a served path is authenticated: a route's ``Auth``, or "admin_for_tenant" for the admin's mirror
+# of a tenant route (``/api/tenants/{tenant_id}/...``).
+AuthMode = Literal["none", "admin", "tenant", "admin_for_tenant", "admin_or_tenant"]
 Handler = Callable[..., Awaitable[Any]]
+Body = type[BaseModel] | OneOf
+
+
+class Authenticator(Protocol):
+    """Enforces an ``AuthMode`` on a request before its handler runs (raises ``Unauthenticated`` or
+    ``Forbidden``); sets ``request["is_admin"]`` and, for tenant modes, ``request["tenant"]``."""
+
+    async def __call__(self, request: web.Request, mode: AuthMode, /) -> None: ...
 
 
 @dataclass
@@ -36,7 +49,7 @@ class Operation:
     auth: Auth
     summary: str
     tags: tuple[str, ...]
-    body: type[BaseModel] | None = None
+    body: Body | None = None
     query: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     status: int = 200
@@ -47,75 +60,6 @@ class Operation:
     openapi: bool = True
     mirror: bool = True
     lean: bool = False
-
-
-def _first_error(exc: ValidationError, prefix: str = "") -> errors.InvalidInput:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err["loc"]) or None
-    if prefix and loc:
-        loc = f"{prefix}{loc}"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return errors.InvalidInput(f"unknown field '{loc}'", code="unknown_field", field=loc)
-    if kind == "missing":
-        return errors.InvalidInput(f"field '{loc}' is required", code="missing_field", field=loc)
-    msg = err["msg"]
-    return errors.InvalidInput(
-        f"{loc}: {msg}" if loc else msg, code="invalid_field" if loc else "invalid_body", field=loc
-    )
-
-
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body, at most ``limit`` bytes (413 past it, checked before and while reading)."""
-    length = request.content_length
-    if length is not None:
-        if length > limit:
-            raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
-        if length <= request.client_max_size:  # the common case: aiohttp reads exactly that much, once
-            return await request.read()
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-_decode_json = json.JSONDecoder().decode  # what json.loads uses for a str, without its checks per call
-
-
-def parse_json(raw: bytes) -> Any:
-    if not raw.strip():
-        raise errors.BadRequest("request body is empty; expected a JSON object", code="malformed_json")
-    try:
-        if raw[0] == 0x7B and raw[1:2] != b"\x00":  # "{", then not a NUL: json.loads reads it as UTF-8 too
-            return _decode_json(raw.decode("utf-8", "surrogatepass"))
-        return json.loads(raw)  # anything else: its encoding detection (UTF-16/32, BOMs)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise errors.BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from None
-
-
-async def parse_body(request: web.Request, model: type[BaseModel], limit: int) -> BaseModel:
-    # The body is parsed as JSON whatever Content-Type says (curl's default is form-encoded).
-    data = parse_json(await read_body(request, limit))
-    if not isinstance(data, dict):
-        raise errors.InvalidInput("request body must be a JSON object", code="invalid_body")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _first_error(exc) from None
-
-
-def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
-    data: dict[str, Any] = {}
-    for key in request.query:
-        values = request.query.getall(key)
-        data[key] = values if len(values) > 1 else values[0]
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _first_error(exc) from None
 
 
 def _to_response(result: Any, status: int) -> web.StreamResponse:
@@ -144,7 +88,7 @@ class Router:
         auth: Auth,
         summary: str,
         tags: tuple[str, ...] | str = (),
-        body: type[BaseModel] | None = None,
+        body: Body | None = None,
         query: type[BaseModel] | None = None,
         response: type[BaseModel] | None = None,
         status: int = 200,
@@ -188,24 +132,28 @@ class Router:
     def include(self, other: Router) -> None:
         self.operations.extend(other.operations)
 
-    def register(self, app: web.Application) -> None:
+    def register(self, app: web.Application, authenticate: Authenticator) -> None:
+        """Add every operation's routes to ``app``; ``authenticate`` enforces each path's auth mode."""
         for op in self.operations:
             for path, mode in self.served_paths(op):
-                app.router.add_route(op.method, path, op.handler if op.lean else self._wrap(op, mode))
+                handler = op.handler if op.lean else self._wrap(op, mode, authenticate)
+                app.router.add_route(op.method, path, handler)
 
     @staticmethod
-    def served_paths(op: Operation) -> list[tuple[str, str]]:
+    def served_paths(op: Operation) -> list[tuple[str, AuthMode]]:
         if op.auth == "tenant":
-            paths = [(op.path, "tenant")]
+            paths: list[tuple[str, AuthMode]] = [(op.path, "tenant")]
             if op.mirror:
                 paths.append((admin_path(op.path), "admin_for_tenant"))
             return paths
         return [(op.path, op.auth)]
 
     @staticmethod
-    def _wrap(op: Operation, mode: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    def _wrap(
+        op: Operation, mode: AuthMode, authenticate: Authenticator
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            await auth.authenticate(request, mode)
+            await authenticate(request, mode)
             kwargs: dict[str, Any] = {}
             if op.query is not None:
                 kwargs["query"] = parse_query(request, op.query)

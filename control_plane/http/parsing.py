@@ -1,0 +1,94 @@
+"""Request input: the raw body within a limit, JSON parsing, and pydantic validation whose first error
+becomes one ``InvalidInput`` naming the field (422)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from control_plane import errors
+
+
+class BodySchema(Protocol):
+    """What validates a request body: a pydantic model class, or ``models.OneOf``."""
+
+    def model_validate(self, obj: Any, /) -> Any: ...
+
+
+def invalid_input(exc: ValidationError, skip: int = 0, at: str = "") -> errors.InvalidInput:
+    """The first validation error as the API reports it: code and field (dotted path) named.
+
+    An error whose context names a ``code`` (``models.reports_invalid_input``, ``models.OneOf``) keeps
+    its code, message and field. ``skip``: leading path items that are not fields (the tag pydantic
+    puts first in a tagged union's paths); ``at``: the path of the part validated, when not the body."""
+    err = exc.errors(include_url=False)[0]
+    path = [at] if at else []
+    loc = ".".join([*path, *(str(p) for p in err["loc"][skip:])]) or None
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    if "code" in ctx:  # raised as a domain error (models.reports_invalid_input) or a custom one
+        return errors.InvalidInput(err["msg"], code=ctx["code"], field=ctx.get("field", loc))
+    if kind == "extra_forbidden":
+        return errors.InvalidInput(f"unknown field '{loc}'", code="unknown_field", field=loc)
+    if kind == "missing":
+        return errors.InvalidInput(f"field '{loc}' is required", code="missing_field", field=loc)
+    msg = err["msg"]
+    return errors.InvalidInput(
+        f"{loc}: {msg}" if loc else msg, code="invalid_field" if loc else "invalid_body", field=loc
+    )
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, at most ``limit`` bytes (413 past it, checked before and while reading)."""
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+        if length <= request.client_max_size:  # the common case: aiohttp reads exactly that much, once
+            return await request.read()
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise errors.PayloadTooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_decode_json = json.JSONDecoder().decode  # what json.loads uses for a str, without its checks per call
+
+
+def parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise errors.BadRequest("request body is empty; expected a JSON object", code="malformed_json")
+    try:
+        if raw[0] == 0x7B and raw[1:2] != b"\x00":  # "{", then not a NUL: json.loads reads it as UTF-8 too
+            return _decode_json(raw.decode("utf-8", "surrogatepass"))
+        return json.loads(raw)  # anything else: its encoding detection (UTF-16/32, BOMs)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise errors.BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+async def parse_body(request: web.Request, schema: BodySchema, limit: int) -> Any:
+    # The body is parsed as JSON whatever Content-Type says (curl's default is form-encoded).
+    data = parse_json(await read_body(request, limit))
+    if not isinstance(data, dict):
+        raise errors.InvalidInput("request body must be a JSON object", code="invalid_body")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_input(exc) from None
+
+
+def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    data: dict[str, Any] = {}
+    for key in request.query:
+        values = request.query.getall(key)
+        data[key] = values if len(values) > 1 else values[0]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_input(exc) from None

@@ -1,0 +1,354 @@
+"""A tenant's WhatsApp setup: its request/response models, the rules a config must satisfy, and saving
+it (Business API credentials checked against the Graph API first). Secrets are write-only: encrypted at
+rest, masked on read, never logged.
+
+The HTTP routes (``api/whatsapp_config.py``) and the admin pages both show a config through
+``config_out``; ``WhatsAppSetup.save`` is the one way to change one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+from sqlalchemy.exc import IntegrityError
+
+from control_plane import errors
+from control_plane.crypto import SecretBox, hash_api_key, mask
+from control_plane.db import Database, utcnow
+from control_plane.db import whatsapp_config as config_db
+from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
+from control_plane.providers.cloud_api import (
+    CloudAPIClient,
+    CloudCredentials,
+    GraphAPIAuthError,
+    GraphAPIError,
+    GraphAPIUnavailable,
+    PhoneNumberInfo,
+)
+
+log = logging.getLogger(__name__)
+
+ApiType = Literal["web", "business_api", "both"]
+FallbackPolicy = Literal["web_only", "business_api_only", "web_first", "business_api_first"]
+SECRET_FIELDS = ("access_token", "app_secret", "verify_token")
+VerificationStatus = Literal["verified", "unverified", "failed"]
+BUSINESS_TYPES = ("business_api", "both")
+# Fields whose change means the Business API credentials must be checked again.
+CREDENTIAL_FIELDS = ("api_type", "phone_number_id", "waba_id", "access_token", "api_version")
+NOT_NULL_FIELDS = ("api_type", "fallback_policy", "is_active")
+VERIFY_TIMEOUT_S = 10.0
+NumericId = Field(default=None, pattern=r"^[0-9]{1,64}$", description="Numeric string, as Meta gives it")
+CLEARED_VERIFICATION: dict[str, Any] = {
+    "verification_status": None,
+    "verification_message": None,
+    "verified_at": None,
+}
+
+
+class WhatsAppConfigIn(RequestModel):
+    """All fields optional on PUT (a partial update; ``null`` clears a field). On POST, unset fields take
+    their defaults. Secrets are write-only."""
+
+    api_type: ApiType | None = None
+    fallback_policy: FallbackPolicy | None = None
+    phone_number_id: str | None = NumericId
+    waba_id: str | None = NumericId
+    access_token: str | None = Field(default=None, min_length=8, max_length=2048)
+    app_secret: str | None = Field(default=None, min_length=8, max_length=256)
+    verify_token: str | None = Field(default=None, min_length=8, max_length=256)
+    api_version: str | None = Field(default=None, pattern=r"^v[0-9]{1,3}\.[0-9]$")
+    is_active: bool | None = None
+
+
+class Verification(ResponseModel):
+    """The Business API credentials as last checked against the Graph API (GET /{phone_number_id})."""
+
+    status: VerificationStatus = Field(
+        description="verified: the Graph API accepted the token and number; "
+        "unverified: the Graph API could not be reached, saved anyway (checked "
+        "again on the next save); failed: a later call was refused"
+    )
+    message: str | None = None
+    checked_at: UTCDateTime | None = None
+
+
+class WhatsAppConfigOut(ResponseModel):
+    configured: bool
+    api_type: ApiType
+    fallback_policy: FallbackPolicy
+    phone_number_id: str | None = None
+    waba_id: str | None = None
+    api_version: str | None = None
+    access_token: str | None = Field(default=None, description="Masked: '********' when set")
+    app_secret: str | None = Field(default=None, description="Masked: '********' when set")
+    verify_token: str | None = Field(default=None, description="Masked: '********' when set")
+    is_active: bool = True
+    business_api_ready: bool = Field(description="Business API fields present (token, phone number id)")
+    verification: Verification | None = Field(
+        default=None, description="null when the Business API is not configured"
+    )
+    created_at: UTCDateTime | None = None
+    updated_at: UTCDateTime | None = None
+
+
+def config_out(row: dict[str, Any] | None) -> WhatsAppConfigOut:
+    """A stored config as the API shows it (secrets masked); the defaults when there is none."""
+    if row is None:
+        return WhatsAppConfigOut(
+            configured=False, api_type="web", fallback_policy="web_only", business_api_ready=False
+        )
+    return WhatsAppConfigOut(
+        configured=True,
+        api_type=row["api_type"],
+        fallback_policy=row["fallback_policy"],
+        phone_number_id=row["phone_number_id"],
+        waba_id=row["waba_id"],
+        api_version=row["api_version"],
+        access_token=mask(row["access_token_enc"]),
+        app_secret=mask(row["app_secret_enc"]),
+        verify_token=mask(row["verify_token_enc"]),
+        is_active=row["is_active"],
+        business_api_ready=bool(row["access_token_enc"] and row["phone_number_id"]),
+        verification=(
+            Verification(
+                status=row["verification_status"],
+                message=row.get("verification_message"),
+                checked_at=row.get("verified_at"),
+            )
+            if row.get("verification_status")
+            else None
+        ),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def check_consistency(merged: dict[str, Any]) -> None:
+    """The combined config must make sense; 422 naming the field otherwise."""
+    api_type = merged.get("api_type") or "web"
+    policy = merged.get("fallback_policy") or "web_only"
+    uses_business = api_type in BUSINESS_TYPES
+    if uses_business:
+        for name in ("phone_number_id", "access_token"):
+            if not merged.get(name):
+                raise errors.InvalidInput(
+                    f"'{name}' is required when api_type is {api_type}", code="missing_field", field=name
+                )
+    if policy == "business_api_only" and not uses_business:
+        raise errors.InvalidInput(
+            "fallback_policy business_api_only needs api_type business_api or both",
+            code="invalid_field",
+            field="fallback_policy",
+        )
+    if policy == "web_only" and api_type == "business_api":
+        raise errors.InvalidInput(
+            "fallback_policy web_only needs api_type web or both",
+            code="invalid_field",
+            field="fallback_policy",
+        )
+
+
+def merged_view(existing: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:
+    """What ``check_consistency`` looks at: the stored config with the changes applied."""
+    view: dict[str, Any] = {}
+    if existing:
+        view.update({k: existing[k] for k in ("api_type", "fallback_policy", "phone_number_id")})
+        view["access_token"] = existing["access_token_enc"]
+    view.update(changes)
+    return view
+
+
+def requested_changes(body: WhatsAppConfigIn, *, create: bool) -> dict[str, Any]:
+    """The fields the request sets (on create, only non-null ones); 422 for a null that cannot be."""
+    changes = body.model_dump(exclude_unset=True)
+    if create:
+        changes = {k: v for k, v in changes.items() if v is not None}
+    nulls = [k for k in NOT_NULL_FIELDS if k in changes and changes[k] is None]
+    if nulls:
+        raise errors.InvalidInput(f"'{nulls[0]}' cannot be null", code="invalid_field", field=nulls[0])
+    return changes
+
+
+def _number_taken() -> errors.Conflict:
+    return errors.Conflict(
+        "phone_number_id is already registered to another tenant",
+        code="phone_number_id_taken",
+        field="phone_number_id",
+    )
+
+
+async def _check_number_owner(conn: Any, tenant_id: str, phone_number_id: str | None) -> None:
+    if not phone_number_id:
+        return
+    owner = await config_db.phone_number_id_owner(conn, phone_number_id)
+    if owner is not None and owner != tenant_id:
+        raise _number_taken()
+
+
+def _unverified(now: dt.datetime, message: str) -> dict[str, Any]:
+    return {"verification_status": "unverified", "verified_at": now, "verification_message": message}
+
+
+def _verified(now: dt.datetime, info: PhoneNumberInfo, phone_number_id: str) -> dict[str, Any]:
+    named = f"({info.verified_name})" if info.verified_name else ""
+    label = " ".join(x for x in (info.display_phone_number, named) if x)
+    return {
+        "verification_status": "verified",
+        "verified_at": now,
+        "verification_message": f"the Graph API accepted the token for {label or phone_number_id}",
+    }
+
+
+def _refused_token(tenant_id: str, exc: GraphAPIError) -> errors.BadRequest:
+    log.info("whatsapp config refused by the Graph API tenant=%s code=%s", tenant_id, exc.code)
+    return errors.BadRequest(
+        f"the Graph API rejected access_token (code {exc.code}): {exc.message}",
+        code="invalid_access_token",
+        field="access_token",
+    )
+
+
+def _refused_number(tenant_id: str, phone_number_id: str, exc: GraphAPIError) -> errors.BadRequest:
+    log.info("whatsapp config refused by the Graph API tenant=%s code=%s", tenant_id, exc.code)
+    return errors.BadRequest(
+        f"the Graph API refused phone_number_id {phone_number_id} with this access_token "
+        f"(code {exc.code}): {exc.message}",
+        code="invalid_phone_number_id",
+        field="phone_number_id",
+    )
+
+
+@dataclass(frozen=True)
+class WhatsAppSetup:
+    """Saves tenants' configs: what it needs, passed in (the app's database, secret box, Graph API
+    client and default API version)."""
+
+    db: Database
+    box: SecretBox
+    cloud_api: CloudAPIClient
+    default_api_version: str
+
+    async def save(self, tenant_id: str, body: WhatsAppConfigIn, *, create: bool) -> dict[str, Any]:
+        """Create (409 if one exists) or update the tenant's config; returns the stored row.
+
+        Cheap checks first, then the Graph API (outside any transaction), then the write, which checks
+        again what a concurrent save could have changed."""
+        changes = requested_changes(body, create=create)
+        async with self.db.connect() as conn:
+            existing = await config_db.get_whatsapp_config(conn, tenant_id)
+            await _check_number_owner(conn, tenant_id, changes.get("phone_number_id"))
+        verification = None
+        if not (create and existing is not None):
+            check_consistency(merged_view(existing, changes))
+            verification = await self.verify_credentials(tenant_id, existing, changes)
+        row = await self._write(tenant_id, changes, verification, create=create)
+        log.info(
+            "whatsapp config saved tenant=%s fields=%s verification=%s",
+            tenant_id,
+            sorted(changes),
+            row.get("verification_status"),
+        )
+        return row
+
+    async def _write(
+        self,
+        tenant_id: str,
+        changes: dict[str, Any],
+        verification: dict[str, Any] | None,
+        *,
+        create: bool,
+    ) -> dict[str, Any]:
+        async with self.db.begin() as conn:
+            existing = await config_db.get_whatsapp_config(conn, tenant_id)
+            if create and existing is not None:
+                raise errors.Conflict(
+                    "WhatsApp config already exists for this tenant; use PUT to change it",
+                    code="config_exists",
+                )
+            check_consistency(merged_view(existing, changes))
+            await _check_number_owner(conn, tenant_id, changes.get("phone_number_id"))
+            columns = self.to_columns(changes)
+            if verification is not None:
+                columns.update(verification)
+            try:
+                return await config_db.save_whatsapp_config(conn, tenant_id, columns)
+            except IntegrityError:
+                raise _number_taken() from None
+
+    def to_columns(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Request fields -> column values, encrypting secrets."""
+        columns: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name in SECRET_FIELDS:
+                columns[f"{name}_enc"] = self.box.encrypt(value) if value else None
+                if name == "verify_token":
+                    columns["verify_token_hash"] = hash_api_key(value) if value else None
+            else:
+                columns[name] = value
+        return columns
+
+    async def verify_credentials(
+        self, tenant_id: str, existing: dict[str, Any] | None, changes: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Check the Business API token and phone_number_id against the Graph API before saving.
+
+        Returns the verification columns to store (None: nothing to check, keep what is stored). Raises
+        400 naming ``access_token`` when the Graph API refuses the token (codes 0/190), 400 naming
+        ``phone_number_id`` when the token cannot use that number. When the Graph API cannot be reached
+        the config is saved as ``unverified`` (and checked again on the next save)."""
+        merged: dict[str, Any] = {}
+        if existing:
+            merged = {
+                k: existing[k] for k in ("api_type", "phone_number_id", "waba_id", "api_version", "is_active")
+            }
+            merged["access_token"] = existing["access_token_enc"]
+        merged.update(changes)
+        if (merged.get("api_type") or "web") not in BUSINESS_TYPES:
+            return dict(CLEARED_VERIFICATION)
+        if existing is not None and not any(f in changes for f in CREDENTIAL_FIELDS):
+            return None  # e.g. only the fallback policy changed: keep the stored verification
+        token = changes.get("access_token")
+        if token is None and existing and existing["access_token_enc"]:
+            token = self.box.decrypt(existing["access_token_enc"])
+        pnid = merged.get("phone_number_id")
+        if not token or not pnid:
+            return None  # check_consistency already answered 422 for a business config without them
+        creds = CloudCredentials(
+            phone_number_id=pnid,
+            waba_id=merged.get("waba_id") or "",
+            access_token=token,
+            api_version=merged.get("api_version") or self.default_api_version,
+        )
+        return await self._ask_graph_api(tenant_id, creds)
+
+    async def _ask_graph_api(self, tenant_id: str, creds: CloudCredentials) -> dict[str, Any]:
+        now = utcnow()
+        try:
+            async with asyncio.timeout(VERIFY_TIMEOUT_S):
+                info = await self.cloud_api.get_phone_number(creds)
+        except GraphAPIAuthError as exc:
+            raise _refused_token(tenant_id, exc) from None
+        except (GraphAPIUnavailable, TimeoutError) as exc:
+            log.warning(
+                "whatsapp config saved unverified: Graph API unreachable tenant=%s (%s)",
+                tenant_id,
+                type(exc).__name__,
+            )
+            return _unverified(
+                now,
+                "the Graph API could not be reached; saved without verification (saving again re-checks)",
+            )
+        except GraphAPIError as exc:
+            if exc.retryable:
+                return _unverified(
+                    now,
+                    f"the Graph API answered a temporary error (code {exc.code}); "
+                    "saved without verification (saving again re-checks)",
+                )
+            raise _refused_number(tenant_id, creds.phone_number_id, exc) from None
+        return _verified(now, info, creds.phone_number_id)

@@ -1,0 +1,2 @@
+"""Meta's webhook: the verification handshake, signed deliveries, their parsing, routing to tenants
+and storage."""
