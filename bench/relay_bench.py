@@ -43,7 +43,7 @@ from control_plane.config import load_settings, normalize_database_url
 from control_plane.db import events as events_db
 from control_plane.db import tenants as tenants_db
 from control_plane.migrations import runner
-from control_plane.realtime.event_types import MESSAGE_RECEIVED
+from control_plane.events import MESSAGE_RECEIVED
 from control_plane.realtime.publisher import EventPublisher
 
 CLIENT_JS = ROOT / "bench" / "relay_client.js"
