@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LOCK_PIP_COMPILE="${LOCK_PIP_COMPILE:-pip-compile}"  # not PIP_*: pip reads those
-export CUSTOM_COMPILE_COMMAND="requirements/lock.sh"
+export CUSTOM_COMPILE_COMMAND="requirements/lock.sh   (its header says how to add, change or upgrade a dependency)"
 compile() {
   env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null "$LOCK_PIP_COMPILE" --quiet \
     --generate-hashes --allow-unsafe --strip-extras --index-url https://pypi.org/simple "$@"
