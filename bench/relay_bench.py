@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -32,19 +33,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the imports below (E402) come from this checkout
 
-import sqlalchemy as sa
-from aiohttp import web
+import sqlalchemy as sa  # noqa: E402
+from aiohttp import web  # noqa: E402
 
-from control_plane.__main__ import _tune_garbage_collector
-from control_plane.app import create_app
-from control_plane.config import load_settings, normalize_database_url
-from control_plane.db import events as events_db
-from control_plane.db import tenants as tenants_db
-from control_plane.events import MESSAGE_RECEIVED
-from control_plane.migrations import runner
-from control_plane.realtime.publisher import EventPublisher
+from control_plane.__main__ import _tune_garbage_collector  # noqa: E402
+from control_plane.app import create_app  # noqa: E402
+from control_plane.config import load_settings, normalize_database_url  # noqa: E402
+from control_plane.db import events as events_db  # noqa: E402
+from control_plane.db import tenants as tenants_db  # noqa: E402
+from control_plane.events import MESSAGE_RECEIVED  # noqa: E402
+from control_plane.migrations import runner  # noqa: E402
+from control_plane.realtime.publisher import EventPublisher  # noqa: E402
 
 CLIENT_JS = ROOT / "bench" / "relay_client.js"
 NODE_PKG = ROOT / "tests" / "realtime" / "node_client"
@@ -74,6 +75,11 @@ def drop_database(name: str) -> None:
     engine.dispose()
 
 
+def _pipes(child: asyncio.subprocess.Process) -> tuple[asyncio.StreamWriter, asyncio.StreamReader]:
+    assert child.stdin is not None and child.stdout is not None  # both made with PIPE
+    return child.stdin, child.stdout
+
+
 class Clients:
     """Client processes, each holding a share of the tenants' connections."""
 
@@ -95,19 +101,20 @@ class Clients:
             )  # a full report lists every latency of the phase
             self.children.append(child)
         for child in self.children:
-            line = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
+            line = json.loads(await asyncio.wait_for(_pipes(child)[1].readline(), 30))
             while "ready" not in line:
                 print("client:", line, file=sys.stderr)
-                line = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
+                line = json.loads(await asyncio.wait_for(_pipes(child)[1].readline(), 30))
             assert line["failed"] == 0, line
 
     async def report(self, phase: int, full: bool = False) -> dict:
         for child in self.children:
-            child.stdin.write(json.dumps({"phase": phase, "full": full}).encode() + b"\n")
-            await child.stdin.drain()
+            stdin = _pipes(child)[0]
+            stdin.write(json.dumps({"phase": phase, "full": full}).encode() + b"\n")
+            await stdin.drain()
         total = {"count": 0, "lat": [], "out_of_order": 0}
         for child in self.children:
-            rep = json.loads(await asyncio.wait_for(child.stdout.readline(), 30))
+            rep = json.loads(await asyncio.wait_for(_pipes(child)[1].readline(), 30))
             total["count"] += rep["count"]
             total["lat"] += rep["lat"]
             total["out_of_order"] += rep["out_of_order"]
@@ -115,7 +122,7 @@ class Clients:
 
     async def stop(self) -> None:
         for child in self.children:
-            child.stdin.close()
+            _pipes(child)[0].close()
         for child in self.children:
             try:
                 await asyncio.wait_for(child.wait(), 5)
@@ -146,10 +153,8 @@ def runqueue_waits(pid: int) -> dict[str, float]:
     """Per thread of a process: seconds spent runnable but waiting for a CPU (schedstat)."""
     waits = {}
     for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
+        with contextlib.suppress(OSError, IndexError, ValueError):  # a thread that just ended
             waits[f"{pid}/{stat.parent.name}"] = int(stat.read_text().split()[1]) / 1e9
-        except (OSError, IndexError, ValueError):
-            pass
     return waits
 
 
@@ -304,6 +309,50 @@ def undelivered_report(publisher: EventPublisher) -> str:
     )
 
 
+def phase_row(
+    label: str, rate: int, sent: int, achieved: float, late_ms: float, durable: list, rep: dict, cpu: dict
+) -> dict:
+    """One rate's figures, and whether it passed ("ok")."""
+    lat = rep["lat"]
+    row = {
+        "mode": label,
+        "rate": rate,
+        "achieved": achieved,
+        "sent": sent,
+        "got": rep["count"],
+        "p50": percentile(lat, 0.50),
+        "p99": percentile(lat, 0.99),
+        "late_ms": late_ms,
+        "durable_p50": percentile(durable, 0.50),
+        "durable_p99": percentile(durable, 0.99),
+        "disorder": rep["out_of_order"],
+        "cpu_us": cpu["server"],
+        "gc_ms": GC.take(),
+        "cpu": cpu,
+    }
+    row["ok"] = (
+        row["got"] >= 0.98 * sent and row["p99"] < 50 and row["disorder"] == 0 and achieved >= 0.95 * rate
+    )
+    return row
+
+
+def print_row(row: dict) -> None:
+    cpu, sent = row["cpu"], row["sent"]
+    print(
+        f"  {row['mode']:<24} {row['rate']:>6}/s  sent {sent:>6} ({row['achieved']:>7.0f}/s)  delivered "
+        f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
+        f"(durable p50 {row['durable_p50']:5.1f} p99 {row['durable_p99']:5.1f})  "
+        f"CPU us/event: server {row['cpu_us']:4.0f} clients {cpu['clients']:3.0f} "
+        f"mariadb {cpu['mariadb']:3.0f} other {cpu['other']:3.0f} (machine {cpu['busy']:4.0%} busy; "
+        f"waiting for a CPU: server {cpu['server_wait']:3.0f} mariadb {cpu['mariadb_wait']:3.0f})  "
+        f"publisher late {row['late_ms']:5.0f} ms  "
+        f"longest GC pause {row['gc_ms']:4.0f} ms  "
+        f"order errors {row['disorder']}  "
+        f"{'ok' if row['ok'] else 'FAIL'}",
+        flush=True,
+    )
+
+
 async def sweep(
     label: str,
     publisher: EventPublisher,
@@ -333,45 +382,10 @@ async def sweep(
                 await asyncio.sleep(0.1)
                 rep = await clients.report(phase)
             cpu = CpuMeter.per_event_us(cpu0, meter.read(), sent)
-            cpu_us = cpu["server"]
             rep = await clients.report(phase, full=True)
-            lat = rep["lat"]
-            row = {
-                "mode": label,
-                "rate": rate,
-                "achieved": achieved,
-                "sent": sent,
-                "got": rep["count"],
-                "p50": percentile(lat, 0.50),
-                "p99": percentile(lat, 0.99),
-                "late_ms": late_ms,
-                "durable_p50": percentile(durable, 0.50),
-                "durable_p99": percentile(durable, 0.99),
-                "disorder": rep["out_of_order"],
-                "cpu_us": cpu_us,
-                "gc_ms": GC.take(),
-                "cpu": cpu,
-            }
-            row["ok"] = (
-                row["got"] >= 0.98 * sent
-                and row["p99"] < 50
-                and row["disorder"] == 0
-                and achieved >= 0.95 * rate
-            )
+            row = phase_row(label, rate, sent, achieved, late_ms, durable, rep, cpu)
             rows.append(row)
-            print(
-                f"  {label:<24} {rate:>6}/s  sent {sent:>6} ({achieved:>7.0f}/s)  delivered "
-                f"{row['got'] / sent:6.1%}  p50 {row['p50']:6.1f} ms  p99 {row['p99']:6.1f} ms  "
-                f"(durable p50 {row['durable_p50']:5.1f} p99 {row['durable_p99']:5.1f})  "
-                f"CPU us/event: server {cpu_us:4.0f} clients {cpu['clients']:3.0f} "
-                f"mariadb {cpu['mariadb']:3.0f} other {cpu['other']:3.0f} (machine {cpu['busy']:4.0%} busy; "
-                f"waiting for a CPU: server {cpu['server_wait']:3.0f} mariadb {cpu['mariadb_wait']:3.0f})  "
-                f"publisher late {late_ms:5.0f} ms  "
-                f"longest GC pause {row['gc_ms']:4.0f} ms  "
-                f"order errors {row['disorder']}  "
-                f"{'ok' if row['ok'] else 'FAIL'}",
-                flush=True,
-            )
+            print_row(row)
             if row["got"] < sent:
                 print("  " + undelivered_report(publisher), file=sys.stderr, flush=True)
             fails = 0 if row["ok"] else fails + 1
@@ -380,6 +394,98 @@ async def sweep(
     finally:
         await clients.stop()
     return rows
+
+
+async def make_tenants(app: web.Application, n: int) -> list[dict]:
+    tenants = []
+    async with app["db"].begin() as conn:
+        for i in range(n):
+            t = await tenants_db.create_tenant(conn, f"bench-{i}")
+            key, _ = await tenants_db.create_api_key(conn, t["id"])
+            tenants.append({"id": t["id"], "key": key})
+    return tenants
+
+
+async def run_rounds(
+    args: argparse.Namespace, app: web.Application, base: str, tenants: list[dict], rates: list[int]
+) -> dict[str, list[list[dict]]]:
+    """Each round: the ceiling sweep (numbered in memory), then the persisted one."""
+    results: dict[str, list[list[dict]]] = {"ceiling": [], "persisted": []}
+    for round_no in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {round_no + 1}/{args.rounds}", flush=True)
+        memory = EventPublisher(None, app["realtime_relay"], persist=False)
+        async with app["db"].connect() as conn:  # continue each tenant's seqs where the log is
+            memory._memory_seq = {t["id"]: await events_db.last_seq(conn, t["id"]) for t in tenants}
+        memory.start()
+        results["ceiling"].append(
+            await sweep(
+                "persistence off (ceiling)",
+                memory,
+                base,
+                tenants,
+                rates,
+                args.duration,
+                args.procs,
+                10_000 * round_no,
+            )
+        )
+        await memory.close()
+        results["persisted"].append(
+            await sweep(
+                "persisted (MariaDB)",
+                app["events"],
+                base,
+                tenants,
+                rates,
+                args.duration,
+                args.procs,
+                10_000 * round_no + 5_000,
+            )
+        )
+    return results
+
+
+def print_summary(
+    args: argparse.Namespace, app: web.Application, results: dict[str, list[list[dict]]], rates: list[int]
+) -> None:
+    stats = app["events"].stats
+    print(
+        f"  group commit: {stats['events']} events in {stats['batches']} transactions "
+        f"({stats['events'] / max(stats['batches'], 1):.1f} per commit, "
+        f"{stats.get('commit_s', 0) * 1000 / max(stats['batches'], 1):.1f} ms from send to commit; "
+        f"{stats.get('predicted', 0)} numbered in advance, {stats.get('mispredicted', 0)} numbered again)"
+    )
+    print(
+        f"\nsummary (median of {args.rounds} round(s); load average now "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})"
+    )
+    best: dict[str, float] = {}
+    for label in ("ceiling", "persisted"):
+        per_round = [max([r["rate"] for r in rows if r["ok"]], default=0) for rows in results[label]]
+        best[label] = statistics.median_low(per_round)  # a rate that was actually run
+        ok_rows = [r for rows in results[label] for r in rows if r["ok"] and r["rate"] == best[label]]
+        figures = (
+            f"p50 {statistics.median(r['p50'] for r in ok_rows):.1f} ms, "
+            f"p99 {statistics.median(r['p99'] for r in ok_rows):.1f} ms, server CPU "
+            f"{statistics.median(r['cpu_us'] for r in ok_rows):.0f} us/event"
+            if ok_rows
+            else "-"
+        )
+        capped = "  (passed the highest rate run: a floor, not a ceiling)" if best[label] >= rates[-1] else ""
+        print(
+            f"  sustained {label:<10} {best[label]:>6.0f} events/s  ({figures})  rounds: {per_round}{capped}"
+        )
+    if best["ceiling"]:
+        cost = 1 - best["persisted"] / best["ceiling"]
+        met = "met" if best["persisted"] >= 2000 else "NOT met"
+        print(
+            f"  persistence costs {cost:.0%} of the ceiling (target < 40%); "
+            f">= 2000 events/s at p99 < 50 ms persisted: {met}"
+        )
+    print(f"  relay: {app['realtime_relay'].stats}")
+    if args.json:
+        print(json.dumps(headline(results, best)), flush=True)
 
 
 async def main(args: argparse.Namespace, url: str) -> None:
@@ -402,14 +508,8 @@ async def main(args: argparse.Namespace, url: str) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     await _tune_garbage_collector(app)  # as the serve command does once the app has started
-    base = f"http://127.0.0.1:{port}"
     try:
-        tenants = []
-        async with app["db"].begin() as conn:
-            for i in range(args.tenants):
-                t = await tenants_db.create_tenant(conn, f"bench-{i}")
-                key, _ = await tenants_db.create_api_key(conn, t["id"])
-                tenants.append({"id": t["id"], "key": key})
+        tenants = await make_tenants(app, args.tenants)
         rates = [int(r) for r in args.rates.split(",")]
         print(
             f"relay bench: {args.tenants} tenants, one websocket client each in {args.procs} node "
@@ -417,79 +517,8 @@ async def main(args: argparse.Namespace, url: str) -> None:
             f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
             flush=True,
         )
-
-        results: dict[str, list[list[dict]]] = {"ceiling": [], "persisted": []}
-        for round_no in range(args.rounds):
-            if args.rounds > 1:
-                print(f"round {round_no + 1}/{args.rounds}", flush=True)
-            memory = EventPublisher(None, app["realtime_relay"], persist=False)
-            async with app["db"].connect() as conn:  # continue each tenant's seqs where the log is
-                memory._memory_seq = {t["id"]: await events_db.last_seq(conn, t["id"]) for t in tenants}
-            memory.start()
-            results["ceiling"].append(
-                await sweep(
-                    "persistence off (ceiling)",
-                    memory,
-                    base,
-                    tenants,
-                    rates,
-                    args.duration,
-                    args.procs,
-                    10_000 * round_no,
-                )
-            )
-            await memory.close()
-            results["persisted"].append(
-                await sweep(
-                    "persisted (MariaDB)",
-                    app["events"],
-                    base,
-                    tenants,
-                    rates,
-                    args.duration,
-                    args.procs,
-                    10_000 * round_no + 5_000,
-                )
-            )
-        stats = app["events"].stats
-        print(
-            f"  group commit: {stats['events']} events in {stats['batches']} transactions "
-            f"({stats['events'] / max(stats['batches'], 1):.1f} per commit, "
-            f"{stats.get('commit_s', 0) * 1000 / max(stats['batches'], 1):.1f} ms from send to commit; "
-            f"{stats.get('predicted', 0)} numbered in advance, {stats.get('mispredicted', 0)} numbered again)"
-        )
-        print(
-            f"\nsummary (median of {args.rounds} round(s); load average now "
-            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())})"
-        )
-        best: dict[str, float] = {}
-        for label in ("ceiling", "persisted"):
-            per_round = [max([r["rate"] for r in rows if r["ok"]], default=0) for rows in results[label]]
-            best[label] = statistics.median_low(per_round)  # a rate that was actually run
-            ok_rows = [r for rows in results[label] for r in rows if r["ok"] and r["rate"] == best[label]]
-            figures = (
-                f"p50 {statistics.median(r['p50'] for r in ok_rows):.1f} ms, "
-                f"p99 {statistics.median(r['p99'] for r in ok_rows):.1f} ms, server CPU "
-                f"{statistics.median(r['cpu_us'] for r in ok_rows):.0f} us/event"
-                if ok_rows
-                else "-"
-            )
-            capped = (
-                "  (passed the highest rate run: a floor, not a ceiling)" if best[label] >= rates[-1] else ""
-            )
-            print(
-                f"  sustained {label:<10} {best[label]:>6.0f} events/s  ({figures})  rounds: {per_round}{capped}"
-            )
-        if best["ceiling"]:
-            cost = 1 - best["persisted"] / best["ceiling"]
-            met = "met" if best["persisted"] >= 2000 else "NOT met"
-            print(
-                f"  persistence costs {cost:.0%} of the ceiling (target < 40%); "
-                f">= 2000 events/s at p99 < 50 ms persisted: {met}"
-            )
-        print(f"  relay: {app['realtime_relay'].stats}")
-        if args.json:
-            print(json.dumps(headline(results, best)), flush=True)
+        results = await run_rounds(args, app, f"http://127.0.0.1:{port}", tenants, rates)
+        print_summary(args, app, results, rates)
     finally:
         await runner_.cleanup()
 
@@ -525,7 +554,7 @@ if __name__ == "__main__":
         "(a mode passing the last one is capped: its figure is a floor)",
     )
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
-    parser.add_argument("--redis-url", default=None, help="also go through AsyncRedisManager")
+    parser.add_argument("--redis-url", default=None, help="also go through the Redis link between nodes")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; figures are medians")
     parser.add_argument(
         "--json", action="store_true", help="also print the headline figures as one JSON line, last"

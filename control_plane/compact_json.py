@@ -1,7 +1,13 @@
 """Compact JSON text (``separators=(",", ":")``, ``ensure_ascii=False``) for the hot paths.
 
 ``json.dumps`` with options builds a ``JSONEncoder`` and its C twin on every call, which costs
-about as much as encoding a small object; :func:`dict_encoder` builds the C encoder once."""
+about as much as encoding a small object; :func:`dict_encoder` builds the C encoder once.
+
+Not orjson, although it encodes these payloads 5-7x faster: its text differs from ``json.dumps``'s
+where it is stored and compared. NaN and infinities become ``null``; floats between 1e-10 and 1e-4
+are spelled otherwise (1e-05 -> 0.00001, 3e-07 -> 3e-7); ``uuid.UUID`` is written natively, not
+through ``default``; ints past 64 bits and lone surrogates raise. tests/webhooks/test_fast_encoding.py
+holds both encoders (events, messages) to json.dumps."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 # Shared set-up steps for scripts/run and scripts/test. Each step is idempotent and quiet when there
-# is nothing to do: it compares a stamp (hash of the dependency file) before installing.
+# is nothing to do: it compares a stamp (hash of the dependency files) before installing.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,18 +28,25 @@ find_python() {
   echo "Python 3.11 or 3.12 is required" >&2; return 1
 }
 
-ensure_venv() {  # ensure_venv [extras]
+ensure_venv() {  # ensure_venv [extras]: the locked dependencies, then the project itself (no deps)
+  # requirements/runtime.txt, or requirements/<extras>.txt: pinned with hashes, made by
+  # requirements/lock.sh from pyproject.toml (see its header to change or upgrade a dependency).
   local extras="${1:-}"
+  local lock="$ROOT/requirements/${extras:-runtime}.txt"
+  if [ ! -f "$lock" ]; then
+    echo "missing lock file ${lock#$ROOT/} (requirements/lock.sh makes it)" >&2; return 1
+  fi
   if [ ! -x "$PY" ]; then
-    say "creating virtualenv in .venv"
+    say "creating virtualenv in ${VENV#$ROOT/}"
     "$(find_python)" -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
   fi
   local stamp="$VENV/.installed${extras:+-$extras}"
-  if ! stamp_ok "$stamp" "$ROOT/pyproject.toml"; then
-    say "installing Python dependencies${extras:+ ($extras)}"
-    "$PY" -m pip install -q -e "$ROOT${extras:+[$extras]}"
-    stamp_write "$stamp" "$ROOT/pyproject.toml"
+  if ! stamp_ok "$stamp" "$ROOT/pyproject.toml" "$lock"; then
+    say "installing Python dependencies from ${lock#$ROOT/}"
+    "$PY" -m pip install -q --require-hashes -r "$lock"
+    "$PY" -m pip install -q --no-deps -e "$ROOT"
+    stamp_write "$stamp" "$ROOT/pyproject.toml" "$lock"
   fi
 }
 

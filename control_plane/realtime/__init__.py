@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from control_plane.config import Settings
+from control_plane.realtime import _compat
 from control_plane.realtime.publisher import Envelope, EventPublisher
+from control_plane.realtime.pubsub import RedisLink
 from control_plane.realtime.retention import prune_forever
-from control_plane.realtime.server import CREDENTIALS_RECHECK_S, Relay, RelayRedisManager, create_server
+from control_plane.realtime.server import CREDENTIALS_RECHECK_S, Relay, create_server
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,12 @@ def attach(app: web.Application) -> None:
 async def running(app: web.Application) -> AsyncIterator[EventPublisher]:
     settings: Settings = app["settings"]
     sio = app["sio"]
-    relay = Relay(sio, app["db"], settings)
-    manager = sio.manager
-    if isinstance(manager, RelayRedisManager):
-        sio.manager_initialized = True
-        manager.initialize()  # starts the pub/sub listener now, not at the first connection
+    link = RedisLink(settings.redis_url) if settings.redis_url else None
+    relay = Relay(sio, app["db"], settings, link=link)
+    if link is not None:
+        link.start(relay.deliver)  # listening now, not at the first connection
         try:
-            await manager.wait_subscribed(REDIS_SUBSCRIBE_WAIT_S)
+            await link.wait_subscribed(REDIS_SUBSCRIBE_WAIT_S)
         except TimeoutError:
             log.warning("realtime: Redis not subscribed yet; other nodes' events arrive once it is")
     publisher = EventPublisher(app["db"], relay)
@@ -63,22 +64,6 @@ async def running(app: web.Application) -> AsyncIterator[EventPublisher]:
         await publisher.close()
         await relay.close()
         await sio.shutdown()
-        await _cancel_ping_tasks(sio)
-        if isinstance(manager, RelayRedisManager):
-            await manager.aclose()
-
-
-async def _cancel_ping_tasks(sio) -> None:
-    """engine.io starts a fire-and-forget ping task per connection (sleeping ping_interval) that
-    its shutdown() does not stop; cancel this server's, so none outlives the app."""
-    mine = []
-    for task in asyncio.all_tasks():
-        coro = task.get_coro()
-        frame = getattr(coro, "cr_frame", None)
-        if getattr(coro, "__qualname__", "") != "AsyncSocket._send_ping" or frame is None:
-            continue
-        owner = frame.f_locals.get("self")
-        if getattr(owner, "server", None) is sio.eio:
-            task.cancel()
-            mine.append(task)
-    await asyncio.gather(*mine, return_exceptions=True)
+        await _compat.cancel_ping_tasks(sio.eio)
+        if link is not None:
+            await link.aclose()

@@ -1,13 +1,7 @@
 """Socket.IO relay: python-socketio ``AsyncServer`` at ``/socket.io/``, one room per tenant.
 
-Connect with ``auth: {token, since?, tenant_id?, tenants?}``:
-- a tenant API key joins that tenant's room only (``since``: an integer);
-- the admin token joins ``tenant_id`` / ``tenants`` (``since``: an integer for all of them, or a
-  ``{tenant_id: seq}`` map), or every tenant when neither is given (``since`` is refused there);
-- missing or wrong credentials, revoked keys and deactivated tenants are refused with
-  ``{message, data: {code}}``.
-
-Delivery is per connection, with a cursor per tenant (the last seq it was sent):
+Who may connect, and from where delivery starts: ``auth.py``. Delivery is per connection, with a
+cursor per tenant (the last seq it was sent):
 - a connection starts in catch-up: it joins its rooms, buffers live events, replays the log from
   its cursor page by page, then flushes the buffer, dropping what the replay already sent;
 - a live event with seq <= cursor is a duplicate and dropped; seq > cursor + 1 means one is missing
@@ -16,75 +10,55 @@ Delivery is per connection, with a cursor per tenant (the last seq it was sent):
 - a client whose send queue passes ``max_queue`` packets is disconnected (reason "slow consumer");
   it reconnects with ``since`` and loses nothing.
 
-Several nodes: :class:`RelayRedisManager` (an ``AsyncRedisManager``) carries each committed batch
-between nodes in ONE publish, as pre-encoded packets; a node skips its own messages unparsed.
+Several nodes: :class:`~control_plane.realtime.pubsub.RedisLink` carries each committed batch
+between nodes in ONE publish; the relay delivers what it receives like its own batches.
+Library internals (engine.io queues, the websocket driver, ping tasks) go through ``_compat.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import socketio
 from aiohttp import web
-from engineio import packet as eio_packet
-from socketio.exceptions import ConnectionRefusedError as Refused
 
-from control_plane import admin_cookie as admin_session
 from control_plane.config import Settings
-from control_plane.crypto import hash_api_key, tokens_equal
 from control_plane.db import events as events_db
 from control_plane.db import tenants as tenants_db
 from control_plane.db.engine import Database
-from control_plane.events import ALL_ROOM, format_ts, tenant_room
-from control_plane.realtime import transport
+from control_plane.events import ALL_ROOM, tenant_room
+from control_plane.realtime import _compat, transport
+from control_plane.realtime.auth import Refused, authorize, refuse
+from control_plane.realtime.packets import Item, encode_packet, envelope_item, row_item
 from control_plane.realtime.publisher import Envelope
+from control_plane.realtime.pubsub import BATCH_EVENT, REDIS_CHANNEL, RedisLink
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "BATCH_EVENT",
+    "REDIS_CHANNEL",
+    "Item",
+    "Relay",
+    "Subscriber",
+    "create_server",
+    "encode_packet",
+    "envelope_item",
+    "row_item",
+]
+
 NAMESPACE = "/"
-BATCH_EVENT = "gateway.relay.batch"  # internal pub/sub message carrying many events; never sent to clients
-REDIS_CHANNEL = "gateway.realtime"
 MAX_QUEUE = 2000  # packets waiting in one client's send queue before it is cut off as slow
 MAX_BUFFER = 20_000  # live events buffered for one connection during its catch-up
 REPLAY_PAGE = 500
 CREDENTIALS_RECHECK_S = 30.0  # open connections' API keys re-checked (other nodes' revocations)
 CONNECT_WAIT_S = 10.0
-
-# One event to deliver: (tenant_id, seq, encoded Socket.IO packet text).
-Item = tuple[str, int, str]
-
-
-def encode_packet(tenant_id: str, seq: int, type_: str, ts: str, data_json: str) -> str:
-    """The Socket.IO EVENT packet text for one envelope, built without re-encoding ``data``.
-    (``2`` = EVENT on the default namespace; names are validated by the publisher.)"""
-    return (
-        f'2["{type_}",{{"seq":{seq},"tenant_id":"{tenant_id}","type":"{type_}","ts":"{ts}",'
-        f'"data":{data_json}}}]'
-    )
-
-
-def envelope_item(env: Envelope) -> Item:
-    return (
-        env["tenant_id"],
-        env["seq"],
-        encode_packet(env["tenant_id"], env["seq"], env["type"], env["ts"], env.data_json),
-    )
-
-
-def row_item(row: dict[str, Any]) -> Item:
-    return (
-        row["tenant_id"],
-        row["seq"],
-        encode_packet(row["tenant_id"], row["seq"], row["type"], format_ts(row["ts"]), row["data"]),
-    )
 
 
 @dataclass(eq=False)
@@ -103,74 +77,6 @@ class Subscriber:
     key_hash: str | None = None  # the tenant API key it connected with (re-checked while open)
 
 
-class RelayRedisManager(socketio.AsyncRedisManager):
-    """AsyncRedisManager that carries a whole batch of events in one publish and skips, without
-    parsing it, every batch this node published itself."""
-
-    name = "gateway-redis"
-
-    def __init__(self, url: str, *, channel: str = REDIS_CHANNEL) -> None:
-        super().__init__(url, channel=channel)
-        self.relay: Relay | None = None
-        self._own_prefix = json.dumps({"host_id": self.host_id})[:-1].encode()  # b'{"host_id": "..."'
-        self._subscribed = asyncio.Event()
-
-    async def publish_batch(self, items: Sequence[Item]) -> None:
-        await self._publish(
-            {
-                "host_id": self.host_id,
-                "method": "emit",
-                "event": BATCH_EVENT,
-                "data": items,
-                "namespace": NAMESPACE,
-                "room": None,
-            }
-        )
-
-    async def _handle_emit(self, message: dict) -> None:
-        if message.get("event") == BATCH_EVENT:
-            if self.relay is not None:
-                self.relay.deliver([tuple(i) for i in message["data"]])  # type: ignore[misc]
-            return
-        await super()._handle_emit(message)
-
-    async def wait_subscribed(self, timeout_s: float) -> None:
-        await asyncio.wait_for(self._subscribed.wait(), timeout_s)
-
-    async def _listen(self) -> AsyncIterator[Any]:  # replaces the library's, to know when we subscribed
-        channel = self.channel.encode()
-        retry_s = 0.5
-        while True:
-            try:
-                self._redis_connect()
-                await self.pubsub.subscribe(self.channel)
-                self._subscribed.set()
-                retry_s = 0.5
-                async for message in self.pubsub.listen():
-                    if message["channel"] != channel or message["type"] != "message":
-                        continue
-                    data = message["data"]
-                    if isinstance(data, bytes) and data.startswith(self._own_prefix):
-                        continue  # our own batch: delivered locally before publishing
-                    yield data
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("realtime redis listener: %s; retrying in %.1fs", exc, retry_s)
-                await asyncio.sleep(retry_s)
-                retry_s = min(retry_s * 2, 30.0)
-
-    async def aclose(self) -> None:
-        thread = getattr(self, "thread", None)
-        if thread is not None:
-            thread.cancel()
-            await asyncio.gather(thread, return_exceptions=True)
-        if self.pubsub is not None:
-            await self.pubsub.aclose()
-        if self.redis is not None:
-            await self.redis.aclose()
-
-
 class Relay:
     """Owns the Socket.IO server's delivery: auth at connect, replay, live fan-out, slow clients."""
 
@@ -183,6 +89,7 @@ class Relay:
         max_queue: int = MAX_QUEUE,
         max_buffer: int = MAX_BUFFER,
         replay_page: int = REPLAY_PAGE,
+        link: RedisLink | None = None,
     ) -> None:
         self.sio = sio
         self.db = db
@@ -191,13 +98,13 @@ class Relay:
         self.max_buffer = max_buffer
         self.replay_page = replay_page
         self.subs: dict[str, Subscriber] = {}
+        # Who receives what: sid -> subscriber, per tenant, and for every tenant (admin).
+        self._by_tenant: dict[str, dict[str, Subscriber]] = {}
+        self._everyone: dict[str, Subscriber] = {}
         self._tasks: set[asyncio.Task] = set()
         self.stats = {"slow_disconnects": 0, "catch_ups": 0}
         self._recheck = asyncio.Event()
-        manager = sio.manager
-        self.pubsub: RelayRedisManager | None = manager if isinstance(manager, RelayRedisManager) else None
-        if self.pubsub is not None:
-            self.pubsub.relay = self
+        self.link = link  # the other nodes (None: a single node)
         sio.on("connect", self._on_connect)
         sio.on("disconnect", self._on_disconnect)
 
@@ -212,36 +119,30 @@ class Relay:
     def deliver_now(self, envelopes: Sequence[Envelope]) -> list[Item] | None:
         """This node's share of :meth:`broadcast`, synchronous; returns what :meth:`forward` must
         carry to the other nodes (None: there are none)."""
-        if self.pubsub is None and not self.sio.manager.rooms.get(NAMESPACE):
+        if self.link is None and not self.subs:
             return None  # no connection here and no other node: nothing to encode (clients replay the log)
         items = [envelope_item(e) for e in envelopes]
         self.deliver(items)
-        return items if self.pubsub is not None else None
+        return items if self.link is not None else None
 
     async def forward(self, items: Sequence[Item]) -> None:
         """Carry delivered events to the other nodes (Redis); a no-op on a single node."""
-        if self.pubsub is not None and items:
-            await self.pubsub.publish_batch(items)
+        if self.link is not None and items:
+            await self.link.publish_batch(items)
 
     def deliver(self, items: Iterable[Item]) -> None:
         """Fan events out to local connections (synchronous: no interleaving within a batch)."""
-        rooms = self.sio.manager.rooms.get(NAMESPACE)
-        if not rooms:
+        by_tenant, everyone = self._by_tenant, self._everyone
+        if not by_tenant and not everyone:
             return
-        everyone = rooms.get(ALL_ROOM)
-        subs = self.subs
         for item in items:
-            members = rooms.get(tenant_room(item[0]))
+            members = by_tenant.get(item[0])
             if members:
-                for sid in members:
-                    sub = subs.get(sid)
-                    if sub is not None:
-                        self._offer(sub, item)
+                for sub in members.values():
+                    self._offer(sub, item)
             if everyone:
-                for sid in everyone:
-                    sub = subs.get(sid)
-                    if sub is not None:
-                        self._offer(sub, item)
+                for sub in everyone.values():
+                    self._offer(sub, item)
 
     def _offer(self, sub: Subscriber, item: Item, *, accept_gap: bool = False) -> None:
         if sub.closed:
@@ -269,20 +170,21 @@ class Relay:
             sub.buffer.append(item)
             return
         # Too much piled up: forget the buffer; everything in it is in the log.
-        for tenant_id, seq, _ in sub.buffer + [item]:
+        for tenant_id, seq, _ in [*sub.buffer, item]:
             sub.cursors.setdefault(tenant_id, seq - 1)
             sub.dirty.add(tenant_id)
         sub.buffer = []
 
     def _send(self, sub: Subscriber, text: str) -> bool:
         sock = sub.socket
-        if sock is None or sock.closed or sock.closing:
+        if sock is None:
             return False
-        if sock.queue.qsize() >= self.max_queue:
+        outcome = _compat.enqueue_message(sock, text, self.max_queue)
+        if outcome == _compat.SENT:
+            return True
+        if outcome == _compat.FULL:
             self._cut_off_slow(sub)
-            return False
-        sock.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, text))
-        return True
+        return False
 
     def _cut_off_slow(self, sub: Subscriber) -> None:
         sub.closed = True
@@ -294,7 +196,7 @@ class Relay:
         )
         self._spawn(self.sio.disconnect(sub.sid))
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -321,6 +223,7 @@ class Relay:
                         CONNECT_WAIT_S,
                     )
                     sub.closed = True
+                    self._forget(sub)
                     self._spawn(self.sio.disconnect(sub.sid))
                 return
             while not sub.closed:
@@ -354,14 +257,12 @@ class Relay:
     async def _wait_connected(self, sub: Subscriber) -> bool:
         """The CONNECT packet goes out after the connect handler returns; nothing may precede it."""
         deadline = time.monotonic() + CONNECT_WAIT_S
-        manager = self.sio.manager
-        while not manager.is_connected(sub.sid, NAMESPACE):
+        while (sock := _compat.engineio_socket(self.sio, sub.sid, NAMESPACE)) is None:
             if sub.closed or time.monotonic() > deadline or sub.sid not in self.subs:
                 return False
             await asyncio.sleep(0.002)
-        eio_sid = manager.eio_sid_from_sid(sub.sid, NAMESPACE)
-        sub.socket = self.sio.eio.sockets.get(eio_sid)
-        return sub.socket is not None
+        sub.socket = sock
+        return True
 
     async def _replay(self, sub: Subscriber, tenant_id: str) -> bool:
         """Send the tenant's events after the cursor from the log; True when there were any."""
@@ -384,7 +285,7 @@ class Relay:
     async def _drain(self, sub: Subscriber) -> None:
         """Let the client read what the last replay page queued before the next one."""
         deadline = time.monotonic() + 30.0
-        while sub.socket is not None and sub.socket.queue.qsize() > self.max_queue // 4 and not sub.closed:
+        while sub.socket is not None and _compat.backlog(sub.socket) > self.max_queue // 4 and not sub.closed:
             if time.monotonic() > deadline:
                 self._cut_off_slow(sub)
                 return
@@ -394,14 +295,23 @@ class Relay:
 
     async def _on_connect(self, sid: str, environ: dict, auth: Any) -> None:
         try:
-            tenants, cursors, key_hash = await self._authorize(environ, auth)
+            grant = await authorize(self.db, self.settings, environ, auth)
         except Refused:
             raise
         except Exception as exc:
             log.warning("realtime connect refused, dependency failed: %s", exc)
-            raise _refuse("temporarily unavailable; retry shortly", "unavailable") from None
-        sub = Subscriber(sid=sid, tenants=tenants, cursors=cursors, dirty=set(cursors), key_hash=key_hash)
+            raise refuse("temporarily unavailable; retry shortly", "unavailable") from None
+        tenants = grant.tenants
+        sub = Subscriber(
+            sid=sid, tenants=tenants, cursors=grant.cursors, dirty=set(grant.cursors), key_hash=grant.key_hash
+        )
         self.subs[sid] = sub
+        if tenants is None:
+            self._everyone[sid] = sub
+        else:
+            for tenant_id in tenants:
+                self._by_tenant.setdefault(tenant_id, {})[sid] = sub
+        # The Socket.IO rooms, for anyone emitting through the server (delivery uses the index above).
         for room in [tenant_room(t) for t in tenants] if tenants is not None else [ALL_ROOM]:
             await self.sio.enter_room(sid, room, namespace=NAMESPACE)
         self._start_catch_up(sub)
@@ -412,42 +322,24 @@ class Relay:
         )
 
     async def _on_disconnect(self, sid: str, reason: Any = None) -> None:
-        sub = self.subs.pop(sid, None)
+        sub = self.subs.get(sid)
         if sub is None:
             return
+        self._forget(sub)
         sub.closed = True
         if sub.task is not None:
             sub.task.cancel()
 
-    async def _authorize(
-        self, environ: dict, auth: Any
-    ) -> tuple[frozenset[str] | None, dict[str, int], str | None]:
-        """(tenants or None for all, initial cursors, the API key's digest or None for the admin)
-        or raise a refusal."""
-        if auth is None:
-            auth = {}
-        if not isinstance(auth, dict):
-            raise _refuse("auth must be an object: {token, since?}", "invalid_auth")
-        token = auth.get("token") or _bearer(environ)
-        if not token and _admin_panel_session(environ):
-            return *await self._authorize_admin(auth, auth.get("since")), None
-        if not isinstance(token, str) or not token:
-            raise _refuse(
-                "missing credentials: connect with auth: {token: '<api key>'}", "missing_credentials"
-            )
-        since = auth.get("since")
-        if tokens_equal(token, self.settings.admin_token.get()):
-            return *await self._authorize_admin(auth, since), None
-        async with self.db.connect() as conn:
-            tenant = await tenants_db.find_tenant_by_api_key(conn, token)
-            if tenant is None:
-                raise _refuse("invalid or revoked API key", "invalid_credentials")
-            if not tenant["is_active"]:
-                raise _refuse("this tenant is deactivated", "tenant_inactive")
-            if auth.get("tenant_id") not in (None, tenant["id"]) or auth.get("tenants") is not None:
-                raise _refuse("a tenant API key subscribes to its own tenant only", "forbidden")
-            cursors = await self._cursors(conn, [tenant["id"]], since)
-        return frozenset([tenant["id"]]), cursors, hash_api_key(token)
+    def _forget(self, sub: Subscriber) -> None:
+        """Take a connection out of delivery (it is gone, or being cut off)."""
+        self.subs.pop(sub.sid, None)
+        self._everyone.pop(sub.sid, None)
+        for tenant_id in sub.tenants or ():
+            members = self._by_tenant.get(tenant_id)
+            if members is not None:
+                members.pop(sub.sid, None)
+                if not members:
+                    del self._by_tenant[tenant_id]
 
     # -- credentials of open connections ----------------------------------------------------------
 
@@ -492,41 +384,6 @@ class Relay:
                     "realtime: cannot re-check credentials of open connections: %s", type(exc).__name__
                 )
 
-    async def _authorize_admin(self, auth: dict, since: Any) -> tuple[frozenset[str] | None, dict[str, int]]:
-        wanted = auth.get("tenants")
-        if auth.get("tenant_id") is not None:
-            wanted = [auth["tenant_id"]]
-        if wanted is None:
-            if since is not None:
-                raise _refuse("'since' needs tenant_id or tenants (replay is per tenant)", "invalid_since")
-            return None, {}
-        if not isinstance(wanted, list) or not wanted or not all(isinstance(t, str) for t in wanted):
-            raise _refuse("tenants must be a non-empty list of tenant ids", "invalid_tenants")
-        async with self.db.connect() as conn:
-            for tenant_id in wanted:
-                tenant = await tenants_db.get_tenant(conn, tenant_id) if len(tenant_id) <= 32 else None
-                if tenant is None:
-                    raise _refuse(f"tenant {tenant_id!r} not found", "tenant_not_found")
-            cursors = await self._cursors(conn, wanted, since)
-        return frozenset(wanted), cursors
-
-    @staticmethod
-    async def _cursors(conn, tenant_ids: list[str], since: Any) -> dict[str, int]:
-        """Where each tenant's delivery starts: ``since``, or (live only) the tenant's latest seq,
-        read before joining the room, so events committed while connecting are not lost."""
-        cursors: dict[str, int] = {}
-        for tenant_id in tenant_ids:
-            value = since.get(tenant_id) if isinstance(since, dict) else since
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise _refuse(
-                    "since must be a non-negative integer (the last seq you received)", "invalid_since"
-                )
-            latest = await events_db.last_seq(conn, tenant_id)
-            # A since beyond the latest seq (a client that outlived a database restore) restarts
-            # from the latest: better a repeat than a silent loss.
-            cursors[tenant_id] = latest if value is None else min(value, latest)
-        return cursors
-
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -540,38 +397,14 @@ class Relay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _refuse(message: str, code: str) -> Refused:
-    return Refused(message, {"code": code})
-
-
-def _bearer(environ: dict) -> str | None:
-    scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    return token.strip() or None
-
-
-def _admin_panel_session(environ: dict) -> bool:
-    """The admin panel's signed session cookie (HttpOnly, SameSite=Strict; see
-    control_plane/admin_cookie.py) stands in for the admin token on a same-origin connection that
-    sends no token."""
-    request = environ.get("aiohttp.request")
-    signer = request.app.get("admin_sessions") if request is not None else None
-    if signer is None:
-        return False
-    origin = environ.get("HTTP_ORIGIN")
-    if origin and urlsplit(origin).netloc != environ.get("HTTP_HOST"):
-        return False
-    return signer.verify(request.cookies.get(admin_session.COOKIE_NAME)) is not None
-
-
 def create_server(settings: Settings) -> socketio.AsyncServer:
-    """The Socket.IO server; with REDIS_URL, a Redis manager links it to the other nodes."""
-    manager = RelayRedisManager(settings.redis_url) if settings.redis_url else socketio.AsyncManager()
+    """The Socket.IO server (the link to other nodes is :class:`RedisLink`, started by
+    ``control_plane.realtime.running``)."""
     sio = socketio.AsyncServer(
-        async_mode="aiohttp", client_manager=manager, logger=False, engineio_logger=False
+        async_mode="aiohttp", client_manager=socketio.AsyncManager(), logger=False, engineio_logger=False
     )
     transport.install(sio.eio)
+    _compat.track_ping_tasks(sio.eio)
     return sio
 
 

@@ -8,7 +8,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,14 @@ NODE_DIR = Path(__file__).resolve().parent / "node_client"
 CLIENT_JS = NODE_DIR / "client.js"
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+async def wait_until(
+    predicate: Callable[[], object], within_s: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``predicate`` until true; fail after ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within_s}s waiting for {what}")
         await asyncio.sleep(0.01)
 
 
@@ -59,7 +61,7 @@ async def node(start_node) -> Node:
 
 
 @pytest.fixture
-async def new_tenant(admin_headers) -> Callable[..., Awaitable[dict[str, Any]]]:
+async def new_tenant(admin_headers) -> AsyncIterator[Callable[..., Awaitable[dict[str, Any]]]]:
     """Create a tenant on a node over HTTP: its JSON plus ``headers`` and ``key``."""
     async with aiohttp.ClientSession() as http:
 

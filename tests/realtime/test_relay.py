@@ -285,3 +285,22 @@ async def test_a_connection_its_catch_up_cannot_see_established_is_cut_off_then_
     await node.events.publish(a["id"], ev.MESSAGE_SENT, {"i": 3})
     await wait_until(lambda: len(again.events) >= 4, what="replay and live event")
     assert again.seqs() == [e["seq"] for e in first] + [4]
+
+
+async def test_closed_connections_leave_the_relays_delivery_index(node, new_tenant, consumers, admin_headers):
+    a, b = await new_tenant(node, "a"), await new_tenant(node, "b")
+    relay = node.app["realtime_relay"]
+    ca, cb, admin = consumers("py"), consumers("py"), consumers("py")
+    await ca.connect(node.url, {"token": a["key"]})
+    await cb.connect(node.url, {"token": b["key"]})
+    await admin.connect(node.url, {"token": admin_headers["Authorization"][7:]})
+    await wait_until(lambda: len(relay.subs) == 3, what="three subscribers")
+    assert set(relay._by_tenant) == {a["id"], b["id"]} and len(relay._everyone) == 1
+    await ca.close()
+    await wait_until(lambda: a["id"] not in relay._by_tenant, what="a's connection forgotten")
+    await node.events.publish(b["id"], ev.SESSION_STATE, {"state": "ready"})
+    await wait_until(lambda: cb.events and admin.events, what="the others still receive")
+    await cb.close()
+    await admin.close()
+    await wait_until(lambda: not relay.subs, what="every connection forgotten")
+    assert relay._by_tenant == {} and relay._everyone == {}
