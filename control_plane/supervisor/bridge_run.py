@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 S = SessionState
 
 STDERR_TAIL = 10
+EPOCH = dt.datetime(1970, 1, 1)  # naive UTC, as format_ts takes it
 DEADLINE_SLACK_S = 0.001  # a timer at the deadline itself must find it passed
 # The bridge's `state` event -> the session state it moves to.
 BRIDGE_STATES = {
@@ -51,7 +52,7 @@ class ShownQr:
     @classmethod
     def from_event(cls, data: dict[str, Any]) -> ShownQr:
         expires_ms = int(data.get("expires_at") or 0)
-        expires_at = dt.datetime.fromtimestamp(expires_ms / 1000, dt.UTC)
+        expires_at = EPOCH + dt.timedelta(milliseconds=expires_ms)  # exact: no float on the way
         return cls(data.get("qr"), int(data.get("attempt") or 0), format_ts(expires_at), expires_ms)
 
     def public(self) -> dict[str, Any]:
