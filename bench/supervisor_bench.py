@@ -34,11 +34,11 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from control_plane.config import load_settings
-from control_plane.db import Database
-from control_plane.db import tenants as tenants_db
-from control_plane.migrations import runner
-from control_plane.supervisor import Supervisor
+from control_plane.config import load_settings  # noqa: E402 -- after the sys.path line
+from control_plane.db import Database  # noqa: E402
+from control_plane.db import tenants as tenants_db  # noqa: E402
+from control_plane.migrations import runner  # noqa: E402
+from control_plane.supervisor import Supervisor  # noqa: E402
 
 
 class Recorder:
@@ -57,7 +57,7 @@ class Recorder:
         async with self.changed:
             self.changed.notify_all()
 
-    async def wait(self, pred, timeout: float) -> bool:
+    async def wait(self, pred, timeout: float) -> bool:  # noqa: ASYNC109 -- a poll deadline
         async with self.changed:
             try:
                 await asyncio.wait_for(self.changed.wait_for(pred), timeout)
@@ -87,7 +87,12 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-async def all_ready(sup: Supervisor, rec: Recorder, tids: list[str], timeout: float) -> bool:
+async def all_ready(
+    sup: Supervisor,
+    rec: Recorder,
+    tids: list[str],
+    timeout: float,  # noqa: ASYNC109 -- a poll deadline, not a cancel scope
+) -> bool:
     return await rec.wait(lambda: all(sup.is_ready(t) for t in tids), timeout)
 
 
@@ -216,8 +221,8 @@ async def bench(args: argparse.Namespace) -> None:
         per_tenant_rss_kb = (rss_idle - rss_before) * 1024 / n
         per_tenant_cpu_pct = cpu / window * 100 / n
         print(
-            f"idle control plane: RSS {rss_before:.1f} MB unsupervised -> {rss_idle:.1f} MB with {n} supervised "
-            f"= {per_tenant_rss_kb:.0f} KB/tenant   target < 1024 KB",
+            f"idle control plane: RSS {rss_before:.1f} MB unsupervised -> {rss_idle:.1f} MB "
+            f"with {n} supervised = {per_tenant_rss_kb:.0f} KB/tenant   target < 1024 KB",
             flush=True,
         )
         print(
@@ -228,8 +233,8 @@ async def bench(args: argparse.Namespace) -> None:
         print(
             f"  event loop thread {main_cpu:.2f}s ({main_sys:.2f}s in the kernel; heartbeats, "
             f"watchdog sweep), worker threads "
-            f"{cpu - main_cpu:.2f}s (memory checks every {settings.memory_check_interval_s:g}s); garbage collector "
-            f"{gc_time[0]:.2f}s in {gc_time[1]} collections ({gc_time[2]} full)",
+            f"{cpu - main_cpu:.2f}s (memory checks every {settings.memory_check_interval_s:g}s); "
+            f"garbage collector {gc_time[0]:.2f}s in {gc_time[1]} collections ({gc_time[2]} full)",
             flush=True,
         )
         beats = n * window / settings.heartbeat_interval_s

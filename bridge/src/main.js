@@ -32,7 +32,7 @@ function log(level, ...args) {
     const text = util.format(...args).replace(/\n/g, '\n    ');
     try {
         process.stderr.write(`${new Date().toISOString()} tenant=${logTenant} level=${level} ${text}\n`);
-    } catch (e) {
+    } catch {
         stderrBroken = true;
     }
 }
@@ -49,7 +49,7 @@ function readWwebjsVersion() {
     try {
         const pkg = require.resolve('whatsapp-web.js/package.json');
         return JSON.parse(fs.readFileSync(pkg, 'utf8')).version;
-    } catch (e) {
+    } catch {
         return null;
     }
 }
@@ -59,7 +59,7 @@ function describeError(err) {
     if (typeof err === 'string') return err;
     try {
         return JSON.stringify(err);
-    } catch (e) {
+    } catch {
         return String(err);
     }
 }

@@ -37,7 +37,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ class Response:
     error_message: str | None = None
 
 
-Message = Union[Response, BridgeEvent]
+Message = Response | BridgeEvent
 
 
 def encode_command(id: int, cmd: str, args: dict[str, Any] | None = None) -> bytes:

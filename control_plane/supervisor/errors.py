@@ -71,3 +71,26 @@ def from_command_failure(tenant_id: str, state: str, exc: protocol.BridgeCommand
     if exc.code == protocol.ERR_BAD_REQUEST:
         return BridgeBadRequest(exc.code, exc.message)
     return BridgeRefused(exc.code, exc.message)
+
+
+# What a command to a live bridge may fail with, translated by ``from_request_failure``.
+REQUEST_FAILURES = (protocol.BridgeCommandFailed, protocol.BridgeTimeout, protocol.BridgeClosed)
+
+
+def from_request_failure(
+    tenant_id: str,
+    state: str,
+    cmd: str,
+    exc: protocol.BridgeError,
+    *,
+    timeout_s: float,
+    ambiguous: bool,
+) -> SupervisorError:
+    """A bridge command that failed (one of REQUEST_FAILURES) as the supervisor error to raise."""
+    if isinstance(exc, protocol.BridgeCommandFailed):
+        return from_command_failure(tenant_id, state, exc)
+    if isinstance(exc, protocol.BridgeTimeout):
+        return BridgeUnavailable(
+            f"the session did not answer {cmd} within {timeout_s:g}s", ambiguous=ambiguous
+        )
+    return BridgeUnavailable(f"the session ended during {cmd}", ambiguous=ambiguous)

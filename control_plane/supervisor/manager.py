@@ -10,8 +10,11 @@ Lifecycle (``startup`` / ``close``, driven by the app's cleanup context):
   back exactly the sessions that should run.
 
 Background tasks, all owned here and cancelled in ``close``: the boot task, the memory check, the
-watchdog sweep (heartbeats, start timeout, QR lifetime of every live bridge), the state writer, the
-message dispatcher, and one runner per tenant with a bridge.
+watchdog sweep (heartbeats, start timeout, QR lifetime of every live bridge), the state writer and
+the message dispatcher (outbound.py), and one runner per tenant with a bridge.
+
+Each ``TenantSession`` sees its Supervisor only as a ``host.SessionHost``; what the Supervisor needs
+from a session is the session's public methods. Time comes from ``clock`` / ``wall_clock``.
 """
 
 from __future__ import annotations
@@ -20,20 +23,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from control_plane import errors
 from control_plane.bridge import protocol
 from control_plane.config import ConfigError, Settings
 from control_plane.db import sessions as sessions_db
 from control_plane.db import tenants as tenants_db
-from control_plane.events import SESSION_QR, SESSION_STATE
+from control_plane.events import format_ts, format_ts_or_none
 from control_plane.supervisor import errors as sup_errors
 from control_plane.supervisor import paths, policy
+from control_plane.supervisor.outbound import (
+    EventPublisher,
+    LogPublisher,
+    MessageDispatcher,
+    MessageListener,
+    StateWriter,
+)
 from control_plane.supervisor.process import find_orphans, kill_process_groups
-from control_plane.supervisor.session import TenantSession, iso
+from control_plane.supervisor.session import TenantSession
 from control_plane.supervisor.states import SessionState
 
 log = logging.getLogger(__name__)
@@ -42,28 +52,22 @@ S = SessionState
 SEND_TIMEOUT_S = 60.0
 COMMAND_TIMEOUT_S = 10.0
 SHUTDOWN_MARGIN_S = 3.0
-MESSAGE_BACKLOG = 10_000  # bridge messages kept while no listener is registered yet
 DRIVERS = ("scripted", "wwebjs")
 WATCHDOG_PERIOD_MAX_S = 0.5
-
-MessageListener = Callable[[str, str, dict[str, Any]], Awaitable[None]]
-
-
-class EventPublisher(Protocol):
-    async def publish(self, tenant_id: str, type: str, data: dict[str, Any]) -> Any: ...
-
-
-class LogPublisher:
-    """Stand-in when no realtime publisher is configured: session events go to the log only."""
-
-    async def publish(self, tenant_id: str, type: str, data: dict[str, Any]) -> None:
-        log.debug("event %s tenant=%s %s", type, tenant_id, {k: v for k, v in data.items() if k != "qr"})
 
 
 class Supervisor:
     """Owns every tenant's bridge. See the module docstring and docs/CONVENTIONS.md (pinned seam)."""
 
-    def __init__(self, settings: Settings, db: Any, events: EventPublisher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Any,
+        events: EventPublisher | None = None,
+        *,
+        clock: policy.Clock = time.monotonic,
+        wall_clock: policy.Clock = time.time,
+    ) -> None:
         driver = getattr(settings, "bridge_driver", None)
         if driver not in (None, *DRIVERS):
             raise ConfigError(f"Config 'BRIDGE_DRIVER' must be scripted or wwebjs, got {driver!r}")
@@ -71,7 +75,9 @@ class Supervisor:
         self.db = db
         self.events: EventPublisher = events or LogPublisher()
         self.sessions_dir = paths.sessions_root(settings.sessions_dir)
-        self.start_timeout_s = max(15.0, 3 * settings.heartbeat_interval_s)
+        self.clock = clock  # monotonic seconds: heartbeats, deadlines, the crash-loop window
+        self.wall_clock = wall_clock  # epoch seconds: QR expiry (the bridge's unit)
+        self.start_timeout_s = policy.start_timeout_s(settings.heartbeat_interval_s)
         # One sweep looks at every live bridge this often; a deadline that falls between two sweeps
         # (a bridge about to be silent for two intervals) gets a one-shot timer of its own.
         self.watchdog_period_s = min(WATCHDOG_PERIOD_MAX_S, settings.heartbeat_interval_s / 10)
@@ -79,11 +85,9 @@ class Supervisor:
         self.is_running = False
         self.closing = False
         self._sessions: dict[str, TenantSession] = {}
-        self._listeners: list[MessageListener] = []
         self._forgotten: set[str] = set()
-        self._writes: asyncio.Queue = asyncio.Queue()
-        self._messages: asyncio.Queue = asyncio.Queue()
-        self._has_listener = asyncio.Event()
+        self._states = StateWriter(self._write, self.events, self._forgotten)
+        self._messages = MessageDispatcher()
         self._tasks: list[asyncio.Task] = []
         self._boot_task: asyncio.Task | None = None
         self.boot_done = asyncio.Event()
@@ -92,7 +96,7 @@ class Supervisor:
         self._sqlite_writes = asyncio.Lock() if getattr(db, "is_sqlite", False) else None
 
     @contextlib.asynccontextmanager
-    async def _write(self):
+    async def _write(self) -> AsyncIterator[Any]:
         """A write transaction (serialized among the supervisor's own writers on SQLite)."""
         if self._sqlite_writes is None:
             async with self.db.begin() as conn:
@@ -115,8 +119,8 @@ class Supervisor:
         async with self.db.connect() as conn:
             to_start = await sessions_db.list_sessions_to_start(conn) if boot else []
         self._tasks = [
-            asyncio.create_task(self._writer(), name="supervisor-writer"),
-            asyncio.create_task(self._dispatcher(), name="supervisor-messages"),
+            asyncio.create_task(self._states.run(), name="supervisor-writer"),
+            asyncio.create_task(self._messages.run(), name="supervisor-messages"),
             asyncio.create_task(self._memory_loop(), name="supervisor-memory"),
             asyncio.create_task(self._watchdog_loop(), name="supervisor-watchdog"),
         ]
@@ -149,7 +153,7 @@ class Supervisor:
         if self._boot_task is not None:
             self._boot_task.cancel()
             await asyncio.gather(self._boot_task, return_exceptions=True)
-        runners = [s.runner for s in self._sessions.values() if s.running]
+        runners = [s.runner for s in self._sessions.values() if s.runner is not None and s.running]
         for session in self._sessions.values():
             if session.running:
                 session.request("stop", "shutdown")
@@ -158,8 +162,7 @@ class Supervisor:
             for task in late:
                 task.cancel()
             await asyncio.gather(*runners, return_exceptions=True)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._writes.join(), 5.0)
+        await self._states.flush(5.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -191,6 +194,8 @@ class Supervisor:
                 sandbox=sandbox,
                 desired_running=bool(row and row["desired_state"] == "running"),
                 row=row,
+                clock=self.clock,
+                wall_clock=self.wall_clock,
             )
             self._sessions[tenant_id] = session
         return session
@@ -236,8 +241,8 @@ class Supervisor:
             if session.running:
                 session.request("stop", "requested")
                 await self._await_runner(session)
-            elif session.state not in (S.STOPPED, S.LOGGED_OUT):
-                session._change(S.STOPPED, "requested")
+            else:
+                session.mark_stopped("requested")
         return await self.status(tenant_id)
 
     async def restart(self, tenant_id: str) -> dict[str, Any]:
@@ -298,7 +303,7 @@ class Supervisor:
             return {
                 "state": row.get("state", "stopped"),
                 "reason": row.get("reason"),
-                "since": iso(row.get("since")),
+                "since": format_ts_or_none(row.get("since")),
                 "restarts": row.get("restarts", 0),
                 "pid": None,
                 "memory_bytes": None,
@@ -309,21 +314,19 @@ class Supervisor:
                 "last_exit_code": row.get("last_exit_code"),
                 "driver": None,
             }
-        proc = session.proc
-        alive = proc is not None and not proc.exited
+        proc = session.proc if session.proc is not None and not session.proc.exited else None
         memory = None
-        if alive:
-            roots = session.memory_roots()
-            memory = await asyncio.to_thread(policy.tree_memory_bytes, roots)
+        if proc is not None:
+            memory = await asyncio.to_thread(policy.tree_memory_bytes, session.memory_roots())
         qr = session.qr()
         return {
             "state": session.state.value,
             "reason": session.machine.reason,
-            "since": iso(session.machine.since),
+            "since": format_ts(session.machine.since),
             "restarts": session.restarts,
-            "pid": proc.pid if alive else None,
+            "pid": proc.pid if proc is not None else None,
             "memory_bytes": memory,
-            "uptime_s": round(proc.uptime_s, 3) if alive else None,
+            "uptime_s": round(proc.uptime_s, 3) if proc is not None else None,
             "own_number": session.own_number,
             "desired_state": "running" if session.desired_running else "stopped",
             "qr_attempt": qr["attempt"] if qr else None,
@@ -352,7 +355,7 @@ class Supervisor:
 
     def browser_pid(self, tenant_id: str) -> int | None:
         session = self._sessions.get(tenant_id)
-        return session.browser_pid if session is not None and session.proc is not None else None
+        return session.run_facts.browser_pid if session is not None and session.proc is not None else None
 
     # ------------------------------------------------------------------ bridge commands
     def _live(self, tenant_id: str) -> TenantSession:
@@ -392,8 +395,7 @@ class Supervisor:
     def add_message_listener(self, listener: MessageListener) -> None:
         """``await listener(tenant_id, event_name, data)`` for each bridge message / message_ack, in order.
         Events that arrive before the first listener is added are kept (up to MESSAGE_BACKLOG)."""
-        self._listeners.append(listener)
-        self._has_listener.set()
+        self._messages.add_listener(listener)
 
     # ------------------------------------------------------------------ outbound (one boundary)
     def bridge_argv(self, tenant_id: str, folder: Path, driver: str) -> list[str]:
@@ -415,77 +417,15 @@ class Supervisor:
             str(max(1, round(s.stop_wait_s * 800))),
         ]
 
-    def record_state(self, session: TenantSession, event: dict[str, Any] | None) -> None:
-        """Queues the session's actual state for the database and, with ``event``, a session.state."""
-        self._writes.put_nowait((session.tenant_id, session.snapshot(), event))
+    # SessionHost: what a session hands back (see host.py)
+    def record_state(self, tenant_id: str, snapshot: dict[str, Any], event: dict[str, Any] | None) -> None:
+        self._states.record(tenant_id, snapshot, event)
 
     def publish(self, tenant_id: str, type_: str, data: dict[str, Any]) -> None:
-        self._writes.put_nowait((tenant_id, None, (type_, data)))
+        self._states.publish(tenant_id, type_, data)
 
     def dispatch_message(self, tenant_id: str, name: str, data: dict[str, Any]) -> None:
-        if not self._listeners and self._messages.qsize() >= MESSAGE_BACKLOG:
-            log.error("no message listener: dropping %s (backlog full) tenant=%s", name, tenant_id)
-            return
-        self._messages.put_nowait((tenant_id, name, data))
-
-    async def _writer(self) -> None:
-        """Persists state snapshots (latest per tenant, one transaction per batch), then publishes
-        the batch's events in order."""
-        while True:
-            batch = [await self._writes.get()]
-            while not self._writes.empty():
-                batch.append(self._writes.get_nowait())
-            try:
-                await self._write_batch(batch)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("supervisor writer failed on a batch of %d", len(batch))
-            finally:
-                for _ in batch:
-                    self._writes.task_done()
-
-    async def _write_batch(self, batch: list[tuple]) -> None:
-        latest: dict[str, dict[str, Any]] = {}
-        for tenant_id, snapshot, _ in batch:
-            if snapshot is not None and tenant_id not in self._forgotten:
-                latest[tenant_id] = snapshot
-        if latest:
-            try:
-                async with self._write() as conn:
-                    for tenant_id, snap in latest.items():
-                        await sessions_db.record_actual_state(conn, tenant_id, **snap)
-            except Exception:
-                for tenant_id, snap in latest.items():
-                    try:
-                        async with self._write() as conn:
-                            await sessions_db.record_actual_state(conn, tenant_id, **snap)
-                    except Exception as exc:
-                        log.warning(
-                            "cannot persist session state tenant=%s: %s", tenant_id, type(exc).__name__
-                        )
-        for tenant_id, snapshot, event in batch:
-            if event is None or tenant_id in self._forgotten:
-                continue
-            type_, data = (SESSION_STATE, event) if snapshot is not None else event
-            try:
-                await self.events.publish(tenant_id, type_, data)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("cannot publish %s tenant=%s: %s", type_, tenant_id, exc)
-
-    async def _dispatcher(self) -> None:
-        await self._has_listener.wait()  # bridges may speak before messaging has subscribed
-        while True:
-            tenant_id, name, data = await self._messages.get()
-            for listener in list(self._listeners):
-                try:
-                    await listener(tenant_id, name, data)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("message listener failed on %s tenant=%s", name, tenant_id)
+        self._messages.dispatch(tenant_id, name, data)
 
     # ------------------------------------------------------------------ watchdogs
     def watch(self, session: TenantSession) -> None:
@@ -504,13 +444,13 @@ class Supervisor:
             await asyncio.sleep(period)
             if not self._watched:
                 continue
-            now, wall_ms = time.monotonic(), time.time() * 1000
+            now, wall_ms = self.clock(), self.wall_clock() * 1000
             next_sweep = now + period
             # Heard from since then and ready: no deadline before the next sweep (the common case,
             # decided without a call).
             quiet_since = next_sweep - 2 * self.settings.heartbeat_interval_s
             for session in list(self._watched.values()):
-                if session.last_seen > quiet_since and session.machine.state is S.READY:
+                if session.run_facts.last_seen > quiet_since and session.machine.state is S.READY:
                     continue
                 try:
                     session.sweep(now, wall_ms, next_sweep)
@@ -533,8 +473,8 @@ class Supervisor:
                 session = self._sessions.get(verdict.tenant_id)
                 if session is None:
                     continue
-                session.memory_bytes = verdict.bytes
-                if verdict.over and session.proc is not None and not session._acting:
+                session.run_facts.memory_bytes = verdict.bytes
+                if verdict.over and session.proc is not None and not session.acting:
                     log.warning(
                         "memory %d MB over the %d MB limit: restarting tenant=%s",
                         verdict.bytes // 2**20,

@@ -1,5 +1,7 @@
 """Restart policy, apart from the mechanics: backoff with jitter, the crash-loop breaker, the
 heartbeat watchdog and the memory cap (PSS over the bridge's whole process tree, Chromium included).
+
+Time comes from a clock passed in (``time.monotonic`` by default), so tests drive it without sleeps.
 """
 
 from __future__ import annotations
@@ -8,12 +10,16 @@ import collections
 import os
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psutil
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MIN_START_TIMEOUT_S = 15.0
+
+Clock = Callable[[], float]  # seconds, monotonic
 
 
 def backoff_delay(
@@ -30,11 +36,13 @@ def backoff_delay(
 
 @dataclass
 class CrashLoopBreaker:
-    """``max_failures`` failures within ``window_s`` -> tripped (circus' flapping plugin)."""
+    """``max_failures`` failures within ``window_s`` -> tripped (circus' flapping plugin). Times come
+    from ``clock`` unless a call passes ``now``."""
 
     max_failures: int
     window_s: float
-    _times: collections.deque = field(default_factory=collections.deque)
+    clock: Clock = field(default=time.monotonic, repr=False)
+    _times: collections.deque[float] = field(default_factory=collections.deque)
 
     def _trim(self, now: float) -> None:
         while self._times and now - self._times[0] > self.window_s:
@@ -42,13 +50,13 @@ class CrashLoopBreaker:
 
     def record(self, now: float | None = None) -> int:
         """Records a failure; returns how many fall within the window."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         self._times.append(now)
         self._trim(now)
         return len(self._times)
 
     def recent(self, now: float | None = None) -> int:
-        self._trim(time.monotonic() if now is None else now)
+        self._trim(self.clock() if now is None else now)
         return len(self._times)
 
     def tripped(self, now: float | None = None) -> bool:
@@ -58,11 +66,42 @@ class CrashLoopBreaker:
         self._times.clear()
 
 
-def heartbeat_overdue(
-    last_seen: float, interval_s: float, now: float | None = None, *, missed: float = 2.0
-) -> bool:
+def heartbeat_overdue(last_seen: float, interval_s: float, now: float, *, missed: float = 2.0) -> bool:
     """Silent for ``missed`` heartbeat intervals."""
-    return ((time.monotonic() if now is None else now) - last_seen) > missed * interval_s
+    return (now - last_seen) > missed * interval_s
+
+
+def start_timeout_s(heartbeat_interval_s: float) -> float:
+    """How long a starting bridge may stay silent (loading the driver blocks node for a while)."""
+    return max(MIN_START_TIMEOUT_S, 3 * heartbeat_interval_s)
+
+
+@dataclass(frozen=True)
+class WatchdogLimits:
+    """The watchdog's numbers, from the settings."""
+
+    heartbeat_interval_s: float
+    start_timeout_s: float
+    qr_ttl_s: float
+    qr_max_cycles: int
+
+    @classmethod
+    def of(cls, settings: WatchdogSettings) -> WatchdogLimits:
+        return cls(
+            heartbeat_interval_s=settings.heartbeat_interval_s,
+            start_timeout_s=start_timeout_s(settings.heartbeat_interval_s),
+            qr_ttl_s=settings.qr_ttl_s,
+            qr_max_cycles=settings.qr_max_cycles,
+        )
+
+
+class WatchdogSettings(Protocol):
+    @property
+    def heartbeat_interval_s(self) -> float: ...
+    @property
+    def qr_ttl_s(self) -> float: ...
+    @property
+    def qr_max_cycles(self) -> int: ...
 
 
 # --- memory ------------------------------------------------------------------------------------

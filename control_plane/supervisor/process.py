@@ -74,7 +74,7 @@ class BridgeProcess:
     ) -> BridgeProcess:
         # Popen (vfork+exec, ~1 ms) rather than asyncio's subprocess: exit is watched through a pidfd
         # below, so there is no child watcher and no thread per child.
-        popen = subprocess.Popen(
+        popen = subprocess.Popen(  # noqa: ASYNC220 -- deliberate, see above; it does not block
             argv,
             cwd=cwd,
             env=env,
@@ -136,7 +136,8 @@ class BridgeProcess:
         self._set_exit(code)
 
     async def _poll_exit(self) -> None:
-        while (code := _reap(self.pid)) is None:
+        """Fallback without a pidfd: nothing signals a child's exit, so poll waitpid."""
+        while (code := _reap(self.pid)) is None:  # noqa: ASYNC110 -- no event to wait on
             await asyncio.sleep(0.1)
         self._set_exit(code)
 

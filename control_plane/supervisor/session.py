@@ -3,8 +3,8 @@
 The runner is the only code that spawns, signals or waits for the child. Everything else (API
 commands, the watchdog, the memory cap, the QR policy) asks it to act through ``request()`` and a
 wake-up event, so two actions never race on one process. ``_change()`` is the one mutation point of
-the session's state: it checks the transition table, then hands a snapshot to the supervisor, which
-persists it and publishes ``session.state``.
+the session's state: it checks the transition table, then hands a snapshot to its host (the
+supervisor, seen through ``host.SessionHost``), which persists it and publishes ``session.state``.
 
 Exit classification (``_after_exit``), after Supervisor's ``finish()``:
     logout asked                      -> LOGGED_OUT (profile wiped), runner ends
@@ -15,24 +15,29 @@ Exit classification (``_after_exit``), after Supervisor's ``finish()``:
     anything else (crash, kill by the watchdog or the memory cap)
         -> crash-loop breaker tripped ? FAILED crash_loop (runner ends, waits for a person)
                                       : BACKOFF <reason>, sleep with jitter, STARTING
+
+Time comes from the ``clock`` (monotonic) and ``wall_clock`` given at construction, so the watchdog
+and the breaker are tested on a fake clock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from control_plane.bridge import protocol
 from control_plane.bridge.protocol import BridgeEvent
+from control_plane.events import SESSION_QR, format_ts
 from control_plane.supervisor import errors as sup_errors
 from control_plane.supervisor import paths, policy
+from control_plane.supervisor.bridge_run import BRIDGE_STATES, BridgeRun
+from control_plane.supervisor.host import SessionHost
+from control_plane.supervisor.mailbox import Action, Mailbox
 from control_plane.supervisor.process import BridgeProcess, bridge_env, cleanup_profile, describe_exit
 from control_plane.supervisor.states import (
     LIVE,
@@ -43,27 +48,8 @@ from control_plane.supervisor.states import (
     can_transition,
 )
 
-if TYPE_CHECKING:
-    from control_plane.supervisor.manager import Supervisor
-
 log = logging.getLogger(__name__)
 S = SessionState
-
-# What the runner can be asked to do, strongest first: a weaker request never replaces a stronger one.
-ACTION_PRIORITY = {"logout": 5, "stop": 4, "restart": 3, "expire": 2, "kill": 1}
-BRIDGE_STATES = {
-    protocol.STATE_QR: S.QR,
-    protocol.STATE_AUTHENTICATED: S.AUTHENTICATED,
-    protocol.STATE_READY: S.READY,
-    protocol.STATE_DISCONNECTED: S.DISCONNECTED,
-}
-STDERR_TAIL = 10
-
-
-@dataclass(frozen=True)
-class Action:
-    kind: str  # logout | stop | restart | expire | kill
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -73,29 +59,29 @@ class Outcome:
     fatal_code: str | None  # code of the bridge's fatal `error` event, if it reported one
 
 
-def iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
-
-
 class TenantSession:
     """Actual state, desired state and the runner of one tenant's bridge."""
 
     def __init__(
         self,
-        sup: Supervisor,
+        host: SessionHost,
         tenant_id: str,
         *,
         sandbox: bool,
         desired_running: bool,
         row: dict[str, Any] | None = None,
+        clock: policy.Clock = time.monotonic,
+        wall_clock: policy.Clock = time.time,
     ) -> None:
-        self.sup = sup
+        self.host = host
         self.tenant_id = tenant_id
         self.sandbox = sandbox
-        self.driver = sup.settings.bridge_driver or ("scripted" if sandbox else "wwebjs")
+        settings = host.settings
+        self.driver = settings.bridge_driver or ("scripted" if sandbox else "wwebjs")
         self.desired_running = desired_running
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.limits = policy.WatchdogLimits.of(settings)
         state, reason = S.STOPPED, None
         if row and row.get("state") in (S.FAILED.value, S.LOGGED_OUT.value):
             state, reason = S(row["state"]), row.get("reason")
@@ -103,27 +89,15 @@ class TenantSession:
         self.restarts: int = (row or {}).get("restarts") or 0
         self.last_exit_code: int | None = (row or {}).get("last_exit_code")
         self.own_number: str | None = (row or {}).get("own_number")
-        self.breaker = policy.CrashLoopBreaker(sup.settings.crash_loop_max, sup.settings.crash_loop_window_s)
+        self.breaker = policy.CrashLoopBreaker(settings.crash_loop_max, settings.crash_loop_window_s, clock)
         self.lock = asyncio.Lock()  # serializes API commands on this tenant
         self.runner: asyncio.Task | None = None
         self.proc: BridgeProcess | None = None
         self._gen = 0
-        self._action: Action | None = None
+        self._mailbox = Mailbox()
         self._acting = False
-        self._wake = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None  # only when a deadline falls between two sweeps
-        self._reset_run()
-
-    def _reset_run(self) -> None:
-        self.last_seen = time.monotonic()
-        self.hello = False
-        self.browser_pid: int | None = None
-        self.user_data_dir: Path | None = None
-        self.fatal_code: str | None = None
-        self.current_qr: dict[str, Any] | None = None
-        self.first_qr_at: float | None = None
-        self.memory_bytes: int | None = None
-        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
+        self.run_facts = BridgeRun(tenant_id, clock())
 
     # -- views --
     @property
@@ -139,31 +113,37 @@ class TenantSession:
         return self.runner is not None and not self.runner.done()
 
     @property
+    def acting(self) -> bool:
+        """The runner is acting on a request (stopping, killing): leave the bridge alone meanwhile."""
+        return self._acting
+
+    @property
     def folder(self) -> Path:
-        return paths.tenant_dir(self.sup.settings.sessions_dir, self.tenant_id)
+        return paths.tenant_dir(self.host.settings.sessions_dir, self.tenant_id)
 
     def profile_dirs(self) -> list[Path]:
         dirs = [paths.profile_dir(self.folder)]
-        if self.user_data_dir is not None and self.user_data_dir not in dirs:
-            dirs.append(self.user_data_dir)
+        udd = self.run_facts.user_data_dir
+        if udd is not None and udd not in dirs:
+            dirs.append(udd)
         return dirs
 
     def qr(self) -> dict[str, Any] | None:
-        qr = self.current_qr
-        if self.state is not S.QR or qr is None or qr["expires_at_ms"] <= time.time() * 1000:
+        if self.state is not S.QR:
             return None
-        return {"qr": qr["qr"], "attempt": qr["attempt"], "expires_at": qr["expires_at"]}
+        shown = self.run_facts.qr_showing(self._wall_clock() * 1000)
+        return shown.public() if shown is not None else None
 
     def snapshot(self) -> dict[str, Any]:
         """The persisted columns of the actual state."""
-        alive = self.proc is not None and not self.proc.exited
+        proc = self.proc
         return {
             "state": self.state.value,
             "reason": self.machine.reason,
             "since": self.machine.since,
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
-            "pid": self.proc.pid if alive else None,
+            "pid": proc.pid if proc is not None and not proc.exited else None,
             "own_number": self.own_number,
         }
 
@@ -185,38 +165,35 @@ class TenantSession:
             "state": new.value,
             "previous": transition.previous.value,
             "reason": reason,
-            "since": iso(transition.since),
+            "since": format_ts(transition.since),
             "restarts": self.restarts,
             "desired_state": "running" if self.desired_running else "stopped",
             **extra,
         }
         if new is S.READY:
             data["own_number"] = self.own_number
-        self.sup.record_state(self, data)
+        self.host.record_state(self.tenant_id, self.snapshot(), data)
         return transition
+
+    def mark_stopped(self, reason: str) -> None:
+        """Records ``stopped`` when no runner runs (while one runs, it owns the state)."""
+        if not self.running and self.state not in (S.STOPPED, S.LOGGED_OUT):
+            self._change(S.STOPPED, reason)
 
     # -- requests from outside the runner --
     def request(self, kind: str, reason: str) -> None:
         """Asks the runner to act (it wakes up at once). A weaker request never replaces a stronger one."""
-        current = self._action
-        if current is None or ACTION_PRIORITY[kind] >= ACTION_PRIORITY[current.kind]:
-            self._action = Action(kind, reason)
-        self._wake.set()
-
-    def _take_action(self) -> Action | None:
-        action, self._action = self._action, None
-        self._wake.clear()
-        return action
+        self._mailbox.put(kind, reason)
 
     # -- the runner --
     async def run(self) -> None:
         try:
             while True:
-                action = self._take_action()
+                action = self._mailbox.take()
                 if (
                     (action and action.kind in ("stop", "logout"))
                     or not self.desired_running
-                    or self.sup.closing
+                    or self.host.closing
                 ):
                     await self._finish_idle(action)
                     return
@@ -248,8 +225,7 @@ class TenantSession:
             self._change(S.STOPPED, action.reason if action else "stopped")
 
     async def _run_bridge_once(self) -> Outcome:
-        sup = self.sup
-        folder = paths.tenant_dir(sup.settings.sessions_dir, self.tenant_id, create=True)
+        folder = paths.tenant_dir(self.host.settings.sessions_dir, self.tenant_id, create=True)
         killed, removed = await cleanup_profile(self.profile_dirs())
         if killed or removed:
             log.warning(
@@ -258,28 +234,17 @@ class TenantSession:
                 killed,
                 removed,
             )
-        self._reset_run()
+        self.run_facts = BridgeRun(self.tenant_id, self._clock())
         self._change(S.STARTING, self.machine.reason if self.state is S.BACKOFF else None)
         self._gen += 1
-        gen = self._gen
-        try:
-            proc = await BridgeProcess.spawn(
-                sup.bridge_argv(self.tenant_id, folder, self.driver),
-                cwd=folder,
-                env=bridge_env(tmpdir=folder / paths.TMP_DIR_NAME, chrome_path=sup.settings.chrome_path),
-                on_event=lambda ev: self._on_event(gen, ev),
-                on_stderr=self._on_stderr,
-                on_heartbeat=lambda: self._on_heartbeat(gen),
-                log_context=f"tenant={self.tenant_id} ",
-            )
-        except OSError as exc:
-            log.error("cannot spawn the bridge tenant=%s: %s", self.tenant_id, exc)
-            self.fatal_code = "spawn_failed"
+        proc = await self._spawn(folder, self._gen)
+        if proc is None:
+            self.run_facts.fatal_code = "spawn_failed"
             return Outcome(code=-255, cause=None, fatal_code="spawn_failed")
         self.proc = proc
-        self.last_seen = time.monotonic()
+        self.run_facts.last_seen = self._clock()
         log.info("bridge spawned pid=%d driver=%s tenant=%s", proc.pid, self.driver, self.tenant_id)
-        sup.record_state(self, None)  # persist the pid
+        self.host.record_state(self.tenant_id, self.snapshot(), None)  # persist the pid
         self._arm()
         try:
             cause = await self._supervise(proc)
@@ -290,21 +255,40 @@ class TenantSession:
         await proc.close()
         self.proc = None
         await cleanup_profile(self.profile_dirs())
-        return Outcome(code=code, cause=cause, fatal_code=self.fatal_code)
+        return Outcome(code=code, cause=cause, fatal_code=self.run_facts.fatal_code)
+
+    async def _spawn(self, folder: Path, gen: int) -> BridgeProcess | None:
+        """Starts this run's bridge (generation ``gen``); None when it cannot be spawned."""
+        try:
+            return await BridgeProcess.spawn(
+                self.host.bridge_argv(self.tenant_id, folder, self.driver),
+                cwd=folder,
+                env=bridge_env(
+                    tmpdir=folder / paths.TMP_DIR_NAME, chrome_path=self.host.settings.chrome_path
+                ),
+                on_event=lambda ev: self._on_event(gen, ev),
+                on_stderr=self.run_facts.on_stderr,
+                on_heartbeat=lambda: self._on_heartbeat(gen),
+                log_context=f"tenant={self.tenant_id} ",
+            )
+        except OSError as exc:
+            log.error("cannot spawn the bridge tenant=%s: %s", self.tenant_id, exc)
+            return None
 
     async def _supervise(self, proc: BridgeProcess) -> Action | None:
         """Waits for the child to exit, acting on requests meanwhile. Returns the first thing we asked."""
         cause: Action | None = None
         while not proc.exited:
-            action = self._take_action()
+            action = self._mailbox.take()
             if action is None:
-                waiter = asyncio.ensure_future(self._wake.wait())
+                waiter = asyncio.ensure_future(self._mailbox.wake.wait())
+                either: set[asyncio.Future[Any]] = {proc.exit_future(), waiter}
                 try:
-                    await asyncio.wait({proc.exit_future(), waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
                 continue
-            if cause is None or ACTION_PRIORITY[action.kind] > ACTION_PRIORITY[cause.kind]:
+            if action.outranks(cause):
                 cause = action
             self._acting = True
             try:
@@ -314,7 +298,7 @@ class TenantSession:
         return cause
 
     async def _act(self, proc: BridgeProcess, action: Action) -> None:
-        stop_wait_s = self.sup.settings.stop_wait_s
+        stop_wait_s = self.host.settings.stop_wait_s
         if action.kind == "kill":
             log.warning(
                 "killing the bridge pid=%d reason=%s tenant=%s", proc.pid, action.reason, self.tenant_id
@@ -336,14 +320,14 @@ class TenantSession:
     async def _after_exit(self, outcome: Outcome) -> bool:
         """Classifies the exit; returns whether the runner should start the bridge again."""
         self.last_exit_code = outcome.code
-        cause, pending = outcome.cause, self._take_action()
+        cause, pending = outcome.cause, self._mailbox.take()
         asked = [a for a in (cause, pending) if a is not None]
         kinds = {a.kind for a in asked}
         if "logout" in kinds:
             await self._wipe()
             self._change(S.LOGGED_OUT, next(a.reason for a in asked if a.kind == "logout"))
             return False
-        if "stop" in kinds or not self.desired_running or self.sup.closing:
+        if "stop" in kinds or not self.desired_running or self.host.closing:
             reason = next((a.reason for a in asked if a.kind == "stop"), "stopped")
             self._change(S.STOPPED, reason, exit_code=outcome.code)
             return False
@@ -362,7 +346,7 @@ class TenantSession:
             outcome.code,
             reason,
             self.tenant_id,
-            " | ".join(self.stderr_tail) or "-",
+            " | ".join(self.run_facts.stderr_tail) or "-",
         )
         failures = self.breaker.record()
         if self.breaker.tripped():
@@ -379,9 +363,8 @@ class TenantSession:
             self.own_number = None
             self._change(S.LOGGED_OUT, "phone_logout", exit_code=outcome.code)
             return True  # a fresh QR at once
-        delay = policy.backoff_delay(
-            failures, self.sup.settings.backoff_base_s, self.sup.settings.backoff_cap_s
-        )
+        settings = self.host.settings
+        delay = policy.backoff_delay(failures, settings.backoff_base_s, settings.backoff_cap_s)
         self._change(
             S.BACKOFF,
             reason,
@@ -391,53 +374,45 @@ class TenantSession:
             attempts_left=self.breaker.max_failures - failures,
         )
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)  # a request cuts the wait short
+            await asyncio.wait_for(self._mailbox.wake.wait(), delay)  # a request cuts the wait short
         return True
 
     async def _wipe(self) -> None:
         self.own_number = None
         try:
-            await asyncio.to_thread(paths.wipe_tenant_dir, self.sup.settings.sessions_dir, self.tenant_id)
+            await asyncio.to_thread(paths.wipe_tenant_dir, self.host.settings.sessions_dir, self.tenant_id)
         except (OSError, paths.UnsafeSessionPath) as exc:
             log.error("cannot wipe the session folder tenant=%s: %s", self.tenant_id, exc)
 
     # -- what the bridge says --
-    def _on_stderr(self, line: str) -> None:
-        self.stderr_tail.append(line)
-        if " level=error " in line or " level=warn " in line:
-            log.warning("bridge: %s", line)
-        else:
-            log.debug("bridge: %s", line)
-
     def _on_heartbeat(self, gen: int) -> None:
         """A heartbeat line (not decoded: only "it is alive" matters here)."""
         if gen == self._gen:
-            self.last_seen = time.monotonic()
+            self.run_facts.last_seen = self._clock()
 
     def _on_event(self, gen: int, ev: BridgeEvent) -> None:
         if gen != self._gen:
             return
-        self.last_seen = time.monotonic()
-        handler = getattr(self, f"_ev_{ev.name}", None)
-        if handler is not None:
-            handler(ev.data)
+        run = self.run_facts
+        run.last_seen = self._clock()
+        name = ev.name
+        if name == protocol.EVENT_MESSAGE or name == protocol.EVENT_MESSAGE_ACK:
+            self.host.dispatch_message(self.tenant_id, name, ev.data)
+        elif name == protocol.EVENT_STATE:
+            self._on_state(ev.data)
+        elif name == protocol.EVENT_QR:
+            self._on_qr(ev.data)
+        elif name == protocol.EVENT_READY:
+            if ev.data.get("number"):
+                self.own_number = str(ev.data["number"])[:32]
+        elif name == protocol.EVENT_HELLO:
+            run.on_hello(ev.data)
+        elif name == protocol.EVENT_BROWSER:
+            run.on_browser(ev.data, self.folder)
+        elif name == protocol.EVENT_ERROR:
+            run.on_error(ev.data)
 
-    def _ev_hello(self, data: dict[str, Any]) -> None:
-        self.hello = True
-        if data.get("browser_pid"):
-            self.browser_pid = int(data["browser_pid"])
-
-    def _ev_browser(self, data: dict[str, Any]) -> None:
-        if data.get("browser_pid"):
-            self.browser_pid = int(data["browser_pid"])
-        udd = data.get("user_data_dir")
-        if isinstance(udd, str) and udd:
-            if paths.inside(self.folder, udd):
-                self.user_data_dir = Path(udd).resolve()
-            else:
-                log.error("bridge reported a profile outside its folder, ignored tenant=%s", self.tenant_id)
-
-    def _ev_state(self, data: dict[str, Any]) -> None:
+    def _on_state(self, data: dict[str, Any]) -> None:
         new = BRIDGE_STATES.get(data.get("state", ""))
         if new is None or new is self.state:
             return
@@ -445,120 +420,60 @@ class TenantSession:
             log.debug("bridge state %s ignored in %s tenant=%s", new.value, self.state.value, self.tenant_id)
             return
         if new is not S.QR:
-            self.current_qr = None
+            self.run_facts.qr = None
         self._change(new, data.get("reason"))
 
-    def _ev_qr(self, data: dict[str, Any]) -> None:
-        attempt = int(data.get("attempt") or 0)
-        if attempt > self.sup.settings.qr_max_cycles:
+    def _on_qr(self, data: dict[str, Any]) -> None:
+        if int(data.get("attempt") or 0) > self.host.settings.qr_max_cycles:
             self.request("expire", "qr_expired")
             return
-        expires_ms = int(data.get("expires_at") or 0)
-        expires_at = iso(dt.datetime.fromtimestamp(expires_ms / 1000, dt.UTC).replace(tzinfo=None))
-        self.current_qr = {
-            "qr": data.get("qr"),
-            "attempt": attempt,
-            "expires_at": expires_at,
-            "expires_at_ms": expires_ms,
-        }
-        if self.first_qr_at is None:
-            self.first_qr_at = time.monotonic()
-        self.sup.publish(
-            self.tenant_id, "session.qr", {"qr": data.get("qr"), "attempt": attempt, "expires_at": expires_at}
-        )
-
-    def _ev_ready(self, data: dict[str, Any]) -> None:
-        if data.get("number"):
-            self.own_number = str(data["number"])[:32]
-
-    def _ev_error(self, data: dict[str, Any]) -> None:
-        log.warning(
-            "bridge error code=%s fatal=%s message=%s tenant=%s",
-            data.get("code"),
-            data.get("fatal"),
-            data.get("message"),
-            self.tenant_id,
-        )
-        if data.get("fatal"):
-            self.fatal_code = str(data.get("code") or "fatal")[:100]
-
-    def _ev_message(self, data: dict[str, Any]) -> None:
-        self.sup.dispatch_message(self.tenant_id, protocol.EVENT_MESSAGE, data)
-
-    def _ev_message_ack(self, data: dict[str, Any]) -> None:
-        self.sup.dispatch_message(self.tenant_id, protocol.EVENT_MESSAGE_ACK, data)
+        shown = self.run_facts.show_qr(data, self._clock())
+        self.host.publish(self.tenant_id, SESSION_QR, shown.public())
 
     # -- the watchdog --
     # Heartbeats only move ``last_seen``. The supervisor's one watchdog sweep looks at every watched
     # session each ``Supervisor.watchdog_period_s`` (a tenth of a heartbeat interval): a healthy
-    # session is passed over at a glance, and only one whose deadline (``next_deadline``) falls
+    # session is passed over at a glance, and only one whose deadline (BridgeRun.deadline) falls
     # before the next sweep gets a one-shot timer at that deadline -- so a hung bridge is still
     # killed as soon as it has been silent for two intervals, while an idle healthy session costs no
-    # timer and no wake-up of its own.
+    # timer and no wake-up of its own. The rules are BridgeRun's.
     def _arm(self) -> None:
         if self.proc is not None and not self.proc.exited:
-            self.sup.watch(self)
+            self.host.watch(self)
 
     def _disarm(self) -> None:
-        self.sup.unwatch(self)
+        self.host.unwatch(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def next_deadline(self, wall_ms: float) -> float:
-        """When ``check`` would next act, judged on what the bridge last said (monotonic seconds)."""
-        settings = self.sup.settings
-        if self.state is S.STARTING:
-            deadline = self.last_seen + self.sup.start_timeout_s
-        else:
-            deadline = self.last_seen + 2 * settings.heartbeat_interval_s
-        if self.state is S.QR and self.first_qr_at is not None:
-            deadline = min(deadline, self.first_qr_at + settings.qr_ttl_s)
-            qr = self.current_qr
-            if qr is not None and qr["attempt"] >= settings.qr_max_cycles:
-                deadline = min(deadline, time.monotonic() + (qr["expires_at_ms"] - wall_ms) / 1000)
-        return deadline + 0.001
-
     def sweep(self, now: float, wall_ms: float, next_sweep: float) -> None:
         """Called by the watchdog sweep: acts if a deadline has passed, or times the one that falls
         before the next sweep precisely."""
-        deadline = self.next_deadline(wall_ms)
+        deadline = self.run_facts.deadline(self.state, self.limits, now, wall_ms)
         if deadline <= now:
             self.check(now, wall_ms)
         elif deadline < next_sweep and self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+            self._timer = asyncio.get_running_loop().call_later(deadline - now, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.check(time.monotonic(), time.time() * 1000)  # a heartbeat since then: nothing to do
+        self.check(self._clock(), self._wall_clock() * 1000)  # a heartbeat since then: nothing to do
 
     def check(self, now: float, wall_ms: float) -> None:
         """Heartbeat watchdog (silent for two intervals), start timeout and QR lifetime."""
         proc = self.proc
-        if proc is None or proc.exited or self._acting or self._action is not None:
+        if proc is None or proc.exited or self._acting or self._mailbox.pending is not None:
             return
-        settings = self.sup.settings
-        if self.state is S.STARTING:
-            # Loading the driver (whatsapp-web.js + puppeteer) blocks node's loop for a second or
-            # two on a cold cache: while starting, silence is judged by the start timeout instead.
-            if now - self.last_seen > self.sup.start_timeout_s:
-                self.request("kill", "start_timeout")
-        elif policy.heartbeat_overdue(self.last_seen, settings.heartbeat_interval_s, now):
-            self.request("kill", "heartbeat_timeout")
-        elif self.state is S.QR and self.first_qr_at is not None:
-            qr = self.current_qr
-            past_ttl = now - self.first_qr_at > settings.qr_ttl_s
-            last_expired = (
-                qr is not None and qr["attempt"] >= settings.qr_max_cycles and wall_ms > qr["expires_at_ms"]
-            )
-            if past_ttl or last_expired:
-                self.request("expire", "qr_expired")
+        verdict = self.run_facts.verdict(self.state, self.limits, now, wall_ms)
+        if verdict is not None:
+            self.request(*verdict)
 
     def memory_roots(self) -> list[int]:
         proc = self.proc
         if proc is None or proc.exited:
             return []
-        return [p for p in (proc.pid, self.browser_pid) if p]
+        return [p for p in (proc.pid, self.run_facts.browser_pid) if p]
 
     async def bridge_request(
         self, cmd: str, args: dict[str, Any], *, timeout_s: float, ambiguous: bool
@@ -577,13 +492,7 @@ class TenantSession:
             )
         try:
             return await proc.conn.request(cmd, args, timeout_s=timeout_s)
-        except protocol.BridgeCommandFailed as exc:
-            raise sup_errors.from_command_failure(self.tenant_id, self.state.value, exc) from None
-        except protocol.BridgeTimeout:
-            raise sup_errors.BridgeUnavailable(
-                f"the session did not answer {cmd} within {timeout_s:g}s", ambiguous=ambiguous
-            ) from None
-        except protocol.BridgeClosed:
-            raise sup_errors.BridgeUnavailable(
-                f"the session ended during {cmd}", ambiguous=ambiguous
+        except sup_errors.REQUEST_FAILURES as exc:
+            raise sup_errors.from_request_failure(
+                self.tenant_id, self.state.value, cmd, exc, timeout_s=timeout_s, ambiguous=ambiguous
             ) from None

@@ -16,7 +16,7 @@ import enum
 from dataclasses import dataclass
 
 
-class SessionState(str, enum.Enum):
+class SessionState(enum.StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
     QR = "qr"
@@ -28,16 +28,10 @@ class SessionState(str, enum.Enum):
     STOPPING = "stopping"
     LOGGED_OUT = "logged_out"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class DesiredState(str, enum.Enum):
+class DesiredState(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 S = SessionState

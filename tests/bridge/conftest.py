@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -78,10 +79,8 @@ class RunningBridge:
                     f"no {name} event within {timeout_s} s; got {[e.name for e in self.events]}"
                 )
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
     async def wait_state(self, state: str, *, timeout_s: float = 5.0) -> BridgeEvent:
         return await self.wait_event("state", lambda d: d.get("state") == state, timeout_s=timeout_s)
@@ -105,10 +104,8 @@ class RunningBridge:
 
     async def cleanup(self) -> None:
         if self.proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             await self.proc.wait()
         for task in (self.read_task, self.stderr_task):
             try:
@@ -118,10 +115,8 @@ class RunningBridge:
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
         for leftover in processes_using_profile(self.session_dir / "session-session"):
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 leftover.kill()  # only if a test failed; the tests assert there is none
-            except psutil.NoSuchProcess:
-                pass
 
 
 Spawn = Callable[..., Awaitable[RunningBridge]]

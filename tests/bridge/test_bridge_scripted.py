@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import shutil
 import signal
@@ -374,9 +375,9 @@ async def test_bridge_exits_when_its_control_plane_is_killed(sessions_root):
 
     parent_code = (
         "import subprocess, sys, time\n"
-        "p = subprocess.Popen([sys.argv[1], sys.argv[2], '--tenant', 'orphan', '--session-dir', sys.argv[3],\n"
-        "    '--driver', 'scripted', '--heartbeat-ms', '100'], stdin=subprocess.PIPE, stdout=subprocess.PIPE,\n"
-        "    stderr=subprocess.PIPE, start_new_session=True)\n"
+        "p = subprocess.Popen([sys.argv[1], sys.argv[2], '--tenant', 'orphan',\n"
+        "    '--session-dir', sys.argv[3], '--driver', 'scripted', '--heartbeat-ms', '100'],\n"
+        "    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)\n"
         "print(p.pid, flush=True)\n"
         "p.stdout.readline()\n"  # hello: the bridge is up and writing
         "print('up', flush=True)\n"
@@ -401,7 +402,5 @@ async def test_bridge_exits_when_its_control_plane_is_killed(sessions_root):
     except psutil.NoSuchProcess:
         pass
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(bridge_pid, 9)
-        except ProcessLookupError:
-            pass

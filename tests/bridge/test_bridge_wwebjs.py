@@ -83,7 +83,7 @@ async def test_sandbox_commands_refused_and_sigterm_is_clean(
 async def test_kill_9_of_the_bridge_leaves_no_orphaned_browser(
     spawn_bridge, blackhole_proxy, profile_processes, until
 ):
-    b, browser_pid = await started(spawn_bridge, blackhole_proxy)
+    b, _browser_pid = await started(spawn_bridge, blackhole_proxy)
     assert profile_processes(b.session_dir / "session-session")
     os.killpg(b.pid, signal.SIGKILL)  # node's group only: Chromium has its own (puppeteer detaches it)
     assert await b.wait_exit() == -signal.SIGKILL
@@ -115,9 +115,9 @@ async def test_deep_session_dir_still_launches_chromium(
     b, _ = await started(spawn_bridge, session_dir=deep)
     assert len(str(deep / "tmp")) > 64  # too long for Chromium's SingletonSocket path as is
     link = Path(b.named(p.EVENT_HELLO)[0].data["tmpdir"])
-    assert link.name.startswith("wabridge-") and link.resolve() == (deep / "tmp").resolve()
+    assert link.name.startswith("wabridge-") and link.resolve() == (deep / "tmp").resolve()  # noqa: ASYNC240 -- a stat in a test, no loop to keep responsive
     assert await b.wait_exit(timeout_s=20) == p.EXIT_FATAL
     assert b.named(p.EVENT_ERROR)[0].data["code"] == p.FATAL_INIT_FAILED
     assert "Target closed" not in b.named(p.EVENT_ERROR)[0].data["message"]
     await assert_nothing_left(b, profile_processes, until)
-    link.unlink()
+    link.unlink()  # noqa: ASYNC240 -- a stat in a test, no loop to keep responsive

@@ -5,6 +5,7 @@ the test survives it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 import time
@@ -60,7 +61,7 @@ class RecordingPublisher:
         pred: Callable[[dict[str, Any]], bool],
         *,
         type: str = "session.state",
-        timeout: float = 10.0,
+        timeout: float = 10.0,  # noqa: ASYNC109 -- a poll deadline, not a cancel scope
         after: int = 0,
     ) -> dict[str, Any]:
         """The first event (index >= after among this tenant's events of ``type``) matching ``pred``."""
@@ -76,13 +77,17 @@ class RecordingPublisher:
                     f"got {[(d.get('state'), d.get('reason')) for d in self.of(tenant_id, type)]}"
                 )
             self._changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                pass
 
     async def wait_state(
-        self, tenant_id: str, state: str, *, reason: str | None = None, timeout: float = 10.0, after: int = 0
+        self,
+        tenant_id: str,
+        state: str,
+        *,
+        reason: str | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109 -- a poll deadline, not a cancel scope
+        after: int = 0,
     ) -> dict[str, Any]:
         return await self.wait(
             tenant_id,
@@ -149,7 +154,11 @@ async def make_supervisor(
 
 
 async def ready_session(
-    sup: Supervisor, pub: RecordingPublisher, tenant_id: str, *, timeout: float = 10.0
+    sup: Supervisor,
+    pub: RecordingPublisher,
+    tenant_id: str,
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 -- a poll deadline, not a cancel scope
 ) -> None:
     """Start a fresh sandbox session, scan its QR, wait for ready."""
     await sup.start(tenant_id)

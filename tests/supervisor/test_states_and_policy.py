@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from control_plane.supervisor import paths, policy, states
+from control_plane.supervisor.bridge_run import BridgeRun, ShownQr
+from control_plane.supervisor.mailbox import Mailbox
 from control_plane.supervisor.states import InvalidTransition, SessionStateMachine
 from control_plane.supervisor.states import SessionState as S
 
@@ -101,9 +103,78 @@ def test_breaker_trips_within_the_window_only():
     assert not breaker.tripped(12)
 
 
+def test_breaker_reads_its_injected_clock():
+    now = [0.0]
+    breaker = policy.CrashLoopBreaker(max_failures=2, window_s=10, clock=lambda: now[0])
+    assert breaker.record() == 1
+    now[0] = 10.5
+    assert breaker.record() == 1 and not breaker.tripped()  # the first one left the window
+    now[0] = 11.0
+    assert breaker.record() == 2 and breaker.tripped()
+    now[0] = 21.0
+    assert not breaker.tripped() and breaker.recent() == 1
+
+
 def test_heartbeat_overdue_after_two_intervals():
     assert not policy.heartbeat_overdue(100.0, 5, 109.9)
     assert policy.heartbeat_overdue(100.0, 5, 110.1)
+
+
+LIMITS = policy.WatchdogLimits(heartbeat_interval_s=5, start_timeout_s=15, qr_ttl_s=60, qr_max_cycles=3)
+WALL_MS = 1_700_000_000_000
+
+
+def _run(last_seen=100.0, *, qr_attempt=None, qr_expires_in_s=20.0, first_qr_at=None):
+    run = BridgeRun("t", last_seen)
+    if qr_attempt is not None:
+        run.qr = ShownQr("2@x", qr_attempt, "-", WALL_MS + int(qr_expires_in_s * 1000))
+        run.first_qr_at = 100.0 if first_qr_at is None else first_qr_at
+    return run
+
+
+@pytest.mark.parametrize(
+    "state,run,elapsed,verdict",
+    [
+        (S.STARTING, _run(), 14.9, None),  # silent, but starting: judged by the start timeout
+        (S.STARTING, _run(), 15.1, ("kill", "start_timeout")),
+        (S.READY, _run(), 9.9, None),
+        (S.READY, _run(), 10.1, ("kill", "heartbeat_timeout")),
+        (S.QR, _run(qr_attempt=1), 9.0, None),
+        (S.QR, _run(159.0, qr_attempt=1), 60.1, ("expire", "qr_expired")),  # QR_TTL_S since the first
+        (S.QR, _run(109.0, qr_attempt=2, qr_expires_in_s=5), 5.1, None),  # more codes will come
+        (S.QR, _run(109.0, qr_attempt=3, qr_expires_in_s=5), 5.1, ("expire", "qr_expired")),  # the last
+        (S.QR, _run(100.0, qr_attempt=3, qr_expires_in_s=5), 10.1, ("kill", "heartbeat_timeout")),
+    ],
+)
+def test_watchdog_verdicts_on_numbers(state, run, elapsed, verdict):
+    now, wall_ms = 100.0 + elapsed, WALL_MS + elapsed * 1000
+    assert run.verdict(state, LIMITS, now, wall_ms) == verdict
+    deadline = run.deadline(state, LIMITS, now, wall_ms)
+    assert (deadline <= now) == (verdict is not None)  # the deadline agrees with the verdict
+    if verdict is None:  # ... and at the deadline, it acts
+        later = deadline - now
+        assert run.verdict(state, LIMITS, deadline, wall_ms + later * 1000) is not None
+
+
+def test_shown_qr_expiry_is_the_one_timestamp_format():
+    qr = ShownQr.from_event({"qr": "2@x", "attempt": "2", "expires_at": 1_700_000_000_123})
+    assert qr.public() == {"qr": "2@x", "attempt": 2, "expires_at": "2023-11-14T22:13:20.123Z"}
+    run = BridgeRun("t", 0.0)
+    run.show_qr({"qr": "2@x", "attempt": 1, "expires_at": 5000}, now=7.0)
+    run.show_qr({"qr": "2@y", "attempt": 2, "expires_at": 9000}, now=8.0)
+    assert run.first_qr_at == 7.0 and run.qr_showing(8999) is run.qr and run.qr_showing(9000) is None
+
+
+async def test_mailbox_keeps_the_strongest_request():
+    box = Mailbox()
+    box.put("kill", "memory_limit")
+    box.put("stop", "requested")
+    box.put("kill", "heartbeat_timeout")  # weaker: does not replace the stop
+    assert box.wake.is_set()
+    action = box.take()
+    assert action is not None and (action.kind, action.reason) == ("stop", "requested")
+    assert box.take() is None and not box.wake.is_set()
+    assert action.outranks(None) and not action.outranks(action)
 
 
 def test_process_tree_and_memory_of_this_process():

@@ -147,7 +147,7 @@ async def test_hung_bridge_killed_within_two_heartbeats_and_restarted(make_super
     await asyncio.sleep(3 * 0.3)
     assert sup._sessions[tid]._timer is None  # healthy: only the shared sweep looks at it, no timer
     await sup.sandbox(tid, "hang", {})
-    last_beat = sup._sessions[tid].last_seen  # the last thing the bridge said before it hung
+    last_beat = sup._sessions[tid].run_facts.last_seen  # the last thing the bridge said before it hung
     killed_at: list[float] = []
     await wait_for(
         lambda: gone(old) and not killed_at.append(time.monotonic()),

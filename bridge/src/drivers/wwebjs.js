@@ -31,7 +31,7 @@ function lexists(p) {
     try {
         fs.lstatSync(p);
         return true;
-    } catch (e) {
+    } catch {
         return false;
     }
 }
@@ -225,10 +225,10 @@ class WwebjsDriver {
             this.ctx.log('warn', 'browser pid=%d still alive, %s to its group', pid, sig);
             try {
                 process.kill(-pid, sig); // puppeteer starts Chromium detached: its own group
-            } catch (e) {
+            } catch {
                 try {
                     process.kill(pid, sig);
-                } catch (e2) {
+                } catch {
                     /* already gone */
                 }
             }
