@@ -205,6 +205,16 @@ def is_mysql(conn: AsyncConnection) -> bool:
     return conn.dialect.name in ("mysql", "mariadb")
 
 
+def core_only() -> bool:
+    """Inside :func:`core_paths`: the written-out fast paths are off."""
+    return _core_only.get()
+
+
+def raw_mysql(conn: AsyncConnection) -> bool:
+    """MariaDB or MySQL, with the fast paths on: the statements that need no MariaDB-only syntax."""
+    return conn.dialect.name in ("mysql", "mariadb") and not _core_only.get()
+
+
 def raw_mariadb(conn: AsyncConnection) -> bool:
     """MariaDB >= 10.5 (INSERT ... RETURNING, VALUES in derived tables): the written-out fast paths
     apply; elsewhere (SQLite, MySQL, or inside :func:`core_paths`) their SQLAlchemy Core twins run."""
@@ -230,6 +240,7 @@ def core_paths() -> Iterator[None]:
 __all__ = [
     "DEADLOCK_CODES",
     "as_sqlalchemy_error",
+    "core_only",
     "core_paths",
     "driver_error",
     "driver_round_trip",
@@ -241,6 +252,7 @@ __all__ = [
     "literal_dt",
     "literal_str",
     "raw_mariadb",
+    "raw_mysql",
     "retry_on_deadlock",
     "round_trip",
     "translated_errors",
