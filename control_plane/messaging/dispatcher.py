@@ -51,7 +51,6 @@ import datetime as dt
 import logging
 import math
 import random
-import re
 import time
 import uuid
 from collections import deque
@@ -66,6 +65,7 @@ from control_plane.db import outbox as outbox_db
 from control_plane.db import tenants as tenants_db
 from control_plane.db import whatsapp_config as config_db
 from control_plane.db.engine import utcnow
+from control_plane.db.metadata import HEX_ID_RE as _OUR_ID
 from control_plane.messaging import routing
 from control_plane.messaging.governor import Governor, sleep_until
 from control_plane.messaging.web_ingest import WebIngest
@@ -90,7 +90,6 @@ RECORD_BACKLOG_MAX = 1000  # outcomes sent but not yet committed, per node, befo
 # commits of a dozen rows each spent more CPU on those than on the rows.
 RECORD_MIN_INTERVAL_S = 0.03
 CONTEXT_TTL_S = 5.0  # a tenant's config is re-read this often (and at once after a settings change)
-_OUR_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
