@@ -34,9 +34,9 @@ outbox = sa.Table(
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
     sa.Column("idempotency_key", sa.String(128), nullable=True),
     sa.Column("request_hash", sa.String(64), nullable=True),
-    sa.Column("requested_provider", sa.String(20), nullable=False, default="auto"),
+    sa.Column("requested_provider", sa.String(20), nullable=False, default="auto", server_default="auto"),
     sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("next_attempt_at", Timestamp, nullable=False),
     sa.Column("claimed_by", sa.String(64), nullable=True),
     sa.Column("claimed_at", Timestamp, nullable=True),
@@ -72,7 +72,9 @@ messaging_settings = sa.Table(
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("fallback_template_name", sa.String(255), nullable=True),
     sa.Column("fallback_template_language", sa.String(16), nullable=True),
-    sa.Column("fallback_template_body_param", sa.Boolean, nullable=False, default=False),
+    sa.Column(
+        "fallback_template_body_param", sa.Boolean, nullable=False, default=False, server_default=sa.text("0")
+    ),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
 )
