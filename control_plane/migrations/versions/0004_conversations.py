@@ -29,11 +29,22 @@ def _tenant_fk(table: str) -> sa.Column:
 
 
 def upgrade() -> None:
+    _verification_columns()
+    _conversations()
+    _messages()
+    _message_statuses()
+    _templates()
+
+
+def _verification_columns() -> None:
     # Business API credentials as last checked against the Graph API (verified|unverified|failed).
     with op.batch_alter_table("whatsapp_config") as batch:
         batch.add_column(sa.Column("verification_status", sa.String(16), nullable=True))
         batch.add_column(sa.Column("verification_message", sa.Text, nullable=True))
         batch.add_column(sa.Column("verified_at", TS, nullable=True))
+
+
+def _conversations() -> None:
     op.create_table(
         "conversations",
         sa.Column("id", BIGID, primary_key=True, autoincrement=True),
@@ -53,6 +64,9 @@ def upgrade() -> None:
     op.create_index(
         "ix_conversations_tenant_id_last_message_at", "conversations", ["tenant_id", "last_message_at"]
     )
+
+
+def _messages() -> None:
     op.create_table(
         "messages",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -93,6 +107,9 @@ def upgrade() -> None:
         "messages",
         ["tenant_id", "conversation_id", "created_at", "id"],
     )
+
+
+def _message_statuses() -> None:
     op.create_table(
         "message_statuses",
         sa.Column("id", BIGID, primary_key=True, autoincrement=True),
@@ -118,6 +135,9 @@ def upgrade() -> None:
     op.create_index(
         "ix_message_statuses_tenant_id_message_id", "message_statuses", ["tenant_id", "message_id"]
     )
+
+
+def _templates() -> None:
     op.create_table(
         "templates",
         sa.Column("id", BIGID, primary_key=True, autoincrement=True),
