@@ -52,7 +52,7 @@ def one_trip(events: Sequence[NewEvent], counts: dict[str, int]) -> list[str]:
         + COUNTER_MOVE
     )
     remaining = dict(counts)
-    selects = []
+    selects: list[str] = []
     for tenant_id, type_, ts, data in events:
         remaining[tenant_id] -= 1
         values = (

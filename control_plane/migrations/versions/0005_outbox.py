@@ -4,6 +4,8 @@ Revision ID: 0005
 Revises: 0004
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
@@ -16,7 +18,7 @@ depends_on = None
 TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 LONG = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+OPTS: dict[str, Any] = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
 def _tenant_fk(table: str, primary_key: bool = False) -> sa.Column:
