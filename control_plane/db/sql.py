@@ -44,9 +44,10 @@ CONNECTION_LOST_FROM = 2000  # client-side codes (2000+): server gone, lost duri
 
 def literal_str(value: str) -> str:
     """A string literal: ``_utf8mb4 X'<hex>'``, which has nothing to escape whatever the sql_mode (the
-    column's collation applies, so indexes serve lookups on it). Hex for every string, ids and names
-    too: checking whether a string could go plain costs more than hex-encoding it."""
-    return f"_utf8mb4 X'{value.encode().hex()}'" if value else "''"
+    column's collation applies, so indexes serve lookups on it; ``X''`` is the empty string). Hex for
+    every string, ids too: checking whether a string could go plain costs more than hex-encoding it.
+    The event log's per-event loops write this expression inline (a call per event cost 18 %)."""
+    return f"_utf8mb4 X'{value.encode().hex()}'"
 
 
 def literal_dt(value: dt.datetime) -> str:
@@ -63,7 +64,7 @@ def literal(value: Any) -> str:
         return "NULL"
     kind = type(value)
     if kind is str:  # the common case, inlined (literal_str)
-        return f"_utf8mb4 X'{value.encode().hex()}'" if value else "''"
+        return f"_utf8mb4 X'{value.encode().hex()}'"
     if kind is int:
         return str(value)
     if isinstance(value, dt.datetime):

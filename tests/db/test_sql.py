@@ -10,7 +10,7 @@ import pymysql.err
 import pytest
 import sqlalchemy as sa
 
-from control_plane.db import sql
+from control_plane.db import event_log_sql, sql
 
 pytestmark = pytest.mark.smoke
 
@@ -34,7 +34,7 @@ class Color(enum.StrEnum):
 def test_literal_shapes():
     assert sql.literal(None) == "NULL"
     assert sql.literal("abc123") == "_utf8mb4 X'616263313233'"
-    assert sql.literal("") == "''"
+    assert sql.literal("") == "_utf8mb4 X''"
     assert sql.literal("a b") == "_utf8mb4 X'612062'"
     assert sql.literal("é") == "_utf8mb4 X'c3a9'"
     assert sql.literal(True) == "1" and sql.literal(False) == "0"
@@ -167,3 +167,18 @@ async def test_core_paths_turns_the_fast_paths_off(db):
         with sql.core_paths():
             assert not sql.raw_mariadb(conn)
         assert sql.raw_mariadb(conn) == fast
+
+
+def test_the_event_log_inlines_the_one_string_literal():
+    """The event log writes ``sql.literal_str`` inline in its per-event loops: the same text."""
+    ts = dt.datetime(2026, 1, 2, 3, 4, 5, 6000)
+    events = [("0" * 32, "message.received", ts, s) for s in NASTY]
+    expected_tails = [f",'message.received',{sql.literal_dt(ts)},{sql.literal_str(s)})" for s in NASTY]
+    assert event_log_sql.row_tails(events) == expected_tails
+    _, insert, _ = event_log_sql.one_trip(events, {"0" * 32: len(events)})
+    for s in NASTY:
+        assert sql.literal_str(s) in insert
+    with pytest.raises(ValueError):
+        event_log_sql.row_tails([("0" * 32, "bad type'", ts, "{}")])
+    with pytest.raises(ValueError):
+        event_log_sql.upsert_and_read({"bad tenant\n": 1})
