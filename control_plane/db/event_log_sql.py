@@ -55,7 +55,7 @@ def one_trip(events: Sequence[NewEvent], counts: dict[str, int]) -> list[str]:
     )
     stamps = _stamps(events)
     remaining = dict(counts)
-    selects = []
+    selects: list[str] = []
     for tenant_id, type_, ts, data in events:
         back = remaining[tenant_id] = remaining[tenant_id] - 1
         hexed = f"_utf8mb4 X'{data.encode().hex()}'"  # sql.literal_str, inlined
