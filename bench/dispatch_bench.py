@@ -136,6 +136,9 @@ def main() -> None:
     parser.add_argument(
         "--seconds", type=float, default=12.0, help="work queued per number, in seconds at its limit"
     )
+    parser.add_argument(
+        "--json", action="store_true", help="also print the headline figures as one JSON line, last"
+    )
     args = parser.parse_args()
     per_tenant = int(args.rate * args.seconds)
     total = per_tenant * args.tenants
@@ -301,6 +304,20 @@ def main() -> None:
             and stats["sent"] == total
         )
         print("RESULT:", "PASS" if ok else "FAIL")
+        if args.json:
+            figures = {
+                "msg_s": aggregate,
+                "min_pct_limit": min(pct_all),
+                "median_pct_limit": statistics.median(pct_all),
+                "duplicates": stats["duplicates"],
+                "numbers_over_limit": len(over),
+                "retries": retries,
+                **{
+                    f"cpu_{k.replace(' ', '_')}_us_per_msg": 1e6 * v / max(1, len(rows))
+                    for k, v in cpu.items()
+                },
+            }
+            print(json.dumps(figures), flush=True)
     finally:
         for p in reversed(procs):
             p.terminate()

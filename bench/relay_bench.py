@@ -42,8 +42,8 @@ from control_plane.app import create_app
 from control_plane.config import load_settings, normalize_database_url
 from control_plane.db import events as events_db
 from control_plane.db import tenants as tenants_db
+from control_plane.events import MESSAGE_RECEIVED
 from control_plane.migrations import runner
-from control_plane.realtime.event_types import MESSAGE_RECEIVED
 from control_plane.realtime.publisher import EventPublisher
 
 CLIENT_JS = ROOT / "bench" / "relay_client.js"
@@ -488,8 +488,27 @@ async def main(args: argparse.Namespace, url: str) -> None:
                 f">= 2000 events/s at p99 < 50 ms persisted: {met}"
             )
         print(f"  relay: {app['realtime_relay'].stats}")
+        if args.json:
+            print(json.dumps(headline(results, best)), flush=True)
     finally:
         await runner_.cleanup()
+
+
+def headline(results: dict[str, list[list[dict]]], best: dict[str, float]) -> dict[str, float]:
+    """The summary's figures for ``--json`` (medians over rounds at each mode's sustained rate)."""
+    figures: dict[str, float] = {}
+    for label in ("ceiling", "persisted"):
+        figures[f"{label}_events_s"] = best[label]
+        ok_rows = [r for rows in results[label] for r in rows if r["ok"] and r["rate"] == best[label]]
+        for key, name in (("p50", "p50_ms"), ("p99", "p99_ms"), ("cpu_us", "server_cpu_us_per_event")):
+            if ok_rows:
+                figures[f"{label}_{name}"] = statistics.median(r[key] for r in ok_rows)
+    at_2000 = [r["p99"] for rows in results["persisted"] for r in rows if r["rate"] == 2000]
+    if at_2000:
+        figures["persisted_p99_ms_at_2000"] = statistics.median(at_2000)
+    if best["ceiling"]:
+        figures["persistence_cost"] = 1 - best["persisted"] / best["ceiling"]
+    return figures
 
 
 if __name__ == "__main__":
@@ -508,6 +527,9 @@ if __name__ == "__main__":
     parser.add_argument("--database-url", default=os.environ.get("BENCH_DATABASE_URL"))
     parser.add_argument("--redis-url", default=None, help="also go through AsyncRedisManager")
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds; figures are medians")
+    parser.add_argument(
+        "--json", action="store_true", help="also print the headline figures as one JSON line, last"
+    )
     if not (NODE_PKG / "node_modules" / "socket.io-client").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_PKG, check=True)
     cli = parser.parse_args()

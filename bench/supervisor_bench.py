@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import json
 import logging
 import os
 import random
@@ -299,7 +300,21 @@ async def bench(args: argparse.Namespace) -> None:
 
         t0 = time.monotonic()
         await sup.close()
-        print(f"shutdown of {n} bridges in parallel: {time.monotonic() - t0:.1f}s", flush=True)
+        shutdown_s = time.monotonic() - t0
+        print(f"shutdown of {n} bridges in parallel: {shutdown_s:.1f}s", flush=True)
+        if args.json:
+            figures = {
+                "boot_all_ready_s": boot_s,
+                "idle_rss_kb_per_tenant": per_tenant_rss_kb,
+                "idle_cpu_pct_per_tenant": per_tenant_cpu_pct,
+                "loop_us_per_heartbeat": main_cpu / beats * 1e6,
+                "shutdown_s": shutdown_s,
+            }
+            if latencies:
+                figures |= {"kill_ready_p50_s": pct(latencies, 0.5), "kill_ready_p95_s": pct(latencies, 0.95)}
+            if detect:
+                figures |= {"hang_detect_p50_s": pct(detect, 0.5), "hang_detect_max_s": max(detect)}
+            print(json.dumps(figures), flush=True)
     finally:
         await db.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -330,6 +345,9 @@ def main() -> None:
     parser.add_argument("--kill-batch", type=int, default=2)
     parser.add_argument("--hangs", type=int, default=10)
     parser.add_argument("--profile", action="store_true", help="cProfile the idle window")
+    parser.add_argument(
+        "--json", action="store_true", help="also print the headline figures as one JSON line, last"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     asyncio.run(bench(args))

@@ -268,6 +268,9 @@ def main() -> None:
         default=15000,
         help="bodies generated per app round = duration x this (unique wamids)",
     )
+    parser.add_argument(
+        "--json", action="store_true", help="also print the headline figures as one JSON line, last"
+    )
     args = parser.parse_args()
     wrk = ensure_wrk()
 
@@ -401,6 +404,11 @@ def main() -> None:
         ]
         for label, good in checks:
             print(f"  {'PASS' if good else 'FAIL'}  {label}")
+        if args.json:
+            cpu = {f"{k[:-3]}_us_per_req": med("app", k) for k in results["app"][0] if k.startswith("cpu_")}
+            figures = {"req_s": app_rps, "p50_ms": med("app", "p50_us") / 1000, "p99_ms": app_p99}
+            figures |= {"ceiling_req_s": bare_rps, "ratio_to_ceiling": ratio, "errors": errors, "lost": lost}
+            print(json.dumps(figures | cpu), flush=True)
     finally:
         for p in procs:
             p.terminate()

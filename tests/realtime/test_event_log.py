@@ -9,9 +9,9 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
+from control_plane import events as ev
 from control_plane.db import events as events_db
 from control_plane.db.engine import utcnow
-from control_plane.realtime import event_types as ev
 from control_plane.realtime.retention import prune_once
 
 pytestmark = pytest.mark.smoke

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
+from control_plane import events as ev
 from control_plane.db import events as events_db
-from control_plane.realtime import event_types as ev
 from control_plane.realtime.publisher import EventPublisher
 
 pytestmark = pytest.mark.smoke

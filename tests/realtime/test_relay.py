@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 import pytest
 
+from control_plane import events as ev
 from control_plane.db.engine import utcnow
-from control_plane.realtime import event_types as ev
 from control_plane.realtime.publisher import make_envelope
 from tests.realtime.conftest import wait_until
 
