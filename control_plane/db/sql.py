@@ -21,6 +21,7 @@ import contextlib
 import contextvars
 import datetime as dt
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -69,20 +70,20 @@ def literal(value: Any) -> str:
         return str(value)
     if isinstance(value, dt.datetime):
         return literal_dt(value)
-    if isinstance(value, str):  # a str subclass (a StrEnum: its value)
-        return literal_str(str.__str__(value))
+    if isinstance(value, str):  # a str subclass (a StrEnum): its characters
+        return literal_str(value)
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):
         return str(int(value))
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueError(f"no SQL literal for {value!r}")
         return repr(value)
     if isinstance(value, dt.date):
         return "'" + value.isoformat() + "'"
     if isinstance(value, bytes | bytearray):
-        return "X'" + bytes(value).hex() + "'" if value else "''"
+        return f"X'{bytes(value).hex()}'"
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 

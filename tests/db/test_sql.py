@@ -44,7 +44,9 @@ def test_literal_shapes():
     assert sql.literal(dt.datetime(2026, 1, 2, 3, 4, 5)) == "'2026-01-02 03:04:05.000000'"
     assert sql.literal(dt.datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=dt.UTC)) == "'2026-01-02 03:04:05.000007'"
     assert sql.literal(dt.date(2026, 1, 2)) == "'2026-01-02'"
-    assert sql.literal(b"\x00'") == "X'0027'"
+    assert sql.literal(b"\x00'") == "X'0027'" and sql.literal(b"") == "X''"
+    with pytest.raises(ValueError):
+        sql.literal(float("inf"))
     with pytest.raises(ValueError):
         sql.literal(float("nan"))
     with pytest.raises(TypeError):
