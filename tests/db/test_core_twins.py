@@ -17,7 +17,7 @@ from control_plane.db import outbox as outbox_db
 from control_plane.db import sql
 from control_plane.db import tenants as tenants_db
 from control_plane.db.engine import utcnow
-from control_plane.db.messages import conversations, messages
+from control_plane.db.messages import conversations, message_statuses, messages
 from control_plane.db.outbox_schema import message_transitions, outbox
 
 pytestmark = pytest.mark.mariadb
@@ -35,33 +35,43 @@ async def _tenants(db: Any, n: int) -> list[str]:
         return [(await tenants_db.create_tenant(conn, f"twin {i}"))["id"] for i in range(n)]
 
 
-async def _outbox_state(conn: Any, tenant_id: str, ids: list[str], now: dt.datetime) -> list[tuple[Any, ...]]:
-    """The tenant's outbox, messages and transitions, message ids replaced by their input index and
-    times by "now" (the claims') or their offset from the first message's creation."""
+async def _outbox_state(
+    conn: Any, tenant_id: str, ids: list[str], *instants: dt.datetime
+) -> list[tuple[Any, ...]]:
+    """The tenant's outbox, messages (with their conversations) and transitions, message ids replaced
+    by their input index, ``instants`` by their position and other times by their offset from the
+    first message's creation."""
     index = {m: n for n, m in enumerate(ids)}
     t0 = (
         await conn.execute(sa.select(sa.func.min(messages.c.created_at)).where(messages.c.id.in_(ids)))
     ).scalar()
-    o, m, tr = outbox.c, messages.c, message_transitions.c
+    o, m, c, tr = outbox.c, messages.c, conversations.c, message_transitions.c
     boxes = await conn.execute(
-        sa.select(o.message_id, o.state, o.attempts, o.claimed_by, o.claimed_at, o.next_attempt_at).where(
-            o.tenant_id == tenant_id
-        )
-    )
+        sa.select(
+            o.message_id, o.state, o.attempts, o.claimed_by, o.claimed_at, o.next_attempt_at,
+            o.route_provider, o.route_reason, o.last_error, o.updated_at,
+        ).where(o.tenant_id == tenant_id)
+    )  # fmt: skip
     msgs = await conn.execute(
-        sa.select(m.id, m.status, m.updated_at, conversations.c.wa_id)
-        .join(conversations, conversations.c.id == m.conversation_id)
+        sa.select(
+            m.id, m.status, m.provider, m.provider_message_id, m.error_code, m.error_message,
+            m.sent_at, m.failed_at, m.updated_at, c.wa_id, c.provider_last,
+        )
+        .join(conversations, c.id == m.conversation_id)
         .where(m.tenant_id == tenant_id)
-    )
+    )  # fmt: skip
     trans = await conn.execute(
-        sa.select(tr.message_id, tr.from_status, tr.to_status, tr.reason, tr.at)
+        sa.select(
+            tr.message_id, tr.from_status, tr.to_status, tr.provider, tr.reason, tr.error_code,
+            tr.error_message, tr.at,
+        )
         .where(tr.tenant_id == tenant_id)
         .order_by(tr.id)
-    )
+    )  # fmt: skip
 
     def rel(value: Any) -> Any:
         if isinstance(value, dt.datetime):
-            return "now" if value == now else value - t0
+            return f"instant {instants.index(value)}" if value in instants else value - t0
         return value
 
     return [
@@ -89,13 +99,18 @@ async def _claim_all(db: Any, tenant_id: str, ids: list[str], now: dt.datetime) 
     return batches
 
 
+async def _queued(db: Any, n: int) -> list[tuple[str, list[str]]]:
+    """``n`` tenants, each with ITEMS in its outbox: (tenant id, message ids)."""
+    out = []
+    for tenant_id in await _tenants(db, n):
+        async with db.begin() as conn:
+            assert sql.raw_mariadb(conn), "the fast path needs MariaDB >= 10.5"
+            out.append((tenant_id, await outbox_db.enqueue_many(conn, tenant_id, ITEMS)))
+    return out
+
+
 async def test_claim_core_twin_matches_the_fast_path(db):
-    fast_tenant, core_tenant = await _tenants(db, 2)
-    async with db.begin() as conn:
-        assert sql.raw_mariadb(conn), "the fast path needs MariaDB >= 10.5"
-        fast_ids = await outbox_db.enqueue_many(conn, fast_tenant, ITEMS)
-    async with db.begin() as conn:
-        core_ids = await outbox_db.enqueue_many(conn, core_tenant, ITEMS)
+    (fast_tenant, fast_ids), (core_tenant, core_ids) = await _queued(db, 2)
     now = utcnow() + dt.timedelta(seconds=1)
 
     fast = await _claim_all(db, fast_tenant, fast_ids, now)
@@ -110,6 +125,66 @@ async def test_claim_core_twin_matches_the_fast_path(db):
         core_state = await _outbox_state(conn, core_tenant, core_ids, now)
     assert any(s[0] == "transition" and s[3] == "sending" for s in fast_state)
     assert core_state == fast_state
+
+
+async def _record_sent(
+    db: Any, tenants: list[tuple[str, list[str]]], claimed: dict[str, Any], now: dt.datetime
+) -> Any:
+    """Every claimed message sent (Cloud API ids ``wamid.<index>``), one record for all tenants; a
+    status stored before its message knew its id, for ``wamid.3``, is reported back."""
+    items = []
+    for tenant_id, ids in tenants:
+        for r in claimed[tenant_id]:
+            n = ids.index(r["message_id"])
+            outcome = {
+                "kind": "sent",
+                "message_id": r["message_id"],
+                "provider": "business_api" if n % 2 else "web",
+                "provider_message_id": f"wamid.{n}",
+                "conversation_id": r["conversation_id"],
+                "reason": f"policy: test {n} 'ü'",
+                "at": now if n % 3 else None,
+            }
+            items.append((tenant_id, outcome))
+    async with db.begin() as conn:
+        raced = await outbox_db.record_sent(conn, items, now=now)
+    position = {t: n for n, (t, _) in enumerate(tenants)}
+    return sorted((position[t], p) for t, p in raced)
+
+
+async def test_record_sent_core_twin_matches_the_fast_path(db):
+    """``record_sent`` (its fast path: one round trip for every tenant) and its Core twin (per tenant,
+    ``record_outcomes``), on two tenants each."""
+    queued = await _queued(db, 4)
+    claim_at = utcnow() + dt.timedelta(seconds=1)
+    record_at = claim_at + dt.timedelta(seconds=1)
+    claimed = {}
+    async with db.begin() as conn:
+        for tenant_id, _ids in queued:
+            claimed[tenant_id] = await outbox_db.claim(conn, tenant_id, NODE, limit=10, now=claim_at)
+            await conn.execute(
+                message_statuses.insert().values(
+                    tenant_id=tenant_id,
+                    message_id=None,
+                    provider="business_api",
+                    provider_message_id="wamid.3",
+                    status="delivered",
+                    created_at=claim_at,
+                )
+            )
+
+    fast = await _record_sent(db, queued[:2], claimed, record_at)
+    with sql.core_paths():
+        core = await _record_sent(db, queued[2:], claimed, record_at)
+
+    assert fast == [(0, "wamid.3"), (1, "wamid.3")]
+    assert core == fast
+    async with db.connect() as conn:
+        states = [await _outbox_state(conn, t, ids, claim_at, record_at) for t, ids in queued]
+    assert states[0][len(ITEMS) + 1][:5] == ("message", 1, "sent", "business_api", "wamid.1")
+    assert states[1] == states[0]
+    assert states[2] == states[0]
+    assert states[3] == states[0]
 
 
 def _events(tenant_ids: list[str], ts: dt.datetime) -> list[events_db.NewEvent]:
