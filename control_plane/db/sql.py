@@ -6,7 +6,8 @@ statements out with the values inlined as literals and send several per round tr
 afresh per batch and the driver escapes every parameter in Python, which at a few thousand rows a
 second was most of the CPU. Everything such a path needs is here, once:
 
-- :func:`literal` (and the typed :func:`literal_str`, :func:`literal_dt`): the one SQL quoter;
+- :func:`literal` (and the typed :func:`literal_str`, :func:`literal_hex`, :func:`literal_dt`): the
+  one SQL quoter;
 - :func:`round_trip` / :func:`driver_round_trip`: statements in one trip, a result per statement;
 - :func:`as_sqlalchemy_error`: the driver's exceptions as the engine's, so callers catch one family;
 - :func:`is_deadlock`, :func:`retry_on_deadlock`, :func:`is_connection_lost`: what a failure means;
@@ -43,11 +44,18 @@ CONNECTION_LOST_FROM = 2000  # client-side codes (2000+): server gone, lost duri
 # ------------------------------------------------------------------------------------------- literals
 
 
+def literal_hex(value: str) -> str:
+    """A string as ``_utf8mb4 X'<hex>'``: nothing to escape whatever the sql_mode (the column's
+    collation applies, so indexes serve lookups on it; ``X''`` is the empty string). The event
+    log's per-event loops write this expression inline (a call per event cost 18 %)."""
+    return f"_utf8mb4 X'{value.encode().hex()}'"
+
+
 def literal_str(value: str) -> str:
-    """A string literal: ``_utf8mb4 X'<hex>'``, which has nothing to escape whatever the sql_mode (the
-    column's collation applies, so indexes serve lookups on it; ``X''`` is the empty string). Hex for
-    every string, ids too: checking whether a string could go plain costs more than hex-encoding it.
-    The event log's per-event loops write this expression inline (a call per event cost 18 %)."""
+    """A string literal: ASCII letters and digits as they are (ids, names: half the bytes of hex,
+    for the server to read and the socket to carry), anything else as :func:`literal_hex`."""
+    if value.isascii() and value.isalnum():  # isascii is O(1); isalnum stops at the first other char
+        return f"'{value}'"
     return f"_utf8mb4 X'{value.encode().hex()}'"
 
 
@@ -65,6 +73,8 @@ def literal(value: Any) -> str:
         return "NULL"
     kind = type(value)
     if kind is str:  # the common case, inlined (literal_str)
+        if value.isascii() and value.isalnum():
+            return f"'{value}'"
         return f"_utf8mb4 X'{value.encode().hex()}'"
     if kind is int:
         return str(value)
@@ -252,6 +262,7 @@ __all__ = [
     "is_mysql",
     "literal",
     "literal_dt",
+    "literal_hex",
     "literal_str",
     "raw_mariadb",
     "raw_mysql",

@@ -33,14 +33,14 @@ class Color(enum.StrEnum):
 
 def test_literal_shapes():
     assert sql.literal(None) == "NULL"
-    assert sql.literal("abc123") == "_utf8mb4 X'616263313233'"
+    assert sql.literal("abc123") == "'abc123'" and sql.literal_hex("abc123") == "_utf8mb4 X'616263313233'"
     assert sql.literal("") == "_utf8mb4 X''"
     assert sql.literal("a b") == "_utf8mb4 X'612062'"
     assert sql.literal("é") == "_utf8mb4 X'c3a9'"
     assert sql.literal(True) == "1" and sql.literal(False) == "0"
     assert sql.literal(42) == "42" and sql.literal(-7) == "-7"
     assert sql.literal(1.5) == "1.5"
-    assert sql.literal(Color.RED) == "_utf8mb4 X'726564'"
+    assert sql.literal(Color.RED) == "'red'"
     assert sql.literal(dt.datetime(2026, 1, 2, 3, 4, 5)) == "'2026-01-02 03:04:05.000000'"
     assert sql.literal(dt.datetime(2026, 1, 2, 3, 4, 5, 7, tzinfo=dt.UTC)) == "'2026-01-02 03:04:05.000007'"
     assert sql.literal(dt.date(2026, 1, 2)) == "'2026-01-02'"
@@ -172,14 +172,14 @@ async def test_core_paths_turns_the_fast_paths_off(db):
 
 
 def test_the_event_log_inlines_the_one_string_literal():
-    """The event log writes ``sql.literal_str`` inline in its per-event loops: the same text."""
+    """The event log writes ``sql.literal_hex`` inline in its per-event loops: the same text."""
     ts = dt.datetime(2026, 1, 2, 3, 4, 5, 6000)
     events = [("0" * 32, "message.received", ts, s) for s in NASTY]
-    expected_tails = [f",'message.received',{sql.literal_dt(ts)},{sql.literal_str(s)})" for s in NASTY]
+    expected_tails = [f",'message.received',{sql.literal_dt(ts)},{sql.literal_hex(s)})" for s in NASTY]
     assert event_log_sql.row_tails(events) == expected_tails
     _, insert, _ = event_log_sql.one_trip(events, {"0" * 32: len(events)})
     for s in NASTY:
-        assert sql.literal_str(s) in insert
+        assert sql.literal_hex(s) in insert
     with pytest.raises(ValueError):
         event_log_sql.row_tails([("0" * 32, "bad type'", ts, "{}")])
     with pytest.raises(ValueError):
