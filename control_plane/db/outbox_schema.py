@@ -18,8 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from control_plane.db.messages import BigId
-from control_plane.db.metadata import TenantId, Timestamp, metadata
+from control_plane.db.metadata import BigId, TenantId, Timestamp, metadata
 from control_plane.statuses import OutboxState
 
 STATES = tuple(OutboxState)
