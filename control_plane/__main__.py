@@ -1,4 +1,4 @@
-"""Command line: ``python -m control_plane serve|migrate|create-tenant|revisions``."""
+"""Command line: ``python -m control_plane serve|migrate|create-tenant``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ import json
 import logging
 import sys
 
+from aiohttp import web
+
+from control_plane.app import create_app
 from control_plane.config import ConfigError, load_settings
+from control_plane.db import Database
+from control_plane.db import tenants as tenants_db
 from control_plane.logs import setup_logging
+from control_plane.migrations import runner
 
 log = logging.getLogger("control_plane")
 
@@ -24,7 +30,7 @@ log = logging.getLogger("control_plane")
 GC_YOUNG_THRESHOLD = 20_000
 
 
-async def _tune_garbage_collector(app) -> None:
+async def _tune_garbage_collector(app: web.Application) -> None:
     """Once every resource has started: move what exists now (modules, table metadata, pools: ~150k
     objects) out of the garbage collector's reach. A full collection then scans only what came later;
     on the relay bench it was otherwise a 150-300 ms stop of the event loop, the largest cause of p99
@@ -37,11 +43,6 @@ async def _tune_garbage_collector(app) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from control_plane.app import create_app
-    from control_plane.migrations import runner
-
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
     if args.migrate:
@@ -62,8 +63,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from control_plane.migrations import runner
-
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
     if args.direction == "up":
@@ -75,12 +74,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _create_tenant(args: argparse.Namespace) -> int:
-    from control_plane.db import Database
-    from control_plane.db import tenants as tenants_db
-
     settings = load_settings()
 
-    async def run() -> dict:
+    async def run() -> dict[str, object]:
         db = Database(settings.database_url)
         try:
             async with db.begin() as conn:

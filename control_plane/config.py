@@ -224,6 +224,29 @@ def load_settings(env: Mapping[str, str] | None = None, *, generate_secrets: boo
     can print it once.
     """
     env = dict(os.environ if env is None else env)
+    values = _typed_values(env)
+    data_dir = Path(env.get("DATA_DIR") or "data").resolve()
+    sessions_dir = Path(env.get("SESSIONS_DIR") or "sessions").resolve()
+    database_url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'gateway.sqlite3'}"
+    database_url = normalize_database_url("DATABASE_URL", database_url)
+    redis_url = env.get("REDIS_URL") or None
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("Config 'REDIS_URL' must start with redis://, rediss:// or unix://")
+    admin_token, secret_key, extra = _secrets(env, data_dir, generate_secrets)
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        admin_token=Secret(admin_token),
+        secret_key=Secret(secret_key),
+        data_dir=data_dir,
+        sessions_dir=sessions_dir,
+        extra=extra,
+        **values,
+    )
+
+
+def _typed_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """The plain settings (``_ENV``) that are set, parsed to their types and checked."""
     values: dict[str, Any] = {}
     for var, (attr, kind) in _ENV.items():
         raw = env.get(var)
@@ -245,20 +268,17 @@ def load_settings(env: Mapping[str, str] | None = None, *, generate_secrets: boo
     if level not in _LOG_LEVELS:
         raise ConfigError(f"Config 'LOG_LEVEL' must be one of {'|'.join(sorted(_LOG_LEVELS))}, got {level!r}")
     values["log_level"] = level
+    return values
 
-    data_dir = Path(env.get("DATA_DIR") or "data").resolve()
-    sessions_dir = Path(env.get("SESSIONS_DIR") or "sessions").resolve()
-    database_url = env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'gateway.sqlite3'}"
-    database_url = normalize_database_url("DATABASE_URL", database_url)
-    redis_url = env.get("REDIS_URL") or None
-    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("Config 'REDIS_URL' must start with redis://, rediss:// or unix://")
 
+def _secrets(env: Mapping[str, str], data_dir: Path, generate: bool) -> tuple[str, str, dict[str, str]]:
+    """(admin token, secret key, extra): from the environment, else (``generate``) read from or
+    created in DATA_DIR; a newly created admin token is reported in extra."""
     extra: dict[str, str] = {}
     admin_token = env.get("ADMIN_TOKEN")
     secret_key = env.get("SECRET_KEY")
     if not admin_token or not secret_key:
-        if not generate_secrets:
+        if not generate:
             missing = "ADMIN_TOKEN" if not admin_token else "SECRET_KEY"
             raise ConfigError(f"Config '{missing}' is missing, and has no default")
         if not admin_token:
@@ -271,14 +291,4 @@ def load_settings(env: Mapping[str, str] | None = None, *, generate_secrets: boo
         raise ConfigError("Config 'ADMIN_TOKEN' must be at least 16 characters")
     if len(secret_key) < 16:
         raise ConfigError("Config 'SECRET_KEY' must be at least 16 characters")
-
-    return Settings(
-        database_url=database_url,
-        redis_url=redis_url,
-        admin_token=Secret(admin_token),
-        secret_key=Secret(secret_key),
-        data_dir=data_dir,
-        sessions_dir=sessions_dir,
-        extra=extra,
-        **values,
-    )
+    return admin_token, secret_key, extra

@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 current_tenant: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_tenant", default=None)
 
@@ -38,7 +39,7 @@ class TextFormatter(logging.Formatter):
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {
+        out: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,

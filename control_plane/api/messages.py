@@ -4,7 +4,6 @@ tenant's messaging settings (the fallback template used outside the 24 h window)
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from aiohttp import web
@@ -13,6 +12,7 @@ from pydantic import Field
 from control_plane import errors
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
+from control_plane.db.metadata import HEX_ID_RE as _MESSAGE_ID
 from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
 from control_plane.http.routing import Router
 from control_plane.messaging import models
@@ -21,7 +21,6 @@ from control_plane.messaging import outbox as outbox_service
 log = logging.getLogger(__name__)
 router = Router()
 TAGS = ("messages",)
-_MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class MessageAccepted(ResponseModel):

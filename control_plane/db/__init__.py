@@ -2,6 +2,11 @@
 
 Every tenant-owned table has ``tenant_id`` and every function touching it takes ``tenant_id`` and
 filters by it, so a caller cannot forget the scope.
+
+``sql.py`` holds what the MariaDB fast paths share (the one SQL literal quoter, driver round trips,
+driver-error translation, deadlock retry, the dialect checks); ``metadata.py`` the column types and
+the id pattern. A function with a fast path has a SQLAlchemy Core twin (SQLite, and MariaDB inside
+``sql.core_paths()``, which tests use to compare the two).
 """
 
 from control_plane.db.engine import Database, DatabaseUnavailable, utcnow

@@ -33,7 +33,7 @@ conversations = sa.Table(
     sa.Column("last_inbound_at", Timestamp, nullable=True),
     sa.Column("last_message_at", Timestamp, nullable=True),
     sa.Column("last_message_id", sa.String(32), nullable=True),
-    sa.Column("unread_count", sa.Integer, nullable=False, default=0),
+    sa.Column("unread_count", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.UniqueConstraint("tenant_id", "wa_id"),

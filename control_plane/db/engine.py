@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -33,14 +34,22 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 class Database:
-    """Owns the engine. ``begin()`` for a transaction, ``connect()`` for reads."""
+    """Owns the engine. ``begin()`` for a transaction, ``connect()`` for reads.
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    ``isolation_level`` (MariaDB/MySQL; e.g. ``"READ COMMITTED"``): every connection of this pool
+    runs its transactions at that level (set once per connection, when it is made); SQLite has
+    its own locking and ignores it."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = 10, echo: bool = False, isolation_level: str | None = None
+    ) -> None:
         self.url = url
-        kwargs: dict = {"echo": echo}
+        kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 10}
         else:
+            if isolation_level is not None:
+                kwargs["isolation_level"] = isolation_level
             kwargs.update(
                 pool_size=pool_size,
                 max_overflow=pool_size,

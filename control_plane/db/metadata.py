@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
@@ -17,7 +19,12 @@ metadata = sa.MetaData(naming_convention=NAMING)
 
 # Microsecond timestamps on MariaDB (DATETIME defaults to whole seconds there); UTC, naive.
 Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-# Tenant ids are 32 lower-case hex characters (uuid4().hex): safe as folder names.
+# BIGINT on MariaDB; INTEGER on SQLite (only INTEGER PRIMARY KEY autoincrements there).
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# Tenant ids are 32 lower-case hex characters (uuid4().hex): safe as folder names. Message ids are
+# made the same way. ``TENANT_ID_RE.match(value)`` is the one check for either (``\Z``: no newline).
 TenantId = sa.String(32)
+TENANT_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
+HEX_ID_RE = TENANT_ID_RE
 # Large JSON/text payloads: TEXT on SQLite, MEDIUMTEXT on MariaDB (TEXT stops at 64 KiB there).
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")

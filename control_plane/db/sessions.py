@@ -57,11 +57,11 @@ async def _upsert(conn: AsyncConnection, tenant_id: str, values: dict[str, Any])
         "tenant_id": tenant_id,
     }
     if conn.dialect.name in ("mysql", "mariadb"):
-        stmt = mysql_insert(session_state).values(**row)
-        await conn.execute(stmt.on_duplicate_key_update(**values))
+        upsert = mysql_insert(session_state).values(**row)
+        await conn.execute(upsert.on_duplicate_key_update(**values))
     elif conn.dialect.name == "sqlite":
-        stmt = sqlite_insert(session_state).values(**row)
-        await conn.execute(stmt.on_conflict_do_update(index_elements=["tenant_id"], set_=values))
+        lite = sqlite_insert(session_state).values(**row)
+        await conn.execute(lite.on_conflict_do_update(index_elements=["tenant_id"], set_=values))
     else:  # pragma: no cover - other dialects are not supported by the gateway
         result = await conn.execute(
             session_state.update().where(session_state.c.tenant_id == tenant_id).values(**values)

@@ -110,7 +110,9 @@ async def create_api_key(
         "revoked_at": None,
     }
     result = await conn.execute(api_keys.insert().values(**values))
-    values["id"] = result.inserted_primary_key[0]
+    inserted = result.inserted_primary_key
+    assert inserted is not None  # an INSERT of one row
+    values["id"] = inserted[0]
     values.pop("key_hash")
     return key, values
 

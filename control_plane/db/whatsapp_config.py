@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.db.engine import utcnow
 from control_plane.db.metadata import TenantId, Timestamp, metadata
+from control_plane.db.tenants import tenants
 
 API_TYPES = ("web", "business_api", "both")
 FALLBACK_POLICIES = ("web_only", "business_api_only", "web_first", "business_api_first")
@@ -104,8 +105,6 @@ async def find_configs_by_verify_token_hash(conn: AsyncConnection, token_hash: s
 async def find_webhook_targets(conn: AsyncConnection, phone_number_ids: list[str]) -> list[dict[str, Any]]:
     """Routing facts for Meta webhooks (any tenant): per phone_number_id its tenant, encrypted app
     secret, WABA and whether both the config and the tenant are active."""
-    from control_plane.db.tenants import tenants  # local: tenants imports nothing from here
-
     if not phone_number_ids:
         return []
     c = whatsapp_config.c
@@ -128,8 +127,6 @@ async def find_active_configs_by_verify_token_hash(
     conn: AsyncConnection, token_hash: str
 ) -> list[dict[str, Any]]:
     """Configs holding this verify token whose config and tenant are both active (Meta's handshake)."""
-    from control_plane.db.tenants import tenants
-
     result = await conn.execute(
         sa.select(whatsapp_config.c.tenant_id)
         .join(tenants, tenants.c.id == whatsapp_config.c.tenant_id)

@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from control_plane import admin_cookie as admin_session
 from control_plane import errors
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
+from control_plane.db.metadata import TENANT_ID_RE
 from control_plane.http.routing import AuthMode
 from control_plane.logs import current_tenant
-
-TENANT_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def bearer_token(request: web.Request) -> str | None:

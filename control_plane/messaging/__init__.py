@@ -17,6 +17,8 @@ import logging
 
 from aiohttp import web
 
+from control_plane.db import Database
+
 log = logging.getLogger(__name__)
 
 
@@ -58,21 +60,8 @@ async def dispatcher_context(app: web.Application):
         await db.close()
 
 
-def dispatch_database(url: str):
+def dispatch_database(url: str) -> Database:
     """The dispatcher's own pool. On MariaDB its transactions run READ COMMITTED: claims (``FOR UPDATE
     SKIP LOCKED``) and outcome records touch neighbouring entries of the outbox's state index, and
     REPEATABLE READ's gap locks made them wait on (and deadlock with) each other."""
-    from sqlalchemy import event
-
-    from control_plane.db import Database
-
-    db = Database(url, pool_size=10)
-    if not db.is_sqlite:
-
-        def read_committed(dbapi_conn, _record) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            cur.close()
-
-        event.listen(db.engine.sync_engine, "connect", read_committed)
-    return db
+    return Database(url, pool_size=10, isolation_level="READ COMMITTED")

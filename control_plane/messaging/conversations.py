@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from control_plane.db import messages as messages_db
+from control_plane.db.metadata import HEX_ID_RE as _OUR_ID
 
 log = logging.getLogger(__name__)
-
-_OUR_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class References:

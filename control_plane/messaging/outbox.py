@@ -8,18 +8,16 @@ loser's transaction (its message row included) rolls back and it returns the win
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import random
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from control_plane import errors
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
 from control_plane.db import templates as templates_db
-from control_plane.db.batch import is_deadlock
+from control_plane.db.sql import retry_on_deadlock
 from control_plane.messaging import models
 
 log = logging.getLogger(__name__)
@@ -76,19 +74,14 @@ async def enqueue(
 async def _insert(db: Any, tenant_id: str, **values: Any) -> dict[str, Any]:
     """One transaction; MariaDB deadlocks between concurrent first messages to one contact (the
     conversation upsert's gap locks) are retried."""
-    attempts = 10
-    for attempt in range(attempts):
-        try:
-            # No read before the conversation upsert: under REPEATABLE READ an earlier read would fix
-            # the snapshot and hide a conversation a concurrent request just created.
-            async with db.begin() as conn:
-                return await outbox_db.enqueue(conn, tenant_id, **values)
-        except OperationalError as exc:
-            if not is_deadlock(exc) or attempt == attempts - 1:
-                raise
-            log.info("enqueue deadlock tenant=%s, retrying (attempt %d)", tenant_id, attempt + 1)
-            await asyncio.sleep(0.01 * (attempt + 1) * random.random())
-    raise AssertionError("unreachable")
+
+    async def attempt() -> dict[str, Any]:
+        # No read before the conversation upsert: under REPEATABLE READ an earlier read would fix
+        # the snapshot and hide a conversation a concurrent request just created.
+        async with db.begin() as conn:
+            return await outbox_db.enqueue(conn, tenant_id, **values)
+
+    return await retry_on_deadlock(attempt, attempts=10, what=f"enqueue tenant={tenant_id}")
 
 
 async def _existing(db: Any, tenant_id: str, key: str, digest: str) -> dict[str, Any] | None:

@@ -19,7 +19,10 @@ def _run(connection) -> None:
 
 
 async def _main() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"))
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("no database URL: run migrations through control_plane.migrations.runner")
+    engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
             await conn.run_sync(_run)

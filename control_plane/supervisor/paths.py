@@ -21,8 +21,8 @@ import shutil
 from pathlib import Path
 
 from control_plane import errors
+from control_plane.db.metadata import TENANT_ID_RE
 
-TENANT_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 TMP_DIR_NAME = "tmp"
 # whatsapp-web.js LocalAuth keeps Chromium's profile at <dataPath>/session-<clientId>; the bridge
 # uses clientId "session".

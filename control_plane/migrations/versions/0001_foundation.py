@@ -6,14 +6,13 @@ Revises:
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
+
+from control_plane.migrations.columns import TS
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
-
-TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def upgrade() -> None:

@@ -6,14 +6,13 @@ Revises: 0001
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
+
+from control_plane.migrations.columns import TS
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
-
-TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def upgrade() -> None:

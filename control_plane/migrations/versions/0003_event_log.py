@@ -6,23 +6,20 @@ Revises: 0002
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
+
+from control_plane.migrations.columns import BIG_ID, LONG_TEXT, TS
 
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-LONG_TEXT = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
-
 
 def upgrade() -> None:
     op.create_table(
         "event_log",
         sa.Column("tenant_id", sa.String(32), nullable=False),
-        sa.Column("seq", SEQ, nullable=False, autoincrement=False),
+        sa.Column("seq", BIG_ID, nullable=False, autoincrement=False),
         sa.Column("type", sa.String(64), nullable=False),
         sa.Column("ts", TS, nullable=False),
         sa.Column("data", LONG_TEXT, nullable=False),
@@ -39,7 +36,7 @@ def upgrade() -> None:
             sa.ForeignKey("tenants.id", ondelete="CASCADE", name="fk_tenant_event_seq_tenant_id_tenants"),
             nullable=False,
         ),
-        sa.Column("last_seq", SEQ, nullable=False),
+        sa.Column("last_seq", BIG_ID, nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", name="pk_tenant_event_seq"),
         mysql_engine="InnoDB",
         mysql_charset="utf8mb4",

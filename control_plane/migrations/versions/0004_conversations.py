@@ -6,38 +6,36 @@ Revises: 0003
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
+
+from control_plane.migrations.columns import BIG_ID, LONG_TEXT, TABLE_OPTIONS, TS, tenant_fk
 
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-LONG = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
-BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
-
-
-def _tenant_fk(table: str) -> sa.Column:
-    return sa.Column(
-        "tenant_id",
-        sa.String(32),
-        sa.ForeignKey("tenants.id", ondelete="CASCADE", name=f"fk_{table}_tenant_id_tenants"),
-        nullable=False,
-    )
-
 
 def upgrade() -> None:
+    _verification_columns()
+    _conversations()
+    _messages()
+    _message_statuses()
+    _templates()
+
+
+def _verification_columns() -> None:
     # Business API credentials as last checked against the Graph API (verified|unverified|failed).
     with op.batch_alter_table("whatsapp_config") as batch:
         batch.add_column(sa.Column("verification_status", sa.String(16), nullable=True))
         batch.add_column(sa.Column("verification_message", sa.Text, nullable=True))
         batch.add_column(sa.Column("verified_at", TS, nullable=True))
+
+
+def _conversations() -> None:
     op.create_table(
         "conversations",
-        sa.Column("id", BIGID, primary_key=True, autoincrement=True),
-        _tenant_fk("conversations"),
+        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+        tenant_fk("conversations"),
         sa.Column("wa_id", sa.String(32), nullable=False),
         sa.Column("contact_name", sa.String(256), nullable=True),
         sa.Column("provider_last", sa.String(20), nullable=True),
@@ -48,18 +46,21 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.UniqueConstraint("tenant_id", "wa_id", name="uq_conversations_tenant_id_wa_id"),
-        **OPTS,
+        **TABLE_OPTIONS,
     )
     op.create_index(
         "ix_conversations_tenant_id_last_message_at", "conversations", ["tenant_id", "last_message_at"]
     )
+
+
+def _messages() -> None:
     op.create_table(
         "messages",
         sa.Column("id", sa.String(32), primary_key=True),
-        _tenant_fk("messages"),
+        tenant_fk("messages"),
         sa.Column(
             "conversation_id",
-            BIGID,
+            BIG_ID,
             sa.ForeignKey(
                 "conversations.id", ondelete="CASCADE", name="fk_messages_conversation_id_conversations"
             ),
@@ -69,7 +70,7 @@ def upgrade() -> None:
         sa.Column("provider", sa.String(20), nullable=True),
         sa.Column("provider_message_id", sa.String(128), nullable=True),
         sa.Column("type", sa.String(32), nullable=False),
-        sa.Column("content", LONG, nullable=False),
+        sa.Column("content", LONG_TEXT, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("error_code", sa.String(64), nullable=True),
         sa.Column("error_message", sa.Text, nullable=True),
@@ -86,17 +87,20 @@ def upgrade() -> None:
             "provider_message_id",
             name="uq_messages_tenant_id_provider_provider_message_id",
         ),
-        **OPTS,
+        **TABLE_OPTIONS,
     )
     op.create_index(
         "ix_messages_tenant_id_conversation_id_created_at_id",
         "messages",
         ["tenant_id", "conversation_id", "created_at", "id"],
     )
+
+
+def _message_statuses() -> None:
     op.create_table(
         "message_statuses",
-        sa.Column("id", BIGID, primary_key=True, autoincrement=True),
-        _tenant_fk("message_statuses"),
+        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+        tenant_fk("message_statuses"),
         sa.Column("message_id", sa.String(32), nullable=True),
         sa.Column("provider", sa.String(20), nullable=False),
         sa.Column("provider_message_id", sa.String(128), nullable=False),
@@ -105,7 +109,7 @@ def upgrade() -> None:
         sa.Column("recipient_id", sa.String(32), nullable=True),
         sa.Column("error_code", sa.String(64), nullable=True),
         sa.Column("error_message", sa.Text, nullable=True),
-        sa.Column("raw", LONG, nullable=True),
+        sa.Column("raw", LONG_TEXT, nullable=True),
         sa.Column("created_at", TS, nullable=False),
         sa.UniqueConstraint(
             "tenant_id",
@@ -113,27 +117,30 @@ def upgrade() -> None:
             "status",
             name="uq_message_statuses_tenant_id_provider_message_id_status",
         ),
-        **OPTS,
+        **TABLE_OPTIONS,
     )
     op.create_index(
         "ix_message_statuses_tenant_id_message_id", "message_statuses", ["tenant_id", "message_id"]
     )
+
+
+def _templates() -> None:
     op.create_table(
         "templates",
-        sa.Column("id", BIGID, primary_key=True, autoincrement=True),
-        _tenant_fk("templates"),
+        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+        tenant_fk("templates"),
         sa.Column("waba_id", sa.String(64), nullable=True),
         sa.Column("name", sa.String(255), nullable=False),
         sa.Column("language", sa.String(16), nullable=False),
         sa.Column("status", sa.String(32), nullable=True),
         sa.Column("category", sa.String(32), nullable=True),
-        sa.Column("components", LONG, nullable=False),
+        sa.Column("components", LONG_TEXT, nullable=False),
         sa.Column("remote_id", sa.String(64), nullable=True),
         sa.Column("synced_at", TS, nullable=False),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.UniqueConstraint("tenant_id", "name", "language", name="uq_templates_tenant_id_name_language"),
-        **OPTS,
+        **TABLE_OPTIONS,
     )
 
 

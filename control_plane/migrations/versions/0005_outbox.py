@@ -6,45 +6,21 @@ Revises: 0004
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import mysql
+
+from control_plane.migrations.columns import BIG_ID, TABLE_OPTIONS, TS, message_fk, tenant_fk
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
 
-TS = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
-LONG = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
-BIGID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-OPTS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
-
-
-def _tenant_fk(table: str, primary_key: bool = False) -> sa.Column:
-    return sa.Column(
-        "tenant_id",
-        sa.String(32),
-        sa.ForeignKey("tenants.id", ondelete="CASCADE", name=f"fk_{table}_tenant_id_tenants"),
-        nullable=False,
-        primary_key=primary_key,
-    )
-
-
-def _message_fk(table: str, primary_key: bool = False) -> sa.Column:
-    return sa.Column(
-        "message_id",
-        sa.String(32),
-        sa.ForeignKey("messages.id", ondelete="CASCADE", name=f"fk_{table}_message_id_messages"),
-        nullable=False,
-        primary_key=primary_key,
-    )
-
 
 def upgrade() -> None:
     # One row per outbound message the CRM asked for: the dispatch state beside the message row.
     op.create_table(
         "outbox",
-        _message_fk("outbox", primary_key=True),
-        _tenant_fk("outbox"),
+        message_fk("outbox", primary_key=True),
+        tenant_fk("outbox"),
         sa.Column("idempotency_key", sa.String(128), nullable=True),
         sa.Column("request_hash", sa.String(64), nullable=True),
         sa.Column("requested_provider", sa.String(20), nullable=False, server_default="auto"),
@@ -59,7 +35,7 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
         sa.UniqueConstraint("tenant_id", "idempotency_key", name="uq_outbox_tenant_id_idempotency_key"),
-        **OPTS,
+        **TABLE_OPTIONS,
     )
     op.create_index("ix_outbox_state_next_attempt_at", "outbox", ["state", "next_attempt_at"])
     op.create_index(
@@ -67,9 +43,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "message_transitions",
-        sa.Column("id", BIGID, primary_key=True, autoincrement=True),
-        _tenant_fk("message_transitions"),
-        _message_fk("message_transitions"),
+        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+        tenant_fk("message_transitions"),
+        message_fk("message_transitions"),
         sa.Column("from_status", sa.String(16), nullable=True),
         sa.Column("to_status", sa.String(16), nullable=False),
         sa.Column("provider", sa.String(20), nullable=True),
@@ -77,7 +53,7 @@ def upgrade() -> None:
         sa.Column("error_code", sa.String(64), nullable=True),
         sa.Column("error_message", sa.Text, nullable=True),
         sa.Column("at", TS, nullable=False),
-        **OPTS,
+        **TABLE_OPTIONS,
     )
     op.create_index(
         "ix_message_transitions_tenant_id_message_id", "message_transitions", ["tenant_id", "message_id"]
@@ -85,13 +61,13 @@ def upgrade() -> None:
     # Per-tenant messaging options (the fallback template used outside the 24 h window).
     op.create_table(
         "messaging_settings",
-        _tenant_fk("messaging_settings", primary_key=True),
+        tenant_fk("messaging_settings", primary_key=True),
         sa.Column("fallback_template_name", sa.String(255), nullable=True),
         sa.Column("fallback_template_language", sa.String(16), nullable=True),
         sa.Column("fallback_template_body_param", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
-        **OPTS,
+        **TABLE_OPTIONS,
     )
 
 
