@@ -76,7 +76,7 @@ def format_ts_or_none(ts: dt.datetime | None) -> str | None:
 # The data of the message events (docs/EVENTS.md), one builder per shape, shared by every writer.
 
 PHONE_ROUTE_REASON = "typed on the phone"
-_encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]  # the C one: non-ASCII kept
+_encode_str = json.encoder.encode_basestring  # the C one: non-ASCII kept
 
 
 def received_event(row: dict[str, Any], to: str | None = None) -> dict[str, Any]:

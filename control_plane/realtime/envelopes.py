@@ -93,7 +93,8 @@ class PreparedEvents:
         for event in events:
             tenant_id, type_, data = event[0], event[1], event[2]
             check_names(tenant_id, type_)
-            items.append((tenant_id, type_, data, event[3] if len(event) > 3 else encode_data(data)))  # type: ignore[misc]  # a 4-tuple
+            # a 4-tuple carries its data already encoded
+            items.append((tenant_id, type_, data, event[3] if len(event) > 3 else encode_data(data)))
         self.items = items
 
     @property
