@@ -38,15 +38,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from control_plane.config import normalize_database_url  # noqa: E402
-from control_plane.crypto import SecretBox  # noqa: E402
-from control_plane.db import Database, utcnow  # noqa: E402
-from control_plane.db import outbox as outbox_db  # noqa: E402
-from control_plane.db import tenants as tenants_db  # noqa: E402
-from control_plane.db import whatsapp_config as config_db  # noqa: E402
-from control_plane.migrations import runner  # noqa: E402
+from control_plane.config import normalize_database_url
+from control_plane.crypto import SecretBox
+from control_plane.db import Database, utcnow
+from control_plane.db import outbox as outbox_db
+from control_plane.db import tenants as tenants_db
+from control_plane.db import whatsapp_config as config_db
+from control_plane.migrations import runner
 
 MARIADB_SERVER = os.environ.get("TEST_MARIADB_SERVER", "mysql://root@127.0.0.1:3306")
 ADMIN_TOKEN = "bench-admin-token-" + "x" * 16
