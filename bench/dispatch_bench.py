@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import secrets
@@ -37,15 +38,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from control_plane.config import normalize_database_url  # noqa: E402
-from control_plane.crypto import SecretBox  # noqa: E402
-from control_plane.db import Database, utcnow  # noqa: E402
-from control_plane.db import outbox as outbox_db  # noqa: E402
-from control_plane.db import tenants as tenants_db  # noqa: E402
-from control_plane.db import whatsapp_config as config_db  # noqa: E402
-from control_plane.migrations import runner  # noqa: E402
+from control_plane.config import normalize_database_url
+from control_plane.crypto import SecretBox
+from control_plane.db import Database, utcnow
+from control_plane.db import outbox as outbox_db
+from control_plane.db import tenants as tenants_db
+from control_plane.db import whatsapp_config as config_db
+from control_plane.migrations import runner
 
 MARIADB_SERVER = os.environ.get("TEST_MARIADB_SERVER", "mysql://root@127.0.0.1:3306")
 ADMIN_TOKEN = "bench-admin-token-" + "x" * 16
@@ -164,7 +165,8 @@ def main() -> None:
         line = fake.stdout.readline().strip()
         fake_url = line.split("=", 1)[1]
         print(
-            f"fake Graph API at {fake_url}; filling {args.tenants} outboxes with {per_tenant} messages each ...",
+            f"fake Graph API at {fake_url}; "
+            f"filling {args.tenants} outboxes with {per_tenant} messages each ...",
             flush=True,
         )
         made = asyncio.run(prefill(url, args.tenants, per_tenant, fake_url))
@@ -240,7 +242,8 @@ def main() -> None:
             )
             retries = conn.execute(
                 sa.text(
-                    "SELECT COUNT(*) FROM message_transitions WHERE to_status = 'queued' AND from_status = 'sending'"
+                    "SELECT COUNT(*) FROM message_transitions"
+                    " WHERE to_status = 'queued' AND from_status = 'sending'"
                 )
             ).scalar()
             throttled = conn.execute(
@@ -262,7 +265,7 @@ def main() -> None:
             rate = sustained(times)
             fake_times = fake_n.get("times", [])
             fake_rate = sustained(fake_times)
-            gap = max((b - a for a, b in zip(fake_times, fake_times[1:])), default=0.0)
+            gap = max((b - a for a, b in itertools.pairwise(fake_times)), default=0.0)
             fake_max = fake_n.get("max_per_second", 0)
             pct = 100 * rate / args.rate
             pct_all.append(pct)
@@ -272,7 +275,8 @@ def main() -> None:
                 first_all = min(first_all or times[0], times[0])
                 last_all = max(last_all or times[-1], times[-1])
             print(
-                f"{t['pnid']:>16} {len(times):6d} {rate:7.1f} {pct:7.1f}% {100 * fake_rate / args.rate:7.1f}% "
+                f"{t['pnid']:>16} {len(times):6d} {rate:7.1f} {pct:7.1f}% "
+                f"{100 * fake_rate / args.rate:7.1f}% "
                 f"{fake_max:10d} {fake_n.get('throttled', 0):6d} {1000 * gap:8.0f} ms"
             )
         span = (last_all - first_all) if first_all and last_all else 0.0
@@ -287,8 +291,8 @@ def main() -> None:
             "(target >= 95%)"
         )
         print(
-            f"fake: {stats['sent']} accepted, duplicates {stats['duplicates']} (target 0); numbers over the limit "
-            f"in some 1 s window: {len(over)} (target 0)"
+            f"fake: {stats['sent']} accepted, duplicates {stats['duplicates']} (target 0); "
+            f"numbers over the limit in some 1 s window: {len(over)} (target 0)"
         )
         print(f"statuses: {statuses}; retries {retries}; 130429 answers {throttled}")
         print(

@@ -35,17 +35,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the imports below (E402) come from this checkout
 
-import sqlalchemy as sa  # noqa: E402
-from aiohttp import web  # noqa: E402
+import sqlalchemy as sa
+from aiohttp import web
 
-from control_plane.__main__ import _tune_garbage_collector  # noqa: E402
-from control_plane.app import create_app  # noqa: E402
-from control_plane.config import load_settings, normalize_database_url  # noqa: E402
-from control_plane.db import events as events_db  # noqa: E402
-from control_plane.db import tenants as tenants_db  # noqa: E402
-from control_plane.events import MESSAGE_RECEIVED  # noqa: E402
-from control_plane.migrations import runner  # noqa: E402
-from control_plane.realtime.publisher import EventPublisher  # noqa: E402
+from control_plane.__main__ import _tune_garbage_collector
+from control_plane.app import create_app
+from control_plane.config import load_settings, normalize_database_url
+from control_plane.db import events as events_db
+from control_plane.db import tenants as tenants_db
+from control_plane.events import MESSAGE_RECEIVED
+from control_plane.migrations import runner
+from control_plane.realtime.publisher import EventPublisher
 
 CLIENT_JS = ROOT / "bench" / "relay_client.js"
 NODE_PKG = ROOT / "tests" / "realtime" / "node_client"

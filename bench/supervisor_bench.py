@@ -34,11 +34,11 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from control_plane.config import load_settings  # noqa: E402 -- after the sys.path line
-from control_plane.db import Database  # noqa: E402
-from control_plane.db import tenants as tenants_db  # noqa: E402
-from control_plane.migrations import runner  # noqa: E402
-from control_plane.supervisor import Supervisor  # noqa: E402
+from control_plane.config import load_settings
+from control_plane.db import Database
+from control_plane.db import tenants as tenants_db
+from control_plane.migrations import runner
+from control_plane.supervisor import Supervisor
 
 
 class Recorder:
@@ -57,7 +57,7 @@ class Recorder:
         async with self.changed:
             self.changed.notify_all()
 
-    async def wait(self, pred, timeout: float) -> bool:  # noqa: ASYNC109 -- a poll deadline
+    async def wait(self, pred, timeout: float) -> bool:
         async with self.changed:
             try:
                 await asyncio.wait_for(self.changed.wait_for(pred), timeout)
@@ -91,7 +91,7 @@ async def all_ready(
     sup: Supervisor,
     rec: Recorder,
     tids: list[str],
-    timeout: float,  # noqa: ASYNC109 -- a poll deadline, not a cancel scope
+    timeout: float,
 ) -> bool:
     return await rec.wait(lambda: all(sup.is_ready(t) for t in tids), timeout)
 

@@ -38,10 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from control_plane.config import normalize_database_url  # noqa: E402
-from control_plane.migrations import runner  # noqa: E402
+from control_plane.config import normalize_database_url
+from control_plane.migrations import runner
 
 MARIADB_SERVER = os.environ.get("TEST_MARIADB_SERVER", "mysql://root@127.0.0.1:3306")
 ADMIN_TOKEN = "bench-admin-token-" + "x" * 16

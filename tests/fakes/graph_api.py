@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -520,10 +521,8 @@ class FakeGraphAPI:
                 if delay.remaining <= 0:
                     continue
                 delay.remaining -= 1
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), delay.seconds)
-            except TimeoutError:
-                pass
             return
 
     def _authenticate(self, request: web.Request) -> set[str]:
@@ -1146,7 +1145,9 @@ def text_message(
     timestamp: float | str | None = None,
     context: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """An inbound ``messages[]`` item of type text. ``context``: {from, id} for a reply or {forwarded: True}."""
+    """An inbound ``messages[]`` item of type text.
+
+    ``context``: {from, id} for a reply or {forwarded: True}."""
     return _message(from_, "text", {"body": body}, wamid=wamid, timestamp=timestamp, context=context)
 
 
@@ -1538,7 +1539,9 @@ class WebhookSender:
         app_secret: str | None = None,
         copies: int = 1,
     ) -> Delivery:
-        """Deliver ``payload`` ``copies`` times (duplicates, as Meta's at-least-once does); returns the last."""
+        """Deliver ``payload`` ``copies`` times (duplicates, as Meta's at-least-once does).
+
+        Returns the last delivery."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         result: Delivery | None = None
@@ -1669,10 +1672,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--no-window", action="store_true", help="do not enforce the 24 h window")
     args = parser.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args.host, args.port, not args.no_window))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ class RecordingPublisher:
         pred: Callable[[dict[str, Any]], bool],
         *,
         type: str = "session.state",
-        timeout: float = 10.0,  # noqa: ASYNC109 -- a poll deadline, not a cancel scope
+        timeout: float = 10.0,
         after: int = 0,
     ) -> dict[str, Any]:
         """The first event (index >= after among this tenant's events of ``type``) matching ``pred``."""
@@ -86,7 +86,7 @@ class RecordingPublisher:
         state: str,
         *,
         reason: str | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109 -- a poll deadline, not a cancel scope
+        timeout: float = 10.0,
         after: int = 0,
     ) -> dict[str, Any]:
         return await self.wait(
@@ -158,7 +158,7 @@ async def ready_session(
     pub: RecordingPublisher,
     tenant_id: str,
     *,
-    timeout: float = 10.0,  # noqa: ASYNC109 -- a poll deadline, not a cancel scope
+    timeout: float = 10.0,
 ) -> None:
     """Start a fresh sandbox session, scan its QR, wait for ready."""
     await sup.start(tenant_id)
