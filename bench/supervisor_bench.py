@@ -8,7 +8,7 @@ Prints:
 - control-plane RSS and CPU per supervised tenant at idle (production heartbeat and memory checks),
 - kill -9 of a bridge -> ready again, p50/p95 (backoff base included),
 - hung-bridge detection time (sandbox hang -> killed by the heartbeat watchdog).
-Targets (issue 3): < 1 MB RSS and < 0.01 % of a core per tenant; kill->ready p95 < 1.5 s + backoff
+Targets: < 1 MB RSS and < 0.01 % of a core per tenant; kill->ready p95 < 1.5 s + backoff
 base; all 200 ready within 60 s. Not a test: it measures and prints, it asserts nothing.
 """
 

@@ -94,7 +94,7 @@ class Settings:
     log_level: str = "INFO"
     max_body_bytes: int = 1024 * 1024
     webhook_max_body_bytes: int = 3 * 1024 * 1024
-    # supervisor policy (issue 3)
+    # supervisor policy
     supervisor_enabled: bool = True
     heartbeat_interval_s: float = 5.0
     backoff_base_s: float = 1.0
@@ -109,9 +109,9 @@ class Settings:
     boot_stagger_s: float = 0.05
     qr_interval_s: float = 20.0
     bridge_driver: str | None = None  # BRIDGE_DRIVER: force scripted|wwebjs for every tenant (tests)
-    # realtime (issue 4)
+    # realtime
     event_retention_days: float = 7.0
-    # messaging (issue 6)
+    # messaging
     cloud_rate_per_s: float = 80.0
     web_rate_per_s: float = 1.0
     cloud_rate_headroom: float = 0.03

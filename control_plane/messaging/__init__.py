@@ -1,4 +1,4 @@
-"""Unified messaging (issue 6): the outbox, per-tenant dispatch with routing between the Web session
+"""Unified messaging: the outbox, per-tenant dispatch with routing between the Web session
 and the Cloud API, the rate governor, and Web-session ingest.
 
     models.py      POST /api/messages validation per type -> (wa_id, type, content)

@@ -1,6 +1,6 @@
 """The parts of an outbound message (``POST /api/messages``): media, location, template, interactive,
 reaction. Each is a pydantic model that documents its shape, and the checks that depend on the type or
-on the limits Meta enforces (shared/reference/cloud-api.md §2-3).
+on the limits Meta enforces (text, caption and media sizes, media types).
 
 Checks raise ``InvalidInput`` naming the field (422), or ``PayloadTooLarge`` for oversized media (413);
 the message models call them from their validators (see ``models.py``).

@@ -3,7 +3,7 @@
 The body is ``SEND_MESSAGE``: one of the models below, picked by ``type`` (``text`` when absent), each
 with only its own part (``text``, ``media``, ``location``, ``template``, ``interactive``, ``reaction``)
 and the fields every message has (``SendMessageIn``). Validation does every check (the part's shape,
-what depends on the type, the limits Meta enforces: shared/reference/cloud-api.md §2-3); every failure
+what depends on the type, the limits Meta enforces on text, captions and media); every failure
 is an ``InvalidInput`` naming the field (422), or ``PayloadTooLarge`` for oversized media (413).
 
 ``normalize`` returns ``(wa_id, type, content)`` where ``content`` is the provider-neutral form stored

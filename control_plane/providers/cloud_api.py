@@ -1,6 +1,7 @@
 """WhatsApp Cloud API (Meta Graph API) client: one shared HTTP session, per-call credentials.
 
-Shapes follow shared/reference/cloud-api.md. Every failure is a ``GraphAPIError`` (the tree is in
+Shapes follow Meta's Cloud API reference (messages, media, templates, errors). Every failure is a
+``GraphAPIError`` (the tree is in
 ``graph_errors.py``); the value types are in ``graph_types.py`` (both re-exported here). The access
 token is never logged and never part of a repr; log lines carry phone_number_id.
 """

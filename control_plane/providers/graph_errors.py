@@ -12,7 +12,7 @@ Pure module (standard library only). Every failed Graph call raises a ``GraphAPI
 
 A 5xx without a Graph envelope is a plain ``GraphAPIError`` with ``code=None, retryable=True``.
 
-The table is built from the retry table in shared/reference/cloud-api.md §5. Key on ``error.code``,
+The table follows the Cloud API's documented error codes and their retry advice. Key on ``error.code``,
 never on HTTP status or titles; the HTTP status only matters when there is no Graph error envelope
 at all (5xx from a proxy).
 """

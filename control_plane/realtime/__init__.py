@@ -1,4 +1,4 @@
-"""Realtime relay: the event log's publishing boundary and the Socket.IO server (issue 4).
+"""Realtime relay: the event log's publishing boundary and the Socket.IO server.
 
 ``attach(app)`` (at app creation) mounts Socket.IO at ``/socket.io/`` as ``app["sio"]``;
 ``running(app)`` (the app's realtime cleanup context) starts the publisher ``app["events"]``, the

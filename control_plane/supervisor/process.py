@@ -6,7 +6,7 @@ TMPDIR inside the tenant folder. Exit is observed through a pidfd on the event l
 child, no blocking ``waitpid``). Puppeteer starts Chromium detached in a group of its own, so killing
 the bridge's group does not reach it: ``cleanup_profile`` finds whatever still holds the profile by
 its exact ``--user-data-dir=<dir>`` argument, kills those groups (TERM, then KILL after 3 s) and only
-then removes the Singleton* locks (see shared/reference/whatsapp-web-js.md).
+then removes the Singleton* locks (the cleanup measured to work on Debian's Chromium).
 """
 
 from __future__ import annotations

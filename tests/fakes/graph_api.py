@@ -1,6 +1,7 @@
 """A faithful fake of Meta's Graph API (WhatsApp Cloud API) and a Meta-shaped webhook sender.
 
-Follows shared/reference/cloud-api.md. A real aiohttp server on 127.0.0.1, port 0::
+Follows Meta's Cloud API reference (shapes, errors, limits, signed webhooks). A real aiohttp server
+on 127.0.0.1, port 0::
 
     async with FakeGraphAPI() as fake:
         fake.add_number("106540352242922", "102290129340398", "TOKEN", display_phone_number="15550783881")

@@ -1,4 +1,4 @@
-"""The supervisor with real Node bridges on the scripted driver (issue 3, "Done when")."""
+"""The supervisor with real Node bridges on the scripted driver."""
 
 from __future__ import annotations
 
