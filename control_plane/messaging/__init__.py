@@ -18,6 +18,8 @@ import logging
 from aiohttp import web
 
 from control_plane.db import Database
+from control_plane.messaging.dispatcher import Dispatcher
+from control_plane.providers.cloud_api import CloudAPIClient
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +27,6 @@ log = logging.getLogger(__name__)
 async def dispatcher_context(app: web.Application):
     """``app["dispatcher"]``: started after the supervisor (it listens to its bridge events), stopped
     before it (sends in flight finish and are recorded first)."""
-    from control_plane.messaging.dispatcher import Dispatcher
-    from control_plane.providers.cloud_api import CloudAPIClient
-
     settings = app["settings"]
     app["dispatcher"] = None
     if not settings.messaging_enabled:
