@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.api.messages import message_view, strip_inline_media
+from control_plane.api.messages import MessageBase, message_view, strip_inline_media
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
 from control_plane.http.models import QueryModel, ResponseModel, UTCDateTime
@@ -61,22 +61,9 @@ class ConversationPage(ResponseModel):
     next_cursor: str | None = None
 
 
-class MessageItem(ResponseModel):
-    id: str
-    conversation_id: int
-    direction: str
-    type: str
-    content: Any = None
-    status: str
-    provider: str | None = None
-    provider_message_id: str | None = None
+class MessageItem(MessageBase):
     error_code: str | None = None
     error_message: str | None = None
-    created_at: UTCDateTime
-    sent_at: UTCDateTime | None = None
-    delivered_at: UTCDateTime | None = None
-    read_at: UTCDateTime | None = None
-    failed_at: UTCDateTime | None = None
     provider_timestamp: UTCDateTime | None = None
 
 

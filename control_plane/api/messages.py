@@ -45,7 +45,9 @@ class TransitionOut(ResponseModel):
     error: ErrorInfo | None = None
 
 
-class MessageOut(ResponseModel):
+class MessageBase(ResponseModel):
+    """What every view of a message has: the REST message object and a conversation's history."""
+
     id: str
     conversation_id: int
     direction: str
@@ -54,17 +56,20 @@ class MessageOut(ResponseModel):
     status: str
     provider: str | None = None
     provider_message_id: str | None = None
+    created_at: UTCDateTime
+    sent_at: UTCDateTime | None = None
+    delivered_at: UTCDateTime | None = None
+    read_at: UTCDateTime | None = None
+    failed_at: UTCDateTime | None = None
+
+
+class MessageOut(MessageBase):
     requested_provider: str | None = None
     route_reason: str | None = Field(None, description="Which road carried it and why")
     attempts: int | None = None
     idempotency_key: str | None = None
     error: ErrorInfo | None = None
-    created_at: UTCDateTime
     updated_at: UTCDateTime
-    sent_at: UTCDateTime | None = None
-    delivered_at: UTCDateTime | None = None
-    read_at: UTCDateTime | None = None
-    failed_at: UTCDateTime | None = None
     transitions: list[TransitionOut] = Field(default_factory=list)
 
 

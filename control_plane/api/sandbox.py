@@ -9,6 +9,7 @@ session runs), ``bridge_invalid_state`` (e.g. scan while no QR shows) or ``super
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal
 
 from aiohttp import web
@@ -132,41 +133,32 @@ async def _sandbox(request: web.Request, cmd: str, args: dict[str, Any] | None =
     return SandboxResult(**result)
 
 
-@router.route(
-    "POST",
+# Every sandbox route: POST, the tenant's key, the same answer and errors.
+_route = functools.partial(
+    router.route, "POST", auth="tenant", tags=TAGS, response=SandboxResult, errors=ERRORS
+)
+
+
+@_route(
     "/api/sandbox/scan",
-    auth="tenant",
-    tags=TAGS,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="Scan the QR code showing now (the session then becomes authenticated, then ready)",
 )
 async def scan(request: web.Request) -> SandboxResult:
     return await _sandbox(request, "scan")
 
 
-@router.route(
-    "POST",
+@_route(
     "/api/sandbox/incoming",
-    auth="tenant",
-    tags=TAGS,
     body=Incoming,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="A contact sends a message to this session (returns its id)",
 )
 async def incoming(request: web.Request, body: Incoming) -> SandboxResult:
     return await _sandbox(request, "incoming", body.model_dump(by_alias=True, exclude_none=True))
 
 
-@router.route(
-    "POST",
+@_route(
     "/api/sandbox/outgoing",
-    auth="tenant",
-    tags=TAGS,
     body=Outgoing,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="Someone types a message to a contact on the phone itself (returns its id); it is "
     "reported as message.sent with origin phone",
 )
@@ -174,14 +166,9 @@ async def outgoing(request: web.Request, body: Outgoing) -> SandboxResult:
     return await _sandbox(request, "outgoing", body.model_dump(exclude_none=True))
 
 
-@router.route(
-    "POST",
+@_route(
     "/api/sandbox/ack",
-    auth="tenant",
-    tags=TAGS,
     body=Ack,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="Delivery/read ack for a message (by number or name)",
 )
 async def ack(request: web.Request, body: Ack) -> SandboxResult:
@@ -189,68 +176,43 @@ async def ack(request: web.Request, body: Ack) -> SandboxResult:
     return await _sandbox(request, "ack", {"id": body.id, "ack": code})
 
 
-@router.route(
-    "POST",
+@_route(
     "/api/sandbox/disconnect",
-    auth="tenant",
-    tags=TAGS,
     body=Disconnect,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="WhatsApp drops the connection (body may be {}); the supervisor restarts it",
 )
 async def disconnect(request: web.Request, body: Disconnect) -> SandboxResult:
     return await _sandbox(request, "disconnect", body.model_dump(exclude_none=True))
 
 
-@router.route(
-    "POST",
+@_route(
     "/api/sandbox/logout",
-    auth="tenant",
-    tags=TAGS,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="The phone unlinks this device: the profile is wiped and a new QR appears",
 )
 async def phone_logout(request: web.Request) -> SandboxResult:
     return await _sandbox(request, "logout")
 
 
-@router.route(
-    "POST",
+@_route(
     "/api/sandbox/crash",
-    auth="tenant",
-    tags=TAGS,
     body=Crash,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="The bridge dies at once (body may be {}); the supervisor restarts it",
 )
 async def crash(request: web.Request, body: Crash) -> SandboxResult:
     return await _sandbox(request, "crash", body.model_dump(exclude_none=True))
 
 
-@router.route(
-    "POST",
+@_route(
     "/api/sandbox/hang",
-    auth="tenant",
-    tags=TAGS,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="The bridge stops answering and heartbeating; the watchdog kills and restarts it",
 )
 async def hang(request: web.Request) -> SandboxResult:
     return await _sandbox(request, "hang")
 
 
-@router.route(
-    "POST",
+@_route(
     "/api/sandbox/leak",
-    auth="tenant",
-    tags=TAGS,
     body=Leak,
-    response=SandboxResult,
-    errors=ERRORS,
     summary="The bridge allocates memory it never frees; past MEMORY_LIMIT_MB it is restarted",
 )
 async def leak(request: web.Request, body: Leak) -> SandboxResult:

@@ -3,6 +3,7 @@ Served with the tenant's API key and, for the admin, under ``/api/tenants/{tenan
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from typing import Any, Literal
@@ -80,67 +81,53 @@ def _tenant_id(request: web.Request) -> str:
     return request["tenant"]["id"]
 
 
-@router.route(
+# The session routes that answer with its status: the tenant's key, the same answer and errors.
+_session_route = functools.partial(
+    router.route, auth="tenant", tags=TAGS, response=SessionStatus, errors=(409, 503)
+)
+
+
+@_session_route(
     "GET",
     "/api/session",
-    auth="tenant",
-    tags=TAGS,
-    response=SessionStatus,
-    errors=(409, 503),
     summary="The session's state, reason, restarts, process, memory and own number",
 )
 async def get_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).status(_tenant_id(request)))
 
 
-@router.route(
+@_session_route(
     "POST",
     "/api/session/start",
-    auth="tenant",
-    tags=TAGS,
-    response=SessionStatus,
     status=202,
-    errors=(409, 503),
     summary="Start the session (desired state running); it goes on in the background",
 )
 async def start_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).start(_tenant_id(request)))
 
 
-@router.route(
+@_session_route(
     "POST",
     "/api/session/stop",
-    auth="tenant",
-    tags=TAGS,
-    response=SessionStatus,
-    errors=(409, 503),
     summary="Stop the session (desired state stopped); returns once its processes are gone",
 )
 async def stop_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).stop(_tenant_id(request)))
 
 
-@router.route(
+@_session_route(
     "POST",
     "/api/session/restart",
-    auth="tenant",
-    tags=TAGS,
-    response=SessionStatus,
     status=202,
-    errors=(409, 503),
     summary="Restart the session now (also clears a failed state)",
 )
 async def restart_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).restart(_tenant_id(request)))
 
 
-@router.route(
+@_session_route(
     "POST",
     "/api/session/logout",
-    auth="tenant",
-    tags=TAGS,
-    response=SessionStatus,
-    errors=(409, 503),
     summary="Log out of WhatsApp and wipe the session profile (a new QR scan is needed)",
 )
 async def logout_session(request: web.Request) -> SessionStatus:
