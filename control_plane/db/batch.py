@@ -36,12 +36,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-
 from control_plane import errors
-from control_plane.db.engine import DatabaseUnavailable
-from control_plane.db.sql import retry_on_deadlock
+from control_plane.db.sql import is_db_outage, retry_on_deadlock
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +46,6 @@ T = TypeVar("T")
 ATTEMPTS = 3  # per transaction, for deadlocks and lost connections
 KEPT_ATTEMPTS = 5  # a kept item failing on its own (not an outage) is dropped after this many
 BACKOFF_MAX_S = 5.0
-
-
-def is_db_outage(exc: BaseException) -> bool:
-    """The database cannot be reached (nothing to gain from storing items one at a time)."""
-    if isinstance(exc, DatabaseUnavailable | OperationalError | InterfaceError | PoolTimeout | OSError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 async def _nothing_held() -> None:

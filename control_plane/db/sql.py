@@ -10,7 +10,8 @@ second was most of the CPU. Everything such a path needs is here, once:
   one SQL quoter, and :func:`literal_cache` for values that repeat across a statement's rows;
 - :func:`round_trip` / :func:`driver_round_trip`: statements in one trip, a result per statement;
 - :func:`as_sqlalchemy_error`: the driver's exceptions as the engine's, so callers catch one family;
-- :func:`is_deadlock`, :func:`retry_on_deadlock`, :func:`is_connection_lost`: what a failure means;
+- :func:`is_deadlock`, :func:`is_connection_lost`, :func:`is_db_outage`: what a failure means;
+  :func:`retry_on_deadlock`: the one retry of a whole transaction;
 - :func:`raw_mariadb`: whether the fast paths apply (and :func:`core_paths`, which turns them off
   so tests run the SQLAlchemy Core twins on MariaDB too).
 """
@@ -30,6 +31,8 @@ from typing import Any, TypeVar
 import pymysql.err as driver_errors
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.db.engine import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,18 @@ def is_connection_lost(exc: BaseException) -> bool:
     return code is not None and code >= CONNECTION_LOST_FROM
 
 
+def is_db_outage(exc: BaseException) -> bool:
+    """The database cannot be reached: down, the pool exhausted, the connection gone (nothing to
+    gain from trying the work again piece by piece; callers answer "unavailable")."""
+    # sa.exc.TimeoutError: the pool's (no connection within pool_timeout)
+    down = (
+        DatabaseUnavailable | sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError | OSError
+    )
+    if isinstance(exc, down):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
 async def retry_on_deadlock(
     attempt: Callable[[], Awaitable[T]],
     *,
@@ -286,6 +301,7 @@ __all__ = [
     "driver_round_trip",
     "error_code",
     "is_connection_lost",
+    "is_db_outage",
     "is_deadlock",
     "is_mysql",
     "literal",

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from control_plane.db import event_log_sql, sql
+from control_plane.db.engine import DatabaseUnavailable
 
 pytestmark = pytest.mark.smoke
 
@@ -133,6 +134,14 @@ def test_error_translation_and_classification():
     # A number in any other exception's args is no error code.
     assert sql.error_code(KeyError(1213)) is None and not sql.is_deadlock(KeyError(1213))
     assert not sql.is_connection_lost(ValueError(2013))
+
+
+def test_is_db_outage():
+    assert sql.is_db_outage(sql.as_sqlalchemy_error(pymysql.err.OperationalError(2003, "Can't connect")))
+    assert sql.is_db_outage(sa.exc.TimeoutError("QueuePool limit reached"))
+    assert sql.is_db_outage(DatabaseUnavailable("down")) and sql.is_db_outage(ConnectionRefusedError())
+    assert not sql.is_db_outage(sql.as_sqlalchemy_error(pymysql.err.IntegrityError(1062, "Duplicate")))
+    assert not sql.is_db_outage(ValueError("bad item"))
 
 
 def test_literal_cache_quotes_each_value_once_like_literal():
