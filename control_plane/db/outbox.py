@@ -21,7 +21,7 @@ of statements (CASE-per-id updates, multi-row inserts) whatever the batch size.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -65,6 +65,18 @@ CHUNK = 100  # rows per CASE statement: MariaDB evaluates CASE linearly, so a CA
 
 def _case(ids_to_values: dict[str, Any], column: sa.Column, key: sa.Column) -> Any:
     return sa.case(ids_to_values, value=key, else_=column)
+
+
+def _outbox_rows(tenant_id: str, message_ids: Sequence[str]) -> sa.Update:
+    """An UPDATE of these messages' outbox rows."""
+    return outbox.update().where(outbox.c.tenant_id == tenant_id, outbox.c.message_id.in_(message_ids))
+
+
+def _outbox_case(
+    outcomes: Sequence[dict[str, Any]], column: str, value: Callable[[dict[str, Any]], Any]
+) -> Any:
+    """``outbox.<column>`` per message id: ``value(outcome)`` for these outcomes, else unchanged."""
+    return _case({o["message_id"]: value(o) for o in outcomes}, outbox.c[column], outbox.c.message_id)
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -112,9 +124,7 @@ async def _record_sent(
     for (provider, reason), ids in sorted(by_reason.items()):
         for chunk in _chunks(ids, 500):
             await conn.execute(
-                outbox.update()
-                .where(outbox.c.tenant_id == tenant_id, outbox.c.message_id.in_(list(chunk)))
-                .values(
+                _outbox_rows(tenant_id, list(chunk)).values(
                     state="done",
                     route_provider=provider,
                     route_reason=reason or None,
@@ -314,14 +324,10 @@ async def _record_failed(
         )
     )
     await conn.execute(
-        outbox.update()
-        .where(ob.tenant_id == tenant_id, ob.message_id.in_(ids))
-        .values(
+        _outbox_rows(tenant_id, ids).values(
             state="done",
             route_provider=_case(providers, ob.route_provider, ob.message_id),
-            route_reason=_case(
-                {o["message_id"]: clip(o.get("reason"), 255) for o in failed}, ob.route_reason, ob.message_id
-            ),
+            route_reason=_outbox_case(failed, "route_reason", lambda o: clip(o.get("reason"), 255)),
             last_error=_case({i: f"{codes[i]}: {texts[i]}" for i in ids}, ob.last_error, ob.message_id),
             updated_at=now,
         )
@@ -341,19 +347,13 @@ async def _record_again(
         .values(status="queued", updated_at=now)
     )
     await conn.execute(
-        outbox.update()
-        .where(ob.tenant_id == tenant_id, ob.message_id.in_(ids))
-        .values(
+        _outbox_rows(tenant_id, ids).values(
             state="queued",
             claimed_by=None,
-            next_attempt_at=_case(
-                {o["message_id"]: o["next_attempt_at"] for o in again}, ob.next_attempt_at, ob.message_id
-            ),
+            next_attempt_at=_outbox_case(again, "next_attempt_at", lambda o: o["next_attempt_at"]),
             # Pacing is not an attempt: give back the one the claim counted.
             attempts=sa.case((ob.message_id.in_(deferred or ["-"]), ob.attempts - 1), else_=ob.attempts),
-            last_error=_case(
-                {o["message_id"]: clip(o.get("reason"), 2000) for o in again}, ob.last_error, ob.message_id
-            ),
+            last_error=_outbox_case(again, "last_error", lambda o: clip(o.get("reason"), 2000)),
             updated_at=now,
         )
     )
@@ -363,26 +363,15 @@ async def _record_unknown(
     conn: AsyncConnection, tenant_id: str, unknown: Sequence[dict[str, Any]], now: dt.datetime
 ) -> None:
     """Outcome unknown (no answer): the outbox row waits to be confirmed or sent again."""
-    ob = outbox.c
     ids = [o["message_id"] for o in unknown]
     await conn.execute(
-        outbox.update()
-        .where(ob.tenant_id == tenant_id, ob.message_id.in_(ids))
-        .values(
+        _outbox_rows(tenant_id, ids).values(
             state="unknown",
             claimed_by=None,
-            next_attempt_at=_case(
-                {o["message_id"]: o["next_attempt_at"] for o in unknown}, ob.next_attempt_at, ob.message_id
-            ),
-            route_provider=_case(
-                {o["message_id"]: o.get("provider") for o in unknown}, ob.route_provider, ob.message_id
-            ),
-            route_reason=_case(
-                {o["message_id"]: clip(o.get("reason"), 255) for o in unknown}, ob.route_reason, ob.message_id
-            ),
-            last_error=_case(
-                {o["message_id"]: o.get("error_message") for o in unknown}, ob.last_error, ob.message_id
-            ),
+            next_attempt_at=_outbox_case(unknown, "next_attempt_at", lambda o: o["next_attempt_at"]),
+            route_provider=_outbox_case(unknown, "route_provider", lambda o: o.get("provider")),
+            route_reason=_outbox_case(unknown, "route_reason", lambda o: clip(o.get("reason"), 255)),
+            last_error=_outbox_case(unknown, "last_error", lambda o: o.get("error_message")),
             updated_at=now,
         )
     )
