@@ -175,14 +175,14 @@ def is_connection_lost(exc: BaseException) -> bool:
     return code is not None and code >= CONNECTION_LOST_FROM
 
 
+# What an outage looks like (sa.exc.TimeoutError: the pool's, no connection within pool_timeout).
+_OUTAGES = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, OSError)
+
+
 def is_db_outage(exc: BaseException) -> bool:
     """The database cannot be reached: down, the pool exhausted, the connection gone (nothing to
     gain from trying the work again piece by piece; callers answer "unavailable")."""
-    # sa.exc.TimeoutError: the pool's (no connection within pool_timeout)
-    down = (
-        DatabaseUnavailable | sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError | OSError
-    )
-    if isinstance(exc, down):
+    if isinstance(exc, _OUTAGES):
         return True
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
