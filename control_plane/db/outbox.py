@@ -171,7 +171,7 @@ async def _record_sent_raw(
     values: list[tuple[str, str, str, str, str]] = []
     transitions: list[str] = []
     done: dict[tuple[str, str], list[str]] = {}  # (provider, reason) literals -> message id literals
-    convs: dict[str, set[int]] = {}
+    convs: dict[str, set[int]] = {}  # provider (name, so updated in the Core twin's order) -> ids
     pmids: dict[str, list[str]] = {}
     for tenant_id, o in items:
         mid, t, prov = literal(o["message_id"]), q(tenant_id), q(o["provider"])
@@ -182,7 +182,7 @@ async def _record_sent_raw(
         transitions.append(f"({t},{mid},'sending','sent',{prov},{reason},{at})")
         done.setdefault((prov, reason), []).append(mid)
         if o.get("conversation_id") is not None:
-            convs.setdefault(prov, set()).add(int(o["conversation_id"]))
+            convs.setdefault(o["provider"], set()).add(int(o["conversation_id"]))
         pmids.setdefault(t, []).append(pmid)
     # The rows as a derived table: the first names (and types) the columns, the rest follow as VALUES.
     derived = "SELECT {} AS id, {} AS t, {} AS p, {} AS w, CAST({} AS DATETIME(6)) AS a".format(*values[0])
@@ -205,9 +205,10 @@ async def _record_sent_raw(
         for (prov, reason), ids in sorted(done.items())
     ]
     statements += [
-        f"UPDATE conversations SET provider_last = {prov} WHERE id IN ({','.join(map(str, sorted(ids)))}) "
-        f"AND (provider_last IS NULL OR provider_last <> {prov})"
-        for prov, ids in sorted(convs.items())
+        f"UPDATE conversations SET provider_last = {q(provider)} "
+        f"WHERE id IN ({','.join(map(str, sorted(ids)))}) "
+        f"AND (provider_last IS NULL OR provider_last <> {q(provider)})"
+        for provider, ids in sorted(convs.items())
     ]
     statements.append(
         "INSERT INTO message_transitions (tenant_id, message_id, from_status, to_status, provider, "

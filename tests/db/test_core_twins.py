@@ -192,13 +192,9 @@ async def test_record_sent_core_twin_matches_the_fast_path(db):
     await _record_sent_twins(db, mixed=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="conversations.provider_last when one batch reaches a contact by both roads: the fast path "
-    "updates conversations per provider in the order of the providers' SQL literals, the Core twin "
-    "in the order of their names, so the last update (the winner) differs",
-)
 async def test_record_sent_core_twin_matches_the_fast_path_when_a_contact_gets_both_roads(db):
+    """Both update the contact's ``conversations.provider_last`` per provider in the order of the
+    providers' names: the last one wins on either path."""
     await _record_sent_twins(db, mixed=True)
 
 
