@@ -14,8 +14,10 @@ timer: while one batch commits, the next one gathers; under light load a batch i
 One task, so batches commit one after another in queue order: whatever one caller hands over
 (a contact's messages, a send's outcome before its ack) is stored, numbered and emitted in order.
 
-Failures (``retry_transaction``, the one helper for every writer): a deadlock or lock wait timeout
-(InnoDB rolled it back) and a lost connection are tried again at once, a few times. Then:
+Failures (``sql.retry_on_deadlock``, the one retry helper): a deadlock or lock wait timeout (InnoDB
+rolled it back) and a lost connection are tried again at once, a few times (safe: the writers'
+storage is idempotent, per provider message id, per outcome, should a lost COMMIT have gone
+through). Then:
 - the database is down: waiting items (``submit``) fail with ``errors.Unavailable``
   (``database_unavailable``); kept items (``put``) go back to the front of the queue and the writer
   waits (backoff) before trying again;
@@ -34,74 +36,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
-
 from control_plane import errors
-from control_plane.db.engine import DatabaseUnavailable
+from control_plane.db.sql import is_db_outage, retry_on_deadlock
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-R = TypeVar("R")
 
-DEADLOCK_CODES = frozenset({1213, 1205})  # deadlock, lock wait timeout: InnoDB rolled it back
 ATTEMPTS = 3  # per transaction, for deadlocks and lost connections
 KEPT_ATTEMPTS = 5  # a kept item failing on its own (not an outage) is dropped after this many
 BACKOFF_MAX_S = 5.0
 
 
-def _code(exc: BaseException) -> object:
-    orig = getattr(exc, "orig", None)
-    return orig.args[0] if orig is not None and getattr(orig, "args", None) else None
-
-
-def is_deadlock(exc: BaseException) -> bool:
-    """A deadlock or lock wait timeout: InnoDB rolled the transaction back; run it again."""
-    return isinstance(exc, DBAPIError) and _code(exc) in DEADLOCK_CODES
-
-
-def is_connection_lost(exc: BaseException) -> bool:
-    """The client lost its connection (codes 2000+: server gone, lost during a query; not connected)."""
-    orig = getattr(exc, "orig", None)
-    if isinstance(orig, ConnectionError) or isinstance(exc, InterfaceError | ConnectionError):
-        return True
-    code = _code(exc)
-    return isinstance(exc, DBAPIError) and (
-        (isinstance(code, int) and code >= 2000) or type(orig).__name__ == "InterfaceError"
-    )
-
-
-def is_db_outage(exc: BaseException) -> bool:
-    """The database cannot be reached (nothing to gain from storing items one at a time)."""
-    if isinstance(exc, DatabaseUnavailable | OperationalError | InterfaceError | PoolTimeout | OSError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
-async def retry_transaction(
-    run: Callable[[], Awaitable[R]],
-    *,
-    what: str,
-    attempts: int = ATTEMPTS,
-    on_lost: Callable[[], Awaitable[None]] | None = None,
-) -> R:
-    """``run()`` (one whole transaction) again after a deadlock, or after a lost connection (then
-    ``on_lost()`` first: forget a held connection), at most ``attempts`` times in all. Safe even if
-    a connection was lost during the COMMIT and that COMMIT went through: the writers' storage is
-    idempotent (per provider message id, per outcome)."""
-    attempt = 1
-    while True:
-        try:
-            return await run()
-        except Exception as exc:
-            lost = is_connection_lost(exc)
-            if attempt >= attempts or not (is_deadlock(exc) or lost):
-                raise
-            log.info("%s: %s; trying again (%d attempts left)", what, exc, attempts - attempt)
-            if lost and on_lost is not None:
-                await on_lost()
-            attempt += 1
+async def _nothing_held() -> None:
+    """A writer without a held connection: nothing to forget after a lost one."""
 
 
 @dataclass(slots=True)
@@ -256,8 +204,12 @@ class GroupCommit(Generic[T]):
     async def _commit(self, batch: list[_Entry[T]]) -> list[_Entry[T]]:
         """Store ``batch`` (see the module docstring); returns the kept items to try again."""
         try:
-            await retry_transaction(
-                lambda: self._store([e.item for e in batch]), what=f"{self.name} batch", on_lost=self._on_lost
+            await retry_on_deadlock(
+                lambda: self._store([e.item for e in batch]),
+                attempts=ATTEMPTS,
+                backoff_s=0,
+                what=f"{self.name} batch",
+                lost=self._on_lost or _nothing_held,
             )
         except asyncio.CancelledError:
             raise

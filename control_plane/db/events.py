@@ -186,9 +186,6 @@ async def prune_events_before(conn: AsyncConnection, cutoff: dt.datetime, *, bat
     return result.rowcount
 
 
-# The driver's errors as SQLAlchemy's (kept here for callers that import it from the event log).
-as_sqlalchemy_error = sql.as_sqlalchemy_error
-
 # The group-commit writer (its own module; it needs the functions above, so it comes last).
 from control_plane.db.event_writer import EventLogWriter  # noqa: E402
 

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.db import events as events_db
-from control_plane.db import inbound_sql
+from control_plane.db import inbound_sql, sql
 from control_plane.db.conversations import (
     canonical_wa_id,
     clip,
@@ -34,7 +34,6 @@ from control_plane.db.conversations import (
     upsert_conversations,
 )
 from control_plane.db.engine import utcnow
-from control_plane.db.inbound_sql import run_deferred  # noqa: F401  (importable from here)
 from control_plane.db.messages import (
     PROVIDER_ID_LEN,
     dump_json,
@@ -47,6 +46,7 @@ from control_plane.db.status_facts import apply_recorded_statuses
 from control_plane.statuses import MessageStatus
 
 _TICK = dt.timedelta(microseconds=1)
+_WHAT = "inbound messages"
 
 
 @dataclass
@@ -187,8 +187,8 @@ async def _drop_stored(
     for provider, pmid in fresh:
         by_provider.setdefault(provider, []).append(pmid)
     if raw:  # one statement for every provider, written out (no SQLAlchemy compile, no escaping)
-        found, _ = await inbound_sql.driver_query(
-            conn, inbound_sql.existing_wamids_sql(tenant_id, by_provider)
+        [(found, _)] = await sql.round_trip(
+            conn, [inbound_sql.existing_wamids_sql(tenant_id, by_provider)], what=_WHAT
         )
         for provider, pmid in found:
             fresh.pop((provider, pmid), None)
@@ -210,7 +210,9 @@ async def _conversation_ids(
 ) -> dict[str, int]:
     """Upsert the batch's conversations; their ids by wa_id."""
     if raw:  # MariaDB: the upsert returns the ids (one round trip, not two)
-        found, _ = await inbound_sql.driver_query(conn, inbound_sql.upsert_conversations_sql(conv_rows))
+        [(found, _)] = await sql.round_trip(
+            conn, [inbound_sql.upsert_conversations_sql(conv_rows)], what=_WHAT
+        )
         return {wa: cid for cid, wa in found}
     await upsert_conversations(conn, conv_rows)
     result = await conn.execute(
@@ -230,7 +232,7 @@ async def _insert_rows(
         deferred.append(inbound_sql.insert_messages_sql(rows, ignore=False))
         return rows  # all or nothing: see record_inbound_messages
     if raw:
-        _, inserted = await inbound_sql.driver_query(conn, inbound_sql.insert_messages_sql(rows))
+        [(_, inserted)] = await sql.round_trip(conn, [inbound_sql.insert_messages_sql(rows)], what=_WHAT)
     else:
         insert_rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
         inserted = (await conn.execute(insert_ignore(conn, messages), insert_rows)).rowcount
@@ -269,7 +271,7 @@ async def record_inbound_messages(
     fresh = _fresh_inbound(items)
     if not fresh:
         return []
-    raw = inbound_sql.raw_mariadb(conn)
+    raw = sql.raw_mariadb(conn)
     await _drop_stored(conn, tenant_id, fresh, raw)
     if not fresh:
         return []
@@ -309,8 +311,9 @@ class InboundPlan:
 
 async def learn_conversation_ids(driver: Any, plan: InboundPlan) -> dict[str, int]:
     """Upsert a plan's conversations on its own (some contact's id is not known); their ids."""
-    sql = inbound_sql.upsert_conversations_sql(plan.conversations, returning=True)
-    return {wa_id: cid for cid, wa_id in await inbound_sql.driver_fetch(driver, sql)}
+    statement = inbound_sql.upsert_conversations_sql(plan.conversations, returning=True)
+    [(found, _)] = await sql.driver_round_trip(driver, [statement], what=_WHAT)
+    return {wa_id: cid for cid, wa_id in found}
 
 
 async def store_fast(
@@ -415,6 +418,13 @@ async def _record_phone_message(
     row["wa_id"] = conv["wa_id"]
     row["from"] = item.get("from")
     return row
+
+
+async def run_deferred(conn: AsyncConnection, deferred: list[str]) -> None:
+    """Send statements ``record_inbound_messages`` deferred (one round trip); empties the list."""
+    if deferred:
+        statements, deferred[:] = list(deferred), []
+        await sql.round_trip(conn, statements, what=_WHAT)
 
 
 async def append_after(

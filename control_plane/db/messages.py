@@ -39,7 +39,6 @@ from control_plane.db.conversations import (  # noqa: F401  (importable from her
     mark_conversation_read,
 )
 from control_plane.db.engine import utcnow
-from control_plane.db.inbound_sql import raw_mariadb  # noqa: F401  (importable from here)
 from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
 from control_plane.statuses import STATUS_RANK, STATUS_TIME_COLUMN, MessageStatus, status_rank
 

@@ -21,7 +21,7 @@ of statements (CASE-per-id updates, multi-row inserts) whatever the batch size.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -52,27 +52,31 @@ from control_plane.db.outbox_recovery import (
 from control_plane.db.outbox_schema import (
     REQUESTED_PROVIDERS,
     STATES,
+    clip,
     message_transitions,
     messaging_settings,
     outbox,
+    transition_row,
 )
-from control_plane.db.outbox_schema import clip as _clip
-from control_plane.db.outbox_schema import transition_row as _transition
-from control_plane.db.sql import raw_mariadb
-
-# The names the fast path below writes its literals and round trips with (control_plane.db.sql).
-_q, _q_dt = sql.literal, sql.literal_dt
-
-
-async def _run(conn: AsyncConnection, statements: Sequence[str]) -> list[sql.Result]:
-    return await sql.round_trip(conn, statements, what="messaging outbox")
-
+from control_plane.db.sql import literal, literal_cache, literal_dt
 
 CHUNK = 100  # rows per CASE statement: MariaDB evaluates CASE linearly, so a CASE over N rows costs N^2
 
 
 def _case(ids_to_values: dict[str, Any], column: sa.Column, key: sa.Column) -> Any:
     return sa.case(ids_to_values, value=key, else_=column)
+
+
+def _outbox_rows(tenant_id: str, message_ids: Sequence[str]) -> sa.Update:
+    """An UPDATE of these messages' outbox rows."""
+    return outbox.update().where(outbox.c.tenant_id == tenant_id, outbox.c.message_id.in_(message_ids))
+
+
+def _outbox_case(
+    outcomes: Sequence[dict[str, Any]], column: str, value: Callable[[dict[str, Any]], Any]
+) -> Any:
+    """``outbox.<column>`` per message id: ``value(outcome)`` for these outcomes, else unchanged."""
+    return _case({o["message_id"]: value(o) for o in outcomes}, outbox.c[column], outbox.c.message_id)
 
 
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -92,7 +96,7 @@ async def _record_sent(
         for chunk in _chunks(group):
             whens = " ".join(f"WHEN :i{n} THEN :p{n}" for n in range(len(chunk)))
             at_whens = " ".join(f"WHEN :i{n} THEN :a{n}" for n in range(len(chunk)))
-            ids = ", ".join(f":i{n}" for n in range(len(chunk)))
+            in_list = ", ".join(f":i{n}" for n in range(len(chunk)))
             params: dict[str, Any] = {"t": tenant_id, "now": now, "prov": provider}
             for n, o in enumerate(chunk):
                 params[f"i{n}"] = o["message_id"]
@@ -103,7 +107,7 @@ async def _record_sent(
                     f"UPDATE messages SET provider = :prov, provider_message_id = CASE id {whens} END, "
                     "status = CASE WHEN status IN ('queued', 'sending') THEN 'sent' ELSE status END, "
                     f"sent_at = COALESCE(sent_at, CASE id {at_whens} END), updated_at = :now "
-                    f"WHERE tenant_id = :t AND id IN ({ids})"
+                    f"WHERE tenant_id = :t AND id IN ({in_list})"
                 ),
                 params,
             )
@@ -116,13 +120,11 @@ async def _record_sent(
             )
     by_reason: dict[tuple[str, str], list[str]] = {}
     for o in sent:
-        by_reason.setdefault((o["provider"], _clip(o.get("reason"), 255) or ""), []).append(o["message_id"])
+        by_reason.setdefault((o["provider"], clip(o.get("reason"), 255) or ""), []).append(o["message_id"])
     for (provider, reason), ids in sorted(by_reason.items()):
         for chunk in _chunks(ids, 500):
             await conn.execute(
-                outbox.update()
-                .where(outbox.c.tenant_id == tenant_id, outbox.c.message_id.in_(list(chunk)))
-                .values(
+                _outbox_rows(tenant_id, list(chunk)).values(
                     state="done",
                     route_provider=provider,
                     route_reason=reason or None,
@@ -146,7 +148,7 @@ async def record_sent(
     if not items:
         return set()
     now = now or utcnow()
-    if raw_mariadb(conn):
+    if sql.raw_mariadb(conn):
         return await _record_sent_raw(conn, items, now)
     by_tenant: dict[str, list[dict[str, Any]]] = {}
     for tenant_id, o in items:
@@ -164,30 +166,24 @@ async def record_sent(
 async def _record_sent_raw(
     conn: AsyncConnection, items: Sequence[tuple[str, dict[str, Any]]], now: dt.datetime
 ) -> set[tuple[str, str]]:
-    lit: dict[Any, str] = {}  # tenants, providers and reasons repeat: their literals once
-
-    def q(value: Any) -> str:
-        out = lit.get(value)
-        if out is None:
-            out = lit[value] = _q(value)
-        return out
-
-    at_now = _q_dt(now)
+    q = literal_cache()  # tenants, providers and reasons repeat: their literals once
+    at_now = literal_dt(now)
     values: list[tuple[str, str, str, str, str]] = []
     transitions: list[str] = []
     done: dict[tuple[str, str], list[str]] = {}  # (provider, reason) literals -> message id literals
-    convs: dict[str, set[int]] = {}
+    convs: dict[str, set[int]] = {}  # provider (name, so updated in the Core twin's order) -> ids
     pmids: dict[str, list[str]] = {}
     for tenant_id, o in items:
-        mid, t, prov = _q(o["message_id"]), q(tenant_id), q(o["provider"])
-        at = _q_dt(o["at"]) if o.get("at") else at_now
-        reason = q(_clip(o.get("reason"), 255) or None)
-        values.append((mid, t, prov, _q(o["provider_message_id"]), at))
+        mid, t, prov = literal(o["message_id"]), q(tenant_id), q(o["provider"])
+        at = literal_dt(o["at"]) if o.get("at") else at_now
+        reason = q(clip(o.get("reason"), 255) or None)
+        pmid = literal(o["provider_message_id"])
+        values.append((mid, t, prov, pmid, at))
         transitions.append(f"({t},{mid},'sending','sent',{prov},{reason},{at})")
         done.setdefault((prov, reason), []).append(mid)
         if o.get("conversation_id") is not None:
-            convs.setdefault(prov, set()).add(int(o["conversation_id"]))
-        pmids.setdefault(t, []).append(_q(o["provider_message_id"]))
+            convs.setdefault(o["provider"], set()).add(int(o["conversation_id"]))
+        pmids.setdefault(t, []).append(pmid)
     # The rows as a derived table: the first names (and types) the columns, the rest follow as VALUES.
     derived = "SELECT {} AS id, {} AS t, {} AS p, {} AS w, CAST({} AS DATETIME(6)) AS a".format(*values[0])
     if len(values) > 1:
@@ -209,15 +205,16 @@ async def _record_sent_raw(
         for (prov, reason), ids in sorted(done.items())
     ]
     statements += [
-        f"UPDATE conversations SET provider_last = {prov} WHERE id IN ({','.join(map(str, sorted(ids)))}) "
-        f"AND (provider_last IS NULL OR provider_last <> {prov})"
-        for prov, ids in sorted(convs.items())
+        f"UPDATE conversations SET provider_last = {q(provider)} "
+        f"WHERE id IN ({','.join(map(str, sorted(ids)))}) "
+        f"AND (provider_last IS NULL OR provider_last <> {q(provider)})"
+        for provider, ids in sorted(convs.items())
     ]
     statements.append(
         "INSERT INTO message_transitions (tenant_id, message_id, from_status, to_status, provider, "
         "reason, at) VALUES " + ",".join(transitions)
     )
-    (raced, _), *_ = await _run(conn, statements)
+    (raced, _), *_ = await sql.round_trip(conn, statements, what="messaging outbox")
     return {(t, p) for t, p in raced}
 
 
@@ -239,14 +236,12 @@ async def record_outcomes(
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for o in outcomes:
         by_kind.setdefault(o["kind"], []).append(o)
+    sent, failed = by_kind.get("sent", []), by_kind.get("failed", [])
     transitions: list[dict[str, Any]] = []
-    m, ob = messages.c, outbox.c
-
-    sent = by_kind.get("sent", [])
     if sent:
         await _record_sent(conn, tenant_id, sent, now)
         transitions += [
-            _transition(
+            transition_row(
                 tenant_id,
                 o["message_id"],
                 "sending",
@@ -257,129 +252,16 @@ async def record_outcomes(
             )
             for o in sent
         ]
-
-    for failed in _chunks(by_kind.get("failed", [])):
-        ids = [o["message_id"] for o in failed]
-        codes = {
-            o["message_id"]: _clip(str(o["error_code"]), 64) if o.get("error_code") is not None else None
-            for o in failed
-        }
-        texts = {o["message_id"]: o.get("error_message") for o in failed}
-        await conn.execute(
-            messages.update()
-            .where(m.tenant_id == tenant_id, m.id.in_(ids))
-            .values(
-                provider=_case({o["message_id"]: o.get("provider") for o in failed}, m.provider, m.id),
-                status=sa.case((m.status.in_(("queued", "sending", "sent")), "failed"), else_=m.status),
-                error_code=_case(codes, m.error_code, m.id),
-                error_message=_case(texts, m.error_message, m.id),
-                failed_at=sa.func.coalesce(m.failed_at, now),
-                updated_at=now,
-            )
-        )
-        await conn.execute(
-            outbox.update()
-            .where(ob.tenant_id == tenant_id, ob.message_id.in_(ids))
-            .values(
-                state="done",
-                route_provider=_case(
-                    {o["message_id"]: o.get("provider") for o in failed}, ob.route_provider, ob.message_id
-                ),
-                route_reason=_case(
-                    {o["message_id"]: _clip(o.get("reason"), 255) for o in failed},
-                    ob.route_reason,
-                    ob.message_id,
-                ),
-                last_error=_case({i: f"{codes[i]}: {texts[i]}" for i in ids}, ob.last_error, ob.message_id),
-                updated_at=now,
-            )
-        )
+    for chunk in _chunks(failed):
+        await _record_failed(conn, tenant_id, chunk, now)
+        transitions += _transitions(tenant_id, chunk, "failed", now)
+    for chunk in _chunks(by_kind.get("retry", []) + by_kind.get("defer", [])):
+        await _record_again(conn, tenant_id, chunk, now)
+        transitions += _transitions(tenant_id, chunk, "queued", now)
+    for chunk in _chunks(by_kind.get("unknown", [])):
+        await _record_unknown(conn, tenant_id, chunk, now)
         transitions += [
-            _transition(
-                tenant_id,
-                o["message_id"],
-                "sending",
-                "failed",
-                at=now,
-                provider=o.get("provider"),
-                reason=o.get("reason"),
-                error_code=o.get("error_code"),
-                error_message=o.get("error_message"),
-            )
-            for o in failed
-        ]
-
-    for again in _chunks(by_kind.get("retry", []) + by_kind.get("defer", [])):
-        ids = [o["message_id"] for o in again]
-        deferred = [o["message_id"] for o in again if o["kind"] == "defer"]
-        await conn.execute(
-            messages.update()
-            .where(m.tenant_id == tenant_id, m.id.in_(ids), m.status == "sending")
-            .values(status="queued", updated_at=now)
-        )
-        await conn.execute(
-            outbox.update()
-            .where(ob.tenant_id == tenant_id, ob.message_id.in_(ids))
-            .values(
-                state="queued",
-                claimed_by=None,
-                next_attempt_at=_case(
-                    {o["message_id"]: o["next_attempt_at"] for o in again}, ob.next_attempt_at, ob.message_id
-                ),
-                # Pacing is not an attempt: give back the one the claim counted.
-                attempts=sa.case((ob.message_id.in_(deferred or ["-"]), ob.attempts - 1), else_=ob.attempts),
-                last_error=_case(
-                    {o["message_id"]: _clip(o.get("reason"), 2000) for o in again},
-                    ob.last_error,
-                    ob.message_id,
-                ),
-                updated_at=now,
-            )
-        )
-        transitions += [
-            _transition(
-                tenant_id,
-                o["message_id"],
-                "sending",
-                "queued",
-                at=now,
-                provider=o.get("provider"),
-                reason=o.get("reason"),
-                error_code=o.get("error_code"),
-                error_message=o.get("error_message"),
-            )
-            for o in again
-        ]
-
-    for unknown in _chunks(by_kind.get("unknown", [])):
-        ids = [o["message_id"] for o in unknown]
-        await conn.execute(
-            outbox.update()
-            .where(ob.tenant_id == tenant_id, ob.message_id.in_(ids))
-            .values(
-                state="unknown",
-                claimed_by=None,
-                next_attempt_at=_case(
-                    {o["message_id"]: o["next_attempt_at"] for o in unknown},
-                    ob.next_attempt_at,
-                    ob.message_id,
-                ),
-                route_provider=_case(
-                    {o["message_id"]: o.get("provider") for o in unknown}, ob.route_provider, ob.message_id
-                ),
-                route_reason=_case(
-                    {o["message_id"]: _clip(o.get("reason"), 255) for o in unknown},
-                    ob.route_reason,
-                    ob.message_id,
-                ),
-                last_error=_case(
-                    {o["message_id"]: o.get("error_message") for o in unknown}, ob.last_error, ob.message_id
-                ),
-                updated_at=now,
-            )
-        )
-        transitions += [
-            _transition(
+            transition_row(
                 tenant_id,
                 o["message_id"],
                 "sending",
@@ -388,14 +270,117 @@ async def record_outcomes(
                 provider=o.get("provider"),
                 reason="outcome unknown: " + (o.get("error_message") or ""),
             )
-            for o in unknown
+            for o in chunk
         ]
-
     if transitions:
         await conn.execute(message_transitions.insert(), transitions)
-    done_ids = [o["message_id"] for o in sent + by_kind.get("failed", [])]
+    done_ids = [o["message_id"] for o in sent + failed]
     if not return_rows or not done_ids:
         return []
+    return await _done_rows(conn, tenant_id, done_ids)
+
+
+def _transitions(
+    tenant_id: str, outcomes: Sequence[dict[str, Any]], to_status: str, now: dt.datetime
+) -> list[dict[str, Any]]:
+    """The transitions from sending of failed or requeued outcomes, with their errors."""
+    return [
+        transition_row(
+            tenant_id,
+            o["message_id"],
+            "sending",
+            to_status,
+            at=now,
+            provider=o.get("provider"),
+            reason=o.get("reason"),
+            error_code=o.get("error_code"),
+            error_message=o.get("error_message"),
+        )
+        for o in outcomes
+    ]
+
+
+async def _record_failed(
+    conn: AsyncConnection, tenant_id: str, failed: Sequence[dict[str, Any]], now: dt.datetime
+) -> None:
+    """Failed sends: the message fails (unless a status moved it past sent), the outbox row is done."""
+    m, ob = messages.c, outbox.c
+    ids = [o["message_id"] for o in failed]
+    codes = {
+        o["message_id"]: clip(str(o["error_code"]), 64) if o.get("error_code") is not None else None
+        for o in failed
+    }
+    texts = {o["message_id"]: o.get("error_message") for o in failed}
+    providers = {o["message_id"]: o.get("provider") for o in failed}
+    await conn.execute(
+        messages.update()
+        .where(m.tenant_id == tenant_id, m.id.in_(ids))
+        .values(
+            provider=_case(providers, m.provider, m.id),
+            status=sa.case((m.status.in_(("queued", "sending", "sent")), "failed"), else_=m.status),
+            error_code=_case(codes, m.error_code, m.id),
+            error_message=_case(texts, m.error_message, m.id),
+            failed_at=sa.func.coalesce(m.failed_at, now),
+            updated_at=now,
+        )
+    )
+    await conn.execute(
+        _outbox_rows(tenant_id, ids).values(
+            state="done",
+            route_provider=_case(providers, ob.route_provider, ob.message_id),
+            route_reason=_outbox_case(failed, "route_reason", lambda o: clip(o.get("reason"), 255)),
+            last_error=_case({i: f"{codes[i]}: {texts[i]}" for i in ids}, ob.last_error, ob.message_id),
+            updated_at=now,
+        )
+    )
+
+
+async def _record_again(
+    conn: AsyncConnection, tenant_id: str, again: Sequence[dict[str, Any]], now: dt.datetime
+) -> None:
+    """Retries and deferrals: back to queued, due at their ``next_attempt_at``."""
+    m, ob = messages.c, outbox.c
+    ids = [o["message_id"] for o in again]
+    deferred = [o["message_id"] for o in again if o["kind"] == "defer"]
+    await conn.execute(
+        messages.update()
+        .where(m.tenant_id == tenant_id, m.id.in_(ids), m.status == "sending")
+        .values(status="queued", updated_at=now)
+    )
+    await conn.execute(
+        _outbox_rows(tenant_id, ids).values(
+            state="queued",
+            claimed_by=None,
+            next_attempt_at=_outbox_case(again, "next_attempt_at", lambda o: o["next_attempt_at"]),
+            # Pacing is not an attempt: give back the one the claim counted.
+            attempts=sa.case((ob.message_id.in_(deferred or ["-"]), ob.attempts - 1), else_=ob.attempts),
+            last_error=_outbox_case(again, "last_error", lambda o: clip(o.get("reason"), 2000)),
+            updated_at=now,
+        )
+    )
+
+
+async def _record_unknown(
+    conn: AsyncConnection, tenant_id: str, unknown: Sequence[dict[str, Any]], now: dt.datetime
+) -> None:
+    """Outcome unknown (no answer): the outbox row waits to be confirmed or sent again."""
+    ids = [o["message_id"] for o in unknown]
+    await conn.execute(
+        _outbox_rows(tenant_id, ids).values(
+            state="unknown",
+            claimed_by=None,
+            next_attempt_at=_outbox_case(unknown, "next_attempt_at", lambda o: o["next_attempt_at"]),
+            route_provider=_outbox_case(unknown, "route_provider", lambda o: o.get("provider")),
+            route_reason=_outbox_case(unknown, "route_reason", lambda o: clip(o.get("reason"), 255)),
+            last_error=_outbox_case(unknown, "last_error", lambda o: o.get("error_message")),
+            updated_at=now,
+        )
+    )
+
+
+async def _done_rows(conn: AsyncConnection, tenant_id: str, done_ids: list[str]) -> list[dict[str, Any]]:
+    """The message rows (with ``wa_id``) of these ids."""
+    m = messages.c
     out: list[dict[str, Any]] = []
     for chunk in _chunks(done_ids, 500):
         result = await conn.execute(

@@ -7,10 +7,11 @@ afresh per batch and the driver escapes every parameter in Python, which at a fe
 second was most of the CPU. Everything such a path needs is here, once:
 
 - :func:`literal` (and the typed :func:`literal_str`, :func:`literal_hex`, :func:`literal_dt`): the
-  one SQL quoter;
+  one SQL quoter, and :func:`literal_cache` for values that repeat across a statement's rows;
 - :func:`round_trip` / :func:`driver_round_trip`: statements in one trip, a result per statement;
 - :func:`as_sqlalchemy_error`: the driver's exceptions as the engine's, so callers catch one family;
-- :func:`is_deadlock`, :func:`retry_on_deadlock`, :func:`is_connection_lost`: what a failure means;
+- :func:`is_deadlock`, :func:`is_connection_lost`, :func:`is_db_outage`: what a failure means;
+  :func:`retry_on_deadlock`: the one retry of a whole transaction;
 - :func:`raw_mariadb`: whether the fast paths apply (and :func:`core_paths`, which turns them off
   so tests run the SQLAlchemy Core twins on MariaDB too).
 """
@@ -30,6 +31,8 @@ from typing import Any, TypeVar
 import pymysql.err as driver_errors
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+from control_plane.db.engine import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,21 @@ def literal(value: Any) -> str:
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
+def literal_cache() -> Callable[[Any], str]:
+    """A :func:`literal` for one statement's values that repeat across its rows (the tenant, the
+    batch's times, statuses): each distinct value is quoted once. Values are looked up by equality,
+    so do not mix ones that compare equal across types (1, 1.0, True)."""
+    quoted: dict[Any, str] = {}
+
+    def cached(value: Any) -> str:
+        text = quoted.get(value)
+        if text is None:
+            text = quoted[value] = literal(value)
+        return text
+
+    return cached
+
+
 # ------------------------------------------------------------------------------------ driver errors
 
 
@@ -107,8 +125,13 @@ def driver_error(exc: BaseException) -> BaseException:
 
 
 def error_code(exc: BaseException) -> int | None:
-    """The server's (or client's) error number behind ``exc``, if it has one."""
-    args = getattr(driver_error(exc), "args", None)
+    """The server's (or client's) error number behind ``exc``, if it has one: ``exc`` is the
+    engine's wrapper of a driver error, or a driver error (a number in any other exception's
+    ``args`` is no error code)."""
+    orig = driver_error(exc)
+    if not isinstance(exc, sa.exc.DBAPIError) and not isinstance(orig, driver_errors.MySQLError):
+        return None
+    args = getattr(orig, "args", None)
     return args[0] if args and isinstance(args[0], int) else None
 
 
@@ -152,24 +175,44 @@ def is_connection_lost(exc: BaseException) -> bool:
     return code is not None and code >= CONNECTION_LOST_FROM
 
 
+# What an outage looks like (sa.exc.TimeoutError: the pool's, no connection within pool_timeout).
+_OUTAGES = (DatabaseUnavailable, sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError, OSError)
+
+
+def is_db_outage(exc: BaseException) -> bool:
+    """The database cannot be reached: down, the pool exhausted, the connection gone (nothing to
+    gain from trying the work again piece by piece; callers answer "unavailable")."""
+    if isinstance(exc, _OUTAGES):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
+
+
 async def retry_on_deadlock(
     attempt: Callable[[], Awaitable[T]],
     *,
     attempts: int = 10,
     backoff_s: float = 0.01,
     what: str = "transaction",
+    lost: Callable[[], Awaitable[None]] | None = None,
 ) -> T:
     """Run ``attempt()`` (one whole transaction) again when it fails on a deadlock or a lock wait
     timeout, at most ``attempts`` times in all, sleeping a random ``backoff_s * n`` before the n-th
-    retry. Any other error, and the last deadlock, propagate."""
+    retry (none when 0). With ``lost``, also after a lost connection, awaiting ``lost()`` first
+    (forget a held connection): safe only when the transaction is idempotent, as a COMMIT may have
+    gone through before the connection went. Any other error, and the last failure, propagate."""
     for n in range(1, attempts + 1):
         try:
             return await attempt()
-        except sa.exc.DBAPIError as exc:
-            if n >= attempts or not is_deadlock(exc):
+        except Exception as exc:
+            gone = lost is not None and is_connection_lost(exc)
+            if n >= attempts or not (gone or is_deadlock(exc)):
                 raise
-            log.info("%s: deadlock, retrying (attempt %d)", what, n)
-        await asyncio.sleep(backoff_s * n * random.random())
+            log.info("%s: %s; trying again (%d attempts left)", what, exc, attempts - n)
+            if gone:
+                assert lost is not None
+                await lost()
+        if backoff_s:
+            await asyncio.sleep(backoff_s * n * random.random())
     raise AssertionError("unreachable")
 
 
@@ -258,9 +301,11 @@ __all__ = [
     "driver_round_trip",
     "error_code",
     "is_connection_lost",
+    "is_db_outage",
     "is_deadlock",
     "is_mysql",
     "literal",
+    "literal_cache",
     "literal_dt",
     "literal_hex",
     "literal_str",

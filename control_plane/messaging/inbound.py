@@ -41,7 +41,7 @@ from control_plane.db import inbound as inbound_db
 from control_plane.db.batch import GroupCommit
 from control_plane.db.engine import utcnow
 from control_plane.db.inbound import TenantWork
-from control_plane.db.inbound_sql import raw_mariadb
+from control_plane.db.sql import raw_mariadb
 from control_plane.realtime.envelopes import encode_data
 from control_plane.realtime.unit import EventLog, Unit, store_then_publish
 

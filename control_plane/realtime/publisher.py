@@ -41,8 +41,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane import errors
 from control_plane.db import events as events_db
-from control_plane.db.batch import is_deadlock
 from control_plane.db.engine import Database
+from control_plane.db.sql import is_deadlock
 from control_plane.realtime.envelopes import (  # noqa: F401  (importable from here)
     TENANT_RE,
     TYPE_RE,

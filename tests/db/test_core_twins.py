@@ -192,13 +192,9 @@ async def test_record_sent_core_twin_matches_the_fast_path(db):
     await _record_sent_twins(db, mixed=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="conversations.provider_last when one batch reaches a contact by both roads: the fast path "
-    "updates conversations per provider in the order of the providers' SQL literals, the Core twin "
-    "in the order of their names, so the last update (the winner) differs",
-)
 async def test_record_sent_core_twin_matches_the_fast_path_when_a_contact_gets_both_roads(db):
+    """Both update the contact's ``conversations.provider_last`` per provider in the order of the
+    providers' names: the last one wins on either path."""
     await _record_sent_twins(db, mixed=True)
 
 
@@ -257,8 +253,9 @@ async def test_append_events_core_twin_matches_the_fast_path(db):
 
 async def _writer_appends(
     writer: Any, tenant_ids: list[str], ts: dt.datetime
-) -> tuple[list[list[int]], list[Any]]:
-    seqs, locked = [], []
+) -> tuple[list[list[int]], list[dict[str, int] | None]]:
+    seqs: list[list[int]] = []
+    locked: list[dict[str, int] | None] = []
     for _ in range(2):
         seqs.append(await writer.append(_events(tenant_ids, ts), on_locked=locked.append))
     return seqs, locked
@@ -288,3 +285,220 @@ async def test_event_log_writer_core_twin_matches_the_driver_paths(db):
         expected = await _log_state(conn, two_trips)
         assert await _log_state(conn, one_trip) == expected
         assert await _log_state(conn, core_tenants) == expected
+
+
+# ------------------------------------------------------------------------------ inbound messages
+
+T1 = dt.datetime(2026, 1, 2, 3, 4, 5, 678901)
+T2 = T1 + dt.timedelta(seconds=2)
+
+
+def _inbound(n: int, *, provider: str = "business_api", wa_id: str = "+49 151 0000001", **extra: Any) -> Any:
+    return {
+        "provider": provider,
+        "provider_message_id": f"wamid.{n}=" if provider == "business_api" else f"3EB0{n:04d}",
+        "wa_id": wa_id,
+        "type": "text",
+        "content": {"body": f"hi {n} 'q' \\ ünï 😀", "n": n},
+        "provider_timestamp": T1 - dt.timedelta(seconds=10 - n),
+        **extra,
+    }
+
+
+# Two deliveries: a batch with a duplicate inside it, a second contact (named with quotes), a Web
+# message and an older timestamp out of order; then a redelivery of two of them with one new message.
+FIRST = [
+    _inbound(0, contact_name="Ana 'A' Ünï"),
+    _inbound(1),
+    _inbound(1),  # the same wamid twice in one batch: stored once
+    _inbound(2, wa_id="4915100000002", contact_name="Bo \\ 😀"),
+    _inbound(3, provider="web", wa_id="4915100000002"),
+    {**_inbound(4), "provider_timestamp": T1 - dt.timedelta(minutes=5)},  # older than the others
+    _inbound(5, contact_name=""),
+]
+SECOND = [_inbound(1), _inbound(3, provider="web", wa_id="4915100000002"), _inbound(6, contact_name=None)]
+
+
+def _stored(rows: list[dict[str, Any]], convs: dict[int, str]) -> list[dict[str, Any]]:
+    """``record_inbound_messages``' rows, message ids by their provider ids, conversations by wa_id
+    (and without the tenant)."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        r["id"] = r["provider_message_id"]
+        del r["tenant_id"]
+        r["conversation_id"] = convs[r["conversation_id"]]
+        out.append(r)
+    return out
+
+
+async def _inbound_state(conn: Any, tenant_id: str) -> tuple[list[Any], list[Any], dict[int, str]]:
+    """The tenant's messages and conversations, ids replaced by provider ids and wa_ids."""
+    m, c = messages.c, conversations.c
+    convs = {
+        cid: wa for cid, wa in await conn.execute(sa.select(c.id, c.wa_id).where(c.tenant_id == tenant_id))
+    }
+    pmids = {
+        mid: pmid
+        for mid, pmid in await conn.execute(
+            sa.select(m.id, m.provider_message_id).where(m.tenant_id == tenant_id)
+        )
+    }
+    msgs = await conn.execute(
+        sa.select(
+            m.provider_message_id, m.conversation_id, m.direction, m.provider, m.type, m.content, m.status,
+            m.error_code, m.error_message, m.created_at, m.updated_at, m.provider_timestamp,
+        ).where(m.tenant_id == tenant_id)
+    )  # fmt: skip
+    cs = await conn.execute(
+        sa.select(
+            c.wa_id, c.contact_name, c.provider_last, c.last_inbound_at, c.last_message_at,
+            c.last_message_id, c.unread_count, c.created_at, c.updated_at,
+        ).where(c.tenant_id == tenant_id)
+    )  # fmt: skip
+    msg_rows = sorted((r[0], convs[r[1]], *r[2:]) for r in msgs)
+    conv_rows = sorted((*r[:5], pmids.get(r[5]), *r[6:]) for r in cs)
+    return msg_rows, conv_rows, convs
+
+
+async def _record_inbound(db: Any, tenant_id: str, monkeypatch: Any, deferred: bool) -> list[Any]:
+    from control_plane.db import inbound as inbound_db
+
+    stored = []
+    for now, items in ((T1, FIRST), (T2, SECOND)):
+        monkeypatch.setattr(inbound_db, "utcnow", lambda now=now: now)
+        async with db.begin() as conn:
+            assert sql.raw_mariadb(conn) != sql.core_only(), "the fast path needs MariaDB >= 10.5"
+            later: list[str] | None = [] if deferred else None
+            stored.append(await inbound_db.record_inbound_messages(conn, tenant_id, items, deferred=later))
+            if later is not None:
+                await inbound_db.run_deferred(conn, later)
+                assert later == []
+    return stored
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["insert now", "insert deferred"])
+async def test_record_inbound_messages_core_twin_matches_the_fast_path(db, monkeypatch, deferred):
+    fast_tenant, core_tenant = await _tenants(db, 2)
+
+    fast = await _record_inbound(db, fast_tenant, monkeypatch, deferred)
+    with sql.core_paths():
+        core = await _record_inbound(db, core_tenant, monkeypatch, deferred)
+
+    async with db.connect() as conn:
+        fast_msgs, fast_convs, fast_ids = await _inbound_state(conn, fast_tenant)
+        core_msgs, core_convs, core_ids = await _inbound_state(conn, core_tenant)
+    assert [len(batch) for batch in fast] == [6, 1]  # the duplicate and the redeliveries dropped
+    assert [_stored(b, fast_ids) for b in fast] == [_stored(b, core_ids) for b in core]
+    assert fast[0][0]["content"] == FIRST[0]["content"] and fast[0][0]["contact_name"] == "Ana 'A' Ünï"
+    assert len(fast_msgs) == 7 and core_msgs == fast_msgs
+    assert [(c[0], c[1], c[6]) for c in fast_convs] == [
+        ("4915100000002", "Bo \\ 😀", 2),
+        ("491510000001", "Ana 'A' Ünï", 5),
+    ]
+    assert core_convs == fast_convs
+
+
+# --------------------------------------------------------------------------------- status facts
+
+
+def _status_updates(ids: list[str]) -> list[dict[str, Any]]:
+    """Facts for sent messages ``wamid.<index>``: delivered then read (given in reverse), a failure
+    with its error, a fact that changes nothing, one for a wamid with no message yet, a repeat and
+    an unknown status (ignored)."""
+    at = T1 + dt.timedelta(minutes=1)
+
+    def fact(n: int | str, status: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "provider": "business_api",
+            "provider_message_id": f"wamid.{n}",
+            "status": status,
+            "occurred_at": at + dt.timedelta(seconds=len(status)),
+            "recipient_id": "4915100000001",
+            "raw": {"status": status, "n": n, "text": "'ü' \\"},
+            **extra,
+        }
+
+    return [
+        fact(1, "read"),
+        fact(1, "delivered"),
+        fact(3, "failed", error_code=131026, error_message="Message undeliverable 'ü'"),
+        fact(5, "sent"),
+        fact("nope", "delivered"),
+        fact(1, "read"),
+        fact(5, "deleted"),
+    ]
+
+
+async def _statuses_state(conn: Any, tenant_id: str, ids: list[str]) -> list[Any]:
+    index = {m: n for n, m in enumerate(ids)}
+    m, s = messages.c, message_statuses.c
+    msgs = await conn.execute(
+        sa.select(
+            m.id, m.status, m.error_code, m.error_message, m.delivered_at, m.read_at, m.failed_at,
+        ).where(m.tenant_id == tenant_id)
+    )  # fmt: skip
+    facts = await conn.execute(
+        sa.select(
+            s.message_id, s.provider, s.provider_message_id, s.status, s.occurred_at, s.recipient_id,
+            s.error_code, s.error_message, s.raw,
+        ).where(s.tenant_id == tenant_id)
+    )  # fmt: skip
+    return [
+        *sorted(("message", index[r[0]], *r[1:]) for r in msgs),
+        *sorted(("fact", index.get(r[0], -1), *r[1:]) for r in facts),  # -1: no message yet
+    ]
+
+
+async def _sent_then_statuses(db: Any, tenant_id: str, ids: list[str], now: dt.datetime) -> list[Any]:
+    from control_plane.db import status_facts
+
+    async with db.begin() as conn:
+        claimed = await outbox_db.claim(conn, tenant_id, NODE, limit=10, now=now)
+        sent = [
+            {
+                "kind": "sent",
+                "message_id": r["message_id"],
+                "provider": "business_api",
+                "provider_message_id": f"wamid.{ids.index(r['message_id'])}",
+                "conversation_id": r["conversation_id"],
+                "reason": "policy: test",
+                "at": now,
+            }
+            for r in claimed
+        ]
+        await outbox_db.record_sent(conn, [(tenant_id, o) for o in sent], now=now)
+    async with db.begin() as conn:
+        changes = await status_facts.apply_status_updates(conn, tenant_id, _status_updates(ids))
+    out = []
+    for change in changes:
+        change = dict(change)
+        change["message_id"] = ids.index(change["message_id"])
+        del change["conversation_id"]
+        out.append(change)
+    return out
+
+
+async def test_status_updates_after_sends_match_on_the_core_paths(db):
+    """Sends recorded (``record_sent``: its fast path, or its Core twin), then status facts applied
+    (``status_facts.apply_status_updates``: Core on every database, no written-out twin yet; this
+    pins the two modes to each other should one come)."""
+    (fast_tenant, fast_ids), (core_tenant, core_ids) = await _queued(db, 2)
+    now = utcnow() + dt.timedelta(seconds=1)
+
+    fast = await _sent_then_statuses(db, fast_tenant, fast_ids, now)
+    with sql.core_paths():
+        core = await _sent_then_statuses(db, core_tenant, core_ids, now)
+
+    assert [(c["message_id"], c["status"], c["changed"]) for c in fast] == [
+        (1, "delivered", False),
+        (1, "read", True),
+        (3, "failed", True),
+        (5, "sent", False),
+    ]
+    assert core == fast
+    async with db.connect() as conn:
+        fast_state = await _statuses_state(conn, fast_tenant, fast_ids)
+        core_state = await _statuses_state(conn, core_tenant, core_ids)
+    assert ("fact", -1, "business_api", "wamid.nope", "delivered") in [f[:5] for f in fast_state]
+    assert core_state == fast_state

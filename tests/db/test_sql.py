@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from control_plane.db import event_log_sql, sql
+from control_plane.db.engine import DatabaseUnavailable
 
 pytestmark = pytest.mark.smoke
 
@@ -130,6 +131,25 @@ def test_error_translation_and_classification():
     assert sql.is_connection_lost(ConnectionResetError())
     assert sql.is_connection_lost(pymysql.err.InterfaceError(0, ""))
     assert not sql.is_connection_lost(deadlock)
+    # A number in any other exception's args is no error code.
+    assert sql.error_code(KeyError(1213)) is None and not sql.is_deadlock(KeyError(1213))
+    assert not sql.is_connection_lost(ValueError(2013))
+
+
+def test_is_db_outage():
+    assert sql.is_db_outage(sql.as_sqlalchemy_error(pymysql.err.OperationalError(2003, "Can't connect")))
+    assert sql.is_db_outage(sa.exc.TimeoutError("QueuePool limit reached"))
+    assert sql.is_db_outage(DatabaseUnavailable("down")) and sql.is_db_outage(ConnectionRefusedError())
+    assert not sql.is_db_outage(sql.as_sqlalchemy_error(pymysql.err.IntegrityError(1062, "Duplicate")))
+    assert not sql.is_db_outage(ValueError("bad item"))
+
+
+def test_literal_cache_quotes_each_value_once_like_literal():
+    at = dt.datetime(2026, 1, 2, 3, 4, 5, 6)
+    cached = sql.literal_cache()
+    values = ["tenant1", "ünï 'x'", None, at, "tenant1", at, 7]
+    assert [cached(v) for v in values] == [sql.literal(v) for v in values]
+    assert cached(at) is cached(at)  # quoted once
 
 
 async def test_retry_on_deadlock_retries_deadlocks_only():
@@ -160,6 +180,35 @@ async def test_retry_on_deadlock_retries_deadlocks_only():
     with pytest.raises(sa.exc.IntegrityError):
         await sql.retry_on_deadlock(other, backoff_s=0)
     assert len(calls) == 1
+
+
+async def test_retry_on_deadlock_retries_a_lost_connection_only_when_told_how_to_forget_it():
+    calls: list[str] = []
+    forgotten: list[int] = []
+
+    async def lost_once() -> str:
+        calls.append("try")
+        if len(calls) == 1:
+            raise sql.as_sqlalchemy_error(pymysql.err.OperationalError(2013, "Lost connection"))
+        return "done"
+
+    async def forget() -> None:
+        forgotten.append(len(calls))
+
+    with pytest.raises(sa.exc.OperationalError):  # by default a lost connection propagates
+        await sql.retry_on_deadlock(lost_once, backoff_s=0)
+    calls.clear()
+    assert await sql.retry_on_deadlock(lost_once, backoff_s=0, lost=forget) == "done"
+    assert calls == ["try", "try"] and forgotten == [1]
+
+    async def gone() -> None:
+        calls.append("try")
+        raise ConnectionResetError("gone")
+
+    calls.clear()
+    with pytest.raises(ConnectionResetError):
+        await sql.retry_on_deadlock(gone, attempts=3, backoff_s=0, lost=forget)
+    assert len(calls) == 3
 
 
 @pytest.mark.mariadb

@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from control_plane import errors
-from control_plane.db.batch import GroupCommit, is_deadlock
+from control_plane.db.batch import GroupCommit
 from control_plane.db.inbound import TenantClock, TenantWork
+from control_plane.db.sql import is_deadlock
 from control_plane.messaging.inbound import _per_tenant
 from control_plane.realtime.envelopes import PreparedEvents
 from control_plane.realtime.unit import store_then_publish
