@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from control_plane.db.sql import literal_cache, literal_hex, literal_str
+from control_plane.db.sql import literal_cache, literal_dt, literal_hex, literal_str
 
 
 def existing_wamids_sql(tenant_id: str, by_provider: dict[str, list[str]]) -> str:
@@ -71,12 +71,15 @@ _MESSAGES_INSERT_HEAD = (
 
 
 def insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> str:
-    lit = literal_cache()  # tenant, direction, status and times repeat across a batch's rows
+    # The tenant, direction, status, update time and (whole-second) provider times repeat across a
+    # batch's rows: quoted once each. ``created_at`` is distinct per row (the tenant clock), so it
+    # skips the cache.
+    lit = literal_cache()
     head = _MESSAGES_INSERT_HEAD if ignore else _MESSAGES_INSERT_HEAD.replace("INSERT IGNORE", "INSERT", 1)
     return head + ",".join(
         f"({literal_str(r['id'])},{lit(r['tenant_id'])},{int(r['conversation_id'])},{lit(r['direction'])},"
         f"{lit(r['provider'])},{literal_str(r['provider_message_id'])},{lit(r['type'])},{literal_hex(r['content'])},"
-        f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{lit(r['created_at'])},"
+        f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{literal_dt(r['created_at'])},"
         f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])})"
         for r in rows
     )
