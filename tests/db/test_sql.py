@@ -58,8 +58,7 @@ def test_literal_shapes():
 async def test_literals_round_trip_through_mariadb(db):
     stamp = dt.datetime(2026, 12, 31, 23, 59, 58, 123456)
     async with db.begin() as conn:
-        if not sql.is_mysql(conn):
-            pytest.skip("driver round trips are MariaDB's")
+        assert sql.is_mysql(conn), "driver round trips are MariaDB's (this test is marked mariadb)"
         statements = [f"SELECT {sql.literal(s)}" for s in NASTY]
         statements += [f"SELECT CAST({sql.literal(stamp)} AS DATETIME(6))", f"SELECT {sql.literal(None)}"]
         statements += [f"SELECT {sql.literal(12345678901234)}, {sql.literal(True)}, {sql.literal(2.25)}"]
@@ -75,8 +74,7 @@ async def test_literals_round_trip_through_mariadb(db):
 @pytest.mark.mariadb
 async def test_literals_stored_and_compared_in_a_utf8mb4_column(db):
     async with db.begin() as conn:
-        if not sql.is_mysql(conn):
-            pytest.skip("driver round trips are MariaDB's")
+        assert sql.is_mysql(conn), "driver round trips are MariaDB's (this test is marked mariadb)"
         await conn.exec_driver_sql(
             "CREATE TEMPORARY TABLE quoting (id INT PRIMARY KEY, v MEDIUMTEXT CHARACTER SET utf8mb4)"
         )
@@ -98,8 +96,7 @@ async def test_literals_stored_and_compared_in_a_utf8mb4_column(db):
 async def test_round_trip_translates_driver_errors_and_calls_after_first(db):
     seen = []
     async with db.connect() as conn:
-        if not sql.is_mysql(conn):
-            pytest.skip("driver round trips are MariaDB's")
+        assert sql.is_mysql(conn), "driver round trips are MariaDB's (this test is marked mariadb)"
         raw = await conn.get_raw_connection()
         results = await sql.driver_round_trip(
             raw.driver_connection, ["SELECT 1", "SELECT 2"], after_first=lambda: seen.append(1)
