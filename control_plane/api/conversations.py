@@ -17,6 +17,7 @@ from control_plane.api.messages import MessageBase, message_view, strip_inline_m
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
 from control_plane.http.models import QueryModel, ResponseModel, UTCDateTime
+from control_plane.http.parsing import path_int
 from control_plane.http.routing import Router
 from control_plane.messaging.routing import window_open_until
 
@@ -102,10 +103,10 @@ def _decode(cursor: str, key_type: type) -> tuple[dt.datetime, Any]:
 
 
 def _conversation_id(request: web.Request) -> int:
-    raw = request.match_info["conversation_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    value = path_int(request.match_info["conversation_id"])
+    if value is None:
         raise errors.NotFound("conversation not found", code="conversation_not_found")
-    return int(raw)
+    return value
 
 
 async def _conversation(request: web.Request, conn: Any) -> dict[str, Any]:

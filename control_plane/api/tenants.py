@@ -11,6 +11,7 @@ from control_plane import errors
 from control_plane.db import tenants as tenants_db
 from control_plane.http.auth import load_tenant
 from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
+from control_plane.http.parsing import path_int
 from control_plane.http.routing import Router
 
 log = logging.getLogger(__name__)
@@ -224,10 +225,9 @@ async def rotate_api_keys(request: web.Request, body: ApiKeyCreate) -> ApiKeyCre
 )
 async def revoke_api_key(request: web.Request) -> None:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
-    try:
-        key_id = int(request.match_info["key_id"])
-    except ValueError:
-        raise errors.NotFound("API key not found", code="api_key_not_found") from None
+    key_id = path_int(request.match_info["key_id"])
+    if key_id is None:
+        raise errors.NotFound("API key not found", code="api_key_not_found")
     async with request.app["db"].begin() as conn:
         found = await tenants_db.revoke_api_key(conn, tenant["id"], key_id)
     if not found:

@@ -4,6 +4,7 @@ becomes one ``InvalidInput`` naming the field (422)."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -60,16 +61,68 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 _decode_json = json.JSONDecoder().decode  # what json.loads uses for a str, without its checks per call
 
+# Objects and arrays nested deeper than this are refused (400 ``too_deep``): no route needs more than
+# a handful of levels (Meta's deliveries about 8), and deep nesting costs recursion everywhere after.
+MAX_JSON_DEPTH = 64
+
 
 def parse_json(raw: bytes) -> Any:
+    """The body as JSON; 400 ``malformed_json`` when it is not JSON, ``too_deep`` past
+    ``MAX_JSON_DEPTH`` levels of objects and arrays."""
     if not raw.strip():
         raise errors.BadRequest("request body is empty; expected a JSON object", code="malformed_json")
     try:
         if raw[0] == 0x7B and raw[1:2] != b"\x00":  # "{", then not a NUL: json.loads reads it as UTF-8 too
-            return _decode_json(raw.decode("utf-8", "surrogatepass"))
-        return json.loads(raw)  # anything else: its encoding detection (UTF-16/32, BOMs)
+            data = _decode_json(raw.decode("utf-8", "surrogatepass"))
+        else:
+            data = json.loads(raw)  # anything else: its encoding detection (UTF-16/32, BOMs)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from None
+    except RecursionError:  # nested past the interpreter's limit: deeper than ours anyway
+        raise _too_deep() from None
+    # Fewer brackets than the limit cannot nest past it (the common case: two C-speed counts).
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and json_depth(data) > MAX_JSON_DEPTH:
+        raise _too_deep()
+    return data
+
+
+def _too_deep() -> errors.BadRequest:
+    return errors.BadRequest(
+        f"request body nests objects or arrays deeper than {MAX_JSON_DEPTH} levels", code="too_deep"
+    )
+
+
+def json_depth(data: Any) -> int:
+    """How deeply objects and arrays nest in parsed JSON (a scalar: 0), without recursion."""
+    deepest = 0
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+# Path ids: ASCII digits only (str.isdigit() also takes '¹' and '٣'), no sign, within BIGINT.
+_PATH_INT = re.compile(r"[0-9]{1,18}")
+
+
+def path_int(raw: str) -> int | None:
+    """A numeric path segment as an int, or None (the caller answers 404) for anything else:
+    non-ASCII digits, signs, spaces, leading '+', values past a BIGINT or 0."""
+    if not _PATH_INT.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if value > 0 else None
 
 
 async def parse_body(request: web.Request, schema: BodySchema, limit: int) -> Any:
