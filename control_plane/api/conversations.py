@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 from typing import Any
 
@@ -21,8 +22,8 @@ from control_plane.http.parsing import path_int
 from control_plane.http.routing import Router
 from control_plane.messaging.routing import window_open_until
 
-router = Router()
 TAGS = ("conversations",)
+router = Router(tags=TAGS, auth="tenant")
 
 
 class PageQuery(QueryModel):
@@ -116,14 +117,13 @@ async def _conversation(request: web.Request, conn: Any) -> dict[str, Any]:
     return conv
 
 
-@router.route(
-    "GET",
+# The paged listings: GET with a PageQuery (limit, cursor), the same errors.
+_listing = functools.partial(router.route, "GET", query=PageQuery, errors=(401, 403, 404, 422))
+
+
+@_listing(
     "/api/conversations",
-    auth="tenant",
-    tags=TAGS,
-    query=PageQuery,
     response=ConversationPage,
-    errors=(401, 403, 404, 422),
     summary="Conversations, newest activity first: last message, unread count, provider, window",
 )
 async def list_conversations(request: web.Request, query: PageQuery) -> ConversationPage:
@@ -169,14 +169,9 @@ async def list_conversations(request: web.Request, query: PageQuery) -> Conversa
     return ConversationPage(items=items, next_cursor=next_cursor)
 
 
-@router.route(
-    "GET",
+@_listing(
     "/api/conversations/{conversation_id}/messages",
-    auth="tenant",
-    tags=TAGS,
-    query=PageQuery,
     response=MessagePage,
-    errors=(401, 403, 404, 422),
     summary="A conversation's messages, newest first (cursor pagination)",
 )
 async def list_messages(request: web.Request, query: PageQuery) -> MessagePage:
@@ -199,8 +194,6 @@ async def list_messages(request: web.Request, query: PageQuery) -> MessagePage:
 @router.route(
     "POST",
     "/api/conversations/{conversation_id}/read",
-    auth="tenant",
-    tags=TAGS,
     response=ReadResult,
     errors=(401, 403, 404),
     summary="Mark the conversation read; forwarded to the Web session or the Cloud API that carried it",

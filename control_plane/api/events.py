@@ -14,8 +14,8 @@ from control_plane.events import format_ts
 from control_plane.http.models import QueryModel, ResponseModel
 from control_plane.http.routing import Router
 
-router = Router()
 TAGS = ("events",)
+router = Router(tags=TAGS, auth="tenant")
 
 
 class EventsQuery(QueryModel):
@@ -40,9 +40,7 @@ class EventsPage(ResponseModel):
 @router.route(
     "GET",
     "/api/events",
-    auth="tenant",
     summary="Events after a seq (polling)",
-    tags=TAGS,
     query=EventsQuery,
     response=EventsPage,
     errors=(401, 403, 404, 422),

@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from control_plane.http.routing import Router
 
 log = logging.getLogger(__name__)
-router = Router()
 TAGS = ("health",)
+router = Router(tags=TAGS, auth="none")
 CHECK_TIMEOUT_S = 2.0
 
 
@@ -26,7 +26,7 @@ class Readiness(BaseModel):
     error: dict | None = None
 
 
-@router.route("GET", "/healthz", auth="none", tags=TAGS, response=Health, summary="Liveness (no I/O)")
+@router.route("GET", "/healthz", response=Health, summary="Liveness (no I/O)")
 async def healthz(request: web.Request) -> Health:
     return Health(status="ok")
 
@@ -45,8 +45,6 @@ async def _check(name: str, probe) -> tuple[str, str]:
 @router.route(
     "GET",
     "/readyz",
-    auth="none",
-    tags=TAGS,
     response=Readiness,
     extra_responses={
         503: {

@@ -19,8 +19,8 @@ from control_plane.messaging import models
 from control_plane.messaging import outbox as outbox_service
 
 log = logging.getLogger(__name__)
-router = Router()
 TAGS = ("messages",)
+router = Router(tags=TAGS, auth="tenant")
 
 
 class MessageAccepted(ResponseModel):
@@ -168,8 +168,6 @@ def message_view(
 @router.route(
     "POST",
     "/api/messages",
-    auth="tenant",
-    tags=TAGS,
     body=models.SEND_MESSAGE,
     response=MessageAccepted,
     status=202,
@@ -202,8 +200,6 @@ async def send_message(request: web.Request, body: models.SendMessageIn) -> web.
 @router.route(
     "GET",
     "/api/messages/{message_id}",
-    auth="tenant",
-    tags=TAGS,
     response=MessageOut,
     errors=(401, 403, 404),
     summary="A message: status, provider and its id, error, the road and why, and its history",
@@ -238,8 +234,6 @@ def _settings_out(row: dict[str, Any] | None) -> MessagingSettingsOut:
 @router.route(
     "GET",
     "/api/messaging/settings",
-    auth="tenant",
-    tags=TAGS,
     response=MessagingSettingsOut,
     errors=(401, 403, 404),
     summary="The tenant's messaging settings (fallback template)",
@@ -252,8 +246,6 @@ async def get_settings(request: web.Request) -> MessagingSettingsOut:
 @router.route(
     "PUT",
     "/api/messaging/settings",
-    auth="tenant",
-    tags=TAGS,
     body=MessagingSettingsIn,
     response=MessagingSettingsOut,
     errors=(400, 401, 403, 404, 422),

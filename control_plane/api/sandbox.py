@@ -20,8 +20,8 @@ from control_plane.api.session import supervisor_of
 from control_plane.http.models import RequestModel, ResponseModel
 from control_plane.http.routing import Router
 
-router = Router()
 TAGS = ("sandbox",)
+router = Router(tags=TAGS, auth="tenant")
 ERRORS = (403, 409, 503)
 ACK_CODES = {"error": -1, "pending": 0, "sent": 1, "delivered": 2, "read": 3, "played": 4}
 
@@ -52,7 +52,14 @@ class Location(RequestModel):
     description: str | None = Field(default=None, max_length=500)
 
 
-class Incoming(RequestModel):
+class Command(RequestModel):
+    """A sandbox command's body; ``bridge_args()`` is what the scripted driver is sent."""
+
+    def bridge_args(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class Incoming(Command):
     model_config = ConfigDict(populate_by_name=True)
     from_: str = Field(alias="from", min_length=5, max_length=64, description="Digits or a chat id (…@c.us)")
     text: str | None = Field(default=None, min_length=1, max_length=65536)
@@ -74,7 +81,7 @@ class Incoming(RequestModel):
 MessageType = Literal["chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location"]
 
 
-class Outgoing(RequestModel):
+class Outgoing(Command):
     to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us)")
     text: str | None = Field(default=None, min_length=1, max_length=65536)
     type: MessageType | None = None
@@ -89,7 +96,7 @@ class Outgoing(RequestModel):
         return self
 
 
-class Ack(RequestModel):
+class Ack(Command):
     id: str = Field(min_length=1, max_length=200, description="Message id from a send or an incoming message")
     ack: int | None = Field(
         default=None, ge=-1, le=4, description="-1 error, 0 pending, 1 sent, 2 delivered, 3 read, 4 played"
@@ -102,8 +109,11 @@ class Ack(RequestModel):
             raise ValueError("give exactly one of ack, status")
         return self
 
+    def bridge_args(self) -> dict[str, Any]:
+        return {"id": self.id, "ack": self.ack if self.ack is not None else ACK_CODES[self.status or "sent"]}
 
-class Disconnect(RequestModel):
+
+class Disconnect(Command):
     reason: str | None = Field(
         default=None,
         min_length=1,
@@ -113,13 +123,13 @@ class Disconnect(RequestModel):
     )
 
 
-class Crash(RequestModel):
+class Crash(Command):
     exit_code: int | None = Field(
         default=None, ge=1, le=255, description="Exit with this code; default SIGKILL"
     )
 
 
-class Leak(RequestModel):
+class Leak(Command):
     mb: float = Field(gt=0, le=4096, description="Megabytes the bridge allocates and keeps")
 
 
@@ -133,87 +143,38 @@ async def _sandbox(request: web.Request, cmd: str, args: dict[str, Any] | None =
     return SandboxResult(**result)
 
 
-# Every sandbox route: POST, the tenant's key, the same answer and errors.
-_route = functools.partial(
-    router.route, "POST", auth="tenant", tags=TAGS, response=SandboxResult, errors=ERRORS
+# Every sandbox route: POST, the same answer and errors.
+_route = functools.partial(router.route, "POST", response=SandboxResult, errors=ERRORS)
+
+
+def _command(cmd: str, summary: str, body: type[Command] | None = None, *, name: str = "") -> None:
+    """Declare ``POST /api/sandbox/<cmd>``: the scripted driver's ``<cmd>`` with the body's
+    ``bridge_args()``. ``name`` (default ``cmd``) names the operation (its OpenAPI operationId)."""
+
+    async def handler(request: web.Request, body: Command | None = None) -> SandboxResult:
+        return await _sandbox(request, cmd, body.bridge_args() if body is not None else None)
+
+    handler.__name__ = handler.__qualname__ = name or cmd
+    _route(f"/api/sandbox/{cmd}", body=body, summary=summary)(handler)
+
+
+_command("scan", "Scan the QR code showing now (the session then becomes authenticated, then ready)")
+_command("incoming", "A contact sends a message to this session (returns its id)", Incoming)
+_command(
+    "outgoing",
+    "Someone types a message to a contact on the phone itself (returns its id); it is reported as "
+    "message.sent with origin phone",
+    Outgoing,
 )
-
-
-@_route(
-    "/api/sandbox/scan",
-    summary="Scan the QR code showing now (the session then becomes authenticated, then ready)",
+_command("ack", "Delivery/read ack for a message (by number or name)", Ack)
+_command(
+    "disconnect", "WhatsApp drops the connection (body may be {}); the supervisor restarts it", Disconnect
 )
-async def scan(request: web.Request) -> SandboxResult:
-    return await _sandbox(request, "scan")
-
-
-@_route(
-    "/api/sandbox/incoming",
-    body=Incoming,
-    summary="A contact sends a message to this session (returns its id)",
+_command(
+    "logout",
+    "The phone unlinks this device: the profile is wiped and a new QR appears",
+    name="phone_logout",
 )
-async def incoming(request: web.Request, body: Incoming) -> SandboxResult:
-    return await _sandbox(request, "incoming", body.model_dump(by_alias=True, exclude_none=True))
-
-
-@_route(
-    "/api/sandbox/outgoing",
-    body=Outgoing,
-    summary="Someone types a message to a contact on the phone itself (returns its id); it is "
-    "reported as message.sent with origin phone",
-)
-async def outgoing(request: web.Request, body: Outgoing) -> SandboxResult:
-    return await _sandbox(request, "outgoing", body.model_dump(exclude_none=True))
-
-
-@_route(
-    "/api/sandbox/ack",
-    body=Ack,
-    summary="Delivery/read ack for a message (by number or name)",
-)
-async def ack(request: web.Request, body: Ack) -> SandboxResult:
-    code = body.ack if body.ack is not None else ACK_CODES[body.status or "sent"]
-    return await _sandbox(request, "ack", {"id": body.id, "ack": code})
-
-
-@_route(
-    "/api/sandbox/disconnect",
-    body=Disconnect,
-    summary="WhatsApp drops the connection (body may be {}); the supervisor restarts it",
-)
-async def disconnect(request: web.Request, body: Disconnect) -> SandboxResult:
-    return await _sandbox(request, "disconnect", body.model_dump(exclude_none=True))
-
-
-@_route(
-    "/api/sandbox/logout",
-    summary="The phone unlinks this device: the profile is wiped and a new QR appears",
-)
-async def phone_logout(request: web.Request) -> SandboxResult:
-    return await _sandbox(request, "logout")
-
-
-@_route(
-    "/api/sandbox/crash",
-    body=Crash,
-    summary="The bridge dies at once (body may be {}); the supervisor restarts it",
-)
-async def crash(request: web.Request, body: Crash) -> SandboxResult:
-    return await _sandbox(request, "crash", body.model_dump(exclude_none=True))
-
-
-@_route(
-    "/api/sandbox/hang",
-    summary="The bridge stops answering and heartbeating; the watchdog kills and restarts it",
-)
-async def hang(request: web.Request) -> SandboxResult:
-    return await _sandbox(request, "hang")
-
-
-@_route(
-    "/api/sandbox/leak",
-    body=Leak,
-    summary="The bridge allocates memory it never frees; past MEMORY_LIMIT_MB it is restarted",
-)
-async def leak(request: web.Request, body: Leak) -> SandboxResult:
-    return await _sandbox(request, "leak", {"mb": body.mb})
+_command("crash", "The bridge dies at once (body may be {}); the supervisor restarts it", Crash)
+_command("hang", "The bridge stops answering and heartbeating; the watchdog kills and restarts it")
+_command("leak", "The bridge allocates memory it never frees; past MEMORY_LIMIT_MB it is restarted", Leak)

@@ -17,8 +17,8 @@ from control_plane.http.models import QueryModel, ResponseModel
 from control_plane.http.routing import Router
 
 log = logging.getLogger(__name__)
-router = Router()
 TAGS = ("session",)
+router = Router(tags=TAGS, auth="tenant")
 
 State = Literal[
     "stopped",
@@ -81,10 +81,8 @@ def _tenant_id(request: web.Request) -> str:
     return request["tenant"]["id"]
 
 
-# The session routes that answer with its status: the tenant's key, the same answer and errors.
-_session_route = functools.partial(
-    router.route, auth="tenant", tags=TAGS, response=SessionStatus, errors=(409, 503)
-)
+# The routes that answer with the session's status: the same answer and errors.
+_session_route = functools.partial(router.route, response=SessionStatus, errors=(409, 503))
 
 
 @_session_route(
@@ -96,49 +94,26 @@ async def get_session(request: web.Request) -> SessionStatus:
     return SessionStatus(**await supervisor_of(request).status(_tenant_id(request)))
 
 
-@_session_route(
-    "POST",
-    "/api/session/start",
-    status=202,
-    summary="Start the session (desired state running); it goes on in the background",
-)
-async def start_session(request: web.Request) -> SessionStatus:
-    return SessionStatus(**await supervisor_of(request).start(_tenant_id(request)))
+def _command(command: str, summary: str, *, status: int = 200) -> None:
+    """Declare ``POST /api/session/<command>``: the supervisor's ``<command>`` for this tenant, answered
+    with the session's status. ``<command>_session`` names the operation (its OpenAPI operationId)."""
+
+    async def handler(request: web.Request) -> SessionStatus:
+        return SessionStatus(**await getattr(supervisor_of(request), command)(_tenant_id(request)))
+
+    handler.__name__ = handler.__qualname__ = f"{command}_session"
+    _session_route("POST", f"/api/session/{command}", status=status, summary=summary)(handler)
 
 
-@_session_route(
-    "POST",
-    "/api/session/stop",
-    summary="Stop the session (desired state stopped); returns once its processes are gone",
-)
-async def stop_session(request: web.Request) -> SessionStatus:
-    return SessionStatus(**await supervisor_of(request).stop(_tenant_id(request)))
-
-
-@_session_route(
-    "POST",
-    "/api/session/restart",
-    status=202,
-    summary="Restart the session now (also clears a failed state)",
-)
-async def restart_session(request: web.Request) -> SessionStatus:
-    return SessionStatus(**await supervisor_of(request).restart(_tenant_id(request)))
-
-
-@_session_route(
-    "POST",
-    "/api/session/logout",
-    summary="Log out of WhatsApp and wipe the session profile (a new QR scan is needed)",
-)
-async def logout_session(request: web.Request) -> SessionStatus:
-    return SessionStatus(**await supervisor_of(request).logout(_tenant_id(request)))
+_command("start", "Start the session (desired state running); it goes on in the background", status=202)
+_command("stop", "Stop the session (desired state stopped); returns once its processes are gone")
+_command("restart", "Restart the session now (also clears a failed state)", status=202)
+_command("logout", "Log out of WhatsApp and wipe the session profile (a new QR scan is needed)")
 
 
 @router.route(
     "GET",
     "/api/session/qr",
-    auth="tenant",
-    tags=TAGS,
     query=QRQuery,
     response=QROut,
     errors=(404, 409, 503),

@@ -26,8 +26,8 @@ from control_plane.providers.cloud_api import (
 )
 
 log = logging.getLogger(__name__)
-router = Router()
 TAGS = ("templates",)
+router = Router(tags=TAGS, auth="tenant")
 SYNC_TIMEOUT_S = 60.0
 
 
@@ -69,8 +69,6 @@ def _template_out(row: dict[str, Any]) -> TemplateOut:
 @router.route(
     "GET",
     "/api/whatsapp/templates",
-    auth="tenant",
-    tags=TAGS,
     response=TemplateList,
     summary="The tenant's message templates as last synced from the Graph API",
 )
@@ -83,8 +81,6 @@ async def list_templates(request: web.Request) -> TemplateList:
 @router.route(
     "POST",
     "/api/whatsapp/templates/sync",
-    auth="tenant",
-    tags=TAGS,
     response=TemplateSyncOut,
     errors=(409, 503),
     summary="Fetch the WABA's templates from the Graph API and mirror them locally",

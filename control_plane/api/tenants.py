@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from aiohttp import web
@@ -15,8 +16,8 @@ from control_plane.http.parsing import path_int
 from control_plane.http.routing import Router
 
 log = logging.getLogger(__name__)
-router = Router()
 TAGS = ("tenants",)
+router = Router(tags=TAGS, auth="admin")
 
 Name = Field(min_length=1, max_length=200)
 
@@ -71,9 +72,7 @@ class ApiKeyList(ResponseModel):
 @router.route(
     "POST",
     "/api/tenants",
-    auth="admin",
     summary="Create a tenant and its first API key",
-    tags=TAGS,
     body=TenantCreate,
     response=TenantCreated,
     status=201,
@@ -86,7 +85,7 @@ async def create_tenant(request: web.Request, body: TenantCreate) -> TenantCreat
     return TenantCreated(**tenant, api_key=key)
 
 
-@router.route("GET", "/api/tenants", auth="admin", summary="List tenants", tags=TAGS, response=TenantList)
+@router.route("GET", "/api/tenants", summary="List tenants", response=TenantList)
 async def list_tenants(request: web.Request) -> TenantList:
     async with request.app["db"].connect() as conn:
         rows = await tenants_db.list_tenants(conn)
@@ -96,9 +95,7 @@ async def list_tenants(request: web.Request) -> TenantList:
 @router.route(
     "GET",
     "/api/tenants/{tenant_id}",
-    auth="admin",
     summary="Get a tenant",
-    tags=TAGS,
     response=TenantOut,
     errors=(404,),
 )
@@ -109,9 +106,7 @@ async def get_tenant(request: web.Request) -> TenantOut:
 @router.route(
     "PATCH",
     "/api/tenants/{tenant_id}",
-    auth="admin",
     summary="Rename, deactivate or reactivate",
-    tags=TAGS,
     body=TenantUpdate,
     response=TenantOut,
     errors=(404,),
@@ -140,8 +135,6 @@ def _recheck_open_connections(request: web.Request) -> None:
 @router.route(
     "DELETE",
     "/api/tenants/{tenant_id}",
-    auth="admin",
-    tags=TAGS,
     status=204,
     errors=(404,),
     summary="Delete a tenant: stops its session, removes its rows and its session folder",
@@ -161,9 +154,7 @@ async def delete_tenant(request: web.Request) -> None:
 @router.route(
     "GET",
     "/api/tenants/{tenant_id}/api-keys",
-    auth="admin",
     summary="List a tenant's API keys",
-    tags=TAGS,
     response=ApiKeyList,
     errors=(404,),
 )
@@ -174,17 +165,13 @@ async def list_api_keys(request: web.Request) -> ApiKeyList:
     return ApiKeyList(api_keys=[ApiKeyOut(**r) for r in rows])
 
 
-@router.route(
-    "POST",
-    "/api/tenants/{tenant_id}/api-keys",
-    auth="admin",
-    summary="Create an extra API key",
-    tags=TAGS,
-    body=ApiKeyCreate,
-    response=ApiKeyCreated,
-    status=201,
-    errors=(404,),
+# The routes that issue a new key (its secret shown once).
+_issue_key = functools.partial(
+    router.route, "POST", body=ApiKeyCreate, response=ApiKeyCreated, status=201, errors=(404,)
 )
+
+
+@_issue_key("/api/tenants/{tenant_id}/api-keys", summary="Create an extra API key")
 async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCreated:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
     async with request.app["db"].begin() as conn:
@@ -193,16 +180,9 @@ async def create_api_key(request: web.Request, body: ApiKeyCreate) -> ApiKeyCrea
     return ApiKeyCreated(**row, api_key=key)
 
 
-@router.route(
-    "POST",
+@_issue_key(
     "/api/tenants/{tenant_id}/api-keys/rotate",
-    auth="admin",
-    tags=TAGS,
     summary="Rotate: revoke every live key of the tenant and issue one new key",
-    body=ApiKeyCreate,
-    response=ApiKeyCreated,
-    status=201,
-    errors=(404,),
 )
 async def rotate_api_keys(request: web.Request, body: ApiKeyCreate) -> ApiKeyCreated:
     tenant = await load_tenant(request, request.match_info["tenant_id"])
@@ -217,8 +197,6 @@ async def rotate_api_keys(request: web.Request, body: ApiKeyCreate) -> ApiKeyCre
 @router.route(
     "DELETE",
     "/api/tenants/{tenant_id}/api-keys/{key_id}",
-    auth="admin",
-    tags=TAGS,
     status=204,
     summary="Revoke one API key (effective at once)",
     errors=(404,),
@@ -242,7 +220,6 @@ async def revoke_api_key(request: web.Request) -> None:
     "/api/me",
     auth="tenant",
     mirror=False,
-    tags=TAGS,
     response=TenantOut,
     summary="The tenant this API key belongs to",
 )

@@ -15,8 +15,8 @@ from control_plane.messaging.whatsapp_config import (
     config_out,
 )
 
-router = Router()
 TAGS = ("whatsapp config",)
+router = Router(tags=TAGS, auth="tenant")
 
 
 def setup_of(app: web.Application) -> WhatsAppSetup:
@@ -39,8 +39,6 @@ async def _save(request: web.Request, body: WhatsAppConfigIn, *, create: bool) -
 @router.route(
     "GET",
     "/api/whatsapp/config",
-    auth="tenant",
-    tags=TAGS,
     response=WhatsAppConfigOut,
     summary="The tenant's WhatsApp configuration (secrets masked)",
 )
@@ -53,8 +51,6 @@ async def get_config(request: web.Request) -> WhatsAppConfigOut:
 @router.route(
     "POST",
     "/api/whatsapp/config",
-    auth="tenant",
-    tags=TAGS,
     body=WhatsAppConfigIn,
     response=WhatsAppConfigOut,
     status=201,
@@ -68,8 +64,6 @@ async def create_config(request: web.Request, body: WhatsAppConfigIn) -> WhatsAp
 @router.route(
     "PUT",
     "/api/whatsapp/config",
-    auth="tenant",
-    tags=TAGS,
     body=WhatsAppConfigIn,
     response=WhatsAppConfigOut,
     errors=(400, 409),

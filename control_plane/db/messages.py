@@ -39,7 +39,7 @@ from control_plane.db.conversations import (  # noqa: F401  (importable from her
     mark_conversation_read,
 )
 from control_plane.db.engine import utcnow
-from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
+from control_plane.db.metadata import LongText, TenantId, Timestamp, error_columns, metadata
 from control_plane.statuses import STATUS_RANK, STATUS_TIME_COLUMN, MessageStatus, status_rank
 
 DIRECTIONS = ("inbound", "outbound")
@@ -61,8 +61,7 @@ messages = sa.Table(
     sa.Column("type", sa.String(32), nullable=False),
     sa.Column("content", LongText, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("error_code", sa.String(64), nullable=True),
-    sa.Column("error_message", sa.Text, nullable=True),
+    *error_columns(),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("sent_at", Timestamp, nullable=True),
@@ -92,8 +91,7 @@ message_statuses = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("occurred_at", Timestamp, nullable=True),
     sa.Column("recipient_id", sa.String(32), nullable=True),
-    sa.Column("error_code", sa.String(64), nullable=True),
-    sa.Column("error_message", sa.Text, nullable=True),
+    *error_columns(),
     sa.Column("raw", LongText, nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.UniqueConstraint("tenant_id", "provider_message_id", "status"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -28,3 +29,12 @@ TENANT_ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 HEX_ID_RE = TENANT_ID_RE
 # Large JSON/text payloads: TEXT on SQLite, MEDIUMTEXT on MariaDB (TEXT stops at 64 KiB there).
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+def error_columns() -> tuple[sa.Column[Any], sa.Column[Any]]:
+    """``error_code`` (the provider's code, clipped to 64 characters) and ``error_message``; NULL when
+    there is no error."""
+    return (
+        sa.Column("error_code", sa.String(64), nullable=True),
+        sa.Column("error_message", sa.Text, nullable=True),
+    )

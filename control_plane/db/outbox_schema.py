@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from control_plane.db.metadata import BigId, TenantId, Timestamp, metadata
+from control_plane.db.metadata import BigId, TenantId, Timestamp, error_columns, metadata
 from control_plane.statuses import OutboxState
 
 STATES = tuple(OutboxState)
@@ -59,8 +59,7 @@ message_transitions = sa.Table(
     sa.Column("to_status", sa.String(16), nullable=False),
     sa.Column("provider", sa.String(20), nullable=True),
     sa.Column("reason", sa.String(255), nullable=True),
-    sa.Column("error_code", sa.String(64), nullable=True),
-    sa.Column("error_message", sa.Text, nullable=True),
+    *error_columns(),
     sa.Column("at", Timestamp, nullable=False),
     sa.Index("ix_message_transitions_tenant_id_message_id", "tenant_id", "message_id"),
 )

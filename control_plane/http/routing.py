@@ -75,19 +75,24 @@ def _to_response(result: Any, status: int) -> web.StreamResponse:
 
 
 class Router:
-    """Collects operations from resource modules, then registers them on an app."""
+    """Collects operations from resource modules, then registers them on an app.
 
-    def __init__(self) -> None:
+    ``tags`` and ``auth`` are the defaults of the routes declared on this router (a resource module's
+    tag and its usual authentication); a route may name its own. Every route ends up with an auth."""
+
+    def __init__(self, *, tags: tuple[str, ...] | str = (), auth: Auth | None = None) -> None:
         self.operations: list[Operation] = []
+        self.tags = _tags(tags)
+        self.auth = auth
 
     def route(
         self,
         method: str,
         path: str,
         *,
-        auth: Auth,
         summary: str,
-        tags: tuple[str, ...] | str = (),
+        auth: Auth | None = None,
+        tags: tuple[str, ...] | str | None = None,
         body: Body | None = None,
         query: type[BaseModel] | None = None,
         response: type[BaseModel] | None = None,
@@ -100,6 +105,9 @@ class Router:
         mirror: bool = True,
         lean: bool = False,
     ):
+        auth = auth or self.auth
+        if auth is None:
+            raise ValueError(f"{method} {path}: no auth, neither for the route nor for its router")
         if lean and (auth != "none" or body is not None or query is not None):
             raise ValueError("a lean route has auth='none' and parses its own input")
 
@@ -111,7 +119,7 @@ class Router:
                     handler=handler,
                     auth=auth,
                     summary=summary,
-                    tags=(tags,) if isinstance(tags, str) else tuple(tags),
+                    tags=self.tags if tags is None else _tags(tags),
                     body=body,
                     query=query,
                     response=response,
@@ -165,6 +173,10 @@ class Router:
 
         handler.__name__ = op.handler.__name__
         return handler
+
+
+def _tags(tags: tuple[str, ...] | str) -> tuple[str, ...]:
+    return (tags,) if isinstance(tags, str) else tuple(tags)
 
 
 def admin_path(path: str) -> str:

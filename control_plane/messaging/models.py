@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Protocol, Self
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
@@ -224,21 +224,38 @@ class LocationMessageIn(SendMessageIn):
         return {k: v for k, v in self.location.model_dump().items() if v is not None}
 
 
-class TemplateMessageIn(SendMessageIn):
+class _SelfCheckingPart(Protocol):
+    """A part with checks beyond its fields' own (``InvalidInput`` naming the field) that gives the
+    content stored on the message itself."""
+
+    def check(self) -> None: ...
+
+    def content(self) -> dict[str, Any]: ...
+
+
+class _SelfCheckingPartMessageIn(SendMessageIn):
+    """A message whose part checks itself once parsed and gives the stored content (template,
+    reaction)."""
+
+    @model_validator(mode="after")
+    @reports_invalid_input
+    def _part_fits(self) -> Self:
+        self._part().check()
+        return self
+
+    def _part(self) -> _SelfCheckingPart:
+        return getattr(self, self.PART)  # the field PART names
+
+    def content(self) -> dict[str, Any]:
+        return self._part().content()
+
+
+class TemplateMessageIn(_SelfCheckingPartMessageIn):
     """An approved template (the only kind of message allowed outside the 24 h window)."""
 
     KIND, PART, WHAT = "template", "template", "a template message"
     type: Literal["template"]
     template: TemplateIn
-
-    @model_validator(mode="after")
-    @reports_invalid_input
-    def _template_fits(self) -> Self:
-        self.template.check()
-        return self
-
-    def content(self) -> dict[str, Any]:
-        return self.template.content()
 
 
 class InteractiveMessageIn(SendMessageIn):
@@ -252,21 +269,12 @@ class InteractiveMessageIn(SendMessageIn):
         return self.interactive.model_dump(exclude_unset=True)
 
 
-class ReactionMessageIn(SendMessageIn):
+class ReactionMessageIn(_SelfCheckingPartMessageIn):
     """A reaction to a message (an empty emoji removes it)."""
 
     KIND, PART, WHAT = "reaction", "reaction", "a reaction"
     type: Literal["reaction"]
     reaction: ReactionIn
-
-    @model_validator(mode="after")
-    @reports_invalid_input
-    def _reaction_fits(self) -> Self:
-        self.reaction.check()
-        return self
-
-    def content(self) -> dict[str, Any]:
-        return self.reaction.content()
 
 
 MESSAGE_MODELS: tuple[type[SendMessageIn], ...] = (

@@ -37,3 +37,16 @@ def message_fk(table: str, primary_key: bool = False) -> sa.Column[Any]:
         nullable=False,
         primary_key=primary_key,
     )
+
+
+def timestamps() -> tuple[sa.Column[Any], sa.Column[Any]]:
+    """``created_at`` and ``updated_at``, both required."""
+    return sa.Column("created_at", TS, nullable=False), sa.Column("updated_at", TS, nullable=False)
+
+
+def error_columns() -> tuple[sa.Column[Any], sa.Column[Any]]:
+    """``error_code`` and ``error_message``, both optional."""
+    return (
+        sa.Column("error_code", sa.String(64), nullable=True),
+        sa.Column("error_message", sa.Text, nullable=True),
+    )

@@ -10,12 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from control_plane.supervisor.policy import WatchdogSettings
+
 if TYPE_CHECKING:
     from control_plane.supervisor.session import TenantSession
 
 
-class SessionSettings(Protocol):
-    """The settings a session reads (``control_plane.config.Settings`` has them all)."""
+class SessionSettings(WatchdogSettings, Protocol):
+    """The settings a session reads (``control_plane.config.Settings`` has them all): the watchdog's
+    (``policy.WatchdogSettings``) and these."""
 
     @property
     def bridge_driver(self) -> str | None: ...
@@ -26,8 +29,6 @@ class SessionSettings(Protocol):
     @property
     def stop_wait_s(self) -> float: ...
     @property
-    def heartbeat_interval_s(self) -> float: ...
-    @property
     def backoff_base_s(self) -> float: ...
     @property
     def backoff_cap_s(self) -> float: ...
@@ -35,10 +36,6 @@ class SessionSettings(Protocol):
     def crash_loop_max(self) -> int: ...
     @property
     def crash_loop_window_s(self) -> float: ...
-    @property
-    def qr_ttl_s(self) -> float: ...
-    @property
-    def qr_max_cycles(self) -> int: ...
 
 
 class SessionHost(Protocol):

@@ -17,7 +17,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from control_plane.app import create_app
+from control_plane.api.openapi import build_openapi
+from control_plane.app import build_router, create_app
 from tests.conftest import ADMIN_TOKEN
 from tests.fakes.graph_api import FakeGraphAPI
 from tests.support import ThreadedServer
@@ -160,3 +161,17 @@ def test_openapi_documents_every_message_type():
     section = _resolve(doc, listing["properties"]["sections"]["items"])
     row = _resolve(doc, section["properties"]["rows"]["items"])
     assert {"id", "title"} <= set(row["required"]) and row["properties"]["title"]["maxLength"] == 24
+
+
+def test_declared_commands_keep_their_operation_ids():
+    """The session and sandbox commands are declared by one function each: every handler still names
+    its operation (tenant route and admin mirror), as when each was written out."""
+    doc = build_openapi(build_router())
+    ids = {op["operationId"] for path in doc["paths"].values() for op in path.values()}
+    session = {f"{c}_session" for c in ("get", "start", "stop", "restart", "logout")}
+    sandbox = {"scan", "incoming", "outgoing", "ack", "disconnect", "phone_logout", "crash", "hang", "leak"}
+    for name in session | sandbox:
+        assert {name, f"{name}_admin"} <= ids, name
+    post = doc["paths"]["/api/session/start"]["post"]
+    assert post["operationId"] == "start_session" and "202" in post["responses"]
+    assert doc["paths"]["/api/sandbox/logout"]["post"]["operationId"] == "phone_logout"

@@ -147,3 +147,26 @@ def test_one_of_is_documented_as_one_of_its_models():
 
 def test_admin_path_mirrors_tenant_routes():
     assert admin_path("/api/session/start") == "/api/tenants/{tenant_id}/session/start"
+
+
+def test_a_routers_tags_and_auth_are_its_routes_defaults():
+    router = Router(tags="pets", auth="tenant")
+
+    @router.route("GET", "/api/pets", summary="list")
+    async def list_pets(request: web.Request) -> None: ...
+
+    @router.route("GET", "/api/pets/stats", auth="admin", tags=("stats",), summary="stats")
+    async def pet_stats(request: web.Request) -> None: ...
+
+    inherited, own = router.operations
+    assert (inherited.auth, inherited.tags) == ("tenant", ("pets",))
+    assert (own.auth, own.tags) == ("admin", ("stats",))
+    assert Router.served_paths(inherited) == [
+        ("/api/pets", "tenant"),
+        ("/api/tenants/{tenant_id}/pets", "admin_for_tenant"),
+    ]
+
+
+def test_a_route_without_auth_is_refused():
+    with pytest.raises(ValueError, match="no auth"):
+        Router(tags="pets").route("GET", "/api/pets", summary="list")

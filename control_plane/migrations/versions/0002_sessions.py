@@ -7,7 +7,7 @@ Revises: 0001
 import sqlalchemy as sa
 from alembic import op
 
-from control_plane.migrations.columns import TS
+from control_plane.migrations.columns import TABLE_OPTIONS, TS, tenant_fk
 
 revision = "0002"
 down_revision = "0001"
@@ -18,12 +18,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "session_state",
-        sa.Column(
-            "tenant_id",
-            sa.String(32),
-            sa.ForeignKey("tenants.id", ondelete="CASCADE", name="fk_session_state_tenant_id_tenants"),
-            primary_key=True,
-        ),
+        tenant_fk("session_state", primary_key=True),
         sa.Column("desired_state", sa.String(16), nullable=False),
         sa.Column("state", sa.String(20), nullable=False),
         sa.Column("reason", sa.String(200), nullable=True),
@@ -33,8 +28,7 @@ def upgrade() -> None:
         sa.Column("pid", sa.Integer, nullable=True),
         sa.Column("own_number", sa.String(32), nullable=True),
         sa.Column("updated_at", TS, nullable=False),
-        mysql_engine="InnoDB",
-        mysql_charset="utf8mb4",
+        **TABLE_OPTIONS,
     )
     op.create_index("ix_session_state_desired_state", "session_state", ["desired_state"])
 

@@ -7,7 +7,7 @@ Revises: 0002
 import sqlalchemy as sa
 from alembic import op
 
-from control_plane.migrations.columns import BIG_ID, LONG_TEXT, TS
+from control_plane.migrations.columns import BIG_ID, LONG_TEXT, TABLE_OPTIONS, TS, tenant_fk
 
 revision = "0003"
 down_revision = "0002"
@@ -24,22 +24,15 @@ def upgrade() -> None:
         sa.Column("ts", TS, nullable=False),
         sa.Column("data", LONG_TEXT, nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", "seq", name="pk_event_log"),
-        mysql_engine="InnoDB",
-        mysql_charset="utf8mb4",
+        **TABLE_OPTIONS,
     )
     op.create_index("ix_event_log_ts", "event_log", ["ts"])
     op.create_table(
         "tenant_event_seq",
-        sa.Column(
-            "tenant_id",
-            sa.String(32),
-            sa.ForeignKey("tenants.id", ondelete="CASCADE", name="fk_tenant_event_seq_tenant_id_tenants"),
-            nullable=False,
-        ),
+        tenant_fk("tenant_event_seq"),
         sa.Column("last_seq", BIG_ID, nullable=False),
         sa.PrimaryKeyConstraint("tenant_id", name="pk_tenant_event_seq"),
-        mysql_engine="InnoDB",
-        mysql_charset="utf8mb4",
+        **TABLE_OPTIONS,
     )
 
 

@@ -7,7 +7,15 @@ Revises: 0003
 import sqlalchemy as sa
 from alembic import op
 
-from control_plane.migrations.columns import BIG_ID, LONG_TEXT, TABLE_OPTIONS, TS, tenant_fk
+from control_plane.migrations.columns import (
+    BIG_ID,
+    LONG_TEXT,
+    TABLE_OPTIONS,
+    TS,
+    error_columns,
+    tenant_fk,
+    timestamps,
+)
 
 revision = "0004"
 down_revision = "0003"
@@ -43,8 +51,7 @@ def _conversations() -> None:
         sa.Column("last_message_at", TS, nullable=True),
         sa.Column("last_message_id", sa.String(32), nullable=True),
         sa.Column("unread_count", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("created_at", TS, nullable=False),
-        sa.Column("updated_at", TS, nullable=False),
+        *timestamps(),
         sa.UniqueConstraint("tenant_id", "wa_id", name="uq_conversations_tenant_id_wa_id"),
         **TABLE_OPTIONS,
     )
@@ -72,10 +79,8 @@ def _messages() -> None:
         sa.Column("type", sa.String(32), nullable=False),
         sa.Column("content", LONG_TEXT, nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("error_code", sa.String(64), nullable=True),
-        sa.Column("error_message", sa.Text, nullable=True),
-        sa.Column("created_at", TS, nullable=False),
-        sa.Column("updated_at", TS, nullable=False),
+        *error_columns(),
+        *timestamps(),
         sa.Column("sent_at", TS, nullable=True),
         sa.Column("delivered_at", TS, nullable=True),
         sa.Column("read_at", TS, nullable=True),
@@ -107,8 +112,7 @@ def _message_statuses() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("occurred_at", TS, nullable=True),
         sa.Column("recipient_id", sa.String(32), nullable=True),
-        sa.Column("error_code", sa.String(64), nullable=True),
-        sa.Column("error_message", sa.Text, nullable=True),
+        *error_columns(),
         sa.Column("raw", LONG_TEXT, nullable=True),
         sa.Column("created_at", TS, nullable=False),
         sa.UniqueConstraint(
@@ -137,8 +141,7 @@ def _templates() -> None:
         sa.Column("components", LONG_TEXT, nullable=False),
         sa.Column("remote_id", sa.String(64), nullable=True),
         sa.Column("synced_at", TS, nullable=False),
-        sa.Column("created_at", TS, nullable=False),
-        sa.Column("updated_at", TS, nullable=False),
+        *timestamps(),
         sa.UniqueConstraint("tenant_id", "name", "language", name="uq_templates_tenant_id_name_language"),
         **TABLE_OPTIONS,
     )

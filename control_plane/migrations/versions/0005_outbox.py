@@ -7,7 +7,15 @@ Revises: 0004
 import sqlalchemy as sa
 from alembic import op
 
-from control_plane.migrations.columns import BIG_ID, TABLE_OPTIONS, TS, message_fk, tenant_fk
+from control_plane.migrations.columns import (
+    BIG_ID,
+    TABLE_OPTIONS,
+    TS,
+    error_columns,
+    message_fk,
+    tenant_fk,
+    timestamps,
+)
 
 revision = "0005"
 down_revision = "0004"
@@ -16,6 +24,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _outbox()
+    _message_transitions()
+    _messaging_settings()
+
+
+def _outbox() -> None:
     # One row per outbound message the CRM asked for: the dispatch state beside the message row.
     op.create_table(
         "outbox",
@@ -32,8 +46,7 @@ def upgrade() -> None:
         sa.Column("route_provider", sa.String(20), nullable=True),
         sa.Column("route_reason", sa.String(255), nullable=True),
         sa.Column("last_error", sa.Text, nullable=True),
-        sa.Column("created_at", TS, nullable=False),
-        sa.Column("updated_at", TS, nullable=False),
+        *timestamps(),
         sa.UniqueConstraint("tenant_id", "idempotency_key", name="uq_outbox_tenant_id_idempotency_key"),
         **TABLE_OPTIONS,
     )
@@ -41,6 +54,9 @@ def upgrade() -> None:
     op.create_index(
         "ix_outbox_tenant_id_state_next_attempt_at", "outbox", ["tenant_id", "state", "next_attempt_at"]
     )
+
+
+def _message_transitions() -> None:
     op.create_table(
         "message_transitions",
         sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
@@ -50,14 +66,16 @@ def upgrade() -> None:
         sa.Column("to_status", sa.String(16), nullable=False),
         sa.Column("provider", sa.String(20), nullable=True),
         sa.Column("reason", sa.String(255), nullable=True),
-        sa.Column("error_code", sa.String(64), nullable=True),
-        sa.Column("error_message", sa.Text, nullable=True),
+        *error_columns(),
         sa.Column("at", TS, nullable=False),
         **TABLE_OPTIONS,
     )
     op.create_index(
         "ix_message_transitions_tenant_id_message_id", "message_transitions", ["tenant_id", "message_id"]
     )
+
+
+def _messaging_settings() -> None:
     # Per-tenant messaging options (the fallback template used outside the 24 h window).
     op.create_table(
         "messaging_settings",
@@ -65,8 +83,7 @@ def upgrade() -> None:
         sa.Column("fallback_template_name", sa.String(255), nullable=True),
         sa.Column("fallback_template_language", sa.String(16), nullable=True),
         sa.Column("fallback_template_body_param", sa.Boolean, nullable=False, server_default=sa.false()),
-        sa.Column("created_at", TS, nullable=False),
-        sa.Column("updated_at", TS, nullable=False),
+        *timestamps(),
         **TABLE_OPTIONS,
     )
 
