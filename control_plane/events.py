@@ -183,14 +183,16 @@ def status_events(tenant_id: str, changes: list[dict[str, Any]]) -> list[tuple[s
 
 
 def phone_sent_event(row: dict[str, Any]) -> dict[str, Any]:
-    """``message.sent`` data for a message typed on the phone (Web): the outbound shape plus
-    ``origin: "phone"``, ``from``, ``type`` and ``content`` (the CRM has not seen it before)."""
+    """``message.sent`` data for a message typed on the phone (Web) or in the WhatsApp Business app
+    (Cloud API echoes): the outbound shape plus ``origin`` (the row's: ``"phone"`` when it has none),
+    ``from``, ``type`` and ``content`` (the CRM has not seen it before)."""
+    origin = row.get("origin") or ORIGIN_PHONE
     return {
         "message_id": row["id"],
         "conversation_id": row["conversation_id"],
         "provider": row["provider"],
         "direction": "outbound",
-        "origin": "phone",
+        "origin": origin,
         "from": row.get("from"),
         "to": row["wa_id"],
         "type": row["type"],
@@ -199,5 +201,42 @@ def phone_sent_event(row: dict[str, Any]) -> dict[str, Any]:
         "provider_message_id": row["provider_message_id"],
         "timestamp": format_ts_or_none(row.get("provider_timestamp")),
         "error": None,
-        "route_reason": PHONE_ROUTE_REASON,
+        "route_reason": BUSINESS_APP_ROUTE_REASON if origin == ORIGIN_BUSINESS_APP else PHONE_ROUTE_REASON,
     }
+
+
+# -------------------------------------------------------------- provider notices (webhook fields)
+# Business API webhook fields other than ``messages`` (``webhooks/fields.py`` builds their data;
+# docs/EVENTS.md "Provider notices"). Published once per change Meta sends (a redelivery: nothing).
+
+TEMPLATE_STATUS = "template.status"  # message_template_status_update
+TEMPLATE_QUALITY = "template.quality"  # message_template_quality_update
+TEMPLATE_CATEGORY = "template.category"  # template_category_update
+ACCOUNT_UPDATE = "account.update"  # account_update (bans, restrictions, violations, reviews ...)
+CONTACT_PREFERENCES = "contact.preferences"  # user_preferences (marketing stop / resume)
+CALL_CONNECT = "call.connect"  # calls: a call's SDP offer (user-initiated) or answer
+CALL_TERMINATE = "call.terminate"  # calls: a call ended (status COMPLETED / FAILED, duration)
+CALL_STATUS = "call.status"  # calls: a business-initiated call's RINGING / ACCEPTED / REJECTED
+CALL_UPDATE = "call.update"  # calls: any other call event Meta adds (``event`` names it)
+PROVIDER_ERROR = "provider.error"  # a change's top-level ``errors`` (any field, messages included)
+
+NOTICE_TYPES: frozenset[str] = frozenset(
+    {
+        TEMPLATE_STATUS,
+        TEMPLATE_QUALITY,
+        TEMPLATE_CATEGORY,
+        ACCOUNT_UPDATE,
+        CONTACT_PREFERENCES,
+        CALL_CONNECT,
+        CALL_TERMINATE,
+        CALL_STATUS,
+        CALL_UPDATE,
+        PROVIDER_ERROR,
+    }
+)
+ALL_TYPES = ALL_TYPES | NOTICE_TYPES
+
+# ``origin`` of outbound messages the business wrote outside the gateway (messages.origin).
+ORIGIN_PHONE = "phone"  # typed on the Web session's phone
+ORIGIN_BUSINESS_APP = "business_app"  # typed in the WhatsApp Business app (smb_message_echoes)
+BUSINESS_APP_ROUTE_REASON = "typed in the WhatsApp Business app"

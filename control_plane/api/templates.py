@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from pydantic import Field
 
 from control_plane import errors
 from control_plane.db import templates as templates_db
@@ -36,6 +37,9 @@ class TemplateOut(ResponseModel):
     language: str
     status: str | None = None
     category: str | None = None
+    quality_score: str | None = Field(
+        None, description="Meta's quality rating (GREEN, YELLOW, RED, UNKNOWN), from its webhooks"
+    )
     components: list[dict[str, Any]]
     remote_id: str | None = None
     waba_id: str | None = None
@@ -59,6 +63,7 @@ def _template_out(row: dict[str, Any]) -> TemplateOut:
         language=row["language"],
         status=row["status"],
         category=row["category"],
+        quality_score=row.get("quality_score"),
         components=[c for c in row["components"] if isinstance(c, dict)],
         remote_id=row["remote_id"],
         waba_id=row["waba_id"],

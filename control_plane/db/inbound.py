@@ -53,12 +53,15 @@ _WHAT = "inbound messages"
 class TenantWork:
     """What one hand-over (a webhook delivery, a Web event) stores for one tenant, provider-neutral:
     inbound ``messages`` (``record_inbound_messages`` items), ``statuses`` (``apply_status_updates``
-    items) and ``phone`` messages (typed on the Web session's phone: ``record_phone_messages`` items)."""
+    items) and ``phone`` messages (typed on the Web session's phone, or in the WhatsApp Business app:
+    ``record_phone_messages`` items), and ``notices``: changes of webhook fields other than messages
+    (``webhooks/fields.py``: kept raw in ``provider_events``, applied, published after the rest)."""
 
     tenant_id: str
     messages: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     phone: list[dict[str, Any]] = field(default_factory=list)
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
 
 class TenantClock:
@@ -401,6 +404,7 @@ async def _record_phone_message(
         "updated_at": now,
         "sent_at": at,
         "provider_timestamp": at,
+        "origin": item.get("origin") or "phone",  # "business_app": a Cloud API echo
     }
     if (await conn.execute(insert_ignore(conn, messages).values(**row))).rowcount == 0:
         return None  # stored meanwhile by another writer

@@ -69,6 +69,9 @@ messages = sa.Table(
     sa.Column("read_at", Timestamp, nullable=True),
     sa.Column("failed_at", Timestamp, nullable=True),
     sa.Column("provider_timestamp", Timestamp, nullable=True),
+    # Who wrote an outbound message when not us: "phone" (typed on the Web session's phone),
+    # "business_app" (the WhatsApp Business app, Cloud API coexistence); NULL otherwise (0009).
+    sa.Column("origin", sa.String(20), nullable=True),
     sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
     sa.Index(
         "ix_messages_tenant_id_conversation_id_created_at_id",

@@ -28,6 +28,7 @@ templates = sa.Table(
     sa.Column("synced_at", Timestamp, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("quality_score", sa.String(16), nullable=True),  # GREEN/YELLOW/RED/UNKNOWN (0009)
     sa.UniqueConstraint("tenant_id", "name", "language"),
 )
 
@@ -121,12 +122,68 @@ async def get_template(
     return out
 
 
-async def update_template_status(
-    conn: AsyncConnection, tenant_id: str, *, name: str, language: str | None, status: str
-) -> int:
-    """A ``message_template_status_update`` webhook: the named template's new status."""
-    stmt = templates.update().where(templates.c.tenant_id == tenant_id, templates.c.name == name)
-    if language:
-        stmt = stmt.where(templates.c.language == language)
-    result = await conn.execute(stmt.values(status=clip(status, 32), updated_at=utcnow()))
-    return result.rowcount
+_NOTICE_COLUMNS = {"status": 32, "category": 32, "quality_score": 16}  # what notices set, their lengths
+
+
+def _same_language(stored: str, given: str) -> bool:
+    """Meta's webhooks write ``en-US`` where its template list says ``en_US``."""
+    return stored.replace("-", "_").lower() == given.replace("-", "_").lower()
+
+
+async def apply_template_notice(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    template_id: str | None,
+    name: str | None,
+    language: str | None,
+    values: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """A template webhook (status, quality score, category): set ``values`` (``status``,
+    ``quality_score``, ``category``) on the template Meta names: by its id (``remote_id``), else by
+    name and language (every language when none is given). Templates we have not synced are left
+    alone. Returns the matched rows as they were before (``id``, ``name``, ``language``, ``status``,
+    ``category``, ``quality_score``)."""
+    t = templates.c
+    match = []
+    if template_id:
+        match.append(t.remote_id == clip(template_id, 64))
+    if name:
+        match.append(t.name == clip(name, 255))
+    if not match:
+        return []
+    result = await conn.execute(
+        sa.select(t.id, t.name, t.language, t.status, t.category, t.quality_score, t.remote_id).where(
+            t.tenant_id == tenant_id, sa.or_(*match)
+        )
+    )
+    rows = [dict(r._mapping) for r in result]
+    by_id = [r for r in rows if template_id and r["remote_id"] == template_id]
+    if not by_id:  # not synced since Meta gave it an id, or no id given
+        by_id = [
+            r for r in rows if r["name"] == name and (not language or _same_language(r["language"], language))
+        ]
+    if by_id and values:
+        clipped = {k: clip(v, _NOTICE_COLUMNS[k]) for k, v in values.items()}
+        await conn.execute(
+            templates.update()
+            .where(t.tenant_id == tenant_id, t.id.in_([r["id"] for r in by_id]))
+            .values(**clipped, updated_at=utcnow())
+        )
+    for r in by_id:
+        r.pop("remote_id")
+    return by_id
+
+
+async def template_categories(
+    conn: AsyncConnection, tenant_id: str, names: list[tuple[str, str]]
+) -> dict[tuple[str, str], str | None]:
+    """(name, language) -> the category of the tenant's synced template (absent: not synced)."""
+    wanted = {n for n, _ in names}
+    if not wanted:
+        return {}
+    t = templates.c
+    result = await conn.execute(
+        sa.select(t.name, t.language, t.category).where(t.tenant_id == tenant_id, t.name.in_(sorted(wanted)))
+    )
+    return {(n, lang): category for n, lang, category in result}

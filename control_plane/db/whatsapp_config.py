@@ -21,7 +21,7 @@ whatsapp_config = sa.Table(
     sa.Column("api_type", sa.String(20), nullable=False, default="web"),
     sa.Column("fallback_policy", sa.String(30), nullable=False, default="web_only"),
     sa.Column("phone_number_id", sa.String(64), nullable=True, unique=True),
-    sa.Column("waba_id", sa.String(64), nullable=True),
+    sa.Column("waba_id", sa.String(64), nullable=True, index=True),  # webhooks route WABA fields by it
     sa.Column("api_version", sa.String(16), nullable=True),
     sa.Column("access_token_enc", sa.Text, nullable=True),
     sa.Column("app_secret_enc", sa.Text, nullable=True),
@@ -119,6 +119,28 @@ async def find_webhook_targets(conn: AsyncConnection, phone_number_ids: list[str
         )
         .join(tenants, tenants.c.id == c.tenant_id)
         .where(c.phone_number_id.in_(phone_number_ids))
+    )
+    return [dict(r._mapping) for r in result]
+
+
+async def find_waba_targets(conn: AsyncConnection, waba_ids: list[str]) -> list[dict[str, Any]]:
+    """``find_webhook_targets`` by WABA id (template and account webhooks name the WABA, not a
+    number): every tenant whose config holds one of ``waba_ids``."""
+    if not waba_ids:
+        return []
+    c = whatsapp_config.c
+    result = await conn.execute(
+        sa.select(
+            c.tenant_id,
+            c.phone_number_id,
+            c.waba_id,
+            c.app_secret_enc,
+            c.api_type,
+            sa.and_(c.is_active, tenants.c.is_active).label("active"),
+        )
+        .join(tenants, tenants.c.id == c.tenant_id)
+        .where(c.waba_id.in_(waba_ids))
+        .order_by(c.tenant_id)
     )
     return [dict(r._mapping) for r in result]
 

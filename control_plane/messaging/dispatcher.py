@@ -57,7 +57,7 @@ from typing import Any
 
 from control_plane.db import outbox as outbox_db
 from control_plane.db.engine import utcnow
-from control_plane.messaging import outcomes, routing, tenant_context
+from control_plane.messaging import optout, outcomes, routing, tenant_context
 from control_plane.messaging.batch import BatchPlanner, Slot
 from control_plane.messaging.conversations import CanonicalAdopter, References
 from control_plane.messaging.governor import Governor, sleep_until
@@ -310,6 +310,7 @@ class Dispatcher:
         self, tenant_id: str, ctx: TenantContext, rows: list[dict[str, Any]], inflight: set[asyncio.Task]
     ) -> float:
         """Route a claimed batch and schedule its sends; returns the loop time of its last slot."""
+        rows = await self._refuse_opted_out(tenant_id, rows)
         plan = await self.planner.plan(tenant_id, ctx, rows)
         if plan.waits_for_web:
             self._waiting_web.add(tenant_id)
@@ -321,6 +322,21 @@ class Dispatcher:
             inflight.add(task)
             task.add_done_callback(inflight.discard)
         return plan.last
+
+    async def _refuse_opted_out(self, tenant_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """MARKETING templates to contacts who stopped them fail now (``optout.py``); the rest."""
+        blocked = await optout.blocked_rows(self.db, tenant_id, rows)
+        if not blocked:
+            return rows
+        why = "not sent: " + optout.MESSAGE
+        failed = [
+            outcomes.failed(r, None, optout.CODE, optout.MESSAGE, why)
+            for r in rows
+            if r["message_id"] in blocked
+        ]
+        self._count(failed)
+        self.recorder.put(tenant_id, failed)
+        return [r for r in rows if r["message_id"] not in blocked]
 
     async def _run_chain(self, tenant_id: str, ctx: TenantContext, chain: list[Slot]) -> None:
         loop = asyncio.get_running_loop()
@@ -380,6 +396,8 @@ class Dispatcher:
         self, tenant_id: str, ctx: TenantContext, row: dict[str, Any], decision: routing.Decision
     ) -> dict[str, Any]:
         template = ctx.roads.fallback_template if decision.use_fallback_template else None
+        if template is not None and await optout.blocked(self.db, tenant_id, [(row["wa_id"], template)]):
+            return outcomes.failed(row, routing.CLOUD, optout.CODE, optout.MESSAGE, decision.reason)
         outcome = await self.cloud.send(
             _outbound(tenant_id, row, creds=ctx.creds, fallback_template=template)
         )

@@ -15,7 +15,8 @@ a per-tenant increasing stamp: ``db.inbound.TenantClock``) are the provider's de
 - Cloud: the order of the messages within a webhook delivery, and between deliveries stored in one
   batch, their message timestamp (Meta's are whole seconds: equal ones keep their arrival order).
 Per tenant, a batch stores its messages (inbound and phone-typed, in that order) first, then its
-statuses (an ack finds a phone message stored in the same batch).
+statuses (an ack finds a phone message stored in the same batch), then its notices (webhook fields
+other than messages: ``messaging/notices.py``).
 
 MariaDB, inbound messages only (the common case): the fast path (``db.inbound.store_fast``), no
 duplicate check first; a wamid stored before fails the INSERT, the batch is rolled back and stored
@@ -29,7 +30,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +43,7 @@ from control_plane.db.batch import GroupCommit
 from control_plane.db.engine import utcnow
 from control_plane.db.inbound import TenantWork
 from control_plane.db.sql import raw_mariadb
+from control_plane.messaging.notices import store_notices
 from control_plane.realtime.envelopes import encode_data
 from control_plane.realtime.unit import EventLog, Unit, store_then_publish
 
@@ -60,6 +62,7 @@ class IngestStats:
     messages_stored: int = 0
     statuses_stored: int = 0
     phone_stored: int = 0
+    notices_stored: int = 0
     failed_batches: int = 0
     max_batch: int = 0
 
@@ -69,10 +72,11 @@ class IngestStats:
 
 @dataclass
 class _TenantBatch:
-    """One tenant's part of a batch: message runs in order, then statuses."""
+    """One tenant's part of a batch: message runs in order, then statuses, then notices."""
 
     runs: list[Run]
     statuses: list[dict[str, Any]]
+    notices: list[dict[str, Any]] = field(default_factory=list)
 
 
 class InboundService:
@@ -121,7 +125,7 @@ class InboundService:
 
     async def submit(self, works: Delivery) -> None:
         """Store ``works`` durably (returns after their commit). Raises ``errors.Unavailable``."""
-        if any(w.messages or w.statuses or w.phone for w in works):
+        if any(w.messages or w.statuses or w.phone or w.notices for w in works):
             await self._writer.submit(works)
 
     def put(
@@ -151,7 +155,7 @@ class InboundService:
                     # all of it was rolled back; the careful path checks first, stores what is new.
                     self._forget_conversations(per_tenant)
                 else:
-                    self._count(len(batch), stored, 0, 0)
+                    self._count(len(batch), stored, 0, 0, 0)
                     return
             try:
                 counts = await self._store_careful(conn, per_tenant, events)
@@ -178,7 +182,7 @@ class InboundService:
             self._conn, self._driver = conn, driver
         return self._conn
 
-    def _count(self, deliveries: int, messages: int, statuses: int, phone: int) -> None:
+    def _count(self, deliveries: int, messages: int, statuses: int, phone: int, notices: int) -> None:
         s = self.stats
         s.batches += 1
         s.deliveries += deliveries
@@ -186,6 +190,7 @@ class InboundService:
         s.messages_stored += messages
         s.statuses_stored += statuses
         s.phone_stored += phone
+        s.notices_stored += notices
 
     def _forget_conversations(self, per_tenant: dict[str, _TenantBatch]) -> None:
         for tenant_id, part in per_tenant.items():
@@ -242,10 +247,10 @@ class InboundService:
 
     async def _store_careful(
         self, conn: Any, per_tenant: dict[str, _TenantBatch], events: EventLog | None
-    ) -> tuple[int, int, int]:
+    ) -> tuple[int, int, int, int]:
         """Any database, anything: check what is stored already, then write. Returns the numbers of
-        inbound messages, statuses and phone messages stored."""
-        counts = [0, 0, 0]
+        inbound messages, statuses, phone messages and notices stored."""
+        counts = [0, 0, 0, 0]
         # MariaDB: the messages INSERTs go out with the event-log append, in one round trip.
         deferred: list[str] | None = [] if self._driver is not None else None
         async with store_then_publish(_transaction(conn), events) as unit:
@@ -262,13 +267,17 @@ class InboundService:
                     if deferred:  # statuses read messages: store this batch's first
                         await inbound_db.run_deferred(conn, deferred)
                     counts[1] += await _store_statuses(unit, tenant_id, part.statuses)
+                if part.notices:
+                    if deferred:  # in order: this batch's messages and their events first
+                        await inbound_db.run_deferred(conn, deferred)
+                    counts[3] += await store_notices(unit, tenant_id, part.notices)
             if deferred:
                 prepared = unit.prepare()
                 if prepared is None:
                     await inbound_db.run_deferred(conn, deferred)
                 else:
                     unit.appended(await inbound_db.append_after(conn, deferred, prepared.rows))
-        return counts[0], counts[1], counts[2]
+        return counts[0], counts[1], counts[2], counts[3]
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -328,6 +337,7 @@ def _per_tenant(batch: list[Delivery]) -> dict[str, _TenantBatch]:
                     sources[work.tenant_id] = []
                 sources[work.tenant_id].extend([number] * len(items))
             part.statuses.extend(work.statuses)
+            part.notices.extend(work.notices)
     for tenant_id, part in parts.items():
         if len(part.runs) == 1 and part.runs[0][0] == "messages" and len(set(sources[tenant_id])) > 1:
             part.runs[0] = ("messages", _delivery_order(part.runs[0][1], sources[tenant_id]))
@@ -351,7 +361,7 @@ def _delivery_order(items: list[dict[str, Any]], deliveries: list[int]) -> list[
 
 def _messages_only(per_tenant: dict[str, _TenantBatch]) -> bool:
     return all(
-        not part.statuses and len(part.runs) == 1 and part.runs[0][0] == "messages"
+        not part.statuses and not part.notices and len(part.runs) == 1 and part.runs[0][0] == "messages"
         for part in per_tenant.values()
     )
 

@@ -18,7 +18,7 @@ from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
 from control_plane.db import templates as templates_db
 from control_plane.db.sql import retry_on_deadlock
-from control_plane.messaging import models
+from control_plane.messaging import models, optout
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ async def enqueue(
         tpl = content
         async with db.connect() as conn:
             known = await templates_db.get_template(conn, tenant_id, tpl["name"], tpl["language"])
-        models.check_template_against_known(tpl, known)
+            models.check_template_against_known(tpl, known)
+            await optout.check_enqueue(conn, tenant_id, wa_id, known)
     try:
         row = await _insert(
             db,

@@ -1,4 +1,5 @@
-"""Which tenant owns a phone_number_id, and with which app secret its deliveries are signed.
+"""Which tenant owns a phone_number_id (or a WABA id), and with which app secret its deliveries are
+signed.
 
 Cached in memory for a few seconds (a webhook burst must not cost a query per request); concurrent
 misses share one query (no stampede when an entry expires under load). Saving a tenant's WhatsApp
@@ -56,16 +57,23 @@ def signature_matches(body: bytes, digest: bytes, secret: bytes | None) -> bool:
 
 
 class TenantDirectory:
+    """Two caches with the same rules: phone_number_id -> its Target (or None), and WABA id -> the
+    Targets of every active tenant whose config holds it (template and account webhooks name the
+    WABA, ``entry.id``; several numbers, hence tenants, may share one)."""
+
     def __init__(self, db: Database, box: SecretBox, *, ttl_s: float = 5.0) -> None:
         self._db = db
         self._box = box
         self._ttl = ttl_s
         self._cache: dict[str, tuple[float, Target | None]] = {}
         self._inflight: dict[str, asyncio.Future] = {}
+        self._wabas: dict[str, tuple[float, tuple[Target, ...]]] = {}
+        self._waba_inflight: dict[str, asyncio.Future] = {}
         self._generation = 0
 
     def invalidate(self) -> None:
         self._cache.clear()
+        self._wabas.clear()
         self._generation += 1
 
     def cached(self, pnid: str) -> Target | Literal[False] | None:
@@ -78,51 +86,71 @@ class TenantDirectory:
 
     async def targets(self, phone_number_ids: list[str]) -> dict[str, Target | None]:
         """pnid -> Target, or None when no active tenant owns it."""
+        return await self._lookup(self._cache, self._inflight, phone_number_ids, self._load, None)
+
+    async def waba_targets(self, waba_ids: list[str]) -> dict[str, tuple[Target, ...]]:
+        """WABA id -> the Targets of the active tenants holding it (empty: none)."""
+        return await self._lookup(self._wabas, self._waba_inflight, waba_ids, self._load_wabas, ())
+
+    async def _lookup(self, cache: dict, inflight: dict, keys: list[str], load: Any, absent: Any) -> dict:
         now = time.monotonic()
-        out: dict[str, Target | None] = {}
+        out: dict[str, Any] = {}
         waits: dict[str, asyncio.Future] = {}
         missing = []
-        for pnid in phone_number_ids:
-            hit = self._cache.get(pnid)
+        for key in keys:
+            hit = cache.get(key)
             if hit is not None and hit[0] > now:
-                out[pnid] = hit[1]
-            elif pnid in self._inflight:
-                waits[pnid] = self._inflight[pnid]
+                out[key] = hit[1]
+            elif key in inflight:
+                waits[key] = inflight[key]
             else:
-                missing.append(pnid)
+                missing.append(key)
         if missing:
-            await self._load(missing)
-            for pnid in missing:
-                out[pnid] = self._cache[pnid][1] if pnid in self._cache else None
-        for pnid, fut in waits.items():
-            out[pnid] = await asyncio.shield(fut)
+            await self._fill(cache, inflight, missing, load)
+            for key in missing:
+                out[key] = cache[key][1] if key in cache else absent
+        for key, fut in waits.items():
+            out[key] = await asyncio.shield(fut)
         return out
 
-    async def _load(self, missing: list[str]) -> None:
+    async def _fill(self, cache: dict, inflight: dict, missing: list[str], load: Any) -> None:
+        """Load ``missing`` keys once (concurrent askers wait on the same futures) into ``cache``."""
         loop = asyncio.get_running_loop()
-        futures = {pnid: loop.create_future() for pnid in missing}
-        self._inflight.update(futures)
+        futures = {key: loop.create_future() for key in missing}
+        inflight.update(futures)
         generation = self._generation
         try:
             async with self._db.connect() as conn:
-                rows = await config_db.find_webhook_targets(conn, missing)
+                found = await load(conn, missing)
         except BaseException as exc:
-            for pnid, fut in futures.items():
-                self._inflight.pop(pnid, None)
+            for key, fut in futures.items():
+                inflight.pop(key, None)
                 if not fut.done():
                     fut.set_exception(exc)
                     fut.exception()  # retrieved: waiters re-raise it, nobody else must log it
             raise
-        found = {row["phone_number_id"]: self._target(row) for row in rows}
-        if len(self._cache) > 50_000:  # forged pnids must not grow the cache forever
-            self._cache.clear()
+        if len(cache) > 50_000:  # forged ids must not grow the cache forever
+            cache.clear()
         expires = time.monotonic() + self._ttl
-        for pnid, fut in futures.items():
-            self._inflight.pop(pnid, None)
-            target = found.get(pnid)
+        for key, fut in futures.items():
+            inflight.pop(key, None)
+            answer = found[key]
             if generation == self._generation:  # not invalidated while we were reading
-                self._cache[pnid] = (expires, target)
-            fut.set_result(target)
+                cache[key] = (expires, answer)
+            fut.set_result(answer)
+
+    async def _load(self, conn: Any, missing: list[str]) -> dict[str, Target | None]:
+        rows = await config_db.find_webhook_targets(conn, missing)
+        found = {row["phone_number_id"]: self._target(row) for row in rows}
+        return {pnid: found.get(pnid) for pnid in missing}
+
+    async def _load_wabas(self, conn: Any, missing: list[str]) -> dict[str, tuple[Target, ...]]:
+        found: dict[str, list[Target]] = {waba: [] for waba in missing}
+        for row in await config_db.find_waba_targets(conn, missing):
+            target = self._target(row)
+            if target is not None:
+                found[row["waba_id"]].append(target)
+        return {waba: tuple(targets) for waba, targets in found.items()}
 
     def _target(self, row: dict[str, Any]) -> Target | None:
         if not row["active"]:

@@ -1,8 +1,9 @@
 """Meta webhook payloads -> what we store. Pure: no I/O.
 
 ``parse_delivery(data)`` walks EVERY entry and EVERY change (Meta batches them) and groups what it
-finds by ``value.metadata.phone_number_id``. Unknown fields are ignored. Each message's
-``content`` is provider-neutral (``normalize_content``, documented in docs/EVENTS.md); types we do not
+finds by ``value.metadata.phone_number_id``. Changes of other fields than ``messages`` are handed
+over whole to ``webhooks/fields.py`` (``ParsedDelivery.fields``). Each message's ``content`` is
+provider-neutral (``normalize_content``, documented in docs/EVENTS.md); types we do not
 model are kept whole under ``content.raw``.
 """
 
@@ -33,8 +34,9 @@ class NumberBatch:
 @dataclass
 class ParsedDelivery:
     numbers: dict[str, NumberBatch] = field(default_factory=dict)
-    ignored_changes: int = 0  # fields we do not handle (account_update, templates ...)
+    ignored_changes: int = 0  # changes without metadata.phone_number_id, not objects ...
     skipped_items: int = 0  # malformed messages/statuses (no id, no sender ...)
+    fields: list[tuple[Any, Any]] = field(default_factory=list)  # (entry, change): webhooks/fields.py
 
     def number(self, pnid: str) -> NumberBatch:
         batch = self.numbers.get(pnid)
@@ -218,6 +220,9 @@ def parse_delivery(data: Any) -> ParsedDelivery:
             parsed.ignored_changes += 1
             continue
         for change in changes:
+            if isinstance(change, dict) and change.get("field", "messages") != "messages":
+                parsed.fields.append((entry, change))  # templates, account, calls ...: fields.py
+                continue
             value = change.get("value") if isinstance(change, dict) else None
             metadata = value.get("metadata") if isinstance(value, dict) else None
             pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None

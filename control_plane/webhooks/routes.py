@@ -5,17 +5,21 @@ POST, in order, nothing stored until the last step:
 2. an ``X-Hub-Signature-256`` header must be present and well-formed (401);
 3. the body must be JSON shaped like a WhatsApp Business Account delivery (400);
 4. every entry and every change is grouped by ``value.metadata.phone_number_id``; each id is routed to
-   the active tenant that owns it; unknown ids are logged and counted, never stored;
+   the active tenant that owns it; unknown ids are logged and counted, never stored. Changes of other
+   fields (``webhooks/fields.py``) that name no number (template and account updates) are routed by
+   the WABA id ``entry.id`` to every active tenant whose config holds it; unknown WABAs likewise;
 5. the signature is checked against the app secret of EVERY tenant the delivery names (HMAC-SHA256 of
    the raw bytes, constant-time compare): one mismatch -> 401 and nothing is written (a delivery signed
-   with tenant A's secret cannot name tenant B's number);
+   with tenant A's secret cannot name tenant B's number or WABA);
 6. the delivery joins the current group commit; 200 once it is committed, 503 if the database fails
-   (Meta redelivers; storage is idempotent per wamid and per (wamid, status)).
+   (Meta redelivers; storage is idempotent per wamid, per (wamid, status) and per change of the
+   other fields).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,7 @@ from control_plane.http.models import QueryModel, ResponseModel
 from control_plane.http.parsing import parse_json, read_body
 from control_plane.http.routing import Router
 from control_plane.logs import current_tenant
+from control_plane.webhooks import fields
 from control_plane.webhooks.directory import Target, TenantDirectory, parse_signature, signature_matches
 from control_plane.webhooks.ingest import TenantWork, WebhookIngester
 from control_plane.webhooks.payload import ParsedDelivery, parse_delivery
@@ -47,6 +52,8 @@ class WebhookCounters:
         self.accepted = 0
         self.bad_signature = 0
         self.unknown_phone_number_id = 0
+        self.unknown_waba_id = 0
+        self.notices = 0  # changes of other fields routed to a tenant (webhooks/fields.py)
         self.ignored_changes = 0
         self.skipped_items = 0
         self.too_large = 0
@@ -68,6 +75,13 @@ class WebhookAck(ResponseModel):
     statuses: int = Field(0, description="Status updates in the delivery (for known numbers)")
     unknown_phone_number_ids: int = Field(
         0, description="Changes for numbers no active tenant owns (not stored)"
+    )
+    notices: int = Field(
+        0,
+        description="Changes of other fields (templates, account, preferences, calls ...) routed to tenants",
+    )
+    unknown_waba_ids: int = Field(
+        0, description="Changes for WhatsApp Business Accounts no active tenant holds (not stored)"
     )
 
 
@@ -97,7 +111,10 @@ async def handshake(request: web.Request, query: HandshakeQuery) -> web.Response
 
 
 # The ack as ``web.json_response`` writes ``WebhookAck`` (the same bytes), without pydantic per request.
-_ACK = '{"ok": true, "messages": %d, "statuses": %d, "unknown_phone_number_ids": %d}'
+_ACK = (
+    '{"ok": true, "messages": %d, "statuses": %d, "unknown_phone_number_ids": %d, "notices": %d, '
+    '"unknown_waba_ids": %d}'
+)
 
 
 @router.route(
@@ -126,6 +143,9 @@ async def receive(request: web.Request) -> web.Response:
         counters.bad_signature += 1
         raise errors.Unauthenticated("missing or malformed X-Hub-Signature-256", code="invalid_signature")
     parsed = parse_delivery(parse_json(raw))
+    other = fields.parse_fields(parsed.fields) if parsed.fields else None
+    if other is not None:
+        counters.ignored_changes += other.skipped
     if parsed.ignored_changes:
         counters.ignored_changes += parsed.ignored_changes
     if parsed.skipped_items:
@@ -133,10 +153,15 @@ async def receive(request: web.Request) -> web.Response:
 
     # Routing: the directory's cache answers without waiting; a miss (or an expired entry) is loaded.
     directory: TenantDirectory = app["webhook_directory"]
-    targets, missing = _cached_targets(directory, parsed)
+    targets, missing = _cached_targets(directory, parsed, other)
     if missing:
         targets.update(await directory.targets(missing))
     routed = _by_tenant(parsed, targets)
+    if other is not None:
+        wabas = await directory.waba_targets(list(other.wabas)) if other.wabas else {}
+        _route_fields(routed, other, targets, wabas, counted=parsed.numbers)
+        counters.notices += routed.notices
+        counters.unknown_waba_id += routed.unknown_wabas
     if routed.unknown:
         counters.unknown_phone_number_id += routed.unknown
     _check_signatures(raw, digest, routed, counters)
@@ -154,7 +179,9 @@ async def receive(request: web.Request) -> web.Response:
             current_tenant.reset(token)
     counters.accepted += 1
     return web.Response(
-        body=(_ACK % (routed.messages, routed.statuses, routed.unknown)).encode(),
+        body=(
+            _ACK % (routed.messages, routed.statuses, routed.unknown, routed.notices, routed.unknown_wabas)
+        ).encode(),
         content_type="application/json",
         charset="utf-8",
     )
@@ -169,15 +196,26 @@ class _Routed:
     unknown: int = 0  # numbers no active tenant owns
     messages: int = 0
     statuses: int = 0
+    notices: int = 0
+    unknown_wabas: int = 0  # WABA ids no active tenant holds
+
+    def work(self, target: Target) -> TenantWork:
+        """The target's tenant's work (made, and its app secret noted, on first use)."""
+        work = self.works.get(target.tenant_id)
+        if work is None:
+            work = self.works[target.tenant_id] = TenantWork(target.tenant_id)
+            self.app_secrets[target.tenant_id] = target.app_secret
+        return work
 
 
 def _cached_targets(
-    directory: TenantDirectory, parsed: ParsedDelivery
+    directory: TenantDirectory, parsed: ParsedDelivery, other: fields.FieldDelivery | None = None
 ) -> tuple[dict[str, Target | None], list[str] | None]:
     """The targets the directory's cache knows, and the numbers it must load (None: none)."""
     targets: dict[str, Target | None] = {}
     missing = None
-    for pnid in parsed.numbers:
+    numbers = parsed.numbers if other is None else {**parsed.numbers, **other.numbers}
+    for pnid in numbers:
         target = directory.cached(pnid)
         if target is False:
             missing = [pnid] if missing is None else [*missing, pnid]
@@ -217,7 +255,46 @@ def _by_tenant(parsed: ParsedDelivery, targets: dict[str, Target | None]) -> _Ro
                 tenant_id,
                 str(batch.errors)[:500],
             )
+            work.notices.extend(fields.messages_errors_notice(pnid, errs) for errs in batch.errors)
+            routed.notices += len(batch.errors)
     return routed
+
+
+def _route_fields(
+    routed: _Routed,
+    other: fields.FieldDelivery,
+    targets: dict[str, Target | None],
+    wabas: dict[str, tuple[Target, ...]],
+    *,
+    counted: Container[str] = (),
+) -> None:
+    """The other fields' notices and echoes to their tenants: by number, else by WABA (unknown
+    numbers in ``counted`` were counted already)."""
+    for pnid, batch in other.numbers.items():
+        target = targets.get(pnid)
+        if target is None:
+            routed.unknown += pnid not in counted
+            log.warning("webhook %s for unknown phone_number_id=%s not stored", _field_names(batch), pnid)
+            continue
+        _add_fields(routed, routed.work(target), batch)
+    for waba_id, batch in other.wabas.items():
+        owners = wabas.get(waba_id) or ()
+        if not owners:
+            routed.unknown_wabas += 1
+            log.warning("webhook %s for unknown waba_id=%s not stored", _field_names(batch), waba_id)
+        for target in owners:
+            _add_fields(routed, routed.work(target), batch)
+
+
+def _add_fields(routed: _Routed, work: TenantWork, batch: fields.FieldBatch) -> None:
+    work.notices.extend(batch.notices)
+    if batch.phone:
+        work.phone = [*work.phone, *batch.phone]
+    routed.notices += len(batch.notices)
+
+
+def _field_names(batch: fields.FieldBatch) -> str:
+    return ",".join(sorted({n["field"] for n in batch.notices})) or "change"
 
 
 def _check_signatures(raw: bytes, digest: bytes, routed: _Routed, counters: WebhookCounters) -> None:
