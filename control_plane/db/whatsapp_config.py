@@ -107,20 +107,8 @@ async def find_webhook_targets(conn: AsyncConnection, phone_number_ids: list[str
     secret, WABA and whether both the config and the tenant are active."""
     if not phone_number_ids:
         return []
-    c = whatsapp_config.c
-    result = await conn.execute(
-        sa.select(
-            c.tenant_id,
-            c.phone_number_id,
-            c.waba_id,
-            c.app_secret_enc,
-            c.api_type,
-            sa.and_(c.is_active, tenants.c.is_active).label("active"),
-        )
-        .join(tenants, tenants.c.id == c.tenant_id)
-        .where(c.phone_number_id.in_(phone_number_ids))
-    )
-    return [dict(r._mapping) for r in result]
+    query = _targets().where(whatsapp_config.c.phone_number_id.in_(phone_number_ids))
+    return [dict(r._mapping) for r in await conn.execute(query)]
 
 
 async def find_waba_targets(conn: AsyncConnection, waba_ids: list[str]) -> list[dict[str, Any]]:
@@ -129,20 +117,21 @@ async def find_waba_targets(conn: AsyncConnection, waba_ids: list[str]) -> list[
     if not waba_ids:
         return []
     c = whatsapp_config.c
-    result = await conn.execute(
-        sa.select(
-            c.tenant_id,
-            c.phone_number_id,
-            c.waba_id,
-            c.app_secret_enc,
-            c.api_type,
-            sa.and_(c.is_active, tenants.c.is_active).label("active"),
-        )
-        .join(tenants, tenants.c.id == c.tenant_id)
-        .where(c.waba_id.in_(waba_ids))
-        .order_by(c.tenant_id)
-    )
-    return [dict(r._mapping) for r in result]
+    query = _targets().where(c.waba_id.in_(waba_ids)).order_by(c.tenant_id)
+    return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+def _targets() -> sa.Select:
+    """The routing facts of webhook targets, config joined with its tenant."""
+    c = whatsapp_config.c
+    return sa.select(
+        c.tenant_id,
+        c.phone_number_id,
+        c.waba_id,
+        c.app_secret_enc,
+        c.api_type,
+        sa.and_(c.is_active, tenants.c.is_active).label("active"),
+    ).join(tenants, tenants.c.id == c.tenant_id)
 
 
 async def find_active_configs_by_verify_token_hash(

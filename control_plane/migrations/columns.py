@@ -50,3 +50,8 @@ def error_columns() -> tuple[sa.Column[Any], sa.Column[Any]]:
         sa.Column("error_code", sa.String(64), nullable=True),
         sa.Column("error_message", sa.Text, nullable=True),
     )
+
+
+def tenant_row(table: str) -> tuple[sa.Column[Any], sa.Column[Any]]:
+    """The first columns of a tenant's table of facts: an autoincrementing ``id`` and ``tenant_id``."""
+    return sa.Column("id", BIG_ID, primary_key=True, autoincrement=True), tenant_fk(table)

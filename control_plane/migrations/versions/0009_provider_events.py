@@ -8,7 +8,7 @@ Revises: 0006
 import sqlalchemy as sa
 from alembic import op
 
-from control_plane.migrations.columns import BIG_ID, LONG_TEXT, TABLE_OPTIONS, TS, tenant_fk
+from control_plane.migrations.columns import LONG_TEXT, TABLE_OPTIONS, TS, tenant_fk, tenant_row
 
 revision = "0009"
 down_revision = "0006"
@@ -17,11 +17,20 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _provider_events()
+    _contact_preferences()
+    with op.batch_alter_table("templates") as batch:
+        batch.add_column(sa.Column("quality_score", sa.String(16), nullable=True))
+    with op.batch_alter_table("messages") as batch:
+        batch.add_column(sa.Column("origin", sa.String(20), nullable=True))
+    op.create_index("ix_whatsapp_config_waba_id", "whatsapp_config", ["waba_id"])
+
+
+def _provider_events() -> None:
     # Every change of a non-``messages`` webhook field, raw, once per (tenant, dedup key).
     op.create_table(
         "provider_events",
-        sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
-        tenant_fk("provider_events"),
+        *tenant_row("provider_events"),
         sa.Column("field", sa.String(64), nullable=False),
         sa.Column("entry_id", sa.String(64), nullable=True),
         sa.Column("phone_number_id", sa.String(64), nullable=True),
@@ -37,6 +46,9 @@ def upgrade() -> None:
         "provider_events",
         ["tenant_id", "field", "received_at"],
     )
+
+
+def _contact_preferences() -> None:
     # A contact's latest preference per category (Meta's user_preferences: marketing stop/resume).
     op.create_table(
         "contact_preferences",
@@ -50,11 +62,6 @@ def upgrade() -> None:
         sa.Column("updated_at", TS, nullable=False),
         **TABLE_OPTIONS,
     )
-    with op.batch_alter_table("templates") as batch:
-        batch.add_column(sa.Column("quality_score", sa.String(16), nullable=True))
-    with op.batch_alter_table("messages") as batch:
-        batch.add_column(sa.Column("origin", sa.String(20), nullable=True))
-    op.create_index("ix_whatsapp_config_waba_id", "whatsapp_config", ["waba_id"])
 
 
 def downgrade() -> None:
