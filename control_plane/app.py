@@ -4,6 +4,7 @@ stop before the database closes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -32,6 +33,7 @@ from control_plane.http.routing import Router
 from control_plane.logs import current_tenant
 from control_plane.messaging import dispatcher_context
 from control_plane.messaging.inbound import inbound_context
+from control_plane.messaging.whatsapp_config import upgrade_verify_token_hashes_soon
 from control_plane.providers.cloud_api import CloudAPIClient
 from control_plane.supervisor import Supervisor
 from control_plane.webhooks import routes as webhooks
@@ -99,6 +101,17 @@ async def _database(app: web.Application):
     await db.close()
 
 
+async def _verify_token_hashes(app: web.Application):
+    """Verify tokens saved before they were stored as HMAC-SHA256 get that hash (idempotent; in the
+    background, retried while the database is down)."""
+    task = asyncio.create_task(
+        upgrade_verify_token_hashes_soon(app["db"], app["secret_box"]), name="verify-token-hashes"
+    )
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _redis(app: web.Application):
     settings: Settings = app["settings"]
     app["redis"] = None
@@ -155,6 +168,7 @@ def create_app(settings: Settings) -> web.Application:
     app["settings"] = settings
     app["secret_box"] = SecretBox(settings.secret_key.get())
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_verify_token_hashes)
     app.cleanup_ctx.append(_redis)
     realtime.attach(app)
     app.cleanup_ctx.append(_realtime)
