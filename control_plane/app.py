@@ -24,6 +24,7 @@ from control_plane.api import (
     tenants,
     whatsapp_config,
 )
+from control_plane.auth_throttle import AuthThrottle, Policy
 from control_plane.config import Settings, mask_url
 from control_plane.crypto import SecretBox
 from control_plane.db import Database
@@ -113,8 +114,10 @@ async def _verify_token_hashes(app: web.Application):
 
 
 async def _redis(app: web.Application):
+    """``app["redis"]`` (None without REDIS_URL) and the authentication throttle that shares it."""
     settings: Settings = app["settings"]
     app["redis"] = None
+    app["auth_throttle"] = AuthThrottle(auth_policy(settings))
     if not settings.redis_url:
         yield
         return
@@ -124,9 +127,19 @@ async def _redis(app: web.Application):
         settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15
     )
     app["redis"] = client
+    app["auth_throttle"] = AuthThrottle(auth_policy(settings), redis=client)
     log.info("redis %s", mask_url(settings.redis_url))
     yield
     await client.aclose()
+
+
+def auth_policy(settings: Settings) -> Policy:
+    return Policy(
+        free=settings.auth_free_failures,
+        base_s=settings.auth_backoff_base_s,
+        cap_s=settings.auth_backoff_cap_s,
+        window_s=settings.auth_failure_window_s,
+    )
 
 
 async def _realtime(app: web.Application):
