@@ -4,6 +4,7 @@ stop before the database closes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -23,6 +24,7 @@ from control_plane.api import (
     tenants,
     whatsapp_config,
 )
+from control_plane.auth_throttle import AuthThrottle, Policy
 from control_plane.config import Settings, mask_url
 from control_plane.crypto import SecretBox
 from control_plane.db import Database
@@ -32,6 +34,7 @@ from control_plane.http.routing import Router
 from control_plane.logs import current_tenant
 from control_plane.messaging import dispatcher_context
 from control_plane.messaging.inbound import inbound_context
+from control_plane.messaging.whatsapp_config import upgrade_verify_token_hashes_soon
 from control_plane.providers.cloud_api import CloudAPIClient
 from control_plane.supervisor import Supervisor
 from control_plane.webhooks import routes as webhooks
@@ -99,9 +102,22 @@ async def _database(app: web.Application):
     await db.close()
 
 
+async def _verify_token_hashes(app: web.Application):
+    """Verify tokens saved before they were stored as HMAC-SHA256 get that hash (idempotent; in the
+    background, retried while the database is down)."""
+    task = asyncio.create_task(
+        upgrade_verify_token_hashes_soon(app["db"], app["secret_box"]), name="verify-token-hashes"
+    )
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def _redis(app: web.Application):
+    """``app["redis"]`` (None without REDIS_URL) and the authentication throttle that shares it."""
     settings: Settings = app["settings"]
     app["redis"] = None
+    app["auth_throttle"] = AuthThrottle(auth_policy(settings))
     if not settings.redis_url:
         yield
         return
@@ -111,9 +127,19 @@ async def _redis(app: web.Application):
         settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=15
     )
     app["redis"] = client
+    app["auth_throttle"] = AuthThrottle(auth_policy(settings), redis=client)
     log.info("redis %s", mask_url(settings.redis_url))
     yield
     await client.aclose()
+
+
+def auth_policy(settings: Settings) -> Policy:
+    return Policy(
+        free=settings.auth_free_failures,
+        base_s=settings.auth_backoff_base_s,
+        cap_s=settings.auth_backoff_cap_s,
+        window_s=settings.auth_failure_window_s,
+    )
 
 
 async def _realtime(app: web.Application):
@@ -155,6 +181,7 @@ def create_app(settings: Settings) -> web.Application:
     app["settings"] = settings
     app["secret_box"] = SecretBox(settings.secret_key.get())
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_verify_token_hashes)
     app.cleanup_ctx.append(_redis)
     realtime.attach(app)
     app.cleanup_ctx.append(_realtime)

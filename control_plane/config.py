@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from control_plane.forwarded import Networks, parse_networks
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -63,6 +65,13 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"Config '{name}' must be a boolean (true/false), got {raw!r}")
 
 
+def _networks(name: str, raw: str) -> Networks:
+    try:
+        return parse_networks(raw)
+    except ValueError as exc:
+        raise ConfigError(f"Config '{name}' must list IP addresses or CIDR networks: {exc}") from None
+
+
 def _number(name: str, raw: str, kind: type) -> Any:
     try:
         value = kind(raw)
@@ -93,6 +102,13 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     max_body_bytes: int = 1024 * 1024
+    # who is the client: X-Forwarded-For / -Proto believed from these peers only (forwarded.py)
+    trusted_proxies: Networks = ()
+    # authentication throttling (auth_throttle.py): free failures, then waits base * 2^k up to cap
+    auth_free_failures: int = 5
+    auth_backoff_base_s: float = 1.0
+    auth_backoff_cap_s: float = 30.0
+    auth_failure_window_s: float = 60.0
     webhook_max_body_bytes: int = 3 * 1024 * 1024
     # supervisor policy
     supervisor_enabled: bool = True
@@ -154,6 +170,11 @@ _ENV: dict[str, tuple[str, Any]] = {
     "LOG_FORMAT": ("log_format", str),
     "LOG_LEVEL": ("log_level", str),
     "MAX_BODY_BYTES": ("max_body_bytes", int),
+    "TRUSTED_PROXIES": ("trusted_proxies", "networks"),
+    "AUTH_FREE_FAILURES": ("auth_free_failures", int),
+    "AUTH_BACKOFF_BASE_S": ("auth_backoff_base_s", float),
+    "AUTH_BACKOFF_CAP_S": ("auth_backoff_cap_s", float),
+    "AUTH_FAILURE_WINDOW_S": ("auth_failure_window_s", float),
     "WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", int),
     "SUPERVISOR_ENABLED": ("supervisor_enabled", bool),
     "HEARTBEAT_INTERVAL_S": ("heartbeat_interval_s", float),
@@ -256,6 +277,8 @@ def _typed_values(env: Mapping[str, str]) -> dict[str, Any]:
             values[attr] = _bool(var, raw)
         elif kind in (int, float):
             values[attr] = _number(var, raw, kind)
+        elif kind == "networks":
+            values[attr] = _networks(var, raw)
         else:
             values[attr] = raw
     if not 0 < values.get("port", 5000) < 65536:

@@ -3,6 +3,9 @@
 - Business API secrets are encrypted with Fernet, keyed from SECRET_KEY (HKDF-free SHA-256 derivation
   is enough: SECRET_KEY is already high-entropy).
 - API keys are random (32 bytes), shown once, stored as SHA-256 hashes and compared in constant time.
+- Secrets a person chooses and we must find rows by (the webhook verify token) are stored as a keyed
+  hash, HMAC-SHA256 under a key derived from SECRET_KEY (``SecretBox.keyed_hash``): a leaked table
+  cannot be reversed with a dictionary without the key.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class SecretBox:
     def __init__(self, secret_key: str) -> None:
         digest = hashlib.sha256(b"whatsapp-gateway:fernet:" + secret_key.encode()).digest()
         self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+        self._hash_key = hashlib.sha256(b"whatsapp-gateway:keyed-hash:" + secret_key.encode()).digest()
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
@@ -32,6 +36,10 @@ class SecretBox:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
             raise ValueError("secret cannot be decrypted with this SECRET_KEY") from None
+
+    def keyed_hash(self, value: str) -> str:
+        """HMAC-SHA256 of ``value`` (hex, 64 characters), keyed from SECRET_KEY."""
+        return hmac.new(self._hash_key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
     def __repr__(self) -> str:
         return "SecretBox(**********)"

@@ -8,10 +8,13 @@ GatewayError
 ├── NotFound              no such object *for this tenant*            -> 404
 ├── Conflict              clashes with existing state                 -> 409
 ├── PayloadTooLarge       body over the route's limit                 -> 413
+├── TooManyAttempts       failed authentications: wait retry_after_s  -> 429 + Retry-After
 └── Unavailable           a dependency is down; retry later           -> 503
 """
 
 from __future__ import annotations
+
+import math
 
 
 class GatewayError(Exception):
@@ -51,6 +54,17 @@ class Conflict(GatewayError):
 
 class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
+
+
+class TooManyAttempts(GatewayError):
+    """Refused without a look at the credential: too many failures lately (auth_throttle.py)."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, retry_after_s: float, what: str = "too many failed authentication attempts") -> None:
+        self.retry_after_s = retry_after_s
+        self.retry_after = max(1, math.ceil(retry_after_s))  # whole seconds: the Retry-After header
+        super().__init__(f"{what}; retry in {self.retry_after}s")
 
 
 class Unavailable(GatewayError):

@@ -81,3 +81,22 @@ def unless_installed(path: str | os.PathLike[str], reason: str):
 
     required = os.environ.get("GATEWAY_TESTS_REQUIRE_ALL") == "1"
     return pytest.mark.skipif(not required and not Path(path).exists(), reason=reason)
+
+
+class FakeClock:
+    """An injectable wall clock that moves only when told (``clock=FakeClock()``; ``advance(s)``)."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def drive(self, *apps: web.Application) -> None:
+        """Be the clock of these apps' authentication throttles (when they have one)."""
+        for app in apps:
+            if app.get("auth_throttle") is not None:
+                app["auth_throttle"].clock = self

@@ -13,7 +13,6 @@ import datetime as dt
 import enum
 import inspect
 import logging
-import math
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,11 +21,13 @@ import jinja2
 from aiohttp import web
 
 from control_plane import admin_cookie as sess
-from control_plane.admin.throttle import LoginThrottle
+from control_plane import forwarded
+from control_plane.auth_throttle import AuthThrottle
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
 from control_plane.db import whatsapp_config as config_db
-from control_plane.http.auth import TENANT_ID_RE
+from control_plane.errors import TooManyAttempts
+from control_plane.http.auth import TENANT_ID_RE, client_address
 from control_plane.messaging.whatsapp_config import config_out
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,10 @@ def current_session(request: web.Request) -> sess.AdminSession | None:
 
 
 def _set_cookie(request: web.Request, resp: web.StreamResponse, name: str, value: str, max_age: int) -> None:
-    resp.set_cookie(
-        name, value, max_age=max_age, path="/", httponly=True, samesite="Strict", secure=request.secure
-    )
+    """HttpOnly, SameSite=Strict, and Secure when the browser speaks HTTPS: to us, or to a trusted proxy
+    that says so (``X-Forwarded-Proto: https`` from a ``TRUSTED_PROXIES`` peer)."""
+    secure = forwarded.is_https(request, request.app["settings"].trusted_proxies)
+    resp.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="Strict", secure=secure)
 
 
 def _safe_next(target: str | None) -> str:
@@ -145,16 +147,9 @@ async def login_form(request: web.Request) -> web.Response:
 
 @routes.post("/admin/login")
 async def login(request: web.Request) -> web.Response:
-    throttle: LoginThrottle = request.app["admin_login_throttle"]
-    client = request.remote or "unknown"
-    wait = throttle.retry_after(client)
-    if wait > 0:
-        log.warning("admin login refused: too many wrong tokens from %s", client)
-        resp = _login_page(
-            request, status=429, error=f"Too many wrong tokens. Try again in {math.ceil(wait)} seconds."
-        )
-        resp.headers["Retry-After"] = str(math.ceil(wait))
-        return resp
+    """The admin token, through the authentication throttle the API uses (``auth_throttle.py``): after
+    a few wrong tokens each attempt waits a little longer (1, 2, 4 ... 30 s); the right token after
+    the current wait logs in and clears the address's failures."""
     form = await request.post()
     csrf_ok = signer(request).check_login_csrf(
         request.cookies.get(sess.LOGIN_COOKIE_NAME), str(form.get(sess.CSRF_FIELD, ""))
@@ -165,19 +160,35 @@ async def login(request: web.Request) -> web.Response:
             request, status=403, error="This login form expired. Please enter the token again."
         )
     token = str(form.get("token", "")).strip()
-    if not token or not tokens_equal(token, request.app["settings"].admin_token.get()):
-        throttle.failed(client)
+    client = client_address(request)
+    try:
+        correct = bool(token) and await _check_admin_token(request, client, token)
+    except TooManyAttempts as exc:
+        log.warning("admin login refused: too many wrong tokens from %s", client)
+        wait = f"Too many wrong tokens. Try again in {exc.retry_after} seconds."
+        resp = _login_page(request, status=429, error=wait)
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
+    if not correct:
         log.warning("admin login refused: wrong admin token from %s", client)
         return _login_page(
             request, status=401, error="That admin token is not correct. Check ADMIN_TOKEN and try again."
         )
-    throttle.succeeded(client)
     cookie, _ = signer(request).issue()
     resp = see_other(_safe_next(str(form.get("next", ""))))
     _set_cookie(request, resp, sess.COOKIE_NAME, cookie, sess.SESSION_TTL_S)
     resp.del_cookie(sess.LOGIN_COOKIE_NAME, path="/")
-    log.info("admin logged in from %s", request.remote)
+    log.info("admin logged in from %s", client)
     return resp
+
+
+async def _check_admin_token(request: web.Request, client: str, token: str) -> bool:
+    """Whether ``token`` is the admin token; raises ``TooManyAttempts`` while the client must wait."""
+    throttle: AuthThrottle = request.app["auth_throttle"]
+    attempt = await throttle.attempt(client, token)
+    correct = tokens_equal(token, request.app["settings"].admin_token.get())
+    await (throttle.succeeded(attempt) if correct else throttle.failed(attempt))
+    return correct
 
 
 @routes.post("/admin/logout")
@@ -344,6 +355,5 @@ def setup(app: web.Application) -> None:
     settings = app["settings"]
     app["admin_jinja"] = make_environment()
     app["admin_sessions"] = sess.SessionSigner(settings.secret_key.get(), settings.admin_token.get())
-    app["admin_login_throttle"] = LoginThrottle()
     app.router.add_routes(routes)
     app.router.add_static(STATIC_PREFIX, HERE / "static", name="admin_static", append_version=False)

@@ -26,6 +26,7 @@ ERROR_TEXT = {
     409: "Conflict",
     413: "Body too large",
     422: "A field is wrong (named in error.field)",
+    429: "Too many failed authentications from this client or for this token's prefix: wait Retry-After",
     503: "A dependency is unavailable; retry",
 }
 
@@ -84,7 +85,7 @@ def _operation(op: Operation, path: str, mode: str, schemas: _Schemas) -> dict[s
     responses: dict[str, Any] = {str(op.status): ok}
     codes = set(op.errors) | {503}
     if mode != "none":
-        codes |= {401, 403}
+        codes |= {401, 403, 429}
     if mode == "admin_for_tenant" or "{" in path:
         codes.add(404)
     if op.body is not None:

@@ -148,3 +148,26 @@ async def find_active_configs_by_verify_token_hash(
         )
     )
     return [dict(r._mapping) for r in result]
+
+
+async def list_verify_tokens(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """Every config holding a verify token (any tenant): tenant_id, verify_token_enc, verify_token_hash."""
+    c = whatsapp_config.c
+    result = await conn.execute(
+        sa.select(c.tenant_id, c.verify_token_enc, c.verify_token_hash).where(c.verify_token_enc.is_not(None))
+    )
+    return [dict(r._mapping) for r in result]
+
+
+async def set_verify_token_hash(
+    conn: AsyncConnection, tenant_id: str, verify_token_enc: str, token_hash: str
+) -> bool:
+    """Store ``token_hash`` for the tenant's verify token, only while that token is still
+    ``verify_token_enc`` (a config saved meanwhile keeps its own hash). True when written."""
+    c = whatsapp_config.c
+    result = await conn.execute(
+        whatsapp_config.update()
+        .where(c.tenant_id == tenant_id, c.verify_token_enc == verify_token_enc)
+        .values(verify_token_hash=token_hash)
+    )
+    return bool(result.rowcount)

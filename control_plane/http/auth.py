@@ -1,12 +1,18 @@
 """Who is calling: the admin token (or the admin panel's session cookie), or a tenant's API key
-(resolved to that tenant only). ``authenticate`` is the app's ``routing.Authenticator``."""
+(resolved to that tenant only). ``authenticate`` is the app's ``routing.Authenticator``.
+
+Every presented bearer token goes through the authentication throttle (``app["auth_throttle"]``,
+see ``control_plane/auth_throttle.py``) keyed by the client's address as ``TRUSTED_PROXIES`` lets
+us see it (``control_plane/forwarded.py``): a client guessing tokens is answered 429
+``too_many_attempts`` with ``Retry-After`` for a while, whatever it presents."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from control_plane import admin_cookie as admin_session
-from control_plane import errors
+from control_plane import errors, forwarded
+from control_plane.auth_throttle import AuthThrottle
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
 from control_plane.db.metadata import TENANT_ID_RE
@@ -64,37 +70,53 @@ def _set_tenant(request: web.Request, tenant: dict) -> None:
     current_tenant.set(tenant["id"])
 
 
-async def _require_tenant_key(request: web.Request, token: str | None) -> None:
-    if token is None:
-        raise errors.Unauthenticated(
-            "missing 'Authorization: Bearer <api key>' header", code="missing_credentials"
-        )
-    tenant = await tenant_for_key(request, token)
-    if tenant is None:
+def client_address(request: web.Request) -> str:
+    """The client's address, through the trusted proxies (``TRUSTED_PROXIES``)."""
+    return forwarded.client_address(request, request.app["settings"].trusted_proxies)
+
+
+async def identify(request: web.Request, token: str) -> dict | bool | None:
+    """What ``token`` is: True (the admin token), the tenant row of its API key, or None (wrong or
+    revoked). Throttled per client address and token prefix (``auth_throttle.py``): raises
+    ``TooManyAttempts`` (429 + Retry-After) while either must wait, before looking at the token."""
+    throttle: AuthThrottle = request.app["auth_throttle"]
+    attempt = await throttle.attempt(client_address(request), token)
+    who: dict | bool | None = True if is_admin_token(request, token) else await tenant_for_key(request, token)
+    if who is None:
+        await throttle.failed(attempt)
+    else:
+        await throttle.succeeded(attempt)
+    return who
+
+
+def _missing(what: str) -> errors.Unauthenticated:
+    message = f"missing 'Authorization: Bearer <{what}>' header"
+    return errors.Unauthenticated(message, code="missing_credentials")
+
+
+def _use_tenant(request: web.Request, who: dict | bool | None) -> None:
+    if not isinstance(who, dict):  # the admin token is no tenant's key either
         raise errors.Unauthenticated("invalid or revoked API key", code="invalid_credentials")
-    if not tenant["is_active"]:
+    if not who["is_active"]:
         raise errors.Forbidden(
             "this tenant is deactivated; ask an administrator to reactivate it", code="tenant_inactive"
         )
-    _set_tenant(request, tenant)
+    _set_tenant(request, who)
 
 
 async def _require_admin(request: web.Request, token: str | None) -> None:
-    if token is None and admin_panel_session(request):
-        request["is_admin"] = True
-        return
     if token is None:
-        raise errors.Unauthenticated(
-            "missing 'Authorization: Bearer <admin token>' header", code="missing_credentials"
-        )
-    if is_admin_token(request, token):
-        request["is_admin"] = True
-        return
-    if await tenant_for_key(request, token) is not None:
-        raise errors.Forbidden(
-            "this route needs the admin token, not a tenant API key", code="admin_required"
-        )
-    raise errors.Unauthenticated("invalid admin token", code="invalid_credentials")
+        if not admin_panel_session(request):
+            raise _missing("admin token")
+    else:
+        who = await identify(request, token)
+        if who is None:
+            raise errors.Unauthenticated("invalid admin token", code="invalid_credentials")
+        if who is not True:
+            raise errors.Forbidden(
+                "this route needs the admin token, not a tenant API key", code="admin_required"
+            )
+    request["is_admin"] = True
 
 
 async def authenticate(request: web.Request, mode: AuthMode) -> None:
@@ -104,16 +126,24 @@ async def authenticate(request: web.Request, mode: AuthMode) -> None:
         return
     token = bearer_token(request)
     if mode == "tenant":
-        await _require_tenant_key(request, token)
+        if token is None:
+            raise _missing("api key")
+        _use_tenant(request, await identify(request, token))
     elif mode == "admin":
         await _require_admin(request, token)
     elif mode == "admin_for_tenant":
         await _require_admin(request, token)
         _set_tenant(request, await load_tenant(request, request.match_info["tenant_id"]))
     elif mode == "admin_or_tenant":
-        if is_admin_token(request, token) or (token is None and admin_panel_session(request)):
+        if token is None:
+            if not admin_panel_session(request):
+                raise _missing("api key")
+            request["is_admin"] = True
+            return
+        who = await identify(request, token)
+        if who is True:
             request["is_admin"] = True
         else:
-            await _require_tenant_key(request, token)
+            _use_tenant(request, who)
     else:  # pragma: no cover - programming error
         raise AssertionError(f"unknown auth mode {mode}")

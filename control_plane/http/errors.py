@@ -23,6 +23,7 @@ STATUS = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
+    errors.TooManyAttempts: 429,
     errors.Unavailable: 503,
 }
 
@@ -81,7 +82,8 @@ async def error_middleware(request: web.Request, handler):
     try:
         return await handler(request)
     except errors.GatewayError as exc:
-        return error_response(status_for(exc), exc.code, exc.message, exc.field)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.TooManyAttempts) else None
+        return error_response(status_for(exc), exc.code, exc.message, exc.field, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

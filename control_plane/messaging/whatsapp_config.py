@@ -18,7 +18,7 @@ from pydantic import Field
 from sqlalchemy.exc import IntegrityError
 
 from control_plane import errors
-from control_plane.crypto import SecretBox, hash_api_key, mask
+from control_plane.crypto import SecretBox, mask
 from control_plane.db import Database, utcnow
 from control_plane.db import whatsapp_config as config_db
 from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
@@ -287,7 +287,7 @@ class WhatsAppSetup:
             if name in SECRET_FIELDS:
                 columns[f"{name}_enc"] = self.box.encrypt(value) if value else None
                 if name == "verify_token":
-                    columns["verify_token_hash"] = hash_api_key(value) if value else None
+                    columns["verify_token_hash"] = self.box.keyed_hash(value) if value else None
             else:
                 columns[name] = value
         return columns
@@ -352,3 +352,44 @@ class WhatsAppSetup:
                 )
             raise _refused_number(tenant_id, creds.phone_number_id, exc) from None
         return _verified(now, info, creds.phone_number_id)
+
+
+async def upgrade_verify_token_hashes(db: Database, box: SecretBox) -> int:
+    """Make every stored verify token hash the keyed one (``SecretBox.keyed_hash``; rows saved before
+    it hold an unsalted SHA-256). The encrypted token is the source of truth, so this runs at every
+    start, idempotently: it decrypts each token and writes only the rows whose hash differs (a token
+    this SECRET_KEY cannot decrypt is logged and left). Returns how many rows it rewrote."""
+    async with db.connect() as conn:
+        rows = await config_db.list_verify_tokens(conn)
+    changed = 0
+    for row in rows:
+        try:
+            wanted = box.keyed_hash(box.decrypt(row["verify_token_enc"]))
+        except ValueError:
+            log.warning("verify token of tenant=%s: cannot decrypt with this SECRET_KEY", row["tenant_id"])
+            continue
+        if row["verify_token_hash"] == wanted:
+            continue
+        async with db.begin() as conn:
+            changed += await config_db.set_verify_token_hash(
+                conn, row["tenant_id"], row["verify_token_enc"], wanted
+            )
+    if changed:
+        log.info("verify tokens: %d stored hash(es) upgraded to HMAC-SHA256 (SECRET_KEY)", changed)
+    return changed
+
+
+async def upgrade_verify_token_hashes_soon(db: Database, box: SecretBox, retry_s: float = 5.0) -> None:
+    """:func:`upgrade_verify_token_hashes` in the background from the start, retried until it has
+    run once (the database may be down while the app starts)."""
+    while True:
+        try:
+            await upgrade_verify_token_hashes(db, box)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "verify token hash upgrade failed (%s); retrying in %.0fs", type(exc).__name__, retry_s
+            )
+            await asyncio.sleep(retry_s)

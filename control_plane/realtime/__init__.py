@@ -40,7 +40,7 @@ async def running(app: web.Application) -> AsyncIterator[EventPublisher]:
     settings: Settings = app["settings"]
     sio = app["sio"]
     link = RedisLink(settings.redis_url) if settings.redis_url else None
-    relay = Relay(sio, app["db"], settings, link=link)
+    relay = Relay(sio, app["db"], settings, link=link, throttle=app.get("auth_throttle"))
     if link is not None:
         link.start(relay.deliver)  # listening now, not at the first connection
         try:

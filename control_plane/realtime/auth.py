@@ -6,7 +6,10 @@ Connect with ``auth: {token, since?, tenant_id?, tenants?}``:
   ``{tenant_id: seq}`` map), or every tenant when neither is given (``since`` is refused there);
 - the admin panel's session cookie stands in for the admin token on a same-origin connection;
 - missing or wrong credentials, revoked keys and deactivated tenants are refused with
-  ``{message, data: {code}}``.
+  ``{message, data: {code}}``;
+- every presented token goes through the authentication throttle (``control_plane/auth_throttle.py``,
+  shared with the HTTP API): while the client's address or the token's prefix must wait, the connect
+  is refused with ``{code: "too_many_attempts", retry_after: <seconds>}`` before the token is looked at.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from urllib.parse import urlsplit
 from socketio.exceptions import ConnectionRefusedError as Refused
 
 from control_plane import admin_cookie as admin_session
+from control_plane import forwarded
+from control_plane.auth_throttle import Attempt, AuthThrottle
 from control_plane.config import Settings
 from control_plane.crypto import hash_api_key, tokens_equal
 from control_plane.db import events as events_db
 from control_plane.db import tenants as tenants_db
 from control_plane.db.engine import Database
+from control_plane.errors import TooManyAttempts
 
 __all__ = ["Grant", "Refused", "authorize", "refuse"]
 
@@ -41,7 +47,9 @@ def refuse(message: str, code: str) -> Refused:
     return Refused(message, {"code": code})
 
 
-async def authorize(db: Database, settings: Settings, environ: dict, auth: Any) -> Grant:
+async def authorize(
+    db: Database, settings: Settings, environ: dict, auth: Any, throttle: AuthThrottle
+) -> Grant:
     """The connection's :class:`Grant`, or raise a refusal."""
     if auth is None:
         auth = {}
@@ -53,12 +61,16 @@ async def authorize(db: Database, settings: Settings, environ: dict, auth: Any) 
     if not isinstance(token, str) or not token:
         raise refuse("missing credentials: connect with auth: {token: '<api key>'}", "missing_credentials")
     since = auth.get("since")
+    attempt = await _admit(throttle, _client(environ, settings), token)
     if tokens_equal(token, settings.admin_token.get()):
+        await throttle.succeeded(attempt)
         return await _authorize_admin(db, auth, since)
     async with db.connect() as conn:
         tenant = await tenants_db.find_tenant_by_api_key(conn, token)
         if tenant is None:
+            await throttle.failed(attempt)
             raise refuse("invalid or revoked API key", "invalid_credentials")
+        await throttle.succeeded(attempt)
         if not tenant["is_active"]:
             raise refuse("this tenant is deactivated", "tenant_inactive")
         if auth.get("tenant_id") not in (None, tenant["id"]) or auth.get("tenants") is not None:
@@ -99,6 +111,21 @@ async def _cursors(conn: Any, tenant_ids: list[str], since: Any) -> dict[str, in
         # from the latest: better a repeat than a silent loss.
         cursors[tenant_id] = latest if value is None else min(value, latest)
     return cursors
+
+
+async def _admit(throttle: AuthThrottle, client: str, token: str) -> Attempt:
+    try:
+        return await throttle.attempt(client, token)
+    except TooManyAttempts as exc:
+        raise Refused(exc.message, {"code": exc.code, "retry_after": exc.retry_after}) from None
+
+
+def _client(environ: dict, settings: Settings) -> str:
+    """The client's address (through ``TRUSTED_PROXIES``) from the handshake's aiohttp request."""
+    request = environ.get("aiohttp.request")
+    if request is None:
+        return environ.get("REMOTE_ADDR") or forwarded.UNKNOWN
+    return forwarded.client_address(request, settings.trusted_proxies)
 
 
 def _bearer(environ: dict) -> str | None:

@@ -28,6 +28,7 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from control_plane.auth_throttle import AuthThrottle
 from control_plane.config import Settings
 from control_plane.db import events as events_db
 from control_plane.db import tenants as tenants_db
@@ -90,8 +91,10 @@ class Relay:
         max_buffer: int = MAX_BUFFER,
         replay_page: int = REPLAY_PAGE,
         link: RedisLink | None = None,
+        throttle: AuthThrottle | None = None,
     ) -> None:
         self.sio = sio
+        self.throttle = throttle or AuthThrottle()  # the app passes its shared one
         self.db = db
         self.settings = settings
         self.max_queue = max_queue
@@ -295,7 +298,7 @@ class Relay:
 
     async def _on_connect(self, sid: str, environ: dict, auth: Any) -> None:
         try:
-            grant = await authorize(self.db, self.settings, environ, auth)
+            grant = await authorize(self.db, self.settings, environ, auth, self.throttle)
         except Refused:
             raise
         except Exception as exc:

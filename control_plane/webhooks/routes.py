@@ -27,7 +27,6 @@ from aiohttp import web
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.crypto import hash_api_key
 from control_plane.db import whatsapp_config as config_db
 from control_plane.http.models import QueryModel, ResponseModel
 from control_plane.http.parsing import parse_json, read_body
@@ -101,7 +100,7 @@ async def handshake(request: web.Request, query: HandshakeQuery) -> web.Response
         raise errors.Forbidden("webhook verification failed", code="verification_failed")
     async with request.app["db"].connect() as conn:
         matches = await config_db.find_active_configs_by_verify_token_hash(
-            conn, hash_api_key(query.verify_token)
+            conn, request.app["secret_box"].keyed_hash(query.verify_token)
         )
     if not matches:
         log.warning("webhook handshake with an unknown verify token")

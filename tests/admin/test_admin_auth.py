@@ -8,9 +8,10 @@ import re
 import pytest
 import socketio
 
-from control_plane.admin.throttle import LoginThrottle
 from control_plane.admin_cookie import COOKIE_NAME, CSRF_HEADER, LOGIN_COOKIE_NAME, SessionSigner
+from control_plane.app import create_app
 from tests.conftest import ADMIN_TOKEN, SECRET_KEY
+from tests.support import FakeClock
 
 CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
@@ -99,36 +100,44 @@ async def test_wrong_token_gets_a_clear_page_and_no_session(client):
     assert (await client.get("/admin/tenants", allow_redirects=False)).status == 302
 
 
-def test_login_throttle_counts_failures_in_a_sliding_window():
-    now = [1000.0]
-    throttle = LoginThrottle(max_failures=3, window_s=60, max_clients=2, clock=lambda: now[0])
-    for _ in range(2):
-        throttle.failed("1.1.1.1")
-    assert throttle.retry_after("1.1.1.1") == 0
-    now[0] += 10
-    throttle.failed("1.1.1.1")
-    assert throttle.retry_after("1.1.1.1") == pytest.approx(50)  # the first failure leaves at 1060
-    assert throttle.retry_after("2.2.2.2") == 0  # per client
-    now[0] += 50
-    assert throttle.retry_after("1.1.1.1") == 0  # one failure left the window
-    throttle.succeeded("1.1.1.1")
-    throttle.failed("1.1.1.1")
-    throttle.failed("1.1.1.1")
-    assert throttle.retry_after("1.1.1.1") == 0  # success forgot the older ones
-    throttle.failed("2.2.2.2")
-    throttle.failed("3.3.3.3")  # over max_clients: the stalest goes
-    assert "1.1.1.1" not in throttle._failures and len(throttle._failures) == 2
+@pytest.mark.smoke
+async def test_wrong_tokens_slow_the_login_down_and_the_right_one_gets_in_after_a_short_wait(client):
+    # before: 5 wrong tokens locked the address out for 300 s, the right token included
+    clock = FakeClock()
+    clock.drive(client.app)
+    for _ in range(5):
+        assert (await login(client, token="not-the-token")).status == 401
+    resp = await login(client)  # right away: the short wait is not over
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "1"
+    assert "Too many wrong tokens. Try again in 1 seconds" in await resp.text()
+    assert COOKIE_NAME not in resp.cookies
+    clock.advance(1)
+    resp = await login(client)
+    assert resp.status == 303 and COOKIE_NAME in resp.cookies
+    # the success cleared the address: five more wrong tokens are free again
+    client.session.cookie_jar.clear()
+    for _ in range(5):
+        assert (await login(client, token="still-not-the-token")).status == 401
 
 
 @pytest.mark.smoke
-async def test_repeated_wrong_tokens_are_throttled_even_for_the_right_one(client):
-    for _ in range(5):
-        assert (await login(client, token="not-the-token")).status == 401
+async def test_login_waits_grow_but_stay_short(client):
+    clock = FakeClock()
+    clock.drive(client.app)
+    waits = []
+    for _ in range(12):
+        resp = await login(client, token="not-the-token")
+        if resp.status == 429:
+            waits.append(int(resp.headers["Retry-After"]))
+            clock.advance(waits[-1])
+            resp = await login(client, token="not-the-token")
+        assert resp.status == 401
+    assert waits == [1, 2, 4, 8, 16, 30, 30]
     resp = await login(client)
-    assert resp.status == 429
-    assert 0 < int(resp.headers["Retry-After"]) <= 300
-    assert "Too many wrong tokens" in await resp.text()
-    assert COOKIE_NAME not in resp.cookies
+    assert resp.status == 429 and resp.headers["Retry-After"] == "30"
+    clock.advance(30)
+    assert (await login(client)).status == 303
 
 
 @pytest.mark.smoke
@@ -236,3 +245,28 @@ async def test_socketio_accepts_the_admin_cookie_and_refuses_without(client, mak
             wait_timeout=10,
         )
     await refused.disconnect()
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize(
+    ("trusted", "proto", "secure"),
+    [("127.0.0.1", "https", True), ("127.0.0.0/8, ::1", "http", False), ("10.0.0.0/8", "https", False)],
+)
+async def test_cookies_are_secure_when_a_trusted_proxy_says_https(
+    aiohttp_client, make_settings, empty_db, trusted, proto, secure
+):
+    app_client = await aiohttp_client(create_app(make_settings(TRUSTED_PROXIES=trusted)))
+    forwarded = {"X-Forwarded-Proto": proto, "X-Forwarded-For": "203.0.113.5"}
+    page = await app_client.get("/admin/login", headers=forwarded)
+    assert ("; Secure" in page.headers["Set-Cookie"]) is secure
+    nonce = page.cookies[LOGIN_COOKIE_NAME].value
+    csrf = CSRF_INPUT.search(await page.text()).group(1)
+    resp = await app_client.post(
+        "/admin/login",
+        data={"token": ADMIN_TOKEN, "csrf_token": csrf, "next": "/admin/tenants"},
+        headers={**forwarded, "Cookie": f"{LOGIN_COOKIE_NAME}={nonce}"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    session_cookie = next(c for c in resp.headers.getall("Set-Cookie") if c.startswith(COOKIE_NAME + "="))
+    assert ("; Secure" in session_cookie) is secure
