@@ -1,6 +1,8 @@
 """``/api/sandbox/...``: sandbox tenants play the phone's side of their scripted session: scan the QR,
-receive a message from a contact, send one from the phone itself (``outgoing``), deliver/read acks,
-disconnect, crash, hang, leak memory.
+receive a message from a contact (or a group member), send one from the phone itself (``outgoing``),
+deliver/read acks, react to / edit / revoke a message, vote on a poll, members joining or leaving a
+group, an incoming call, WhatsApp Web learning an @lid contact's number (``contact``), disconnect,
+crash, hang, leak memory.
 
 Statuses: 403 ``not_sandbox`` (the tenant is not a sandbox tenant), 409 ``session_not_ready`` (no
 session runs), ``bridge_invalid_state`` (e.g. scan while no QR shows) or ``supervisor_disabled``,
@@ -10,7 +12,7 @@ session runs), ``bridge_invalid_state`` (e.g. scan while no QR shows) or ``super
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import ConfigDict, Field, model_validator
@@ -52,41 +54,103 @@ class Location(RequestModel):
     description: str | None = Field(default=None, max_length=500)
 
 
+MessageType = Literal[
+    "chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location", "poll_creation"
+]
+# A contact or group member: digits, or ``<digits>@c.us``, or an ``<n>@lid`` user.
+Member = Annotated[str, Field(min_length=5, max_length=64, pattern=r"^\+?[0-9][0-9 ()+-]*(@(c\.us|lid))?$")]
+
+
+class SandboxPoll(RequestModel):
+    name: str = Field(min_length=1, max_length=255)
+    options: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(min_length=2, max_length=12)
+
+
 class Incoming(RequestModel):
     model_config = ConfigDict(populate_by_name=True)
-    from_: str = Field(alias="from", min_length=5, max_length=64, description="Digits or a chat id (…@c.us)")
+    from_: str = Field(
+        alias="from",
+        min_length=5,
+        max_length=64,
+        description="Digits or a chat id (…@c.us, a group …@g.us, an …@lid user, status@broadcast)",
+    )
+    author: Member | None = Field(
+        default=None, description="In a group (or on status@broadcast): the member who wrote it"
+    )
     text: str | None = Field(default=None, min_length=1, max_length=65536)
-    type: (
-        Literal["chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location"] | None
-    ) = None
+    type: MessageType | None = None
     media: Media | None = None
     location: Location | None = None
+    poll: SandboxPoll | None = None
     quoted_id: str | None = Field(default=None, max_length=200)
     notify_name: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
     def _has_content(self) -> Incoming:
-        if self.text is None and self.media is None and self.location is None:
-            raise ValueError("give text, media or location")
+        if self.text is None and self.media is None and self.location is None and self.poll is None:
+            raise ValueError("give text, media, location or poll")
         return self
 
 
-MessageType = Literal["chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location"]
-
-
 class Outgoing(RequestModel):
-    to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us)")
+    to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us, a group …@g.us)")
     text: str | None = Field(default=None, min_length=1, max_length=65536)
     type: MessageType | None = None
     media: Media | None = None
     location: Location | None = None
+    poll: SandboxPoll | None = None
     quoted_id: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
     def _has_content(self) -> Outgoing:
-        if self.text is None and self.media is None and self.location is None:
-            raise ValueError("give text, media or location")
+        if self.text is None and self.media is None and self.location is None and self.poll is None:
+            raise ValueError("give text, media, location or poll")
         return self
+
+
+class SandboxChange(RequestModel):
+    """Who changes which message: ``from`` (a contact or group member; default: the contact of the
+    message's chat), or the phone itself with ``from_me``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    target: str = Field(
+        min_length=10, max_length=200, description="The message's id (from incoming/outgoing)"
+    )
+    from_: Member | None = Field(default=None, alias="from")
+    from_me: bool = False
+
+
+class SandboxReaction(SandboxChange):
+    emoji: str = Field(max_length=16, description='The emoji ("" removes the reaction)')
+
+
+class SandboxEdit(SandboxChange):
+    body: str = Field(min_length=1, max_length=65536, description="The new text")
+
+
+class SandboxVote(SandboxChange):
+    options: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        max_length=12, description="The voter's whole current choice (names); [] withdraws the vote"
+    )
+
+
+class SandboxGroupChange(RequestModel):
+    group: str = Field(min_length=8, max_length=64, pattern=r"^[0-9][0-9-]*@g\.us$")
+    members: list[Member] = Field(min_length=1, max_length=256)
+    by: Member | None = Field(default=None, description="The admin who added or removed them")
+    type: Literal["add", "invite", "linked_group_join", "remove", "leave"] | None = None
+
+
+class SandboxCall(RequestModel):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: Member = Field(alias="from")
+    video: bool = False
+    group: bool = False
+
+
+class SandboxContact(RequestModel):
+    lid: str = Field(min_length=5, max_length=30, pattern=r"^[0-9]{1,24}@lid$")
+    phone: str = Field(min_length=5, max_length=32, pattern=r"^\+?[0-9][0-9 ()+-]*$")
 
 
 class Ack(RequestModel):
@@ -217,3 +281,62 @@ async def hang(request: web.Request) -> SandboxResult:
 )
 async def leak(request: web.Request, body: Leak) -> SandboxResult:
     return await _sandbox(request, "leak", {"mb": body.mb})
+
+
+@_route(
+    "/api/sandbox/reaction",
+    body=SandboxReaction,
+    summary='Someone reacts to a message (emoji "" removes the reaction)',
+)
+async def reaction(request: web.Request, body: SandboxReaction) -> SandboxResult:
+    return await _sandbox(request, "reaction", body.model_dump(by_alias=True, exclude_none=True))
+
+
+@_route("/api/sandbox/edit", body=SandboxEdit, summary="A message is edited by whoever wrote it")
+async def edit(request: web.Request, body: SandboxEdit) -> SandboxResult:
+    return await _sandbox(request, "edit", body.model_dump(by_alias=True, exclude_none=True))
+
+
+@_route("/api/sandbox/revoke", body=SandboxChange, summary="A message is deleted for everyone")
+async def revoke(request: web.Request, body: SandboxChange) -> SandboxResult:
+    return await _sandbox(request, "revoke", body.model_dump(by_alias=True, exclude_none=True))
+
+
+@_route("/api/sandbox/vote", body=SandboxVote, summary="Someone votes on a poll (published as poll.vote)")
+async def vote(request: web.Request, body: SandboxVote) -> SandboxResult:
+    return await _sandbox(request, "vote", body.model_dump(by_alias=True, exclude_none=True))
+
+
+@_route(
+    "/api/sandbox/group_join",
+    body=SandboxGroupChange,
+    summary="Members join a group (added, invited, via a community); published as group.join",
+)
+async def group_join(request: web.Request, body: SandboxGroupChange) -> SandboxResult:
+    return await _sandbox(request, "group_join", body.model_dump(exclude_none=True))
+
+
+@_route(
+    "/api/sandbox/group_leave",
+    body=SandboxGroupChange,
+    summary="Members leave a group (removed, or left); published as group.leave",
+)
+async def group_leave(request: web.Request, body: SandboxGroupChange) -> SandboxResult:
+    return await _sandbox(request, "group_leave", body.model_dump(exclude_none=True))
+
+
+@_route(
+    "/api/sandbox/call", body=SandboxCall, summary="Someone calls this number (published as call.incoming)"
+)
+async def call(request: web.Request, body: SandboxCall) -> SandboxResult:
+    return await _sandbox(request, "call", body.model_dump(by_alias=True))
+
+
+@_route(
+    "/api/sandbox/contact",
+    body=SandboxContact,
+    summary="WhatsApp Web learns the phone number of an @lid user: its later messages and events "
+    "name that number",
+)
+async def contact(request: web.Request, body: SandboxContact) -> SandboxResult:
+    return await _sandbox(request, "contact", body.model_dump())

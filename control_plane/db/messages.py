@@ -70,6 +70,7 @@ messages = sa.Table(
     sa.Column("read_at", Timestamp, nullable=True),
     sa.Column("failed_at", Timestamp, nullable=True),
     sa.Column("provider_timestamp", Timestamp, nullable=True),
+    sa.Column("author", sa.String(64), nullable=True),  # a group message's member (migration 0010)
     sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
     sa.Index(
         "ix_messages_tenant_id_conversation_id_created_at_id",
