@@ -1,9 +1,10 @@
 """Web-session traffic into the same tables and events as the Cloud API's.
 
-The supervisor calls ``listener(tenant_id, event_name, data)`` for each bridge ``message`` and
-``message_ack`` event (bridge/PROTOCOL.md). Messages become inbound rows shaped like the Cloud
-API's (provider-neutral ``content``: ``{"text": ...}``, docs/EVENTS.md), in the conversation of the
-sender's digits-only wa_id; acks become status facts on the same ladder as Meta's statuses:
+The supervisor calls ``listener(tenant_id, event_name, data)`` for each bridge event of
+``protocol.FORWARDED_EVENTS`` (bridge/PROTOCOL.md). Messages become inbound rows shaped like the
+Cloud API's (provider-neutral ``content``: ``{"text": ...}``, docs/EVENTS.md), in the conversation of
+the sender's wa_id (a phone number's digits; groups and @lid: below); acks become status facts on
+the same ladder as Meta's statuses:
 
     ack -1 -> failed, 1 -> sent, 2 -> delivered, 3 -> read, 4 -> played   (0 = pending: ignored)
 
