@@ -70,11 +70,21 @@ class LidResolver {
         this.now = now;
         this.timeoutMs = timeoutMs;
         this.cache = new Map(); // lid -> {phone, at}
+        this.asking = new Map(); // lid -> the lookup in flight (a burst of events asks once)
     }
 
-    async phoneOf(lid) {
+    phoneOf(lid) {
         const hit = this.cache.get(lid);
-        if (hit && (hit.phone || this.now() - hit.at < UNKNOWN_TTL_MS)) return hit.phone;
+        if (hit && (hit.phone || this.now() - hit.at < UNKNOWN_TTL_MS)) return Promise.resolve(hit.phone);
+        let asking = this.asking.get(lid);
+        if (!asking) {
+            asking = this.ask(lid).finally(() => this.asking.delete(lid));
+            this.asking.set(lid, asking);
+        }
+        return asking;
+    }
+
+    async ask(lid) {
         let phone = null;
         try {
             phone = phoneJid(await withTimeout(Promise.resolve().then(() => this.lookup(lid)), this.timeoutMs));

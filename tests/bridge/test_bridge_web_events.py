@@ -192,3 +192,37 @@ async def test_lid_senders_resolved_where_known_else_kept(spawn_bridge):
     for bad in ({"lid": "15551234567@c.us", "phone": "1555"}, {"lid": LID, "phone": "abc"}):
         with pytest.raises(p.BridgeCommandFailed):
             await b.conn.request(p.CMD_SANDBOX_CONTACT, bad)
+
+
+def test_lid_resolver_asks_once_times_out_and_keeps_unknown_ids():
+    """driver_events.LidResolver: a burst asks once; a lookup that fails or hangs leaves the lid as
+    it is (the event is not held beyond the timeout); an unknown lid is not asked again until
+    forgotten."""
+    script = r"""
+const { LidResolver } = require('./bridge/src/driver_events');
+const asked = [];
+const r = new LidResolver(async (lid) => {
+    asked.push(lid);
+    if (lid === '1@lid') return new Promise((ok) => setTimeout(() => ok('15551230000@s.whatsapp.net'), 50));
+    if (lid === '2@lid') throw new Error('page gone');
+    if (lid === '3@lid') return new Promise(() => {});  // never answers
+    return null;
+}, () => {}, { timeoutMs: 100 });
+(async () => {
+    const burst = await Promise.all([1, 2, 3].map(() => r.resolve({actor: '1@lid'}, ['actor'])));
+    const t0 = Date.now();
+    const other = await r.resolve({members: ['2@lid', '3@lid', '4@lid', '15550001111@c.us']}, ['members']);
+    const waited = Date.now() - t0;
+    await r.resolve({by: '4@lid'}, ['by']);
+    r.forget('4@lid');
+    await r.resolve({by: '4@lid'}, ['by']);
+    console.log(JSON.stringify({burst, other, waited, asked}));
+})();
+"""
+    out = subprocess.run([NODE, "-e", script], cwd=REPO, capture_output=True, check=True, timeout=30).stdout
+    got = json.loads(out)
+    resolved = {"actor": "15551230000@c.us", "lids": {"15551230000@c.us": "1@lid"}}
+    assert got["burst"] == [resolved] * 3
+    assert got["other"] == {"members": ["2@lid", "3@lid", "4@lid", "15550001111@c.us"]}
+    assert got["waited"] < 1000
+    assert got["asked"] == ["1@lid", "2@lid", "3@lid", "4@lid", "4@lid"]

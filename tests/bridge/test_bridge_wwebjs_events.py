@@ -93,7 +93,7 @@ const G = '120363000000000001@g.us';
     const bare = driver(false);
     bare.c.emit('call', new Call(bare.c, {id: 'CALL2', peerJid: '111@lid', offerTime: 1700000006}));
     await bare.d.out.tail;
-    process.stderr.write('\n' + JSON.stringify({listeners, out, lookups: [...new Set(d.lookups)].sort(),
+    process.stderr.write('\n' + JSON.stringify({listeners, out, lookups: [...d.lookups].sort(),
         bare: bare.out}));
     process.exit(0);
 })();
