@@ -240,3 +240,80 @@ ALL_TYPES = ALL_TYPES | NOTICE_TYPES
 ORIGIN_PHONE = "phone"  # typed on the Web session's phone
 ORIGIN_BUSINESS_APP = "business_app"  # typed in the WhatsApp Business app (smb_message_echoes)
 BUSINESS_APP_ROUTE_REASON = "typed in the WhatsApp Business app"
+# ------------------------------------------------------------------------- Web session notices
+# What a WhatsApp Web session reports besides messages and their changes (bridge events group_join,
+# group_leave, call, vote_update; docs/EVENTS.md "Web session: groups, calls, poll votes"). Ids are
+# wa_ids: a phone number's digits, a group's ``<id>@g.us``, or ``<n>@lid`` for a contact WhatsApp
+# Web knows only by that id.
+GROUP_JOIN = "group.join"
+GROUP_LEAVE = "group.leave"
+CALL_INCOMING = "call.incoming"
+POLL_VOTE = "poll.vote"
+WEB_NOTICE_TYPES: frozenset[str] = frozenset({GROUP_JOIN, GROUP_LEAVE, CALL_INCOMING, POLL_VOTE})
+ALL_TYPES = ALL_TYPES | WEB_NOTICE_TYPES
+
+
+def group_event(
+    conversation_id: int | None,
+    group: str,
+    reason: str,
+    members: list[str],
+    by: str | None,
+    provider_event_id: str | None,
+    at: dt.datetime | None,
+) -> dict[str, Any]:
+    """``group.join`` / ``group.leave`` data: ``members`` joined or left ``group`` (its conversation
+    when the gateway has one); ``reason`` add|invite|linked_group_join, remove|leave; ``by`` the admin
+    who added or removed them (null when they came or went themselves)."""
+    return {
+        "conversation_id": conversation_id,
+        "group": group,
+        "members": members,
+        "by": by,
+        "reason": reason,
+        "provider": "web",
+        "provider_event_id": provider_event_id,
+        "timestamp": format_ts_or_none(at),
+    }
+
+
+def call_event(
+    conversation_id: int | None,
+    caller: str,
+    call_id: str | None,
+    video: bool,
+    group: bool,
+    at: dt.datetime | None,
+) -> dict[str, Any]:
+    """``call.incoming`` data: ``caller`` is calling the session's number (WhatsApp Web reports the
+    offer only: not whether it was answered)."""
+    return {
+        "conversation_id": conversation_id,
+        "from": caller,
+        "call_id": call_id,
+        "video": video,
+        "group": group,
+        "provider": "web",
+        "timestamp": format_ts_or_none(at),
+    }
+
+
+def vote_event(
+    conversation_id: int | None,
+    message_id: str | None,
+    provider_message_id: str,
+    voter: str,
+    options: list[dict[str, Any]],
+    at: dt.datetime | None,
+) -> dict[str, Any]:
+    """``poll.vote`` data: ``voter``'s whole current choice on a poll (``options`` [{name, index}];
+    [] = the vote was withdrawn); ``message_id`` the poll's message when the gateway stored it."""
+    return {
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "provider_message_id": provider_message_id,
+        "from": voter,
+        "options": options,
+        "provider": "web",
+        "timestamp": format_ts_or_none(at),
+    }

@@ -15,6 +15,13 @@ const EVENTS = Object.freeze({
     READY: 'ready',
     MESSAGE: 'message',
     MESSAGE_ACK: 'message_ack',
+    MESSAGE_REACTION: 'message_reaction',
+    MESSAGE_EDIT: 'message_edit',
+    MESSAGE_REVOKE: 'message_revoke',
+    VOTE_UPDATE: 'vote_update',
+    GROUP_JOIN: 'group_join',
+    GROUP_LEAVE: 'group_leave',
+    CALL: 'call',
     DISCONNECTED: 'disconnected',
     HEARTBEAT: 'heartbeat',
     ERROR: 'error',
@@ -36,7 +43,36 @@ const COMMANDS = Object.freeze({
     SANDBOX_LEAK: 'sandbox.leak',
     SANDBOX_LOGOUT: 'sandbox.logout',
     SANDBOX_OUTGOING: 'sandbox.outgoing',
+    SANDBOX_REACTION: 'sandbox.reaction',
+    SANDBOX_EDIT: 'sandbox.edit',
+    SANDBOX_REVOKE: 'sandbox.revoke',
+    SANDBOX_VOTE: 'sandbox.vote',
+    SANDBOX_GROUP_JOIN: 'sandbox.group_join',
+    SANDBOX_GROUP_LEAVE: 'sandbox.group_leave',
+    SANDBOX_CALL: 'sandbox.call',
+    SANDBOX_CONTACT: 'sandbox.contact',
 });
+
+// Events about messages and chats, with their data's keys (`?`: optional; PROTOCOL.md says what each
+// means; protocol.py FORWARDED_EVENTS lists the same). The supervisor hands them to messaging in the
+// order they are written. Ids are WhatsApp's (`1555...@c.us`, `1203...@g.us`, `<n>@lid`); an @lid one
+// WhatsApp Web can map to a phone number is written as `<digits>@c.us`, the pair listed in `lids`
+// {<phone id>: <lid>} (src/driver_events.js).
+const CHANGE = 'id target chat_id actor from_me timestamp_ms lids?';
+const FORWARDED = Object.freeze({
+    [EVENTS.MESSAGE]:
+        'id chat_id from to from_me type body timestamp has_media media? location? poll? ' +
+        'quoted_id? notify_name? author? lids?',
+    [EVENTS.MESSAGE_ACK]: 'id to ack status',
+    [EVENTS.MESSAGE_REACTION]: `${CHANGE} emoji`, // emoji '': the reaction was removed
+    [EVENTS.MESSAGE_EDIT]: `${CHANGE} body prev_body`, // id: the edit's own message id, or null
+    [EVENTS.MESSAGE_REVOKE]: `${CHANGE} prev_body`, // whatsapp-web.js message_revoke_everyone
+    [EVENTS.VOTE_UPDATE]: `${CHANGE} options`, // [{name, local_id}]: the voter's whole current choice
+    [EVENTS.GROUP_JOIN]: 'id chat_id type members by timestamp_ms lids?', // add|invite|linked_group_join
+    [EVENTS.GROUP_LEAVE]: 'id chat_id type members by timestamp_ms lids?', // remove|leave
+    [EVENTS.CALL]: 'id from from_me video group timestamp_ms lids?',
+});
+
 
 const STATES = Object.freeze({
     STARTING: 'starting',
@@ -130,6 +166,7 @@ function parseCommand(line) {
 module.exports = {
     PROTOCOL_VERSION,
     EVENTS,
+    FORWARDED,
     COMMANDS,
     STATES,
     ERROR_CODES,

@@ -43,7 +43,11 @@ class LastMessage(ResponseModel):
 
 class ConversationOut(ResponseModel):
     id: int
-    wa_id: str = Field(description="The contact's canonical id (digits only)")
+    wa_id: str = Field(
+        description="The contact's canonical id (digits only); a WhatsApp Web group's id (`<id>@g.us`); "
+        "`<n>@lid` for a Web contact whose number WhatsApp Web does not know"
+    )
+    kind: str = Field("individual", description="`group` (a WhatsApp Web group) or `individual`")
     contact_name: str | None = None
     provider: str | None = Field(None, description="The road that last carried this conversation")
     unread_count: int
@@ -145,6 +149,7 @@ async def list_conversations(request: web.Request, query: PageQuery) -> Conversa
             ConversationOut(
                 id=r["id"],
                 wa_id=r["wa_id"],
+                kind=r.get("kind") or "individual",
                 contact_name=r["contact_name"],
                 provider=r["provider_last"],
                 unread_count=r["unread_count"],

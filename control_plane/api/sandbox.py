@@ -1,6 +1,8 @@
 """``/api/sandbox/...``: sandbox tenants play the phone's side of their scripted session: scan the QR,
-receive a message from a contact, send one from the phone itself (``outgoing``), deliver/read acks,
-disconnect, crash, hang, leak memory.
+receive a message from a contact (or a group member), send one from the phone itself (``outgoing``),
+deliver/read acks, react to / edit / revoke a message, vote on a poll, members joining or leaving a
+group, an incoming call, WhatsApp Web learning an @lid contact's number (``contact``), disconnect,
+crash, hang, leak memory.
 
 Statuses: 403 ``not_sandbox`` (the tenant is not a sandbox tenant), 409 ``session_not_ready`` (no
 session runs), ``bridge_invalid_state`` (e.g. scan while no QR shows) or ``supervisor_disabled``,
@@ -10,7 +12,7 @@ session runs), ``bridge_invalid_state`` (e.g. scan while no QR shows) or ``super
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from pydantic import ConfigDict, Field, model_validator
@@ -59,41 +61,103 @@ class Command(RequestModel):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
+MessageType = Literal[
+    "chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location", "poll_creation"
+]
+# A contact or group member: digits, or ``<digits>@c.us``, or an ``<n>@lid`` user.
+Member = Annotated[str, Field(min_length=5, max_length=64, pattern=r"^\+?[0-9][0-9 ()+-]*(@(c\.us|lid))?$")]
+
+
+class SandboxPoll(RequestModel):
+    name: str = Field(min_length=1, max_length=255)
+    options: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(min_length=2, max_length=12)
+
+
 class Incoming(Command):
     model_config = ConfigDict(populate_by_name=True)
-    from_: str = Field(alias="from", min_length=5, max_length=64, description="Digits or a chat id (…@c.us)")
+    from_: str = Field(
+        alias="from",
+        min_length=5,
+        max_length=64,
+        description="Digits or a chat id (…@c.us, a group …@g.us, an …@lid user, status@broadcast)",
+    )
+    author: Member | None = Field(
+        default=None, description="In a group (or on status@broadcast): the member who wrote it"
+    )
     text: str | None = Field(default=None, min_length=1, max_length=65536)
-    type: (
-        Literal["chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location"] | None
-    ) = None
+    type: MessageType | None = None
     media: Media | None = None
     location: Location | None = None
+    poll: SandboxPoll | None = None
     quoted_id: str | None = Field(default=None, max_length=200)
     notify_name: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
     def _has_content(self) -> Incoming:
-        if self.text is None and self.media is None and self.location is None:
-            raise ValueError("give text, media or location")
+        if self.text is None and self.media is None and self.location is None and self.poll is None:
+            raise ValueError("give text, media, location or poll")
         return self
 
 
-MessageType = Literal["chat", "text", "image", "document", "audio", "ptt", "video", "sticker", "location"]
-
-
 class Outgoing(Command):
-    to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us)")
+    to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us, a group …@g.us)")
     text: str | None = Field(default=None, min_length=1, max_length=65536)
     type: MessageType | None = None
     media: Media | None = None
     location: Location | None = None
+    poll: SandboxPoll | None = None
     quoted_id: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
     def _has_content(self) -> Outgoing:
-        if self.text is None and self.media is None and self.location is None:
-            raise ValueError("give text, media or location")
+        if self.text is None and self.media is None and self.location is None and self.poll is None:
+            raise ValueError("give text, media, location or poll")
         return self
+
+
+class SandboxChange(Command):
+    """Who changes which message: ``from`` (a contact or group member; default: the contact of the
+    message's chat), or the phone itself with ``from_me``."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    target: str = Field(
+        min_length=10, max_length=200, description="The message's id (from incoming/outgoing)"
+    )
+    from_: Member | None = Field(default=None, alias="from")
+    from_me: bool = False
+
+
+class SandboxReaction(SandboxChange):
+    emoji: str = Field(max_length=16, description='The emoji ("" removes the reaction)')
+
+
+class SandboxEdit(SandboxChange):
+    body: str = Field(min_length=1, max_length=65536, description="The new text")
+
+
+class SandboxVote(SandboxChange):
+    options: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        max_length=12, description="The voter's whole current choice (names); [] withdraws the vote"
+    )
+
+
+class SandboxGroupChange(Command):
+    group: str = Field(min_length=8, max_length=64, pattern=r"^[0-9][0-9-]*@g\.us$")
+    members: list[Member] = Field(min_length=1, max_length=256)
+    by: Member | None = Field(default=None, description="The admin who added or removed them")
+    type: Literal["add", "invite", "linked_group_join", "remove", "leave"] | None = None
+
+
+class SandboxCall(Command):
+    model_config = ConfigDict(populate_by_name=True)
+    from_: Member = Field(alias="from")
+    video: bool = False
+    group: bool = False
+
+
+class SandboxContact(Command):
+    lid: str = Field(min_length=5, max_length=30, pattern=r"^[0-9]{1,24}@lid$")
+    phone: str = Field(min_length=5, max_length=32, pattern=r"^\+?[0-9][0-9 ()+-]*$")
 
 
 class Ack(Command):
@@ -178,3 +242,21 @@ _command(
 _command("crash", "The bridge dies at once (body may be {}); the supervisor restarts it", Crash)
 _command("hang", "The bridge stops answering and heartbeating; the watchdog kills and restarts it")
 _command("leak", "The bridge allocates memory it never frees; past MEMORY_LIMIT_MB it is restarted", Leak)
+_command("reaction", 'Someone reacts to a message (emoji "" removes the reaction)', SandboxReaction)
+_command("edit", "A message is edited by whoever wrote it", SandboxEdit)
+_command("revoke", "A message is deleted for everyone", SandboxChange)
+_command("vote", "Someone votes on a poll (published as poll.vote)", SandboxVote)
+_command(
+    "group_join",
+    "Members join a group (added, invited, via a community); published as group.join",
+    SandboxGroupChange,
+)
+_command(
+    "group_leave", "Members leave a group (removed, or left); published as group.leave", SandboxGroupChange
+)
+_command("call", "Someone calls this number (published as call.incoming)", SandboxCall)
+_command(
+    "contact",
+    "WhatsApp Web learns the phone number of an @lid user: its later messages and events name that number",
+    SandboxContact,
+)

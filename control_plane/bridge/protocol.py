@@ -59,9 +59,34 @@ EVENT_AUTHENTICATED = "authenticated"
 EVENT_READY = "ready"
 EVENT_MESSAGE = "message"
 EVENT_MESSAGE_ACK = "message_ack"
+EVENT_MESSAGE_REACTION = "message_reaction"
+EVENT_MESSAGE_EDIT = "message_edit"
+EVENT_MESSAGE_REVOKE = "message_revoke"
+EVENT_VOTE_UPDATE = "vote_update"
+EVENT_GROUP_JOIN = "group_join"
+EVENT_GROUP_LEAVE = "group_leave"
+EVENT_CALL = "call"
 EVENT_DISCONNECTED = "disconnected"
 EVENT_HEARTBEAT = "heartbeat"
 EVENT_ERROR = "error"
+# Events about messages and chats, with their data's keys (``?``: optional; PROTOCOL.md says what
+# each means; protocol.js FORWARDED lists the same). The supervisor hands them to its message
+# listeners (messaging/web_ingest.py) in the order the bridge wrote them. Ids are WhatsApp's
+# (``1555...@c.us``, ``1203...@g.us``, ``<n>@lid``); an @lid one WhatsApp Web can map to a phone
+# number arrives as ``<digits>@c.us``, the pair listed in ``lids`` {<phone id>: <lid>}.
+_CHANGE = "id target chat_id actor from_me timestamp_ms lids?"
+FORWARDED_EVENTS: dict[str, str] = {
+    EVENT_MESSAGE: "id chat_id from to from_me type body timestamp has_media media? location? poll? "
+    "quoted_id? notify_name? author? lids?",
+    EVENT_MESSAGE_ACK: "id to ack status",
+    EVENT_MESSAGE_REACTION: f"{_CHANGE} emoji",  # emoji "": the reaction was removed
+    EVENT_MESSAGE_EDIT: f"{_CHANGE} body prev_body",  # id: the edit's own message id, or None
+    EVENT_MESSAGE_REVOKE: f"{_CHANGE} prev_body",  # wwebjs message_revoke_everyone
+    EVENT_VOTE_UPDATE: f"{_CHANGE} options",  # [{name, local_id}]: the whole current choice
+    EVENT_GROUP_JOIN: "id chat_id type members by timestamp_ms lids?",  # add|invite|linked_group_join
+    EVENT_GROUP_LEAVE: "id chat_id type members by timestamp_ms lids?",  # remove|leave
+    EVENT_CALL: "id from from_me video group timestamp_ms lids?",
+}
 EVENT_NAMES = frozenset(
     {
         EVENT_HELLO,
@@ -71,11 +96,10 @@ EVENT_NAMES = frozenset(
         EVENT_CODE,
         EVENT_AUTHENTICATED,
         EVENT_READY,
-        EVENT_MESSAGE,
-        EVENT_MESSAGE_ACK,
         EVENT_DISCONNECTED,
         EVENT_HEARTBEAT,
         EVENT_ERROR,
+        *FORWARDED_EVENTS,
     }
 )
 
@@ -95,18 +119,17 @@ CMD_SANDBOX_HANG = "sandbox.hang"
 CMD_SANDBOX_LEAK = "sandbox.leak"
 CMD_SANDBOX_LOGOUT = "sandbox.logout"
 CMD_SANDBOX_OUTGOING = "sandbox.outgoing"
-SANDBOX_COMMAND_NAMES = frozenset(
-    {
-        CMD_SANDBOX_SCAN,
-        CMD_SANDBOX_INCOMING,
-        CMD_SANDBOX_ACK,
-        CMD_SANDBOX_DISCONNECT,
-        CMD_SANDBOX_CRASH,
-        CMD_SANDBOX_HANG,
-        CMD_SANDBOX_LEAK,
-        CMD_SANDBOX_LOGOUT,
-        CMD_SANDBOX_OUTGOING,
-    }
+CMD_SANDBOX_REACTION = "sandbox.reaction"
+CMD_SANDBOX_EDIT = "sandbox.edit"
+CMD_SANDBOX_REVOKE = "sandbox.revoke"
+CMD_SANDBOX_VOTE = "sandbox.vote"
+CMD_SANDBOX_GROUP_JOIN = "sandbox.group_join"
+CMD_SANDBOX_GROUP_LEAVE = "sandbox.group_leave"
+CMD_SANDBOX_CALL = "sandbox.call"
+CMD_SANDBOX_CONTACT = "sandbox.contact"
+# Every CMD_SANDBOX_* above (scripted driver only; PROTOCOL.md's sandbox table).
+SANDBOX_COMMAND_NAMES: frozenset[str] = frozenset(
+    value for name, value in dict(globals()).items() if name.startswith("CMD_SANDBOX_")
 )
 COMMAND_NAMES = frozenset(
     {CMD_GET_STATE, CMD_SEND, CMD_MARK_READ, CMD_LOGOUT, CMD_STOP, CMD_REQUEST_PAIRING_CODE}

@@ -36,17 +36,40 @@ conversations = sa.Table(
     sa.Column("unread_count", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
+    # 'group' (a WhatsApp Web group: wa_id ``<id>@g.us``) or 'individual' (migration 0010).
+    sa.Column("kind", sa.String(16), nullable=False, server_default="individual"),
     sa.UniqueConstraint("tenant_id", "wa_id"),
     sa.Index("ix_conversations_tenant_id_last_message_at", "tenant_id", "last_message_at"),
 )
 
 
 _NON_DIGITS = re.compile(r"\D")
+# WhatsApp Web ids that are no phone number: a group (``120363...@g.us``, older ones
+# ``<creator digits>-<seconds>@g.us``) and a contact WhatsApp Web knows only by its @lid.
+_KEPT_ID = re.compile(r"([0-9][0-9-]{0,25})@(g\.us|lid)")
+_PHONE_SERVERS = ("c.us", "s.whatsapp.net")
 
 
 def canonical_wa_id(number: str) -> str:
-    """Digits only: ``+1 (650) 555-1234`` -> ``16505551234``. One conversation per canonical id."""
+    """Digits only: ``+1 (650) 555-1234`` -> ``16505551234``. One conversation per canonical id.
+
+    WhatsApp Web ids: ``15551234567@c.us`` -> ``15551234567``; a group ``120363...@g.us`` and an
+    unresolved ``<n>@lid`` contact are kept whole (their digits are no phone number); any other
+    (``status@broadcast``, newsletters) -> ``""``: no conversation."""
+    if number and "@" in number:
+        kept = _KEPT_ID.fullmatch(number.strip().lower())
+        if kept is not None:
+            return kept.group(0)
+        user, _, server = number.partition("@")
+        if server.strip().lower() not in _PHONE_SERVERS:
+            return ""
+        number = user
     return _NON_DIGITS.sub("", number or "")
+
+
+def conversation_kind(wa_id: str) -> str:
+    """``group`` for a WhatsApp Web group's wa_id (``...@g.us``), else ``individual``."""
+    return "group" if wa_id.endswith("@g.us") else "individual"
 
 
 def clip(value: Any, length: int) -> Any:
@@ -89,6 +112,7 @@ async def get_or_create_conversation(
     stmt = dialect_insert(conn, conversations).values(
         tenant_id=tenant_id,
         wa_id=wa_id,
+        kind=conversation_kind(wa_id),
         contact_name=clip(contact_name, 256),
         provider_last=provider,
         unread_count=0,

@@ -28,6 +28,7 @@ from control_plane.db import inbound_sql, sql
 from control_plane.db.conversations import (
     canonical_wa_id,
     clip,
+    conversation_kind,
     conversations,
     get_or_create_conversation,
     insert_ignore,
@@ -133,6 +134,7 @@ def _inbound_rows(
                 "created_at": at,
                 "updated_at": now,
                 "provider_timestamp": item.get("provider_timestamp") or now,
+                "author": clip(item.get("author"), 64),
                 "_wa_id": wa_id if len(wa_id) <= 32 else wa_id[:32],
                 "_contact_name": clip(item.get("contact_name"), 256),
                 "_content": item.get("content"),
@@ -151,6 +153,7 @@ def _conversation_rows(tenant_id: str, rows: list[dict[str, Any]], now: dt.datet
             c = convs[r["_wa_id"]] = {
                 "tenant_id": tenant_id,
                 "wa_id": r["_wa_id"],
+                "kind": conversation_kind(r["_wa_id"]),
                 "contact_name": None,
                 "provider_last": r["provider"],
                 "last_inbound_at": r["provider_timestamp"],
@@ -263,7 +266,8 @@ async def record_inbound_messages(
     message, unread count).
 
     Each item: ``provider``, ``provider_message_id``, ``wa_id``, ``type``, ``content`` (JSON-able),
-    ``provider_timestamp`` (naive UTC), optional ``contact_name``. Returns the rows actually stored
+    ``provider_timestamp`` (naive UTC), optional ``contact_name`` and ``author`` (a group message's
+    member). Returns the rows actually stored
     (new ones only, content decoded, ``wa_id`` and ``contact_name`` added), in the given order.
 
     ``deferred`` (MariaDB only; ignored elsewhere): instead of running the messages INSERT now, append
@@ -405,6 +409,7 @@ async def _record_phone_message(
         "sent_at": at,
         "provider_timestamp": at,
         "origin": item.get("origin") or "phone",  # "business_app": a Cloud API echo
+        "author": clip(item.get("author"), 64),
     }
     if (await conn.execute(insert_ignore(conn, messages).values(**row))).rowcount == 0:
         return None  # stored meanwhile by another writer

@@ -27,9 +27,9 @@ def existing_wamids_sql(tenant_id: str, by_provider: dict[str, list[str]]) -> st
 
 _CONV_UPSERT_HEAD = (
     "INSERT INTO conversations (tenant_id, wa_id, contact_name, provider_last, last_inbound_at, "
-    "last_message_at, last_message_id, unread_count, created_at, updated_at) VALUES "
+    "last_message_at, last_message_id, unread_count, created_at, updated_at, kind) VALUES "
 )
-_CONV_UPSERT_HEAD_IDS = _CONV_UPSERT_HEAD.replace("updated_at)", "updated_at, id)", 1)
+_CONV_UPSERT_HEAD_IDS = _CONV_UPSERT_HEAD.replace("kind)", "kind, id)", 1)
 # The same SET list as ``_upsert_conversations`` (order matters: MariaDB applies it left to right).
 _CONV_UPSERT_TAIL = (
     " ON DUPLICATE KEY UPDATE contact_name = COALESCE(VALUES(contact_name), conversations.contact_name), "
@@ -55,7 +55,7 @@ def upsert_conversations_sql(
     values = ",".join(
         f"({lit(c['tenant_id'])},{literal_str(c['wa_id'])},{lit(c['contact_name'])},{lit(c['provider_last'])},"
         f"{lit(c['last_inbound_at'])},{lit(c['last_message_at'])},{literal_str(c['last_message_id'])},"
-        f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])}"
+        f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])},{lit(c['kind'])}"
         + (f",{int(ids[c['wa_id']])})" if ids is not None else ")")
         for c in rows
     )
@@ -66,7 +66,7 @@ def upsert_conversations_sql(
 _MESSAGES_INSERT_HEAD = (
     "INSERT IGNORE INTO messages (id, tenant_id, conversation_id, direction, provider, "
     "provider_message_id, type, content, status, error_code, error_message, created_at, "
-    "updated_at, provider_timestamp) VALUES "
+    "updated_at, provider_timestamp, author) VALUES "
 )
 
 
@@ -80,6 +80,6 @@ def insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> s
         f"({literal_str(r['id'])},{lit(r['tenant_id'])},{int(r['conversation_id'])},{lit(r['direction'])},"
         f"{lit(r['provider'])},{literal_str(r['provider_message_id'])},{lit(r['type'])},{literal_hex(r['content'])},"
         f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{literal_dt(r['created_at'])},"
-        f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])})"
+        f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])},{lit(r['author'])})"
         for r in rows
     )

@@ -72,6 +72,7 @@ messages = sa.Table(
     # Who wrote an outbound message when not us: "phone" (typed on the Web session's phone),
     # "business_app" (the WhatsApp Business app, Cloud API coexistence); NULL otherwise (0009).
     sa.Column("origin", sa.String(20), nullable=True),
+    sa.Column("author", sa.String(64), nullable=True),  # a group message's member (migration 0010)
     sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
     sa.Index(
         "ix_messages_tenant_id_conversation_id_created_at_id",

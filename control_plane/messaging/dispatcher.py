@@ -132,7 +132,7 @@ class Dispatcher:
         )
         self._own_inbound = inbound is None  # Web events go to the app's inbound service, else our own
         self.inbound = inbound or InboundService(db, lambda: events)
-        self.web_ingest = WebIngest(self.inbound)
+        self.web_ingest = WebIngest(self.inbound, db, lambda: events)
 
     # ------------------------------------------------------------------------------- lifecycle
 

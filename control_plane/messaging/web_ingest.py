@@ -1,9 +1,10 @@
 """Web-session traffic into the same tables and events as the Cloud API's.
 
-The supervisor calls ``listener(tenant_id, event_name, data)`` for each bridge ``message`` and
-``message_ack`` event (bridge/PROTOCOL.md). Messages become inbound rows shaped like the Cloud
-API's (provider-neutral ``content``: ``{"text": ...}``, docs/EVENTS.md), in the conversation of the
-sender's digits-only wa_id; acks become status facts on the same ladder as Meta's statuses:
+The supervisor calls ``listener(tenant_id, event_name, data)`` for each bridge event of
+``protocol.FORWARDED_EVENTS`` (bridge/PROTOCOL.md). Messages become inbound rows shaped like the
+Cloud API's (provider-neutral ``content``: ``{"text": ...}``, docs/EVENTS.md), in the conversation of
+the sender's wa_id (a phone number's digits; groups and @lid: below); acks become status facts on
+the same ladder as Meta's statuses:
 
     ack -1 -> failed, 1 -> sent, 2 -> delivered, 3 -> read, 4 -> played   (0 = pending: ignored)
 
@@ -18,21 +19,46 @@ that id (a send of ours, a repeated event) is skipped. Their acks come after the
 order), so they find the message stored.
 
 Timestamps keep the bridge's precision (the scripted driver's carry milliseconds).
+
+Groups: a group chat is ONE conversation, ``kind: "group"``, whose wa_id is the group's id as
+WhatsApp gives it (``120363...@g.us``; older groups ``<creator>-<seconds>@g.us``: its digits alone
+would lose the hyphen, and could not be sent to again). Each of its messages names the member who
+wrote it in ``author`` (a wa_id), never a made-up phone number; its ``contact_name`` stays empty (a
+member's push name is no name for the group). Senders WhatsApp Web knows only by an ``@lid`` id
+arrive resolved to their phone number when WhatsApp Web knows it (the bridge does that, PROTOCOL.md),
+else they keep ``<n>@lid`` as their wa_id (``db.conversations.canonical_wa_id``): their digits are no
+phone number. ``status@broadcast`` posts are no conversation: counted (``status_posts``), logged once
+per tenant, dropped.
+
+Notices: ``group_join`` / ``group_leave`` / ``call`` / ``vote_update`` become ``group.join`` /
+``group.leave`` / ``call.incoming`` / ``poll.vote`` (``events.py``, docs/EVENTS.md), published once
+everything the bridge reported before them is stored (their conversation, a vote's poll message:
+looked up then), so they follow it in the event log. Reactions, edits and revokes are changes to
+stored messages (``message_reaction`` / ``message_edit`` / ``message_revoke``: their own parse).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from control_plane import events as event_types
 from control_plane.bridge import protocol
+from control_plane.db import Database
+from control_plane.db import messages as messages_db
 from control_plane.db.conversations import canonical_wa_id
 from control_plane.messaging.inbound import InboundService
+from control_plane.realtime.unit import EventLog, store_then_publish
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "web"
+STATUS_CHAT = "status@broadcast"
+NOTICE_ATTEMPTS = 6  # publishing a notice: tries before it is given up (logged), ~6 s apart at most
 ACK_STATUS = {-1: "failed", 1: "sent", 2: "delivered", 3: "read", 4: "played"}
 _MEDIA_KINDS = {
     "image": "image",
@@ -45,9 +71,14 @@ _MEDIA_KINDS = {
 
 
 def chat_wa_id(chat_id: Any) -> str:
-    """``16505551234@c.us`` -> ``16505551234`` (digits only; one conversation per contact)."""
-    user = str(chat_id or "").split("@", 1)[0]
-    return canonical_wa_id(user)
+    """A WhatsApp id -> its wa_id: ``16505551234@c.us`` -> ``16505551234`` (one conversation per
+    contact); a group ``120363...@g.us`` and an unresolved ``<n>@lid`` are kept whole;
+    ``status@broadcast`` and other ids -> ``""`` (no conversation)."""
+    return canonical_wa_id(str(chat_id or ""))
+
+
+def is_group(wa_id: str) -> bool:
+    return wa_id.endswith("@g.us")
 
 
 _EPOCH = dt.datetime(1970, 1, 1)
@@ -83,6 +114,10 @@ def _content(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             content["url"] = media["url"]
         # Inline media bytes are not stored in the message row (they can be megabytes).
         return _MEDIA_KINDS[raw_type], content
+    if raw_type == "poll_creation":
+        poll: dict[str, Any] = data["poll"] if isinstance(data.get("poll"), dict) else {}
+        options = poll["options"] if isinstance(poll.get("options"), list) else []
+        return "poll", {"name": poll.get("name") or body, "options": [str(o) for o in options]}
     if raw_type == "location":
         loc: dict[str, Any] = data["location"] if isinstance(data.get("location"), dict) else {}
         content = {"latitude": loc.get("latitude"), "longitude": loc.get("longitude")}
@@ -94,7 +129,8 @@ def _content(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
     """A bridge ``message`` event -> a ``record_inbound_messages`` item (None: not for us).
-    A ``from_me`` one (typed on the phone) gets ``from_me: True`` and ``wa_id`` = the recipient."""
+    A ``from_me`` one (typed on the phone) gets ``from_me: True`` and ``wa_id`` = the recipient.
+    In a group, ``wa_id`` is the group and ``author`` the member who wrote (ours: our number)."""
     from_me = bool(data.get("from_me"))
     message_id = data.get("id")
     if from_me:
@@ -106,27 +142,28 @@ def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
     kind, content = _content(data)
     if data.get("quoted_id"):
         content["context"] = {"id": str(data["quoted_id"])}
-    if from_me:
-        return {
-            "provider": PROVIDER,
-            "provider_message_id": message_id,
-            "wa_id": wa_id,
-            "type": kind,
-            "content": content,
-            "provider_timestamp": _ts(data.get("timestamp")),
-            "from_me": True,
-            "from": chat_wa_id(data.get("from")) or None,
-        }
-    return {
+    group = is_group(wa_id)
+    item: dict[str, Any] = {
         "provider": PROVIDER,
         "provider_message_id": message_id,
         "wa_id": wa_id,
         "type": kind,
         "content": content,
         "provider_timestamp": _ts(data.get("timestamp")),
-        "contact_name": data.get("notify_name") if isinstance(data.get("notify_name"), str) else None,
-        "to": chat_wa_id(data.get("to")) or None,
     }
+    if from_me:
+        sender = chat_wa_id(data.get("from")) or None
+        item.update({"from_me": True, "from": sender, "author": sender if group else None})
+        return item
+    name = data.get("notify_name") if isinstance(data.get("notify_name"), str) else None
+    item["contact_name"] = None if group else name
+    item["author"] = (chat_wa_id(data.get("author")) or None) if group else None
+    item["to"] = chat_wa_id(data.get("to")) or None
+    return item
+
+
+def is_status_post(data: dict[str, Any]) -> bool:
+    return STATUS_CHAT in (data.get("chat_id"), data.get("from"), data.get("to"))
 
 
 def status_item(data: dict[str, Any], ts_ms: int | None = None) -> dict[str, Any] | None:
@@ -150,11 +187,123 @@ def status_item(data: dict[str, Any], ts_ms: int | None = None) -> dict[str, Any
     return item
 
 
-class WebIngest:
-    """The supervisor's message listener: bridge events -> the inbound service, in arrival order."""
+# ------------------------------------------------------------------------------------- notices
 
-    def __init__(self, inbound: InboundService) -> None:
+
+def _ms(value: Any) -> dt.datetime | None:
+    """Milliseconds since the epoch -> naive UTC."""
+    return _ts(value / 1000) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A bridge notice, parsed: the event to publish, built once its ids are looked up."""
+
+    type: str
+    wa_id: str  # the conversation it concerns
+    target: str | None  # a vote's poll (its provider message id)
+    build: Callable[[int | None, str | None], dict[str, Any]]  # (conversation id, message id) -> data
+
+
+def _group_notice(name: str, data: dict[str, Any]) -> Notice | None:
+    group = chat_wa_id(data.get("chat_id"))
+    if not is_group(group):
+        return None
+    raw = data.get("members")
+    members = [m for m in (chat_wa_id(x) for x in (raw if isinstance(raw, list) else [])) if m]
+    by = chat_wa_id(data.get("by")) or None
+    join = name == protocol.EVENT_GROUP_JOIN
+    reason = (_str(data.get("type")) or ("add" if join else "remove"))[:32]
+    event_id, at = _str(data.get("id")), _ms(data.get("timestamp_ms"))
+    return Notice(
+        event_types.GROUP_JOIN if join else event_types.GROUP_LEAVE,
+        group,
+        None,
+        lambda cid, _mid: event_types.group_event(cid, group, reason, members, by, event_id, at),
+    )
+
+
+def _call_notice(name: str, data: dict[str, Any]) -> Notice | None:
+    caller = chat_wa_id(data.get("from"))
+    if not caller or data.get("from_me"):  # a call made from the phone is no incoming call
+        return None
+    call_id, at = _str(data.get("id")), _ms(data.get("timestamp_ms"))
+    video, group = bool(data.get("video")), bool(data.get("group"))
+    return Notice(
+        event_types.CALL_INCOMING,
+        caller,
+        None,
+        lambda cid, _mid: event_types.call_event(cid, caller, call_id, video, group, at),
+    )
+
+
+def _vote_notice(name: str, data: dict[str, Any]) -> Notice | None:
+    target, voter = _str(data.get("target")), chat_wa_id(data.get("actor"))
+    raw = data.get("options")
+    if target is None or not voter or not isinstance(raw, list):
+        return None
+    options = [
+        {
+            "name": _str(o.get("name")),
+            "index": o.get("local_id") if isinstance(o.get("local_id"), int) else None,
+        }
+        for o in raw
+        if isinstance(o, dict)
+    ]
+    at = _ms(data.get("timestamp_ms"))
+    return Notice(
+        event_types.POLL_VOTE,
+        chat_wa_id(data.get("chat_id")),
+        target,
+        lambda cid, mid: event_types.vote_event(cid, mid, target, voter, options, at),
+    )
+
+
+_NOTICES: dict[str, Callable[[str, dict[str, Any]], Notice | None]] = {
+    protocol.EVENT_GROUP_JOIN: _group_notice,
+    protocol.EVENT_GROUP_LEAVE: _group_notice,
+    protocol.EVENT_CALL: _call_notice,
+    protocol.EVENT_VOTE_UPDATE: _vote_notice,
+}
+
+
+def parse_notice(name: str, data: dict[str, Any]) -> Notice | None:
+    """A bridge group_join / group_leave / call / vote_update event -> its Notice (None: nothing to say)."""
+    parse = _NOTICES.get(name)
+    return parse(name, data) if parse is not None else None
+
+
+async def _notice_ids(conn: Any, tenant_id: str, notice: Notice) -> tuple[int | None, str | None]:
+    """(conversation id, message id) of what the notice concerns, when the gateway has them."""
+    if notice.target is not None:
+        row = await messages_db.get_message_by_provider_id(conn, tenant_id, PROVIDER, notice.target)
+        if row is not None:
+            return row["conversation_id"], row["id"]
+    if not notice.wa_id:
+        return None, None
+    conv = await messages_db.get_conversation_by_wa_id(conn, tenant_id, notice.wa_id)
+    return (conv["id"] if conv else None), None
+
+
+class WebIngest:
+    """The supervisor's message listener: bridge events -> the inbound service, in arrival order.
+    Notices are published through ``events()`` (the publisher, looked up late) in ``db``."""
+
+    def __init__(
+        self,
+        inbound: InboundService,
+        db: Database | None = None,
+        events: Callable[[], EventLog | None] | None = None,
+    ) -> None:
         self._inbound = inbound
+        self._db = db
+        self._events = events or (lambda: None)
+        self.status_posts = 0  # status@broadcast posts dropped
+        self._status_logged: set[str] = set()
 
     @property
     def stored_phone(self) -> int:
@@ -164,19 +313,60 @@ class WebIngest:
         if not isinstance(data, dict):
             return
         if event_name == protocol.EVENT_MESSAGE:
-            item = inbound_item(data)
-            if item is None:
-                return
-            if item.get("from_me"):
-                self._inbound.put(tenant_id, phone=[item])
-            else:
-                self._inbound.put(tenant_id, messages=[item])
+            self._message(tenant_id, data)
         elif event_name == protocol.EVENT_MESSAGE_ACK:
             status = status_item(data)
             if status is not None:
                 self._inbound.put(tenant_id, statuses=[status])
+        elif event_name in _NOTICES:
+            notice = parse_notice(event_name, data)
+            if notice is not None:
+                await self._publish_notice(tenant_id, notice)
         else:
             log.debug("web ingest: ignoring %s tenant=%s", event_name, tenant_id)
+
+    def _message(self, tenant_id: str, data: dict[str, Any]) -> None:
+        if is_status_post(data):
+            self.status_posts += 1
+            if tenant_id not in self._status_logged:
+                self._status_logged.add(tenant_id)
+                log.info("status@broadcast posts are no conversation: dropping them tenant=%s", tenant_id)
+            return
+        item = inbound_item(data)
+        if item is None:
+            return
+        if item.get("from_me"):
+            self._inbound.put(tenant_id, phone=[item])
+        else:
+            self._inbound.put(tenant_id, messages=[item])
+
+    async def _publish_notice(self, tenant_id: str, notice: Notice) -> None:
+        """Once what came before is stored: look the notice's ids up and publish it, in one
+        transaction; retried while the database is away (later events wait: order is kept)."""
+        events = self._events()
+        if self._db is None or events is None:
+            log.warning("web ingest: no event log, %s dropped tenant=%s", notice.type, tenant_id)
+            return
+        for attempt in range(1, NOTICE_ATTEMPTS + 1):
+            try:
+                await self._inbound.flush()
+                async with store_then_publish(self._db.begin(), events) as unit:
+                    conversation_id, message_id = await _notice_ids(unit.conn, tenant_id, notice)
+                    unit.add(tenant_id, notice.type, notice.build(conversation_id, message_id))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "cannot publish %s (%s), %d attempts left tenant=%s",
+                    notice.type,
+                    exc,
+                    NOTICE_ATTEMPTS - attempt,
+                    tenant_id,
+                )
+                if attempt < NOTICE_ATTEMPTS:
+                    await asyncio.sleep(min(0.2 * 2**attempt, 6.0))
+        log.error("%s given up tenant=%s", notice.type, tenant_id)
 
     async def flush(self, within_s: float = 10.0) -> bool:
         """Waits until the events received so far are stored (tests, shutdown)."""

@@ -393,8 +393,9 @@ class Supervisor:
         return await session.bridge_request(name, args or {}, timeout_s=COMMAND_TIMEOUT_S, ambiguous=False)
 
     def add_message_listener(self, listener: MessageListener) -> None:
-        """``await listener(tenant_id, event_name, data)`` for each bridge message / message_ack, in order.
-        Events that arrive before the first listener is added are kept (up to MESSAGE_BACKLOG)."""
+        """``await listener(tenant_id, event_name, data)`` for each bridge event about messages and chats
+        (``protocol.FORWARDED_EVENTS``), in order. Events that arrive before the first listener is
+        added are kept (up to MESSAGE_BACKLOG)."""
         self._messages.add_listener(listener)
 
     # ------------------------------------------------------------------ outbound (one boundary)

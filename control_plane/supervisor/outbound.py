@@ -111,8 +111,9 @@ class StateWriter:
 
 
 class MessageDispatcher:
-    """Bridge ``message`` / ``message_ack`` events to every listener, in order. Events that arrive
-    before the first listener is added are kept (up to MESSAGE_BACKLOG)."""
+    """Bridge events about messages and chats (``protocol.FORWARDED_EVENTS``: messages, acks, changes,
+    notices) to every listener, in order. Events that arrive before the first listener is added are
+    kept (up to MESSAGE_BACKLOG)."""
 
     def __init__(self) -> None:
         self._listeners: list[MessageListener] = []

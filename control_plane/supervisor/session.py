@@ -396,7 +396,7 @@ class TenantSession:
         run = self.run_facts
         run.last_seen = self._clock()
         name = ev.name
-        if name == protocol.EVENT_MESSAGE or name == protocol.EVENT_MESSAGE_ACK:
+        if name in protocol.FORWARDED_EVENTS:  # messages, acks, changes, notices: to messaging
             self.host.dispatch_message(self.tenant_id, name, ev.data)
         elif name == protocol.EVENT_STATE:
             self._on_state(ev.data)

@@ -8,9 +8,16 @@ const fs = require('fs');
 const path = require('path');
 
 const { CommandError, ERROR_CODES: E, EVENTS, STATES, ackStatus } = require('../protocol');
+const { InOrder, LidResolver, keyChat } = require('../driver_events');
 
 const AUTH_FILE = 'scripted-auth.json';
-const MESSAGE_TYPES = new Set(['chat', 'text', 'image', 'document', 'audio', 'ptt', 'video', 'sticker', 'location']);
+const MESSAGE_TYPES = new Set([
+    'chat', 'text', 'image', 'document', 'audio', 'ptt', 'video', 'sticker', 'location', 'poll_creation',
+]);
+const STATUS_CHAT = 'status@broadcast';
+const KNOWN_MESSAGES_MAX = 10000;
+const GROUP_JOIN_TYPES = new Set(['add', 'invite', 'linked_group_join']);
+const GROUP_LEAVE_TYPES = new Set(['remove', 'leave']);
 
 function randomHex(bytes) {
     return crypto.randomBytes(bytes).toString('hex').toUpperCase();
@@ -38,6 +45,12 @@ class ScriptedDriver {
         this.sent = new Map(); // message id -> chat id, for sandbox.ack
         this.hung = false;
         this.leaks = [];
+        // What WhatsApp Web would know: @lid users' numbers (sandbox.contact), and the messages
+        // this session saw (for the previous body of an edit or revoke, and a poll's options).
+        this.lidPhones = new Map();
+        this.resolver = new LidResolver((lid) => this.lidPhones.get(lid) || null, ctx.log);
+        this.out = new InOrder((name, data) => this.emit(name, data), ctx.log);
+        this.known = new Map(); // message id -> {body, poll}
         this.sandbox = {
             'sandbox.scan': this.scan,
             'sandbox.incoming': this.incoming,
@@ -48,6 +61,14 @@ class ScriptedDriver {
             'sandbox.leak': this.leak,
             'sandbox.logout': this.phoneLogout,
             'sandbox.outgoing': this.outgoing,
+            'sandbox.reaction': this.reaction,
+            'sandbox.edit': this.edit,
+            'sandbox.revoke': this.revoke,
+            'sandbox.vote': this.vote,
+            'sandbox.group_join': (args, helpers) => this.group(EVENTS.GROUP_JOIN, args, helpers),
+            'sandbox.group_leave': (args, helpers) => this.group(EVENTS.GROUP_LEAVE, args, helpers),
+            'sandbox.call': this.call,
+            'sandbox.contact': this.contact,
         };
     }
 
@@ -157,14 +178,28 @@ class ScriptedDriver {
         const { chatId } = normalizeChatId(args[field], field);
         const media = args.media ? normalizeMedia(args.media) : null;
         const location = args.location ? normalizeLocation(args.location) : null;
-        let type = args.type || (location ? 'location' : media ? 'image' : 'chat');
+        const poll = args.poll !== undefined && args.poll !== null ? normalizePoll(args.poll) : null;
+        let type = args.type || (poll ? 'poll_creation' : location ? 'location' : media ? 'image' : 'chat');
         if (!MESSAGE_TYPES.has(type)) throw new CommandError(E.BAD_REQUEST, `unknown message type ${type}`);
         if (type === 'text') type = 'chat';
         if (type === 'chat' && (typeof args.text !== 'string' || !args.text)) {
             throw new CommandError(E.BAD_REQUEST, '"text" is required for a chat message');
         }
-        const body = args.text || (location && location.description) || '';
-        const id = `${fromMe ? 'true' : 'false'}_${chatId}_${randomHex(10)}`;
+        if (type === 'poll_creation' && !poll) throw new CommandError(E.BAD_REQUEST, '"poll" is required for a poll');
+        // In a group (and on status@broadcast) whatsapp-web.js names the member who wrote in `author`,
+        // and appends them to the message id.
+        const shared = chatId.endsWith('@g.us') || chatId === STATUS_CHAT;
+        let author = null;
+        if (shared && !fromMe) {
+            if (args.author === undefined || args.author === null) {
+                throw new CommandError(E.BAD_REQUEST, '"author" (the member who wrote) is required in a group');
+            }
+            author = normalizeChatId(args.author, 'author').chatId;
+        } else if (shared) {
+            author = this.wid;
+        }
+        const body = args.text || (poll && poll.name) || (location && location.description) || '';
+        const id = `${fromMe ? 'true' : 'false'}_${chatId}_${randomHex(10)}${author && !fromMe ? `_${author}` : ''}`;
         const msg = fromMe ? this.ownMessageData(id, chatId, type, body) : {
             id,
             chat_id: chatId,
@@ -184,9 +219,17 @@ class ScriptedDriver {
             else msg.media.url = media.url;
         }
         if (location) msg.location = location;
+        if (poll) msg.poll = poll;
+        if (author) msg.author = author;
         if (args.quoted_id) msg.quoted_id = String(args.quoted_id);
         if (args.notify_name && !fromMe) msg.notify_name = String(args.notify_name);
+        this.remember(id, { body, poll });
         return msg;
+    }
+
+    remember(id, facts) {
+        if (this.known.size >= KNOWN_MESSAGES_MAX) this.known.delete(this.known.keys().next().value);
+        this.known.set(id, facts);
     }
 
     ownMessageData(id, chatId, type, body) {
@@ -205,7 +248,7 @@ class ScriptedDriver {
 
     async incoming(args, helpers) {
         const msg = this.buildMessage(args, helpers, { field: 'from', fromMe: false });
-        this.emit(EVENTS.MESSAGE, msg);
+        this.out.push(EVENTS.MESSAGE, this.resolver.resolve(msg, ['chat_id', 'from', 'author']));
         return { id: msg.id };
     }
 
@@ -214,11 +257,122 @@ class ScriptedDriver {
     async outgoing(args, helpers) {
         const msg = this.buildMessage(args, helpers, { field: 'to', fromMe: true });
         this.sent.set(msg.id, msg.chat_id);
-        this.ctx.ownMessage(msg.id, Promise.resolve(msg));
+        this.ctx.ownMessage(msg.id, this.resolver.resolve(msg, ['chat_id', 'to']));
         this.later(30, () =>
             this.emit(EVENTS.MESSAGE_ACK, { id: msg.id, to: msg.chat_id, ack: 1, status: ackStatus(1) }),
         );
         return { id: msg.id };
+    }
+
+    // -- what contacts do to messages and chats (through the same lid resolution and ordering as wwebjs)
+
+    // The actor of a change: `from` (digits or an id), or this account with `from_me`, or by default
+    // the contact of the target's chat (a group needs `from`).
+    changeBase(args, normalizeChatId) {
+        this.requireReady();
+        if (typeof args.target !== 'string' || !keyChat(args.target)) {
+            throw new CommandError(E.BAD_REQUEST, '"target" must be a message id (true_<chat id>_<id>...)');
+        }
+        const chatId = keyChat(args.target);
+        const fromMe = Boolean(args.from_me);
+        let actor;
+        if (fromMe) actor = this.wid;
+        else if (args.from !== undefined && args.from !== null) actor = normalizeChatId(args.from, 'from').chatId;
+        else if (chatId.endsWith('@g.us')) throw new CommandError(E.BAD_REQUEST, '"from" is required in a group');
+        else actor = chatId;
+        const id = `${fromMe}_${chatId}_${randomHex(10)}${chatId.endsWith('@g.us') && !fromMe ? `_${actor}` : ''}`;
+        return { id, target: args.target, chat_id: chatId, actor, from_me: fromMe, timestamp_ms: Date.now() };
+    }
+
+    pushChange(name, data) {
+        this.out.push(name, this.resolver.resolve(data, ['actor', 'chat_id']));
+        return { id: data.id };
+    }
+
+    async reaction(args, { normalizeChatId }) {
+        const data = this.changeBase(args, normalizeChatId);
+        if (typeof args.emoji !== 'string' || [...args.emoji].length > 16) {
+            throw new CommandError(E.BAD_REQUEST, '"emoji" must be a string ("" removes the reaction)');
+        }
+        return this.pushChange(EVENTS.MESSAGE_REACTION, { ...data, emoji: args.emoji });
+    }
+
+    async edit(args, { normalizeChatId }) {
+        const data = this.changeBase(args, normalizeChatId);
+        if (typeof args.body !== 'string' || !args.body) throw new CommandError(E.BAD_REQUEST, '"body" is required');
+        const known = this.known.get(args.target);
+        const prev = known ? known.body : null;
+        if (known) known.body = args.body;
+        return this.pushChange(EVENTS.MESSAGE_EDIT, { ...data, body: args.body, prev_body: prev });
+    }
+
+    async revoke(args, { normalizeChatId }) {
+        const data = this.changeBase(args, normalizeChatId);
+        const known = this.known.get(args.target);
+        this.known.delete(args.target);
+        return this.pushChange(EVENTS.MESSAGE_REVOKE, { ...data, prev_body: known ? known.body : null });
+    }
+
+    // A vote on a poll: `options` is the voter's whole current choice (names), [] withdraws it.
+    async vote(args, { normalizeChatId }) {
+        const data = this.changeBase(args, normalizeChatId);
+        if (!Array.isArray(args.options) || !args.options.every((o) => typeof o === 'string')) {
+            throw new CommandError(E.BAD_REQUEST, '"options" must be a list of option names');
+        }
+        const poll = (this.known.get(args.target) || {}).poll;
+        const options = args.options.map((name) => {
+            const localId = poll ? poll.options.indexOf(name) : args.options.indexOf(name);
+            if (localId < 0) throw new CommandError(E.BAD_REQUEST, `the poll has no option ${JSON.stringify(name)}`);
+            return { name, local_id: localId };
+        });
+        return this.pushChange(EVENTS.VOTE_UPDATE, { ...data, id: null, options });
+    }
+
+    // Members join or leave a group (`type`: add | invite | linked_group_join, remove | leave),
+    // `by` the admin who added or removed them (null when they came or went themselves).
+    async group(name, args, { normalizeChatId }) {
+        this.requireReady();
+        const { chatId } = normalizeChatId(args.group, 'group');
+        if (!chatId.endsWith('@g.us')) throw new CommandError(E.BAD_REQUEST, '"group" must be a group id (...@g.us)');
+        const types = name === EVENTS.GROUP_JOIN ? GROUP_JOIN_TYPES : GROUP_LEAVE_TYPES;
+        const type = args.type === undefined ? [...types][0] : args.type;
+        if (!types.has(type)) throw new CommandError(E.BAD_REQUEST, `"type" must be one of ${[...types].join(', ')}`);
+        if (!Array.isArray(args.members) || !args.members.length || args.members.length > 256) {
+            throw new CommandError(E.BAD_REQUEST, '"members" must be a list of 1..256 ids');
+        }
+        const members = args.members.map((m) => normalizeChatId(m, 'members').chatId);
+        const by = args.by === undefined || args.by === null ? null : normalizeChatId(args.by, 'by').chatId;
+        const id = `false_${chatId}_${randomHex(10)}_${by || members[0]}`;
+        const data = { id, chat_id: chatId, type, members, by, timestamp_ms: Date.now() };
+        this.out.push(name, this.resolver.resolve(data, ['members', 'by']));
+        return { id };
+    }
+
+    async call(args, { normalizeChatId }) {
+        this.requireReady();
+        const { chatId } = normalizeChatId(args.from, 'from');
+        const data = {
+            id: randomHex(16),
+            from: chatId,
+            from_me: false,
+            video: Boolean(args.video),
+            group: Boolean(args.group),
+            timestamp_ms: Date.now(),
+        };
+        this.out.push(EVENTS.CALL, this.resolver.resolve(data, ['from']));
+        return { id: data.id };
+    }
+
+    // WhatsApp Web learns the phone number of an @lid user: later events resolve it.
+    async contact(args) {
+        if (typeof args.lid !== 'string' || !/^\d{1,24}@lid$/.test(args.lid)) {
+            throw new CommandError(E.BAD_REQUEST, '"lid" must be an @lid id (<digits>@lid)');
+        }
+        const phone = String(args.phone || '').replace(/[\s()+-]/g, '');
+        if (!/^\d{5,20}$/.test(phone)) throw new CommandError(E.BAD_REQUEST, '"phone" must be a phone number in digits');
+        this.lidPhones.set(args.lid, `${phone}@c.us`);
+        this.resolver.forget(args.lid);
+        return {};
     }
 
     async ack(args) {
@@ -277,6 +431,20 @@ class ScriptedDriver {
         const held = this.leaks.reduce((n, b) => n + b.length, 0);
         return { held_bytes: held, rss_bytes: process.memoryUsage.rss() };
     }
+}
+
+function normalizePoll(poll) {
+    if (!poll || typeof poll !== 'object' || typeof poll.name !== 'string' || !poll.name) {
+        throw new CommandError(E.BAD_REQUEST, '"poll" must be {name, options}');
+    }
+    const options = poll.options;
+    if (!Array.isArray(options) || options.length < 2 || options.length > 12) {
+        throw new CommandError(E.BAD_REQUEST, '"poll.options" must be a list of 2..12 names');
+    }
+    if (!options.every((o) => typeof o === 'string' && o) || new Set(options).size !== options.length) {
+        throw new CommandError(E.BAD_REQUEST, '"poll.options" must be distinct non-empty names');
+    }
+    return { name: poll.name, options: [...options] };
 }
 
 module.exports = ScriptedDriver;

@@ -9,10 +9,12 @@ const path = require('path');
 const { Client, LocalAuth, MessageMedia, Location } = require('whatsapp-web.js');
 
 const { CommandError, ERROR_CODES: E, EVENTS, ackStatus } = require('../protocol');
+const { InOrder, LidResolver, keyChat, serializeKey, serializeWid } = require('../driver_events');
 
 const CLIENT_ID = 'session'; // profile: <session-dir>/session-session
 const SINGLETON_FILES = ['SingletonLock', 'SingletonSocket', 'SingletonCookie'];
 const BROWSER_CLOSE_MS = 3000;
+const STATUS_CHAT = 'status@broadcast';
 
 function sleep(ms) {
     return new Promise((resolve) => setTimeout(resolve, ms));
@@ -58,6 +60,8 @@ class WwebjsDriver {
         this.browserPid = null;
         this.stopping = false;
         this.pairingPhone = null;
+        this.resolver = new LidResolver((lid) => this.lookupLid(lid), ctx.log);
+        this.out = new InOrder(ctx.emit, ctx.log); // events in the order the library fired them
         this.client = this.makeClient();
     }
 
@@ -119,18 +123,46 @@ class WwebjsDriver {
         client.on('loading_screen', (percent) => log('info', 'loading %s%%', percent));
         client.on('change_state', (state) => log('info', 'whatsapp state %s', state));
         client.on('disconnected', (reason) => emit(EVENTS.DISCONNECTED, { reason: String(reason) }));
-        client.on('message', (msg) => {
-            this.normalize(msg).then(
-                (m) => emit(EVENTS.MESSAGE, m),
-                (err) => log('error', 'cannot normalize message %s: %s', msg.id && msg.id._serialized, err),
-            );
-        });
+        client.on('message', (msg) => this.out.push(EVENTS.MESSAGE, this.normalize(msg)));
         // message_create fires for every message created, ours included: the fromMe ones are typed on
         // the phone, or our own sends coming back (the bridge drops those: Bridge.ownMessage).
         client.on('message_create', (msg) => this.onMessageCreate(msg));
         client.on('message_ack', (msg, ack) => {
             emit(EVENTS.MESSAGE_ACK, { id: msg.id._serialized, to: msg.to, ack, status: ackStatus(ack) });
         });
+        // What contacts do to messages and chats: mapped to the protocol (PROTOCOL.md), @lid ids
+        // resolved, emitted in the order the library fired them.
+        const report = (name, build, fields) => (...args) => {
+            let data;
+            try {
+                data = build(this.ownWid(), ...args);
+            } catch (err) {
+                log('error', 'cannot map %s: %s', name, err && err.stack ? err.stack : err);
+                return;
+            }
+            if (data) this.out.push(name, this.resolver.resolve(data, fields));
+        };
+        const CHANGE = ['actor', 'chat_id'];
+        client.on('message_reaction', report(EVENTS.MESSAGE_REACTION, mapReaction, CHANGE));
+        client.on('message_edit', report(EVENTS.MESSAGE_EDIT, mapEdit, CHANGE));
+        client.on('message_revoke_everyone', report(EVENTS.MESSAGE_REVOKE, mapRevoke, CHANGE));
+        client.on('vote_update', report(EVENTS.VOTE_UPDATE, mapVote, CHANGE));
+        client.on('group_join', report(EVENTS.GROUP_JOIN, mapGroup, ['members', 'by']));
+        client.on('group_leave', report(EVENTS.GROUP_LEAVE, mapGroup, ['members', 'by']));
+        client.on('call', report(EVENTS.CALL, mapCall, ['from']));
+    }
+
+    ownWid() {
+        const info = this.client.info;
+        return info && info.wid ? serializeWid(info.wid) : null;
+    }
+
+    // The phone number WhatsApp Web knows for an @lid user (getContactLidAndPhone reads its contact
+    // store, and asks WhatsApp when it has none), or null.
+    async lookupLid(lid) {
+        if (!this.client.pupPage) return null;
+        const [found] = await this.client.getContactLidAndPhone([lid]);
+        return (found && found.pn) || null;
     }
 
     onMessageCreate(msg) {
@@ -148,6 +180,22 @@ class WwebjsDriver {
 
     async normalize(msg) {
         const chatId = msg.fromMe ? msg.to : msg.from;
+        if (chatId === STATUS_CHAT || msg.isStatus) {
+            // A status post is no conversation (the control plane counts and drops it): no media
+            // download, no lookups.
+            return {
+                id: msg.id._serialized,
+                chat_id: STATUS_CHAT,
+                from: msg.from,
+                to: msg.to,
+                from_me: Boolean(msg.fromMe),
+                type: msg.type,
+                body: '',
+                timestamp: msg.timestamp,
+                has_media: Boolean(msg.hasMedia),
+                author: msg.author || null,
+            };
+        }
         const out = {
             id: msg.id._serialized,
             chat_id: chatId,
@@ -169,6 +217,12 @@ class WwebjsDriver {
             } catch (e) {
                 this.ctx.log('warn', 'quoted message lookup failed: %s', e.message);
             }
+        }
+        if (msg.type === 'poll_creation' && msg.pollName) {
+            out.poll = {
+                name: msg.pollName,
+                options: (msg.pollOptions || []).map((o) => (o && typeof o === 'object' ? o.name : String(o))),
+            };
         }
         if (msg.location) {
             out.location = {
@@ -192,7 +246,7 @@ class WwebjsDriver {
                 this.ctx.log('warn', 'media download failed: %s', e.message);
             }
         }
-        return out;
+        return this.resolver.resolve(out, ['chat_id', 'from', 'to', 'author']);
     }
 
     // --- driver interface ---
@@ -319,6 +373,117 @@ class WwebjsDriver {
         this.pairingPhone = phone;
         return this.client.requestPairingCode(phone);
     }
+}
+
+// --- whatsapp-web.js objects -> protocol data (PROTOCOL.md); `own` is this session's wid --------
+
+function msToNumber(value, fallback) {
+    const n = Number(value);
+    return Number.isFinite(n) && n > 0 ? Math.round(n) : fallback;
+}
+
+// A Message's sender: the group member (author) or the chat; this account for its own.
+function messageActor(own, msg) {
+    if (msg.fromMe) return own || msg.author || msg.from;
+    return msg.author || msg.from;
+}
+
+// message_reaction(reaction): Reaction {id (its own key), msgId (the message's key), senderId,
+// reaction ('' = removed), timestamp (s)}.
+function mapReaction(own, r) {
+    const target = serializeKey(r.msgId);
+    if (!target) return null;
+    const actor = serializeWid(r.senderId);
+    const fromMe = Boolean((r.id && r.id.fromMe) || (own && actor === own));
+    return {
+        id: serializeKey(r.id),
+        target,
+        chat_id: keyChat(r.msgId),
+        actor: fromMe ? own || actor : actor,
+        from_me: fromMe,
+        emoji: typeof r.reaction === 'string' ? r.reaction : '',
+        timestamp_ms: msToNumber(Number(r.timestamp) * 1000, Date.now()),
+    };
+}
+
+// message_edit(message, newBody, prevBody): the edited Message (its id is the original's; the edit's
+// own key is latestEditMsgKey).
+function mapEdit(own, msg, newBody, prevBody) {
+    if (!msg || !msg.id || typeof newBody !== 'string' || newBody === prevBody) return null;
+    return {
+        id: serializeKey(msg.latestEditMsgKey),
+        target: serializeKey(msg.id),
+        chat_id: msg.fromMe ? msg.to : msg.from,
+        actor: messageActor(own, msg),
+        from_me: Boolean(msg.fromMe),
+        body: newBody,
+        prev_body: typeof prevBody === 'string' ? prevBody : null,
+        timestamp_ms: msToNumber(msg.latestEditSenderTimestampMs, Date.now()),
+    };
+}
+
+// message_revoke_everyone(after, before): `after` is the message as revoked (type 'revoked'; the
+// original's key in protocolMessageKey when it differs), `before` the original, when the library
+// still had it. Neither carries the revoke's time (`after.timestamp` is the original's): the time
+// WhatsApp Web reported it is used.
+function mapRevoke(own, after, before) {
+    if (!after || !after.id) return null;
+    const revokedId = serializeKey(after.id);
+    const target = serializeKey(after.protocolMessageKey) || revokedId;
+    return {
+        id: revokedId !== target ? revokedId : null,
+        target,
+        chat_id: after.fromMe ? after.to : after.from,
+        actor: messageActor(own, after),
+        from_me: Boolean(after.fromMe),
+        prev_body: before && typeof before.body === 'string' ? before.body : null,
+        timestamp_ms: Date.now(),
+    };
+}
+
+// vote_update(vote): PollVote {voter, selectedOptions [{name, localId}], interractedAtTs (ms),
+// parentMessage (the poll), parentMsgKey}.
+function mapVote(own, vote) {
+    const target = serializeKey(vote.parentMsgKey) || serializeKey(vote.parentMessage && vote.parentMessage.id);
+    if (!target) return null;
+    const actor = serializeWid(vote.voter);
+    return {
+        id: null,
+        target,
+        chat_id: keyChat(vote.parentMsgKey) || keyChat(target),
+        actor,
+        from_me: Boolean(own && actor === own),
+        options: (vote.selectedOptions || []).map((o) => ({
+            name: o.name === undefined ? null : o.name,
+            local_id: o.localId,
+        })),
+        timestamp_ms: msToNumber(vote.interractedAtTs, Date.now()),
+    };
+}
+
+// group_join / group_leave(notification): GroupNotification {id, chatId, type (add | invite |
+// linked_group_join | remove | leave), recipientIds, author (who did it), timestamp (s)}.
+function mapGroup(own, n) {
+    return {
+        id: serializeKey(n.id),
+        chat_id: n.chatId,
+        type: n.type,
+        members: (n.recipientIds || []).map(serializeWid).filter(Boolean),
+        by: serializeWid(n.author),
+        timestamp_ms: msToNumber(Number(n.timestamp) * 1000, Date.now()),
+    };
+}
+
+// call(call): Call {id, from (peerJid), fromMe (outgoing), isVideo, isGroup, timestamp (offerTime, s)}.
+function mapCall(own, call) {
+    return {
+        id: call.id === undefined || call.id === null ? null : String(call.id),
+        from: serializeWid(call.from),
+        from_me: Boolean(call.fromMe),
+        video: Boolean(call.isVideo),
+        group: Boolean(call.isGroup),
+        timestamp_ms: msToNumber(Number(call.timestamp) * 1000, Date.now()),
+    };
 }
 
 module.exports = WwebjsDriver;

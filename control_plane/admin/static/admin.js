@@ -152,6 +152,8 @@
 
   function formatPhone(number) {
     if (!number) return "";
+    // A group (<id>@g.us) or a contact known only by its @lid is no phone number: shown as it is.
+    if (/@(g\.us|lid)$/.test(String(number))) return String(number);
     const digits = String(number).split("@")[0].replace(/[^\d]/g, "");
     return digits ? "+" + digits : String(number);
   }
