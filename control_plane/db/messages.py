@@ -70,6 +70,10 @@ messages = sa.Table(
     sa.Column("read_at", Timestamp, nullable=True),
     sa.Column("failed_at", Timestamp, nullable=True),
     sa.Column("provider_timestamp", Timestamp, nullable=True),
+    # Changes to the message (db/message_changes.py): last edit, revoke, current reactions (JSON).
+    sa.Column("edited_at", Timestamp, nullable=True),
+    sa.Column("deleted_at", Timestamp, nullable=True),
+    sa.Column("reactions", LongText, nullable=True),
     sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
     sa.Index(
         "ix_messages_tenant_id_conversation_id_created_at_id",
