@@ -18,6 +18,31 @@ that id (a send of ours, a repeated event) is skipped. Their acks come after the
 order), so they find the message stored.
 
 Timestamps keep the bridge's precision (the scripted driver's carry milliseconds).
+
+Changes to a stored message (``change_item``): the bridge events ``message_reaction``,
+``message_edit`` and ``message_revoke`` update the message they name (``db/message_changes.py``)
+and are published as ``message.reaction`` / ``message.edited`` / ``message.deleted``. Their
+``data`` (ids as whatsapp-web.js serializes them; ``actor`` as a chat id or digits):
+
+    field         meaning (where the bridge takes it from in whatsapp-web.js)
+    id            the change's OWN id, stable across re-sends (a repeated id changes nothing):
+                    message_reaction: reaction.id._serialized
+                    message_edit: message.latestEditMsgKey._serialized, else
+                                  "<target_id>_edit_<timestamp_ms>"
+                    message_revoke (from message_revoke_everyone): the revoking message's
+                                  id._serialized when it differs from target_id, else "<target_id>_revoke"
+    target_id     the id of the message changed: reaction.msgId._serialized; the edited message's
+                  id._serialized; the revoked one's (message.protocolMessageKey, else message.id)
+    actor         who: reaction.senderId; message.author || message.from (the session's own
+                  number for a change made on the phone)
+    timestamp_ms  when, ms since the epoch: reaction.timestamp * 1000;
+                  message.latestEditSenderTimestampMs; the revoke's timestamp * 1000.
+                  Absent: when it is stored
+    emoji         message_reaction only: reaction.reaction; "" when the reaction was removed
+    body          message_edit only: newBody (a text message's text, else its caption)
+
+A change that arrives before its message (or names one from before the gateway) is kept and
+applied when the message is stored.
 """
 
 from __future__ import annotations
@@ -33,6 +58,8 @@ from control_plane.messaging.inbound import InboundService
 log = logging.getLogger(__name__)
 
 PROVIDER = "web"
+# Bridge events that change a stored message -> the change's kind (see the module docstring).
+CHANGE_EVENTS = {"message_reaction": "reaction", "message_edit": "edit", "message_revoke": "revoke"}
 ACK_STATUS = {-1: "failed", 1: "sent", 2: "delivered", 3: "read", 4: "played"}
 _MEDIA_KINDS = {
     "image": "image",
@@ -150,6 +177,32 @@ def status_item(data: dict[str, Any], ts_ms: int | None = None) -> dict[str, Any
     return item
 
 
+def change_item(event_name: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    """A bridge ``message_reaction`` / ``message_edit`` / ``message_revoke`` event -> a
+    ``message_changes.record_changes`` item (None: not one, or no id or target)."""
+    kind = CHANGE_EVENTS.get(event_name)
+    change_id, target = data.get("id"), data.get("target_id")
+    if kind is None or not isinstance(change_id, str) or not change_id:
+        return None
+    if not isinstance(target, str) or not target:
+        return None
+    actor = data.get("actor")
+    ts_ms = data.get("timestamp_ms")
+    item: dict[str, Any] = {
+        "provider": PROVIDER,
+        "provider_message_id": change_id,
+        "target_provider_message_id": target,
+        "kind": kind,
+        "actor": (chat_wa_id(actor) or str(actor)) if isinstance(actor, str) and actor else None,
+        "occurred_at": _ts(ts_ms / 1000) if isinstance(ts_ms, (int, float)) and ts_ms > 0 else None,
+    }
+    if kind == "reaction":
+        item["emoji"] = data["emoji"] if isinstance(data.get("emoji"), str) else ""
+    elif kind == "edit":
+        item["text"] = data["body"] if isinstance(data.get("body"), str) else ""
+    return item
+
+
 class WebIngest:
     """The supervisor's message listener: bridge events -> the inbound service, in arrival order."""
 
@@ -175,6 +228,10 @@ class WebIngest:
             status = status_item(data)
             if status is not None:
                 self._inbound.put(tenant_id, statuses=[status])
+        elif event_name in CHANGE_EVENTS:
+            change = change_item(event_name, data)
+            if change is not None:
+                self._inbound.put(tenant_id, changes=[change])
         else:
             log.debug("web ingest: ignoring %s tenant=%s", event_name, tenant_id)
 
