@@ -354,11 +354,12 @@ async def store_fast(
         statements.append(inbound_sql.insert_messages_sql(plan.rows, ignore=False))
     # After the INSERTs: a change another writer keeps pending for one of these is visible (an
     # InnoDB read view starts at the first plain read, and it waited for that writer's lock).
-    looks = [message_changes.pending_targets_sql(plan.tenant_id, plan.by_provider()) for plan in plans]
-    statements += looks
+    statements.append(
+        " UNION ALL ".join(message_changes.pending_targets_sql(p.tenant_id, p.by_provider()) for p in plans)
+    )
     results: list[sql.Result] = []
     seqs = await events_db.append_events(conn, events(), before=statements, before_results=results)
-    if any(rows for rows, _ in results[-len(looks) :]):
+    if results[-1][0]:
         raise message_changes.PendingChangesFound()
     return seqs
 

@@ -26,8 +26,11 @@ SHAPE = {
 THUMBS, HEART = "\N{THUMBS UP SIGN}", "\N{HEAVY BLACK HEART}"
 
 
+BASE = int(time.time()) - 100  # provider times: recent (a reaction counts within 30 days), fixed
+
+
 def _ts(offset: int) -> str:
-    return str(int(time.time()) - 100 + offset)
+    return str(BASE + offset)
 
 
 def _iso(ts: str) -> str:
