@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from control_plane.db import messages as messages_db
+from control_plane.providers.cloud_api import CloudCredentials
 from tests.fakes import graph_api as g
 from tests.webhooks import change_samples as s
 
@@ -265,3 +267,30 @@ async def test_a_change_never_touches_another_tenant(business_tenant, sender, db
     (pending,) = [h for h in _history(db_rows, b["id"]) if h["kind"] == "revoke"]
     assert pending["message_id"] is None and pending["applied_at"] is None
     assert [t for t, _ in _changes(published, a["id"])] == ["message.edited", "message.reaction"]
+
+
+async def test_a_reaction_to_a_message_the_business_sent(
+    app_client, business_tenant, sender, db_rows, published
+):
+    """The common case: the contact reacts to one of ours (an outbound row that knows its wamid)."""
+    tenant = await business_tenant()
+    send = sender(tenant)
+    await _deliver(send, tenant, g.text_message(USER, "hi", timestamp=_ts(0)))  # opens the window
+    app = app_client.server.app
+    creds = CloudCredentials(tenant["pnid"], tenant["waba"], tenant["token"])
+    wamid = (await app["cloud_api"].send_text(creds, USER, "Our reply")).wamid
+    async with app["db"].begin() as conn:
+        conv = await messages_db.get_or_create_conversation(conn, tenant["id"], USER)
+        row = await messages_db.create_outbound_message(
+            conn, tenant["id"], conv["id"], type="text", content={"text": "Our reply"}
+        )
+        await messages_db.advance_message_status(
+            conn, tenant["id"], row["id"], "sent", provider="business_api", provider_message_id=wamid
+        )
+    await _deliver(send, tenant, s.reaction(wamid, THUMBS, ts=_ts(1)))
+    stored = _row(db_rows, tenant["id"], wamid)
+    assert stored["id"] == row["id"] and stored["status"] == "sent"
+    assert stored["reactions"] == [{"from": USER, "emoji": THUMBS, "timestamp": _iso(_ts(1))}]
+    ((kind, data),) = _changes(published, tenant["id"])
+    assert kind == "message.reaction" and data["direction"] == "outbound" and data["to"] == USER
+    assert data["message_id"] == row["id"] and data["content"] == {"text": "Our reply"}
