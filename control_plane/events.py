@@ -317,3 +317,68 @@ def vote_event(
         "provider": "web",
         "timestamp": format_ts_or_none(at),
     }
+
+
+# ------------------------------------------------------------ changes to a stored message (edits, ...)
+# message.edited / message.deleted / message.reaction: the changed message in the one message shape
+# (docs/EVENTS.md), as the change left it, plus ONE extra key, ``change``. Built from the row that
+# ``db.message_changes`` returns (columns read with ``row.get``: one added elsewhere is null until
+# it exists).
+
+MESSAGE_EDITED = "message.edited"
+MESSAGE_DELETED = "message.deleted"
+MESSAGE_REACTION = "message.reaction"
+CHANGE_EVENT_TYPES = {"edit": MESSAGE_EDITED, "revoke": MESSAGE_DELETED, "reaction": MESSAGE_REACTION}
+ALL_TYPES = ALL_TYPES | frozenset(CHANGE_EVENT_TYPES.values())
+
+
+def changed_message_data(row: dict[str, Any]) -> dict[str, Any]:
+    """The one message shape for a stored message row (``content`` and ``reactions`` decoded,
+    ``wa_id`` and ``contact_name`` of its conversation added)."""
+    inbound = row.get("direction") == "inbound"
+    error = None
+    if row.get("error_code") is not None or row.get("error_message") is not None:
+        error = {"code": row.get("error_code"), "message": row.get("error_message")}
+    return {
+        "message_id": row["id"],
+        "conversation_id": row["conversation_id"],
+        "direction": row.get("direction"),
+        "origin": row.get("origin") or ("contact" if inbound else "api"),
+        "from": row.get("wa_id") if inbound else row.get("from"),
+        "to": row.get("to") if inbound else row.get("wa_id"),
+        "author": row.get("author"),
+        "contact_name": row.get("contact_name"),
+        "type": row.get("type"),
+        "content": row.get("content"),
+        "provider": row.get("provider"),
+        "provider_message_id": row.get("provider_message_id"),
+        "provider_user_id": row.get("provider_user_id"),
+        "status": row.get("status"),
+        "timestamp": format_ts_or_none(row.get("provider_timestamp")),
+        "created_at": format_ts_or_none(row.get("created_at")),
+        "edited_at": format_ts_or_none(row.get("edited_at")),
+        "deleted_at": format_ts_or_none(row.get("deleted_at")),
+        "error": error,
+        "route_reason": row.get("route_reason"),
+        "reactions": row.get("reactions") or [],
+    }
+
+
+def change_event(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(type, data)`` for one applied change (``db.message_changes.record_changes`` result):
+    ``message.edited`` ``change: {previous_content, at}``, ``message.deleted`` ``change: {at, by}``,
+    ``message.reaction`` ``change: {from, emoji, removed, at}`` (a removal names the emoji removed)."""
+    kind, at = result["kind"], format_ts(result["at"])
+    if kind == "edit":
+        change: dict[str, Any] = {"previous_content": result.get("previous_content"), "at": at}
+    elif kind == "revoke":
+        change = {"at": at, "by": result.get("actor")}
+    else:
+        removed = bool(result.get("removed"))
+        change = {"from": result.get("actor"), "emoji": result.get("emoji"), "removed": removed, "at": at}
+    return CHANGE_EVENT_TYPES[kind], {**changed_message_data(result["message"]), "change": change}
+
+
+def change_events(tenant_id: str, results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(tenant_id, type, data)`` per applied change, in order."""
+    return [(tenant_id, *change_event(result)) for result in results]

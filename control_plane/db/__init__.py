@@ -19,5 +19,6 @@ from control_plane.db import sessions  # noqa: F401  isort: skip
 from control_plane.db import outbox  # noqa: F401  isort: skip
 from control_plane.db import conversations, inbound, status_facts, templates  # noqa: F401  isort: skip
 from control_plane.db import provider_events  # noqa: F401  isort: skip
+from control_plane.db import message_changes  # noqa: F401  isort: skip
 
 __all__ = ["Database", "DatabaseUnavailable", "metadata", "utcnow"]

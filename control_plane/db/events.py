@@ -113,12 +113,17 @@ def first_seqs(last: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
 
 
 async def append_events(
-    conn: AsyncConnection, events: Sequence[NewEvent], *, before: list[str] | None = None
+    conn: AsyncConnection,
+    events: Sequence[NewEvent],
+    *,
+    before: list[str] | None = None,
+    before_results: list[sql.Result] | None = None,
 ) -> list[int]:
     """Append events (any tenants) in one multi-row insert; returns the seq of each, in input order.
 
     Call inside a transaction: the seqs become visible when it commits. ``before``: raw statements
-    (MariaDB/MySQL) sent first in the same round trip; emptied once sent (elsewhere: must be empty).
+    (MariaDB/MySQL) sent first in the same round trip; emptied once sent (elsewhere: must be empty);
+    their results are appended to ``before_results`` when given.
 
     MariaDB/MySQL: ONE round trip on the driver connection, inside the caller's transaction: the
     counter upsert, the insert computing each seq from the counter, the counters as left (see
@@ -130,6 +135,8 @@ async def append_events(
         if before:
             statements, before[:] = [*before, *statements], []
         results = await sql.round_trip(conn, statements, what="event log append")
+        if before_results is not None:
+            before_results += results[:skip]
         (_, inserted), (last, _) = results[skip + 1], results[skip + 2]
         if inserted != len(events):  # pragma: no cover - the join cannot drop rows after the upsert
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
@@ -138,7 +145,9 @@ async def append_events(
         if not sql.is_mysql(conn):
             raise ValueError("raw statements before the append are for MariaDB/MySQL only")
         statements, before[:] = list(before), []
-        await sql.round_trip(conn, statements, what="event log append")
+        results = await sql.round_trip(conn, statements, what="event log append")
+        if before_results is not None:
+            before_results += results
     seqs = number(events, await allocate_seqs(conn, counts))
     await conn.execute(
         event_log.insert(),

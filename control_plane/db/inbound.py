@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.db import events as events_db
-from control_plane.db import inbound_sql, sql
+from control_plane.db import inbound_sql, message_changes, sql
 from control_plane.db.conversations import (
     canonical_wa_id,
     clip,
@@ -54,15 +54,17 @@ _WHAT = "inbound messages"
 class TenantWork:
     """What one hand-over (a webhook delivery, a Web event) stores for one tenant, provider-neutral:
     inbound ``messages`` (``record_inbound_messages`` items), ``statuses`` (``apply_status_updates``
-    items) and ``phone`` messages (typed on the Web session's phone, or in the WhatsApp Business app:
-    ``record_phone_messages`` items), and ``notices``: changes of webhook fields other than messages
-    (``webhooks/fields.py``: kept raw in ``provider_events``, applied, published after the rest)."""
+    items), ``phone`` messages (typed on the Web session's phone, or in the WhatsApp Business app:
+    ``record_phone_messages`` items), ``changes`` to stored messages (edits, revokes, reactions:
+    ``message_changes.record_changes`` items) and ``notices``: changes of webhook fields other than
+    messages (``webhooks/fields.py``: kept raw in ``provider_events``, applied, published after the rest)."""
 
     tenant_id: str
     messages: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     phone: list[dict[str, Any]] = field(default_factory=list)
     notices: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 class TenantClock:
@@ -306,6 +308,13 @@ class InboundPlan:
     def wa_ids(self) -> list[str]:
         return [c["wa_id"] for c in self.conversations]
 
+    def by_provider(self) -> dict[str, list[str]]:
+        """The plan's provider message ids per provider."""
+        out: dict[str, list[str]] = {}
+        for r in self.rows:
+            out.setdefault(r["provider"], []).append(r["provider_message_id"])
+        return out
+
     def stored(self) -> list[tuple[dict[str, Any], Any]]:
         """(row, the item's ``to``) per stored message: the row as ``record_inbound_messages`` returns
         it, less the copy (the private ``_`` keys stay; readers use the public ones)."""
@@ -333,8 +342,10 @@ async def store_fast(
 ) -> list[int]:
     """Write the plans (conversation ids ``ids``, one dict per plan) and their events in ONE round
     trip: the conversations upsert (unless ``upserted`` by ``learn_conversation_ids``), the plain
-    messages INSERT and the event-log append. ``events()`` builds the event rows once the message
-    rows know their conversations. Returns the events' seqs. Inside the caller's transaction."""
+    messages INSERT, a look for changes waiting for these messages, and the event-log append.
+    ``events()`` builds the event rows once the message rows know their conversations. Returns the
+    events' seqs. Inside the caller's transaction; raises ``PendingChangesFound`` (roll it back and
+    store the batch the careful way, which applies them) when a change was waiting."""
     statements = (
         []
         if upserted
@@ -347,7 +358,16 @@ async def store_fast(
         for r in plan.rows:
             r["conversation_id"] = plan_ids[r["_wa_id"]]
         statements.append(inbound_sql.insert_messages_sql(plan.rows, ignore=False))
-    return await events_db.append_events(conn, events(), before=statements)
+    # After the INSERTs: a change another writer keeps pending for one of these is visible (an
+    # InnoDB read view starts at the first plain read, and it waited for that writer's lock).
+    statements.append(
+        " UNION ALL ".join(message_changes.pending_targets_sql(p.tenant_id, p.by_provider()) for p in plans)
+    )
+    results: list[sql.Result] = []
+    seqs = await events_db.append_events(conn, events(), before=statements, before_results=results)
+    if results[-1][0]:
+        raise message_changes.PendingChangesFound()
+    return seqs
 
 
 # ---------------------------------------------------------------------- typed on the phone (Web)

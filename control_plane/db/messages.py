@@ -73,6 +73,10 @@ messages = sa.Table(
     # "business_app" (the WhatsApp Business app, Cloud API coexistence); NULL otherwise (0009).
     sa.Column("origin", sa.String(20), nullable=True),
     sa.Column("author", sa.String(64), nullable=True),  # a group message's member (migration 0010)
+    # Changes to the message (db/message_changes.py): last edit, revoke, current reactions (JSON).
+    sa.Column("edited_at", Timestamp, nullable=True),
+    sa.Column("deleted_at", Timestamp, nullable=True),
+    sa.Column("reactions", LongText, nullable=True),
     sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
     sa.Index(
         "ix_messages_tenant_id_conversation_id_created_at_id",

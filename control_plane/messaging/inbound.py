@@ -1,5 +1,6 @@
-"""The one inbound service (``app["inbound"]``): inbound messages, statuses and messages typed on
-the phone, from both roads, provider-neutral (``db.inbound.TenantWork``), stored and published.
+"""The one inbound service (``app["inbound"]``): inbound messages, statuses, messages typed on the
+phone and changes to stored messages (edits, revokes, reactions), from both roads, provider-neutral
+(``db.inbound.TenantWork``), stored and published.
 
     await inbound.submit([TenantWork, ...])   # a webhook delivery: durable before it returns (200)
     inbound.put(tenant_id, messages=[...])     # the Web session's events: kept until stored
@@ -15,13 +16,18 @@ a per-tenant increasing stamp: ``db.inbound.TenantClock``) are the provider's de
 - Cloud: the order of the messages within a webhook delivery, and between deliveries stored in one
   batch, their message timestamp (Meta's are whole seconds: equal ones keep their arrival order).
 Per tenant, a batch stores its messages (inbound and phone-typed, in that order) first, then its
-statuses (an ack finds a phone message stored in the same batch), then its notices (webhook fields
-other than messages: ``messaging/notices.py``).
+changes (a reaction finds its target stored in the same batch), then its statuses (an ack finds a
+phone message stored in the same batch), then its notices (webhook fields other than messages:
+``messaging/notices.py``). A change that arrived before its target is kept pending
+(``db.message_changes``) and applied right after the batch that stores the target, in the order
+the changes arrived: ``message.received`` (or ``message.sent``) first, then ``message.edited`` /
+``message.deleted`` / ``message.reaction``.
 
 MariaDB, inbound messages only (the common case): the fast path (``db.inbound.store_fast``), no
 duplicate check first; a wamid stored before fails the INSERT, the batch is rolled back and stored
-the careful way (``record_inbound_messages``: check, then write). Elsewhere, or with statuses or
-phone messages: the careful way at once.
+the careful way (``record_inbound_messages``: check, then write); so does a batch storing a message
+some change was waiting for. Elsewhere, or with statuses, phone messages or changes: the careful
+way at once.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from aiohttp import web
 from sqlalchemy.exc import IntegrityError
 
 from control_plane import events as event_types
-from control_plane.db import Database, status_facts
+from control_plane.db import Database, message_changes, status_facts
 from control_plane.db import inbound as inbound_db
 from control_plane.db.batch import GroupCommit
 from control_plane.db.engine import utcnow
@@ -63,6 +69,7 @@ class IngestStats:
     statuses_stored: int = 0
     phone_stored: int = 0
     notices_stored: int = 0
+    changes_applied: int = 0
     failed_batches: int = 0
     max_batch: int = 0
 
@@ -72,10 +79,11 @@ class IngestStats:
 
 @dataclass
 class _TenantBatch:
-    """One tenant's part of a batch: message runs in order, then statuses, then notices."""
+    """One tenant's part of a batch: message runs in order, then changes, statuses and notices."""
 
     runs: list[Run]
     statuses: list[dict[str, Any]]
+    changes: list[dict[str, Any]] = field(default_factory=list)
     notices: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -125,7 +133,7 @@ class InboundService:
 
     async def submit(self, works: Delivery) -> None:
         """Store ``works`` durably (returns after their commit). Raises ``errors.Unavailable``."""
-        if any(w.messages or w.statuses or w.phone or w.notices for w in works):
+        if any(w.messages or w.statuses or w.phone or w.changes or w.notices for w in works):
             await self._writer.submit(works)
 
     def put(
@@ -135,10 +143,13 @@ class InboundService:
         messages: list[dict[str, Any]] | None = None,
         statuses: list[dict[str, Any]] | None = None,
         phone: list[dict[str, Any]] | None = None,
+        changes: list[dict[str, Any]] | None = None,
     ) -> None:
         """Queue items for the next batch, after everything handed over before (kept until stored)."""
-        if messages or statuses or phone:
-            self._writer.put([TenantWork(tenant_id, messages or [], statuses or [], phone or [])])
+        if messages or statuses or phone or changes:
+            self._writer.put(
+                [TenantWork(tenant_id, messages or [], statuses or [], phone or [], changes=changes or [])]
+            )
 
     # -- storing --------------------------------------------------------------------------------
 
@@ -154,8 +165,10 @@ class InboundService:
                     # A wamid stored before (a redelivery), or a conversation gone with its tenant:
                     # all of it was rolled back; the careful path checks first, stores what is new.
                     self._forget_conversations(per_tenant)
+                except message_changes.PendingChangesFound:
+                    pass  # rolled back; the careful path stores the batch and applies the changes
                 else:
-                    self._count(len(batch), stored, 0, 0, 0)
+                    self._count(len(batch), (stored, 0, 0, 0, 0))
                     return
             try:
                 counts = await self._store_careful(conn, per_tenant, events)
@@ -167,7 +180,7 @@ class InboundService:
         except Exception:
             self.stats.failed_batches += 1
             raise
-        self._count(len(batch), *counts)
+        self._count(len(batch), counts)
 
     async def _connection(self) -> Any:
         if self._conn is None:
@@ -182,15 +195,16 @@ class InboundService:
             self._conn, self._driver = conn, driver
         return self._conn
 
-    def _count(self, deliveries: int, messages: int, statuses: int, phone: int, notices: int) -> None:
+    def _count(self, deliveries: int, counts: tuple[int, int, int, int, int]) -> None:
         s = self.stats
         s.batches += 1
         s.deliveries += deliveries
         s.max_batch = max(s.max_batch, deliveries)
-        s.messages_stored += messages
-        s.statuses_stored += statuses
-        s.phone_stored += phone
-        s.notices_stored += notices
+        s.messages_stored += counts[0]
+        s.statuses_stored += counts[1]
+        s.phone_stored += counts[2]
+        s.changes_applied += counts[3]
+        s.notices_stored += counts[4]
 
     def _forget_conversations(self, per_tenant: dict[str, _TenantBatch]) -> None:
         for tenant_id, part in per_tenant.items():
@@ -247,45 +261,60 @@ class InboundService:
 
     async def _store_careful(
         self, conn: Any, per_tenant: dict[str, _TenantBatch], events: EventLog | None
-    ) -> tuple[int, int, int, int]:
+    ) -> tuple[int, int, int, int, int]:
         """Any database, anything: check what is stored already, then write. Returns the numbers of
-        inbound messages, statuses, phone messages and notices stored."""
-        counts = [0, 0, 0, 0]
+        inbound messages, statuses, phone messages, changes applied and notices stored."""
+        counts = [0, 0, 0, 0, 0]
         # MariaDB: the messages INSERTs go out with the event-log append, in one round trip.
         deferred: list[str] | None = [] if self._driver is not None else None
         async with store_then_publish(_transaction(conn), events) as unit:
             for tenant_id in sorted(per_tenant):  # one lock order for every writer
-                part = per_tenant[tenant_id]
-                for kind, items in part.runs:
-                    if kind == "phone":
-                        if deferred:  # in order: the inbound messages before these first
-                            await inbound_db.run_deferred(conn, deferred)
-                        counts[2] += await _store_phone(unit, tenant_id, items)
-                    else:
-                        counts[0] += await _store_inbound(unit, tenant_id, items, deferred)
-                if part.statuses:
-                    if deferred:  # statuses read messages: store this batch's first
-                        await inbound_db.run_deferred(conn, deferred)
-                    counts[1] += await _store_statuses(unit, tenant_id, part.statuses)
-                if part.notices:
-                    if deferred:  # in order: this batch's messages and their events first
-                        await inbound_db.run_deferred(conn, deferred)
-                    counts[3] += await store_notices(unit, tenant_id, part.notices)
+                await _store_tenant(unit, tenant_id, per_tenant[tenant_id], deferred, counts)
             if deferred:
                 prepared = unit.prepare()
                 if prepared is None:
                     await inbound_db.run_deferred(conn, deferred)
                 else:
                     unit.appended(await inbound_db.append_after(conn, deferred, prepared.rows))
-        return counts[0], counts[1], counts[2], counts[3]
+        return counts[0], counts[1], counts[2], counts[3], counts[4]
 
 
 # ------------------------------------------------------------------------------------- helpers
 
 
+async def _store_tenant(
+    unit: Unit[Any], tenant_id: str, part: _TenantBatch, deferred: list[str] | None, counts: list[int]
+) -> None:
+    """One tenant's part of a careful batch: message runs in order (each followed by the changes
+    that waited for its messages), then changes, statuses and notices; ``counts`` as ``_store_careful``'s."""
+    conn = unit.conn
+    for kind, items in part.runs:
+        if kind == "phone":
+            if deferred:  # in order: the inbound messages before these first
+                await inbound_db.run_deferred(conn, deferred)
+            rows = await _store_phone(unit, tenant_id, items)
+            counts[2] += len(rows)
+        else:
+            rows = await _store_inbound(unit, tenant_id, items, deferred)
+            counts[0] += len(rows)
+        counts[3] += await _apply_pending(unit, tenant_id, rows, deferred)
+    if part.changes:
+        if deferred:  # changes read their targets: store this batch's messages first
+            await inbound_db.run_deferred(conn, deferred)
+        counts[3] += await _store_changes(unit, tenant_id, part.changes)
+    if part.statuses:
+        if deferred:  # statuses read messages: store this batch's first
+            await inbound_db.run_deferred(conn, deferred)
+        counts[1] += await _store_statuses(unit, tenant_id, part.statuses)
+    if part.notices:
+        if deferred:  # in order: this batch's messages and their events first
+            await inbound_db.run_deferred(conn, deferred)
+        counts[4] += await store_notices(unit, tenant_id, part.notices)
+
+
 async def _store_inbound(
     unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]], deferred: list[str] | None
-) -> int:
+) -> list[dict[str, Any]]:
     rows = await inbound_db.record_inbound_messages(unit.conn, tenant_id, items, deferred=deferred)
     to = {m["provider_message_id"]: m.get("to") for m in items}
     for r in rows:
@@ -294,19 +323,37 @@ async def _store_inbound(
             event_types.MESSAGE_RECEIVED,
             event_types.received_event(r, to.get(r["provider_message_id"])),
         )
-    return len(rows)
+    return rows
 
 
-async def _store_phone(unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]]) -> int:
+async def _store_phone(unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_provider: dict[str, list[dict[str, Any]]] = {}
     for item in items:
         by_provider.setdefault(item["provider"], []).append(item)
-    stored = 0
+    stored = []
     for provider, group in by_provider.items():
         for row in await inbound_db.record_phone_messages(unit.conn, tenant_id, provider, group):
             unit.add(tenant_id, event_types.MESSAGE_SENT, event_types.phone_sent_event(row))
-            stored += 1
+            stored.append(row)
     return stored
+
+
+async def _apply_pending(
+    unit: Unit[Any], tenant_id: str, rows: list[dict[str, Any]], deferred: list[str] | None
+) -> int:
+    """Apply the changes that were waiting for the messages just stored (after their events)."""
+    # MariaDB: the rows' deferred INSERT goes out now, with a look for waiting changes.
+    if not await message_changes.may_be_waiting(unit.conn, tenant_id, rows, before=deferred):
+        return 0
+    results = await message_changes.apply_pending(unit.conn, tenant_id, rows)
+    unit.extend(event_types.change_events(tenant_id, results))
+    return len(results)
+
+
+async def _store_changes(unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]]) -> int:
+    results = await message_changes.record_changes(unit.conn, tenant_id, items)
+    unit.extend(event_types.change_events(tenant_id, results))
+    return len(results)
 
 
 async def _store_statuses(unit: Unit[Any], tenant_id: str, statuses: list[dict[str, Any]]) -> int:
@@ -325,7 +372,7 @@ def _per_tenant(batch: list[Delivery]) -> dict[str, _TenantBatch]:
         for work in delivery:
             part = parts.get(work.tenant_id)
             if part is None:
-                part = parts[work.tenant_id] = _TenantBatch([], [])
+                part = parts[work.tenant_id] = _TenantBatch([], [], [])
                 sources[work.tenant_id] = []
             for kind, items in (("messages", work.messages), ("phone", work.phone)):
                 if not items:
@@ -337,6 +384,7 @@ def _per_tenant(batch: list[Delivery]) -> dict[str, _TenantBatch]:
                     sources[work.tenant_id] = []
                 sources[work.tenant_id].extend([number] * len(items))
             part.statuses.extend(work.statuses)
+            part.changes.extend(work.changes)
             part.notices.extend(work.notices)
     for tenant_id, part in parts.items():
         if len(part.runs) == 1 and part.runs[0][0] == "messages" and len(set(sources[tenant_id])) > 1:
@@ -361,7 +409,11 @@ def _delivery_order(items: list[dict[str, Any]], deliveries: list[int]) -> list[
 
 def _messages_only(per_tenant: dict[str, _TenantBatch]) -> bool:
     return all(
-        not part.statuses and not part.notices and len(part.runs) == 1 and part.runs[0][0] == "messages"
+        not part.statuses
+        and not part.changes
+        and not part.notices
+        and len(part.runs) == 1
+        and part.runs[0][0] == "messages"
         for part in per_tenant.values()
     )
 

@@ -35,6 +35,31 @@ Notices: ``group_join`` / ``group_leave`` / ``call`` / ``vote_update`` become ``
 everything the bridge reported before them is stored (their conversation, a vote's poll message:
 looked up then), so they follow it in the event log. Reactions, edits and revokes are changes to
 stored messages (``message_reaction`` / ``message_edit`` / ``message_revoke``: their own parse).
+
+Changes to a stored message (``change_item``): the bridge events ``message_reaction``,
+``message_edit`` and ``message_revoke`` update the message they name (``db/message_changes.py``)
+and are published as ``message.reaction`` / ``message.edited`` / ``message.deleted``. Their
+``data`` (ids as whatsapp-web.js serializes them; ``actor`` as a chat id or digits):
+
+    field         meaning (where the bridge takes it from in whatsapp-web.js)
+    id            the change's OWN id, stable across re-sends (a repeated id changes nothing):
+                    message_reaction: reaction.id._serialized
+                    message_edit: message.latestEditMsgKey._serialized, else
+                                  "<target>_edit_<timestamp_ms>"
+                    message_revoke (from message_revoke_everyone): the revoking message's
+                                  id._serialized when it differs from target, else "<target>_revoke"
+    target        the id of the message changed: reaction.msgId._serialized; the edited message's
+                  id._serialized; the revoked one's (message.protocolMessageKey, else message.id)
+    actor         who: reaction.senderId; message.author || message.from (the session's own
+                  number for a change made on the phone)
+    timestamp_ms  when, ms since the epoch: reaction.timestamp * 1000;
+                  message.latestEditSenderTimestampMs; the revoke's timestamp * 1000.
+                  Absent: when it is stored
+    emoji         message_reaction only: reaction.reaction; "" when the reaction was removed
+    body          message_edit only: newBody (a text message's text, else its caption)
+
+A change that arrives before its message (or names one from before the gateway) is kept and
+applied when the message is stored.
 """
 
 from __future__ import annotations
@@ -59,6 +84,8 @@ log = logging.getLogger(__name__)
 PROVIDER = "web"
 STATUS_CHAT = "status@broadcast"
 NOTICE_ATTEMPTS = 6  # publishing a notice: tries before it is given up (logged), ~6 s apart at most
+# Bridge events that change a stored message -> the change's kind (see the module docstring).
+CHANGE_EVENTS = {"message_reaction": "reaction", "message_edit": "edit", "message_revoke": "revoke"}
 ACK_STATUS = {-1: "failed", 1: "sent", 2: "delivered", 3: "read", 4: "played"}
 _MEDIA_KINDS = {
     "image": "image",
@@ -184,6 +211,32 @@ def status_item(data: dict[str, Any], ts_ms: int | None = None) -> dict[str, Any
     if status == "failed":
         item["error_code"] = "web_ack_error"
         item["error_message"] = "WhatsApp Web reported the message as failed (ack -1)"
+    return item
+
+
+def change_item(event_name: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    """A bridge ``message_reaction`` / ``message_edit`` / ``message_revoke`` event -> a
+    ``message_changes.record_changes`` item (None: not one, or no id or target)."""
+    kind = CHANGE_EVENTS.get(event_name)
+    change_id, target = data.get("id"), data.get("target")
+    if kind is None or not isinstance(change_id, str) or not change_id:
+        return None
+    if not isinstance(target, str) or not target:
+        return None
+    actor = data.get("actor")
+    ts_ms = data.get("timestamp_ms")
+    item: dict[str, Any] = {
+        "provider": PROVIDER,
+        "provider_message_id": change_id,
+        "target_provider_message_id": target,
+        "kind": kind,
+        "actor": (chat_wa_id(actor) or str(actor)) if isinstance(actor, str) and actor else None,
+        "occurred_at": _ts(ts_ms / 1000) if isinstance(ts_ms, (int, float)) and ts_ms > 0 else None,
+    }
+    if kind == "reaction":
+        item["emoji"] = data["emoji"] if isinstance(data.get("emoji"), str) else ""
+    elif kind == "edit":
+        item["text"] = data["body"] if isinstance(data.get("body"), str) else ""
     return item
 
 
@@ -322,6 +375,10 @@ class WebIngest:
             notice = parse_notice(event_name, data)
             if notice is not None:
                 await self._publish_notice(tenant_id, notice)
+        elif event_name in CHANGE_EVENTS:
+            change = change_item(event_name, data)
+            if change is not None:
+                self._inbound.put(tenant_id, changes=[change])
         else:
             log.debug("web ingest: ignoring %s tenant=%s", event_name, tenant_id)
 

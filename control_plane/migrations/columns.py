@@ -55,3 +55,8 @@ def error_columns() -> tuple[sa.Column[Any], sa.Column[Any]]:
 def tenant_row(table: str) -> tuple[sa.Column[Any], sa.Column[Any]]:
     """The first columns of a tenant's table of facts: an autoincrementing ``id`` and ``tenant_id``."""
     return sa.Column("id", BIG_ID, primary_key=True, autoincrement=True), tenant_fk(table)
+
+
+def unique(table: str, *columns: str) -> sa.UniqueConstraint:
+    """A unique constraint named as the metadata's naming convention names it."""
+    return sa.UniqueConstraint(*columns, name=f"uq_{table}_{'_'.join(columns)}")

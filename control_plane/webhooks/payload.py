@@ -4,7 +4,9 @@
 finds by ``value.metadata.phone_number_id``. Changes of other fields than ``messages`` are handed
 over whole to ``webhooks/fields.py`` (``ParsedDelivery.fields``). Each message's ``content`` is
 provider-neutral (``normalize_content``, documented in docs/EVENTS.md); types we do not
-model are kept whole under ``content.raw``.
+model are kept whole under ``content.raw``. Messages that change another message (types
+``reaction``, ``edit``, ``revoke``) are not messages of their own: they go to ``changes``
+(``change_item``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class NumberBatch:
     messages: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     errors: list[Any] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -148,6 +151,47 @@ def _message_item(
     }
 
 
+# ------------------------------------------------------------- changes to a stored message
+
+# Meta's message types that change an earlier message instead of being one (docs/EVENTS.md):
+#   reaction  {"message_id", "emoji"}: emoji absent or "" when the user removed their reaction
+#   edit      {"original_message_id", "message": {"type", "<type>": {...}, "context"?}}
+#   revoke    {"original_message_id"}
+# edit and revoke come from WhatsApp Business app users ("Coexistence"), also as smb_message_echoes
+# (the business edited or deleted its own message; ``from`` is then the business number).
+CHANGE_TYPES = frozenset({"reaction", "edit", "revoke"})
+
+
+def change_item(msg: dict[str, Any]) -> dict[str, Any] | None:
+    """A reaction/edit/revoke message (``messages[]`` or ``message_echoes[]``) -> a
+    ``message_changes.record_changes`` item; None when it names no message or has no id."""
+    kind, wamid, sender = msg.get("type"), msg.get("id"), msg.get("from")
+    part = msg.get(kind) if isinstance(kind, str) else None
+    if kind not in CHANGE_TYPES or not isinstance(part, dict) or not isinstance(wamid, str) or not wamid:
+        return None
+    target = part.get("message_id") if kind == "reaction" else part.get("original_message_id")
+    if not isinstance(target, str) or not target:
+        return None
+    item: dict[str, Any] = {
+        "provider": PROVIDER,
+        "provider_message_id": wamid,
+        "target_provider_message_id": target,
+        "kind": kind,
+        "actor": str(sender) if isinstance(sender, (str, int)) and str(sender) else None,
+        "occurred_at": unix_ts(msg.get("timestamp")),
+    }
+    if kind == "reaction":
+        emoji = part.get("emoji")
+        item["emoji"] = emoji if isinstance(emoji, str) else ""
+    elif kind == "edit":
+        edited = part.get("message")
+        edited_type = edited.get("type") if isinstance(edited, dict) else None
+        if not isinstance(edited, dict) or not isinstance(edited_type, str) or not edited_type:
+            return None
+        item["content"] = normalize_content(edited, edited_type)
+    return item
+
+
 def _status_item(st: dict[str, Any]) -> dict[str, Any] | None:
     wamid, status = st.get("id"), st.get("status")
     if not isinstance(wamid, str) or not wamid or status not in KNOWN_STATUSES:
@@ -191,6 +235,13 @@ def _add_change(
     business_number = _business_number(metadata)
     names = _contact_names(value)
     for msg in _list(value.get("messages")):
+        if isinstance(msg, dict) and msg.get("type") in CHANGE_TYPES:
+            change = change_item(msg)
+            if change is None:
+                parsed.skipped_items += 1
+            else:
+                batch.changes.append(change)
+            continue
         item = _message_item(msg, names, business_number) if isinstance(msg, dict) else None
         if item is None:
             parsed.skipped_items += 1

@@ -245,6 +245,8 @@ def _by_tenant(parsed: ParsedDelivery, targets: dict[str, Target | None]) -> _Ro
         else:
             work.messages = [*work.messages, *batch.messages]
             work.statuses = [*work.statuses, *batch.statuses]
+        if batch.changes:
+            work.changes = [*work.changes, *batch.changes]
         routed.messages += len(batch.messages)
         routed.statuses += len(batch.statuses)
         if batch.errors:
