@@ -154,3 +154,38 @@ async def test_web_change_never_touches_another_tenant(app_client, db_rows):
     row_b = _row(db_rows, b["id"], pmid)
     assert row_b["deleted_at"] is None and row_b["content"] == {"text": "same id in both"}
     assert [t for t, _ in _events(db_rows, b["id"])] == ["message.received"]
+
+
+async def test_sandbox_bridge_reaction_edit_revoke_end_to_end(app_client, db_rows):
+    """The whole road: the scripted bridge emits the events (``/api/sandbox/reaction|edit|revoke``),
+    the supervisor forwards them, the inbound writer applies them to the message."""
+    tenant = await create_tenant(app_client, sandbox=True)
+    await ready_sandbox(app_client, tenant)
+    tid, headers = tenant["id"], tenant["headers"]
+
+    async def sandbox(cmd: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = await app_client.post(f"/api/sandbox/{cmd}", json=body, headers=headers)
+        assert resp.status == 200, (cmd, await resp.text())
+        return await resp.json()
+
+    pmid = (await sandbox("incoming", {"from": WA, "text": "first"}))["id"]
+    await sandbox("reaction", {"target": pmid, "emoji": THUMBS})
+    await sandbox("edit", {"target": pmid, "body": "second"})
+    await sandbox("revoke", {"target": pmid})
+
+    def kinds() -> list[str]:
+        return [t for t, _ in _events(db_rows, tid) if t.startswith("message.")]
+
+    async def all_applied() -> bool:
+        return kinds()[-3:] == ["message.reaction", "message.edited", "message.deleted"]
+
+    await wait_for(all_applied, timeout=15, message="reaction, edit and revoke published in order")
+    assert kinds().count("message.received") == 1  # the changes are no messages of their own
+    row = _row(db_rows, tid, pmid)
+    assert row["deleted_at"] is not None and row["edited_at"] is not None
+    assert [r["emoji"] for r in row["reactions"]] == [THUMBS]
+    events = {t: d for t, d in _events(db_rows, tid)}
+    assert events["message.edited"]["change"]["previous_content"]["text"] == "first"
+    assert events["message.reaction"]["change"]["emoji"] == THUMBS
+    history = db_rows("SELECT kind FROM message_changes WHERE tenant_id = :t ORDER BY created_at, id", t=tid)
+    assert [h["kind"] for h in history] == ["reaction", "edit", "revoke"]
