@@ -86,7 +86,7 @@ def _claimed(rows: list[dict[str, Any]], ids: list[str]) -> list[dict[str, Any]]
     for r in rows:
         r = dict(r)
         r["message_id"] = ids.index(r["message_id"])
-        del r["conversation_id"], r["created_at"], r["next_attempt_at"]
+        del r["conversation_id"], r["created_at"], r["next_attempt_at"], r["message_created_at"]
         out.append(r)
     return out
 
@@ -475,6 +475,8 @@ async def _sent_then_statuses(db: Any, tenant_id: str, ids: list[str], now: dt.d
         change = dict(change)
         change["message_id"] = ids.index(change["message_id"])
         del change["conversation_id"]
+        per_tenant = ("id", "tenant_id", "conversation_id", "created_at", "updated_at")
+        change["message"] = {k: v for k, v in change["message"].items() if k not in per_tenant}
         out.append(change)
     return out
 
