@@ -145,8 +145,7 @@ def message_origin(row: Mapping[str, Any]) -> str:
 
 
 def _reactions(value: Any) -> list[Any]:
-    if not value:
-        return []
+    """The ``reactions`` list (a JSON text where a row stores it so)."""
     if isinstance(value, (str, bytes)):
         value = json.loads(value)
     return list(value)
@@ -171,39 +170,45 @@ def message_data(
     ``business``: the business's number (``to`` of inbound, ``from`` of outbound), when known.
     ``status``/``timestamp``: what the payload reports (a status event: that status and its time);
     by default the row's status and its provider time (else when the provider accepted it)."""
+    get = row.get
     direction = row["direction"]
-    content = row["_content"] if "_content" in row else row.get("content")
-    contact = row.get("wa_id")
+    content = row["_content"] if "_content" in row else get("content")
+    contact = get("wa_id")
     if direction == "inbound":
         sender, recipient = contact, business
     else:
         sender, recipient = business, contact
         content = strip_inline_media(content)
     if timestamp is _ROW:
-        timestamp = row.get("provider_timestamp") or row.get("sent_at")
-    created = row.get("created_at")
+        timestamp = get("provider_timestamp") or get("sent_at")
+    created, edited, deleted, reactions = (
+        get("created_at"),
+        get("edited_at"),
+        get("deleted_at"),
+        get("reactions"),
+    )
     return {
-        "message_id": row.get("message_id") or row["id"],
+        "message_id": get("message_id") or row["id"],
         "conversation_id": row["conversation_id"],
-        "provider": row.get("provider"),
+        "provider": get("provider"),
         "direction": direction,
         "origin": origin or message_origin(row),
         "from": sender,
         "to": recipient,
-        "author": row.get("author"),
-        "contact_name": row.get("contact_name"),
+        "author": get("author"),
+        "contact_name": get("contact_name"),
         "type": row["type"],
         "content": content,
         "status": status or row["status"],
-        "provider_message_id": row.get("provider_message_id"),
-        "provider_user_id": row.get("provider_user_id"),
+        "provider_message_id": get("provider_message_id"),
+        "provider_user_id": get("provider_user_id"),
         "timestamp": None if timestamp is None else format_ts(timestamp),
         "created_at": None if created is None else format_ts_us(created),
-        "edited_at": format_ts_or_none(row.get("edited_at")),
-        "deleted_at": format_ts_or_none(row.get("deleted_at")),
+        "edited_at": None if edited is None else format_ts(edited),
+        "deleted_at": None if deleted is None else format_ts(deleted),
         "error": error,
         "route_reason": route_reason,
-        "reactions": _reactions(row.get("reactions")),
+        "reactions": _reactions(reactions) if reactions else [],
     }
 
 
