@@ -114,6 +114,7 @@ def _by(events, type_, **where) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.smoke
 async def test_cloud_api_flows_publish_the_one_shape(app_client, fake):
     """Webhook inbound, API sends to sent/delivered/read and to failed (Meta's status, and ours:
     outside the 24 h window), all on the Cloud API."""
@@ -258,7 +259,7 @@ async def test_web_flows_publish_the_one_shape(app_client):
     assert all(m["to"] == own and m["from"] == WA and m["contact_name"] == "Sheena" for m in inbound_rest)
 
 
-@pytest.mark.mariadb
+@pytest.mark.smoke
 async def test_recorder_events_and_raced_statuses_have_the_shape(app_client):
     """The recorder's own events: a send whose status webhook beat the record of its send (the raced
     status is applied and published), a failure no road could carry, and the orphan sweep."""
@@ -303,6 +304,7 @@ async def test_recorder_events_and_raced_statuses_have_the_shape(app_client):
     assert recorded[3][2]["provider"] is None and recorded[3][2]["error"]["code"] == "no_route"
 
 
+@pytest.mark.smoke
 def test_builders_make_exactly_the_schema_keys():
     """The builder's keys are the schema's, in every event kind (the change events included)."""
     row = {
@@ -342,6 +344,7 @@ def test_builders_make_exactly_the_schema_keys():
         check_event(ev.MESSAGE_STATUS, {**data, "extra": 1})
 
 
+@pytest.mark.smoke
 async def test_openapi_publishes_the_message_schema(client):
     doc = await (await client.get("/api/openapi.json")).json()
     components = doc["components"]["schemas"]
