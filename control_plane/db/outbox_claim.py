@@ -67,8 +67,9 @@ async def claim(
 ) -> list[dict[str, Any]]:
     """Claim up to ``limit`` due rows of one tenant for this node (MariaDB: ``FOR UPDATE SKIP LOCKED``,
     so nodes never claim the same row). Marks them ``sending`` (outbox and message) and returns them
-    oldest first, each with its message's type/content/created_at (``message_created_at``), its
-    conversation's wa_id/contact_name/last_inbound_at and the Web session's number (``own_number``).
+    oldest first, each with its message's type/content (``created_at``, the outbox row's, is the
+    message's), its conversation's wa_id/contact_name/last_inbound_at and the Web session's number
+    (``own_number``).
 
     MariaDB: two round trips of written-out statements (pick and lock; then read, log the
     transitions and mark, in one multi-statement trip); elsewhere SQLAlchemy Core.
@@ -113,12 +114,8 @@ _CLAIMED = (
     conversations.c.wa_id,
     conversations.c.last_inbound_at,
     conversations.c.provider_last,
-    messages.c.created_at.label("message_created_at"),
     conversations.c.contact_name,
-    sa.select(session_state.c.own_number)
-    .where(session_state.c.tenant_id == outbox.c.tenant_id)
-    .scalar_subquery()
-    .label("own_number"),
+    session_state.c.own_number,
 )
 _CLAIM_COLUMNS = tuple(c.name for c in _CLAIMED)
 
@@ -145,6 +142,7 @@ async def _claim_core(
         sa.select(*_CLAIMED)
         .join(messages, messages.c.id == outbox.c.message_id)
         .join(conversations, conversations.c.id == messages.c.conversation_id)
+        .outerjoin(session_state, session_state.c.tenant_id == outbox.c.tenant_id)
         .where(outbox.c.tenant_id == tenant_id, outbox.c.message_id.in_(ids))
     )
     rows = sorted((dict(r._mapping) for r in result), key=_batch_order)
@@ -209,9 +207,13 @@ async def _claim_raw(
         [
             "SELECT o.message_id, o.attempts, o.requested_provider, o.created_at, o.next_attempt_at, m.type, "
             "m.content, m.conversation_id, m.status, c.wa_id, c.last_inbound_at, c.provider_last, "
-            "m.created_at, c.contact_name, "
-            "(SELECT s.own_number FROM session_state s WHERE s.tenant_id = o.tenant_id) "
-            f"{joined.replace(' WHERE', ' JOIN conversations c ON c.id = m.conversation_id WHERE', 1)}",
+            "c.contact_name, s.own_number "
+            + joined.replace(
+                " WHERE",
+                " JOIN conversations c ON c.id = m.conversation_id "
+                "LEFT JOIN session_state s ON s.tenant_id = o.tenant_id WHERE",
+                1,
+            ),
             "INSERT INTO message_transitions (tenant_id, message_id, from_status, to_status, reason, at) "
             f"SELECT m.tenant_id, m.id, m.status, 'sending', "
             f"CONCAT({sql.literal_str('claimed by ' + clip(node_id, 200))}, "

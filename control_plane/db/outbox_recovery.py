@@ -57,7 +57,7 @@ async def expire_leases(
 async def list_unknown(conn: AsyncConnection, *, limit: int = 500) -> list[dict[str, Any]]:
     """Rows whose outcome is unknown, locked for this transaction (other nodes skip them), with their
     conversation's ``wa_id`` and their message as a claim returns it (``message``: type, content,
-    message_created_at, contact_name, own_number)."""
+    created_at, contact_name, own_number)."""
     result = await conn.execute(
         sa.select(
             outbox.c.message_id,
@@ -83,7 +83,7 @@ async def list_unknown(conn: AsyncConnection, *, limit: int = 500) -> list[dict[
             messages.c.conversation_id,
             messages.c.type,
             messages.c.content,
-            messages.c.created_at.label("message_created_at"),
+            messages.c.created_at,
             conversations.c.wa_id,
             conversations.c.contact_name,
             sa.select(session_state.c.own_number)

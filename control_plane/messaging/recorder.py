@@ -235,7 +235,8 @@ def _moved(after: dict[str, Any]) -> dict[str, Any]:
 
 def _outcome_message(o: dict[str, Any], status: str) -> dict[str, Any]:
     """An outcome's message as ``events.message_data`` reads a row: the claimed row's type, content,
-    created_at and contact (``o["message"]``), and what the send came to."""
+    created_at and contact (``o["message"]``: ``outbox_db.claim``'s or ``list_unknown``'s), and what
+    the send came to."""
     claimed = o.get("message") or {}
     return {
         "id": o["message_id"],
@@ -246,7 +247,7 @@ def _outcome_message(o: dict[str, Any], status: str) -> dict[str, Any]:
         "type": claimed.get("type"),
         "content": claimed.get("content"),
         "status": status,
-        "created_at": claimed.get("message_created_at"),
+        "created_at": claimed.get("created_at"),
         "wa_id": o.get("wa_id"),
         "contact_name": claimed.get("contact_name"),
         "own_number": claimed.get("own_number"),

@@ -86,7 +86,7 @@ def _claimed(rows: list[dict[str, Any]], ids: list[str]) -> list[dict[str, Any]]
     for r in rows:
         r = dict(r)
         r["message_id"] = ids.index(r["message_id"])
-        del r["conversation_id"], r["created_at"], r["next_attempt_at"], r["message_created_at"]
+        del r["conversation_id"], r["created_at"], r["next_attempt_at"]
         out.append(r)
     return out
 
