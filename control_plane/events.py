@@ -2,13 +2,16 @@
 API answers. The bottom layer: standard library only, imported by everyone.
 
 Payload shapes are documented in ``docs/EVENTS.md``; add a name here and a section there together.
+The message events share one shape, built here (``message_data``) and defined by the JSON Schema
+``schemas/message.schema.json`` (published in the OpenAPI document).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 SESSION_STATE = "session.state"
@@ -17,6 +20,9 @@ MESSAGE_RECEIVED = "message.received"
 MESSAGE_SENT = "message.sent"
 MESSAGE_STATUS = "message.status"
 MESSAGE_FAILED = "message.failed"
+MESSAGE_EDITED = "message.edited"
+MESSAGE_DELETED = "message.deleted"
+MESSAGE_REACTION = "message.reaction"
 
 ALL_TYPES: frozenset[str] = frozenset(
     {
@@ -26,8 +32,24 @@ ALL_TYPES: frozenset[str] = frozenset(
         MESSAGE_SENT,
         MESSAGE_STATUS,
         MESSAGE_FAILED,
+        MESSAGE_EDITED,
+        MESSAGE_DELETED,
+        MESSAGE_REACTION,
     }
 )
+
+MESSAGE_SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "message.schema.json"
+# Each message event type's payload schema: a name under the message schema's ``$defs`` (and under
+# the OpenAPI document's ``components.schemas``).
+MESSAGE_EVENT_SCHEMAS: dict[str, str] = {
+    MESSAGE_RECEIVED: "MessageReceivedEvent",
+    MESSAGE_SENT: "MessageSentEvent",
+    MESSAGE_STATUS: "MessageStatusEvent",
+    MESSAGE_FAILED: "MessageFailedEvent",
+    MESSAGE_EDITED: "MessageEditedEvent",
+    MESSAGE_DELETED: "MessageDeletedEvent",
+    MESSAGE_REACTION: "MessageReactionEvent",
+}
 
 # Every tenant's events also go to this room (admin subscriptions to "all tenants").
 ALL_ROOM = "tenants:all"
@@ -72,31 +94,128 @@ def format_ts_or_none(ts: dt.datetime | None) -> str | None:
     return None if ts is None else format_ts(ts)
 
 
+def format_ts_us(ts: dt.datetime) -> str:
+    """``format_ts`` with microseconds: ``created_at``, the gateway's own stamp, increasing within a
+    tenant (``db.inbound.TenantClock``) down to the microsecond, so a CRM can sort by it."""
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
+    if ts.year >= 1000:
+        return ts.isoformat(timespec="microseconds") + "Z"
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def message_schema() -> dict[str, Any]:
+    """The message shape's JSON Schema (draft 2020-12, ``schemas/message.schema.json``): the message
+    object, and per event type (``MESSAGE_EVENT_SCHEMAS``) the payload of its events. A fresh copy."""
+    schema: dict[str, Any] = json.loads(MESSAGE_SCHEMA_FILE.read_text(encoding="utf-8"))
+    return schema
+
+
 # ------------------------------------------------------------------------------------ message payloads
-# The data of the message events (docs/EVENTS.md), one builder per shape, shared by every writer.
+# The message shape (docs/EVENTS.md, "Message object"; schemas/message.schema.json): ONE builder,
+# ``message_data``, makes the data of every message.* event and the REST message object from a stored
+# message row. Every key is present, null where it has no value.
 
 PHONE_ROUTE_REASON = "typed on the phone"
+_ROW: Any = object()  # message_data(timestamp=...): the row's own time
 _encode_str = json.encoder.encode_basestring  # the C one: non-ASCII kept
 
 
-def received_event(row: dict[str, Any], to: str | None = None) -> dict[str, Any]:
-    """``message.received`` data (the same shape for both providers) from a stored inbound row."""
-    # A fast-path row keeps the content object aside (its "content" is the stored JSON text).
-    content = row["_content"] if "_content" in row else row["content"]
+def strip_inline_media(content: Any) -> Any:
+    """Inline media bytes (``base64``) are never echoed back: they can be megabytes."""
+    if isinstance(content, dict) and isinstance(content.get("base64"), str):
+        content = {**content, "base64": f"<{len(content['base64']) * 3 // 4} bytes>"}
+    return content
+
+
+def message_error(code: Any, message: str | None) -> dict[str, Any]:
+    """The ``error`` object: ``{code, message}`` (codes are strings: Meta's numbers too)."""
+    return {"code": None if code is None else str(code), "message": message}
+
+
+def message_origin(row: Mapping[str, Any]) -> str:
+    """Who wrote it: the row's ``origin`` where stored, else ``contact`` for inbound; an outbound row
+    with the provider's time was typed on the phone (only those have one); else the CRM's (``api``)."""
+    origin = row.get("origin")
+    if origin:
+        return str(origin)
+    if row["direction"] == "inbound":
+        return "contact"
+    return "phone" if row.get("provider_timestamp") is not None else "api"
+
+
+def _reactions(value: Any) -> list[Any]:
+    """The ``reactions`` list (a JSON text where a row stores it so)."""
+    if isinstance(value, (str, bytes)):
+        value = json.loads(value)
+    return list(value)
+
+
+def message_data(
+    row: Mapping[str, Any],
+    *,
+    business: str | None = None,
+    status: str | None = None,
+    timestamp: dt.datetime | None = _ROW,
+    error: dict[str, Any] | None = None,
+    route_reason: str | None = None,
+    origin: str | None = None,
+) -> dict[str, Any]:
+    """The message shape of a stored message ``row``: ``id`` (or ``message_id``), ``conversation_id``,
+    ``direction``, ``provider``, ``provider_message_id``, ``type``, ``content`` (decoded; a fast-path
+    row keeps it in ``_content``), ``status``, ``created_at``, ``provider_timestamp``/``sent_at``,
+    ``wa_id`` (the contact) and ``contact_name``; the columns other features add (``origin``,
+    ``author``, ``provider_user_id``, ``edited_at``, ``deleted_at``, ``reactions``) where present.
+
+    ``business``: the business's number (``to`` of inbound, ``from`` of outbound), when known.
+    ``status``/``timestamp``: what the payload reports (a status event: that status and its time);
+    by default the row's status and its provider time (else when the provider accepted it)."""
+    get = row.get
+    direction = row["direction"]
+    content = row["_content"] if "_content" in row else get("content")
+    contact = get("wa_id")
+    if direction == "inbound":
+        sender, recipient = contact, business
+    else:
+        sender, recipient = business, contact
+        content = strip_inline_media(content)
+    if timestamp is _ROW:
+        timestamp = get("provider_timestamp") or get("sent_at")
+    created, edited, deleted, reactions = (
+        get("created_at"),
+        get("edited_at"),
+        get("deleted_at"),
+        get("reactions"),
+    )
     return {
-        "message_id": row["id"],
+        "message_id": get("message_id") or row["id"],
         "conversation_id": row["conversation_id"],
-        "provider": row["provider"],
-        "direction": "inbound",
-        "from": row["wa_id"],
-        "to": to,
-        "contact_name": row.get("contact_name"),
+        "provider": get("provider"),
+        "direction": direction,
+        "origin": origin or message_origin(row),
+        "from": sender,
+        "to": recipient,
+        "author": get("author"),
+        "contact_name": get("contact_name"),
         "type": row["type"],
         "content": content,
-        "status": "received",
-        "provider_message_id": row["provider_message_id"],
-        "timestamp": format_ts_or_none(row.get("provider_timestamp")),
+        "status": status or row["status"],
+        "provider_message_id": get("provider_message_id"),
+        "provider_user_id": get("provider_user_id"),
+        "timestamp": None if timestamp is None else format_ts(timestamp),
+        "created_at": None if created is None else format_ts_us(created),
+        "edited_at": None if edited is None else format_ts(edited),
+        "deleted_at": None if deleted is None else format_ts(deleted),
+        "error": error,
+        "route_reason": route_reason,
+        "reactions": _reactions(reactions) if reactions else [],
     }
+
+
+def received_event(row: dict[str, Any], to: str | None = None) -> dict[str, Any]:
+    """``message.received`` data (the same shape for both providers) from a stored inbound row;
+    ``to``: the business's number the message was sent to."""
+    return message_data(row, business=to, status="received", timestamp=row.get("provider_timestamp"))
 
 
 def _json_str(value: Any) -> str:
@@ -107,6 +226,12 @@ def _json_str(value: Any) -> str:
     raise TypeError  # anything else: the generic encoder decides
 
 
+def _json_null(value: Any) -> str:
+    if value is None:
+        return "null"
+    raise TypeError
+
+
 def received_event_json(
     data: dict[str, Any], content_json: str, encode: Callable[[dict[str, Any]], str]
 ) -> str:
@@ -114,57 +239,40 @@ def received_event_json(
     is fixed and ``content_json`` is the content's JSON text as the messages row stores it (the same
     separators, non-ASCII kept). Anything unexpected in a field goes through ``encode`` (the
     publisher's ``encode_data``)."""
+    d = data
     try:
-        if type(data["conversation_id"]) is not int:
+        if type(d["conversation_id"]) is not int or d["direction"] != "inbound" or d["status"] != "received":
+            raise TypeError
+        if d["reactions"] != [] or type(d["reactions"]) is not list:
             raise TypeError
         return (
-            f'{{"message_id":{_json_str(data["message_id"])},"conversation_id":{data["conversation_id"]},'
-            f'"provider":{_json_str(data["provider"])},"direction":"inbound",'
-            f'"from":{_json_str(data["from"])},"to":{_json_str(data["to"])},'
-            f'"contact_name":{_json_str(data["contact_name"])},"type":{_json_str(data["type"])},'
-            f'"content":{content_json},"status":"received",'
-            f'"provider_message_id":{_json_str(data["provider_message_id"])},'
-            f'"timestamp":{_json_str(data["timestamp"])}}}'
+            f'{{"message_id":{_json_str(d["message_id"])},"conversation_id":{d["conversation_id"]},'
+            f'"provider":{_json_str(d["provider"])},"direction":"inbound",'
+            f'"origin":{_json_str(d["origin"])},"from":{_json_str(d["from"])},"to":{_json_str(d["to"])},'
+            f'"author":{_json_str(d["author"])},"contact_name":{_json_str(d["contact_name"])},'
+            f'"type":{_json_str(d["type"])},"content":{content_json},"status":"received",'
+            f'"provider_message_id":{_json_str(d["provider_message_id"])},'
+            f'"provider_user_id":{_json_str(d["provider_user_id"])},'
+            f'"timestamp":{_json_str(d["timestamp"])},"created_at":{_json_str(d["created_at"])},'
+            f'"edited_at":{_json_str(d["edited_at"])},"deleted_at":{_json_str(d["deleted_at"])},'
+            f'"error":{_json_null(d["error"])},"route_reason":{_json_str(d["route_reason"])},"reactions":[]}}'
         )
     except TypeError:
         return encode(data)
 
 
 def status_event(change: dict[str, Any]) -> dict[str, Any]:
-    """``message.status`` / ``message.failed`` data from a status change (``apply_status_updates``)."""
+    """``message.status`` / ``message.failed`` data from a status change (``apply_status_updates``):
+    the message (``change["message"]``, its row) reporting this fact's status, time and error."""
     error = None
     if change["status"] == "failed":
-        error = {"code": change.get("error_code"), "message": change.get("error_message")}
-    return {
-        "message_id": change["message_id"],
-        "conversation_id": change["conversation_id"],
-        "provider": change["provider"],
-        "direction": "outbound",
-        "to": change.get("recipient_id"),
-        "status": change["status"],
-        "provider_message_id": change["provider_message_id"],
-        "timestamp": format_ts_or_none(change.get("occurred_at")),
-        "error": error,
-    }
-
-
-def status_data(
-    row: dict[str, Any], status: str, at: dt.datetime | None, code: Any, message: str | None
-) -> dict[str, Any]:
-    """``status_event`` for a message row (``id``) or a send's outcome (``message_id``), with
-    ``conversation_id`` and ``wa_id``."""
-    return status_event(
-        {
-            "message_id": row.get("message_id") or row.get("id"),
-            "conversation_id": row.get("conversation_id"),
-            "provider": row.get("provider"),
-            "provider_message_id": row.get("provider_message_id"),
-            "status": status,
-            "occurred_at": at,
-            "recipient_id": row.get("wa_id"),
-            "error_code": code,
-            "error_message": message,
-        }
+        error = message_error(change.get("error_code"), change.get("error_message"))
+    return message_data(
+        change["message"],
+        business=change.get("business_number"),
+        status=change["status"],
+        timestamp=change.get("occurred_at"),
+        error=error,
     )
 
 
@@ -184,25 +292,17 @@ def status_events(tenant_id: str, changes: list[dict[str, Any]]) -> list[tuple[s
 
 def phone_sent_event(row: dict[str, Any]) -> dict[str, Any]:
     """``message.sent`` data for a message typed on the phone (Web) or in the WhatsApp Business app
-    (Cloud API echoes): the outbound shape plus ``origin`` (the row's: ``"phone"`` when it has none),
-    ``from``, ``type`` and ``content`` (the CRM has not seen it before)."""
+    (Cloud API echoes): ``origin`` the row's (``"phone"`` when it has none), ``from`` = the business's
+    own number (the row's ``from``), ``timestamp`` = when it was typed."""
     origin = row.get("origin") or ORIGIN_PHONE
-    return {
-        "message_id": row["id"],
-        "conversation_id": row["conversation_id"],
-        "provider": row["provider"],
-        "direction": "outbound",
-        "origin": origin,
-        "from": row.get("from"),
-        "to": row["wa_id"],
-        "type": row["type"],
-        "content": row["content"],
-        "status": "sent",
-        "provider_message_id": row["provider_message_id"],
-        "timestamp": format_ts_or_none(row.get("provider_timestamp")),
-        "error": None,
-        "route_reason": BUSINESS_APP_ROUTE_REASON if origin == ORIGIN_BUSINESS_APP else PHONE_ROUTE_REASON,
-    }
+    return message_data(
+        row,
+        business=row.get("from"),
+        status="sent",
+        timestamp=row.get("provider_timestamp"),
+        route_reason=BUSINESS_APP_ROUTE_REASON if origin == ORIGIN_BUSINESS_APP else PHONE_ROUTE_REASON,
+        origin=origin,
+    )
 
 
 # -------------------------------------------------------------- provider notices (webhook fields)
@@ -321,62 +421,50 @@ def vote_event(
 
 # ------------------------------------------------------------ changes to a stored message (edits, ...)
 # message.edited / message.deleted / message.reaction: the changed message in the one message shape
-# (docs/EVENTS.md), as the change left it, plus ONE extra key, ``change``. Built from the row that
-# ``db.message_changes`` returns (columns read with ``row.get``: one added elsewhere is null until
-# it exists).
+# (``message_data``), as the change left it, plus ONE extra key, ``change``. Built from the row that
+# ``db.message_changes`` returns.
 
-MESSAGE_EDITED = "message.edited"
-MESSAGE_DELETED = "message.deleted"
-MESSAGE_REACTION = "message.reaction"
 CHANGE_EVENT_TYPES = {"edit": MESSAGE_EDITED, "revoke": MESSAGE_DELETED, "reaction": MESSAGE_REACTION}
-ALL_TYPES = ALL_TYPES | frozenset(CHANGE_EVENT_TYPES.values())
 
 
-def changed_message_data(row: dict[str, Any]) -> dict[str, Any]:
-    """The one message shape for a stored message row (``content`` and ``reactions`` decoded,
-    ``wa_id`` and ``contact_name`` of its conversation added)."""
-    inbound = row.get("direction") == "inbound"
+def changed_message(row: Mapping[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """``message.edited`` / ``message.deleted`` / ``message.reaction`` data: the message as it is
+    after the change (``row``: ``to`` of an inbound one, ``from`` of an outbound one, when known),
+    plus ``change`` (``edited_change``, ``deleted_change``, ``reaction_change``)."""
     error = None
     if row.get("error_code") is not None or row.get("error_message") is not None:
         error = {"code": row.get("error_code"), "message": row.get("error_message")}
-    return {
-        "message_id": row["id"],
-        "conversation_id": row["conversation_id"],
-        "direction": row.get("direction"),
-        "origin": row.get("origin") or ("contact" if inbound else "api"),
-        "from": row.get("wa_id") if inbound else row.get("from"),
-        "to": row.get("to") if inbound else row.get("wa_id"),
-        "author": row.get("author"),
-        "contact_name": row.get("contact_name"),
-        "type": row.get("type"),
-        "content": row.get("content"),
-        "provider": row.get("provider"),
-        "provider_message_id": row.get("provider_message_id"),
-        "provider_user_id": row.get("provider_user_id"),
-        "status": row.get("status"),
-        "timestamp": format_ts_or_none(row.get("provider_timestamp")),
-        "created_at": format_ts_or_none(row.get("created_at")),
-        "edited_at": format_ts_or_none(row.get("edited_at")),
-        "deleted_at": format_ts_or_none(row.get("deleted_at")),
-        "error": error,
-        "route_reason": row.get("route_reason"),
-        "reactions": row.get("reactions") or [],
-    }
+    business = row.get("to") if row.get("direction") == "inbound" else row.get("from")
+    data = message_data(row, business=business, error=error, route_reason=row.get("route_reason"))
+    data["change"] = change
+    return data
+
+
+def edited_change(previous_content: Any, at: dt.datetime | None) -> dict[str, Any]:
+    return {"previous_content": previous_content, "at": format_ts_or_none(at)}
+
+
+def deleted_change(at: dt.datetime | None, by: str | None) -> dict[str, Any]:
+    return {"at": format_ts_or_none(at), "by": by}
+
+
+def reaction_change(sender: str | None, emoji: str, removed: bool, at: dt.datetime | None) -> dict[str, Any]:
+    return {"from": sender, "emoji": emoji, "removed": removed, "at": format_ts_or_none(at)}
 
 
 def change_event(result: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``(type, data)`` for one applied change (``db.message_changes.record_changes`` result):
-    ``message.edited`` ``change: {previous_content, at}``, ``message.deleted`` ``change: {at, by}``,
-    ``message.reaction`` ``change: {from, emoji, removed, at}`` (a removal names the emoji removed)."""
-    kind, at = result["kind"], format_ts(result["at"])
+    """``(type, data)`` for one applied change (``db.message_changes.record_changes`` result); a
+    reaction's removal names the emoji removed."""
+    kind, at = result["kind"], result["at"]
     if kind == "edit":
-        change: dict[str, Any] = {"previous_content": result.get("previous_content"), "at": at}
+        change = edited_change(result.get("previous_content"), at)
     elif kind == "revoke":
-        change = {"at": at, "by": result.get("actor")}
+        change = deleted_change(at, result.get("actor"))
     else:
-        removed = bool(result.get("removed"))
-        change = {"from": result.get("actor"), "emoji": result.get("emoji"), "removed": removed, "at": at}
-    return CHANGE_EVENT_TYPES[kind], {**changed_message_data(result["message"]), "change": change}
+        change = reaction_change(
+            result.get("actor"), result.get("emoji") or "", bool(result.get("removed")), at
+        )
+    return CHANGE_EVENT_TYPES[kind], changed_message(result["message"], change)
 
 
 def change_events(tenant_id: str, results: list[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:

@@ -14,9 +14,11 @@ from aiohttp import web
 from pydantic import Field
 
 from control_plane import errors
-from control_plane.api.messages import MessageBase, message_view, strip_inline_media
+from control_plane.api.messages import MessageBase, message_shape, message_view
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
+from control_plane.db import sessions as sessions_db
+from control_plane.events import strip_inline_media
 from control_plane.http.models import QueryModel, ResponseModel, UTCDateTime
 from control_plane.http.parsing import path_int
 from control_plane.http.routing import Router
@@ -187,10 +189,21 @@ async def list_messages(request: web.Request, query: PageQuery) -> MessagePage:
         rows = await messages_db.list_messages(
             conn, tenant_id, conv["id"], limit=query.limit + 1, before=before
         )
-    more = len(rows) > query.limit
-    rows = rows[: query.limit]
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        reasons = await outbox_db.route_reasons(
+            conn, tenant_id, [r["id"] for r in rows if r["direction"] == "outbound"]
+        )
+        session = await sessions_db.get_session_state(conn, tenant_id)
+    own_number = session["own_number"] if session else None
     items = [
-        MessageItem(**{**r, "content": strip_inline_media(messages_db.load_json(r["content"]))}) for r in rows
+        MessageItem(
+            **message_shape(r, conv, own_number, reasons.get(r["id"])),
+            error_code=r["error_code"],
+            error_message=r["error_message"],
+            provider_timestamp=r["provider_timestamp"],
+        )
+        for r in rows
     ]
     next_cursor = _encode(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None
     return MessagePage(items=items, next_cursor=next_cursor)

@@ -7,13 +7,20 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from control_plane import errors
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
+from control_plane.db import sessions as sessions_db
 from control_plane.db.metadata import HEX_ID_RE as _MESSAGE_ID
-from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
+from control_plane.events import (
+    PHONE_ROUTE_REASON,
+    message_data,
+    message_error,
+    message_origin,
+)
+from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime, conforms_to
 from control_plane.http.routing import Router
 from control_plane.messaging import models
 from control_plane.messaging import outbox as outbox_service
@@ -21,6 +28,7 @@ from control_plane.messaging import outbox as outbox_service
 log = logging.getLogger(__name__)
 TAGS = ("messages",)
 router = Router(tags=TAGS, auth="tenant")
+MESSAGE_COMPONENT = "Message"  # the message shape's schema in the OpenAPI document (api/openapi.py)
 
 
 class MessageAccepted(ResponseModel):
@@ -45,18 +53,56 @@ class TransitionOut(ResponseModel):
     error: ErrorInfo | None = None
 
 
+class ReactionOut(ResponseModel):
+    model_config = ConfigDict(
+        serialize_by_alias=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        json_schema_serialization_defaults_required=True,
+    )
+
+    from_: str = Field(alias="from")
+    emoji: str
+    timestamp: str | None = None
+
+
 class MessageBase(ResponseModel):
-    """What every view of a message has: the REST message object and a conversation's history."""
+    """The message shape (``events.message_data``; the OpenAPI component ``Message``, from
+    ``control_plane/schemas/message.schema.json``) plus the REST object's own keys (``id``, the
+    status times): the REST message object and a conversation's history."""
+
+    model_config = ConfigDict(
+        serialize_by_alias=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=conforms_to(MESSAGE_COMPONENT),
+    )
 
     id: str
+    message_id: str = Field(description="The same as id (the message shape's name for it)")
     conversation_id: int
+    provider: str | None = None
     direction: str
+    origin: str = Field(description="contact, api, phone or business_app")
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+    author: str | None = None
+    contact_name: str | None = None
     type: str
     content: Any = None
     status: str
-    provider: str | None = None
     provider_message_id: str | None = None
-    created_at: UTCDateTime
+    provider_user_id: str | None = None
+    timestamp: str | None = Field(
+        None, description="The provider's time of the message (or of its acceptance)"
+    )
+    created_at: str = Field(description="When the gateway stored it (microseconds)")
+    edited_at: str | None = None
+    deleted_at: str | None = None
+    error: ErrorInfo | None = None
+    route_reason: str | None = Field(None, description="Which road carried it and why")
+    reactions: list[ReactionOut] = Field(default_factory=list)
     sent_at: UTCDateTime | None = None
     delivered_at: UTCDateTime | None = None
     read_at: UTCDateTime | None = None
@@ -65,10 +111,8 @@ class MessageBase(ResponseModel):
 
 class MessageOut(MessageBase):
     requested_provider: str | None = None
-    route_reason: str | None = Field(None, description="Which road carried it and why")
     attempts: int | None = None
     idempotency_key: str | None = None
-    error: ErrorInfo | None = None
     updated_at: UTCDateTime
     transitions: list[TransitionOut] = Field(default_factory=list)
 
@@ -98,19 +142,40 @@ class MessagingSettingsOut(ResponseModel):
     fallback_template: FallbackTemplateOut | None = None
 
 
-def strip_inline_media(content: Any) -> Any:
-    """Inline media bytes are not echoed back (they can be megabytes)."""
-    if isinstance(content, dict) and isinstance(content.get("base64"), str):
-        content = {**content, "base64": f"<{len(content['base64']) * 3 // 4} bytes>"}
-    return content
+def message_shape(
+    msg: dict[str, Any], conv: dict[str, Any] | None, own_number: str | None, route_reason: str | None
+) -> dict[str, Any]:
+    """A stored message ``msg`` (a messages row) in the message shape (``events.message_data``), with
+    its conversation ``conv``, the Web session's number and the outbox's route reason (None: not a
+    send of the CRM), plus ``id`` and the status times."""
+    row = dict(msg)
+    row["content"] = (
+        messages_db.load_json(msg["content"]) if isinstance(msg["content"], str) else msg["content"]
+    )
+    row["wa_id"] = conv["wa_id"] if conv else None
+    row["contact_name"] = conv["contact_name"] if conv else None
+    error = message_error(msg["error_code"], msg["error_message"]) if msg["error_code"] else None
+    origin = message_origin(row)
+    if route_reason is None and origin == "phone":
+        route_reason = PHONE_ROUTE_REASON
+    shape = message_data(
+        row,
+        business=own_number if msg["provider"] == "web" else None,
+        error=error,
+        route_reason=route_reason,
+        origin=origin,
+    )
+    shape.update(
+        id=msg["id"],
+        sent_at=msg["sent_at"],
+        delivered_at=msg["delivered_at"],
+        read_at=msg["read_at"],
+        failed_at=msg["failed_at"],
+    )
+    return shape
 
 
-def message_view(
-    msg: dict[str, Any],
-    box: dict[str, Any] | None,
-    transitions: list[dict[str, Any]],
-    facts: list[dict[str, Any]],
-) -> MessageOut:
+def _history(transitions: list[dict[str, Any]], facts: list[dict[str, Any]]) -> list[TransitionOut]:
     history: list[dict[str, Any]] = []
     for t in transitions:
         error = ErrorInfo(code=t["error_code"], message=t["error_message"]) if t["error_code"] else None
@@ -139,29 +204,26 @@ def message_view(
             }
         )
     history.sort(key=lambda h: h["at"])
-    content = messages_db.load_json(msg["content"]) if isinstance(msg["content"], str) else msg["content"]
-    error = ErrorInfo(code=msg["error_code"], message=msg["error_message"]) if msg["error_code"] else None
+    return [TransitionOut(**h) for h in history]
+
+
+def message_view(
+    msg: dict[str, Any],
+    box: dict[str, Any] | None,
+    transitions: list[dict[str, Any]],
+    facts: list[dict[str, Any]],
+    *,
+    conv: dict[str, Any] | None = None,
+    own_number: str | None = None,
+) -> MessageOut:
+    shape = message_shape(msg, conv, own_number, box["route_reason"] if box else None)
     return MessageOut(
-        id=msg["id"],
-        conversation_id=msg["conversation_id"],
-        direction=msg["direction"],
-        type=msg["type"],
-        content=strip_inline_media(content),
-        status=msg["status"],
-        provider=msg["provider"],
-        provider_message_id=msg["provider_message_id"],
+        **shape,
         requested_provider=box["requested_provider"] if box else None,
-        route_reason=box["route_reason"] if box else None,
         attempts=box["attempts"] if box else None,
         idempotency_key=box["idempotency_key"] if box else None,
-        error=error,
-        created_at=msg["created_at"],
         updated_at=msg["updated_at"],
-        sent_at=msg["sent_at"],
-        delivered_at=msg["delivered_at"],
-        read_at=msg["read_at"],
-        failed_at=msg["failed_at"],
-        transitions=[TransitionOut(**h) for h in history],
+        transitions=_history(transitions, facts),
     )
 
 
@@ -216,7 +278,10 @@ async def get_message(request: web.Request) -> MessageOut:
         box = await outbox_db.get_outbox(conn, tenant_id, message_id)
         transitions = await outbox_db.list_transitions(conn, tenant_id, message_id)
         facts = await messages_db.list_status_events(conn, tenant_id, message_id)
-    return message_view(msg, box, transitions, facts)
+        conv = await messages_db.get_conversation(conn, tenant_id, msg["conversation_id"])
+        session = await sessions_db.get_session_state(conn, tenant_id)
+    own_number = session["own_number"] if session else None
+    return message_view(msg, box, transitions, facts, conv=conv, own_number=own_number)
 
 
 def _settings_out(row: dict[str, Any] | None) -> MessagingSettingsOut:

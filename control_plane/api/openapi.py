@@ -1,5 +1,7 @@
-"""The OpenAPI 3.1 document, generated from the routes' pydantic models, and a docs page that renders
-it with a small vendored script (no CDN)."""
+"""The OpenAPI 3.1 document, generated from the routes' pydantic models plus the message shape's JSON
+Schema (``control_plane/schemas/message.schema.json``: ``components.schemas.Message``, its ``$defs``
+beside it, the message responses referring to it), and a docs page that renders it with a small
+vendored script (no CDN)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from control_plane import __version__
+from control_plane.api.messages import MESSAGE_COMPONENT
+from control_plane.events import MESSAGE_EVENT_SCHEMAS, message_schema
 from control_plane.http.errors import ErrorResponse
-from control_plane.http.models import OneOf
+from control_plane.http.models import COMPONENT_REF, CONFORMS_TO, OneOf
 from control_plane.http.routing import Operation, Router
 
 STATIC = Path(__file__).resolve().parent / "static"
-REF = "#/components/schemas/{model}"
+REF = COMPONENT_REF
 ERROR_TEXT = {
     400: "Malformed request (bad JSON)",
     401: "Missing or wrong credentials",
@@ -41,6 +45,15 @@ class _Schemas:
             self.components.setdefault(name, sub)
         self.components.setdefault(model.__name__, schema)
         return {"$ref": REF.format(model=model.__name__)}
+
+    def resolve_conformance(self) -> None:
+        """``x-conforms-to`` marks (``http.models.conforms_to``) -> ``allOf`` the named component."""
+        for schema in self.components.values():
+            component = schema.pop(CONFORMS_TO, None)
+            if component is not None:
+                if component not in self.components:
+                    raise ValueError(f"{CONFORMS_TO}: no component {component}")
+                schema["allOf"] = [{"$ref": REF.format(model=component)}]
 
 
 def _json(schema: dict) -> dict:
@@ -101,14 +114,47 @@ def _operation(op: Operation, path: str, mode: str, schemas: _Schemas) -> dict[s
     return out
 
 
+def message_components() -> dict[str, Any]:
+    """The message shape's JSON Schema as OpenAPI components: the message object as ``Message``, each
+    of its ``$defs`` (the payload of each message event type, ...) under its own name, references
+    rewritten to match. ``Message["x-event-schemas"]`` maps each event type to its payload's schema."""
+    schema = message_schema()
+    defs = schema.pop("$defs")
+    for keyword in ("$schema", "$id"):  # $id would re-base the references below
+        schema.pop(keyword)
+    schema["x-event-schemas"] = {
+        event_type: {"$ref": f"#/$defs/{name}"} for event_type, name in MESSAGE_EVENT_SCHEMAS.items()
+    }
+    components: dict[str, Any] = _rebase({MESSAGE_COMPONENT: schema, **defs})
+    return components
+
+
+def _rebase(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _component_ref(v) if k == "$ref" else _rebase(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rebase(v) for v in node]
+    return node
+
+
+def _component_ref(ref: str) -> str:
+    if ref == "#":
+        return REF.format(model=MESSAGE_COMPONENT)
+    if ref.startswith("#/$defs/"):
+        return REF.format(model=ref.removeprefix("#/$defs/"))
+    raise ValueError(f"the message schema refers outside itself: {ref}")
+
+
 def build_openapi(router: Router) -> dict[str, Any]:
     schemas = _Schemas()
+    schemas.components.update(message_components())
     paths: dict[str, dict[str, Any]] = {}
     for op in router.operations:
         if not op.openapi:
             continue
         for path, mode in router.served_paths(op):
             paths.setdefault(path, {})[op.method.lower()] = _operation(op, path, mode, schemas)
+    schemas.resolve_conformance()
     return {
         "openapi": "3.1.0",
         "info": {

@@ -377,8 +377,9 @@ async def record_phone_messages(
     conn: AsyncConnection, tenant_id: str, provider: str, items: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Store messages typed on the phone as outbound rows (``sent``), once per (tenant, provider
-    message id), in the given order; returns the rows stored now (content decoded, ``wa_id`` and
-    ``from`` added). Acks that were stored before their message (``message_id`` NULL) are applied."""
+    message id), in the given order; returns the rows stored now (content decoded, ``wa_id``,
+    ``contact_name`` and ``from`` added). Acks that were stored before their message (``message_id`` NULL)
+    are applied."""
     m = messages.c
     fresh: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -445,6 +446,7 @@ async def _record_phone_message(
         row.update(status=after["status"], updated_at=after["updated_at"])
     row["content"] = item["content"]
     row["wa_id"] = conv["wa_id"]
+    row["contact_name"] = conv.get("contact_name")
     row["from"] = item.get("from")
     return row
 

@@ -39,6 +39,7 @@ from control_plane.db.outbox_reads import (
     list_transitions,
     messages_by_ids,
     pending_counts,
+    route_reasons,
     save_settings,
 )
 from control_plane.db.outbox_recovery import (
@@ -438,6 +439,7 @@ __all__ = [
     "record_outcomes",
     "record_sent",
     "requeue_unknown",
+    "route_reasons",
     "save_settings",
     "unmatched_status_ids",
 ]

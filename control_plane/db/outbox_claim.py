@@ -14,6 +14,7 @@ from control_plane.db import sql
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import conversations, messages
 from control_plane.db.outbox_schema import clip, message_transitions, outbox, transition_row
+from control_plane.db.sessions import session_state
 from control_plane.db.tenants import tenants
 from control_plane.statuses import MessageStatus, OutboxState
 
@@ -66,7 +67,9 @@ async def claim(
 ) -> list[dict[str, Any]]:
     """Claim up to ``limit`` due rows of one tenant for this node (MariaDB: ``FOR UPDATE SKIP LOCKED``,
     so nodes never claim the same row). Marks them ``sending`` (outbox and message) and returns them
-    oldest first, each with its message's type/content and its conversation's wa_id/last_inbound_at.
+    oldest first, each with its message's type/content (``created_at``, the outbox row's, is the
+    message's), its conversation's wa_id/contact_name/last_inbound_at and the Web session's number
+    (``own_number``).
 
     MariaDB: two round trips of written-out statements (pick and lock; then read, log the
     transitions and mark, in one multi-statement trip); elsewhere SQLAlchemy Core.
@@ -111,6 +114,8 @@ _CLAIMED = (
     conversations.c.wa_id,
     conversations.c.last_inbound_at,
     conversations.c.provider_last,
+    conversations.c.contact_name,
+    session_state.c.own_number,
 )
 _CLAIM_COLUMNS = tuple(c.name for c in _CLAIMED)
 
@@ -137,6 +142,7 @@ async def _claim_core(
         sa.select(*_CLAIMED)
         .join(messages, messages.c.id == outbox.c.message_id)
         .join(conversations, conversations.c.id == messages.c.conversation_id)
+        .outerjoin(session_state, session_state.c.tenant_id == outbox.c.tenant_id)
         .where(outbox.c.tenant_id == tenant_id, outbox.c.message_id.in_(ids))
     )
     rows = sorted((dict(r._mapping) for r in result), key=_batch_order)
@@ -200,8 +206,14 @@ async def _claim_raw(
         conn,
         [
             "SELECT o.message_id, o.attempts, o.requested_provider, o.created_at, o.next_attempt_at, m.type, "
-            "m.content, m.conversation_id, m.status, c.wa_id, c.last_inbound_at, c.provider_last "
-            f"{joined.replace(' WHERE', ' JOIN conversations c ON c.id = m.conversation_id WHERE', 1)}",
+            "m.content, m.conversation_id, m.status, c.wa_id, c.last_inbound_at, c.provider_last, "
+            "c.contact_name, s.own_number "
+            + joined.replace(
+                " WHERE",
+                " JOIN conversations c ON c.id = m.conversation_id "
+                "LEFT JOIN session_state s ON s.tenant_id = o.tenant_id WHERE",
+                1,
+            ),
             "INSERT INTO message_transitions (tenant_id, message_id, from_status, to_status, reason, at) "
             f"SELECT m.tenant_id, m.id, m.status, 'sending', "
             f"CONCAT({sql.literal_str('claimed by ' + clip(node_id, 200))}, "

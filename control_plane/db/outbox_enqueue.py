@@ -57,7 +57,7 @@ async def enqueue(
             state=OutboxState.QUEUED,
             attempts=0,
             next_attempt_at=now,
-            created_at=now,
+            created_at=row["created_at"],  # its message's: a claim reads it as the message's
             updated_at=now,
         )
     )

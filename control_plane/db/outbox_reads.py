@@ -100,3 +100,16 @@ async def messages_by_ids(
         sa.select(messages).where(messages.c.tenant_id == tenant_id, messages.c.id.in_(list(ids)))
     )
     return {r.id: dict(r._mapping) for r in result}
+
+
+async def route_reasons(conn: AsyncConnection, tenant_id: str, ids: Sequence[str]) -> dict[str, str | None]:
+    """Each message's route reason (which road carried it and why), for the messages with an outbox
+    row among ``ids`` (the CRM's sends)."""
+    if not ids:
+        return {}
+    result = await conn.execute(
+        sa.select(outbox.c.message_id, outbox.c.route_reason).where(
+            outbox.c.tenant_id == tenant_id, outbox.c.message_id.in_(list(ids))
+        )
+    )
+    return {message_id: reason for message_id, reason in result}

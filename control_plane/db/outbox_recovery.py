@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import conversations, message_statuses, messages
 from control_plane.db.outbox_schema import message_transitions, outbox, transition_row
+from control_plane.db.sessions import session_state
 from control_plane.statuses import MessageStatus, OutboxState
 
 
@@ -54,7 +55,9 @@ async def expire_leases(
 
 
 async def list_unknown(conn: AsyncConnection, *, limit: int = 500) -> list[dict[str, Any]]:
-    """Rows whose outcome is unknown, locked for this transaction (other nodes skip them)."""
+    """Rows whose outcome is unknown, locked for this transaction (other nodes skip them), with their
+    conversation's ``wa_id`` and their message as a claim returns it (``message``: type, content,
+    created_at, contact_name, own_number)."""
     result = await conn.execute(
         sa.select(
             outbox.c.message_id,
@@ -74,15 +77,31 @@ async def list_unknown(conn: AsyncConnection, *, limit: int = 500) -> list[dict[
     if not rows:
         return rows
     info = await conn.execute(
-        sa.select(messages.c.id, messages.c.provider, messages.c.conversation_id, conversations.c.wa_id)
+        sa.select(
+            messages.c.id,
+            messages.c.provider,
+            messages.c.conversation_id,
+            messages.c.type,
+            messages.c.content,
+            messages.c.created_at,
+            conversations.c.wa_id,
+            conversations.c.contact_name,
+            sa.select(session_state.c.own_number)
+            .where(session_state.c.tenant_id == messages.c.tenant_id)
+            .scalar_subquery()
+            .label("own_number"),
+        )
         .join(conversations, conversations.c.id == messages.c.conversation_id)
         .where(messages.c.id.in_([r["message_id"] for r in rows]))
     )
-    by_id = {r.id: r for r in info}
+    by_id = {r.id: dict(r._mapping) for r in info}
     for r in rows:
         extra = by_id.get(r["message_id"])
-        r["wa_id"] = extra.wa_id if extra else None
-        r["conversation_id"] = extra.conversation_id if extra else None
+        r["wa_id"] = extra["wa_id"] if extra else None
+        r["conversation_id"] = extra["conversation_id"] if extra else None
+        if extra:
+            extra["content"] = json.loads(extra["content"]) if extra["content"] else None
+        r["message"] = extra
     return rows
 
 

@@ -4,6 +4,10 @@
 
 A fact whose message is not known yet (a status that beat the record of its send) is stored with
 ``message_id`` NULL; ``apply_recorded_statuses`` applies it once the message learns its wamid.
+
+Both return the messages as their events need them (``events.message_data``): the row, its content
+decoded, its contact (``wa_id``, ``contact_name``) and the Web session's number (``own_number``),
+read by the same statement that finds (and locks) the message.
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.db.conversations import clip, insert_ignore
+from control_plane.db.conversations import clip, conversations, insert_ignore
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import (
     PROVIDER_ID_LEN,
     dump_json,
-    get_message,
+    load_json,
     message_statuses,
     messages,
     move_up,
 )
+from control_plane.db.sessions import session_state
 from control_plane.statuses import STATUS_RANK, status_rank
 
 Fresh = dict[tuple[str, str], dict[str, Any]]  # (provider message id, status) -> the update
@@ -34,13 +39,16 @@ async def apply_status_updates(
 ) -> list[dict[str, Any]]:
     """Record status facts once per (tenant, provider_message_id, status) and move their messages up
     the ladder (never back). Each update: ``provider``, ``provider_message_id``, ``status``,
-    ``occurred_at``, optional ``recipient_id``, ``error_code``, ``error_message``, ``raw`` (JSON-able).
+    ``occurred_at``, optional ``recipient_id``, ``error_code``, ``error_message``, ``raw`` (JSON-able),
+    ``business_number`` (the business's number, as the provider reported it).
 
     Returns one dict per newly recorded fact whose message is known: ``message_id``,
     ``conversation_id``, ``provider``, ``provider_message_id``, ``status`` (this fact), ``message_status``
     (the message's status afterwards), ``changed`` (the status moved), ``occurred_at``, ``error_code``,
-    ``error_message``, ``recipient_id``. Facts for a wamid with no message yet are stored with
-    ``message_id`` NULL; ``apply_recorded_statuses`` applies them once the message learns its wamid.
+    ``error_message``, ``recipient_id``, ``message`` (the message after it: see the module docstring)
+    and ``business_number`` (the update's, else the Web session's number). Facts for a wamid with no
+    message yet are stored with ``message_id`` NULL; ``apply_recorded_statuses`` applies them once the
+    message learns its wamid.
     """
     fresh: Fresh = {}
     for upd in updates:
@@ -88,7 +96,7 @@ async def _lock_messages(
     pmids = sorted({k[0] for k in fresh})
     providers = sorted({upd["provider"] for upd in fresh.values()})
     result = await conn.execute(
-        sa.select(messages)
+        _select_messages()
         .where(
             messages.c.tenant_id == tenant_id,
             messages.c.provider.in_(providers),
@@ -99,9 +107,42 @@ async def _lock_messages(
     )
     known: dict[tuple[str | None, str], dict[str, Any]] = {}
     for row in result:
-        m = dict(row._mapping)
+        m = _message_row(row)
         known[(m["provider"], m["provider_message_id"])] = m
     return known
+
+
+def _select_messages() -> sa.Select[Any]:
+    """Messages with their contact and the Web session's number: scalar subqueries, which a locking
+    read does not lock (a JOIN would lock the conversation rows as well)."""
+    conv, m = conversations.c, messages.c
+    return sa.select(
+        messages,
+        sa.select(conv.wa_id).where(conv.id == m.conversation_id).scalar_subquery().label("wa_id"),
+        sa.select(conv.contact_name)
+        .where(conv.id == m.conversation_id)
+        .scalar_subquery()
+        .label("contact_name"),
+        sa.select(session_state.c.own_number)
+        .where(session_state.c.tenant_id == m.tenant_id)
+        .scalar_subquery()
+        .label("own_number"),
+    )
+
+
+def _message_row(row: Any) -> dict[str, Any]:
+    m = dict(row._mapping)
+    m["content"] = load_json(m["content"])
+    return m
+
+
+def _business_number(msg: dict[str, Any], upd: dict[str, Any]) -> str | None:
+    """The business's number for a status event: the provider's (Cloud: the webhook's display number),
+    else the Web session's own number."""
+    number: str | None = upd.get("business_number")
+    if number is None and msg["provider"] == "web":
+        number = msg.get("own_number")
+    return number
 
 
 def _fact_row(
@@ -142,6 +183,8 @@ async def _move_message(
             "recipient_id": upd.get("recipient_id"),
             "error_code": upd.get("error_code"),
             "error_message": upd.get("error_message"),
+            "message": msg,
+            "business_number": _business_number(msg, upd),
         }
         for upd in upds
     ]
@@ -151,8 +194,13 @@ async def apply_recorded_statuses(
     conn: AsyncConnection, tenant_id: str, message_id: str
 ) -> dict[str, Any] | None:
     """Apply status facts that arrived before the message knew its provider id (a webhook racing the
-    send response). Call after setting ``provider``/``provider_message_id``. Returns the row."""
-    msg = await get_message(conn, tenant_id, message_id)
+    send response). Call after setting ``provider``/``provider_message_id``. Returns the row (see the
+    module docstring)."""
+    result = await conn.execute(
+        _select_messages().where(messages.c.tenant_id == tenant_id, messages.c.id == message_id)
+    )
+    found = result.first()
+    msg = _message_row(found) if found is not None else None
     if msg is None or not msg["provider_message_id"]:
         return msg
     result = await conn.execute(

@@ -44,6 +44,22 @@ class ResponseModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+COMPONENT_REF = "#/components/schemas/{model}"
+CONFORMS_TO = "x-conforms-to"
+
+
+def conforms_to(component: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` of a response model whose objects also satisfy a schema the OpenAPI
+    document holds apart from the models (``components.schemas[component]``, e.g. the message shape's
+    JSON Schema). The model's schema is marked ``x-conforms-to: component``; the document builder
+    turns the mark into ``allOf: [{"$ref": ...}]`` (pydantic refuses references it did not make)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema[CONFORMS_TO] = component
+
+    return extra
+
+
 class Ok(ResponseModel):
     ok: bool = True
 

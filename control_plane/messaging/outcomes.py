@@ -3,13 +3,15 @@
 Every outcome has ``message_id``, ``kind``, ``provider`` and ``reason`` (the route's reason, kept in
 the message's history); by kind:
 
-    sent      provider_message_id, conversation_id, wa_id, at: the provider accepted it
-    failed    error_code, error_message, conversation_id, wa_id: final
+    sent      provider_message_id, conversation_id, wa_id, at, message: the provider accepted it
+    failed    error_code, error_message, conversation_id, wa_id, message: final
     retry     next_attempt_at, error_code, error_message: queued again with backoff
     defer     next_attempt_at: queued again, not an attempt (pacing, a held tenant)
     unknown   next_attempt_at (the reconcile deadline), error_message: the provider may have it
 
-``outbox_db.record_sent`` / ``record_outcomes`` store them in the recorder's group commit.
+``message`` is the claimed row (the message's type, content, created_at, contact: what the recorder's
+events show, ``events.message_data``). ``outbox_db.record_sent`` / ``record_outcomes`` store them in
+the recorder's group commit.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def sent(row: dict[str, Any], provider: str, provider_message_id: str, reason: s
         "wa_id": row["wa_id"],
         "reason": reason,
         "at": utcnow(),
+        "message": row,
     }
 
 
@@ -54,6 +57,7 @@ def failed(row: dict[str, Any], provider: str | None, code: Any, message: str, r
         "reason": reason,
         "conversation_id": row.get("conversation_id"),
         "wa_id": row.get("wa_id"),
+        "message": row,
     }
 
 

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 from control_plane import events as event_types
-from control_plane.db import conversations as conversations_db
 from control_plane.db import messages as messages_db
 from control_plane.db import outbox as outbox_db
 from control_plane.db.batch import GroupCommit
@@ -214,37 +213,71 @@ class Recorder:
                 before = await messages_db.get_message(conn, tenant_id, message_id)
                 after = await apply_recorded_statuses(conn, tenant_id, message_id)
                 if before and after and after["status"] != before["status"]:
-                    conv = await conversations_db.get_conversation(conn, tenant_id, after["conversation_id"])
-                    after["wa_id"] = conv["wa_id"] if conv else None
-                    unit.add(tenant_id, event_types.MESSAGE_STATUS, _moved(after, after))
+                    unit.add(tenant_id, event_types.MESSAGE_STATUS, _moved(after))
 
 
-def _moved(row: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """``message.status`` data for a message that moved to ``after``'s status."""
-    return event_types.status_data(
-        row, after["status"], after["updated_at"], after.get("error_code"), after.get("error_message")
+def _web_number(row: dict[str, Any]) -> str | None:
+    """The business's number of an outbound message: the Web session's (the Cloud API's display
+    number is not stored)."""
+    return row.get("own_number") if row.get("provider") == "web" else None
+
+
+def _moved(after: dict[str, Any]) -> dict[str, Any]:
+    """``message.status`` data for a message (``apply_recorded_statuses``' row) that moved to its
+    status."""
+    error = None
+    if after["status"] == "failed":
+        error = event_types.message_error(after.get("error_code"), after.get("error_message"))
+    return event_types.message_data(
+        after, business=_web_number(after), timestamp=after["updated_at"], error=error
     )
+
+
+def _outcome_message(o: dict[str, Any], status: str) -> dict[str, Any]:
+    """An outcome's message as ``events.message_data`` reads a row: the claimed row's type, content,
+    created_at and contact (``o["message"]``: ``outbox_db.claim``'s or ``list_unknown``'s), and what
+    the send came to."""
+    claimed = o.get("message") or {}
+    return {
+        "id": o["message_id"],
+        "conversation_id": o.get("conversation_id"),
+        "direction": "outbound",
+        "provider": o.get("provider"),
+        "provider_message_id": o.get("provider_message_id") if status == "sent" else None,
+        "type": claimed.get("type"),
+        "content": claimed.get("content"),
+        "status": status,
+        "created_at": claimed.get("created_at"),
+        "wa_id": o.get("wa_id"),
+        "contact_name": claimed.get("contact_name"),
+        "own_number": claimed.get("own_number"),
+    }
 
 
 async def _sent_events(
     conn: Any, tenant_id: str, o: dict[str, Any], now: dt.datetime, raced: set[tuple[str, str]]
 ) -> list[Event]:
-    data = event_types.status_data(o, "sent", o.get("at") or now, None, None)
-    data["route_reason"] = o.get("reason")
+    row = _outcome_message(o, "sent")
+    data = event_types.message_data(
+        row, business=_web_number(row), timestamp=o.get("at") or now, route_reason=o.get("reason")
+    )
     events: list[Event] = [(tenant_id, event_types.MESSAGE_SENT, data)]
     if (tenant_id, o["provider_message_id"]) in raced:  # a status beat our record: apply it
         after = await apply_recorded_statuses(conn, tenant_id, o["message_id"])
         if after and after["status"] != "sent":
-            row = {**o, "provider_message_id": after["provider_message_id"]}
-            events.append((tenant_id, event_types.MESSAGE_STATUS, _moved(row, after)))
+            events.append((tenant_id, event_types.MESSAGE_STATUS, _moved(after)))
     return events
 
 
 def _failed_events(tenant_id: str, o: dict[str, Any], now: dt.datetime) -> list[Event]:
-    data = event_types.status_data(
-        {**o, "provider_message_id": None}, "failed", now, o.get("error_code"), o.get("error_message")
+    row = _outcome_message(o, "failed")
+    data = event_types.message_data(
+        row,
+        business=_web_number(row),
+        timestamp=now,
+        error=event_types.message_error(o.get("error_code"), o.get("error_message")),
+        route_reason=o.get("reason"),
     )
-    data["route_reason"] = o.get("reason")
     return [(tenant_id, event_types.MESSAGE_STATUS, data), (tenant_id, event_types.MESSAGE_FAILED, data)]
 
 
@@ -257,6 +290,7 @@ def _confirmed(row: dict[str, Any], provider: str, fact: dict[str, Any]) -> dict
         "provider_message_id": fact["provider_message_id"],
         "conversation_id": row["conversation_id"],
         "wa_id": row["wa_id"],
+        "message": row.get("message"),
         "reason": f"{row['route_reason'] or 'sent'}; recovered after an unknown outcome: "
         f"the provider confirmed {fact['provider_message_id'][:40]}",
     }

@@ -192,7 +192,7 @@ def change_item(msg: dict[str, Any]) -> dict[str, Any] | None:
     return item
 
 
-def _status_item(st: dict[str, Any]) -> dict[str, Any] | None:
+def _status_item(st: dict[str, Any], business_number: str | None) -> dict[str, Any] | None:
     wamid, status = st.get("id"), st.get("status")
     if not isinstance(wamid, str) or not wamid or status not in KNOWN_STATUSES:
         return None
@@ -207,6 +207,7 @@ def _status_item(st: dict[str, Any]) -> dict[str, Any] | None:
         "error_code": code,
         "error_message": message,
         "raw": st,
+        "business_number": business_number,
     }
 
 
@@ -248,7 +249,7 @@ def _add_change(
         else:
             batch.messages.append(item)
     for st in _list(value.get("statuses")):
-        item = _status_item(st) if isinstance(st, dict) else None
+        item = _status_item(st, business_number) if isinstance(st, dict) else None
         if item is None:
             parsed.skipped_items += 1
         else:

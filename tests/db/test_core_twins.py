@@ -475,6 +475,8 @@ async def _sent_then_statuses(db: Any, tenant_id: str, ids: list[str], now: dt.d
         change = dict(change)
         change["message_id"] = ids.index(change["message_id"])
         del change["conversation_id"]
+        per_tenant = ("id", "tenant_id", "conversation_id", "created_at", "updated_at")
+        change["message"] = {k: v for k, v in change["message"].items() if k not in per_tenant}
         out.append(change)
     return out
 

@@ -103,6 +103,7 @@ async def configure_business(
     pnid = str(10**14 + secrets.randbelow(10**14))
     waba = str(10**14 + secrets.randbelow(10**14))
     token = "EAAG-" + secrets.token_hex(12)
+    app_secret = "secret-" + secrets.token_hex(8)
     fake.add_number(pnid, waba, token)
     if rate_limit is not None:
         fake.set_rate_limit(pnid, rate_limit)
@@ -115,12 +116,12 @@ async def configure_business(
             "phone_number_id": pnid,
             "waba_id": waba,
             "access_token": token,
-            "app_secret": "secret-" + secrets.token_hex(8),
+            "app_secret": app_secret,
             "verify_token": "verify-" + secrets.token_hex(8),
         },
     )
     assert resp.status == 201, await resp.text()
-    tenant.update(pnid=pnid, waba=waba, token=token)
+    tenant.update(pnid=pnid, waba=waba, token=token, app_secret=app_secret)
     return tenant
 
 

@@ -130,7 +130,7 @@ async def test_gateway_sent_message_is_not_stored_twice(app_client):
     assert sorted(r["provider_message_id"] for r in rows) == sorted([pmid, phone_id])
     assert (await get_message(app_client, tenant, accepted["id"]))["route_reason"] == "policy web_only"
     sent_events = await _events(app_client, tenant, "message.sent")
-    assert [e.get("origin") for e in sent_events] == [None, "phone"], sent_events
+    assert [e["origin"] for e in sent_events] == ["api", "phone"], sent_events
     # The gateway's own message still gets its acks.
     resp = await app_client.post(
         "/api/sandbox/ack", json={"id": pmid, "status": "read"}, headers=tenant["headers"]

@@ -103,7 +103,7 @@ def test_web_bridge_change_events():
         "message_reaction",
         {
             "id": "false_16505551234@c.us_REACT1",
-            "target_id": "true_16505551234@c.us_ABC",
+            "target": "true_16505551234@c.us_ABC",
             "actor": "16505551234@c.us",
             "emoji": "\N{THUMBS UP SIGN}",
             "timestamp_ms": 1739321024123,
@@ -118,10 +118,10 @@ def test_web_bridge_change_events():
         "occurred_at": AT.replace(microsecond=123000),
         "emoji": "\N{THUMBS UP SIGN}",
     }
-    edit = web_change_item("message_edit", {"id": "e1", "target_id": "m1", "actor": "1555", "body": "new"})
+    edit = web_change_item("message_edit", {"id": "e1", "target": "m1", "actor": "1555", "body": "new"})
     assert edit["kind"] == "edit" and edit["text"] == "new" and edit["occurred_at"] is None
-    revoke = web_change_item("message_revoke", {"id": "m1_revoke", "target_id": "m1"})
+    revoke = web_change_item("message_revoke", {"id": "m1_revoke", "target": "m1"})
     assert revoke["kind"] == "revoke" and revoke["actor"] is None
     assert web_change_item("message_revoke", {"id": "x"}) is None  # no target
-    assert web_change_item("message_edit", {"target_id": "m1"}) is None  # no id of its own
-    assert web_change_item("message", {"id": "x", "target_id": "y"}) is None
+    assert web_change_item("message_edit", {"target": "m1"}) is None  # no id of its own
+    assert web_change_item("message", {"id": "x", "target": "y"}) is None

@@ -45,6 +45,10 @@ def _row(content, **extra):
         "content": dump_json(content),
         "provider_message_id": "wamid.HBgL==",
         "provider_timestamp": dt.datetime(2024, 1, 2, 3, 4, 5, 678000),
+        # what a fast-path row (db.inbound._inbound_rows) has besides
+        "direction": "inbound",
+        "status": "received",
+        "created_at": dt.datetime(2024, 1, 2, 3, 4, 6, 123457),
     }
     row.update(extra)
     return row
@@ -59,6 +63,11 @@ def _row(content, **extra):
         {"contact_name": None, "provider_timestamp": None},
         {"conversation_id": True},
         {"type": "ünïcode\n"},
+        # columns other features add (the message shape reads them where present)
+        {"provider_user_id": "US.13491208655302741918", "author": "15550001111", "origin": "contact"},
+        {"edited_at": dt.datetime(2024, 1, 2, 3, 5), "deleted_at": dt.datetime(2024, 1, 2, 3, 6)},
+        {"reactions": [{"from": USER, "emoji": "👍", "timestamp": "2024-01-02T03:07:00.000Z"}]},
+        {"reactions": '[{"from":"1","emoji":"x","timestamp":null}]'},
     ],
 )
 def test_received_event_json_is_encode_data(content, to, extra):
