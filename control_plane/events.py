@@ -17,6 +17,7 @@ MESSAGE_RECEIVED = "message.received"
 MESSAGE_SENT = "message.sent"
 MESSAGE_STATUS = "message.status"
 MESSAGE_FAILED = "message.failed"
+CONVERSATION_MERGED = "conversation.merged"
 
 ALL_TYPES: frozenset[str] = frozenset(
     {
@@ -26,6 +27,7 @@ ALL_TYPES: frozenset[str] = frozenset(
         MESSAGE_SENT,
         MESSAGE_STATUS,
         MESSAGE_FAILED,
+        CONVERSATION_MERGED,
     }
 )
 

@@ -41,8 +41,13 @@ class LastMessage(ResponseModel):
 
 class ConversationOut(ResponseModel):
     id: int
-    wa_id: str = Field(description="The contact's canonical id (digits only)")
+    wa_id: str = Field(
+        description="The contact's canonical id: phone digits, or its business-scoped user id (BSUID) "
+        "while the number is unknown"
+    )
     contact_name: str | None = None
+    bsuid: str | None = Field(None, description="The contact's business-scoped user id (Meta's user_id)")
+    username: str | None = Field(None, description="The contact's WhatsApp username, when it has one")
     provider: str | None = Field(None, description="The road that last carried this conversation")
     unread_count: int
     last_message_at: UTCDateTime | None = None
@@ -145,6 +150,8 @@ async def list_conversations(request: web.Request, query: PageQuery) -> Conversa
                 id=r["id"],
                 wa_id=r["wa_id"],
                 contact_name=r["contact_name"],
+                bsuid=r.get("bsuid"),
+                username=r.get("username"),
                 provider=r["provider_last"],
                 unread_count=r["unread_count"],
                 last_message_at=r["last_message_at"],

@@ -23,9 +23,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane.db import contacts as contacts_db
 from control_plane.db import events as events_db
 from control_plane.db import inbound_sql, sql
 from control_plane.db.conversations import (
+    CONTACT_ID_LEN,
     canonical_wa_id,
     clip,
     conversations,
@@ -101,19 +103,32 @@ def _fresh_inbound(items: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dic
     return fresh
 
 
+def address(item: dict[str, Any], addresses: dict[str, str] | None) -> str:
+    """The conversation address of an inbound item's sender: where ``resolve_contacts`` (or the
+    writer's cache) put its BSUID, else its phone number's digits (or its BSUID)."""
+    bsuid = item.get("bsuid")
+    wa_id = (addresses.get(bsuid) if bsuid and addresses else None) or item["wa_id"]
+    if not wa_id.isdigit() or not wa_id.isascii():
+        wa_id = canonical_wa_id(wa_id) or "0"
+    return wa_id if len(wa_id) <= CONTACT_ID_LEN else wa_id[:CONTACT_ID_LEN]  # only a malformed one
+
+
 def _inbound_rows(
-    tenant_id: str, fresh: dict[tuple[str, str], dict[str, Any]], now: dt.datetime
+    tenant_id: str,
+    fresh: dict[tuple[str, str], dict[str, Any]],
+    now: dt.datetime,
+    addresses: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Message rows for new inbound items, in the given (delivery) order, ``created_at`` increasing;
-    ``_wa_id``/``_contact_name``/``_content``/``_to`` are kept aside for the conversations and events."""
+    ``_wa_id``/``_contact_name``/``_content``/``_to``/``_username`` are kept aside for the
+    conversations and events."""
     rows: list[dict[str, Any]] = []
     ids = new_message_ids(len(fresh))
     stamps = clock.stamps(tenant_id, len(fresh), now)
     for mid, at, ((provider, pmid), item) in zip(ids, stamps, fresh.items(), strict=True):
-        wa_id = item["wa_id"]
-        if not wa_id.isdigit() or not wa_id.isascii():
-            wa_id = canonical_wa_id(wa_id) or "0"
+        wa_id = address(item, addresses)
         kind = item.get("type") or "unknown"
+        raw = item.get("raw")
         rows.append(
             {
                 "id": mid,
@@ -130,8 +145,11 @@ def _inbound_rows(
                 "created_at": at,
                 "updated_at": now,
                 "provider_timestamp": item.get("provider_timestamp") or now,
-                "_wa_id": wa_id if len(wa_id) <= 32 else wa_id[:32],
+                "provider_user_id": item.get("bsuid"),
+                "raw": None if raw is None else dump_json(raw),
+                "_wa_id": wa_id,
                 "_contact_name": clip(item.get("contact_name"), 256),
+                "_username": item.get("username"),
                 "_content": item.get("content"),
                 "_to": item.get("to"),
             }
@@ -156,10 +174,16 @@ def _conversation_rows(tenant_id: str, rows: list[dict[str, Any]], now: dt.datet
                 "unread_count": 0,
                 "created_at": now,
                 "updated_at": now,
+                "bsuid": None,
+                "username": None,
             }
         c["unread_count"] += 1
         if r["_contact_name"]:
             c["contact_name"] = r["_contact_name"]
+        if r["provider_user_id"]:
+            c["bsuid"] = r["provider_user_id"]
+        if r["_username"]:
+            c["username"] = r["_username"]
         if r["provider_timestamp"] >= c["last_inbound_at"]:
             c["last_inbound_at"] = c["last_message_at"] = r["provider_timestamp"]
             c["last_message_id"] = r["id"]
@@ -254,14 +278,19 @@ async def record_inbound_messages(
     items: Iterable[dict[str, Any]],
     *,
     deferred: list[str] | None = None,
+    merged: list[contacts_db.Merge] | None = None,
 ) -> list[dict[str, Any]]:
     """Store inbound messages once per (tenant, provider, provider_message_id), in the given order;
-    create/refresh their conversations (contact name, last_inbound_at = the 24 h window, last
-    message, unread count).
+    create/refresh their conversations (contact name, BSUID, username, last_inbound_at = the 24 h
+    window, last message, unread count).
 
-    Each item: ``provider``, ``provider_message_id``, ``wa_id``, ``type``, ``content`` (JSON-able),
-    ``provider_timestamp`` (naive UTC), optional ``contact_name``. Returns the rows actually stored
-    (new ones only, content decoded, ``wa_id`` and ``contact_name`` added), in the given order.
+    Each item: ``provider``, ``provider_message_id``, ``wa_id`` (phone digits, or the BSUID when the
+    number is unknown), ``type``, ``content`` (JSON-able), ``provider_timestamp`` (naive UTC),
+    optional ``contact_name``, ``bsuid``, ``previous_bsuid``, ``username``, ``raw`` (the provider's
+    message object). Senders named by BSUID are resolved to their conversation first
+    (``contacts.resolve_contacts``; the merges it makes are appended to ``merged``). Returns the rows
+    actually stored (new ones only, content decoded, ``wa_id`` = the conversation's address and
+    ``contact_name`` added), in the given order.
 
     ``deferred`` (MariaDB only; ignored elsewhere): instead of running the messages INSERT now, append
     it to this list for the caller to send in one round trip with what follows (``run_deferred`` or the
@@ -275,8 +304,11 @@ async def record_inbound_messages(
     await _drop_stored(conn, tenant_id, fresh, raw)
     if not fresh:
         return []
+    addresses = None
+    if contacts_db.needs_resolution(fresh.values()):
+        addresses = await contacts_db.resolve_contacts(conn, tenant_id, fresh.values(), merged)
     now = utcnow()
-    rows = _inbound_rows(tenant_id, fresh, now)
+    rows = _inbound_rows(tenant_id, fresh, now, addresses)
     conv_ids = await _conversation_ids(conn, tenant_id, _conversation_rows(tenant_id, rows, now), raw)
     for r in rows:
         r["conversation_id"] = conv_ids[r["_wa_id"]]
@@ -287,13 +319,20 @@ async def record_inbound_messages(
 
 
 class InboundPlan:
-    """One tenant's new inbound messages, prepared for the fast path."""
+    """One tenant's new inbound messages, prepared for the fast path. ``addresses``: the conversation
+    address of each BSUID the items name (the writer knows them from earlier batches)."""
 
     __slots__ = ("conversations", "rows", "tenant_id")
 
-    def __init__(self, tenant_id: str, items: Iterable[dict[str, Any]], now: dt.datetime) -> None:
+    def __init__(
+        self,
+        tenant_id: str,
+        items: Iterable[dict[str, Any]],
+        now: dt.datetime,
+        addresses: dict[str, str] | None = None,
+    ) -> None:
         self.tenant_id = tenant_id
-        self.rows = _inbound_rows(tenant_id, _fresh_inbound(items), now)
+        self.rows = _inbound_rows(tenant_id, _fresh_inbound(items), now, addresses)
         self.conversations = _conversation_rows(tenant_id, self.rows, now)
 
     def wa_ids(self) -> list[str]:

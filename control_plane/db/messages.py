@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.compact_json import dict_encoder
 from control_plane.db.conversations import (  # noqa: F401  (importable from here)
+    CONTACT_ID_LEN,
     BigId,
     adopt_canonical_wa_id,
     canonical_wa_id,
@@ -70,6 +71,9 @@ messages = sa.Table(
     sa.Column("read_at", Timestamp, nullable=True),
     sa.Column("failed_at", Timestamp, nullable=True),
     sa.Column("provider_timestamp", Timestamp, nullable=True),
+    # The sender's BSUID (inbound Cloud API messages), and the provider's message object verbatim.
+    sa.Column("provider_user_id", sa.String(CONTACT_ID_LEN), nullable=True),
+    sa.Column("raw", LongText, nullable=True),
     sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
     sa.Index(
         "ix_messages_tenant_id_conversation_id_created_at_id",
@@ -91,7 +95,7 @@ message_statuses = sa.Table(
     sa.Column("provider_message_id", sa.String(PROVIDER_ID_LEN), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("occurred_at", Timestamp, nullable=True),
-    sa.Column("recipient_id", sa.String(32), nullable=True),
+    sa.Column("recipient_id", sa.String(CONTACT_ID_LEN), nullable=True),  # phone digits or a BSUID
     sa.Column("error_code", sa.String(64), nullable=True),
     sa.Column("error_message", sa.Text, nullable=True),
     sa.Column("raw", LongText, nullable=True),

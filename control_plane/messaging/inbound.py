@@ -21,6 +21,12 @@ MariaDB, inbound messages only (the common case): the fast path (``db.inbound.st
 duplicate check first; a wamid stored before fails the INSERT, the batch is rolled back and stored
 the careful way (``record_inbound_messages``: check, then write). Elsewhere, or with statuses or
 phone messages: the careful way at once.
+
+Contacts named by a BSUID (``db/contacts.py``): the careful way resolves each BSUID to its
+conversation, merging a BSUID-only conversation into the phone number's when a message names both
+(``conversation.merged``, published before the batch's messages); the writer then remembers where
+each BSUID lives, and later messages from it take the fast path. A message whose BSUID is new, or
+that brings a phone number the writer has not seen with that BSUID, goes the careful way.
 """
 
 from __future__ import annotations
@@ -88,6 +94,8 @@ class InboundService:
         # never changes; a stale entry (its tenant deleted) fails the fast path's INSERT, which then
         # falls back to the careful path and forgets the batch's entries.
         self._conversation_ids: dict[tuple[str, str], int] = {}
+        # (tenant_id, BSUID) -> its conversation's address, learned from committed batches.
+        self._bsuid_addresses: dict[tuple[str, str], str] = {}
         self.stats = IngestStats()
         self._writer: GroupCommit[Delivery] = GroupCommit(
             self._store, name="inbound", max_batch=max_batch, on_lost=self.drop_connection
@@ -143,9 +151,10 @@ class InboundService:
         events = self._events()
         conn = await self._connection()
         try:
-            if self._driver is not None and events is not None and _messages_only(per_tenant):
+            addresses = self._addresses(per_tenant) if _messages_only(per_tenant) else None
+            if self._driver is not None and events is not None and addresses is not None:
                 try:
-                    stored = await self._store_fast(per_tenant, events)
+                    stored = await self._store_fast(per_tenant, events, addresses)
                 except IntegrityError:
                     # A wamid stored before (a redelivery), or a conversation gone with its tenant:
                     # all of it was rolled back; the careful path checks first, stores what is new.
@@ -191,10 +200,48 @@ class InboundService:
         for tenant_id, part in per_tenant.items():
             for _kind, items in part.runs:
                 for item in items:
-                    wa_id = inbound_db.canonical_wa_id(item["wa_id"])[:32] or "0"
-                    self._conversation_ids.pop((tenant_id, wa_id), None)
+                    self._conversation_ids.pop((tenant_id, inbound_db.address(item, None)), None)
+                    # Where a BSUID lives stays known: the careful way checks it, and corrects it.
+                    address = self._bsuid_addresses.get((tenant_id, item.get("bsuid") or ""))
+                    if address is not None:
+                        self._conversation_ids.pop((tenant_id, address), None)
 
-    async def _store_fast(self, per_tenant: dict[str, _TenantBatch], events: EventLog) -> int:
+    def _addresses(self, per_tenant: dict[str, _TenantBatch]) -> dict[str, dict[str, str]] | None:
+        """Per tenant, the conversation address of each BSUID the batch names, when every one is
+        known and settled (a message bringing a phone number must find it there already); else None:
+        the careful way resolves them (and merges)."""
+        known = self._bsuid_addresses
+        out: dict[str, dict[str, str]] = {}
+        for tenant_id, part in per_tenant.items():
+            for _kind, items in part.runs:
+                for item in items:
+                    bsuid = item.get("bsuid")
+                    if item.get("previous_bsuid"):  # the user's BSUID changed: the careful way
+                        return None
+                    if bsuid is None:
+                        continue
+                    address = known.get((tenant_id, bsuid))
+                    if address is None or (item["wa_id"] != bsuid and item["wa_id"] != address):
+                        return None
+                    out.setdefault(tenant_id, {})[bsuid] = address
+        return out
+
+    def _learn(self, tenant_id: str, rows: list[dict[str, Any]], merges: list[dict[str, Any]]) -> None:
+        """After a commit: where the batch's BSUIDs live, and which conversations are gone."""
+        if len(self._bsuid_addresses) > KNOWN_CONVERSATIONS_MAX:
+            self._bsuid_addresses.clear()
+        for merge in merges:
+            self._conversation_ids.pop((tenant_id, merge["bsuid"]), None)
+        for row in rows:
+            bsuid = row.get("provider_user_id")
+            if bsuid:
+                self._bsuid_addresses[(tenant_id, bsuid)] = row["wa_id"]
+                if row["wa_id"] != bsuid:  # a BSUID-only conversation took a phone number
+                    self._conversation_ids.pop((tenant_id, bsuid), None)
+
+    async def _store_fast(
+        self, per_tenant: dict[str, _TenantBatch], events: EventLog, addresses: dict[str, dict[str, str]]
+    ) -> int:
         """MariaDB, inbound messages only: one round trip (conversations upsert, plain messages INSERT,
         event-log append) and the COMMIT; one more first when a contact's conversation id is not
         known yet. Returns the number of messages stored."""
@@ -202,7 +249,9 @@ class InboundService:
         plans = [
             plan
             for plan in (
-                inbound_db.InboundPlan(tenant_id, per_tenant[tenant_id].runs[0][1], now)
+                inbound_db.InboundPlan(
+                    tenant_id, per_tenant[tenant_id].runs[0][1], now, addresses.get(tenant_id)
+                )
                 for tenant_id in sorted(per_tenant)  # one lock order for every writer
             )
             if plan.rows
@@ -248,6 +297,7 @@ class InboundService:
         counts = [0, 0, 0]
         # MariaDB: the messages INSERTs go out with the event-log append, in one round trip.
         deferred: list[str] | None = [] if self._driver is not None else None
+        learned: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]]]] = []
         async with store_then_publish(_transaction(conn), events) as unit:
             for tenant_id in sorted(per_tenant):  # one lock order for every writer
                 part = per_tenant[tenant_id]
@@ -257,7 +307,8 @@ class InboundService:
                             await inbound_db.run_deferred(conn, deferred)
                         counts[2] += await _store_phone(unit, tenant_id, items)
                     else:
-                        counts[0] += await _store_inbound(unit, tenant_id, items, deferred)
+                        learned.append(await _store_inbound(unit, tenant_id, items, deferred))
+                        counts[0] += len(learned[-1][1])
                 if part.statuses:
                     if deferred:  # statuses read messages: store this batch's first
                         await inbound_db.run_deferred(conn, deferred)
@@ -268,6 +319,8 @@ class InboundService:
                     await inbound_db.run_deferred(conn, deferred)
                 else:
                     unit.appended(await inbound_db.append_after(conn, deferred, prepared.rows))
+        for tenant_id, rows, merges in learned:
+            self._learn(tenant_id, rows, merges)
         return counts[0], counts[1], counts[2]
 
 
@@ -276,8 +329,14 @@ class InboundService:
 
 async def _store_inbound(
     unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]], deferred: list[str] | None
-) -> int:
-    rows = await inbound_db.record_inbound_messages(unit.conn, tenant_id, items, deferred=deferred)
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Store and publish (merges first, then the messages); (tenant, stored rows, merges)."""
+    merges: list[dict[str, Any]] = []
+    rows = await inbound_db.record_inbound_messages(
+        unit.conn, tenant_id, items, deferred=deferred, merged=merges
+    )
+    for merge in merges:
+        unit.add(tenant_id, event_types.CONVERSATION_MERGED, merge)
     to = {m["provider_message_id"]: m.get("to") for m in items}
     for r in rows:
         unit.add(
@@ -285,7 +344,7 @@ async def _store_inbound(
             event_types.MESSAGE_RECEIVED,
             event_types.received_event(r, to.get(r["provider_message_id"])),
         )
-    return len(rows)
+    return tenant_id, rows, merges
 
 
 async def _store_phone(unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]]) -> int:
@@ -343,7 +402,8 @@ def _delivery_order(items: list[dict[str, Any]], deliveries: list[int]) -> list[
     first: dict[tuple[int, str], dt.datetime] = {}
     keyed = []
     for pos, (item, number) in enumerate(zip(items, deliveries, strict=True)):
-        at = first.setdefault((number, item["wa_id"]), item.get("provider_timestamp") or _EPOCH)
+        contact = item.get("bsuid") or item["wa_id"]
+        at = first.setdefault((number, contact), item.get("provider_timestamp") or _EPOCH)
         keyed.append((at, number, pos, item))
     keyed.sort(key=lambda k: k[:3])
     return [k[3] for k in keyed]
