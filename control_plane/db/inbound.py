@@ -107,7 +107,7 @@ def address(item: dict[str, Any], addresses: dict[str, str] | None) -> str:
     """The conversation address of an inbound item's sender: where ``resolve_contacts`` (or the
     writer's cache) put its BSUID, else its phone number's digits (or its BSUID)."""
     bsuid = item.get("bsuid")
-    wa_id = (addresses.get(bsuid) if bsuid and addresses else None) or item["wa_id"]
+    wa_id = item["wa_id"] if bsuid is None or not addresses else addresses.get(bsuid) or item["wa_id"]
     if not wa_id.isdigit() or not wa_id.isascii():
         wa_id = canonical_wa_id(wa_id) or "0"
     return wa_id if len(wa_id) <= CONTACT_ID_LEN else wa_id[:CONTACT_ID_LEN]  # only a malformed one
