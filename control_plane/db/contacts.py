@@ -133,7 +133,7 @@ async def _rename(conn: AsyncConnection, tenant_id: str, old: str, new: str) -> 
     if taken.first() is not None:
         return
     now = utcnow()
-    mine = sa.and_(c.tenant_id == tenant_id)
+    mine = c.tenant_id == tenant_id
     await conn.execute(
         conversations.update().where(mine, c.wa_id == old).values(wa_id=new, bsuid=new, updated_at=now)
     )
