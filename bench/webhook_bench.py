@@ -145,7 +145,7 @@ def api(base: str, method: str, path: str, body: dict, token: str) -> dict:
         return json.loads(resp.read())
 
 
-def make_bodies(path: Path, count: int, prefix: str) -> int:
+def make_bodies(path: Path, count: int, prefix: str, bsuid: bool = False) -> int:
     """``count`` lines ``<signature>\\t<body>``: unique wamids, Meta-shaped, ASCII-escaped, signed."""
     secret = APP_SECRET.encode()
     ts = str(int(time.time()))
@@ -153,6 +153,16 @@ def make_bodies(path: Path, count: int, prefix: str) -> int:
     with path.open("w") as fh:
         for n in range(count):
             wamid = f"wamid.HBgL{prefix}{n:09d}AgASGBQzQTRBQTJCRjNBNEI3QjFGNUFBAA=="
+            contact = {"profile": {"name": "Sheena Nelson"}, "wa_id": f"1650555{n % 1000:04d}"}
+            message = {
+                "from": f"1650555{n % 1000:04d}",
+                "id": wamid,
+                "timestamp": ts,
+                "type": "text",
+                "text": {"body": "Does it come in another color? Olá, größer?"},
+            }
+            if bsuid:  # what Meta sends since April 2026: the user's business-scoped user id too
+                contact["user_id"] = message["from_user_id"] = f"US.1349120865530274{n % 1000:04d}"
             payload = {
                 "object": "whatsapp_business_account",
                 "entry": [
@@ -167,21 +177,8 @@ def make_bodies(path: Path, count: int, prefix: str) -> int:
                                         "display_phone_number": "15550783881",
                                         "phone_number_id": PNID,
                                     },
-                                    "contacts": [
-                                        {
-                                            "profile": {"name": "Sheena Nelson"},
-                                            "wa_id": f"1650555{n % 1000:04d}",
-                                        }
-                                    ],
-                                    "messages": [
-                                        {
-                                            "from": f"1650555{n % 1000:04d}",
-                                            "id": wamid,
-                                            "timestamp": ts,
-                                            "type": "text",
-                                            "text": {"body": "Does it come in another color? Olá, größer?"},
-                                        }
-                                    ],
+                                    "contacts": [contact],
+                                    "messages": [message],
                                 },
                             }
                         ],
@@ -271,6 +268,12 @@ def main() -> None:
         help="bodies generated per app round = duration x this (unique wamids)",
     )
     parser.add_argument(
+        "--bsuid",
+        action="store_true",
+        help="each message also names its sender's business-scoped user id (from_user_id, "
+        "contacts[].user_id), as Meta's webhooks do since April 2026",
+    )
+    parser.add_argument(
         "--json", action="store_true", help="also print the headline figures as one JSON line, last"
     )
     args = parser.parse_args()
@@ -332,10 +335,10 @@ def main() -> None:
         script = tmp / "webhook.lua"
         script.write_text(LUA)
         bare_bodies = tmp / "bare.txt"
-        body_size = make_bodies(bare_bodies, 20_000, "BARE")
+        body_size = make_bodies(bare_bodies, 20_000, "BARE", args.bsuid)
         # warm-up (connections, caches, JIT of the Lua) on both, not counted
         warm = tmp / "warm.txt"
-        make_bodies(warm, 5_000, "WARM")
+        make_bodies(warm, 5_000, "WARM", args.bsuid)
         for url in (bare_base + PATH, app_base + PATH):
             subprocess.run(
                 [wrk, "-t2", "-c10", "-d2s", "-s", str(script), url, "--", str(warm), "2"],
@@ -359,7 +362,7 @@ def main() -> None:
                 flush=True,
             )
             bodies = tmp / "app.txt"
-            make_bodies(bodies, args.duration * args.max_rps, f"R{rnd}X")
+            make_bodies(bodies, args.duration * args.max_rps, f"R{rnd}X", args.bsuid)
             before = count_rows(engine)
             r = run_measured(
                 wrk, app_base + PATH, script, bodies, args, {"app": procs[0].pid, "mariadb": db_pid}

@@ -23,6 +23,7 @@ MESSAGE_FAILED = "message.failed"
 MESSAGE_EDITED = "message.edited"
 MESSAGE_DELETED = "message.deleted"
 MESSAGE_REACTION = "message.reaction"
+CONVERSATION_MERGED = "conversation.merged"
 
 ALL_TYPES: frozenset[str] = frozenset(
     {
@@ -35,6 +36,7 @@ ALL_TYPES: frozenset[str] = frozenset(
         MESSAGE_EDITED,
         MESSAGE_DELETED,
         MESSAGE_REACTION,
+        CONVERSATION_MERGED,
     }
 )
 

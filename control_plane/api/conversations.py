@@ -46,11 +46,14 @@ class LastMessage(ResponseModel):
 class ConversationOut(ResponseModel):
     id: int
     wa_id: str = Field(
-        description="The contact's canonical id (digits only); a WhatsApp Web group's id (`<id>@g.us`); "
-        "`<n>@lid` for a Web contact whose number WhatsApp Web does not know"
+        description="The contact's canonical id: phone digits, or its business-scoped user id (BSUID) "
+        "while the number is unknown; a WhatsApp Web group's id (`<id>@g.us`); `<n>@lid` for a Web "
+        "contact whose number WhatsApp Web does not know"
     )
     kind: str = Field("individual", description="`group` (a WhatsApp Web group) or `individual`")
     contact_name: str | None = None
+    bsuid: str | None = Field(None, description="The contact's business-scoped user id (Meta's user_id)")
+    username: str | None = Field(None, description="The contact's WhatsApp username, when it has one")
     provider: str | None = Field(None, description="The road that last carried this conversation")
     unread_count: int
     last_message_at: UTCDateTime | None = None
@@ -153,6 +156,8 @@ async def list_conversations(request: web.Request, query: PageQuery) -> Conversa
                 wa_id=r["wa_id"],
                 kind=r.get("kind") or "individual",
                 contact_name=r["contact_name"],
+                bsuid=r.get("bsuid"),
+                username=r.get("username"),
                 provider=r["provider_last"],
                 unread_count=r["unread_count"],
                 last_message_at=r["last_message_at"],

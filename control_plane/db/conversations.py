@@ -1,8 +1,13 @@
-"""Conversations: one per (tenant, contact wa_id), whichever provider carried its messages.
+"""Conversations: one per (tenant, contact), whichever provider carried its messages.
 
-``canonical_wa_id`` is the contact key (digits only). ``upsert_conversations`` is the multi-row
-upsert the inbound writers use (counts add up, times only move forward); its written-out MariaDB twin
-is in ``db/inbound_sql.py``.
+A contact is known by its phone number, by its business-scoped user id (BSUID: Meta's id for a
+WhatsApp user who may hide the number behind a username, ``US.13491208655302741918``), or both.
+``wa_id`` is the conversation's address: the phone number's digits when known, else the BSUID
+(``canonical_wa_id`` gives either); ``bsuid`` and ``username`` are what Meta last told us.
+``db/contacts.py`` resolves a BSUID to its conversation and merges a BSUID-only conversation into
+the phone number's when Meta tells us both. ``upsert_conversations`` is the multi-row upsert the
+inbound writers use (counts add up, times only move forward, a known BSUID or username is kept when
+absent); its written-out MariaDB twin is in ``db/inbound_sql.py``.
 """
 
 from __future__ import annotations
@@ -21,13 +26,17 @@ from control_plane.db.metadata import TenantId, Timestamp, metadata
 
 # BIGINT on MariaDB; INTEGER on SQLite (only INTEGER PRIMARY KEY autoincrements there).
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# A contact id: phone digits (<= 15) or a BSUID (two letters, a dot, "ENT." for a parent BSUID, up to
+# 128 letters and digits: at most 135 characters). Room to spare, never cut: see ``is_bsuid``.
+CONTACT_ID_LEN = 160
+USERNAME_LEN = 256
 
 conversations = sa.Table(
     "conversations",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("wa_id", sa.String(32), nullable=False),
+    sa.Column("wa_id", sa.String(CONTACT_ID_LEN), nullable=False),
     sa.Column("contact_name", sa.String(256), nullable=True),
     sa.Column("provider_last", sa.String(20), nullable=True),
     sa.Column("last_inbound_at", Timestamp, nullable=True),
@@ -36,10 +45,14 @@ conversations = sa.Table(
     sa.Column("unread_count", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
-    # 'group' (a WhatsApp Web group: wa_id ``<id>@g.us``) or 'individual' (migration 0010).
+    # 'group' (a WhatsApp Web group: wa_id ``<id>@g.us``) or 'individual' (migration 0008).
     sa.Column("kind", sa.String(16), nullable=False, server_default="individual"),
+    sa.Column("bsuid", sa.String(CONTACT_ID_LEN), nullable=True),
+    sa.Column("username", sa.String(USERNAME_LEN), nullable=True),
     sa.UniqueConstraint("tenant_id", "wa_id"),
     sa.Index("ix_conversations_tenant_id_last_message_at", "tenant_id", "last_message_at"),
+    # Not unique: two nodes may each start one for a new contact; db/contacts.py merges them.
+    sa.Index("ix_conversations_tenant_id_bsuid", "tenant_id", "bsuid"),
 )
 
 
@@ -50,12 +63,25 @@ _KEPT_ID = re.compile(r"([0-9][0-9-]{0,25})@(g\.us|lid)")
 _PHONE_SERVERS = ("c.us", "s.whatsapp.net")
 
 
+# Meta's format: an ISO country code, a dot, up to 128 letters and digits; a parent BSUID (shared by
+# a business's portfolios) has "ENT." after the country code: US.ENT.11815799212886844830.
+_BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}\Z")
+
+
+def is_bsuid(value: object) -> bool:
+    """A business-scoped user id (``US.13491208655302741918``), as opposed to a phone number."""
+    return isinstance(value, str) and len(value) > 3 and value[2] == "." and _BSUID.match(value) is not None
+
+
 def canonical_wa_id(number: str) -> str:
-    """Digits only: ``+1 (650) 555-1234`` -> ``16505551234``. One conversation per canonical id.
+    """Digits only: ``+1 (650) 555-1234`` -> ``16505551234``; a BSUID as it is. One conversation per
+    canonical id.
 
     WhatsApp Web ids: ``15551234567@c.us`` -> ``15551234567``; a group ``120363...@g.us`` and an
     unresolved ``<n>@lid`` contact are kept whole (their digits are no phone number); any other
     (``status@broadcast``, newsletters) -> ``""``: no conversation."""
+    if is_bsuid(number):
+        return number
     if number and "@" in number:
         kept = _KEPT_ID.fullmatch(number.strip().lower())
         if kept is not None:
@@ -104,15 +130,21 @@ async def get_or_create_conversation(
     contact_name: str | None = None,
     provider: str | None = None,
 ) -> dict[str, Any]:
-    """The tenant's conversation with this contact (created when missing; safe under concurrency)."""
+    """The tenant's conversation with this contact (created when missing; safe under concurrency).
+    A BSUID finds the conversation that knows it (its phone number's, when Meta told us both)."""
     wa_id = canonical_wa_id(wa_id)
     if not wa_id:
         raise ValueError("wa_id must contain digits")
+    if is_bsuid(wa_id):
+        known = await conversation_by_bsuid(conn, tenant_id, wa_id)
+        if known is not None:
+            wa_id = known["wa_id"]
     now = utcnow()
     stmt = dialect_insert(conn, conversations).values(
         tenant_id=tenant_id,
         wa_id=wa_id,
         kind=conversation_kind(wa_id),
+        bsuid=wa_id if is_bsuid(wa_id) else None,
         contact_name=clip(contact_name, 256),
         provider_last=provider,
         unread_count=0,
@@ -157,6 +189,20 @@ async def get_conversation_by_wa_id(
         sa.select(conversations).where(
             conversations.c.tenant_id == tenant_id, conversations.c.wa_id == canonical_wa_id(wa_id)
         )
+    )
+    row = result.first()
+    return dict(row._mapping) if row else None
+
+
+async def conversation_by_bsuid(conn: AsyncConnection, tenant_id: str, bsuid: str) -> dict[str, Any] | None:
+    """The conversation that knows this BSUID: the phone number's when there is one, else the
+    BSUID-only one (``wa_id`` = the BSUID)."""
+    c = conversations.c
+    result = await conn.execute(
+        sa.select(conversations)
+        .where(c.tenant_id == tenant_id, sa.or_(c.bsuid == bsuid, c.wa_id == bsuid))
+        .order_by(sa.case((c.wa_id == bsuid, 1), else_=0), c.id)
+        .limit(1)
     )
     row = result.first()
     return dict(row._mapping) if row else None
@@ -209,7 +255,8 @@ async def mark_conversation_read(conn: AsyncConnection, tenant_id: str, conversa
 
 
 async def upsert_conversations(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Multi-row upsert: counts add up, times only move forward, names are kept when absent."""
+    """Multi-row upsert: counts add up, times only move forward, names (and a BSUID, a username) are
+    kept when absent."""
     stmt: Any
     if conn.dialect.name == "sqlite":
         stmt = sqlite_dialect.insert(conversations)
@@ -220,6 +267,8 @@ async def upsert_conversations(conn: AsyncConnection, rows: list[dict[str, Any]]
             index_elements=["tenant_id", "wa_id"],
             set_={
                 "contact_name": sa.func.coalesce(ex.contact_name, c.contact_name),
+                "bsuid": sa.func.coalesce(ex.bsuid, c.bsuid),
+                "username": sa.func.coalesce(ex.username, c.username),
                 "provider_last": ex.provider_last,
                 "last_message_id": sa.case((newer, ex.last_message_id), else_=c.last_message_id),
                 "last_message_at": sa.case((newer, ex.last_message_at), else_=c.last_message_at),
@@ -244,6 +293,8 @@ async def upsert_conversations(conn: AsyncConnection, rows: list[dict[str, Any]]
         stmt = stmt.on_duplicate_key_update(
             [
                 ("contact_name", sa.func.coalesce(ins.contact_name, c.contact_name)),
+                ("bsuid", sa.func.coalesce(ins.bsuid, c.bsuid)),
+                ("username", sa.func.coalesce(ins.username, c.username)),
                 ("provider_last", ins.provider_last),
                 ("last_message_id", sa.func.IF(newer, ins.last_message_id, c.last_message_id)),
                 ("last_message_at", sa.func.IF(newer, ins.last_message_at, c.last_message_at)),

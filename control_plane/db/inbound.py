@@ -23,14 +23,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from control_plane.db import contacts as contacts_db
 from control_plane.db import events as events_db
 from control_plane.db import inbound_sql, message_changes, sql
 from control_plane.db.conversations import (
+    CONTACT_ID_LEN,
     canonical_wa_id,
     clip,
     conversation_kind,
     conversations,
-    get_or_create_conversation,
     insert_ignore,
     upsert_conversations,
 )
@@ -40,10 +41,8 @@ from control_plane.db.messages import (
     dump_json,
     load_json,
     messages,
-    new_message_id,
     new_message_ids,
 )
-from control_plane.db.status_facts import apply_recorded_statuses
 from control_plane.statuses import MessageStatus
 
 _TICK = dt.timedelta(microseconds=1)
@@ -55,9 +54,10 @@ class TenantWork:
     """What one hand-over (a webhook delivery, a Web event) stores for one tenant, provider-neutral:
     inbound ``messages`` (``record_inbound_messages`` items), ``statuses`` (``apply_status_updates``
     items), ``phone`` messages (typed on the Web session's phone, or in the WhatsApp Business app:
-    ``record_phone_messages`` items), ``changes`` to stored messages (edits, revokes, reactions:
-    ``message_changes.record_changes`` items) and ``notices``: changes of webhook fields other than
-    messages (``webhooks/fields.py``: kept raw in ``provider_events``, applied, published after the rest)."""
+    ``phone_messages.record_phone_messages`` items), ``changes`` to stored messages (edits, revokes,
+    reactions: ``message_changes.record_changes`` items) and ``notices``: changes of webhook fields
+    other than messages (``webhooks/fields.py``: kept raw in ``provider_events``, applied, published
+    after the rest)."""
 
     tenant_id: str
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -107,19 +107,32 @@ def _fresh_inbound(items: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dic
     return fresh
 
 
+def address(item: dict[str, Any], addresses: dict[str, str] | None) -> str:
+    """The conversation address of an inbound item's sender: where ``resolve_contacts`` (or the
+    writer's cache) put its BSUID, else its phone number's digits (or its BSUID)."""
+    bsuid = item.get("bsuid")
+    wa_id = item["wa_id"] if bsuid is None or not addresses else addresses.get(bsuid) or item["wa_id"]
+    if not wa_id.isdigit() or not wa_id.isascii():
+        wa_id = canonical_wa_id(wa_id) or "0"
+    return wa_id if len(wa_id) <= CONTACT_ID_LEN else wa_id[:CONTACT_ID_LEN]  # only a malformed one
+
+
 def _inbound_rows(
-    tenant_id: str, fresh: dict[tuple[str, str], dict[str, Any]], now: dt.datetime
+    tenant_id: str,
+    fresh: dict[tuple[str, str], dict[str, Any]],
+    now: dt.datetime,
+    addresses: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Message rows for new inbound items, in the given (delivery) order, ``created_at`` increasing;
-    ``_wa_id``/``_contact_name``/``_content``/``_to`` are kept aside for the conversations and events."""
+    ``_wa_id``/``_contact_name``/``_content``/``_to``/``_username`` are kept aside for the
+    conversations and events."""
     rows: list[dict[str, Any]] = []
     ids = new_message_ids(len(fresh))
     stamps = clock.stamps(tenant_id, len(fresh), now)
     for mid, at, ((provider, pmid), item) in zip(ids, stamps, fresh.items(), strict=True):
-        wa_id = item["wa_id"]
-        if not wa_id.isdigit() or not wa_id.isascii():
-            wa_id = canonical_wa_id(wa_id) or "0"
+        wa_id = address(item, addresses)
         kind = item.get("type") or "unknown"
+        raw = item.get("raw")
         rows.append(
             {
                 "id": mid,
@@ -137,8 +150,11 @@ def _inbound_rows(
                 "updated_at": now,
                 "provider_timestamp": item.get("provider_timestamp") or now,
                 "author": clip(item.get("author"), 64),
-                "_wa_id": wa_id if len(wa_id) <= 32 else wa_id[:32],
+                "provider_user_id": item.get("bsuid"),
+                "raw": None if raw is None else dump_json(raw),
+                "_wa_id": wa_id,
                 "_contact_name": clip(item.get("contact_name"), 256),
+                "_username": item.get("username"),
                 "_content": item.get("content"),
                 "_to": item.get("to"),
             }
@@ -164,10 +180,16 @@ def _conversation_rows(tenant_id: str, rows: list[dict[str, Any]], now: dt.datet
                 "unread_count": 0,
                 "created_at": now,
                 "updated_at": now,
+                "bsuid": None,
+                "username": None,
             }
         c["unread_count"] += 1
         if r["_contact_name"]:
             c["contact_name"] = r["_contact_name"]
+        if r["provider_user_id"]:
+            c["bsuid"] = r["provider_user_id"]
+        if r["_username"]:
+            c["username"] = r["_username"]
         if r["provider_timestamp"] >= c["last_inbound_at"]:
             c["last_inbound_at"] = c["last_message_at"] = r["provider_timestamp"]
             c["last_message_id"] = r["id"]
@@ -262,15 +284,19 @@ async def record_inbound_messages(
     items: Iterable[dict[str, Any]],
     *,
     deferred: list[str] | None = None,
+    merged: list[contacts_db.Merge] | None = None,
 ) -> list[dict[str, Any]]:
     """Store inbound messages once per (tenant, provider, provider_message_id), in the given order;
-    create/refresh their conversations (contact name, last_inbound_at = the 24 h window, last
-    message, unread count).
+    create/refresh their conversations (contact name, BSUID, username, last_inbound_at = the 24 h
+    window, last message, unread count).
 
-    Each item: ``provider``, ``provider_message_id``, ``wa_id``, ``type``, ``content`` (JSON-able),
-    ``provider_timestamp`` (naive UTC), optional ``contact_name`` and ``author`` (a group message's
-    member). Returns the rows actually stored
-    (new ones only, content decoded, ``wa_id`` and ``contact_name`` added), in the given order.
+    Each item: ``provider``, ``provider_message_id``, ``wa_id`` (phone digits, or the BSUID when the
+    number is unknown), ``type``, ``content`` (JSON-able), ``provider_timestamp`` (naive UTC),
+    optional ``contact_name``, ``author`` (a group message's member), ``bsuid``, ``previous_bsuid``,
+    ``username``, ``raw`` (the provider's message object). Senders named by BSUID are resolved to
+    their conversation first (``contacts.resolve_contacts``; the merges it makes are appended to
+    ``merged``). Returns the rows actually stored (new ones only, content decoded, ``wa_id`` = the
+    conversation's address and ``contact_name`` added), in the given order.
 
     ``deferred`` (MariaDB only; ignored elsewhere): instead of running the messages INSERT now, append
     it to this list for the caller to send in one round trip with what follows (``run_deferred`` or the
@@ -284,8 +310,11 @@ async def record_inbound_messages(
     await _drop_stored(conn, tenant_id, fresh, raw)
     if not fresh:
         return []
+    addresses = None
+    if contacts_db.needs_resolution(fresh.values()):
+        addresses = await contacts_db.resolve_contacts(conn, tenant_id, fresh.values(), merged)
     now = utcnow()
-    rows = _inbound_rows(tenant_id, fresh, now)
+    rows = _inbound_rows(tenant_id, fresh, now, addresses)
     conv_ids = await _conversation_ids(conn, tenant_id, _conversation_rows(tenant_id, rows, now), raw)
     for r in rows:
         r["conversation_id"] = conv_ids[r["_wa_id"]]
@@ -296,13 +325,20 @@ async def record_inbound_messages(
 
 
 class InboundPlan:
-    """One tenant's new inbound messages, prepared for the fast path."""
+    """One tenant's new inbound messages, prepared for the fast path. ``addresses``: the conversation
+    address of each BSUID the items name (the writer knows them from earlier batches)."""
 
     __slots__ = ("conversations", "rows", "tenant_id")
 
-    def __init__(self, tenant_id: str, items: Iterable[dict[str, Any]], now: dt.datetime) -> None:
+    def __init__(
+        self,
+        tenant_id: str,
+        items: Iterable[dict[str, Any]],
+        now: dt.datetime,
+        addresses: dict[str, str] | None = None,
+    ) -> None:
         self.tenant_id = tenant_id
-        self.rows = _inbound_rows(tenant_id, _fresh_inbound(items), now)
+        self.rows = _inbound_rows(tenant_id, _fresh_inbound(items), now, addresses)
         self.conversations = _conversation_rows(tenant_id, self.rows, now)
 
     def wa_ids(self) -> list[str]:
@@ -368,87 +404,6 @@ async def store_fast(
     if results[-1][0]:
         raise message_changes.PendingChangesFound()
     return seqs
-
-
-# ---------------------------------------------------------------------- typed on the phone (Web)
-
-
-async def record_phone_messages(
-    conn: AsyncConnection, tenant_id: str, provider: str, items: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
-    """Store messages typed on the phone as outbound rows (``sent``), once per (tenant, provider
-    message id), in the given order; returns the rows stored now (content decoded, ``wa_id``,
-    ``contact_name`` and ``from`` added). Acks that were stored before their message (``message_id`` NULL)
-    are applied."""
-    m = messages.c
-    fresh: dict[str, dict[str, Any]] = {}
-    for item in items:
-        fresh.setdefault(item["provider_message_id"][:PROVIDER_ID_LEN], item)
-    if not fresh:
-        return []
-    known = await conn.execute(
-        sa.select(m.provider_message_id).where(
-            m.tenant_id == tenant_id, m.provider == provider, m.provider_message_id.in_(list(fresh))
-        )
-    )
-    for (pmid,) in known:
-        fresh.pop(pmid, None)  # a send of ours, or the same message reported again
-    if not fresh:
-        return []
-    now = utcnow()
-    stored = []
-    for (pmid, item), created in zip(fresh.items(), clock.stamps(tenant_id, len(fresh), now), strict=True):
-        row = await _record_phone_message(conn, tenant_id, provider, pmid, item, created, now)
-        if row is not None:
-            stored.append(row)
-    return stored
-
-
-async def _record_phone_message(
-    conn: AsyncConnection,
-    tenant_id: str,
-    provider: str,
-    pmid: str,
-    item: dict[str, Any],
-    created: dt.datetime,
-    now: dt.datetime,
-) -> dict[str, Any] | None:
-    conv = await get_or_create_conversation(conn, tenant_id, item["wa_id"], provider=provider)
-    at = item["provider_timestamp"] or now
-    row = {
-        "id": new_message_id(),
-        "tenant_id": tenant_id,
-        "conversation_id": conv["id"],
-        "direction": "outbound",
-        "provider": provider,
-        "provider_message_id": pmid,
-        "type": str(item["type"])[:32],
-        "content": dump_json(item["content"]),
-        "status": MessageStatus.SENT.value,
-        "created_at": created,
-        "updated_at": now,
-        "sent_at": at,
-        "provider_timestamp": at,
-        "origin": item.get("origin") or "phone",  # "business_app": a Cloud API echo
-        "author": clip(item.get("author"), 64),
-    }
-    if (await conn.execute(insert_ignore(conn, messages).values(**row))).rowcount == 0:
-        return None  # stored meanwhile by another writer
-    c = conversations.c
-    newer = sa.or_(c.last_message_at.is_(None), c.last_message_at <= at)
-    await conn.execute(
-        conversations.update()
-        .where(c.tenant_id == tenant_id, c.id == conv["id"], newer)
-        .values(last_message_at=at, last_message_id=row["id"], updated_at=now)
-    )
-    after = await apply_recorded_statuses(conn, tenant_id, row["id"])
-    if after is not None:
-        row.update(status=after["status"], updated_at=after["updated_at"])
-    row["content"] = item["content"]
-    row["wa_id"] = conv["wa_id"]
-    row["contact_name"] = conv.get("contact_name")
-    row["from"] = item.get("from")
-    return row
 
 
 async def run_deferred(conn: AsyncConnection, deferred: list[str]) -> None:

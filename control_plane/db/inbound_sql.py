@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from control_plane.db.conversations import is_bsuid
 from control_plane.db.sql import literal_cache, literal_dt, literal_hex, literal_str
 
 
@@ -27,12 +28,14 @@ def existing_wamids_sql(tenant_id: str, by_provider: dict[str, list[str]]) -> st
 
 _CONV_UPSERT_HEAD = (
     "INSERT INTO conversations (tenant_id, wa_id, contact_name, provider_last, last_inbound_at, "
-    "last_message_at, last_message_id, unread_count, created_at, updated_at, kind) VALUES "
+    "last_message_at, last_message_id, unread_count, created_at, updated_at, kind, bsuid, username) VALUES "
 )
-_CONV_UPSERT_HEAD_IDS = _CONV_UPSERT_HEAD.replace("kind)", "kind, id)", 1)
+_CONV_UPSERT_HEAD_IDS = _CONV_UPSERT_HEAD.replace("username)", "username, id)", 1)
 # The same SET list as ``_upsert_conversations`` (order matters: MariaDB applies it left to right).
 _CONV_UPSERT_TAIL = (
     " ON DUPLICATE KEY UPDATE contact_name = COALESCE(VALUES(contact_name), conversations.contact_name), "
+    "bsuid = COALESCE(VALUES(bsuid), conversations.bsuid), "
+    "username = COALESCE(VALUES(username), conversations.username), "
     "provider_last = VALUES(provider_last), "
     "last_message_id = IF(conversations.last_message_at IS NULL OR VALUES(last_message_at) >= "
     "conversations.last_message_at, VALUES(last_message_id), conversations.last_message_id), "
@@ -50,23 +53,36 @@ def upsert_conversations_sql(
     """``ids`` (wa_id -> the conversation's id, when known): the rows carry their ids, so InnoDB finds
     each duplicate on the primary key at once. Without them it first inserts the row into the
     clustered index under a fresh auto-increment id, meets the duplicate on (tenant_id, wa_id) and
-    takes that insert back before updating: about a third more of MariaDB's CPU for the upsert."""
+    takes that insert back before updating: about a third more of MariaDB's CPU for the upsert.
+
+    A conversation addressed by a BSUID gets no id (NULL: a fresh one if it is inserted): another
+    node may have merged it away, and it must not come back under its old id; the messages INSERT
+    then misses its conversation and the batch goes the careful way, which finds where it went."""
     lit = literal_cache()  # the tenant and the batch's times repeat across rows
     values = ",".join(
         f"({lit(c['tenant_id'])},{literal_str(c['wa_id'])},{lit(c['contact_name'])},{lit(c['provider_last'])},"
         f"{lit(c['last_inbound_at'])},{lit(c['last_message_at'])},{literal_str(c['last_message_id'])},"
-        f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])},{lit(c['kind'])}"
-        + (f",{int(ids[c['wa_id']])})" if ids is not None else ")")
+        f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])},{lit(c['kind'])},"
+        f"{_opt(c['bsuid'])},{_opt(c['username'])}" + (_id(ids, c["wa_id"]) if ids is not None else ")")
         for c in rows
     )
     head = _CONV_UPSERT_HEAD if ids is None else _CONV_UPSERT_HEAD_IDS
     return head + values + (_CONV_UPSERT_TAIL + " RETURNING id, wa_id" if returning else _CONV_UPSERT_TAIL)
 
 
+def _opt(value: str | None) -> str:
+    """An optional string (a BSUID, a username: mostly absent) without a call into the quoter."""
+    return "NULL" if value is None else literal_str(value)
+
+
+def _id(ids: dict[str, int], wa_id: str) -> str:
+    return ",NULL)" if is_bsuid(wa_id) else f",{int(ids[wa_id])})"
+
+
 _MESSAGES_INSERT_HEAD = (
     "INSERT IGNORE INTO messages (id, tenant_id, conversation_id, direction, provider, "
     "provider_message_id, type, content, status, error_code, error_message, created_at, "
-    "updated_at, provider_timestamp, author) VALUES "
+    "updated_at, provider_timestamp, author, provider_user_id, raw) VALUES "
 )
 
 
@@ -80,6 +96,7 @@ def insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> s
         f"({literal_str(r['id'])},{lit(r['tenant_id'])},{int(r['conversation_id'])},{lit(r['direction'])},"
         f"{lit(r['provider'])},{literal_str(r['provider_message_id'])},{lit(r['type'])},{literal_hex(r['content'])},"
         f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{literal_dt(r['created_at'])},"
-        f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])},{lit(r['author'])})"
+        f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])},{lit(r['author'])},"
+        f"{_opt(r['provider_user_id'])},{'NULL' if r['raw'] is None else literal_hex(r['raw'])})"
         for r in rows
     )

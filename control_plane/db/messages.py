@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from control_plane.compact_json import dict_encoder
 from control_plane.db.conversations import (  # noqa: F401  (importable from here)
+    CONTACT_ID_LEN,
     BigId,
     adopt_canonical_wa_id,
     canonical_wa_id,
@@ -70,13 +71,16 @@ messages = sa.Table(
     sa.Column("failed_at", Timestamp, nullable=True),
     sa.Column("provider_timestamp", Timestamp, nullable=True),
     # Who wrote an outbound message when not us: "phone" (typed on the Web session's phone),
-    # "business_app" (the WhatsApp Business app, Cloud API coexistence); NULL otherwise (0009).
+    # "business_app" (the WhatsApp Business app, Cloud API coexistence); NULL otherwise (0007).
     sa.Column("origin", sa.String(20), nullable=True),
-    sa.Column("author", sa.String(64), nullable=True),  # a group message's member (migration 0010)
+    sa.Column("author", sa.String(64), nullable=True),  # a group message's member (migration 0008)
     # Changes to the message (db/message_changes.py): last edit, revoke, current reactions (JSON).
     sa.Column("edited_at", Timestamp, nullable=True),
     sa.Column("deleted_at", Timestamp, nullable=True),
     sa.Column("reactions", LongText, nullable=True),
+    # The sender's BSUID (inbound Cloud API messages), and the provider's message object verbatim.
+    sa.Column("provider_user_id", sa.String(CONTACT_ID_LEN), nullable=True),
+    sa.Column("raw", LongText, nullable=True),
     sa.UniqueConstraint("tenant_id", "provider", "provider_message_id"),
     sa.Index(
         "ix_messages_tenant_id_conversation_id_created_at_id",
@@ -98,7 +102,7 @@ message_statuses = sa.Table(
     sa.Column("provider_message_id", sa.String(PROVIDER_ID_LEN), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("occurred_at", Timestamp, nullable=True),
-    sa.Column("recipient_id", sa.String(32), nullable=True),
+    sa.Column("recipient_id", sa.String(CONTACT_ID_LEN), nullable=True),  # phone digits or a BSUID
     *error_columns(),
     sa.Column("raw", LongText, nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),

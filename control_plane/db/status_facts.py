@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from control_plane.db.conversations import clip, conversations, insert_ignore
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import (
+    CONTACT_ID_LEN,
     PROVIDER_ID_LEN,
     dump_json,
     load_json,
@@ -155,7 +156,7 @@ def _fact_row(
         "provider_message_id": pmid,
         "status": status,
         "occurred_at": upd.get("occurred_at"),
-        "recipient_id": clip(upd.get("recipient_id"), 32),
+        "recipient_id": clip(upd.get("recipient_id"), CONTACT_ID_LEN),  # digits or a BSUID: never cut
         "error_code": clip(str(upd["error_code"]), 64) if upd.get("error_code") is not None else None,
         "error_message": upd.get("error_message"),
         "raw": dump_json(upd["raw"]) if upd.get("raw") is not None else None,

@@ -28,7 +28,7 @@ templates = sa.Table(
     sa.Column("synced_at", Timestamp, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
-    sa.Column("quality_score", sa.String(16), nullable=True),  # GREEN/YELLOW/RED/UNKNOWN (0009)
+    sa.Column("quality_score", sa.String(16), nullable=True),  # GREEN/YELLOW/RED/UNKNOWN (0007)
     sa.UniqueConstraint("tenant_id", "name", "language"),
 )
 

@@ -14,6 +14,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane.db.conversations import is_bsuid
 from control_plane.db.engine import utcnow
 from control_plane.messaging import outcomes, routing
 from control_plane.messaging.governor import Governor
@@ -75,6 +76,7 @@ class BatchPlanner:
                 last_inbound_at=row["last_inbound_at"],
                 now=now,
                 web_capable=routing.web_capable(row["type"], row.get("content") or {}),
+                bsuid_recipient=is_bsuid(row["wa_id"]),
             )
             if decision.action == routing.FAIL:
                 code, why = decision.error_code, decision.reason

@@ -28,15 +28,20 @@ duplicate check first; a wamid stored before fails the INSERT, the batch is roll
 the careful way (``record_inbound_messages``: check, then write); so does a batch storing a message
 some change was waiting for. Elsewhere, or with statuses, phone messages or changes: the careful
 way at once.
+
+Contacts named by a BSUID (``db/contacts.py``): the careful way resolves each BSUID to its
+conversation, merging a BSUID-only conversation into the phone number's when a message names both
+(``conversation.merged``, published before the batch's messages); the writer then remembers where
+each BSUID lives, and later messages from it take the fast path. A message whose BSUID is new, or
+that brings a phone number the writer has not seen with that BSUID, goes the careful way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -45,19 +50,20 @@ from sqlalchemy.exc import IntegrityError
 from control_plane import events as event_types
 from control_plane.db import Database, message_changes, status_facts
 from control_plane.db import inbound as inbound_db
+from control_plane.db import phone_messages as phone_db
 from control_plane.db.batch import GroupCommit
 from control_plane.db.engine import utcnow
 from control_plane.db.inbound import TenantWork
 from control_plane.db.sql import raw_mariadb
+from control_plane.messaging import inbound_batch
+from control_plane.messaging.inbound_batch import Delivery, TenantBatch, messages_only
 from control_plane.messaging.notices import store_notices
 from control_plane.realtime.envelopes import encode_data
 from control_plane.realtime.unit import EventLog, Unit, store_then_publish
 
 log = logging.getLogger(__name__)
 
-Delivery = list[TenantWork]  # one hand-over: what it stores, per tenant
-Run = tuple[str, list[dict[str, Any]]]  # ("messages" | "phone", items)
-_EPOCH = dt.datetime(1970, 1, 1)
+Learned = tuple[str, list[dict[str, Any]], list[dict[str, Any]]]  # (tenant, stored rows, merges)
 KNOWN_CONVERSATIONS_MAX = 200_000
 
 
@@ -77,16 +83,6 @@ class IngestStats:
         return dict(self.__dict__)
 
 
-@dataclass
-class _TenantBatch:
-    """One tenant's part of a batch: message runs in order, then changes, statuses and notices."""
-
-    runs: list[Run]
-    statuses: list[dict[str, Any]]
-    changes: list[dict[str, Any]] = field(default_factory=list)
-    notices: list[dict[str, Any]] = field(default_factory=list)
-
-
 class InboundService:
     """See the module docstring. ``events()`` returns the publisher (looked up late: realtime may
     start after us) or None."""
@@ -100,6 +96,8 @@ class InboundService:
         # never changes; a stale entry (its tenant deleted) fails the fast path's INSERT, which then
         # falls back to the careful path and forgets the batch's entries.
         self._conversation_ids: dict[tuple[str, str], int] = {}
+        # (tenant_id, BSUID) -> its conversation's address, learned from committed batches.
+        self._bsuid_addresses: dict[tuple[str, str], str] = {}
         self.stats = IngestStats()
         self._writer: GroupCommit[Delivery] = GroupCommit(
             self._store, name="inbound", max_batch=max_batch, on_lost=self.drop_connection
@@ -154,13 +152,14 @@ class InboundService:
     # -- storing --------------------------------------------------------------------------------
 
     async def _store(self, batch: list[Delivery]) -> None:
-        per_tenant = _per_tenant(batch)
+        per_tenant = inbound_batch.per_tenant(batch)
         events = self._events()
         conn = await self._connection()
         try:
-            if self._driver is not None and events is not None and _messages_only(per_tenant):
+            addresses = self._addresses(per_tenant) if messages_only(per_tenant) else None
+            if self._driver is not None and events is not None and addresses is not None:
                 try:
-                    stored = await self._store_fast(per_tenant, events)
+                    stored = await self._store_fast(per_tenant, events, addresses)
                 except IntegrityError:
                     # A wamid stored before (a redelivery), or a conversation gone with its tenant:
                     # all of it was rolled back; the careful path checks first, stores what is new.
@@ -206,14 +205,52 @@ class InboundService:
         s.changes_applied += counts[3]
         s.notices_stored += counts[4]
 
-    def _forget_conversations(self, per_tenant: dict[str, _TenantBatch]) -> None:
+    def _forget_conversations(self, per_tenant: dict[str, TenantBatch]) -> None:
         for tenant_id, part in per_tenant.items():
             for _kind, items in part.runs:
                 for item in items:
-                    wa_id = inbound_db.canonical_wa_id(item["wa_id"])[:32] or "0"
-                    self._conversation_ids.pop((tenant_id, wa_id), None)
+                    self._conversation_ids.pop((tenant_id, inbound_db.address(item, None)), None)
+                    # Where a BSUID lives stays known: the careful way checks it, and corrects it.
+                    address = self._bsuid_addresses.get((tenant_id, item.get("bsuid") or ""))
+                    if address is not None:
+                        self._conversation_ids.pop((tenant_id, address), None)
 
-    async def _store_fast(self, per_tenant: dict[str, _TenantBatch], events: EventLog) -> int:
+    def _addresses(self, per_tenant: dict[str, TenantBatch]) -> dict[str, dict[str, str]] | None:
+        """Per tenant, the conversation address of each BSUID the batch names, when every one is
+        known and settled (a message bringing a phone number must find it there already); else None:
+        the careful way resolves them (and merges)."""
+        known = self._bsuid_addresses
+        out: dict[str, dict[str, str]] = {}
+        for tenant_id, part in per_tenant.items():
+            for _kind, items in part.runs:
+                for item in items:
+                    bsuid = item.get("bsuid")
+                    if item.get("previous_bsuid"):  # the user's BSUID changed: the careful way
+                        return None
+                    if bsuid is None:
+                        continue
+                    address = known.get((tenant_id, bsuid))
+                    if address is None or (item["wa_id"] != bsuid and item["wa_id"] != address):
+                        return None
+                    out.setdefault(tenant_id, {})[bsuid] = address
+        return out
+
+    def _learn(self, tenant_id: str, rows: list[dict[str, Any]], merges: list[dict[str, Any]]) -> None:
+        """After a commit: where the batch's BSUIDs live, and which conversations are gone."""
+        if len(self._bsuid_addresses) > KNOWN_CONVERSATIONS_MAX:
+            self._bsuid_addresses.clear()
+        for merge in merges:
+            self._conversation_ids.pop((tenant_id, merge["bsuid"]), None)
+        for row in rows:
+            bsuid = row.get("provider_user_id")
+            if bsuid:
+                self._bsuid_addresses[(tenant_id, bsuid)] = row["wa_id"]
+                if row["wa_id"] != bsuid:  # a BSUID-only conversation took a phone number
+                    self._conversation_ids.pop((tenant_id, bsuid), None)
+
+    async def _store_fast(
+        self, per_tenant: dict[str, TenantBatch], events: EventLog, addresses: dict[str, dict[str, str]]
+    ) -> int:
         """MariaDB, inbound messages only: one round trip (conversations upsert, plain messages INSERT,
         event-log append) and the COMMIT; one more first when a contact's conversation id is not
         known yet. Returns the number of messages stored."""
@@ -221,7 +258,9 @@ class InboundService:
         plans = [
             plan
             for plan in (
-                inbound_db.InboundPlan(tenant_id, per_tenant[tenant_id].runs[0][1], now)
+                inbound_db.InboundPlan(
+                    tenant_id, per_tenant[tenant_id].runs[0][1], now, addresses.get(tenant_id)
+                )
                 for tenant_id in sorted(per_tenant)  # one lock order for every writer
             )
             if plan.rows
@@ -260,22 +299,25 @@ class InboundService:
         return sum(len(plan.rows) for plan in plans)
 
     async def _store_careful(
-        self, conn: Any, per_tenant: dict[str, _TenantBatch], events: EventLog | None
+        self, conn: Any, per_tenant: dict[str, TenantBatch], events: EventLog | None
     ) -> tuple[int, int, int, int, int]:
         """Any database, anything: check what is stored already, then write. Returns the numbers of
         inbound messages, statuses, phone messages, changes applied and notices stored."""
         counts = [0, 0, 0, 0, 0]
         # MariaDB: the messages INSERTs go out with the event-log append, in one round trip.
         deferred: list[str] | None = [] if self._driver is not None else None
+        learned: list[Learned] = []
         async with store_then_publish(_transaction(conn), events) as unit:
             for tenant_id in sorted(per_tenant):  # one lock order for every writer
-                await _store_tenant(unit, tenant_id, per_tenant[tenant_id], deferred, counts)
+                await _store_tenant(unit, tenant_id, per_tenant[tenant_id], deferred, counts, learned)
             if deferred:
                 prepared = unit.prepare()
                 if prepared is None:
                     await inbound_db.run_deferred(conn, deferred)
                 else:
                     unit.appended(await inbound_db.append_after(conn, deferred, prepared.rows))
+        for tenant_id, rows, merges in learned:
+            self._learn(tenant_id, rows, merges)
         return counts[0], counts[1], counts[2], counts[3], counts[4]
 
 
@@ -283,10 +325,16 @@ class InboundService:
 
 
 async def _store_tenant(
-    unit: Unit[Any], tenant_id: str, part: _TenantBatch, deferred: list[str] | None, counts: list[int]
+    unit: Unit[Any],
+    tenant_id: str,
+    part: TenantBatch,
+    deferred: list[str] | None,
+    counts: list[int],
+    learned: list[Learned],
 ) -> None:
     """One tenant's part of a careful batch: message runs in order (each followed by the changes
-    that waited for its messages), then changes, statuses and notices; ``counts`` as ``_store_careful``'s."""
+    that waited for its messages), then changes, statuses and notices; ``counts`` as
+    ``_store_careful``'s; what the writer learns of contacts is appended to ``learned``."""
     conn = unit.conn
     for kind, items in part.runs:
         if kind == "phone":
@@ -295,7 +343,8 @@ async def _store_tenant(
             rows = await _store_phone(unit, tenant_id, items)
             counts[2] += len(rows)
         else:
-            rows = await _store_inbound(unit, tenant_id, items, deferred)
+            learned.append(await _store_inbound(unit, tenant_id, items, deferred))
+            rows = learned[-1][1]
             counts[0] += len(rows)
         counts[3] += await _apply_pending(unit, tenant_id, rows, deferred)
     if part.changes:
@@ -314,8 +363,14 @@ async def _store_tenant(
 
 async def _store_inbound(
     unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]], deferred: list[str] | None
-) -> list[dict[str, Any]]:
-    rows = await inbound_db.record_inbound_messages(unit.conn, tenant_id, items, deferred=deferred)
+) -> Learned:
+    """Store and publish (merges first, then the messages); (tenant, stored rows, merges)."""
+    merges: list[dict[str, Any]] = []
+    rows = await inbound_db.record_inbound_messages(
+        unit.conn, tenant_id, items, deferred=deferred, merged=merges
+    )
+    for merge in merges:
+        unit.add(tenant_id, event_types.CONVERSATION_MERGED, merge)
     to = {m["provider_message_id"]: m.get("to") for m in items}
     for r in rows:
         unit.add(
@@ -323,7 +378,7 @@ async def _store_inbound(
             event_types.MESSAGE_RECEIVED,
             event_types.received_event(r, to.get(r["provider_message_id"])),
         )
-    return rows
+    return tenant_id, rows, merges
 
 
 async def _store_phone(unit: Unit[Any], tenant_id: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -332,7 +387,7 @@ async def _store_phone(unit: Unit[Any], tenant_id: str, items: list[dict[str, An
         by_provider.setdefault(item["provider"], []).append(item)
     stored = []
     for provider, group in by_provider.items():
-        for row in await inbound_db.record_phone_messages(unit.conn, tenant_id, provider, group):
+        for row in await phone_db.record_phone_messages(unit.conn, tenant_id, provider, group):
             unit.add(tenant_id, event_types.MESSAGE_SENT, event_types.phone_sent_event(row))
             stored.append(row)
     return stored
@@ -360,62 +415,6 @@ async def _store_statuses(unit: Unit[Any], tenant_id: str, statuses: list[dict[s
     changes = await status_facts.apply_status_updates(unit.conn, tenant_id, statuses)
     unit.extend(event_types.status_events(tenant_id, changes))
     return len(changes)
-
-
-def _per_tenant(batch: list[Delivery]) -> dict[str, _TenantBatch]:
-    """The batch per tenant, in hand-over order: runs of inbound and phone-typed messages (a new
-    run where the kind changes), then the statuses. Cloud messages of several deliveries are put
-    in their delivery order (see the module docstring)."""
-    parts: dict[str, _TenantBatch] = {}
-    sources: dict[str, list[int]] = {}  # per tenant: the delivery of each message of its last run
-    for number, delivery in enumerate(batch):
-        for work in delivery:
-            part = parts.get(work.tenant_id)
-            if part is None:
-                part = parts[work.tenant_id] = _TenantBatch([], [], [])
-                sources[work.tenant_id] = []
-            for kind, items in (("messages", work.messages), ("phone", work.phone)):
-                if not items:
-                    continue
-                if part.runs and part.runs[-1][0] == kind:
-                    part.runs[-1][1].extend(items)
-                else:
-                    part.runs.append((kind, list(items)))
-                    sources[work.tenant_id] = []
-                sources[work.tenant_id].extend([number] * len(items))
-            part.statuses.extend(work.statuses)
-            part.changes.extend(work.changes)
-            part.notices.extend(work.notices)
-    for tenant_id, part in parts.items():
-        if len(part.runs) == 1 and part.runs[0][0] == "messages" and len(set(sources[tenant_id])) > 1:
-            part.runs[0] = ("messages", _delivery_order(part.runs[0][1], sources[tenant_id]))
-    return parts
-
-
-def _delivery_order(items: list[dict[str, Any]], deliveries: list[int]) -> list[dict[str, Any]]:
-    """Cloud messages of several deliveries: each delivery's messages of one contact stay together
-    and in their order; such blocks go by their first message's timestamp, then arrival. Web
-    messages (or a mix) keep their arrival order."""
-    if any(item["provider"] != "business_api" for item in items):
-        return items
-    first: dict[tuple[int, str], dt.datetime] = {}
-    keyed = []
-    for pos, (item, number) in enumerate(zip(items, deliveries, strict=True)):
-        at = first.setdefault((number, item["wa_id"]), item.get("provider_timestamp") or _EPOCH)
-        keyed.append((at, number, pos, item))
-    keyed.sort(key=lambda k: k[:3])
-    return [k[3] for k in keyed]
-
-
-def _messages_only(per_tenant: dict[str, _TenantBatch]) -> bool:
-    return all(
-        not part.statuses
-        and not part.changes
-        and not part.notices
-        and len(part.runs) == 1
-        and part.runs[0][0] == "messages"
-        for part in per_tenant.values()
-    )
 
 
 @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ from typing import Annotated, Any, ClassVar, Literal, Protocol, Self
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from control_plane import errors
+from control_plane.db.conversations import is_bsuid
 from control_plane.http.models import OneOf, RequestModel, reports_invalid_input
 from control_plane.messaging.message_parts import (
     InteractiveIn,
@@ -47,7 +48,10 @@ _PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
 
 
 def normalize_number(raw: str) -> str:
-    """``+1 (650) 555-1234`` -> ``16505551234``; 422 unless 7..15 digits (E.164) remain."""
+    """``+1 (650) 555-1234`` -> ``16505551234``; 422 unless 7..15 digits (E.164) remain. A contact's
+    business-scoped user id (``US.13491208655302741918``) is kept as it is."""
+    if is_bsuid(raw.strip()):
+        return raw.strip()
     value = _NUMBER_SEPARATORS.sub("", raw.strip())
     if value.startswith("+"):
         value = value[1:]
@@ -56,7 +60,7 @@ def normalize_number(raw: str) -> str:
     if not value.isdigit() or not 7 <= len(value) <= 15:
         raise errors.InvalidInput(
             "'to' must be a phone number in international form: 7 to 15 digits, "
-            "optionally with + and separators",
+            "optionally with + and separators (or a contact's BSUID, e.g. US.13491208655302741918)",
             code="invalid_number",
             field="to",
         )
@@ -81,7 +85,10 @@ class SendMessageIn(RequestModel):
     WHAT: ClassVar[str]  # "a text message", for "'text' is required for a text message"
 
     to: Annotated[str, AfterValidator(_international)] = Field(
-        min_length=1, max_length=40, description="The recipient's number (digits, + allowed)"
+        min_length=1,
+        max_length=160,
+        description="The recipient's number (digits, + allowed), or the business-scoped user id "
+        "(BSUID) of a contact known only by it",
     )
     type: str
     reply_to: str | None = Field(

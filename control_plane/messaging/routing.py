@@ -12,7 +12,9 @@ Fallback happens only when the preferred road is unavailable (session not ready,
 configured / token refused / cannot carry the message) and only to a configured road. Outside the
 24-hour customer-service window the Cloud API takes only templates: a free-form message uses the
 tenant's fallback template if one is configured, otherwise (no other road) it fails with
-``outside_window``. Templates, interactive messages and reactions exist only on the Cloud API.
+``outside_window``. Templates, interactive messages and reactions exist only on the Cloud API, and
+so does a contact known only by its business-scoped user id (a BSUID, no phone number: the Web
+session cannot address it; ``bsuid_needs_business_api`` when the Cloud API is not a road).
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class _Facts:
     cloud_ok: bool
     cloud_why: str  # why not, when not cloud_ok
     cloud_tpl: bool  # the Cloud API takes it only as the fallback template
+    bsuid: bool = False  # the recipient is known only by a BSUID
 
     @property
     def state(self) -> str:
@@ -135,6 +138,14 @@ class _Facts:
         return self.cloud(reason) if self.cloud_ok else self.cloud_failure(f"{reason}: ")
 
     def needs_cloud(self, why: str) -> Decision:
+        if self.bsuid:
+            return Decision(
+                FAIL,
+                WEB,
+                f"the contact is known only by its business-scoped user id (BSUID): only the "
+                f"Business API can reach it{why}",
+                error_code="bsuid_needs_business_api",
+            )
         return Decision(
             FAIL, WEB, f"{self.kind} messages need the Business API{why}", error_code="unsupported_on_web"
         )
@@ -151,11 +162,14 @@ def decide(
     last_inbound_at: dt.datetime | None,
     now: dt.datetime,
     web_capable: bool = True,
+    bsuid_recipient: bool = False,
 ) -> Decision:
     """The road for one message. ``requested``: auto | web | business_api (the request's ``provider``);
-    ``web_capable=False`` for content only the Cloud API can carry (media given by Cloud media id)."""
+    ``web_capable=False`` for content only the Cloud API can carry (media given by Cloud media id);
+    ``bsuid_recipient``: the contact is known only by a BSUID (the Web session cannot address it)."""
     cloud_ok, cloud_why, cloud_tpl = _cloud_can_carry(kind, window_open(last_inbound_at, now), roads)
-    facts = _Facts(kind, roads, kind in WEB_TYPES and web_capable, cloud_ok, cloud_why, cloud_tpl)
+    web_can = kind in WEB_TYPES and web_capable and not bsuid_recipient
+    facts = _Facts(kind, roads, web_can, cloud_ok, cloud_why, cloud_tpl, bsuid_recipient)
     # An explicit road in the request overrides the policy (no fallback).
     if requested == WEB:
         return _requested_web(facts)
@@ -191,7 +205,13 @@ def _web_first(f: _Facts) -> Decision:
     if f.web_usable and f.roads.web_ready:
         return Decision(SEND, WEB, "policy web_first; session ready")
     if f.cloud_ok:
-        why = f"{f.kind} messages need the Business API" if not f.web_can_type else f.state
+        why = f.state
+        if not f.web_can_type:
+            why = (
+                "the contact is known only by a BSUID"
+                if f.bsuid
+                else f"{f.kind} messages need the Business API"
+            )
         return f.cloud(f"fallback to business_api: {why}")
     if f.web_usable:
         return f.wait_web(f"policy web_first; {f.state}; Business API cannot take it ({f.cloud_why})")

@@ -3,9 +3,12 @@
 A send, in order: resolve the message replied to (and a reaction's target) to Meta's ids and upload
 base64 media; pass the per-number window guard (``Pacer.window_acquire``); call the client. Every
 send carries ``biz_opaque_callback_data = <our message id>`` (crash recovery matches the status
-webhooks on it). Then the answer:
+webhooks on it). The recipient is the conversation's address: a phone number (Meta's ``to``), or the
+contact's business-scoped user id when the number is unknown (Meta's ``recipient``; the client
+picks the field). Then the answer:
 
-- accepted: ``Sent`` (with the contact's canonical wa_id when Meta answers another one)
+- accepted: ``Sent`` (with the contact's canonical wa_id when Meta answers another one; a send to a
+  BSUID answers none)
 - no answer: ``Unknown`` if the request may have reached Meta, else ``Retryable``
 - stored content the client cannot express (no media source, bad base64): ``Failed``
 - a Graph error pushes the governor back (130429 / bare 429: the number; 131056: the pair; 4 and

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from control_plane.db.conversations import is_bsuid
 from control_plane.providers.base import MEDIA_KINDS
 from control_plane.providers.graph_errors import (
     GraphAPIAuthError,
@@ -46,6 +47,7 @@ __all__ = [
     "PhoneNumberInfo",
     "SendResult",
     "TemplateInfo",
+    "recipient_field",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,14 +118,17 @@ class CloudAPIClient:
     async def send_raw(
         self, creds: CloudCredentials, payload: Mapping[str, Any], *, to: str | None = None
     ) -> SendResult:
-        """Send one message: ``payload`` holds ``type`` and the per-type part (and ``to`` unless
-        given here); ``messaging_product`` and ``recipient_type`` are filled in. What every
-        ``send_*`` method ends in (through :meth:`send_message`)."""
+        """Send one message: ``payload`` holds ``type`` and the per-type part (and ``to`` or
+        ``recipient`` unless ``to`` is given here); ``messaging_product`` and ``recipient_type`` are
+        filled in. What every ``send_*`` method ends in (through :meth:`send_message`).
+
+        The recipient is a phone number (``to``) or a business-scoped user id (Meta's ``recipient``:
+        a BSUID or parent BSUID, for a user known only by it; when both are given Meta takes ``to``)."""
         body = {"messaging_product": "whatsapp", "recipient_type": "individual", **payload}
         if to is not None:
-            body["to"] = to
-        if not body.get("to"):
-            raise ValueError("send_raw: 'to' is required")
+            body[recipient_field(to)] = to
+        if not body.get("to") and not body.get("recipient"):
+            raise ValueError("send_raw: 'to' (or 'recipient') is required")
         if "type" not in body:
             raise ValueError("send_raw: 'type' is required")
         data = await self._http.post_json(creds, f"{creds.phone_number_id}/messages", body)
@@ -268,7 +273,7 @@ class CloudAPIClient:
         """Send a message of any ``kind`` whose object (``part``) the caller built; what every
         ``send_*`` method ends in. ``reply_to``: the wamid replied to; ``biz_opaque_callback_data``:
         echoed in this message's status webhooks."""
-        payload: dict[str, Any] = {"to": to, "type": kind, kind: part}
+        payload: dict[str, Any] = {recipient_field(to): to, "type": kind, kind: part}
         if reply_to:
             payload["context"] = {"message_id": reply_to}
         if biz_opaque_callback_data is not None:
@@ -375,3 +380,9 @@ class CloudAPIClient:
             "DELETE", creds, f"{creds.waba_id}/message_templates", params={"name": name}
         )
         return bool(data.get("success"))
+
+
+def recipient_field(to: str) -> str:
+    """The request field naming a recipient: ``recipient`` for a business-scoped user id (BSUID),
+    ``to`` for a phone number (Meta's send reference, business-scoped user ids)."""
+    return "recipient" if is_bsuid(to) else "to"

@@ -69,6 +69,9 @@ ERROR_TABLE: dict[int, Classification] = {
     131026: Classification(False, ErrorScope.RECIPIENT, None, "message undeliverable"),
     131047: Classification(False, ErrorScope.RECIPIENT, None, "outside the 24 h window: send a template"),
     131051: Classification(False, ErrorScope.MESSAGE, None, "unsupported message type"),
+    131062: Classification(
+        False, ErrorScope.RECIPIENT, None, "this message cannot go to a BSUID (e.g. authentication templates)"
+    ),
     132000: _TEMPLATE,
     132001: _TEMPLATE,
     132005: _TEMPLATE,

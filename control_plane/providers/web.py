@@ -12,6 +12,9 @@ refused, the bridge's own code (``bridge_code``/``bridge_message``)::
     bridge_unavailable         ambiguous (it may have acted): Unknown; else Retryable
     supervisor_closed          Retryable(shutting_down)
 
+A contact known only by its business-scoped user id (a BSUID: no phone number) cannot be reached on
+WhatsApp Web: ``Failed(bsuid_needs_business_api)`` (routing sends such messages to the Cloud API).
+
 Anything else propagates (the dispatcher records it as an unknown outcome).
 """
 
@@ -21,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from control_plane import errors
+from control_plane.db.conversations import is_bsuid
 from control_plane.providers.base import (
     WEB,
     Failed,
@@ -33,6 +37,11 @@ from control_plane.providers.base import (
 )
 
 _FINAL_BRIDGE_CODES = frozenset({"not_on_whatsapp", "not_supported"})
+BSUID_NEEDS_CLOUD = "bsuid_needs_business_api"
+BSUID_NEEDS_CLOUD_TEXT = (
+    "the contact is known only by its business-scoped user id (BSUID, no phone number): only the "
+    "Business API can reach it"
+)
 
 
 class WebSessions(Protocol):
@@ -51,6 +60,8 @@ class WebProvider:
         self._resolve = resolve
 
     async def send(self, message: OutboundMessage) -> Outcome:
+        if is_bsuid(message.wa_id):
+            return Failed(BSUID_NEEDS_CLOUD, BSUID_NEEDS_CLOUD_TEXT)
         args = await self.bridge_args(message)
         try:
             result = await self.sessions.send(message.tenant_id, args)

@@ -3,10 +3,17 @@
 ``parse_delivery(data)`` walks EVERY entry and EVERY change (Meta batches them) and groups what it
 finds by ``value.metadata.phone_number_id``. Changes of other fields than ``messages`` are handed
 over whole to ``webhooks/fields.py`` (``ParsedDelivery.fields``). Each message's ``content`` is
-provider-neutral (``normalize_content``, documented in docs/EVENTS.md); types we do not
-model are kept whole under ``content.raw``. Messages that change another message (types
-``reaction``, ``edit``, ``revoke``) are not messages of their own: they go to ``changes``
-(``change_item``).
+provider-neutral (``normalize_content``, documented in docs/EVENTS.md); types we do not model are
+kept whole under ``content.raw``; and every message keeps Meta's object verbatim (``raw``, stored in
+``messages.raw``), so a field nothing reads today is still there tomorrow. Messages that change
+another message (types ``reaction``, ``edit``, ``revoke``) are not messages of their own: they go to
+``changes`` (``change_item``).
+
+Senders. A message names its sender by phone number (``from``, the contact's ``wa_id``), by
+business-scoped user id (``from_user_id``, the contact's ``user_id``: a BSUID, Meta's id for a user
+who may hide the number behind a username), or both; the ``contacts[]`` entry adds the profile name
+and ``profile.username``. A message item's ``wa_id`` is the phone number when known, else the BSUID;
+``bsuid`` and ``username`` are kept beside it (``db/contacts.py`` maps them to one conversation).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane import errors
+from control_plane.db.conversations import CONTACT_ID_LEN, USERNAME_LEN, is_bsuid
 
 PROVIDER = "business_api"
 # Statuses Meta sends for outbound messages (cloud-api.md §7).
@@ -90,6 +98,25 @@ def _pick(part: Any, *keys: str) -> dict[str, Any]:
     return {k: part[k] for k in keys if part.get(k) is not None}
 
 
+# interactive replies: button_reply/list_reply {id, title, description}; nfm_reply (flows, address)
+# {response_json, body, name}; call_permission_reply {response, is_permanent, expiration_timestamp,
+# response_source}.
+_REPLY_KEYS = (
+    "id",
+    "title",
+    "description",
+    "response_json",
+    "body",
+    "name",
+    "response",
+    "is_permanent",
+    "expiration_timestamp",
+    "response_source",
+)
+_MEDIA_KEYS = ("mime_type", "sha256", "caption", "filename", "voice", "animated", "url")
+_CONTEXT_KEYS = ("from", "id", "forwarded", "frequently_forwarded", "referred_product")
+
+
 def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
     """The provider-neutral ``content`` (docs/EVENTS.md): the fields a CRM needs per type; types we do
     not model (order, system, referral-only, unsupported, anything new) keep Meta's object as ``raw``."""
@@ -97,7 +124,7 @@ def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
     if kind == "text":
         content: dict[str, Any] = {"text": part.get("body", "") if isinstance(part, dict) else ""}
     elif kind in MEDIA_TYPES:
-        content = _pick(part, "mime_type", "sha256", "caption", "filename", "voice", "animated")
+        content = _pick(part, *_MEDIA_KEYS)
         if isinstance(part, dict) and part.get("id") is not None:
             content["media_id"] = str(part["id"])
     elif kind == "location":
@@ -107,10 +134,7 @@ def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
     elif kind == "interactive":
         reply_type = part.get("type") if isinstance(part, dict) else None
         reply = part.get(reply_type) if isinstance(part, dict) and isinstance(reply_type, str) else None
-        content = {
-            "reply_type": reply_type,
-            **_pick(reply, "id", "title", "description", "response_json", "body", "name"),
-        }
+        content = {"reply_type": reply_type, **_pick(reply, *_REPLY_KEYS)}
     elif kind == "button":
         content = _pick(part, "payload", "text")
     elif kind == "reaction":
@@ -122,31 +146,101 @@ def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
         content = {"raw": {k: v for k, v in msg.items() if k not in _ENVELOPE_KEYS}}
     context = msg.get("context")
     if isinstance(context, dict):
-        content["context"] = _pick(context, "from", "id", "forwarded", "frequently_forwarded")
-    for extra in ("referral", "errors"):
-        if msg.get(extra) is not None and "raw" not in content:
-            content[extra] = msg[extra]
+        content["context"] = _pick(context, *_CONTEXT_KEYS)
+    if "raw" not in content:
+        for extra in ("referral", "errors", "identity"):
+            if msg.get(extra) is not None:
+                content[extra] = msg[extra]
     return content
 
 
-def _message_item(
-    msg: dict[str, Any], names: dict[str, str], business_number: str | None
-) -> dict[str, Any] | None:
-    wamid, sender = msg.get("id"), msg.get("from")
-    if not isinstance(wamid, str) or not wamid or not isinstance(sender, (str, int)) or not str(sender):
+class Contacts:
+    """A change's ``contacts[]``: each sender's phone number, BSUID, profile name and username, found
+    by phone number or by BSUID."""
+
+    __slots__ = ("by_id", "only")
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        self.by_id: dict[str, tuple[str | None, str | None, str | None, str | None]] = {}
+        self.only: tuple[str | None, str | None, str | None, str | None] | None = None
+        entries = value.get("contacts")
+        if not isinstance(entries, list):
+            return
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            profile = entry.get("profile")
+            if not isinstance(profile, dict):
+                profile = {}
+            name, username = profile.get("name"), profile.get("username") or entry.get("username")
+            found = (
+                _phone(entry.get("wa_id")),
+                entry["user_id"] if is_bsuid(entry.get("user_id")) else None,
+                name if isinstance(name, str) else None,
+                username[:USERNAME_LEN] if isinstance(username, str) and username else None,
+            )
+            for key in found[:2]:
+                if key is not None:
+                    self.by_id[key] = found
+            self.only = found if len(entries) == 1 else None
+
+    def sender(
+        self, phone: str | None, bsuid: str | None
+    ) -> tuple[str | None, str | None, str | None, str | None]:
+        """(phone, bsuid, name, username) of a message's sender: what the message says, completed by
+        its contacts[] entry (a change with one contact describes the sender of its messages)."""
+        found = (bsuid and self.by_id.get(bsuid)) or (phone and self.by_id.get(phone)) or self.only
+        if not found:
+            return phone, bsuid, None, None
+        return phone or found[0], bsuid or found[1], found[2], found[3]
+
+
+def _phone(value: Any) -> str | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > CONTACT_ID_LEN:
         return None
-    sender = str(sender)
+    return value
+
+
+def _sender_bsuid(msg: dict[str, Any], kind: str) -> tuple[str | None, str | None]:
+    """(the sender's BSUID, the BSUID it replaces). A ``user_changed_user_id`` system message names
+    no sender: it is the user who was ``previous_user_id`` and now is ``user_id``."""
+    bsuid = msg.get("from_user_id")
+    if kind == "system" and isinstance(msg.get("system"), dict):
+        system = msg["system"]
+        if system.get("type") == "user_changed_user_id" and is_bsuid(system.get("previous_user_id")):
+            new = system.get("user_id")
+            return (new if is_bsuid(new) else None), system["previous_user_id"]
+    return (bsuid if is_bsuid(bsuid) else None), None
+
+
+def _message_item(
+    msg: dict[str, Any], contacts: Contacts, business_number: str | None
+) -> dict[str, Any] | None:
+    wamid = msg.get("id")
+    if not isinstance(wamid, str) or not wamid:
+        return None
     kind = msg.get("type")
     if not isinstance(kind, str) or not kind:
         kind = "unknown"
+    bsuid, previous = _sender_bsuid(msg, kind)
+    phone, bsuid, name, username = contacts.sender(_phone(msg.get("from")), bsuid)
+    address = phone or bsuid or previous
+    if address is None:
+        return None
     return {
         "provider": PROVIDER,
         "provider_message_id": wamid,
-        "wa_id": sender,
+        "wa_id": address,
+        "bsuid": bsuid,
+        "previous_bsuid": previous,
+        "username": username,
         "type": kind,
         "content": normalize_content(msg, kind),
+        "raw": msg,
         "provider_timestamp": unix_ts(msg.get("timestamp")),
-        "contact_name": names.get(sender),
+        "contact_name": name,
         "to": business_number,
     }
 
@@ -197,13 +291,16 @@ def _status_item(st: dict[str, Any], business_number: str | None) -> dict[str, A
     if not isinstance(wamid, str) or not wamid or status not in KNOWN_STATUSES:
         return None
     code, message = _error_fields(st.get("errors"))
-    recipient = st.get("recipient_id")
+    # A send to a BSUID has no recipient_id (the phone number): its recipient_user_id names it.
+    recipient = _phone(st.get("recipient_id"))
+    bsuid = st.get("recipient_user_id")
     return {
         "provider": PROVIDER,
         "provider_message_id": wamid,
         "status": status,
         "occurred_at": unix_ts(st.get("timestamp")),
-        "recipient_id": str(recipient) if recipient is not None else None,
+        "recipient_id": recipient or (bsuid if is_bsuid(bsuid) else None),
+        "recipient_user_id": bsuid if is_bsuid(bsuid) else None,
         "error_code": code,
         "error_message": message,
         "raw": st,
@@ -219,22 +316,12 @@ def _business_number(metadata: dict[str, Any]) -> str | None:
     return number if number.isdigit() else "".join(ch for ch in number if ch.isdigit())
 
 
-def _contact_names(value: dict[str, Any]) -> dict[str, str]:
-    names: dict[str, str] = {}
-    for contact in _list(value.get("contacts")):
-        if isinstance(contact, dict) and contact.get("wa_id") is not None:
-            profile = contact.get("profile")
-            if isinstance(profile, dict) and isinstance(profile.get("name"), str):
-                names[str(contact["wa_id"])] = profile["name"]
-    return names
-
-
 def _add_change(
     parsed: ParsedDelivery, batch: NumberBatch, value: dict[str, Any], metadata: dict[str, Any]
 ) -> None:
     """One change's messages and statuses into its number's batch (malformed items are counted)."""
     business_number = _business_number(metadata)
-    names = _contact_names(value)
+    contacts = Contacts(value)
     for msg in _list(value.get("messages")):
         if isinstance(msg, dict) and msg.get("type") in CHANGE_TYPES:
             change = change_item(msg)
@@ -243,7 +330,7 @@ def _add_change(
             else:
                 batch.changes.append(change)
             continue
-        item = _message_item(msg, names, business_number) if isinstance(msg, dict) else None
+        item = _message_item(msg, contacts, business_number) if isinstance(msg, dict) else None
         if item is None:
             parsed.skipped_items += 1
         else:

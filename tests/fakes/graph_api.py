@@ -15,6 +15,13 @@ GET|POST|DELETE /{waba_id}/message_templates. Control (no auth): GET /_fake/stat
 POST /_fake/numbers, POST /_fake/windows, for a fake run in its own process with
 ``python -m tests.fakes.graph_api [--port N] [--no-window]`` (prints ``FAKE_GRAPH_API_URL=...``).
 
+Users known by a business-scoped user id (BSUID, ``US.13491208655302741918``; Meta's username
+rollout): a send names them with ``recipient`` instead of ``to`` (``to`` wins when both are given),
+the answer's contact has ``user_id`` instead of ``wa_id``, their window is kept by BSUID, and an
+authentication template to a BSUID is refused with 131062. ``as_user(message, bsuid, phone=False)``
+makes an inbound message come from such a user (``from_user_id``, no ``from``); ``status`` to a BSUID
+carries ``recipient_user_id`` only.
+
 Webhooks: pure builders (``text_message``, ``status``, ``change_value``, ``entry``, ``envelope``,
 ``batch`` ...), ``serialize`` (Meta's ASCII-escaped compact JSON), ``sign`` and ``deliver``; or
 ``fake.webhooks(target_url, app_secret)`` for a sender that knows the fake's numbers and sent
@@ -184,6 +191,14 @@ def _digits(value: str) -> str:
     return value[1:] if value.startswith("+") else value
 
 
+_BSUID = re.compile(r"[A-Z]{2}\.(?:ENT\.)?[A-Za-z0-9]{1,128}\Z")
+
+
+def is_bsuid(value: Any) -> bool:
+    """Meta's business-scoped user id: a country code, a dot, (ENT. for a parent one,) <= 128 alnum."""
+    return isinstance(value, str) and _BSUID.match(value) is not None
+
+
 def _new_wamid() -> str:
     return "wamid." + base64.b64encode(secrets.token_bytes(24)).decode().rstrip("=")
 
@@ -346,6 +361,13 @@ class FakeGraphAPI:
     def open_window(self, phone_number_id: str, wa_id: str, at: float | None = None) -> None:
         """The user ``wa_id`` wrote to ``phone_number_id`` at ``at`` (default now)."""
         self.windows[(phone_number_id, _digits(wa_id))] = self.clock() if at is None else at
+
+    def opened_by(self, phone_number_id: str, messages: Iterable[Mapping[str, Any]]) -> None:
+        """Inbound ``messages`` were delivered: each sender's window opens (by phone number and BSUID)."""
+        for message in messages:
+            for sender in (message.get("from"), message.get("from_user_id")):
+                if sender:
+                    self.open_window(phone_number_id, sender, at=float(message["timestamp"]))
 
     def close_window(self, phone_number_id: str, wa_id: str) -> None:
         self.windows.pop((phone_number_id, _digits(wa_id)), None)
@@ -608,7 +630,7 @@ class FakeGraphAPI:
             raise GraphFault(100, "Request body is not valid JSON") from None
         if not isinstance(body, dict):
             raise GraphFault(100, "Request body must be a JSON object")
-        to = _digits(str(body.get("to", "")))
+        to = _digits(str(body.get("to") or body.get("recipient") or ""))
         self._maybe_inject(endpoint, number.phone_number_id, to or None)
         if body.get("messaging_product") != "whatsapp":
             raise GraphFault(
@@ -641,12 +663,7 @@ class FakeGraphAPI:
         recipient_type = body.get("recipient_type", "individual")
         if recipient_type != "individual":
             raise GraphFault(131009, f"recipient_type '{recipient_type}' is not valid")
-        raw_to = body.get("to")
-        if not isinstance(raw_to, str) or not raw_to:
-            raise GraphFault(131008, "The parameter to is required.")
-        digits = _digits(raw_to)
-        if not digits.isdigit() or not 7 <= len(digits) <= 15:
-            raise GraphFault(100, f"Invalid parameter: to '{raw_to}' is not a valid phone number")
+        raw_to, bsuid = self._recipient(body)
         kind = body.get("type", "text")
         part = body.get(kind)
         if kind == "contacts":  # the only type whose part is an array
@@ -663,11 +680,15 @@ class FakeGraphAPI:
         else:
             _VALIDATORS[kind](part)
         _validate_context(body)
-        wa_id = self.wa_id_map.get(digits, digits)
+        wa_id = bsuid or self.wa_id_map.get(_digits(raw_to), _digits(raw_to))
         pnid = number.phone_number_id
         template: _Template | None = None
         if kind == "template":
             template = self._check_template(number, part)
+            if bsuid and template.category == "AUTHENTICATION":
+                raise GraphFault(
+                    131062, "Business-scoped User ID recipients are not supported for this message."
+                )
         elif self.enforce_window and not self.window_open(pnid, wa_id):
             raise GraphFault(131047, WINDOW_DETAILS)
         now = self.clock()
@@ -689,13 +710,26 @@ class FakeGraphAPI:
         message: dict[str, Any] = {"id": wamid}
         if template is not None:
             message["message_status"] = "accepted"
+        contact = {"input": raw_to, "user_id": wa_id} if bsuid else {"input": raw_to, "wa_id": wa_id}
         return web.json_response(
-            {
-                "messaging_product": "whatsapp",
-                "contacts": [{"input": raw_to, "wa_id": wa_id}],
-                "messages": [message],
-            }
+            {"messaging_product": "whatsapp", "contacts": [contact], "messages": [message]}
         )
+
+    @staticmethod
+    def _recipient(body: dict[str, Any]) -> tuple[str, str | None]:
+        """(the recipient as given, its BSUID when it is one): ``to`` (a phone number) wins over
+        ``recipient`` (a BSUID or parent BSUID)."""
+        raw_to, recipient = body.get("to"), body.get("recipient")
+        if raw_to is None and recipient is not None:
+            if not is_bsuid(recipient):
+                raise GraphFault(100, f"Invalid parameter: recipient '{recipient}' is not a valid user id")
+            return recipient, recipient
+        if not isinstance(raw_to, str) or not raw_to:
+            raise GraphFault(131008, "The parameter to is required.")
+        digits = _digits(raw_to)
+        if not digits.isdigit() or not 7 <= len(digits) <= 15:
+            raise GraphFault(100, f"Invalid parameter: to '{raw_to}' is not a valid phone number")
+        return raw_to, None
 
     def _check_template(self, number: _Number, part: dict[str, Any]) -> _Template:
         name = part.get("name")
@@ -1311,13 +1345,13 @@ def status(
     pricing: bool = True,
     conversation_id: str | None = None,
 ) -> dict[str, Any]:
-    """A ``statuses[]`` item: sent | delivered | read | failed | played."""
-    item: dict[str, Any] = {
-        "id": wamid,
-        "status": status_,
-        "timestamp": _ts(timestamp),
-        "recipient_id": _digits(recipient_id),
-    }
+    """A ``statuses[]`` item: sent | delivered | read | failed | played. To a BSUID: its
+    ``recipient_user_id`` and no ``recipient_id`` (the phone number)."""
+    item: dict[str, Any] = {"id": wamid, "status": status_, "timestamp": _ts(timestamp)}
+    if is_bsuid(recipient_id):
+        item["recipient_user_id"] = recipient_id
+    else:
+        item["recipient_id"] = _digits(recipient_id)
     if biz_opaque_callback_data is not None:
         item["biz_opaque_callback_data"] = biz_opaque_callback_data
     if status_ in ("sent", "delivered") and pricing:
@@ -1358,15 +1392,16 @@ def change_value(
     errors: Sequence[Mapping[str, Any]] = (),
     contact_name: str = "Sheena Nelson",
 ) -> dict[str, Any]:
-    """The ``value`` of a ``messages`` change. ``contacts`` default to one per distinct sender."""
+    """The ``value`` of a ``messages`` change. ``contacts`` default to one per distinct sender (its
+    ``wa_id`` and, for a message with ``from_user_id``, its ``user_id``)."""
     value: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": display_phone_number, "phone_number_id": phone_number_id},
     }
     if messages:
         if contacts is None:
-            senders = list(dict.fromkeys(m["from"] for m in messages))
-            contacts = [{"profile": {"name": contact_name}, "wa_id": s} for s in senders]
+            senders = dict.fromkeys((m.get("from"), m.get("from_user_id")) for m in messages)
+            contacts = [_contact(phone, bsuid, contact_name) for phone, bsuid in senders]
         value["contacts"] = [dict(c) for c in contacts]
         value["messages"] = [dict(m) for m in messages]
     if statuses:
@@ -1374,6 +1409,27 @@ def change_value(
     if errors:
         value["errors"] = [dict(e) for e in errors]
     return value
+
+
+def _contact(phone: str | None, bsuid: str | None, name: str) -> dict[str, Any]:
+    contact: dict[str, Any] = {"profile": {"name": name}}
+    if phone:
+        contact["wa_id"] = phone
+    if bsuid:
+        contact["user_id"] = bsuid
+    return contact
+
+
+def as_user(
+    message: Mapping[str, Any], bsuid: str, *, phone: bool = True, parent: str | None = None
+) -> dict[str, Any]:
+    """``message`` from a user known by ``bsuid`` (``from_user_id``); ``phone=False``: one who hid the
+    number behind a username (no ``from``). ``parent``: the parent BSUID (``from_parent_user_id``)."""
+    out = {k: v for k, v in message.items() if phone or k != "from"}
+    out["from_user_id"] = bsuid
+    if parent is not None:
+        out["from_parent_user_id"] = parent
+    return out
 
 
 def change(value: Mapping[str, Any], field: str = "messages") -> dict[str, Any]:
@@ -1396,10 +1452,16 @@ def messages_payload(
     messages: Sequence[Mapping[str, Any]] = (),
     statuses: Sequence[Mapping[str, Any]] = (),
     contact_name: str = "Sheena Nelson",
+    contacts: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """One delivery with one entry and one change (the common case)."""
     value = change_value(
-        phone_number_id, display_phone_number, messages=messages, statuses=statuses, contact_name=contact_name
+        phone_number_id,
+        display_phone_number,
+        messages=messages,
+        statuses=statuses,
+        contact_name=contact_name,
+        contacts=contacts,
     )
     return envelope([entry(waba_id, [change(value)])])
 
@@ -1567,7 +1629,11 @@ class WebhookSender:
         return self.fake.numbers[phone_number_id]
 
     def inbound_payload(
-        self, phone_number_id: str, *messages: Mapping[str, Any], contact_name: str = "Sheena Nelson"
+        self,
+        phone_number_id: str,
+        *messages: Mapping[str, Any],
+        contact_name: str = "Sheena Nelson",
+        contacts: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         number = self._number(phone_number_id)
         return messages_payload(
@@ -1576,6 +1642,7 @@ class WebhookSender:
             number.display_phone_number,
             messages=messages,
             contact_name=contact_name,
+            contacts=contacts,
         )
 
     async def inbound(
@@ -1583,16 +1650,18 @@ class WebhookSender:
         phone_number_id: str,
         *messages: Mapping[str, Any],
         contact_name: str = "Sheena Nelson",
+        contacts: Sequence[Mapping[str, Any]] | None = None,
         signature: str | bool | None = None,
         copies: int = 1,
     ) -> Delivery:
         """Deliver user messages (built with ``text_message`` etc.) to ``phone_number_id``; a
-        successful delivery opens the fake's window for each sender."""
-        payload = self.inbound_payload(phone_number_id, *messages, contact_name=contact_name)
+        successful delivery opens the fake's window for each sender (by phone number and BSUID)."""
+        payload = self.inbound_payload(
+            phone_number_id, *messages, contact_name=contact_name, contacts=contacts
+        )
         result = await self.send(payload, signature=signature, copies=copies)
         if self.fake is not None and 200 <= result.status < 300:
-            for message in messages:
-                self.fake.open_window(phone_number_id, message["from"], at=float(message["timestamp"]))
+            self.fake.opened_by(phone_number_id, messages)
         return result
 
     async def text(self, phone_number_id: str, from_: str, body: str, **kw: Any) -> tuple[Delivery, str]:

@@ -16,7 +16,7 @@ from control_plane import errors
 from control_plane.db.batch import GroupCommit
 from control_plane.db.inbound import TenantClock, TenantWork
 from control_plane.db.sql import is_deadlock
-from control_plane.messaging.inbound import _per_tenant
+from control_plane.messaging.inbound_batch import per_tenant
 from control_plane.realtime.envelopes import PreparedEvents
 from control_plane.realtime.unit import store_then_publish
 
@@ -197,7 +197,7 @@ def test_cloud_delivery_order_in_a_batch():
     b1 = _cloud("1", 3, 4)
     c1 = _cloud("1", 4, 4)
     batch = [[TenantWork("t", [a1, a2])], [TenantWork("t", [b1])], [TenantWork("t", [c1])]]
-    [(kind, items)] = _per_tenant(batch)["t"].runs
+    [(kind, items)] = per_tenant(batch)["t"].runs
     assert kind == "messages"
     assert [m["provider_message_id"] for m in items] == ["wamid.1.3", "wamid.1.4", "wamid.1.1", "wamid.1.2"]
 
@@ -205,11 +205,11 @@ def test_cloud_delivery_order_in_a_batch():
 def test_web_and_mixed_runs_keep_arrival_order():
     web = [{**_cloud("2", n, 9 - n), "provider": "web"} for n in range(3)]
     batch = [[TenantWork("t", [m])] for m in web]
-    [(_, items)] = _per_tenant(batch)["t"].runs
+    [(_, items)] = per_tenant(batch)["t"].runs
     assert items == web
     phone = {**_cloud("2", 9, 0), "provider": "web"}
     batch = [[TenantWork("t", [web[0]])], [TenantWork("t", phone=[phone])], [TenantWork("t", [web[1]])]]
-    part = _per_tenant(batch)["t"]
+    part = per_tenant(batch)["t"]
     assert [(kind, len(items)) for kind, items in part.runs] == [
         ("messages", 1),
         ("phone", 1),

@@ -58,6 +58,7 @@ def test_edit_carries_the_new_content_normalized():
         "sha256": "P2Tt1ax7/JQOhCcFw1S+2Ju8o7MrNH3tbhZXivHaa6E=",
         "caption": "new caption",
         "media_id": "1003383421387256",
+        "url": "https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1003383421387256",
         "context": {"id": context},
     }
     (_, (text,)) = _parsed(s.edit_text(target, "fixed typo"))

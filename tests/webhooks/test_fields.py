@@ -1,5 +1,5 @@
 """Webhook fields other than ``messages`` (webhooks/fields.py) through the real app: Meta's documented
-deliveries (tests/webhooks/samples/fields.json, each with its source), signed like Meta signs them.
+deliveries (tests/webhooks/samples/fields/fields.json, each with its source), signed like Meta signs them.
 
 Each field: what the gateway stores, the event it publishes, a redelivery changes nothing, a wrong
 signature stores nothing, a WABA or number no tenant holds is not stored."""

@@ -2,7 +2,7 @@
 MARKETING template to them is refused at the API (422 ``contact_opted_out``) or, when the stop
 arrives while it waits, fails with ``message.failed`` and that code; utility templates and other
 contacts are not affected; a later ``resume`` lifts it, an older ``stop`` arriving late does not
-bring it back. The deliveries are Meta's documented samples (tests/webhooks/samples/fields.json)."""
+bring it back. The deliveries are Meta's documented samples (tests/webhooks/samples/fields/fields.json)."""
 
 from __future__ import annotations
 

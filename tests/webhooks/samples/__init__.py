@@ -1,4 +1,4 @@
-"""Meta's documented webhook deliveries, kept in JSON next to their sources (``fields.json``: each
+"""Meta's documented webhook deliveries, kept in JSON next to their sources (``fields/fields.json``: each
 sample says where it was copied from and what was changed)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-_FIELDS = json.loads((Path(__file__).parent / "fields.json").read_text())
+_FIELDS = json.loads((Path(__file__).parent / "fields" / "fields.json").read_text())
 FIELD_SAMPLES = sorted(k for k in _FIELDS if not k.startswith("_"))
 
 

@@ -1,7 +1,7 @@
 """Edits, revokes and reactions: the changed message's columns and the changes' history
 
-Revision ID: 0008
-Revises: 0010
+Revision ID: 0009
+Revises: 0008
 """
 
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 from control_plane.migrations.columns import LONG_TEXT, TABLE_OPTIONS, TS, tenant_row, unique
 
-revision = "0008"
-down_revision = "0010"
+revision = "0009"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 

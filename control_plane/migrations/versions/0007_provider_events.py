@@ -1,7 +1,7 @@
 """Webhook fields other than messages: raw provider events, contact preferences, template quality,
 message origin
 
-Revision ID: 0009
+Revision ID: 0007
 Revises: 0006
 """
 
@@ -10,7 +10,7 @@ from alembic import op
 
 from control_plane.migrations.columns import LONG_TEXT, TABLE_OPTIONS, TS, tenant_fk, tenant_row
 
-revision = "0009"
+revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
