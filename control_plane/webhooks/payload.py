@@ -115,6 +115,36 @@ _REPLY_KEYS = (
 )
 _MEDIA_KEYS = ("mime_type", "sha256", "caption", "filename", "voice", "animated", "url")
 _CONTEXT_KEYS = ("from", "id", "forwarded", "frequently_forwarded", "referred_product")
+_CONTEXT_KEY_SET = frozenset(_CONTEXT_KEYS)
+
+
+# What ``normalize_content`` and the message's columns keep of a message: a message with nothing else
+# is fully modeled, and its Meta object need not be stored a second time (``unmodeled``).
+_MODELED_TOP = frozenset(
+    {"id", "from", "timestamp", "type", "context", "referral", "errors", "identity", "from_user_id"}
+)
+_MODELED_PART: dict[str, frozenset[str]] = {
+    "text": frozenset({"body"}),
+    "location": frozenset({"latitude", "longitude", "name", "address", "url"}),
+    "button": frozenset({"payload", "text"}),
+    **{kind: frozenset({*_MEDIA_KEYS, "id"}) for kind in MEDIA_TYPES},
+}
+
+
+def unmodeled(msg: dict[str, Any], kind: str) -> bool:
+    """Whether ``msg`` carries anything its ``content`` and columns do not keep (a field Meta added,
+    a type we do not model, a context key beyond the known ones): then its object is kept verbatim."""
+    part_keys = _MODELED_PART.get(kind)
+    if part_keys is None:
+        return kind != "contacts"  # contact cards are kept whole in content; other types: keep all
+    part = msg.get(kind)
+    if not isinstance(part, dict) or not part.keys() <= part_keys:
+        return True
+    for key in msg:
+        if key != kind and key not in _MODELED_TOP:
+            return True
+    context = msg.get("context")
+    return isinstance(context, dict) and not context.keys() <= _CONTEXT_KEY_SET
 
 
 def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -238,7 +268,8 @@ def _message_item(
         "username": username,
         "type": kind,
         "content": normalize_content(msg, kind),
-        "raw": msg,
+        # Meta's object, when the columns and content do not keep all of it (an odd from_user_id too).
+        "raw": msg if unmodeled(msg, kind) or msg.get("from_user_id", bsuid) != bsuid else None,
         "provider_timestamp": unix_ts(msg.get("timestamp")),
         "contact_name": name,
         "to": business_number,

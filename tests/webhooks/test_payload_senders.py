@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from control_plane.db.conversations import canonical_wa_id, is_bsuid
-from control_plane.webhooks.payload import parse_delivery
+from control_plane.webhooks.payload import parse_delivery, unmodeled
 from tests.fakes import graph_api as g
 
 pytestmark = pytest.mark.smoke
@@ -53,7 +53,7 @@ def test_a_sender_without_phone_is_named_by_its_bsuid():
         "@ana",
         "Ana",
     )
-    assert item["raw"] == message and item["content"] == {"text": "hi"}
+    assert item["raw"] is None and item["content"] == {"text": "hi"}  # all of it kept elsewhere
 
 
 def test_the_contacts_entry_completes_the_sender():
@@ -107,3 +107,14 @@ def test_fields_meta_adds_are_kept_in_content():
         "catalog_id": "1",
         "product_retailer_id": "sku",
     }
+
+
+def test_meta_object_is_kept_whenever_a_field_is_not_modeled():
+
+    text = {"from": "16505551234", "id": "wamid.A", "timestamp": "1", "type": "text", "text": {"body": "x"}}
+    assert not unmodeled(text, "text")
+    assert unmodeled({**text, "from_parent_user_id": "US.ENT.1"}, "text")  # a field we do not read
+    assert unmodeled({**text, "text": {"body": "x", "new": 1}}, "text")  # inside the type's object
+    assert unmodeled({**text, "context": {"id": "wamid.B", "new": 1}}, "text")
+    assert unmodeled({**text, "type": "order", "order": {}}, "order")  # a type we do not model
+    assert not unmodeled({**text, "context": {"id": "wamid.B", "from": "1"}}, "text")
