@@ -110,6 +110,9 @@ class Settings:
     auth_backoff_cap_s: float = 30.0
     auth_failure_window_s: float = 60.0
     webhook_max_body_bytes: int = 3 * 1024 * 1024
+    # before a webhook's signature is checked (webhooks/prescan.py, webhooks/decoder.py)
+    webhook_max_routing_ids: int = 5_000  # distinct numbers + WABAs per delivery; Meta sends <= ~1,000
+    webhook_inline_decode_bytes: int = 32 * 1024  # larger bodies are parsed in a worker process
     # supervisor policy
     supervisor_enabled: bool = True
     heartbeat_interval_s: float = 5.0
@@ -176,6 +179,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "AUTH_BACKOFF_CAP_S": ("auth_backoff_cap_s", float),
     "AUTH_FAILURE_WINDOW_S": ("auth_failure_window_s", float),
     "WEBHOOK_MAX_BODY_BYTES": ("webhook_max_body_bytes", int),
+    "WEBHOOK_MAX_ROUTING_IDS": ("webhook_max_routing_ids", int),
+    "WEBHOOK_INLINE_DECODE_BYTES": ("webhook_inline_decode_bytes", int),
     "SUPERVISOR_ENABLED": ("supervisor_enabled", bool),
     "HEARTBEAT_INTERVAL_S": ("heartbeat_interval_s", float),
     "BACKOFF_BASE_S": ("backoff_base_s", float),

@@ -107,8 +107,7 @@ async def find_webhook_targets(conn: AsyncConnection, phone_number_ids: list[str
     secret, WABA and whether both the config and the tenant are active."""
     if not phone_number_ids:
         return []
-    query = _targets().where(whatsapp_config.c.phone_number_id.in_(phone_number_ids))
-    return [dict(r._mapping) for r in await conn.execute(query)]
+    return [dict(r._mapping) for r in await conn.execute(_TARGETS_BY_NUMBER, {"ids": phone_number_ids})]
 
 
 async def find_waba_targets(conn: AsyncConnection, waba_ids: list[str]) -> list[dict[str, Any]]:
@@ -116,9 +115,7 @@ async def find_waba_targets(conn: AsyncConnection, waba_ids: list[str]) -> list[
     number): every tenant whose config holds one of ``waba_ids``."""
     if not waba_ids:
         return []
-    c = whatsapp_config.c
-    query = _targets().where(c.waba_id.in_(waba_ids)).order_by(c.tenant_id)
-    return [dict(r._mapping) for r in await conn.execute(query)]
+    return [dict(r._mapping) for r in await conn.execute(_TARGETS_BY_WABA, {"ids": waba_ids})]
 
 
 def _targets() -> sa.Select:
@@ -132,6 +129,18 @@ def _targets() -> sa.Select:
         c.api_type,
         sa.and_(c.is_active, tenants.c.is_active).label("active"),
     ).join(tenants, tenants.c.id == c.tenant_id)
+
+
+# Built once, the ids bound as one expanding parameter: a forged delivery may name thousands of ids,
+# and an ``in_(list)`` built per call coerces each of them (most of the lookup's CPU).
+_TARGETS_BY_NUMBER = _targets().where(
+    whatsapp_config.c.phone_number_id.in_(sa.bindparam("ids", expanding=True))
+)
+_TARGETS_BY_WABA = (
+    _targets()
+    .where(whatsapp_config.c.waba_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(whatsapp_config.c.tenant_id)
+)
 
 
 async def find_active_configs_by_verify_token_hash(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
+from itertools import accumulate
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -68,9 +70,15 @@ MAX_JSON_DEPTH = 64
 
 def parse_json(raw: bytes) -> Any:
     """The body as JSON; 400 ``malformed_json`` when it is not JSON, ``too_deep`` past
-    ``MAX_JSON_DEPTH`` levels of objects and arrays."""
+    ``MAX_JSON_DEPTH`` levels of objects and arrays (read from the bytes before anything is built,
+    when they are UTF-8: deep or not, a body is never walked object by object)."""
     if not raw.strip():
         raise errors.BadRequest("request body is empty; expected a JSON object", code="malformed_json")
+    # Fewer brackets than the limit cannot nest past it (the common case: two C-speed counts).
+    brackets = raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH
+    utf8 = json.detect_encoding(raw[:4]).startswith("utf-8")  # json.loads also reads UTF-16/32
+    if brackets and utf8 and raw_json_depth(raw) > MAX_JSON_DEPTH:
+        raise _too_deep()
     try:
         if raw[0] == 0x7B and raw[1:2] != b"\x00":  # "{", then not a NUL: json.loads reads it as UTF-8 too
             data = _decode_json(raw.decode("utf-8", "surrogatepass"))
@@ -80,8 +88,7 @@ def parse_json(raw: bytes) -> Any:
         raise errors.BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from None
     except RecursionError:  # nested past the interpreter's limit: deeper than ours anyway
         raise _too_deep() from None
-    # Fewer brackets than the limit cannot nest past it (the common case: two C-speed counts).
-    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and json_depth(data) > MAX_JSON_DEPTH:
+    if brackets and not utf8 and json_depth(data) > MAX_JSON_DEPTH:
         raise _too_deep()
     return data
 
@@ -110,6 +117,24 @@ def json_depth(data: Any) -> int:
                 return deepest
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
     return deepest
+
+
+# A JSON string, escapes included (``raw_json_depth`` drops them: brackets inside are text); one left
+# open runs to the end. Possessive, and any byte after a backslash: every match that starts at a quote
+# succeeds, so the search never rescans (linear on any input, JSON or not). Then the tables that keep
+# only brackets, as +1 (open) and -1 (close) once read as signed bytes.
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+
+
+def raw_json_depth(raw: bytes) -> int:
+    """How deeply objects and arrays nest in UTF-8 JSON text, from the bytes at C speed: strings
+    dropped, brackets as +1/-1, the highest running sum (about 20 ns a byte, where building and walking
+    the parsed value costs about 1 µs an object). Exact on JSON; on other text an estimate (a body
+    refused for it may be malformed as well: 400 either way)."""
+    steps = _JSON_STRING.sub(b"", raw).translate(_BRACKET_STEPS, _NOT_BRACKETS)
+    return max(accumulate(array("b", steps)), default=0)
 
 
 # Path ids: ASCII digits only (str.isdigit() also takes '¹' and '٣'), no sign, within BIGINT.

@@ -1,17 +1,26 @@
 """``/api/whatsapp/webhook``: Meta's verification handshake (GET) and signed deliveries (POST).
 
-POST, in order, nothing stored until the last step:
+POST, in order, nothing stored until the last step. Until step 5 the body is unauthenticated (anyone
+can send it), so the work before it is bounded and kept off the event loop for large bodies:
 1. the raw body, read once, at most ``WEBHOOK_MAX_BODY_BYTES`` (413 past it);
 2. an ``X-Hub-Signature-256`` header must be present and well-formed (401);
-3. the body must be JSON shaped like a WhatsApp Business Account delivery (400);
-4. every entry and every change is grouped by ``value.metadata.phone_number_id``; each id is routed to
-   the active tenant that owns it; unknown ids are logged and counted, never stored. Changes of other
-   fields (``webhooks/fields.py``) that name no number (template and account updates) are routed by
-   the WABA id ``entry.id`` to every active tenant whose config holds it; unknown WABAs likewise;
+3. the body must be JSON shaped like a WhatsApp Business Account delivery (400; nested deeper than
+   ``http.parsing.MAX_JSON_DEPTH``: 400 ``too_deep``), and only its routing ids are read
+   (``webhooks/prescan.py``): each change's ``value.metadata.phone_number_id``, or for changes of
+   other fields (``webhooks/fields.py``) that name no number (template and account updates) the WABA
+   id ``entry.id``. More than ``WEBHOOK_MAX_ROUTING_IDS`` distinct ids: 413 ``too_many_ids``. A body
+   over ``WEBHOOK_INLINE_DECODE_BYTES`` is read in a worker process (``webhooks/decoder.py``);
+4. each id is answered by the tenant directory (cached; misses in one query per 1,000, which is one
+   for anything Meta sends; unknown ids cached too, within a bound):
+   a number goes to the active tenant that owns it, a WABA to every active tenant whose config holds
+   it. Ids no active tenant owns are counted and summarised in ONE log line per delivery (at most one
+   a second, ``directory.UnknownLog``), never stored. A delivery naming no active tenant ends here:
+   200, nothing more of it read;
 5. the signature is checked against the app secret of EVERY tenant the delivery names (HMAC-SHA256 of
    the raw bytes, constant-time compare): one mismatch -> 401 and nothing is written (a delivery signed
    with tenant A's secret cannot name tenant B's number or WABA);
-6. the delivery joins the current group commit; 200 once it is committed, 503 if the database fails
+6. the whole delivery is parsed (``payload.parse_delivery``, ``fields.parse_fields``) and grouped by
+   tenant, and joins the current group commit; 200 once it is committed, 503 if the database fails
    (Meta redelivers; storage is idempotent per wamid, per (wamid, status) and per change of the
    other fields).
 """
@@ -33,9 +42,18 @@ from control_plane.http.parsing import parse_json, read_body
 from control_plane.http.routing import Router
 from control_plane.logs import current_tenant
 from control_plane.webhooks import fields
-from control_plane.webhooks.directory import Target, TenantDirectory, parse_signature, signature_matches
+from control_plane.webhooks.decoder import DeliveryDecoder
+from control_plane.webhooks.directory import (
+    Resolved,
+    Target,
+    TenantDirectory,
+    UnknownLog,
+    parse_signature,
+    signature_matches,
+)
 from control_plane.webhooks.ingest import TenantWork, WebhookIngester
 from control_plane.webhooks.payload import ParsedDelivery, parse_delivery
+from control_plane.webhooks.prescan import RoutingIds
 
 log = logging.getLogger(__name__)
 router = Router()
@@ -56,6 +74,8 @@ class WebhookCounters:
         self.ignored_changes = 0
         self.skipped_items = 0
         self.too_large = 0
+        self.too_many_ids = 0  # more distinct numbers and WABAs than WEBHOOK_MAX_ROUTING_IDS (413)
+        self.unknown_only = 0  # deliveries naming no active tenant: 200, nothing stored, nothing parsed
         self.unavailable = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -141,30 +161,18 @@ async def receive(request: web.Request) -> web.Response:
     if digest is None:
         counters.bad_signature += 1
         raise errors.Unauthenticated("missing or malformed X-Hub-Signature-256", code="invalid_signature")
-    parsed = parse_delivery(parse_json(raw))
-    other = fields.parse_fields(parsed.fields) if parsed.fields else None
-    if other is not None:
-        counters.ignored_changes += other.skipped
-    if parsed.ignored_changes:
-        counters.ignored_changes += parsed.ignored_changes
-    if parsed.skipped_items:
-        counters.skipped_items += parsed.skipped_items
-
-    # Routing: the directory's cache answers without waiting; a miss (or an expired entry) is loaded.
+    data, ids = await _decode(app["webhook_decoder"], raw, counters)
+    # Routing: the directory's cache answers without waiting; misses are loaded in batches.
     directory: TenantDirectory = app["webhook_directory"]
-    targets, missing = _cached_targets(directory, parsed, other)
-    if missing:
-        targets.update(await directory.targets(missing))
-    routed = _by_tenant(parsed, targets)
-    if other is not None:
-        wabas = await directory.waba_targets(list(other.wabas)) if other.wabas else {}
-        _route_fields(routed, other, targets, wabas, counted=parsed.numbers)
-        counters.notices += routed.notices
-        counters.unknown_waba_id += routed.unknown_wabas
-    if routed.unknown:
-        counters.unknown_phone_number_id += routed.unknown
-    _check_signatures(raw, digest, routed, counters)
+    resolved = await directory.resolve(ids.numbers, ids.wabas)
+    named = resolved.app_secrets()
+    if not named:  # no tenant to check it against, nothing to store: acknowledged, nothing more read
+        return _ack_unknown(app, resolved, counters)
+    _check_signatures(raw, digest, named, counters)
 
+    routed = await _parse_and_route(directory, parse_json(raw) if data is None else data, resolved, counters)
+    _check_signatures(raw, digest, {k: v for k, v in routed.app_secrets.items() if k not in named}, counters)
+    app["webhook_unknown_log"].note(routed.unknown_numbers, routed.unknown_waba_ids)
     works = routed.works
     if works:
         token = current_tenant.set(next(iter(works)) if len(works) == 1 else None)
@@ -177,13 +185,69 @@ async def receive(request: web.Request) -> web.Response:
         finally:
             current_tenant.reset(token)
     counters.accepted += 1
+    unknown, unknown_wabas = len(routed.unknown_numbers), len(routed.unknown_waba_ids)
+    return _ack(routed.messages, routed.statuses, unknown, routed.notices, unknown_wabas)
+
+
+def _ack(messages: int, statuses: int, unknown: int, notices: int, unknown_wabas: int) -> web.Response:
     return web.Response(
-        body=(
-            _ACK % (routed.messages, routed.statuses, routed.unknown, routed.notices, routed.unknown_wabas)
-        ).encode(),
+        body=(_ACK % (messages, statuses, unknown, notices, unknown_wabas)).encode(),
         content_type="application/json",
         charset="utf-8",
     )
+
+
+async def _decode(decoder: DeliveryDecoder, raw: bytes, counters: WebhookCounters) -> tuple[Any, RoutingIds]:
+    try:
+        return await decoder.decode(raw)
+    except errors.PayloadTooLarge:
+        counters.too_many_ids += 1
+        raise
+    except errors.Unavailable:
+        counters.unavailable += 1
+        raise
+
+
+def _ack_unknown(app: web.Application, resolved: Resolved, counters: WebhookCounters) -> web.Response:
+    """A delivery that names no active tenant: counted, summarised in the log, 200 (Meta must not
+    redeliver it), nothing stored and nothing more of it read."""
+    numbers, wabas = resolved.unknown()
+    counters.unknown_phone_number_id += len(numbers)
+    counters.unknown_waba_id += len(wabas)
+    counters.unknown_only += 1
+    counters.accepted += 1
+    app["webhook_unknown_log"].note(numbers, wabas)
+    return _ack(0, 0, len(numbers), 0, len(wabas))
+
+
+async def _parse_and_route(
+    directory: TenantDirectory, data: Any, resolved: Resolved, counters: WebhookCounters
+) -> _Routed:
+    """The whole delivery read (its signature held for every tenant ``resolved`` names) and grouped by
+    tenant. The prescan's ids are the full parse's; an id it did not see is looked up here and its
+    tenant's signature checked by the caller all the same."""
+    parsed = parse_delivery(data)
+    other = fields.parse_fields(parsed.fields) if parsed.fields else None
+    if other is not None:
+        counters.ignored_changes += other.skipped
+    counters.ignored_changes += parsed.ignored_changes
+    counters.skipped_items += parsed.skipped_items
+    targets = resolved.numbers
+    numbers = parsed.numbers if other is None else {**parsed.numbers, **other.numbers}
+    missing = [pnid for pnid in numbers if pnid not in targets]
+    if missing:
+        targets = {**targets, **await directory.targets(missing)}
+    routed = _by_tenant(parsed, targets)
+    if other is not None:
+        wabas = resolved.wabas
+        missing = [waba for waba in other.wabas if waba not in wabas]
+        if missing:
+            wabas = {**wabas, **await directory.waba_targets(missing)}
+        _route_fields(routed, other, targets, wabas, counted=parsed.numbers)
+        counters.notices += routed.notices
+    counters.unknown_phone_number_id += len(routed.unknown_numbers)
+    counters.unknown_waba_id += len(routed.unknown_waba_ids)
+    return routed
 
 
 @dataclass(slots=True)
@@ -192,11 +256,11 @@ class _Routed:
 
     works: dict[str, TenantWork] = field(default_factory=dict)
     app_secrets: dict[str, bytes | None] = field(default_factory=dict)
-    unknown: int = 0  # numbers no active tenant owns
+    unknown_numbers: list[str] = field(default_factory=list)  # numbers no active tenant owns
+    unknown_waba_ids: list[str] = field(default_factory=list)  # WABA ids no active tenant holds
     messages: int = 0
     statuses: int = 0
     notices: int = 0
-    unknown_wabas: int = 0  # WABA ids no active tenant holds
 
     def work(self, target: Target) -> TenantWork:
         """The target's tenant's work (made, and its app secret noted, on first use)."""
@@ -207,35 +271,13 @@ class _Routed:
         return work
 
 
-def _cached_targets(
-    directory: TenantDirectory, parsed: ParsedDelivery, other: fields.FieldDelivery | None = None
-) -> tuple[dict[str, Target | None], list[str] | None]:
-    """The targets the directory's cache knows, and the numbers it must load (None: none)."""
-    targets: dict[str, Target | None] = {}
-    missing = None
-    numbers = parsed.numbers if other is None else {**parsed.numbers, **other.numbers}
-    for pnid in numbers:
-        target = directory.cached(pnid)
-        if target is False:
-            missing = [pnid] if missing is None else [*missing, pnid]
-        else:
-            targets[pnid] = target
-    return targets, missing
-
-
 def _by_tenant(parsed: ParsedDelivery, targets: dict[str, Target | None]) -> _Routed:
     routed = _Routed()
     works = routed.works
     for pnid, batch in parsed.numbers.items():
         target = targets.get(pnid)
         if target is None:
-            routed.unknown += 1
-            log.warning(
-                "webhook for unknown phone_number_id=%s (%d messages, %d statuses) not stored",
-                pnid,
-                len(batch.messages),
-                len(batch.statuses),
-            )
+            routed.unknown_numbers.append(pnid)
             continue
         tenant_id = target.tenant_id
         work = works.get(tenant_id)
@@ -274,15 +316,14 @@ def _route_fields(
     for pnid, batch in other.numbers.items():
         target = targets.get(pnid)
         if target is None:
-            routed.unknown += pnid not in counted
-            log.warning("webhook %s for unknown phone_number_id=%s not stored", _field_names(batch), pnid)
+            if pnid not in counted:
+                routed.unknown_numbers.append(pnid)
             continue
         _add_fields(routed, routed.work(target), batch)
     for waba_id, batch in other.wabas.items():
         owners = wabas.get(waba_id) or ()
         if not owners:
-            routed.unknown_wabas += 1
-            log.warning("webhook %s for unknown waba_id=%s not stored", _field_names(batch), waba_id)
+            routed.unknown_waba_ids.append(waba_id)
         for target in owners:
             _add_fields(routed, routed.work(target), batch)
 
@@ -294,13 +335,11 @@ def _add_fields(routed: _Routed, work: TenantWork, batch: fields.FieldBatch) -> 
     routed.notices += len(batch.notices)
 
 
-def _field_names(batch: fields.FieldBatch) -> str:
-    return ",".join(sorted({n["field"] for n in batch.notices})) or "change"
-
-
-def _check_signatures(raw: bytes, digest: bytes, routed: _Routed, counters: WebhookCounters) -> None:
+def _check_signatures(
+    raw: bytes, digest: bytes, app_secrets: dict[str, bytes | None], counters: WebhookCounters
+) -> None:
     """Every tenant the delivery names must have signed it: all are verified before anything is stored."""
-    for tenant_id, secret in routed.app_secrets.items():
+    for tenant_id, secret in app_secrets.items():
         if not signature_matches(raw, digest, secret):
             counters.bad_signature += 1
             log.warning("webhook signature mismatch tenant=%s (nothing stored)", tenant_id)
@@ -308,12 +347,20 @@ def _check_signatures(raw: bytes, digest: bytes, routed: _Routed, counters: Webh
 
 
 async def webhooks_context(app: web.Application):
-    """Cleanup context: the tenant directory; deliveries go to the app's inbound service (set up
-    before, in ``app["inbound"]``)."""
+    """Cleanup context: the tenant directory and the decoder's worker; deliveries go to the app's
+    inbound service (set up before, in ``app["inbound"]``)."""
+    settings = app["settings"]
     app["webhook_counters"] = WebhookCounters()
     app["webhook_directory"] = TenantDirectory(app["db"], app["secret_box"])
+    app["webhook_unknown_log"] = UnknownLog()
     app["webhook_ingester"] = app["inbound"]
-    yield
+    decoder = app["webhook_decoder"] = DeliveryDecoder(
+        max_ids=settings.webhook_max_routing_ids, inline_max_bytes=settings.webhook_inline_decode_bytes
+    )
+    try:
+        yield
+    finally:
+        await decoder.close()
 
 
 def stats(app: web.Application) -> dict[str, Any]:
