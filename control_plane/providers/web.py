@@ -52,6 +52,8 @@ class WebProvider:
 
     async def send(self, message: OutboundMessage) -> Outcome:
         args = await self.bridge_args(message)
+        if message.on_wire is not None:
+            message.on_wire()
         try:
             result = await self.sessions.send(message.tenant_id, args)
         except errors.GatewayError as exc:
