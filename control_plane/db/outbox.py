@@ -5,8 +5,8 @@ its transitions, and per-tenant messaging settings. The tables and the state dia
     outbox_enqueue.py    enqueue (with idempotency), enqueue_many
     outbox_claim.py      due_tenants, next_due_at, bring_forward, claim
     outbox.py            record_sent, record_outcomes (what happened to claimed messages)
-    outbox_recovery.py   expire_leases, claims_of, to_unknown, list_unknown, confirmations, requeue,
-                         status_delays, last_status_at
+    outbox_recovery.py   expire_leases, claims_of, to_unknown, release_claims, list_unknown,
+                         confirmations, requeue, status_delays, last_status_at
     outbox_reads.py      rows and transitions, messages by id, pending counts, messaging settings
 
 and every one is importable from here (``outbox_db.claim``).
@@ -50,6 +50,7 @@ from control_plane.db.outbox_recovery import (
     last_status_at,
     list_unknown,
     orphan_status_message_ids,
+    release_claims,
     requeue,
     requeue_unknown,
     status_delays,
@@ -445,6 +446,7 @@ __all__ = [
     "pending_counts",
     "record_outcomes",
     "record_sent",
+    "release_claims",
     "requeue",
     "requeue_unknown",
     "save_settings",

@@ -47,6 +47,7 @@ async def expire_leases(
         ids,
         decide_at,
         "lease expired: the node sending it stopped before recording the answer",
+        keep_claim=True,  # its journal, should the node come back, still knows what became of it
     )
     return len(ids)
 
@@ -58,28 +59,42 @@ async def to_unknown(
     reason: str,
     *,
     provider: str | None = None,
+    keep_claim: bool = False,
 ) -> None:
-    """Claimed rows whose outcome nobody knows: ``unknown`` (since now, ``updated_at``) until a
-    confirmation settles them or ``decide_at`` (the longest wait) comes."""
+    """Claimed (``sending``) rows whose outcome nobody knows: ``unknown`` (since now, ``updated_at``)
+    until a confirmation settles them or ``decide_at`` (the longest wait) comes."""
     values: dict[str, Any] = {
         "state": OutboxState.UNKNOWN,
         "next_attempt_at": decide_at,
-        "claimed_by": None,
         "updated_at": utcnow(),
         "last_error": reason,
     }
+    if not keep_claim:
+        values["claimed_by"] = None
     if provider is not None:
         values["route_provider"] = provider
-    await conn.execute(outbox.update().where(outbox.c.message_id.in_(message_ids)).values(**values))
+    await conn.execute(
+        outbox.update()
+        .where(outbox.c.message_id.in_(message_ids), outbox.c.state == OutboxState.SENDING)
+        .values(**values)
+    )
+
+
+async def release_claims(conn: AsyncConnection, message_ids: list[str]) -> None:
+    """Forget who claimed these rows (their process's journal has been read)."""
+    if message_ids:
+        await conn.execute(
+            outbox.update().where(outbox.c.message_id.in_(message_ids)).values(claimed_by=None)
+        )
 
 
 async def claims_of(conn: AsyncConnection, claimed_by: str, *, limit: int = 500) -> list[dict[str, Any]]:
-    """Rows ``claimed_by`` claimed and never answered for (still ``sending``), locked for this
-    transaction, with their message's conversation and ``wa_id``."""
+    """Rows ``claimed_by`` claimed and never answered for (``sending``, or ``unknown`` once their lease
+    expired), locked for this transaction, with their message's conversation and ``wa_id``."""
     o = outbox.c
     picked = await conn.execute(
-        sa.select(o.message_id, o.tenant_id, o.attempts, o.claimed_at, o.route_reason)
-        .where(o.state == OutboxState.SENDING, o.claimed_by == claimed_by)
+        sa.select(o.message_id, o.tenant_id, o.state, o.attempts, o.claimed_at, o.route_reason)
+        .where(o.state.in_([OutboxState.SENDING, OutboxState.UNKNOWN]), o.claimed_by == claimed_by)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )

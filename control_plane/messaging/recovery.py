@@ -24,6 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane.db import outbox as outbox_db
@@ -156,43 +157,29 @@ class Recovery:
         return taken
 
     async def _take_over_batch(self, dead: DeadJournal) -> int:
-        cap_s = self.settings.messaging_reconcile_s
-        counts = dict.fromkeys((send_journal.ACCEPTED, send_journal.UNSENT, "unknown"), 0)
-        requeued: dict[str, list[str]] = {}
+        """One batch of the dead process's claims, judged by its journal (send_journal.py)."""
         async with store_then_publish(self.db.begin(), self.events) as unit:
             conn = unit.conn
             rows = await outbox_db.claims_of(conn, dead.owner, limit=TAKE_OVER_BATCH)
-            sent: dict[str, list[dict[str, Any]]] = {}
-            unknown: dict[str | None, list[str]] = {}
-            for row in rows:
-                verdict = dead.verdict(row["message_id"], row["attempts"], row["claimed_at"])
-                entry = dead.entries.get(row["message_id"])
-                if verdict == send_journal.ACCEPTED and entry and entry.provider and row["conversation_id"]:
-                    sent.setdefault(row["tenant_id"], []).append(_accepted(row, entry, dead.owner))
-                elif verdict == send_journal.UNSENT:
-                    requeued.setdefault(row["tenant_id"], []).append(row["message_id"])
-                else:  # in flight at the crash, or beyond what the journal covers
-                    unknown.setdefault(entry.provider if entry else None, []).append(row["message_id"])
-            for tenant_id, outcomes in sent.items():
+            judged = _judge(rows, dead)
+            for tenant_id, outcomes in judged.sent.items():
                 unit.extend(await self.recorder.record(conn, tenant_id, outcomes))
             why = f"claimed by {dead.owner}, which died before sending it: queued again"
-            for tenant_id, ids in requeued.items():
-                await outbox_db.requeue(conn, tenant_id, ids, why[:255], state=OutboxState.SENDING)
-            decide_at = utcnow() + dt.timedelta(seconds=cap_s)
+            for (tenant_id, state), ids in judged.unsent.items():
+                await outbox_db.requeue(conn, tenant_id, ids, why[:255], state=OutboxState(state))
+            decide_at = utcnow() + dt.timedelta(seconds=self.settings.messaging_reconcile_s)
             why = f"in flight when {dead.owner} died: waiting for the provider's confirmation"
-            for provider, ids in unknown.items():
+            for provider, ids in judged.in_flight.items():
                 await outbox_db.to_unknown(conn, ids, decide_at, why, provider=provider)
-            counts[send_journal.ACCEPTED] = sum(map(len, sent.values()))
-            counts[send_journal.UNSENT] = sum(map(len, requeued.values()))
-            counts["unknown"] = sum(map(len, unknown.values()))
-        for tenant_id in requeued:
+            await outbox_db.release_claims(conn, judged.left_unknown)
+        for tenant_id, _ in judged.unsent:
             self._notify(tenant_id)
         if rows:
             log.warning(
                 "messaging: took over %d claim(s) of %s (died on this node): %s",
                 len(rows),
                 dead.owner,
-                counts,
+                judged.counts(),
             )
         return len(rows)
 
@@ -264,6 +251,40 @@ class Recovery:
             f"({s.messaging_reconcile_factor:g}x the p99 status delay) while statuses kept coming: "
             "sending again"
         )
+
+
+@dataclass
+class _Judged:
+    """A batch of a dead process's claims, by what its journal says."""
+
+    sent: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # tenant -> outcomes
+    unsent: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (tenant, state) -> ids
+    in_flight: dict[str | None, list[str]] = field(default_factory=dict)  # provider -> ids (sending)
+    left_unknown: list[str] = field(default_factory=list)  # in flight, already unknown (lease expired)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "accepted": sum(map(len, self.sent.values())),
+            "unsent": sum(map(len, self.unsent.values())),
+            "in_flight": sum(map(len, self.in_flight.values())) + len(self.left_unknown),
+        }
+
+
+def _judge(rows: list[dict[str, Any]], dead: DeadJournal) -> _Judged:
+    judged = _Judged()
+    for row in rows:
+        mid = row["message_id"]
+        verdict = dead.verdict(mid, row["attempts"], row["claimed_at"])
+        entry = dead.entries.get(mid)
+        if verdict == send_journal.ACCEPTED and entry and entry.provider and row["conversation_id"]:
+            judged.sent.setdefault(row["tenant_id"], []).append(_accepted(row, entry, dead.owner))
+        elif verdict == send_journal.UNSENT:
+            judged.unsent.setdefault((row["tenant_id"], row["state"]), []).append(mid)
+        elif row["state"] == OutboxState.SENDING:  # in flight at the crash, or beyond the journal
+            judged.in_flight.setdefault(entry.provider if entry else None, []).append(mid)
+        else:
+            judged.left_unknown.append(mid)
+    return judged
 
 
 def _accepted(row: dict[str, Any], entry: send_journal.Entry, owner: str) -> dict[str, Any]:

@@ -8,12 +8,13 @@ One line per event, written with one ``os.write`` (``O_APPEND``) each, on the se
     ["A", message_id, attempt, provider, provider_message_id, wa_id]    the provider accepted it
     ["N", message_id, attempt]                                 answered: not accepted (nothing sent)
 
-A killed process's lines are in the page cache and survive it (not a power loss: then its claims
-take the lease path, as without a journal). No fsync: nothing waits on the disk.
+A killed process's lines are in the page cache and survive it. No fsync: nothing waits on the disk,
+so after the machine itself went down the last lines may be missing: a journal written before the
+current boot (its header's boot id) is trusted for its "A" lines only.
 
 Files under ``DATA_DIR/send-journal/``: ``<owner>.lock``, held with ``flock`` for the life of the
 process (``owner`` is the dispatcher's node id, the outbox rows' ``claimed_by``), and segments
-``<owner>.<n>.log``, each starting with ``["H", owner, <wall time>]``; a segment past
+``<owner>.<n>.log``, each starting with ``["H", owner, <wall time>, <boot id>]``; a segment past
 ``segment_bytes`` is followed by a new one and the one before it is deleted (two are kept).
 
 A lock nobody holds is a dead process (``dead()``). Its claims are judged by the last line of their
@@ -27,7 +28,9 @@ attempt (``DeadJournal.verdict``):
     S                                  IN_FLIGHT  the request was open at the crash: unknown (a status
                                                   webhook, a Web ack or the reconcile delay decides)
     no line, journal does not cover    UNKNOWN    the same as IN_FLIGHT
-      the claim (rotated away)
+      the claim (rotated away); or
+      anything but A when the journal
+      was written before the last boot
 """
 
 from __future__ import annotations
@@ -65,6 +68,14 @@ class Entry:
     provider: str | None = None
     provider_message_id: str | None = None
     wa_id: str | None = None
+
+
+def boot_id() -> str | None:
+    """This boot of the machine (Linux); None where unknown."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _safe_owner(owner: str) -> bool:
@@ -141,7 +152,7 @@ class SendJournal:
         """A new segment (its header first), then the one before the previous goes."""
         self._segment += 1
         fd = os.open(self._path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        header = (json.dumps(["H", self.owner, time.time()]) + "\n").encode()
+        header = (json.dumps(["H", self.owner, time.time(), boot_id()]) + "\n").encode()
         os.write(fd, header)
         if self._fd >= 0:
             os.close(self._fd)
@@ -202,6 +213,7 @@ class DeadJournal:
         # been rotated away, the journal covers the claims made after the oldest kept one began.
         self.covers_all = False
         self.covers_from: float | None = None  # wall time the oldest kept segment began
+        self.same_boot = False  # written since the machine last started: no line can be missing
         self._read()
 
     @classmethod
@@ -239,6 +251,8 @@ class DeadJournal:
         if kind == "H":
             if first_segment:
                 self.covers_from = float(line[2])
+                written_in = line[3] if len(line) > 3 else None
+                self.same_boot = written_in is not None and written_in == boot_id()
             return
         message_id, attempt = str(line[1]), int(line[2])
         if kind == "S":
@@ -251,8 +265,12 @@ class DeadJournal:
     def verdict(self, message_id: str, attempt: int, claimed_at: dt.datetime | None) -> str:
         """ACCEPTED | UNSENT | IN_FLIGHT | UNKNOWN for this claim (``claimed_at`` naive UTC)."""
         entry = self.entries.get(message_id)
+        if entry is not None and entry.attempt == attempt and entry.kind == "A":
+            return ACCEPTED
+        if not self.same_boot:  # the machine went down since: the last lines may never have been written
+            return UNKNOWN
         if entry is not None and entry.attempt == attempt:
-            return {"A": ACCEPTED, "N": UNSENT}.get(entry.kind, IN_FLIGHT)
+            return UNSENT if entry.kind == "N" else IN_FLIGHT
         if self.covers_all:
             return UNSENT
         if claimed_at is not None and self.covers_from is not None:

@@ -167,3 +167,26 @@ async def _unknown(database_url: str, tenant_id: str, message_id: str) -> bool:
     finally:
         await db.close()
     return row is not None and row["state"] == "unknown"
+
+
+async def test_a_claim_whose_lease_expired_is_still_settled_by_its_journal(
+    msg_settings, database_url, empty_db, aiohttp_client, fake
+):
+    """The process hung past its lease, then died: its answered send is still recorded from the
+    journal, not sent again (nor left waiting for a confirmation)."""
+    settings = msg_settings(MESSAGING_LEASE_S="1", MESSAGING_RECONCILE_S="60")
+    http = await aiohttp_client(create_app(settings))
+    tenant = await business_tenant(http, fake)
+    (row,) = await claimed_by_the_dead(database_url, tenant["id"], ["16505550007"])
+    journal = SendJournal.open(settings.data_dir, DEAD)  # held: the process is alive, but silent
+    assert journal is not None
+    journal.sending(row["message_id"], row["attempts"], CLOUD)
+    journal.answered(row["message_id"], row["attempts"], CLOUD, Sent("wamid.BEFORE-THE-HANG"))
+    await wait_for(
+        lambda: _unknown(database_url, tenant["id"], row["message_id"]), timeout=10, message="lease expired"
+    )
+    journal.close()  # now it is gone
+    await wait_for(lambda: is_sent(http, tenant, row["message_id"]), timeout=10, message="settled")
+    got = await message(http, tenant, row["message_id"])
+    assert got["provider_message_id"] == "wamid.BEFORE-THE-HANG" and "send journal" in reasons(got)
+    assert fake.sent == []

@@ -5,6 +5,7 @@ and how the measured status delays become the wait before an unconfirmed send go
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -146,6 +147,31 @@ def test_a_torn_last_line_is_skipped(tmp_path):
     assert me is not None
     (dead,) = me.dead()
     assert dead.verdict("m1", 1, utc_now()) == sj.IN_FLIGHT
+    dead.remove()
+    me.close()
+
+
+def test_after_a_reboot_only_accepted_lines_are_trusted(tmp_path):
+    """Lines may not have reached the disk when the machine went down: a journal of another boot
+    says "sent" when it saw the answer, and "unknown" otherwise, never "not sent"."""
+    gone = SendJournal.open(tmp_path, "node-rebooted")
+    assert gone is not None
+    gone.sending("m-accepted", 1, CLOUD)
+    gone.answered("m-accepted", 1, CLOUD, Sent("wamid.A"))
+    gone.sending("m-refused", 1, CLOUD)
+    gone.answered("m-refused", 1, CLOUD, Failed("131026", "undeliverable"))
+    gone.close()
+    segment = tmp_path / sj.DIR_NAME / "node-rebooted.0.log"
+    header, rest = segment.read_text().split("\n", 1)
+    kind, owner, at, boot = json.loads(header)
+    assert boot == sj.boot_id()
+    segment.write_text(json.dumps([kind, owner, at, "an-earlier-boot"]) + "\n" + rest)
+    me = SendJournal.open(tmp_path, "node-me")
+    assert me is not None
+    (dead,) = me.dead()
+    assert dead.verdict("m-accepted", 1, utc_now()) == sj.ACCEPTED
+    assert dead.verdict("m-refused", 1, utc_now()) == sj.UNKNOWN
+    assert dead.verdict("m-never", 1, utc_now()) == sj.UNKNOWN
     dead.remove()
     me.close()
 
