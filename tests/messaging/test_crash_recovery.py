@@ -22,7 +22,7 @@ from tests.fakes import graph_api as g
 from tests.messaging.conftest import create_tenant
 from tests.support import wait_for
 
-pytestmark = [pytest.mark.mariadb, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.smoke, pytest.mark.timeout(90)]
 
 CLOUD = "business_api"
 DEAD = "node-deadbeef0001"
