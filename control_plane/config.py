@@ -141,7 +141,9 @@ class Settings:
     messaging_retry_base_s: float = 1.0
     messaging_retry_cap_s: float = 60.0
     messaging_lease_s: float = 60.0
-    messaging_reconcile_s: float = 60.0
+    messaging_reconcile_s: float = 60.0  # the longest wait for a confirmation of an unknown outcome
+    messaging_reconcile_min_s: float = 5.0  # the shortest (messaging/recovery.py)
+    messaging_reconcile_factor: float = 4.0  # x the p99 of the tenant's send -> first status delay
     messaging_poll_s: float = 1.0
     messaging_batch_max: int = 200
     extra: dict[str, str] = field(default_factory=dict, repr=False)
@@ -207,6 +209,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "MESSAGING_RETRY_CAP_S": ("messaging_retry_cap_s", float),
     "MESSAGING_LEASE_S": ("messaging_lease_s", float),
     "MESSAGING_RECONCILE_S": ("messaging_reconcile_s", float),
+    "MESSAGING_RECONCILE_MIN_S": ("messaging_reconcile_min_s", float),
+    "MESSAGING_RECONCILE_FACTOR": ("messaging_reconcile_factor", float),
     "MESSAGING_POLL_S": ("messaging_poll_s", float),
     "MESSAGING_BATCH_MAX": ("messaging_batch_max", int),
 }

@@ -42,7 +42,10 @@ class SessionStatus(ResponseModel):
         "memory_limit, heartbeat_timeout, init_failed, requested, ...)",
     )
     since: str | None = Field(default=None, description="When it entered this state (ISO 8601, UTC)")
-    desired_state: Literal["running", "stopped"]
+    desired_state: Literal["running", "stopped"] = Field(
+        description="What was asked last: the state the session is moving to (start/stop/restart "
+        "answer at once with 202; follow `state` or the session.state events)"
+    )
     restarts: int = Field(description="Automatic restarts so far")
     pid: int | None = Field(default=None, description="The bridge's process id while one runs")
     memory_bytes: int | None = Field(
@@ -105,9 +108,17 @@ def _command(command: str, summary: str, *, status: int = 200) -> None:
     _session_route("POST", f"/api/session/{command}", status=status, summary=summary)(handler)
 
 
-_command("start", "Start the session (desired state running); it goes on in the background", status=202)
-_command("stop", "Stop the session (desired state stopped); returns once its processes are gone")
-_command("restart", "Restart the session now (also clears a failed state)", status=202)
+_command(
+    "start",
+    "Start the session (desired state running); answered at once, the start goes on in the background",
+    status=202,
+)
+_command(
+    "stop",
+    "Stop the session (desired state stopped); answered at once, the stop goes on in the background",
+    status=202,
+)
+_command("restart", "Restart the session now (also clears a failed state); answered at once", status=202)
 _command("logout", "Log out of WhatsApp and wipe the session profile (a new QR scan is needed)")
 
 

@@ -5,7 +5,8 @@ its transitions, and per-tenant messaging settings. The tables and the state dia
     outbox_enqueue.py    enqueue (with idempotency), enqueue_many
     outbox_claim.py      due_tenants, next_due_at, bring_forward, claim
     outbox.py            record_sent, record_outcomes (what happened to claimed messages)
-    outbox_recovery.py   expire_leases, list_unknown, confirmations, requeue_unknown
+    outbox_recovery.py   expire_leases, claims_of, to_unknown, release_claims, list_unknown,
+                         confirmations, requeue, status_delays, last_status_at
     outbox_reads.py      rows and transitions, messages by id, pending counts, messaging settings
 
 and every one is importable from here (``outbox_db.claim``).
@@ -43,12 +44,18 @@ from control_plane.db.outbox_reads import (
     save_settings,
 )
 from control_plane.db.outbox_recovery import (
+    claims_of,
     expire_leases,
     find_cloud_confirmation,
     find_web_confirmation,
+    last_status_at,
     list_unknown,
     orphan_status_message_ids,
+    release_claims,
+    requeue,
     requeue_unknown,
+    status_delays,
+    to_unknown,
 )
 from control_plane.db.outbox_schema import (
     REQUESTED_PROVIDERS,
@@ -417,6 +424,7 @@ __all__ = [
     "STATES",
     "bring_forward",
     "claim",
+    "claims_of",
     "due_tenants",
     "enqueue",
     "enqueue_many",
@@ -426,6 +434,7 @@ __all__ = [
     "find_web_confirmation",
     "get_outbox",
     "get_settings",
+    "last_status_at",
     "latest_inbound",
     "list_transitions",
     "list_unknown",
@@ -438,8 +447,12 @@ __all__ = [
     "pending_counts",
     "record_outcomes",
     "record_sent",
+    "release_claims",
+    "requeue",
     "requeue_unknown",
     "route_reasons",
     "save_settings",
+    "status_delays",
+    "to_unknown",
     "unmatched_status_ids",
 ]

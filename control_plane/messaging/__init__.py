@@ -5,8 +5,10 @@ and the Cloud API, the rate governor, and Web-session ingest.
     outbox.py      enqueue with idempotency (the row is committed before the 202)
     routing.py     policy -> road, with a recorded reason (pure)
     governor.py    per-number / per-pair / per-session pacing (in-process or Redis)
-    dispatcher.py  claim, route, send; crash recovery (the remaining duplicate window)
+    dispatcher.py  claim, route, send (the remaining duplicate window)
     recorder.py    what each send came to, stored by one group-commit writer, then published
+    send_journal.py  each send written down as it leaves and when answered (DATA_DIR), per process
+    recovery.py    crash recovery: a dead process's claims from its journal, leases, unknown outcomes
     inbound.py     the inbound service: both roads' messages and statuses, in delivery order
     web_ingest.py  bridge message / message_ack -> the inbound service
 """

@@ -24,32 +24,23 @@ Exactly once, and the window that remains
 -----------------------------------------
 A message is claimed (committed "sending", with ``claimed_by``/``claimed_at``) before it is sent, and
 its answer is committed right after (group commit: within RECORD_MIN_INTERVAL_S plus one commit,
-30-60 ms under full load, a few ms when quiet). A crash (kill -9) in between
-leaves rows "sending"; once their lease (MESSAGING_LEASE_S, longer than any send can take) expires
-they become "unknown" and are NOT simply sent again:
-
-- Cloud API: every send carries ``biz_opaque_callback_data = <our message id>``, which Meta echoes in
-  the status webhooks. A stored status fact naming our id settles it: recorded as sent with that wamid.
-- Web: the bridge's own ack events for a message id no row of ours knows, to the same recipient,
-  during the claim's lease, settle it the same way.
-- Neither within MESSAGING_RECONCILE_S: the message is queued again (recorded in its history).
-
-What remains: a message the provider accepted in the tens of milliseconds between its answer and our
-commit, whose confirmation never reaches us within the reconcile wait — for the Cloud API, when the
-status webhook is not delivered to us within MESSAGING_RECONCILE_S (webhooks down or misrouted); for
-Web, when the bridge died before emitting the ack (it acks ~30 ms after sending in the scripted
-driver, immediately in whatsapp-web.js). Only messages whose HTTP exchange was open or whose answer
-awaited the group commit at the instant of the crash are exposed: about rate x 60 ms per number at
-full load (~5 at 80 msg/s). Rows claimed ahead but not yet sent (up to two batches per tenant) also
-become "unknown" after a crash; having never reached the provider, they get no confirmation and are
-sent once, after the reconcile wait. The same rules apply to a send that timed out (GraphAPITimeout /
-bridge timeout): "unknown", never blindly retried.
+30-60 ms under full load, a few ms when quiet). Each send is also written to this node's send
+journal (``send_journal.py``) just before it leaves and when it is answered. After a crash (kill -9)
+in between, ``recovery.py`` settles the rows left "sending": at once by the next process on the same
+node from the journal, else after their lease; a send whose answer nobody saw is "unknown" and is
+NOT simply sent again: a provider's confirmation (Cloud API status webhooks echo our id as
+``biz_opaque_callback_data``; a Web ack no row claims) records it as sent, and only without one
+within the measured reconcile delay is it queued again. What remains: a request open at the instant
+of the crash that the provider accepted and whose confirmation is lost or later than the delay (about
+rate x the request's duration per number). The same rules apply to a send that timed out
+(GraphAPITimeout / bridge timeout): "unknown", never blindly retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -63,9 +54,11 @@ from control_plane.messaging.conversations import CanonicalAdopter, References
 from control_plane.messaging.governor import Governor, sleep_until
 from control_plane.messaging.inbound import InboundService
 from control_plane.messaging.recorder import Recorder
+from control_plane.messaging.recovery import Recovery
+from control_plane.messaging.send_journal import SendJournal
 from control_plane.messaging.tenant_context import CONTEXT_TTL_S, TenantContext
 from control_plane.messaging.web_ingest import WebIngest
-from control_plane.providers.base import OutboundMessage, Retryable, Sent
+from control_plane.providers.base import OutboundMessage, Outcome, Provider, Retryable, Sent
 from control_plane.providers.cloud import CloudProvider
 from control_plane.providers.cloud_api import CloudAPIClient
 from control_plane.providers.web import WebProvider
@@ -125,10 +118,24 @@ class Dispatcher:
             ("claims", "claim_s", "commits", "commit_s", "late_s", "sends", "dry_s", "claim_max_s"), 0
         )
         self.stats = dict.fromkeys(
-            ("sent", "failed", "retried", "deferred", "unknown", "recovered", "requeued_unknown"), 0
+            (
+                "sent",
+                "failed",
+                "retried",
+                "deferred",
+                "unknown",
+                "recovered",
+                "requeued_unknown",
+                "taken_over",
+            ),
+            0,
         )
         self.recorder = Recorder(
             db=db, events=events, settings=settings, notify=self.notify, timing=self.timing
+        )
+        self.journal: SendJournal | None = None  # opened by start()
+        self.recovery = Recovery(
+            db=db, events=events, settings=settings, recorder=self.recorder, notify=self.notify
         )
         self._own_inbound = inbound is None  # Web events go to the app's inbound service, else our own
         self.inbound = inbound or InboundService(db, lambda: events)
@@ -137,6 +144,7 @@ class Dispatcher:
     # ------------------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        self.journal = self.recovery.journal = SendJournal.open(self.settings.data_dir, self.node_id)
         self.recorder.start()
         if self._own_inbound:
             self.inbound.start()
@@ -164,6 +172,8 @@ class Dispatcher:
         await self.adopter.wait(grace_s)
         await self.recorder.flush(grace_s)
         await self.recorder.stop()
+        if self.journal is not None:
+            self.journal.close()  # left for the next process here, for any send left unrecorded
         t = self.timing
         log.info(
             "messaging dispatcher stopped node=%s stats=%s claims=%d (avg %.1f ms) commits=%d (avg %.1f ms) "
@@ -366,7 +376,7 @@ class Dispatcher:
     ) -> dict[str, Any]:
         if decision.provider != routing.WEB:
             return await self._send_cloud(tenant_id, ctx, row, decision)
-        outcome = await self.web.send(_outbound(tenant_id, row))
+        outcome = await self._via(self.web, tenant_id, row)
         if isinstance(outcome, Retryable) and outcome.not_ready:
             return await self._web_went_down(tenant_id, ctx, row, decision, outcome)
         return outcomes.from_provider(row, self.settings, routing.WEB, decision.reason, outcome)
@@ -398,20 +408,30 @@ class Dispatcher:
         template = ctx.roads.fallback_template if decision.use_fallback_template else None
         if template is not None and await optout.blocked(self.db, tenant_id, [(row["wa_id"], template)]):
             return outcomes.failed(row, routing.CLOUD, optout.CODE, optout.MESSAGE, decision.reason)
-        outcome = await self.cloud.send(
-            _outbound(tenant_id, row, creds=ctx.creds, fallback_template=template)
-        )
+        outcome = await self._via(self.cloud, tenant_id, row, creds=ctx.creds, fallback_template=template)
         if isinstance(outcome, Sent) and outcome.canonical_wa_id:
             self.adopter.adopt(tenant_id, row["conversation_id"], row["wa_id"], outcome.canonical_wa_id)
         return outcomes.from_provider(row, self.settings, routing.CLOUD, decision.reason, outcome)
 
-    # ---------------------------------------------------------------- recording (recorder.py)
+    async def _via(self, road: Provider, tenant_id: str, row: dict[str, Any], **cloud: Any) -> Outcome:
+        """One send on ``road``, written down as it leaves and when answered (send_journal.py)."""
+        journal = self.journal
+        if journal is None:
+            return await road.send(_outbound(tenant_id, row, **cloud))
+        mid, attempt = row["message_id"], row["attempts"]
+        on_wire = functools.partial(journal.sending, mid, attempt, road.name)
+        outcome = await road.send(_outbound(tenant_id, row, on_wire=on_wire, **cloud))
+        journal.answered(mid, attempt, road.name, outcome)
+        return outcome
+
+    # ---------------------------------------------------------------- recovery (recovery.py)
 
     async def recover(self) -> dict[str, int]:
-        """Settle rows whose outcome is unknown (crash or timeout mid-send); see the module docstring."""
-        result = await self.recorder.recover()
+        """Settle claims whose answer was never recorded (crash or timeout mid-send); see recovery.py."""
+        result = await self.recovery.run()
         self.stats["recovered"] += result["recovered"]
         self.stats["requeued_unknown"] += result["requeued"]
+        self.stats["taken_over"] += result["taken_over"]
         return result
 
     async def _sweep_orphans(self) -> None:
@@ -456,8 +476,8 @@ class Dispatcher:
 # --------------------------------------------------------------------------------------- helpers
 
 
-def _outbound(tenant_id: str, row: dict[str, Any], **cloud: Any) -> OutboundMessage:
-    """A claimed row as the providers take it (``cloud``: creds, fallback_template)."""
+def _outbound(tenant_id: str, row: dict[str, Any], **extra: Any) -> OutboundMessage:
+    """A claimed row as the providers take it (``extra``: creds, fallback_template, on_wire)."""
     return OutboundMessage(
-        tenant_id, row["message_id"], row["wa_id"], row["type"], row["content"] or {}, **cloud
+        tenant_id, row["message_id"], row["wa_id"], row["type"], row["content"] or {}, **extra
     )

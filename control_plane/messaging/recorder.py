@@ -8,8 +8,8 @@ of sends a second back-to-back commits of a dozen rows each spent more CPU on th
 Then ``message.sent`` / ``message.status`` / ``message.failed`` are emitted. An outcome is kept
 until stored (a database outage holds it; the dispatcher stops claiming while too many wait).
 
-Also here: crash recovery of rows whose outcome is unknown (``recover``, see the dispatcher's
-docstring) and status facts that raced the record of their send (``sweep_orphans``).
+Also here: status facts that raced the record of their send (``sweep_orphans``). Crash recovery is
+in ``recovery.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from control_plane.db import outbox as outbox_db
 from control_plane.db.batch import GroupCommit
 from control_plane.db.engine import utcnow
 from control_plane.db.status_facts import apply_recorded_statuses
-from control_plane.realtime.unit import EventLog, Unit, store_then_publish
+from control_plane.realtime.unit import EventLog, store_then_publish
 
 log = logging.getLogger(__name__)
 
@@ -136,71 +136,7 @@ class Recorder:
                     events += _failed_events(tenant_id, o, now)
         return events
 
-    # -- recovery -------------------------------------------------------------------------------
-
-    async def recover(self) -> dict[str, int]:
-        """Settle rows whose outcome is unknown (crash or timeout mid-send); see the dispatcher."""
-        s = self.settings
-        now = utcnow()
-        result = {"expired": 0, "recovered": 0, "requeued": 0}
-        async with self.db.begin() as conn:
-            result["expired"] = await outbox_db.expire_leases(
-                conn,
-                now - dt.timedelta(seconds=s.messaging_lease_s),
-                now + dt.timedelta(seconds=s.messaging_reconcile_s),
-            )
-        if result["expired"]:
-            log.warning(
-                "messaging: %d message(s) were mid-send on a node that stopped; waiting up to %.0f s "
-                "for the provider's confirmation",
-                result["expired"],
-                s.messaging_reconcile_s,
-            )
-        async with store_then_publish(self.db.begin(), self.events) as unit:
-            by_tenant = await self._settle_unknown(unit, now, result)
-            for tenant_id, outcomes in by_tenant.items():
-                unit.extend(await self.record(unit.conn, tenant_id, outcomes))
-                result["recovered"] += len(outcomes)
-        if result["recovered"] or result["requeued"]:
-            log.warning("messaging recovery: %s", result)
-        return result
-
-    async def _settle_unknown(
-        self, unit: Unit[Any], now: dt.datetime, result: dict[str, int]
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Unknown rows the provider confirmed, as "sent" outcomes per tenant; the others, once
-        their reconcile wait is over, queued again."""
-        s, conn = self.settings, unit.conn
-        by_tenant: dict[str, list[dict[str, Any]]] = {}
-        for row in await outbox_db.list_unknown(conn):
-            tenant_id = row["tenant_id"]
-            claimed = row["claimed_at"] or now
-            fact = await outbox_db.find_cloud_confirmation(
-                conn, tenant_id, row["message_id"], claimed - dt.timedelta(seconds=5)
-            )
-            provider = "business_api"
-            if fact is None and row["wa_id"]:
-                fact = await outbox_db.find_web_confirmation(
-                    conn,
-                    tenant_id,
-                    row["wa_id"],
-                    claimed - dt.timedelta(seconds=1),
-                    claimed + dt.timedelta(seconds=s.messaging_lease_s),
-                )
-                provider = "web"
-            if fact is not None:
-                by_tenant.setdefault(tenant_id, []).append(_confirmed(row, provider, fact))
-            elif row["next_attempt_at"] <= now:
-                await outbox_db.requeue_unknown(
-                    conn,
-                    tenant_id,
-                    row["message_id"],
-                    f"outcome unknown and no provider confirmation within {s.messaging_reconcile_s:.0f} s: "
-                    "sending again",
-                )
-                result["requeued"] += 1
-                self._notify(tenant_id)
-        return by_tenant
+    # -- status facts that raced ------------------------------------------------------------------
 
     async def sweep_orphans(self, tenant_id: str) -> None:
         """Status facts that raced their send's record (a webhook faster than our commit)."""
@@ -279,18 +215,3 @@ def _failed_events(tenant_id: str, o: dict[str, Any], now: dt.datetime) -> list[
         route_reason=o.get("reason"),
     )
     return [(tenant_id, event_types.MESSAGE_STATUS, data), (tenant_id, event_types.MESSAGE_FAILED, data)]
-
-
-def _confirmed(row: dict[str, Any], provider: str, fact: dict[str, Any]) -> dict[str, Any]:
-    """A "sent" outcome for an unknown row the provider confirmed."""
-    return {
-        "message_id": row["message_id"],
-        "kind": "sent",
-        "provider": provider,
-        "provider_message_id": fact["provider_message_id"],
-        "conversation_id": row["conversation_id"],
-        "wa_id": row["wa_id"],
-        "message": row.get("message"),
-        "reason": f"{row['route_reason'] or 'sent'}; recovered after an unknown outcome: "
-        f"the provider confirmed {fact['provider_message_id'][:40]}",
-    }

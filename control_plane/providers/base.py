@@ -48,6 +48,8 @@ class OutboundMessage:
     # body_param} instead of the message itself.
     fallback_template: Mapping[str, Any] | None = None
     creds: CloudCredentials | None = None  # the tenant's Business API number (Cloud only)
+    # Called by the provider just before the request leaves (the dispatcher's send journal).
+    on_wire: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

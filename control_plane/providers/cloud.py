@@ -110,6 +110,8 @@ class CloudProvider:
                 return Failed("invalid_content", f"cannot send this message: {exc}")
             win = await self.pacer.window_acquire(f"cloud:{creds.phone_number_id}", self._window_limit)
             try:
+                if message.on_wire is not None:
+                    message.on_wire()
                 result = await call()
             finally:
                 self.pacer.window_release(win)

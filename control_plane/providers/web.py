@@ -63,6 +63,8 @@ class WebProvider:
         if is_bsuid(message.wa_id):
             return Failed(BSUID_NEEDS_CLOUD, BSUID_NEEDS_CLOUD_TEXT)
         args = await self.bridge_args(message)
+        if message.on_wire is not None:
+            message.on_wire()
         try:
             result = await self.sessions.send(message.tenant_id, args)
         except errors.GatewayError as exc:

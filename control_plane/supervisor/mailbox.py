@@ -1,4 +1,5 @@
-"""The runner's mailbox: what a tenant's runner has been asked to do, and the event that wakes it.
+"""The runner's mailbox: what a tenant's runner has been asked to do, and the event that wakes it;
+and the ``Outcome`` of one bridge run (its exit code and what we had asked).
 
 Only the strongest pending request is kept: a weaker one never replaces a stronger one (a kill by
 the watchdog does not undo a stop a person asked for).
@@ -43,3 +44,12 @@ class Mailbox:
         action, self.pending = self.pending, None
         self.wake.clear()
         return action
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one bridge run ended."""
+
+    code: int
+    cause: Action | None  # what we asked for, None when it died on its own
+    fatal_code: str | None  # code of the bridge's fatal `error` event, if it reported one

@@ -218,46 +218,45 @@ class Supervisor:
 
     # ------------------------------------------------------------------ commands (pinned seam)
     async def start(self, tenant_id: str) -> dict[str, Any]:
-        """Desired state running; starts the bridge unless one runs (a failed session starts afresh)."""
+        """Desired state running; the runner starts the bridge unless one runs (a failed session starts
+        afresh). Returns at once: the status shows where the session is and ``desired_state`` where
+        it goes. A start while one is starting, or while a stop is under way, is fine: the runner
+        finishes the stop and starts again."""
         self._check_open()
         session = await self._session(tenant_id)
         paths.tenant_dir(self.settings.sessions_dir, tenant_id)  # refuse a planted symlink early
         async with session.lock:
             await self._set_desired(session, True)
-            if session.running and session.state in (S.FAILED, S.STOPPED, S.LOGGED_OUT):
-                await self._await_runner(session)  # it is on its way out
             if not session.running:
                 session.breaker.reset()
                 self._spawn_runner(session)
         return await self.status(tenant_id)
 
     async def stop(self, tenant_id: str) -> dict[str, Any]:
-        """Desired state stopped; stops the bridge (SIGTERM, then SIGKILL of its group) and frees the
-        profile. Returns once nothing of the tenant runs."""
+        """Desired state stopped; the runner stops the bridge (SIGTERM, then SIGKILL of its group) and
+        frees the profile. Returns at once (the status's ``desired_state`` is ``stopped``)."""
         self._check_open()
         session = await self._session(tenant_id)
         async with session.lock:
             await self._set_desired(session, False)
             if session.running:
                 session.request("stop", "requested")
-                await self._await_runner(session)
             else:
                 session.mark_stopped("requested")
         return await self.status(tenant_id)
 
     async def restart(self, tenant_id: str) -> dict[str, Any]:
-        """Desired state running; stops the bridge and starts a new one at once (no backoff; the
-        crash-loop breaker is reset)."""
+        """Desired state running; the runner stops the bridge and starts a new one at once (no backoff;
+        the crash-loop breaker is reset). Returns at once."""
         self._check_open()
         session = await self._session(tenant_id)
         paths.tenant_dir(self.settings.sessions_dir, tenant_id)
         async with session.lock:
             await self._set_desired(session, True)
             session.breaker.reset()
-            if session.running and session.state not in (S.FAILED, S.STOPPED, S.LOGGED_OUT):
+            if session.running:
                 session.request("restart", "restart")
             else:
-                await self._await_runner(session)
                 self._spawn_runner(session)
         return await self.status(tenant_id)
 

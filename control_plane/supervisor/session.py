@@ -8,7 +8,7 @@ supervisor, seen through ``host.SessionHost``), which persists it and publishes 
 
 Exit classification (``_after_exit``), after Supervisor's ``finish()``:
     logout asked                      -> LOGGED_OUT (profile wiped), runner ends
-    stop asked / desired stopped      -> STOPPED, runner ends
+    stop asked / desired stopped      -> STOPPED, runner ends (STARTING if a start came meanwhile)
     QR never scanned                  -> FAILED qr_expired, runner ends
     restart asked                     -> STARTING at once, breaker reset
     phone unlinked the device (5)     -> LOGGED_OUT phone_logout, then STARTING (a fresh QR)
@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from control_plane.supervisor import errors as sup_errors
 from control_plane.supervisor import paths, policy
 from control_plane.supervisor.bridge_run import BRIDGE_STATES, BridgeRun
 from control_plane.supervisor.host import SessionHost
-from control_plane.supervisor.mailbox import Action, Mailbox
+from control_plane.supervisor.mailbox import Action, Mailbox, Outcome
 from control_plane.supervisor.process import BridgeProcess, bridge_env, cleanup_profile, describe_exit
 from control_plane.supervisor.states import (
     LIVE,
@@ -50,13 +49,6 @@ from control_plane.supervisor.states import (
 
 log = logging.getLogger(__name__)
 S = SessionState
-
-
-@dataclass(frozen=True)
-class Outcome:
-    code: int
-    cause: Action | None  # what we asked for, None when it died on its own
-    fatal_code: str | None  # code of the bridge's fatal `error` event, if it reported one
 
 
 class TenantSession:
@@ -196,7 +188,9 @@ class TenantSession:
                     or self.host.closing
                 ):
                     await self._finish_idle(action)
-                    return
+                    if not self._wanted_again():
+                        return
+                    continue
                 if action and action.kind == "restart":
                     self.breaker.reset()
                 outcome = await self._run_bridge_once()
@@ -214,6 +208,14 @@ class TenantSession:
             self.proc = None
             if can_transition(self.state, S.FAILED):
                 self._change(S.FAILED, "internal_error", error=type(exc).__name__)
+
+    def _wanted_again(self) -> bool:
+        """Stopped, but a start came meanwhile (commands never wait for the runner): start again."""
+        if not self.desired_running or self.host.closing:
+            return False
+        log.info("started again: desired state is running tenant=%s", self.tenant_id)
+        self.breaker.reset()
+        return True
 
     async def _finish_idle(self, action: Action | None) -> None:
         """Ends the runner with no child alive."""
@@ -330,7 +332,7 @@ class TenantSession:
         if "stop" in kinds or not self.desired_running or self.host.closing:
             reason = next((a.reason for a in asked if a.kind == "stop"), "stopped")
             self._change(S.STOPPED, reason, exit_code=outcome.code)
-            return False
+            return self._wanted_again()
         if cause is not None and cause.kind == "expire":
             self._change(S.FAILED, cause.reason, exit_code=outcome.code)
             return False

@@ -97,8 +97,9 @@ async def test_session_lifecycle_over_http(client, make_tenant, admin_headers, s
     await wait_state(client, h, "ready")
 
     resp = await client.post("/api/session/stop", headers=h)
-    stopped = await resp.json()
-    assert resp.status == 200 and stopped["state"] == "stopped" and stopped["desired_state"] == "stopped"
+    assert resp.status == 202 and (await resp.json())["desired_state"] == "stopped"
+    stopped = await wait_state(client, h, "stopped")
+    assert stopped["desired_state"] == "stopped" and stopped["pid"] is None
     assert find_orphans((sessions_root / tenant["id"]).resolve()) == []
 
     resp = await client.post("/api/session/logout", headers=h)

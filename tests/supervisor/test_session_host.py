@@ -176,6 +176,7 @@ async def test_crashes_spread_beyond_the_window_never_trip_the_breaker(make_sess
     def later() -> None:
         clock.advance(61)  # each crash is alone in its window
         if host.spawns > 6:
+            session.desired_running = False  # as Supervisor.stop does before it asks
             session.request("stop", "enough")
 
     host.on_spawn = later
@@ -184,6 +185,34 @@ async def test_crashes_spread_beyond_the_window_never_trip_the_breaker(make_sess
     assert "failed" not in states and states[-1] == "stopped" and host.states[-1]["reason"] == "enough"
     assert all(s["failures_in_window"] == 1 for s in host.states if s["state"] == "backoff")
     assert session.restarts == 6
+
+
+async def test_stopping_to_starting_when_a_start_came_during_the_stop(make_session, wall):
+    """Commands do not wait for the runner: stop, then start (desired running again) before the
+    bridge is gone -> the runner finishes the stop, then starts a new bridge instead of ending."""
+    host, session = make_session()
+    host.argv = [*SAYS_QR_THEN_WAITS, str(int((WALL0 + 20) * 1000))]
+    runner = asyncio.create_task(session.run())
+
+    async def until(pred: Any, what: str) -> None:
+        for _ in range(1000):
+            if pred():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"never {what}: {[s['state'] for s in host.states]}")
+
+    await until(lambda: session.state is S.QR, "qr")
+    first = session.proc
+    session.desired_running = False  # Supervisor.stop
+    session.request("stop", "requested")
+    session.desired_running = True  # Supervisor.start, before the runner has acted
+    await until(lambda: session.state is S.QR and session.proc not in (None, first), "a new bridge")
+    assert not runner.done() and host.spawns == 2
+    session.desired_running = False
+    session.request("stop", "requested")
+    await asyncio.wait_for(runner, 10)
+    states = [s["state"] for s in host.states]
+    assert states == ["starting", "qr", "stopping", "stopped", "starting", "qr", "stopping", "stopped"]
 
 
 async def test_qr_message_and_stop_through_the_host(make_session, wall):
@@ -207,6 +236,7 @@ async def test_qr_message_and_stop_through_the_host(make_session, wall):
     wall.advance(21)  # past the code's expiry on the injected wall clock
     assert session.qr() is None
     assert host.snapshots[1]["pid"] == session.proc.pid  # the pid is persisted after the spawn
+    session.desired_running = False  # as Supervisor.stop does before it asks
     session.request("stop", "requested")
     await asyncio.wait_for(runner, 10)
     assert [s["state"] for s in host.states] == ["starting", "qr", "stopping", "stopped"]

@@ -188,12 +188,13 @@ async def test_stop_leaves_no_process_of_the_tenant(make_supervisor, new_tenant,
     await ready_session(sup, pub, other)
     pid = sup.pid(tid)
 
-    status = await sup.stop(tid)
-    assert status["state"] == "stopped" and status["desired_state"] == "stopped" and status["pid"] is None
+    status = await sup.stop(tid)  # answers at once; the runner stops the bridge
+    assert status["desired_state"] == "stopped"
+    await pub.wait_state(tid, "stopped")
+    status = await sup.status(tid)
+    assert status["state"] == "stopped" and status["pid"] is None
     assert gone(pid)
     assert find_orphans((sessions_root / tid).resolve()) == []
-    # The actual state is stored, then published, by the supervisor's writer after stop() returns.
-    await pub.wait_state(tid, "stopped")
     persisted = await row(db, tid)
     assert (
         persisted["desired_state"] == "stopped"
@@ -216,6 +217,7 @@ async def test_control_plane_restart_brings_back_exactly_the_desired_sessions(
     await ready_session(sup1, pub1, running)
     await ready_session(sup1, pub1, stopped)
     await sup1.stop(stopped)
+    await pub1.wait_state(stopped, "stopped")
     number = (await sup1.status(running))["own_number"]
     await sup1.close()  # shutdown keeps desired states
     assert (await row(db, running))["desired_state"] == "running"

@@ -86,7 +86,10 @@ async def test_offline_real_driver_fails_clearly_backs_off_and_stop_leaves_nothi
     assert (await sup.status(tid))["driver"] == "wwebjs"
     await pub.wait_state(tid, "starting", after=pub.states(tid).index("backoff"))  # and it tries again
 
-    status = await sup.stop(tid)
+    n = len(pub.of(tid))
+    assert (await sup.stop(tid))["desired_state"] == "stopped"
+    await pub.wait_state(tid, "stopped", after=n, timeout=15)
+    status = await sup.status(tid)
     assert status["state"] == "stopped" and status["pid"] is None
     procs, locks = leftovers(folder)
     assert procs == [] and locks == []
@@ -117,6 +120,8 @@ async def test_kill9_of_a_real_bridge_leaves_no_orphaned_browser(
 
     # the next bridge starts a new browser on the same profile (no "already running" lock)
     await wait_for(lambda: sup.browser_pid(tid) not in (None, browser), timeout=30, message="a new browser")
+    n = len(pub.of(tid))
     await sup.stop(tid)
+    await pub.wait_state(tid, "stopped", after=n, timeout=15)
     procs, locks = leftovers(folder)
     assert procs == [] and locks == []

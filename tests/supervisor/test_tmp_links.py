@@ -105,7 +105,9 @@ async def test_logout_and_forget_remove_the_link_and_boot_sweeps_dangling_ones(
     folder2 = (deep / tid2).resolve()
     link2 = paths.tmp_link(folder2)
     assert link2.is_symlink()
+    n = len(pub.of(tid2))
     await sup.stop(tid2)
+    await pub.wait_state(tid2, "stopped", after=n)
     shutil.rmtree(folder2)
     assert os.path.lexists(link2) and not os.path.exists(link2)  # noqa: ASYNC240 -- a stat in a test, no loop to keep responsive
     await sup.close()
