@@ -76,7 +76,8 @@ def parse_json(raw: bytes) -> Any:
         raise errors.BadRequest("request body is empty; expected a JSON object", code="malformed_json")
     # Fewer brackets than the limit cannot nest past it (the common case: two C-speed counts).
     brackets = raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH
-    utf8 = json.detect_encoding(raw[:4]).startswith("utf-8")  # json.loads also reads UTF-16/32
+    # json.loads also reads UTF-16/32 (only asked when the brackets could nest too deep)
+    utf8 = brackets and json.detect_encoding(raw[:4]).startswith("utf-8")
     if brackets and utf8 and raw_json_depth(raw) > MAX_JSON_DEPTH:
         raise _too_deep()
     try:
