@@ -63,16 +63,14 @@ def upsert_conversations_sql(
         f"({lit(c['tenant_id'])},{literal_str(c['wa_id'])},{lit(c['contact_name'])},{lit(c['provider_last'])},"
         f"{lit(c['last_inbound_at'])},{lit(c['last_message_at'])},{literal_str(c['last_message_id'])},"
         f"{int(c['unread_count'])},{lit(c['created_at'])},{lit(c['updated_at'])},{lit(c['kind'])},"
-        f"{_opt(c['bsuid'])},{_opt(c['username'])}" + (_id(ids, c["wa_id"]) if ids is not None else ")")
+        # (the optional strings, mostly absent, tested in line: a call per value costs more)
+        f"{'NULL' if c['bsuid'] is None else literal_str(c['bsuid'])},"
+        f"{'NULL' if c['username'] is None else literal_str(c['username'])}"
+        + (_id(ids, c["wa_id"]) if ids is not None else ")")
         for c in rows
     )
     head = _CONV_UPSERT_HEAD if ids is None else _CONV_UPSERT_HEAD_IDS
     return head + values + (_CONV_UPSERT_TAIL + " RETURNING id, wa_id" if returning else _CONV_UPSERT_TAIL)
-
-
-def _opt(value: str | None) -> str:
-    """An optional string (a BSUID, a username: mostly absent) without a call into the quoter."""
-    return "NULL" if value is None else literal_str(value)
 
 
 def _id(ids: dict[str, int], wa_id: str) -> str:
@@ -97,6 +95,7 @@ def insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> s
         f"{lit(r['provider'])},{literal_str(r['provider_message_id'])},{lit(r['type'])},{literal_hex(r['content'])},"
         f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{literal_dt(r['created_at'])},"
         f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])},{lit(r['author'])},"
-        f"{_opt(r['provider_user_id'])},{'NULL' if r['raw'] is None else literal_hex(r['raw'])})"
+        f"{'NULL' if r['provider_user_id'] is None else literal_str(r['provider_user_id'])},"
+        f"{'NULL' if r['raw'] is None else literal_hex(r['raw'])})"
         for r in rows
     )

@@ -6,7 +6,9 @@ ordering guarantee)."""
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from dataclasses import dataclass, field
+from itertools import count, islice
 from typing import Any
 
 from control_plane.db.inbound import TenantWork
@@ -51,7 +53,8 @@ def per_tenant(batch: list[Delivery]) -> dict[str, TenantBatch]:
             part.changes.extend(work.changes)
             part.notices.extend(work.notices)
     for tenant_id, part in parts.items():
-        if len(part.runs) == 1 and part.runs[0][0] == "messages" and len(set(sources[tenant_id])) > 1:
+        numbers = sources[tenant_id]  # in hand-over order: several deliveries when the ends differ
+        if len(part.runs) == 1 and part.runs[0][0] == "messages" and numbers[0] != numbers[-1]:
             part.runs[0] = ("messages", delivery_order(part.runs[0][1], sources[tenant_id]))
     return parts
 
@@ -63,13 +66,16 @@ def delivery_order(items: list[dict[str, Any]], deliveries: list[int]) -> list[d
     if any(item["provider"] != "business_api" for item in items):
         return items
     first: dict[tuple[int, str], dt.datetime] = {}
-    keyed = []
-    for pos, (item, number) in enumerate(zip(items, deliveries, strict=True)):
-        contact = item.get("bsuid") or item["wa_id"]
-        at = first.setdefault((number, contact), item.get("provider_timestamp") or _EPOCH)
-        keyed.append((at, number, pos, item))
-    keyed.sort(key=lambda k: k[:3])
-    return [k[3] for k in keyed]
+    setdefault = first.setdefault
+    ats = [
+        setdefault((number, item.get("bsuid") or item["wa_id"]), item.get("provider_timestamp") or _EPOCH)
+        for item, number in zip(items, deliveries, strict=True)
+    ]
+    # Deliveries and positions only grow along the list: block times that never go down are the order.
+    if all(map(operator.le, ats, islice(ats, 1, None))):
+        return items
+    keyed = sorted(zip(ats, deliveries, count()))  # unique keys: sorted as (time, delivery, position)
+    return [items[k[2]] for k in keyed]
 
 
 def messages_only(per_tenant: dict[str, TenantBatch]) -> bool:

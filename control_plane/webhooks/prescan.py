@@ -76,6 +76,16 @@ def routing_ids(data: Any, max_ids: int) -> RoutingIds:
         if not isinstance(changes, list):
             continue
         for change in changes:
+            # The common change (field messages, metadata with a string id) read in line.
+            if type(change) is dict and change.get("field", "messages") == "messages":
+                value = change.get("value")
+                metadata = value.get("metadata") if type(value) is dict else None
+                pnid = metadata.get("phone_number_id") if type(metadata) is dict else None
+                if type(pnid) is str and pnid:
+                    numbers[pnid] = None
+                    if len(numbers) + len(wabas) > max_ids:
+                        raise too_many_ids(max_ids)
+                    continue
             key, is_number = _change_id(entry, change)
             if key is None:
                 continue
