@@ -83,8 +83,25 @@ def tenant_of_room(room: str) -> str | None:
     return None
 
 
+# format_ts of naive whole-second times (Meta's provider times: a batch's messages share a few, often
+# the same objects, ``payload.unix_ts``). Cleared when full.
+_FORMATTED: dict[dt.datetime, str] = {}
+_FORMATTED_MAX = 4096
+
+
 def format_ts(ts: dt.datetime) -> str:
     """UTC datetime (naive means UTC) -> ``2025-01-31T12:00:00.123Z``: milliseconds, always."""
+    if type(ts) is dt.datetime and ts.tzinfo is None and not ts.microsecond:
+        text = _FORMATTED.get(ts)
+        if text is None:
+            if len(_FORMATTED) >= _FORMATTED_MAX:
+                _FORMATTED.clear()
+            text = _FORMATTED[ts] = _format_ts(ts)
+        return text
+    return _format_ts(ts)
+
+
+def _format_ts(ts: dt.datetime) -> str:
     if ts.tzinfo is not None:
         ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
     if ts.year >= 1000:  # isoformat is C and several times faster than strftime

@@ -60,8 +60,25 @@ _EPOCH = dt.datetime(1970, 1, 1)
 _SECOND = dt.timedelta(seconds=1)
 
 
+# Meta's time strings -> their datetimes: a batch's messages and statuses mostly share a few seconds
+# (one object each, so the events' ``format_ts`` finds them in its cache too). Cleared when full.
+_SECONDS: dict[str, dt.datetime] = {}
+_SECONDS_MAX = 4096
+
+
 def unix_ts(value: Any) -> dt.datetime | None:
     """Meta's unix-second strings -> naive UTC; None when absent or unreadable."""
+    if type(value) is str:
+        known = _SECONDS.get(value)
+        if known is not None:
+            return known
+        if value.isascii() and value.isdigit() and len(value) < 12:  # ASCII seconds under 10**11
+            whole = int(value)
+            if whole < 32503680000:
+                if len(_SECONDS) >= _SECONDS_MAX:
+                    _SECONDS.clear()
+                known = _SECONDS[value] = _EPOCH + _SECOND * whole
+                return known
     try:
         seconds = int(value) if type(value) is str and value.isdigit() else float(value)
     except (TypeError, ValueError, OverflowError):
