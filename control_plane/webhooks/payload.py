@@ -213,6 +213,8 @@ class Contacts:
         entries = value.get("contacts")
         if not isinstance(entries, list):
             return
+        single = len(entries) == 1
+        by_id = self.by_id
         for entry in entries:
             if not isinstance(entry, dict):
                 continue
@@ -220,16 +222,18 @@ class Contacts:
             if not isinstance(profile, dict):
                 profile = {}
             name, username = profile.get("name"), profile.get("username") or entry.get("username")
+            wa_id, user_id = entry.get("wa_id"), entry.get("user_id")
             found = (
-                _phone(entry.get("wa_id")),
-                entry["user_id"] if is_bsuid(entry.get("user_id")) else None,
+                wa_id if type(wa_id) is str and 0 < len(wa_id) <= CONTACT_ID_LEN else _phone(wa_id),
+                user_id if user_id is not None and is_bsuid(user_id) else None,
                 name if isinstance(name, str) else None,
                 username[:USERNAME_LEN] if isinstance(username, str) and username else None,
             )
-            for key in found[:2]:
-                if key is not None:
-                    self.by_id[key] = found
-            self.only = found if len(entries) == 1 else None
+            if found[0] is not None:
+                by_id[found[0]] = found
+            if found[1] is not None:
+                by_id[found[1]] = found
+            self.only = found if single else None
 
     def sender(
         self, phone: str | None, bsuid: str | None
