@@ -30,8 +30,12 @@ LAG_BOUND_S = 0.25  # the longest the event loop may be held by one forged deliv
 FLOOD_S = 10.0
 LEGIT_RATE = 20  # signed deliveries a second during the flood
 LEGIT_P99_MS = 250.0
-HEALTH_MAX_MS = 500.0
-FLOOD_LAG_BOUND_S = 0.5  # the longest stall in 10 s of flood (before the fix: seconds)
+# /healthz during the flood: most polls fast, none held for seconds (before the fix: p99 2.5 s, max
+# 1.9 s). The bound on the worst one is loose: in the whole suite on 2 shared cores (client, server,
+# MariaDB and the flooding process at once) one poll took 678 ms; alone the worst is a few ms.
+HEALTH_P95_MS = 250.0
+HEALTH_MAX_MS = 1500.0
+FLOOD_LAG_BOUND_S = 1.0  # the longest stall in 10 s of flood (before the fix: seconds)
 USER = "16505551234"
 
 
@@ -209,6 +213,8 @@ async def test_legitimate_webhooks_and_healthz_stay_fast_during_a_flood(
     assert set(counts["ids1k"]) == {"200"}, counts
     assert load.statuses and all(s == 200 for s in load.statuses), load.statuses
     assert p99 < LEGIT_P99_MS, f"legitimate webhooks p99 {p99:.1f} ms during the flood"
+    health_p95 = _pct(load.health_ms, 95)
+    assert health_p95 < HEALTH_P95_MS, f"/healthz p95 {health_p95:.1f} ms during the flood"
     assert worst_health < HEALTH_MAX_MS, f"/healthz took {worst_health:.1f} ms during the flood"
     assert lag.max_s < FLOOD_LAG_BOUND_S, f"event loop held {lag.max_s:.3f} s during the flood"
     # O(deliveries), not O(numbers): each flood delivery named 40,000 or 1,000 numbers
