@@ -99,7 +99,12 @@ async def test_session_lifecycle_over_http(client, make_tenant, admin_headers, s
     resp = await client.post("/api/session/stop", headers=h)
     assert resp.status == 202 and (await resp.json())["desired_state"] == "stopped"
     stopped = await wait_state(client, h, "stopped")
-    assert stopped["desired_state"] == "stopped" and stopped["pid"] is None
+    assert stopped["desired_state"] == "stopped"
+
+    async def no_pid() -> bool:  # the pid may trail the state by a moment (seen once, see the note)
+        return (await session_state(client, h))["pid"] is None
+
+    await wait_for(no_pid, timeout=5, message="no bridge pid once stopped")
     assert find_orphans((sessions_root / tenant["id"]).resolve()) == []
 
     resp = await client.post("/api/session/logout", headers=h)
