@@ -289,29 +289,26 @@ def _judge(rows: list[dict[str, Any]], dead: DeadJournal) -> _Judged:
 
 def _accepted(row: dict[str, Any], entry: send_journal.Entry, owner: str) -> dict[str, Any]:
     """A "sent" outcome for a claim its dead process's journal saw accepted."""
-    return {
-        "message_id": row["message_id"],
-        "kind": "sent",
-        "provider": entry.provider,
-        "provider_message_id": entry.provider_message_id,
-        "conversation_id": row["conversation_id"],
-        "wa_id": row["wa_id"],
-        "message": row.get("message"),
-        "reason": f"{row['route_reason'] or 'sent'}; recovered from the send journal of {owner} "
-        f"(died before recording the answer)",
-    }
+    how = f"recovered from the send journal of {owner} (died before recording the answer)"
+    return _recovered_sent(row, entry.provider, entry.provider_message_id, how)
 
 
 def _confirmed(row: dict[str, Any], provider: str, fact: dict[str, Any]) -> dict[str, Any]:
     """A "sent" outcome for an unknown row the provider confirmed."""
+    pmid = fact["provider_message_id"]
+    how = f"recovered after an unknown outcome: the provider confirmed {pmid[:40]}"
+    return _recovered_sent(row, provider, pmid, how)
+
+
+def _recovered_sent(row: dict[str, Any], provider: str | None, pmid: str | None, how: str) -> dict[str, Any]:
+    """A "sent" outcome for a claimed row whose send was found to have gone out (``how``)."""
     return {
         "message_id": row["message_id"],
         "kind": "sent",
         "provider": provider,
-        "provider_message_id": fact["provider_message_id"],
+        "provider_message_id": pmid,
         "conversation_id": row["conversation_id"],
         "wa_id": row["wa_id"],
         "message": row.get("message"),
-        "reason": f"{row['route_reason'] or 'sent'}; recovered after an unknown outcome: "
-        f"the provider confirmed {fact['provider_message_id'][:40]}",
+        "reason": f"{row['route_reason'] or 'sent'}; {how}",
     }
