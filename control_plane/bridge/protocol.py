@@ -39,6 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from control_plane import text_repair
+
 logger = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
@@ -243,6 +245,8 @@ def decode_line(line: bytes) -> Message:
         obj = json.loads(line)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
+    if text_repair.may_have_lone_surrogates(line):  # lone surrogates -> U+FFFD, flagged in the data
+        text_repair.repair_bridge_line(obj)
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")
     if "event" in obj:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from control_plane import errors
+from control_plane import errors, text_repair
 
 
 class BodySchema(Protocol):
@@ -153,13 +153,28 @@ def path_int(raw: str) -> int | None:
 
 async def parse_body(request: web.Request, schema: BodySchema, limit: int) -> Any:
     # The body is parsed as JSON whatever Content-Type says (curl's default is form-encoded).
-    data = parse_json(await read_body(request, limit))
+    raw = await read_body(request, limit)
+    data = parse_json(raw)
     if not isinstance(data, dict):
         raise errors.InvalidInput("request body must be a JSON object", code="invalid_body")
+    if raw[:1] != b"{" or text_repair.may_have_lone_surrogates(raw):  # not UTF-8 JSON: walked anyway
+        refuse_lone_surrogates(data)
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         raise invalid_input(exc) from None
+
+
+def refuse_lone_surrogates(data: Any) -> None:
+    """422 ``invalid_unicode`` naming the first field whose text is no Unicode (a lone UTF-16
+    surrogate, ``"\\ud800"`` in JSON): it could be stored nowhere (``control_plane/text_repair.py``)."""
+    where = text_repair.find_lone_surrogate(data)
+    if where is not None:
+        raise errors.InvalidInput(
+            f"'{where}' is not Unicode text: it holds a lone UTF-16 surrogate (such as \\ud800)",
+            code=text_repair.CODE,
+            field=where,
+        )
 
 
 def parse_query(request: web.Request, model: type[BaseModel]) -> BaseModel:

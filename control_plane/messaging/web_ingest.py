@@ -78,6 +78,7 @@ from control_plane.db import messages as messages_db
 from control_plane.db.conversations import canonical_wa_id
 from control_plane.messaging.inbound import InboundService
 from control_plane.realtime.unit import EventLog, store_then_publish
+from control_plane.text_repair import WARNINGS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,8 @@ def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
     if not isinstance(message_id, str) or not message_id or not wa_id:
         return None
     kind, content = _content(data)
+    if WARNINGS_KEY in data:  # text that was no Unicode, repaired (control_plane/text_repair.py)
+        content["warnings"] = data.pop(WARNINGS_KEY)
     if data.get("quoted_id"):
         content["context"] = {"id": str(data["quoted_id"])}
     group = is_group(wa_id)

@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from control_plane import errors
+from control_plane import errors, text_repair
 from control_plane.http.parsing import parse_json
 from control_plane.webhooks import prescan
 
@@ -55,6 +55,10 @@ def _spawn_worker() -> ProcessPoolExecutor:
     return pool
 
 
+def _text(value: str) -> str:
+    return text_repair.repaired(value) or value
+
+
 class DeliveryDecoder:
     def __init__(self, *, max_ids: int, inline_max_bytes: int, max_pending: int = 4) -> None:
         self.max_ids = max_ids
@@ -69,9 +73,23 @@ class DeliveryDecoder:
         """(the parsed JSON, or None when the worker read it; the routing ids). 400 when the body is
         not a delivery, 413 ``too_many_ids``, 503 ``busy`` when the worker is behind."""
         if len(raw) <= self.inline_max_bytes:
-            data = parse_json(raw)
+            data = self.parse(raw)
             return data, prescan.routing_ids(data, self.max_ids)
-        return None, prescan.scan_result(await self._in_worker(raw))
+        ids = prescan.scan_result(await self._in_worker(raw))
+        if text_repair.may_have_lone_surrogates(raw):  # ids with no Unicode text look no tenant up
+            ids = prescan.RoutingIds(*(tuple(dict.fromkeys(map(_text, i))) for i in (ids.numbers, ids.wabas)))
+        return None, ids
+
+    @staticmethod
+    def parse(raw: bytes) -> Any:
+        """The whole delivery, its lone surrogates repaired and its messages flagged
+        (``control_plane/text_repair.py``: a delivery is never refused for its text)."""
+        data = parse_json(raw)
+        if text_repair.may_have_lone_surrogates(raw):
+            repairs = text_repair.repair_delivery(data)
+            if repairs:
+                log.warning("webhook delivery with text that is no Unicode: %d strings repaired", repairs)
+        return data
 
     async def _in_worker(self, raw: bytes) -> prescan.ScanResult:
         if self._pending >= self.max_pending:

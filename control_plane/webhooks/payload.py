@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane import errors
+from control_plane.text_repair import WARNINGS_KEY
 from control_plane.db.conversations import CONTACT_ID_LEN, USERNAME_LEN, is_bsuid
 
 PROVIDER = "business_api"
@@ -198,6 +199,8 @@ def normalize_content(msg: dict[str, Any], kind: str) -> dict[str, Any]:
         for extra in ("referral", "errors", "identity"):
             if msg.get(extra) is not None:
                 content[extra] = msg[extra]
+    if WARNINGS_KEY in msg:  # text that was no Unicode, repaired (control_plane/text_repair.py)
+        content["warnings"] = msg.pop(WARNINGS_KEY)
     return content
 
 

@@ -38,7 +38,7 @@ from pydantic import Field
 from control_plane import errors
 from control_plane.db import whatsapp_config as config_db
 from control_plane.http.models import QueryModel, ResponseModel
-from control_plane.http.parsing import parse_json, read_body
+from control_plane.http.parsing import read_body
 from control_plane.http.routing import Router
 from control_plane.logs import current_tenant
 from control_plane.webhooks import fields
@@ -170,7 +170,8 @@ async def receive(request: web.Request) -> web.Response:
         return _ack_unknown(app, resolved, counters)
     _check_signatures(raw, digest, named, counters)
 
-    routed = await _parse_and_route(directory, parse_json(raw) if data is None else data, resolved, counters)
+    data = app["webhook_decoder"].parse(raw) if data is None else data  # repaired text (text_repair.py)
+    routed = await _parse_and_route(directory, data, resolved, counters)
     _check_signatures(raw, digest, {k: v for k, v in routed.app_secrets.items() if k not in named}, counters)
     app["webhook_unknown_log"].note(routed.unknown_numbers, routed.unknown_waba_ids)
     works = routed.works
