@@ -118,7 +118,7 @@ class MessageOut(MessageBase):
 
 
 class FallbackTemplate(RequestModel):
-    name: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=512, description="The template's name (Meta: <= 512)")
     language: str = Field(min_length=2, max_length=16, pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")
     body_param: bool = Field(
         False, description="Pass the free-form text as the template's one body parameter"

@@ -26,9 +26,10 @@ from control_plane.db.metadata import TenantId, Timestamp, metadata
 
 # BIGINT on MariaDB; INTEGER on SQLite (only INTEGER PRIMARY KEY autoincrements there).
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-# A contact id: phone digits (<= 15) or a BSUID (two letters, a dot, "ENT." for a parent BSUID, up to
-# 128 letters and digits: at most 135 characters). Room to spare, never cut: see ``is_bsuid``.
-CONTACT_ID_LEN = 160
+# A contact id: phone digits (<= 15), a BSUID (two letters, a dot, "ENT." for a parent BSUID, up to
+# 128 letters and digits: at most 135 characters) or a Web chat id. Stored whole, never cut (migration
+# 0011): a longer one is refused where it arrives (its message skipped and counted).
+CONTACT_ID_LEN = 512
 USERNAME_LEN = 256
 
 conversations = sa.Table(
@@ -99,9 +100,10 @@ def conversation_kind(wa_id: str) -> str:
 
 
 def clip(value: Any, length: int) -> Any:
-    """``value`` cut to ``length`` characters when it is a longer string."""
+    """``value`` cut to ``length`` characters, an ellipsis marking the cut, when it is a longer string.
+    Only for text (names, reasons, details): never an id (ids are stored whole or refused)."""
     if isinstance(value, str) and len(value) > length:
-        return value[:length]
+        return value[: length - 1] + "…"
     return value
 
 

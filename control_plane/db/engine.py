@@ -20,6 +20,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+# Every MariaDB session refuses a value longer than its column (error 1406) instead of cutting it with
+# a warning, whatever the server's default: nothing is ever cut silently (README, "Limits").
+STRICT_MODE = "SET SESSION sql_mode = TRIM(BOTH ',' FROM CONCAT(@@SESSION.sql_mode, ',STRICT_TRANS_TABLES'))"
+
+
 class DatabaseUnavailable(Exception):
     """The database could not be reached or failed mid-statement (operational error)."""
 
@@ -56,7 +61,7 @@ class Database:
                 pool_recycle=1800,
                 pool_pre_ping=True,
                 pool_timeout=10,
-                connect_args={"connect_timeout": 5, "charset": "utf8mb4"},
+                connect_args={"connect_timeout": 5, "charset": "utf8mb4", "init_command": STRICT_MODE},
             )
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:

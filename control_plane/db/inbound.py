@@ -27,7 +27,6 @@ from control_plane.db import contacts as contacts_db
 from control_plane.db import events as events_db
 from control_plane.db import inbound_sql, message_changes, sql
 from control_plane.db.conversations import (
-    CONTACT_ID_LEN,
     canonical_wa_id,
     clip,
     conversation_kind,
@@ -37,7 +36,6 @@ from control_plane.db.conversations import (
 )
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import (
-    PROVIDER_ID_LEN,
     dump_json,
     load_json,
     messages,
@@ -101,7 +99,7 @@ def _fresh_inbound(items: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dic
     fresh: dict[tuple[str, str], dict[str, Any]] = {}
     for item in items:
         pmid = item["provider_message_id"]
-        key = (item["provider"], pmid if len(pmid) <= PROVIDER_ID_LEN else pmid[:PROVIDER_ID_LEN])
+        key = (item["provider"], pmid)  # whole: the parsers refuse an id past PROVIDER_ID_LEN
         if key not in fresh:
             fresh[key] = item
     return fresh
@@ -114,7 +112,7 @@ def address(item: dict[str, Any], addresses: dict[str, str] | None) -> str:
     wa_id = item["wa_id"] if bsuid is None or not addresses else addresses.get(bsuid) or item["wa_id"]
     if not wa_id.isdigit() or not wa_id.isascii():
         wa_id = canonical_wa_id(wa_id) or "0"
-    return wa_id if len(wa_id) <= CONTACT_ID_LEN else wa_id[:CONTACT_ID_LEN]  # only a malformed one
+    return wa_id  # whole: the parsers refuse an address past CONTACT_ID_LEN
 
 
 def _inbound_rows(
@@ -141,7 +139,7 @@ def _inbound_rows(
                 "direction": "inbound",
                 "provider": provider,
                 "provider_message_id": pmid,
-                "type": kind if len(kind) <= 32 else kind[:32],
+                "type": kind if len(kind) <= 32 else clip(kind, 32),  # the whole type stays in raw/content
                 "content": dump_json(item.get("content")),
                 "status": MessageStatus.RECEIVED.value,
                 "error_code": None,
@@ -149,7 +147,7 @@ def _inbound_rows(
                 "created_at": at,
                 "updated_at": now,
                 "provider_timestamp": item.get("provider_timestamp") or now,
-                "author": clip(item.get("author"), 64),
+                "author": item.get("author"),  # a wa_id, whole (the parsers refuse longer)
                 "provider_user_id": item.get("bsuid"),
                 "raw": None if raw is None else dump_json(raw),
                 "_wa_id": wa_id,

@@ -41,7 +41,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.db.conversations import BigId, clip, conversations
+from control_plane.db.conversations import CONTACT_ID_LEN, BigId, conversations
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import PROVIDER_ID_LEN, dump_json, load_json, messages
 from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
@@ -49,7 +49,7 @@ from control_plane.db.sql import literal_str, round_trip
 from control_plane.events import format_ts
 
 KINDS = ("edit", "revoke", "reaction")
-ACTOR_LEN = 64
+ACTOR_LEN = CONTACT_ID_LEN  # a wa_id or chat id, whole
 
 message_changes = sa.Table(
     "message_changes",
@@ -130,19 +130,19 @@ async def record_changes(
     fresh: dict[tuple[str, str], dict[str, Any]] = {}
     for item in items:
         if item.get("kind") in KINDS and item.get("provider_message_id"):
-            fresh.setdefault((item["provider"], clip(item["provider_message_id"], PROVIDER_ID_LEN)), item)
+            fresh.setdefault((item["provider"], item["provider_message_id"]), item)
     if not fresh or not await _drop_recorded(conn, tenant_id, fresh):
         return []
     targets = await _lock_targets(
         conn,
         tenant_id,
-        {(p, clip(i["target_provider_message_id"], PROVIDER_ID_LEN)) for (p, _), i in fresh.items()},
+        {(p, i["target_provider_message_id"]) for (p, _), i in fresh.items()},
     )
     now = utcnow()
     rows: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     for (provider, pmid), item in fresh.items():
-        target_id = clip(item["target_provider_message_id"], PROVIDER_ID_LEN)
+        target_id = item["target_provider_message_id"]
         change = _item_change(item)
         row = {
             "tenant_id": tenant_id,
@@ -196,7 +196,7 @@ def _item_change(item: dict[str, Any]) -> dict[str, Any]:
     actor = item.get("actor")
     return {
         "kind": kind,
-        "actor": clip(str(actor), ACTOR_LEN) if actor is not None else None,
+        "actor": str(actor) if actor is not None else None,  # whole (the parsers refuse longer)
         "occurred_at": item.get("occurred_at"),
         "data": data,
     }

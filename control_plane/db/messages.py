@@ -40,13 +40,14 @@ from control_plane.db.conversations import (  # noqa: F401  (importable from her
     mark_conversation_read,
 )
 from control_plane.db.engine import utcnow
-from control_plane.db.metadata import LongText, TenantId, Timestamp, error_columns, metadata
+from control_plane.db.metadata import ERROR_CODE_LEN, LongText, TenantId, Timestamp, error_columns, metadata
 from control_plane.statuses import STATUS_RANK, STATUS_TIME_COLUMN, MessageStatus, status_rank
 
 DIRECTIONS = ("inbound", "outbound")
 PROVIDERS = ("web", "business_api")
 STATUSES = tuple(MessageStatus)
-PROVIDER_ID_LEN = 128
+# A provider's message id (a wamid, a Web message id): stored whole, never cut (migration 0011).
+PROVIDER_ID_LEN = 512
 
 messages = sa.Table(
     "messages",
@@ -73,7 +74,9 @@ messages = sa.Table(
     # Who wrote an outbound message when not us: "phone" (typed on the Web session's phone),
     # "business_app" (the WhatsApp Business app, Cloud API coexistence); NULL otherwise (0007).
     sa.Column("origin", sa.String(20), nullable=True),
-    sa.Column("author", sa.String(64), nullable=True),  # a group message's member (migration 0008)
+    sa.Column(
+        "author", sa.String(CONTACT_ID_LEN), nullable=True
+    ),  # a group message's member (migration 0008)
     # Changes to the message (db/message_changes.py): last edit, revoke, current reactions (JSON).
     sa.Column("edited_at", Timestamp, nullable=True),
     sa.Column("deleted_at", Timestamp, nullable=True),
@@ -317,7 +320,7 @@ def status_changes(row: dict[str, Any], updates: Sequence[dict[str, Any]]) -> di
             values[col] = at
         if status == "failed":
             if upd.get("error_code") is not None:
-                values["error_code"] = clip(str(upd["error_code"]), 64)
+                values["error_code"] = clip(str(upd["error_code"]), ERROR_CODE_LEN)
             if upd.get("error_message") is not None:
                 values["error_message"] = upd["error_message"]
     if values.get("status") == current:

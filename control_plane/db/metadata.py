@@ -31,10 +31,14 @@ HEX_ID_RE = TENANT_ID_RE
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 
 
+# A provider's error code ("131047", "bridge_not_on_whatsapp"): 255 characters (migration 0011).
+ERROR_CODE_LEN = 255
+
+
 def error_columns() -> tuple[sa.Column[Any], sa.Column[Any]]:
-    """``error_code`` (the provider's code, clipped to 64 characters) and ``error_message``; NULL when
-    there is no error."""
+    """``error_code`` (the provider's code, up to ``ERROR_CODE_LEN`` characters) and ``error_message``;
+    NULL when there is no error."""
     return (
-        sa.Column("error_code", sa.String(64), nullable=True),
+        sa.Column("error_code", sa.String(ERROR_CODE_LEN), nullable=True),
         sa.Column("error_message", sa.Text, nullable=True),
     )

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from control_plane.db import sql
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import conversations, message_statuses, messages
+from control_plane.db.metadata import ERROR_CODE_LEN
 from control_plane.db.outbox_claim import bring_forward, claim, due_tenants, next_due_at
 from control_plane.db.outbox_enqueue import enqueue, enqueue_many, find_by_idempotency_key
 from control_plane.db.outbox_reads import (
@@ -315,7 +316,9 @@ async def _record_failed(
     m, ob = messages.c, outbox.c
     ids = [o["message_id"] for o in failed]
     codes = {
-        o["message_id"]: clip(str(o["error_code"]), 64) if o.get("error_code") is not None else None
+        o["message_id"]: clip(str(o["error_code"]), ERROR_CODE_LEN)
+        if o.get("error_code") is not None
+        else None
         for o in failed
     }
     texts = {o["message_id"]: o.get("error_message") for o in failed}

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from control_plane.db.metadata import BigId, TenantId, Timestamp, error_columns, metadata
+from control_plane.db.metadata import ERROR_CODE_LEN, BigId, TenantId, Timestamp, error_columns, metadata
 from control_plane.statuses import OutboxState
 
 STATES = tuple(OutboxState)
@@ -68,7 +68,7 @@ messaging_settings = sa.Table(
     "messaging_settings",
     metadata,
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("fallback_template_name", sa.String(255), nullable=True),
+    sa.Column("fallback_template_name", sa.String(512), nullable=True),  # Meta: names up to 512 (0011)
     sa.Column("fallback_template_language", sa.String(16), nullable=True),
     sa.Column(
         "fallback_template_body_param", sa.Boolean, nullable=False, default=False, server_default=sa.text("0")
@@ -105,7 +105,7 @@ def transition_row(
         "to_status": to_status,
         "provider": provider,
         "reason": clip(reason, 255),
-        "error_code": clip(str(error_code), 64) if error_code is not None else None,
+        "error_code": clip(str(error_code), ERROR_CODE_LEN) if error_code is not None else None,
         "error_message": error_message,
         "at": at,
     }

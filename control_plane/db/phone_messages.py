@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from control_plane.db.conversations import clip, conversations, get_or_create_conversation, insert_ignore
 from control_plane.db.engine import utcnow
 from control_plane.db.inbound import clock
-from control_plane.db.messages import PROVIDER_ID_LEN, dump_json, messages, new_message_id
+from control_plane.db.messages import dump_json, messages, new_message_id
 from control_plane.db.status_facts import apply_recorded_statuses
 from control_plane.statuses import MessageStatus
 
@@ -29,7 +29,7 @@ async def record_phone_messages(
     m = messages.c
     fresh: dict[str, dict[str, Any]] = {}
     for item in items:
-        fresh.setdefault(item["provider_message_id"][:PROVIDER_ID_LEN], item)
+        fresh.setdefault(item["provider_message_id"], item)
     if not fresh:
         return []
     known = await conn.execute(
@@ -68,7 +68,7 @@ async def _record_phone_message(
         "direction": "outbound",
         "provider": provider,
         "provider_message_id": pmid,
-        "type": str(item["type"])[:32],
+        "type": clip(str(item["type"]), 32),
         "content": dump_json(item["content"]),
         "status": MessageStatus.SENT.value,
         "created_at": created,
@@ -76,7 +76,7 @@ async def _record_phone_message(
         "sent_at": at,
         "provider_timestamp": at,
         "origin": item.get("origin") or "phone",  # "business_app": a Cloud API echo
-        "author": clip(item.get("author"), 64),
+        "author": item.get("author"),  # a wa_id, whole (web_ingest refuses longer)
     }
     if (await conn.execute(insert_ignore(conn, messages).values(**row))).rowcount == 0:
         return None  # stored meanwhile by another writer

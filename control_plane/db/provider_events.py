@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from control_plane.db.conversations import BigId, clip, insert_ignore
+from control_plane.db.conversations import CONTACT_ID_LEN, BigId, clip, insert_ignore
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import dump_json
 from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
@@ -31,8 +31,8 @@ provider_events = sa.Table(
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
     sa.Column("field", sa.String(64), nullable=False),
-    sa.Column("entry_id", sa.String(64), nullable=True),  # the WABA id (entry.id)
-    sa.Column("phone_number_id", sa.String(64), nullable=True),
+    sa.Column("entry_id", sa.String(CONTACT_ID_LEN), nullable=True),  # the WABA id (entry.id), whole
+    sa.Column("phone_number_id", sa.String(CONTACT_ID_LEN), nullable=True),
     sa.Column("dedup_key", sa.String(64), nullable=False),
     sa.Column("value", LongText, nullable=False),  # the change's raw ``value``
     sa.Column("occurred_at", Timestamp, nullable=True),  # Meta's time for it, when it says
@@ -45,11 +45,11 @@ contact_preferences = sa.Table(
     "contact_preferences",
     metadata,
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("wa_id", sa.String(32), primary_key=True),
+    sa.Column("wa_id", sa.String(CONTACT_ID_LEN), primary_key=True),
     sa.Column("category", sa.String(32), primary_key=True),
     sa.Column("value", sa.String(16), nullable=False),
     sa.Column("detail", sa.String(255), nullable=True),
-    sa.Column("user_id", sa.String(128), nullable=True),  # the contact's BSUID, when Meta gave one
+    sa.Column("user_id", sa.String(CONTACT_ID_LEN), nullable=True),  # the contact's BSUID, when Meta gave one
     sa.Column("changed_at", Timestamp, nullable=False),  # Meta's timestamp of the preference
     sa.Column("updated_at", Timestamp, nullable=False),
 )
@@ -64,8 +64,8 @@ async def record_provider_event(conn: AsyncConnection, tenant_id: str, notice: d
     row = {
         "tenant_id": tenant_id,
         "field": clip(str(notice["field"]), 64),
-        "entry_id": clip(notice.get("entry_id"), 64),
-        "phone_number_id": clip(notice.get("phone_number_id"), 64),
+        "entry_id": notice.get("entry_id"),  # ids whole (fields.py refuses longer)
+        "phone_number_id": notice.get("phone_number_id"),
         "dedup_key": notice["dedup_key"],
         "value": dump_json(notice["raw"]),
         "occurred_at": notice.get("occurred_at"),
@@ -107,11 +107,11 @@ async def set_contact_preference(
     values = {
         "value": clip(value, 16),
         "detail": clip(detail, 255),
-        "user_id": clip(user_id, 128),
+        "user_id": user_id,
         "changed_at": changed_at,
         "updated_at": now,
     }
-    key = {"tenant_id": tenant_id, "wa_id": clip(wa_id, 32), "category": clip(category, 32)}
+    key = {"tenant_id": tenant_id, "wa_id": wa_id, "category": clip(category, 32)}
     inserted = await conn.execute(insert_ignore(conn, contact_preferences).values(**key, **values))
     if inserted.rowcount:
         return True

@@ -18,18 +18,21 @@ from control_plane.db.tenants import tenants
 DESIRED_RUNNING = "running"
 DESIRED_STOPPED = "stopped"
 
+REASON_LEN = 200
+OWN_NUMBER_LEN = 512  # the bridge's own number (a wa_id), whole (migration 0011)
+
 session_state = sa.Table(
     "session_state",
     metadata,
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("desired_state", sa.String(16), nullable=False, default=DESIRED_STOPPED),
     sa.Column("state", sa.String(20), nullable=False, default="stopped"),
-    sa.Column("reason", sa.String(200), nullable=True),
+    sa.Column("reason", sa.String(REASON_LEN), nullable=True),
     sa.Column("since", Timestamp, nullable=False),
     sa.Column("restarts", sa.Integer, nullable=False, default=0),
     sa.Column("last_exit_code", sa.Integer, nullable=True),
     sa.Column("pid", sa.Integer, nullable=True),
-    sa.Column("own_number", sa.String(32), nullable=True),
+    sa.Column("own_number", sa.String(OWN_NUMBER_LEN), nullable=True),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Index("ix_session_state_desired_state", "desired_state"),
 )
@@ -83,6 +86,10 @@ async def record_actual_state(conn: AsyncConnection, tenant_id: str, **actual: A
     unknown = set(actual) - set(_ACTUAL)
     if unknown:
         raise ValueError(f"not actual-state columns: {sorted(unknown)}")
+    if isinstance(actual.get("reason"), str) and len(actual["reason"]) > REASON_LEN:  # text: marked cut
+        actual["reason"] = actual["reason"][: REASON_LEN - 1] + "…"
+    if isinstance(actual.get("own_number"), str) and len(actual["own_number"]) > OWN_NUMBER_LEN:
+        actual["own_number"] = None  # an id is stored whole or not at all
     await _upsert(conn, tenant_id, actual)
 
 

@@ -21,14 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from control_plane.db.conversations import clip, conversations, insert_ignore
 from control_plane.db.engine import utcnow
 from control_plane.db.messages import (
-    CONTACT_ID_LEN,
-    PROVIDER_ID_LEN,
     dump_json,
     load_json,
     message_statuses,
     messages,
     move_up,
 )
+from control_plane.db.metadata import ERROR_CODE_LEN
 from control_plane.db.sessions import session_state
 from control_plane.statuses import STATUS_RANK, status_rank
 
@@ -55,7 +54,7 @@ async def apply_status_updates(
     for upd in updates:
         if upd.get("status") not in STATUS_RANK:
             continue
-        fresh.setdefault((clip(upd["provider_message_id"], PROVIDER_ID_LEN), upd["status"]), upd)
+        fresh.setdefault((upd["provider_message_id"], upd["status"]), upd)
     if not fresh or not await _drop_recorded(conn, tenant_id, fresh):
         return []
     known = await _lock_messages(conn, tenant_id, fresh)
@@ -156,8 +155,10 @@ def _fact_row(
         "provider_message_id": pmid,
         "status": status,
         "occurred_at": upd.get("occurred_at"),
-        "recipient_id": clip(upd.get("recipient_id"), CONTACT_ID_LEN),  # digits or a BSUID: never cut
-        "error_code": clip(str(upd["error_code"]), 64) if upd.get("error_code") is not None else None,
+        "recipient_id": upd.get("recipient_id"),  # digits or a BSUID, whole (parsers refuse longer)
+        "error_code": clip(str(upd["error_code"]), ERROR_CODE_LEN)
+        if upd.get("error_code") is not None
+        else None,
         "error_message": upd.get("error_message"),
         "raw": dump_json(upd["raw"]) if upd.get("raw") is not None else None,
         "created_at": now,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,18 +14,26 @@ from control_plane.db.engine import utcnow
 from control_plane.db.messages import dump_json, load_json
 from control_plane.db.metadata import LongText, TenantId, Timestamp, metadata
 
+log = logging.getLogger(__name__)
+
+# Meta's limits: a template name up to 512 characters; its id (digits) stored whole too (migration
+# 0011). A template past them (or a language past 16) is not synced: refused, logged, never cut.
+TEMPLATE_NAME_LEN = 512
+REMOTE_ID_LEN = 255
+LANGUAGE_LEN = 16
+
 templates = sa.Table(
     "templates",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("tenant_id", TenantId, sa.ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False),
     sa.Column("waba_id", sa.String(64), nullable=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("language", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(TEMPLATE_NAME_LEN), nullable=False),
+    sa.Column("language", sa.String(LANGUAGE_LEN), nullable=False),
     sa.Column("status", sa.String(32), nullable=True),
     sa.Column("category", sa.String(32), nullable=True),
     sa.Column("components", LongText, nullable=False),
-    sa.Column("remote_id", sa.String(64), nullable=True),
+    sa.Column("remote_id", sa.String(REMOTE_ID_LEN), nullable=True),
     sa.Column("synced_at", Timestamp, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
@@ -56,13 +65,18 @@ async def replace_templates(
         name, language = str(item.get("name") or ""), str(item.get("language") or "")
         if not name or not language or (name, language) in seen:
             continue
+        remote_id = str(item["id"]) if item.get("id") is not None else None
+        too_long = len(name) > TEMPLATE_NAME_LEN or len(language) > LANGUAGE_LEN
+        if too_long or len(remote_id or "") > REMOTE_ID_LEN:
+            log.warning("tenant=%s template not synced: its name, language or id is too long", tenant_id)
+            continue
         seen.add((name, language))
         values = {
             "waba_id": waba_id,
             "status": clip(item.get("status"), 32),
             "category": clip(item.get("category"), 32),
             "components": dump_json(item.get("components") or []),
-            "remote_id": clip(str(item["id"]), 64) if item.get("id") is not None else None,
+            "remote_id": remote_id,
             "synced_at": now,
             "updated_at": now,
         }
@@ -77,8 +91,8 @@ async def replace_templates(
             await conn.execute(
                 templates.insert().values(
                     tenant_id=tenant_id,
-                    name=clip(name, 255),
-                    language=clip(language, 16),
+                    name=name,
+                    language=language,
                     created_at=now,
                     **values,
                 )
@@ -147,9 +161,9 @@ async def apply_template_notice(
     t = templates.c
     match = []
     if template_id:
-        match.append(t.remote_id == clip(template_id, 64))
+        match.append(t.remote_id == template_id)
     if name:
-        match.append(t.name == clip(name, 255))
+        match.append(t.name == name)
     if not match:
         return []
     result = await conn.execute(

@@ -75,7 +75,7 @@ from control_plane import events as event_types
 from control_plane.bridge import protocol
 from control_plane.db import Database
 from control_plane.db import messages as messages_db
-from control_plane.db.conversations import canonical_wa_id
+from control_plane.db.conversations import CONTACT_ID_LEN, canonical_wa_id, clip
 from control_plane.messaging.inbound import InboundService
 from control_plane.realtime.unit import EventLog, store_then_publish
 from control_plane.text_repair import WARNINGS_KEY
@@ -152,7 +152,7 @@ def _content(data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if loc.get("description"):
             content["name"] = loc["description"]
         return "location", content
-    return raw_type[:32], {"raw": {"type": raw_type, "body": body}}
+    return clip(raw_type, 32), {"raw": {"type": raw_type, "body": body}}  # content.raw: the whole type
 
 
 def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
@@ -165,7 +165,7 @@ def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
         wa_id = chat_wa_id(data.get("to") or data.get("chat_id"))
     else:
         wa_id = chat_wa_id(data.get("from") or data.get("chat_id"))
-    if not isinstance(message_id, str) or not message_id or not wa_id:
+    if not _is_id(message_id) or not wa_id or len(wa_id) > CONTACT_ID_LEN:
         return None
     kind, content = _content(data)
     if WARNINGS_KEY in data:  # text that was no Unicode, repaired (control_plane/text_repair.py)
@@ -184,12 +184,19 @@ def inbound_item(data: dict[str, Any]) -> dict[str, Any] | None:
     if from_me:
         sender = chat_wa_id(data.get("from")) or None
         item.update({"from_me": True, "from": sender, "author": sender if group else None})
-        return item
-    name = data.get("notify_name") if isinstance(data.get("notify_name"), str) else None
-    item["contact_name"] = None if group else name
-    item["author"] = (chat_wa_id(data.get("author")) or None) if group else None
-    item["to"] = chat_wa_id(data.get("to")) or None
+    else:
+        name = data.get("notify_name") if isinstance(data.get("notify_name"), str) else None
+        item["contact_name"] = None if group else name
+        item["author"] = (chat_wa_id(data.get("author")) or None) if group else None
+        item["to"] = chat_wa_id(data.get("to")) or None
+    if len(item["author"] or "") > CONTACT_ID_LEN:
+        return None  # ids are stored whole or refused, never cut
     return item
+
+
+def _is_id(value: Any) -> bool:
+    """A Web message id we store: stored whole up to ``PROVIDER_ID_LEN`` characters, else refused."""
+    return isinstance(value, str) and 0 < len(value) <= messages_db.PROVIDER_ID_LEN
 
 
 def is_status_post(data: dict[str, Any]) -> bool:
@@ -201,14 +208,15 @@ def status_item(data: dict[str, Any], ts_ms: int | None = None) -> dict[str, Any
     message_id = data.get("id")
     ack = data.get("ack")
     status = ACK_STATUS.get(ack) if isinstance(ack, int) else None
-    if not isinstance(message_id, str) or not message_id or status is None:
+    recipient = chat_wa_id(data.get("to")) or None
+    if not _is_id(message_id) or status is None or len(recipient or "") > CONTACT_ID_LEN:
         return None
     item = {
         "provider": PROVIDER,
         "provider_message_id": message_id,
         "status": status,
         "occurred_at": _ts(ts_ms / 1000) if ts_ms else None,
-        "recipient_id": chat_wa_id(data.get("to")) or None,
+        "recipient_id": recipient,
         "raw": data,
     }
     if status == "failed":
@@ -222,11 +230,11 @@ def change_item(event_name: str, data: dict[str, Any]) -> dict[str, Any] | None:
     ``message_changes.record_changes`` item (None: not one, or no id or target)."""
     kind = CHANGE_EVENTS.get(event_name)
     change_id, target = data.get("id"), data.get("target")
-    if kind is None or not isinstance(change_id, str) or not change_id:
-        return None
-    if not isinstance(target, str) or not target:
+    if kind is None or not _is_id(change_id) or not _is_id(target):
         return None
     actor = data.get("actor")
+    if isinstance(actor, str) and len(actor) > CONTACT_ID_LEN:
+        return None
     ts_ms = data.get("timestamp_ms")
     item: dict[str, Any] = {
         "provider": PROVIDER,
@@ -273,7 +281,7 @@ def _group_notice(name: str, data: dict[str, Any]) -> Notice | None:
     members = [m for m in (chat_wa_id(x) for x in (raw if isinstance(raw, list) else [])) if m]
     by = chat_wa_id(data.get("by")) or None
     join = name == protocol.EVENT_GROUP_JOIN
-    reason = (_str(data.get("type")) or ("add" if join else "remove"))[:32]
+    reason = _str(data.get("type")) or ("add" if join else "remove")
     event_id, at = _str(data.get("id")), _ms(data.get("timestamp_ms"))
     return Notice(
         event_types.GROUP_JOIN if join else event_types.GROUP_LEAVE,

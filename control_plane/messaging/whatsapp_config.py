@@ -42,7 +42,9 @@ BUSINESS_TYPES = ("business_api", "both")
 CREDENTIAL_FIELDS = ("api_type", "phone_number_id", "waba_id", "access_token", "api_version")
 NOT_NULL_FIELDS = ("api_type", "fallback_policy", "is_active")
 VERIFY_TIMEOUT_S = 10.0
-NumericId = Field(default=None, pattern=r"^[0-9]{1,64}$", description="Numeric string, as Meta gives it")
+NumericId = Field(
+    default=None, max_length=64, pattern=r"^[0-9]{1,64}$", description="Numeric string, as Meta gives it"
+)
 CLEARED_VERIFICATION: dict[str, Any] = {
     "verification_status": None,
     "verification_message": None,

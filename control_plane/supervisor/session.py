@@ -406,7 +406,7 @@ class TenantSession:
             self._on_qr(ev.data)
         elif name == protocol.EVENT_READY:
             if ev.data.get("number"):
-                self.own_number = str(ev.data["number"])[:32]
+                self.own_number = str(ev.data["number"])  # whole (db/sessions.py refuses a longer one)
         elif name == protocol.EVENT_HELLO:
             run.on_hello(ev.data)
         elif name == protocol.EVENT_BROWSER:

@@ -34,7 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane import events as ev
-from control_plane.webhooks.payload import PROVIDER, normalize_content, unix_ts
+from control_plane.db.conversations import CONTACT_ID_LEN
+from control_plane.webhooks.payload import PROVIDER, is_id, normalize_content, unix_ts
+
+FIELD_LEN = 64  # provider_events.field
 
 Notice = dict[str, Any]
 
@@ -84,6 +87,11 @@ def _str(value: Any) -> str | None:
 
 def _ts(value: Any) -> str | None:
     return ev.format_ts_or_none(unix_ts(value))
+
+
+def _fits(*pairs: Any) -> bool:
+    """``value, length, value, length ...``: whether each value (None: absent) fits its column."""
+    return all(v is None or len(v) <= n for v, n in zip(pairs[::2], pairs[1::2], strict=True))
 
 
 def _digits(value: Any) -> str:
@@ -237,6 +245,8 @@ def _user_preferences(change: _Change, notice: Notice) -> None:
         wa_id = _digits(pref.get("wa_id")) or None
         user_id = _str(pref.get("user_id")) or (user_ids.get(wa_id) if wa_id else None)
         category, value = _str(pref.get("category")), _str(pref.get("value"))
+        if not _fits(wa_id, CONTACT_ID_LEN, user_id, CONTACT_ID_LEN, category, 32, value, 16):
+            continue  # a key past its column is refused (kept raw in the notice), never cut
         at = unix_ts(pref.get("timestamp"))
         data = {
             "wa_id": wa_id,
@@ -309,7 +319,7 @@ def _echoes(change: _Change, batch: FieldBatch) -> int:
     for echo in _list(change.value.get("message_echoes")):
         wamid = echo.get("id") if isinstance(echo, dict) else None
         to = _digits(echo.get("to")) if isinstance(echo, dict) else ""
-        if not isinstance(wamid, str) or not wamid or not to:
+        if not is_id(wamid) or not to or len(to) > CONTACT_ID_LEN:  # ids whole, or refused
             skipped += 1
             continue
         kind = echo.get("type") if isinstance(echo.get("type"), str) and echo.get("type") else "unknown"
@@ -317,7 +327,7 @@ def _echoes(change: _Change, batch: FieldBatch) -> int:
             {
                 "provider": PROVIDER,
                 "provider_message_id": wamid,
-                "wa_id": to[:32],
+                "wa_id": to,
                 "from": _digits(echo.get("from")) or None,
                 "type": kind,
                 "content": normalize_content(echo, kind),
@@ -349,6 +359,8 @@ def _change(entry: Any, change: Any) -> _Change | None:
     entry_id = _str(entry.get("id")) if isinstance(entry, dict) else None
     entry_time = entry.get("time") if isinstance(entry, dict) else None
     name = _str(change.get("field")) or "unknown"
+    if not _fits(name, FIELD_LEN, entry_id, CONTACT_ID_LEN, pnid, CONTACT_ID_LEN):
+        return None  # refused (counted as skipped): stored whole or not at all
     if name == "message_template_status_update" and "new_quality_score" in value and "event" not in value:
         name = "message_template_quality_update"  # Meta's own quality example says status_update
     return _Change(name, value, entry_id or None, entry_time, pnid)

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from control_plane import errors
+from control_plane.db.conversations import CONTACT_ID_LEN, USERNAME_LEN, clip, is_bsuid
+from control_plane.db.messages import PROVIDER_ID_LEN
 from control_plane.text_repair import WARNINGS_KEY
-from control_plane.db.conversations import CONTACT_ID_LEN, USERNAME_LEN, is_bsuid
 
 PROVIDER = "business_api"
 # Statuses Meta sends for outbound messages (cloud-api.md §7).
@@ -230,7 +231,7 @@ class Contacts:
                 wa_id if type(wa_id) is str and 0 < len(wa_id) <= CONTACT_ID_LEN else _phone(wa_id),
                 user_id if user_id is not None and is_bsuid(user_id) else None,
                 name if isinstance(name, str) else None,
-                username[:USERNAME_LEN] if isinstance(username, str) and username else None,
+                clip(username, USERNAME_LEN) if isinstance(username, str) and username else None,
             )
             if found[0] is not None:
                 by_id[found[0]] = found
@@ -257,6 +258,12 @@ def _phone(value: Any) -> str | None:
     return value
 
 
+def is_id(value: Any) -> bool:
+    """A provider message id we store: a non-empty string of at most ``PROVIDER_ID_LEN`` characters
+    (stored whole; a longer one is refused: its item is skipped and counted, never cut)."""
+    return isinstance(value, str) and 0 < len(value) <= PROVIDER_ID_LEN
+
+
 def _sender_bsuid(msg: dict[str, Any], kind: str) -> tuple[str | None, str | None]:
     """(the sender's BSUID, the BSUID it replaces). A ``user_changed_user_id`` system message names
     no sender: it is the user who was ``previous_user_id`` and now is ``user_id``."""
@@ -273,7 +280,7 @@ def _message_item(
     msg: dict[str, Any], contacts: Contacts, business_number: str | None
 ) -> dict[str, Any] | None:
     wamid = msg.get("id")
-    if not isinstance(wamid, str) or not wamid:
+    if not is_id(wamid):
         return None
     kind = msg.get("type")
     if not isinstance(kind, str) or not kind:
@@ -316,10 +323,10 @@ def change_item(msg: dict[str, Any]) -> dict[str, Any] | None:
     ``message_changes.record_changes`` item; None when it names no message or has no id."""
     kind, wamid, sender = msg.get("type"), msg.get("id"), msg.get("from")
     part = msg.get(kind) if isinstance(kind, str) else None
-    if kind not in CHANGE_TYPES or not isinstance(part, dict) or not isinstance(wamid, str) or not wamid:
+    if kind not in CHANGE_TYPES or not isinstance(part, dict) or not is_id(wamid):
         return None
     target = part.get("message_id") if kind == "reaction" else part.get("original_message_id")
-    if not isinstance(target, str) or not target:
+    if not is_id(target) or (isinstance(sender, str) and len(sender) > CONTACT_ID_LEN):
         return None
     item: dict[str, Any] = {
         "provider": PROVIDER,
@@ -343,7 +350,7 @@ def change_item(msg: dict[str, Any]) -> dict[str, Any] | None:
 
 def _status_item(st: dict[str, Any], business_number: str | None) -> dict[str, Any] | None:
     wamid, status = st.get("id"), st.get("status")
-    if not isinstance(wamid, str) or not wamid or status not in KNOWN_STATUSES:
+    if not is_id(wamid) or status not in KNOWN_STATUSES:
         return None
     code, message = _error_fields(st.get("errors"))
     # A send to a BSUID has no recipient_id (the phone number): its recipient_user_id names it.
