@@ -38,6 +38,7 @@ class Case:
         return body
 
 
+WA = "16505551234"
 TEMPLATE = {"fallback_template": {"name": "x", "language": "en_US"}}
 CASES = [
     Case("tenants.name", "POST", "/api/tenants", "name", 200, {}),
@@ -47,7 +48,7 @@ CASES = [
         "messaging_settings.fallback_template_name", "PUT", "/api/messaging/settings",
         "fallback_template.name", 512, TEMPLATE,
     ),
-    Case("outbox.idempotency_key", "POST", "/api/messages", "idempotency_key", 128, {"to": "16505551234", "text": "hi"}),
+    Case("outbox.idempotency_key", "POST", "/api/messages", "idempotency_key", 128, {"to": WA, "text": "hi"}),
     Case("whatsapp_config.phone_number_id", "PUT", "/api/whatsapp/config", "phone_number_id", 64, {}),
 ]  # fmt: skip
 
@@ -105,7 +106,9 @@ async def test_values_right_at_the_limit_are_stored_whole(client, make_tenant, a
     tenant = await make_tenant("n" * 200)
     got = await (await client.get(f"/api/tenants/{tenant['id']}", headers=admin_headers)).json()
     assert got["name"] == "n" * 200
-    resp = await client.post(f"/api/tenants/{tenant['id']}/api-keys", json={"label": "l" * 100}, headers=admin_headers)
+    resp = await client.post(
+        f"/api/tenants/{tenant['id']}/api-keys", json={"label": "l" * 100}, headers=admin_headers
+    )
     assert resp.status == 201 and (await resp.json())["label"] == "l" * 100
     name = "t" * 512  # Meta allows template names of 512 characters (the column held 255)
     body = {"fallback_template": {"name": name, "language": "en_US"}}
@@ -120,7 +123,8 @@ async def test_values_right_at_the_limit_are_stored_whole(client, make_tenant, a
     "method, path, body, field",
     [
         ("POST", "/api/messages", '{"to": "16505551234", "text": "bad \\ud800 text"}', "text"),
-        ("POST", "/api/messages", '{"to": "16505551234", "text": "ok", "idempotency_key": "k\\udfff"}', "idempotency_key"),
+        ("POST", "/api/messages", '{"to": "16505551234", "text": "ok", "idempotency_key": "k\\udfff"}',
+         "idempotency_key"),
         ("POST", "/api/tenants", '{"name": "\\udc00"}', "name"),
         ("PUT", "/api/messaging/settings", '{"fallback_template": {"name": "a\\ud83d", "language": "en"}}',
          "fallback_template.name"),
@@ -131,10 +135,14 @@ async def test_text_that_is_no_unicode_is_422_naming_the_field(
 ):
     tenant = await make_tenant()
     headers = admin_headers if path.startswith("/api/tenants") else tenant["headers"]
-    resp = await client.request(method, path, data=body.encode(), headers={**headers, "Content-Type": "application/json"})
+    resp = await client.request(
+        method, path, data=body.encode(), headers={**headers, "Content-Type": "application/json"}
+    )
     assert resp.status == 422, await resp.text()
     error = (await resp.json())["error"]
     assert (error["code"], error["field"]) == ("invalid_unicode", field), error
     # a well-formed pair (an emoji, escaped as Meta and JSON.stringify do) is text like any other
-    ok = await client.post("/api/messages", data=b'{"to": "16505551234", "text": "\\ud83d\\ude00"}', headers=tenant["headers"])
+    ok = await client.post(
+        "/api/messages", data=b'{"to": "16505551234", "text": "\\ud83d\\ude00"}', headers=tenant["headers"]
+    )
     assert ok.status == 202, await ok.text()

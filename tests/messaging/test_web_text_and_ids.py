@@ -35,7 +35,9 @@ def _node_lines(events: list[dict[str, Any]], bad_body: str) -> list[bytes]:
         "for (const e of events) { if (e.data.body === 'BAD') e.data.body = bad;"
         " process.stdout.write(JSON.stringify(e) + '\\n'); }"
     )
-    out = subprocess.run(["node", "-e", script, json.dumps(events)], capture_output=True, check=True, timeout=30)
+    out = subprocess.run(
+        ["node", "-e", script, json.dumps(events)], capture_output=True, check=True, timeout=30
+    )
     return out.stdout.splitlines()
 
 
@@ -52,7 +54,11 @@ def test_decode_line_repairs_and_flags_what_node_writes():
     assert isinstance(event, protocol.BridgeEvent)
     assert event.data["body"] == "cut \ufffd"
     assert event.data[WARNINGS_KEY] == [
-        {"code": "invalid_unicode", "path": "body", "message": "not Unicode text: lone surrogate U+D83D replaced by U+FFFD"}
+        {
+            "code": "invalid_unicode",
+            "path": "body",
+            "message": "not Unicode text: lone surrogate U+D83D replaced by U+FFFD",
+        }
     ]
     response = protocol.decode_line(b'{"id": 7, "ok": true, "result": {"name": "x\\udfff"}}')
     assert isinstance(response, protocol.Response) and response.result == {"name": "x\ufffd"}
@@ -86,7 +92,9 @@ async def test_web_messages_with_broken_text_and_long_ids(app_client, db_rows):
         t=tenant["id"],
     )
     by_id = {r["provider_message_id"]: r for r in rows}
-    assert sorted(by_id) == sorted(["false_good", "false_bad", "f" * PROVIDER_ID_LEN, "false_far", "false_group"])
+    assert sorted(by_id) == sorted(
+        ["false_good", "false_bad", "f" * PROVIDER_ID_LEN, "false_far", "false_group"]
+    )
     assert json.loads(by_id["false_good"]["content"]) == {"text": "good"}
     bad = json.loads(by_id["false_bad"]["content"])
     assert bad["text"] == "bad \ufffd x" and [w["code"] for w in bad["warnings"]] == ["invalid_unicode"]

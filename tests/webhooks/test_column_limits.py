@@ -47,7 +47,9 @@ async def _two_long_wamids(ctx: dict[str, Any]) -> None:
     tenant, send, rows = ctx["tenant"], ctx["send"], ctx["rows"]
     a, b = _wamid(300, "-1"), _wamid(300, "-2")  # the same first 298 characters
     a = b[:-2] + "-1"
-    resp = await send.inbound(tenant["pnid"], g.text_message(USER, "a", wamid=a), g.text_message(USER, "b", wamid=b))
+    resp = await send.inbound(
+        tenant["pnid"], g.text_message(USER, "a", wamid=a), g.text_message(USER, "b", wamid=b)
+    )
     assert resp.status == 200, resp.text
     stored = rows("SELECT provider_message_id FROM messages WHERE tenant_id = :t", t=tenant["id"])
     assert sorted(r["provider_message_id"] for r in stored) == sorted([a, b])  # two messages, ids whole
@@ -67,22 +69,33 @@ async def _long_sender(ctx: dict[str, Any]) -> None:
 async def _long_status(ctx: dict[str, Any]) -> None:
     tenant, send, rows = ctx["tenant"], ctx["send"], ctx["rows"]
     wamid, recipient = _wamid(PROVIDER_ID_LEN), "2" * CONTACT_ID_LEN
-    payload = g.messages_payload(tenant["waba"], tenant["pnid"], statuses=[g.status(wamid, "delivered", recipient)])
+    payload = g.messages_payload(
+        tenant["waba"], tenant["pnid"], statuses=[g.status(wamid, "delivered", recipient)]
+    )
     assert (await send.send(payload)).status == 200
-    (row,) = rows("SELECT provider_message_id, recipient_id FROM message_statuses WHERE tenant_id = :t", t=tenant["id"])
+    (row,) = rows(
+        "SELECT provider_message_id, recipient_id FROM message_statuses WHERE tenant_id = :t", t=tenant["id"]
+    )
     assert (row["provider_message_id"], row["recipient_id"]) == (wamid, recipient)
 
 
 async def _long_reaction(ctx: dict[str, Any]) -> None:
     tenant, send, rows = ctx["tenant"], ctx["send"], ctx["rows"]
     target, reaction, actor = _wamid(400, "t"), _wamid(PROVIDER_ID_LEN, "r"), "3" * 300
-    resp = await send.inbound(tenant["pnid"], g.reaction_message(actor, target, "\N{THUMBS UP SIGN}", wamid=reaction))
+    resp = await send.inbound(
+        tenant["pnid"], g.reaction_message(actor, target, "\N{THUMBS UP SIGN}", wamid=reaction)
+    )
     assert resp.status == 200, resp.text
     (row,) = rows(
-        "SELECT provider_change_id, target_provider_message_id, actor FROM message_changes WHERE tenant_id = :t",
+        "SELECT provider_change_id, target_provider_message_id, actor FROM message_changes "
+        "WHERE tenant_id = :t",
         t=tenant["id"],
     )
-    assert (row["provider_change_id"], row["target_provider_message_id"], row["actor"]) == (reaction, target, actor)
+    assert (row["provider_change_id"], row["target_provider_message_id"], row["actor"]) == (
+        reaction,
+        target,
+        actor,
+    )
 
 
 async def _long_preference(ctx: dict[str, Any]) -> None:
@@ -141,9 +154,9 @@ async def _ids_past_the_column(ctx: dict[str, Any]) -> None:
     payload["entry"][0]["changes"][0]["value"]["statuses"] = [status]
     resp = await send.send(payload)
     assert resp.status == 200, resp.text
-    assert [r["content"] for r in rows("SELECT content FROM messages WHERE tenant_id = :t", t=tenant["id"])] == [
-        json.dumps({"text": "good"}, separators=(",", ":"))
-    ]
+    assert [
+        r["content"] for r in rows("SELECT content FROM messages WHERE tenant_id = :t", t=tenant["id"])
+    ] == [json.dumps({"text": "good"}, separators=(",", ":"))]
     assert rows("SELECT id FROM message_statuses WHERE tenant_id = :t", t=tenant["id"]) == []
     assert ctx["client"].server.app["webhook_counters"].skipped_items >= 3
 

@@ -76,7 +76,9 @@ async def test_large_delivery_read_in_the_worker_is_repaired_too(
 ):
     """A body over WEBHOOK_INLINE_DECODE_BYTES is prescanned in the worker process, then parsed on
     the loop: both read the repaired text (its routing ids too)."""
-    client = await aiohttp_client(create_app(make_settings(GRAPH_API_URL=fake.url, WEBHOOK_INLINE_DECODE_BYTES="64")))
+    client = await aiohttp_client(
+        create_app(make_settings(GRAPH_API_URL=fake.url, WEBHOOK_INLINE_DECODE_BYTES="64"))
+    )
     tenant = await business_tenant()
     send = fake.webhooks(str(client.make_url("/api/whatsapp/webhook")), tenant["app_secret"])
     try:
@@ -116,7 +118,10 @@ async def test_every_other_place_a_lone_surrogate_can_hide(business_tenant, send
     assert stored[first["id"]]["text"] == "raw \ufffd bytes"
     assert sorted(w["path"] for w in stored[first["id"]]["warnings"]) == ["text.body", "\ufffdodd_key"]
     assert stored["wamid.split"]["text"] == "pair \N{GRINNING FACE} split"
-    assert stored["wamid.split"]["warnings"][0]["message"] == "not Unicode text: surrogate pair U+D83D, U+DE00 joined"
+    assert (
+        stored["wamid.split"]["warnings"][0]["message"]
+        == "not Unicode text: surrogate pair U+D83D, U+DE00 joined"
+    )
     (conv,) = db_rows("SELECT contact_name FROM conversations WHERE tenant_id = :t", t=tenant["id"])
     assert conv["contact_name"] == "Zo\ufffde"
     (st,) = db_rows("SELECT error_message FROM message_statuses WHERE tenant_id = :t", t=tenant["id"])
