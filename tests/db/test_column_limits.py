@@ -24,7 +24,8 @@ TEXT = "free text (names, reasons, details): cut with a visible ellipsis"
 COLUMNS: dict[str, str] = {
     **{f"{t}.tenant_id": OURS for t in (
         "event_log", "api_keys", "contact_preferences", "conversations", "message_changes",
-        "message_statuses", "messaging_settings", "provider_events", "session_state", "templates", "tenant_event_seq",
+        "message_statuses", "messaging_settings", "provider_events", "session_state", "templates",
+        "tenant_event_seq",
         "whatsapp_config", "messages", "message_transitions", "outbox",
     )},
     "event_log.type": OURS,
