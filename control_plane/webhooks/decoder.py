@@ -55,8 +55,13 @@ def _spawn_worker() -> ProcessPoolExecutor:
     return pool
 
 
-def _text(value: str) -> str:
-    return text_repair.repaired(value) or value
+def _repaired_ids(ids: prescan.RoutingIds) -> prescan.RoutingIds:
+    """Ids that are no Unicode text, repaired as the full parse repairs them (they look no tenant up)."""
+
+    def fixed(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(text_repair.repaired(v) or v for v in values))
+
+    return prescan.RoutingIds(fixed(ids.numbers), fixed(ids.wabas))
 
 
 class DeliveryDecoder:
@@ -76,8 +81,8 @@ class DeliveryDecoder:
             data = self.parse(raw)
             return data, prescan.routing_ids(data, self.max_ids)
         ids = prescan.scan_result(await self._in_worker(raw))
-        if text_repair.may_have_lone_surrogates(raw):  # ids with no Unicode text look no tenant up
-            ids = prescan.RoutingIds(*(tuple(dict.fromkeys(map(_text, i))) for i in (ids.numbers, ids.wabas)))
+        if not all(map(str.isascii, (*ids.numbers, *ids.wabas))):  # the ids, not the body, are checked
+            ids = _repaired_ids(ids)
         return None, ids
 
     @staticmethod
