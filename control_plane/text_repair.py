@@ -118,7 +118,8 @@ def find_lone_surrogate(data: Any) -> str | None:
 
 def dotted(path: Path) -> str:
     """``a.0.b``; a key that is no Unicode itself shown repaired."""
-    return ".".join(str(part) if type(part) is int else (repaired(part) or part) for part in path) or "(root)"
+    parts = (part if isinstance(part, int) else (repaired(part) or part) for part in path)
+    return ".".join(map(str, parts)) or "(root)"
 
 
 def warning(path: Path, original: str) -> dict[str, str]:
