@@ -159,10 +159,12 @@ def repair_delivery(data: Any) -> int:
     return len(found)
 
 
-def repair_bridge_line(obj: Any) -> int:
-    """A bridge line (an event or a response) repaired in place; an event's ``data`` with a repaired
-    string gets its warnings (a ``message`` event's are moved into its content). Returns how many
-    strings were repaired."""
+def repair_bridge_line(line: bytes, obj: Any) -> int:
+    """A bridge line (an event or a response; ``obj`` parsed from ``line``) repaired in place when
+    ``line`` may need it; an event's ``data`` with a repaired string gets its warnings (a ``message``
+    event's are moved into its content). Returns how many strings were repaired."""
+    if not may_have_lone_surrogates(line):
+        return 0
     found = repair_tree(obj)
     for path, original in found:
         if len(path) > 1 and path[0] == "data" and isinstance(obj, dict):

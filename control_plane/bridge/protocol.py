@@ -245,8 +245,7 @@ def decode_line(line: bytes) -> Message:
         obj = json.loads(line)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
-    if text_repair.may_have_lone_surrogates(line):  # lone surrogates -> U+FFFD, flagged in the data
-        text_repair.repair_bridge_line(obj)
+    text_repair.repair_bridge_line(line, obj)  # lone surrogates -> U+FFFD, flagged (clean lines: no walk)
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")
     if "event" in obj:
