@@ -73,9 +73,9 @@ class EventLogWriter:
         after_first = None if on_locked is None else (lambda: on_locked(None))
         async with self._driver_errors():
             results = await sql.driver_round_trip(driver, statements, what=_WHAT, after_first=after_first)
-        (_, inserted), (last, _) = results[1], results[2]
+        (_, inserted), (last, _) = results[raw_sql.ONE_TRIP_INSERT], results[raw_sql.ONE_TRIP_COUNTERS]
         self._used_at = time.monotonic()
-        if inserted != len(events):  # pragma: no cover - the join cannot drop rows after the upsert
+        if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return number(events, first_seqs(dict(last), counts))
 
