@@ -4,8 +4,8 @@ SQLAlchemy's multi-VALUES construct compiles afresh for every batch size and cos
 the insert itself; these strings are built in well under a microsecond per event. Tenant ids and
 types are names checked here (:func:`check_names`), written as plain literals; payloads are
 ``sql.literal_str``'s literals (JSON between quotes when it holds no quote or backslash, else
-hex); timestamps ``sql.literal_dt``, once per distinct value. Tenants are always listed in sorted order: one lock order for every writer, so
-batches cannot deadlock on each other's counter rows.
+hex); timestamps ``sql.literal_dt``, once per distinct value. Tenants are always listed in sorted
+order: one lock order for every writer, so batches cannot deadlock on each other's counter rows.
 """
 
 from __future__ import annotations

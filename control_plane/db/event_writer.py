@@ -89,9 +89,10 @@ class EventLogWriter:
     ) -> list[int]:
         """MariaDB: trip 1, the counter upsert (rows locked from here) and the counters as this
         transaction left them; trip 2, ONE plain multi-row INSERT with the seqs inlined, and
-        COMMIT. MariaDB spends about half the CPU per event on it that the one-trip
-        INSERT ... SELECT costs (a derived table of one SELECT per event, joined to the
-        counters), for a second round trip."""
+        COMMIT. MariaDB spent about half the CPU per event on it that the one-trip append cost
+        when that was an INSERT ... SELECT over a derived table of one SELECT per event, joined to
+        the counters (``one_trip`` is a plain multi-row INSERT too now, its seqs computed from
+        session variables), for a second round trip."""
         upsert = raw_sql.upsert_and_read(counts, writer)
         tails = raw_sql.row_tails(events)  # built before the locks are taken
         async with self._driver_errors():
