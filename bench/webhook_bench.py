@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -227,8 +228,29 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def mariadb_pid() -> int | None:
+    """The MariaDB server the bench uses: the only ``mariadbd``, or among several (test suites start
+    private ones) the one listening on ``MARIADB_SERVER``'s port (read from /proc; None if unknown)."""
     out = subprocess.run(["pidof", "mariadbd"], capture_output=True, text=True).stdout.split()
-    return int(out[0]) if len(out) == 1 else None
+    if len(out) == 1:
+        return int(out[0])
+    port = urllib.parse.urlsplit(MARIADB_SERVER).port or 3306
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for pid in out:
+        try:
+            if any(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                return int(pid)
+        except OSError:
+            continue
+    return None
 
 
 def run_measured(

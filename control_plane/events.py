@@ -247,36 +247,34 @@ def _json_str(value: Any) -> str:
     raise TypeError  # anything else: the generic encoder decides
 
 
-def _json_null(value: Any) -> str:
-    if value is None:
-        return "null"
-    raise TypeError
-
-
 def received_event_json(
     data: dict[str, Any], content_json: str, encode: Callable[[dict[str, Any]], str]
 ) -> str:
     """``encode(data)`` for ``received_event``'s data, character for character, ~4x faster: the shape
     is fixed and ``content_json`` is the content's JSON text as the messages row stores it (the same
     separators, non-ASCII kept). Anything unexpected in a field goes through ``encode`` (the
-    publisher's ``encode_data``)."""
-    d = data
+    publisher's ``encode_data``): the strings are written by the C encoder in line, which raises
+    TypeError on anything that is not a string."""
+    d, s = data, _encode_str
     try:
         if type(d["conversation_id"]) is not int or d["direction"] != "inbound" or d["status"] != "received":
             raise TypeError
-        if d["reactions"] != [] or type(d["reactions"]) is not list:
+        if d["reactions"] != [] or type(d["reactions"]) is not list or d["error"] is not None:
             raise TypeError
         return (
-            f'{{"message_id":{_json_str(d["message_id"])},"conversation_id":{d["conversation_id"]},'
+            f'{{"message_id":{s(d["message_id"])},"conversation_id":{d["conversation_id"]},'
             f'"provider":{_json_str(d["provider"])},"direction":"inbound",'
-            f'"origin":{_json_str(d["origin"])},"from":{_json_str(d["from"])},"to":{_json_str(d["to"])},'
-            f'"author":{_json_str(d["author"])},"contact_name":{_json_str(d["contact_name"])},'
-            f'"type":{_json_str(d["type"])},"content":{content_json},"status":"received",'
+            f'"origin":{s(d["origin"])},"from":{_json_str(d["from"])},"to":{_json_str(d["to"])},'
+            f'"author":{"null" if (v := d["author"]) is None else s(v)},'
+            f'"contact_name":{"null" if (v := d["contact_name"]) is None else s(v)},'
+            f'"type":{s(d["type"])},"content":{content_json},"status":"received",'
             f'"provider_message_id":{_json_str(d["provider_message_id"])},'
-            f'"provider_user_id":{_json_str(d["provider_user_id"])},'
+            f'"provider_user_id":{"null" if (v := d["provider_user_id"]) is None else s(v)},'
             f'"timestamp":{_json_str(d["timestamp"])},"created_at":{_json_str(d["created_at"])},'
-            f'"edited_at":{_json_str(d["edited_at"])},"deleted_at":{_json_str(d["deleted_at"])},'
-            f'"error":{_json_null(d["error"])},"route_reason":{_json_str(d["route_reason"])},"reactions":[]}}'
+            f'"edited_at":{"null" if (v := d["edited_at"]) is None else s(v)},'
+            f'"deleted_at":{"null" if (v := d["deleted_at"]) is None else s(v)},'
+            f'"error":null,"route_reason":{"null" if (v := d["route_reason"]) is None else s(v)},'
+            '"reactions":[]}'
         )
     except TypeError:
         return encode(data)

@@ -73,9 +73,9 @@ class EventLogWriter:
         after_first = None if on_locked is None else (lambda: on_locked(None))
         async with self._driver_errors():
             results = await sql.driver_round_trip(driver, statements, what=_WHAT, after_first=after_first)
-        (_, inserted), (last, _) = results[1], results[2]
+        (_, inserted), (last, _) = results[raw_sql.ONE_TRIP_INSERT], results[raw_sql.ONE_TRIP_COUNTERS]
         self._used_at = time.monotonic()
-        if inserted != len(events):  # pragma: no cover - the join cannot drop rows after the upsert
+        if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return number(events, first_seqs(dict(last), counts))
 
@@ -89,9 +89,10 @@ class EventLogWriter:
     ) -> list[int]:
         """MariaDB: trip 1, the counter upsert (rows locked from here) and the counters as this
         transaction left them; trip 2, ONE plain multi-row INSERT with the seqs inlined, and
-        COMMIT. MariaDB spends about half the CPU per event on it that the one-trip
-        INSERT ... SELECT costs (a derived table of one SELECT per event, joined to the
-        counters), for a second round trip."""
+        COMMIT. MariaDB spent about half the CPU per event on it that the one-trip append cost
+        when that was an INSERT ... SELECT over a derived table of one SELECT per event, joined to
+        the counters (``one_trip`` is a plain multi-row INSERT too now, its seqs computed from
+        session variables), for a second round trip."""
         upsert = raw_sql.upsert_and_read(counts, writer)
         tails = raw_sql.row_tails(events)  # built before the locks are taken
         async with self._driver_errors():

@@ -126,7 +126,8 @@ async def append_events(
     their results are appended to ``before_results`` when given.
 
     MariaDB/MySQL: ONE round trip on the driver connection, inside the caller's transaction: the
-    counter upsert, the insert computing each seq from the counter, the counters as left (see
+    counter upsert, the counters read into session variables, the insert computing each seq from
+    them, the counters as left (see
     ``event_log_sql.one_trip``). Elsewhere (and inside ``sql.core_paths()``) SQLAlchemy Core."""
     counts = count_by_tenant(events)
     if sql.raw_mysql(conn):
@@ -137,8 +138,11 @@ async def append_events(
         results = await sql.round_trip(conn, statements, what="event log append")
         if before_results is not None:
             before_results += results[:skip]
-        (_, inserted), (last, _) = results[skip + 1], results[skip + 2]
-        if inserted != len(events):  # pragma: no cover - the join cannot drop rows after the upsert
+        (_, inserted), (last, _) = (
+            results[skip + raw_sql.ONE_TRIP_INSERT],
+            results[skip + raw_sql.ONE_TRIP_COUNTERS],
+        )
+        if inserted != len(events):  # pragma: no cover - a multi-row INSERT is all or nothing
             raise RuntimeError(f"event log: inserted {inserted} rows of {len(events)}")
         return number(events, first_seqs(dict(last), counts))
     if before:

@@ -2,8 +2,8 @@
 
 SQLAlchemy Core compiles the multi-row constructs afresh per batch and the driver escapes every
 parameter in Python; together they cost more CPU than MariaDB spends on the statements. Literals
-are ``db.sql``'s: ids and names as they are when plain ASCII letters and digits, other strings as
-``_utf8mb4 X'<hex>'`` (nothing to escape whatever the sql_mode), datetimes and integers as digits.
+are ``db.sql``'s: strings between quotes when there is nothing to escape in them, else as
+``_utf8mb4 X'<hex>'`` (``literal_str``: safe whatever the sql_mode), datetimes and integers as digits.
 The statements go out on the driver connection with ``sql.round_trip``/``sql.driver_round_trip``
 (``db/inbound.py``). Their SQLAlchemy Core twins (SQLite, MySQL, ``sql.core_paths()``) are in
 ``db/inbound.py`` and ``db/conversations.py``.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from control_plane.db.conversations import is_bsuid
-from control_plane.db.sql import literal_cache, literal_dt, literal_hex, literal_str
+from control_plane.db.sql import literal_cache, literal_dt, literal_str
 
 
 def existing_wamids_sql(tenant_id: str, by_provider: dict[str, list[str]]) -> str:
@@ -92,10 +92,10 @@ def insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> s
     head = _MESSAGES_INSERT_HEAD if ignore else _MESSAGES_INSERT_HEAD.replace("INSERT IGNORE", "INSERT", 1)
     return head + ",".join(
         f"({literal_str(r['id'])},{lit(r['tenant_id'])},{int(r['conversation_id'])},{lit(r['direction'])},"
-        f"{lit(r['provider'])},{literal_str(r['provider_message_id'])},{lit(r['type'])},{literal_hex(r['content'])},"
+        f"{lit(r['provider'])},{literal_str(r['provider_message_id'])},{lit(r['type'])},{literal_str(r['content'])},"
         f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{literal_dt(r['created_at'])},"
         f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])},{lit(r['author'])},"
         f"{'NULL' if r['provider_user_id'] is None else literal_str(r['provider_user_id'])},"
-        f"{'NULL' if r['raw'] is None else literal_hex(r['raw'])})"
+        f"{'NULL' if r['raw'] is None else literal_str(r['raw'])})"
         for r in rows
     )

@@ -55,10 +55,18 @@ def literal_hex(value: str) -> str:
 
 
 def literal_str(value: str) -> str:
-    """A string literal: ASCII letters and digits as they are (ids, names: half the bytes of hex,
-    for the server to read and the socket to carry), anything else as :func:`literal_hex`."""
-    if value.isascii() and value.isalnum():  # isascii is O(1); isalnum stops at the first other char
-        return f"'{value}'"
+    """A string literal, as short as it can be written with nothing to escape whatever the sql_mode:
+    ASCII letters and digits as they are (ids, names); other printable text without a quote or a
+    backslash between quotes (``_utf8mb4'...'`` when it is not ASCII: wamids, JSON, names: half the
+    bytes of hex, for the server to read and the socket to carry); anything else (quotes,
+    backslashes, control characters, lone surrogates) as :func:`literal_hex`."""
+    if value.isascii():
+        if value.isalnum():  # isascii is O(1); isalnum stops at the first other char
+            return f"'{value}'"
+        if value.isprintable() and "'" not in value and "\\" not in value:
+            return f"'{value}'"
+    elif value.isprintable() and "'" not in value and "\\" not in value:
+        return f"_utf8mb4'{value}'"
     return f"_utf8mb4 X'{value.encode().hex()}'"
 
 
@@ -75,10 +83,8 @@ def literal(value: Any) -> str:
     if value is None:
         return "NULL"
     kind = type(value)
-    if kind is str:  # the common case, inlined (literal_str)
-        if value.isascii() and value.isalnum():
-            return f"'{value}'"
-        return f"_utf8mb4 X'{value.encode().hex()}'"
+    if kind is str:  # the common case
+        return literal_str(value)
     if kind is int:
         return str(value)
     if isinstance(value, dt.datetime):

@@ -17,7 +17,9 @@ sends; it bounds the lookups a forged delivery can cause. (``tests/webhooks/test
 these ids against the full parse's on every sample delivery.)
 
 ``scan_raw`` is the same for the raw bytes, run in a worker process for large bodies
-(``webhooks/decoder.py``): it returns plain tuples, which cross a process boundary unchanged.
+(``webhooks/decoder.py``): it returns plain tuples, which cross a process boundary unchanged. A small
+body (up to ``WEBHOOK_INLINE_DECODE_BYTES``) is parsed whole where it arrives instead, before the
+check (bounded work: its JSON is read anyway), and ``parsed_ids`` reads the ids from that parse.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 from control_plane import errors
 from control_plane.http.parsing import parse_json
+from control_plane.webhooks.payload import ParsedDelivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,21 @@ def routing_ids(data: Any, max_ids: int) -> RoutingIds:
             (numbers if is_number else wabas)[key] = None
             if len(numbers) + len(wabas) > max_ids:
                 raise too_many_ids(max_ids)
+    return RoutingIds(tuple(numbers), tuple(wabas))
+
+
+def parsed_ids(parsed: ParsedDelivery, max_ids: int) -> RoutingIds:
+    """``routing_ids`` of a delivery parsed whole already (``payload.parse_delivery``, which a small
+    body costs no more than this walk): its numbers, then the ids its changes of other fields route
+    by. The same ids (in another order when fields and messages interleave), the same cap."""
+    numbers = dict.fromkeys(parsed.numbers)
+    wabas: dict[str, None] = {}
+    for entry, change in parsed.fields:
+        key, is_number = _change_id(entry, change)
+        if key is not None:
+            (numbers if is_number else wabas)[key] = None
+    if len(numbers) + len(wabas) > max_ids:
+        raise too_many_ids(max_ids)
     return RoutingIds(tuple(numbers), tuple(wabas))
 
 

@@ -9,7 +9,9 @@ can send it), so the work before it is bounded and kept off the event loop for l
    (``webhooks/prescan.py``): each change's ``value.metadata.phone_number_id``, or for changes of
    other fields (``webhooks/fields.py``) that name no number (template and account updates) the WABA
    id ``entry.id``. More than ``WEBHOOK_MAX_ROUTING_IDS`` distinct ids: 413 ``too_many_ids``. A body
-   over ``WEBHOOK_INLINE_DECODE_BYTES`` is read in a worker process (``webhooks/decoder.py``);
+   over ``WEBHOOK_INLINE_DECODE_BYTES`` is read in a worker process (``webhooks/decoder.py``); a
+   smaller one is parsed whole at once (``payload.parse_delivery``: bounded work, as costly as the
+   walk) and its ids read from that parse (``prescan.parsed_ids``), its counters kept for step 6;
 4. each id is answered by the tenant directory (cached; misses in one query per 1,000, which is one
    for anything Meta sends; unknown ids cached too, within a bound):
    a number goes to the active tenant that owns it, a WABA to every active tenant whose config holds
@@ -41,7 +43,7 @@ from control_plane.http.models import QueryModel, ResponseModel
 from control_plane.http.parsing import read_body
 from control_plane.http.routing import Router
 from control_plane.logs import current_tenant
-from control_plane.webhooks import fields
+from control_plane.webhooks import fields, prescan
 from control_plane.webhooks.decoder import DeliveryDecoder
 from control_plane.webhooks.directory import (
     Resolved,
@@ -161,7 +163,13 @@ async def receive(request: web.Request) -> web.Response:
     if digest is None:
         counters.bad_signature += 1
         raise errors.Unauthenticated("missing or malformed X-Hub-Signature-256", code="invalid_signature")
-    data, ids = await _decode(app["webhook_decoder"], raw, counters)
+    decoder: DeliveryDecoder = app["webhook_decoder"]
+    parsed: ParsedDelivery | None = None
+    if len(raw) <= decoder.inline_max_bytes:  # small: parsed whole at once, its ids read from that
+        parsed = parse_delivery(decoder.parse(raw))  # lone surrogates repaired (text_repair.py)
+        ids = _parsed_ids(parsed, decoder.max_ids, counters)
+    else:
+        _, ids = await _decode(decoder, raw, counters)
     # Routing: the directory's cache answers without waiting; misses are loaded in batches.
     directory: TenantDirectory = app["webhook_directory"]
     resolved = await directory.resolve(ids.numbers, ids.wabas)
@@ -170,8 +178,9 @@ async def receive(request: web.Request) -> web.Response:
         return _ack_unknown(app, resolved, counters)
     _check_signatures(raw, digest, named, counters)
 
-    data = app["webhook_decoder"].parse(raw) if data is None else data  # repaired text (text_repair.py)
-    routed = await _parse_and_route(directory, data, resolved, counters)
+    if parsed is None:
+        parsed = parse_delivery(decoder.parse(raw))  # repaired text (text_repair.py)
+    routed = await _parse_and_route(directory, parsed, resolved, counters)
     _check_signatures(raw, digest, {k: v for k, v in routed.app_secrets.items() if k not in named}, counters)
     app["webhook_unknown_log"].note(routed.unknown_numbers, routed.unknown_waba_ids)
     works = routed.works
@@ -209,6 +218,14 @@ async def _decode(decoder: DeliveryDecoder, raw: bytes, counters: WebhookCounter
         raise
 
 
+def _parsed_ids(parsed: ParsedDelivery, max_ids: int, counters: WebhookCounters) -> RoutingIds:
+    try:
+        return prescan.parsed_ids(parsed, max_ids)
+    except errors.PayloadTooLarge:
+        counters.too_many_ids += 1
+        raise
+
+
 def _ack_unknown(app: web.Application, resolved: Resolved, counters: WebhookCounters) -> web.Response:
     """A delivery that names no active tenant: counted, summarised in the log, 200 (Meta must not
     redeliver it), nothing stored and nothing more of it read."""
@@ -222,12 +239,11 @@ def _ack_unknown(app: web.Application, resolved: Resolved, counters: WebhookCoun
 
 
 async def _parse_and_route(
-    directory: TenantDirectory, data: Any, resolved: Resolved, counters: WebhookCounters
+    directory: TenantDirectory, parsed: ParsedDelivery, resolved: Resolved, counters: WebhookCounters
 ) -> _Routed:
-    """The whole delivery read (its signature held for every tenant ``resolved`` names) and grouped by
+    """The whole delivery (its signature held for every tenant ``resolved`` names) grouped by
     tenant. The prescan's ids are the full parse's; an id it did not see is looked up here and its
     tenant's signature checked by the caller all the same."""
-    parsed = parse_delivery(data)
     other = fields.parse_fields(parsed.fields) if parsed.fields else None
     if other is not None:
         counters.ignored_changes += other.skipped

@@ -35,9 +35,12 @@ class Color(enum.StrEnum):
 def test_literal_shapes():
     assert sql.literal(None) == "NULL"
     assert sql.literal("abc123") == "'abc123'" and sql.literal_hex("abc123") == "_utf8mb4 X'616263313233'"
-    assert sql.literal("") == "_utf8mb4 X''"
-    assert sql.literal("a b") == "_utf8mb4 X'612062'"
-    assert sql.literal("é") == "_utf8mb4 X'c3a9'"
+    assert sql.literal("") == "''"
+    assert sql.literal("a b") == "'a b'" and sql.literal('{"a":"b=c"}') == '\'{"a":"b=c"}\''
+    assert sql.literal("é") == "_utf8mb4'é'"
+    # a quote, a backslash or a control character: hex (nothing to escape whatever the sql_mode)
+    assert sql.literal("it's") == "_utf8mb4 X'69742773'" and sql.literal("a\\b") == "_utf8mb4 X'615c62'"
+    assert sql.literal("a\nb") == "_utf8mb4 X'610a62'" and sql.literal("\u00e9\x00") == "_utf8mb4 X'c3a900'"
     assert sql.literal(True) == "1" and sql.literal(False) == "0"
     assert sql.literal(42) == "42" and sql.literal(-7) == "-7"
     assert sql.literal(1.5) == "1.5"
@@ -217,15 +220,15 @@ async def test_core_paths_turns_the_fast_paths_off(db):
         assert sql.raw_mariadb(conn) == fast
 
 
-def test_the_event_log_inlines_the_one_string_literal():
-    """The event log writes ``sql.literal_hex`` inline in its per-event loops: the same text."""
+def test_the_event_log_writes_payloads_as_string_literals():
+    """The event log writes each payload as ``sql.literal_str`` does (round trips tested above)."""
     ts = dt.datetime(2026, 1, 2, 3, 4, 5, 6000)
     events = [("0" * 32, "message.received", ts, s) for s in NASTY]
-    expected_tails = [f",'message.received',{sql.literal_dt(ts)},{sql.literal_hex(s)})" for s in NASTY]
+    expected_tails = [f",'message.received',{sql.literal_dt(ts)},{sql.literal_str(s)})" for s in NASTY]
     assert event_log_sql.row_tails(events) == expected_tails
-    _, insert, _ = event_log_sql.one_trip(events, {"0" * 32: len(events)})
+    insert = event_log_sql.one_trip(events, {"0" * 32: len(events)})[event_log_sql.ONE_TRIP_INSERT]
     for s in NASTY:
-        assert sql.literal_hex(s) in insert
+        assert sql.literal_str(s) in insert
     with pytest.raises(ValueError):
         event_log_sql.row_tails([("0" * 32, "bad type'", ts, "{}")])
     with pytest.raises(ValueError):

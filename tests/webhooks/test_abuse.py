@@ -19,6 +19,7 @@ from asyncio.subprocess import PIPE
 import aiohttp
 import pytest
 
+from control_plane.app import create_app
 from tests.conftest import ROOT
 from tests.fakes import graph_api as g
 from tests.support import wait_for
@@ -229,3 +230,27 @@ async def test_legitimate_webhooks_and_healthz_stay_fast_during_a_flood(
     )
     assert db_rows("SELECT COUNT(*) AS n FROM messages")[0]["n"] == stored  # and nothing else
     assert db_rows("SELECT COUNT(*) AS n FROM message_statuses")[0]["n"] == 0
+
+
+async def test_a_small_delivery_is_capped_and_counted_only_once_its_signature_holds(
+    aiohttp_client, make_settings, fake, empty_db
+):
+    """A body under WEBHOOK_INLINE_DECODE_BYTES is parsed whole before its signature is checked (its
+    ids read from that parse): the same 413 past the cap, and nothing of it counted (items, changes)
+    until a tenant's signature holds."""
+    client = await aiohttp_client(
+        create_app(make_settings(GRAPH_API_URL=fake.url, WEBHOOK_MAX_ROUTING_IDS="5"))
+    )
+    url = str(client.make_url("/api/whatsapp/webhook"))
+    app = client.server.app
+    small = flood.unknown_numbers(6, 4)
+    assert len(small) < app["settings"].webhook_inline_decode_bytes
+    status, text = await g.deliver(url, small, "x", signature=flood.fake_signature())
+    assert status == 413 and json.loads(text)["error"]["code"] == "too_many_ids", text
+    assert app["webhook_counters"].too_many_ids == 1
+    body = flood.unknown_numbers(5, 5).replace(b'"messages":[]', b'"messages":[{}]')  # malformed items
+    status, text = await g.deliver(url, body, "x", signature=flood.fake_signature())
+    assert status == 200 and json.loads(text)["unknown_phone_number_ids"] == 5, text
+    counters = app["webhook_counters"]
+    assert counters.unknown_only == 1 and counters.skipped_items == 0 and counters.ignored_changes == 0
+    assert app["webhook_decoder"].offloaded == 0

@@ -13,7 +13,7 @@ import pytest
 from control_plane import errors
 from control_plane.webhooks.fields import parse_fields
 from control_plane.webhooks.payload import parse_delivery
-from control_plane.webhooks.prescan import RoutingIds, routing_ids, scan_raw, scan_result
+from control_plane.webhooks.prescan import RoutingIds, parsed_ids, routing_ids, scan_raw, scan_result
 from tests.fakes import graph_api as g
 from tests.webhooks import flood
 from tests.webhooks.samples import FIELD_SAMPLES, sample
@@ -28,9 +28,15 @@ def full_parse_ids(data: Any) -> tuple[set[str], set[str]]:
 
 
 def assert_same_ids(data: Any) -> RoutingIds:
+    """routing_ids (the walk before the signature) and parsed_ids (from the whole parse of a small
+    body) name exactly what the full parse routes by."""
     ids = routing_ids(data, 10_000)
     assert len(set(ids.numbers)) == len(ids.numbers) and len(set(ids.wabas)) == len(ids.wabas)
     assert (set(ids.numbers), set(ids.wabas)) == full_parse_ids(data), json.dumps(data, default=str)[:400]
+    from_parse = parsed_ids(parse_delivery(data), 10_000)
+    assert len(set(from_parse.numbers)) == len(from_parse.numbers)
+    assert len(set(from_parse.wabas)) == len(from_parse.wabas)
+    assert (set(from_parse.numbers), set(from_parse.wabas)) == full_parse_ids(data)
     return ids
 
 
@@ -111,6 +117,10 @@ def test_the_cap_counts_distinct_numbers_and_wabas_together():
         routing_ids(data, 10)
     assert info.value.code == "too_many_ids"
     assert routing_ids(data, 11).wabas == ("42",)
+    with pytest.raises(errors.PayloadTooLarge) as info:
+        parsed_ids(parse_delivery(data), 10)
+    assert info.value.code == "too_many_ids"
+    assert parsed_ids(parse_delivery(data), 11).wabas == ("42",)
 
 
 def test_the_workers_answers_keep_their_codes():
