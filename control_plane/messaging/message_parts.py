@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from control_plane import errors
-from control_plane.http.models import RequestModel
+from control_plane.http.models import RequestModel, needs_fields
 from control_plane.http.parsing import invalid_input
 
 MAX_CAPTION = 1024
@@ -46,7 +46,7 @@ CAPTIONED = ("image", "video", "document")
 # Inline (base64) media is stored with the message: kept small; larger files go by url or media id.
 MAX_INLINE_MEDIA = 5 * 1024 * 1024
 _URL = re.compile(r"^https?://[^\s/]+")
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")  # fullmatch: "$" would let a final newline through
 TEMPLATE_COMPONENTS = ("header", "body", "button", "footer")
 
 
@@ -181,7 +181,11 @@ class LocationIn(RequestModel):
 
 
 class ReactionIn(RequestModel):
-    message_id: str | None = Field(default=None, max_length=128, description="Required: the message")
+    model_config = ConfigDict(json_schema_extra=needs_fields("message_id", "emoji"))
+
+    message_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Required: the message"
+    )
     emoji: str | None = Field(
         default=None, max_length=16, description="Required: the emoji; an empty string removes a reaction"
     )
@@ -196,9 +200,16 @@ class ReactionIn(RequestModel):
 
 
 class TemplateIn(RequestModel):
-    name: str | None = Field(default=None, max_length=512, description="Required: the template's name")
+    model_config = ConfigDict(json_schema_extra=needs_fields("name", "language"))
+
+    name: str | None = Field(
+        default=None, min_length=1, max_length=512, description="Required: the template's name"
+    )
     language: str | None = Field(
-        default=None, max_length=16, description="Required: its language code, like en or en_US"
+        default=None,
+        max_length=16,
+        description="Required: its language code, like en or en_US",
+        json_schema_extra={"pattern": f"^{_LANGUAGE.pattern}$"},
     )
     components: list[dict[str, Any]] | None = Field(
         default=None,
@@ -210,7 +221,7 @@ class TemplateIn(RequestModel):
     def check(self) -> None:
         need(self.name, "template.name", "a template message")
         need(self.language, "template.language", "a template message")
-        if not _LANGUAGE.match(self.language or ""):
+        if not _LANGUAGE.fullmatch(self.language or ""):
             raise _invalid("'template.language' must be a code like en or en_US", "template.language")
         for i, comp in enumerate(self.components or []):
             _check_component(f"template.components.{i}", comp)

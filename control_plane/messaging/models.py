@@ -43,30 +43,36 @@ PARTS = ("text", "media", "location", "template", "interactive", "reaction")
 MAX_TEXT = 4096
 ROUTE_BODY_LIMIT = 8 * 1024 * 1024
 
-_NUMBER_SEPARATORS = re.compile(r"[\s().\-]")
+_NUMBER_SEPARATORS = re.compile(r"[ ().\-]")
 _PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
+# What ``to`` accepts, as a pattern the OpenAPI document also carries: a phone number in international
+# form (7 to 15 digits, the first not 0, after an optional + or 00; spaces, parentheses, dots and
+# hyphens anywhere), or a contact's business-scoped user id (``db.conversations.is_bsuid``).
+_SEP = r"[ ().\-]*"
+_PHONE = re.compile(rf"{_SEP}(?:\+{_SEP}|0{_SEP}0{_SEP})?[1-9](?:{_SEP}[0-9]){{6,14}}{_SEP}")
+TO_PATTERN = rf"^(?:{_PHONE.pattern}|[A-Z]{{2}}\.(?:ENT\.)?[A-Za-z0-9]{{1,128}})$"
 
 
 def normalize_number(raw: str) -> str:
-    """``+1 (650) 555-1234`` -> ``16505551234``; 422 unless 7..15 digits (E.164) remain. A contact's
-    business-scoped user id (``US.13491208655302741918``) is kept as it is."""
-    if is_bsuid(raw.strip()):
-        return raw.strip()
-    value = _NUMBER_SEPARATORS.sub("", raw.strip())
+    """``+1 (650) 555-1234`` -> ``16505551234``; 422 unless 7..15 digits (E.164) remain (``TO_PATTERN``).
+    A contact's business-scoped user id (``US.13491208655302741918``) is kept as it is."""
+    if is_bsuid(raw):
+        return raw
+    value = _NUMBER_SEPARATORS.sub("", raw)
     if value.startswith("+"):
         value = value[1:]
     elif value.startswith("00"):
         value = value[2:]
-    if not value.isdigit() or not 7 <= len(value) <= 15:
+    if _PHONE.fullmatch(raw) is None:
+        if value.isascii() and value.isdigit() and 7 <= len(value) <= 15 and value.startswith("0"):
+            raise errors.InvalidInput(
+                "'to' must start with the country code, not 0", code="invalid_number", field="to"
+            )
         raise errors.InvalidInput(
             "'to' must be a phone number in international form: 7 to 15 digits, "
             "optionally with + and separators (or a contact's BSUID, e.g. US.13491208655302741918)",
             code="invalid_number",
             field="to",
-        )
-    if value.startswith("0"):
-        raise errors.InvalidInput(
-            "'to' must start with the country code, not 0", code="invalid_number", field="to"
         )
     return value
 
@@ -89,6 +95,7 @@ class SendMessageIn(RequestModel):
         max_length=160,
         description="The recipient's number (digits, + allowed), or the business-scoped user id "
         "(BSUID) of a contact known only by it",
+        json_schema_extra={"pattern": TO_PATTERN},
     )
     type: str
     reply_to: str | None = Field(
