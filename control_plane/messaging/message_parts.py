@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from control_plane import errors
-from control_plane.http.models import RequestModel, needs_fields
+from control_plane.http.models import RequestModel, needs_fields, needs_one_of
 from control_plane.http.parsing import invalid_input
 
 MAX_CAPTION = 1024
@@ -94,6 +94,64 @@ class MediaIn(RequestModel):
         return (self.mime_type or "").lower() or None
 
 
+# What ``check_media`` accepts, for the document: one source; a URL, digits or base64; a MIME type the
+# kind takes (any case, or empty); a declared size within the kind's limit; the base64 within the inline
+# limit, with a MIME type.
+_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+_MEDIA_ID = re.compile(r"[0-9]+")
+
+
+def _any_case(text: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+def media_rules(kind: str) -> Any:
+    """``json_schema_extra`` of the ``media`` of a ``kind`` message."""
+    limit = MEDIA_LIMITS[kind]
+    allowed = MEDIA_MIME[kind]
+
+    def extra(schema: dict[str, Any]) -> None:
+        needs_one_of("url", "id", "base64", exactly=True)(schema)
+        props = schema["properties"]
+        props["url"]["pattern"] = _URL.pattern
+        props["id"]["pattern"] = f"^{_MEDIA_ID.pattern}$"
+        props["base64"].update(pattern=_BASE64, maxLength=4 * (min(limit, MAX_INLINE_MEDIA) // 3))
+        props["size"]["maximum"] = limit
+        if allowed is not None:
+            props["mime_type"]["pattern"] = f"^(?:{'|'.join(_any_case(m) for m in sorted(allowed))})?$"
+        schema["allOf"] = [
+            {
+                "if": {"required": ["base64"], "properties": {"base64": {"type": "string"}}},
+                "then": {
+                    "required": ["mime_type"],
+                    "properties": {"mime_type": {"type": "string", "minLength": 1}},
+                },
+            }
+        ]
+
+    return extra
+
+
+class ImageMediaIn(MediaIn):
+    model_config = ConfigDict(json_schema_extra=media_rules("image"))
+
+
+class VideoMediaIn(MediaIn):
+    model_config = ConfigDict(json_schema_extra=media_rules("video"))
+
+
+class DocumentMediaIn(MediaIn):
+    model_config = ConfigDict(json_schema_extra=media_rules("document"))
+
+
+class AudioMediaIn(MediaIn):
+    model_config = ConfigDict(json_schema_extra=media_rules("audio"))
+
+
+class StickerMediaIn(MediaIn):
+    model_config = ConfigDict(json_schema_extra=media_rules("sticker"))
+
+
 def _inline_size(media: MediaIn) -> int:
     """The decoded size of inline media (422 unless valid, non-empty base64 with a MIME type)."""
     if media.mime is None:
@@ -120,7 +178,7 @@ def _check_source(media: MediaIn) -> int | None:
             raise _invalid("'media.url' must be an http(s) URL", "media.url")
         return media.size
     if media.id is not None:
-        if not media.id.isdigit():
+        if not _MEDIA_ID.fullmatch(media.id):
             raise _invalid("'media.id' must be a Cloud API media id (digits)", "media.id")
         return media.size
     return _inline_size(media)
@@ -140,6 +198,8 @@ def check_media(kind: str, media: MediaIn, caption: str | None) -> None:
             field="media.mime_type",
         )
     size = _check_source(media)
+    if media.size is not None and (size is None or media.size > size):
+        size = media.size  # a declared size past the limit is refused whatever the source
     if size is not None and size > MEDIA_LIMITS[kind]:
         raise errors.PayloadTooLarge(
             f"{kind} is {size} bytes; WhatsApp accepts at most {MEDIA_LIMITS[kind]}",
@@ -199,6 +259,32 @@ class ReactionIn(RequestModel):
         return {"message_id": self.message_id, "emoji": self.emoji}
 
 
+def _when_type(value: str, then: dict[str, Any]) -> dict[str, Any]:
+    return {"if": {"properties": {"type": {"const": value}}}, "then": then}
+
+
+# What ``_check_component`` and ``_check_parameter`` accept, for the document (components are passed
+# on to Meta as written, so they stay dicts).
+_PARAMETER_SCHEMA = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}},
+    **_when_type(
+        "text",
+        {"required": ["text"], "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 1024}}},
+    ),
+}
+_COMPONENT_SCHEMA = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"enum": list(TEMPLATE_COMPONENTS)},
+        "parameters": {"type": "array", "items": _PARAMETER_SCHEMA},
+    },
+    **_when_type("button", {"required": ["index"], "properties": {"index": {"not": {"type": "null"}}}}),
+}
+
+
 class TemplateIn(RequestModel):
     model_config = ConfigDict(json_schema_extra=needs_fields("name", "language"))
 
@@ -214,6 +300,7 @@ class TemplateIn(RequestModel):
     components: list[dict[str, Any]] | None = Field(
         default=None,
         max_length=20,
+        json_schema_extra={"items": _COMPONENT_SCHEMA},
         description="Cloud API template components: {type: header|body|button|footer, parameters: "
         "[{type, text?, ...}], index (buttons)}",
     )
@@ -236,7 +323,7 @@ class TemplateIn(RequestModel):
 
 def _check_component(field: str, comp: dict[str, Any]) -> None:
     if comp.get("type") not in TEMPLATE_COMPONENTS:
-        raise _invalid(f"'{field}.type' must be header, body or button", f"{field}.type")
+        raise _invalid(f"'{field}.type' must be header, body, button or footer", f"{field}.type")
     params = comp.get("parameters", [])
     if not isinstance(params, list):
         raise _invalid(f"'{field}.parameters' must be a list", f"{field}.parameters")
@@ -266,7 +353,11 @@ class CloudObject(BaseModel):
 
 
 class InteractiveText(CloudObject):
-    text: str
+    text: str = Field(min_length=1, max_length=1024)
+
+
+class InteractiveFooter(CloudObject):
+    text: str = Field(max_length=60)
 
 
 class ButtonReply(CloudObject):
@@ -302,7 +393,7 @@ class ListAction(CloudObject):
 class _Interactive(CloudObject):
     header: dict[str, Any] | None = Field(default=None, description="Cloud API header, passed on")
     body: InteractiveText = Field(description="text: at most 1024 characters")
-    footer: InteractiveText | None = Field(default=None, description="text: at most 60 characters")
+    footer: InteractiveFooter | None = Field(default=None, description="text: at most 60 characters")
 
 
 class InteractiveButtonsIn(_Interactive):

@@ -27,11 +27,16 @@ from control_plane import errors
 from control_plane.db.conversations import is_bsuid
 from control_plane.http.models import OneOf, RequestModel, reports_invalid_input
 from control_plane.messaging.message_parts import (
+    AudioMediaIn,
+    DocumentMediaIn,
+    ImageMediaIn,
     InteractiveIn,
     LocationIn,
     MediaIn,
     ReactionIn,
+    StickerMediaIn,
     TemplateIn,
+    VideoMediaIn,
     check_interactive,
     check_media,
     max_len,
@@ -197,6 +202,7 @@ class ImageMessageIn(_CaptionedMediaMessageIn):
 
     KIND, WHAT = "image", "a image message"
     type: Literal["image"]
+    media: ImageMediaIn
 
 
 class VideoMessageIn(_CaptionedMediaMessageIn):
@@ -204,6 +210,7 @@ class VideoMessageIn(_CaptionedMediaMessageIn):
 
     KIND, WHAT = "video", "a video message"
     type: Literal["video"]
+    media: VideoMediaIn
 
 
 class DocumentMessageIn(_CaptionedMediaMessageIn):
@@ -211,6 +218,7 @@ class DocumentMessageIn(_CaptionedMediaMessageIn):
 
     KIND, WHAT = "document", "a document message"
     type: Literal["document"]
+    media: DocumentMediaIn
 
 
 class AudioMessageIn(_MediaMessageIn):
@@ -218,6 +226,7 @@ class AudioMessageIn(_MediaMessageIn):
 
     KIND, WHAT = "audio", "a audio message"
     type: Literal["audio"]
+    media: AudioMediaIn
 
 
 class StickerMessageIn(_MediaMessageIn):
@@ -225,6 +234,7 @@ class StickerMessageIn(_MediaMessageIn):
 
     KIND, WHAT = "sticker", "a sticker message"
     type: Literal["sticker"]
+    media: StickerMediaIn
 
 
 class LocationMessageIn(SendMessageIn):
