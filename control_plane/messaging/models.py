@@ -161,7 +161,8 @@ class TextMessageIn(SendMessageIn):
     KIND, PART, WHAT = "text", "text", "a text message"
     type: Literal["text"] = "text"
     text: Annotated[str, AfterValidator(_text_fits)] = Field(
-        description=f"The text (<= {MAX_TEXT} characters)", json_schema_extra={"maxLength": MAX_TEXT}
+        description=f"The text (<= {MAX_TEXT} characters, not blank)",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"},
     )
     preview_url: bool | None = Field(default=None, description="Show a preview of the first URL")
 

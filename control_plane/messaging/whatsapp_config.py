@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
-from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.exc import IntegrityError
 
 from control_plane import errors
@@ -84,7 +83,9 @@ def _rules(*, create: bool) -> Any:
 
     def extra(schema: dict[str, Any]) -> None:
         for name in NOT_NULL_FIELDS:  # given, never null (an omitted one keeps its value or default)
-            schema["properties"][name].pop("default", None)
+            prop = schema["properties"][name]
+            prop.pop("default", None)
+            prop.update(next(s for s in prop.pop("anyOf") if s != {"type": "null"}))
         schema["allOf"] = rules
 
     return extra
@@ -105,15 +106,15 @@ class WhatsAppConfigIn(RequestModel):
 
     model_config = ConfigDict(json_schema_extra=_rules(create=False))
 
-    api_type: ApiType | SkipJsonSchema[None] = None
-    fallback_policy: FallbackPolicy | SkipJsonSchema[None] = None
+    api_type: ApiType | None = None
+    fallback_policy: FallbackPolicy | None = None
     phone_number_id: str | None = NumericId
     waba_id: str | None = NumericId
     access_token: str | None = Field(default=None, min_length=8, max_length=2048)
     app_secret: str | None = Field(default=None, min_length=8, max_length=256)
     verify_token: str | None = Field(default=None, min_length=8, max_length=256)
     api_version: str | None = Field(default=None, pattern=r"^v[0-9]{1,3}\.[0-9]$")
-    is_active: bool | SkipJsonSchema[None] = None
+    is_active: bool | None = None
 
     _never_null = field_validator(*NOT_NULL_FIELDS)(_not_null)
 
