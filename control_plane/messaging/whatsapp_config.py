@@ -110,7 +110,8 @@ class WhatsAppConfigIn(RequestModel):
     fallback_policy: FallbackPolicy | None = None
     phone_number_id: str | None = NumericId
     waba_id: str | None = NumericId
-    access_token: str | None = Field(default=None, min_length=8, max_length=2048)
+    # Sent as an HTTP header to the Graph API: visible ASCII only (a control character cannot be sent).
+    access_token: str | None = Field(default=None, min_length=8, max_length=2048, pattern=r"^[\x21-\x7e]+$")
     app_secret: str | None = Field(default=None, min_length=8, max_length=256)
     verify_token: str | None = Field(default=None, min_length=8, max_length=256)
     api_version: str | None = Field(default=None, pattern=r"^v[0-9]{1,3}\.[0-9]$")

@@ -65,6 +65,7 @@ BODIES = [
         False,
     ),
     ("PUT", "/api/whatsapp/config", {"api_type": None}, False),
+    ("PUT", "/api/whatsapp/config", {"access_token": "EAAG1234\nX-Injected: 1"}, False),  # once a 500
     ("PUT", "/api/whatsapp/config", {"verify_token": "       x"}, True),  # taken as sent: 8 characters
     ("POST", "/api/whatsapp/config", {"api_type": "business_api", "waba_id": "3"}, False),
     ("POST", "/api/whatsapp/config", {"fallback_policy": "business_api_only"}, False),
