@@ -55,14 +55,14 @@ _PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
 # hyphens anywhere), or a contact's business-scoped user id (``db.conversations.is_bsuid``).
 _SEP = r"[ ().\-]*"
 _PHONE = re.compile(rf"{_SEP}(?:\+{_SEP}|0{_SEP}0{_SEP})?[1-9](?:{_SEP}[0-9]){{6,14}}{_SEP}")
-TO_PATTERN = rf"^(?:{_PHONE.pattern}|[A-Z]{{2}}\.(?:ENT\.)?[A-Za-z0-9]{{1,128}})$"
+TO_PATTERN = rf"^(?:{_PHONE.pattern}| *[A-Z]{{2}}\.(?:ENT\.)?[A-Za-z0-9]{{1,128}} *)$"
 
 
 def normalize_number(raw: str) -> str:
     """``+1 (650) 555-1234`` -> ``16505551234``; 422 unless 7..15 digits (E.164) remain (``TO_PATTERN``).
     A contact's business-scoped user id (``US.13491208655302741918``) is kept as it is."""
-    if is_bsuid(raw):
-        return raw
+    if is_bsuid(raw.strip(" ")):
+        return raw.strip(" ")
     value = _NUMBER_SEPARATORS.sub("", raw)
     if value.startswith("+"):
         value = value[1:]
