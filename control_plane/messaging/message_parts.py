@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from control_plane import errors
-from control_plane.http.models import RequestModel, needs_fields, needs_one_of
+from control_plane.http.models import RequestModel, needs_fields
 from control_plane.http.parsing import invalid_input
 
 MAX_CAPTION = 1024
@@ -45,7 +45,7 @@ MEDIA_MIME: dict[str, set[str] | None] = {
 CAPTIONED = ("image", "video", "document")
 # Inline (base64) media is stored with the message: kept small; larger files go by url or media id.
 MAX_INLINE_MEDIA = 5 * 1024 * 1024
-_URL = re.compile(r"^https?://[^\s/]+")
+URL = re.compile(r"^https?://[^\s/]+")
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")  # fullmatch: "$" would let a final newline through
 TEMPLATE_COMPONENTS = ("header", "body", "button", "footer")
 
@@ -94,62 +94,7 @@ class MediaIn(RequestModel):
         return (self.mime_type or "").lower() or None
 
 
-# What ``check_media`` accepts, for the document: one source; a URL, digits or base64; a MIME type the
-# kind takes (any case, or empty); a declared size within the kind's limit; the base64 within the inline
-# limit, with a MIME type.
-_BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
-_MEDIA_ID = re.compile(r"[0-9]+")
-
-
-def _any_case(text: str) -> str:
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
-
-
-def media_rules(kind: str) -> Any:
-    """``json_schema_extra`` of the ``media`` of a ``kind`` message."""
-    limit = MEDIA_LIMITS[kind]
-    allowed = MEDIA_MIME[kind]
-
-    def extra(schema: dict[str, Any]) -> None:
-        needs_one_of("url", "id", "base64", exactly=True)(schema)
-        props = schema["properties"]
-        props["url"]["pattern"] = _URL.pattern
-        props["id"]["pattern"] = f"^{_MEDIA_ID.pattern}$"
-        props["base64"].update(pattern=_BASE64, maxLength=4 * (min(limit, MAX_INLINE_MEDIA) // 3))
-        props["size"]["maximum"] = limit
-        if allowed is not None:
-            props["mime_type"]["pattern"] = f"^(?:{'|'.join(_any_case(m) for m in sorted(allowed))})?$"
-        schema["allOf"] = [
-            {
-                "if": {"required": ["base64"], "properties": {"base64": {"type": "string"}}},
-                "then": {
-                    "required": ["mime_type"],
-                    "properties": {"mime_type": {"type": "string", "minLength": 1}},
-                },
-            }
-        ]
-
-    return extra
-
-
-class ImageMediaIn(MediaIn):
-    model_config = ConfigDict(json_schema_extra=media_rules("image"))
-
-
-class VideoMediaIn(MediaIn):
-    model_config = ConfigDict(json_schema_extra=media_rules("video"))
-
-
-class DocumentMediaIn(MediaIn):
-    model_config = ConfigDict(json_schema_extra=media_rules("document"))
-
-
-class AudioMediaIn(MediaIn):
-    model_config = ConfigDict(json_schema_extra=media_rules("audio"))
-
-
-class StickerMediaIn(MediaIn):
-    model_config = ConfigDict(json_schema_extra=media_rules("sticker"))
+MEDIA_ID = re.compile(r"[0-9]+")
 
 
 def _inline_size(media: MediaIn) -> int:
@@ -174,11 +119,11 @@ def _inline_size(media: MediaIn) -> int:
 def _check_source(media: MediaIn) -> int | None:
     """Checks the one source the media names; returns its size in bytes when known."""
     if media.url is not None:
-        if not _URL.match(media.url):
+        if not URL.match(media.url):
             raise _invalid("'media.url' must be an http(s) URL", "media.url")
         return media.size
     if media.id is not None:
-        if not _MEDIA_ID.fullmatch(media.id):
+        if not MEDIA_ID.fullmatch(media.id):
             raise _invalid("'media.id' must be a Cloud API media id (digits)", "media.id")
         return media.size
     return _inline_size(media)

@@ -26,17 +26,19 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from control_plane import errors
 from control_plane.db.conversations import is_bsuid
 from control_plane.http.models import OneOf, RequestModel, reports_invalid_input
-from control_plane.messaging.message_parts import (
+from control_plane.messaging.media_schemas import (
     AudioMediaIn,
     DocumentMediaIn,
     ImageMediaIn,
+    StickerMediaIn,
+    VideoMediaIn,
+)
+from control_plane.messaging.message_parts import (
     InteractiveIn,
     LocationIn,
     MediaIn,
     ReactionIn,
-    StickerMediaIn,
     TemplateIn,
-    VideoMediaIn,
     check_interactive,
     check_media,
     max_len,
