@@ -224,7 +224,11 @@ def test_schemathesis_finds_no_disagreement(live_app, tmp_path):
     config = run_config(build_router(), mirror["api_key"], tenants)
     code, output, failing, elapsed = run_schemathesis(live_app.url, config, tmp_path)
     summary = re.findall(r"^(?:Test cases:\n\s+.*|=+ .* in [0-9.]+s =+)$", output, re.MULTILINE)
-    print(f"schemathesis: {len(config['operations'])} operations, {len(failing)} failing, {elapsed:.1f}s")
+    operations, load = len(config["operations"]), os.getloadavg()[0]
+    print(f"schemathesis: {operations} operations, {len(failing)} failing, {elapsed:.1f}s (load {load:.1f})")
     print("\n".join(summary))
     assert not failing and code == 0, "\n".join(failing) + "\n\n" + output[-20000:]
-    assert elapsed < TIME_LIMIT_S, f"schemathesis took {elapsed:.1f}s"
+    # 90 s of this machine to itself (~50 s measured); other suites running beside it stretch the wall
+    # clock by about the load per core.
+    crowded = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    assert elapsed < TIME_LIMIT_S * crowded, f"schemathesis took {elapsed:.1f}s (load x{crowded:.1f})"
