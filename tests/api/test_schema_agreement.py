@@ -134,3 +134,21 @@ async def test_every_405_names_exactly_the_paths_methods(api):
         assert resp.status == 405 and allow - {"HEAD"} == declared, (path, resp.status, allow, declared)
     rotate = f"/api/tenants/{tenant['id']}/api-keys/rotate"
     assert (await api.delete(rotate, headers=ADMIN)).headers["Allow"] == "POST"
+
+
+async def test_conversation_pages_follow_each_other_with_position_cursors(api):
+    tenant = await _tenant(api)
+    headers = {"Authorization": f"Bearer {tenant['api_key']}"}
+    for n in range(3):
+        resp = await api.post("/api/messages", json={"to": f"1650555123{n}", "text": "hi"}, headers=headers)
+        assert resp.status == 202, await resp.text()
+    seen, cursor = [], None
+    for _ in range(5):
+        params = {"limit": "1", **({"cursor": cursor} if cursor else {})}
+        page = await (await api.get("/api/conversations", params=params, headers=headers)).json()
+        seen += [c["wa_id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+        assert cursor.split(".")[1].isdigit()  # <microseconds>.<conversation id>
+    assert sorted(seen) == [f"1650555123{n}" for n in range(3)], seen
