@@ -4,10 +4,9 @@ the conversation)."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import functools
-import json
+import re
 from typing import Any
 
 from aiohttp import web
@@ -28,9 +27,33 @@ TAGS = ("conversations",)
 router = Router(tags=TAGS, auth="tenant")
 
 
+# A cursor is a keyset position, ``<microseconds since 1970 UTC>.<key>`` (the last row's time and id):
+# every string of this shape is a position to start after, so the pattern in the document is the rule.
+_CURSOR_AT = r"[0-9]{1,17}"
+CONVERSATION_CURSOR = re.compile(rf"({_CURSOR_AT})\.([0-9]{{1,18}})")
+MESSAGE_CURSOR = re.compile(rf"({_CURSOR_AT})\.([0-9a-f]{{32}})")
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def _cursor(pattern: re.Pattern[str]) -> Any:
+    return Field(
+        default=None,
+        max_length=64,
+        description="next_cursor of the previous page",
+        json_schema_extra={"pattern": f"^{pattern.pattern}$"},
+    )
+
+
 class PageQuery(QueryModel):
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, max_length=200, description="next_cursor of the previous page")
+
+
+class ConversationPageQuery(PageQuery):
+    cursor: str | None = _cursor(CONVERSATION_CURSOR)
+
+
+class MessagePageQuery(PageQuery):
+    cursor: str | None = _cursor(MESSAGE_CURSOR)
 
 
 class LastMessage(ResponseModel):
@@ -94,22 +117,17 @@ class ReadResult(ResponseModel):
 
 
 def _encode(at: dt.datetime | None, key: Any) -> str:
-    raw = json.dumps([at.isoformat() if at else None, key]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = 0 if at is None else (at.replace(tzinfo=None) - _EPOCH) // dt.timedelta(microseconds=1)
+    return f"{max(micros, 0)}.{key}"
 
 
-def _decode(cursor: str, key_type: type) -> tuple[dt.datetime, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, key = json.loads(raw)
-        value = (dt.datetime.fromisoformat(at), key_type(key))
-        if not isinstance(key, (int, str)):
-            raise ValueError
-        return value
-    except (ValueError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+def _decode(cursor: str, pattern: re.Pattern[str], key_type: type) -> tuple[dt.datetime, Any]:
+    found = pattern.fullmatch(cursor)
+    if found is None:
         raise errors.InvalidInput(
             "cursor is not one this API returned", code="invalid_cursor", field="cursor"
-        ) from None
+        )
+    return _EPOCH + dt.timedelta(microseconds=int(found[1])), key_type(found[2])
 
 
 def _conversation_id(request: web.Request) -> int:
@@ -127,17 +145,18 @@ async def _conversation(request: web.Request, conn: Any) -> dict[str, Any]:
 
 
 # The paged listings: GET with a PageQuery (limit, cursor), the same errors.
-_listing = functools.partial(router.route, "GET", query=PageQuery, errors=(401, 403, 404, 422))
+_listing = functools.partial(router.route, "GET", errors=(401, 403, 404, 422))
 
 
 @_listing(
     "/api/conversations",
+    query=ConversationPageQuery,
     response=ConversationPage,
     summary="Conversations, newest activity first: last message, unread count, provider, window",
 )
-async def list_conversations(request: web.Request, query: PageQuery) -> ConversationPage:
+async def list_conversations(request: web.Request, query: ConversationPageQuery) -> ConversationPage:
     tenant_id = request["tenant"]["id"]
-    before = _decode(query.cursor, int) if query.cursor else None
+    before = _decode(query.cursor, CONVERSATION_CURSOR, int) if query.cursor is not None else None
     now = messages_db.utcnow()
     async with request.app["db"].connect() as conn:
         rows = await messages_db.list_conversations(conn, tenant_id, limit=query.limit + 1, before=before)
@@ -183,12 +202,13 @@ async def list_conversations(request: web.Request, query: PageQuery) -> Conversa
 
 @_listing(
     "/api/conversations/{conversation_id}/messages",
+    query=MessagePageQuery,
     response=MessagePage,
     summary="A conversation's messages, newest first (cursor pagination)",
 )
-async def list_messages(request: web.Request, query: PageQuery) -> MessagePage:
+async def list_messages(request: web.Request, query: MessagePageQuery) -> MessagePage:
     tenant_id = request["tenant"]["id"]
-    before = _decode(query.cursor, str) if query.cursor else None
+    before = _decode(query.cursor, MESSAGE_CURSOR, str) if query.cursor is not None else None
     async with request.app["db"].connect() as conn:
         conv = await _conversation(request, conn)
         rows = await messages_db.list_messages(

@@ -5,7 +5,6 @@ vendored script (no CDN)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from control_plane.api.messages import MESSAGE_COMPONENT
 from control_plane.events import MESSAGE_EVENT_SCHEMAS, message_schema
 from control_plane.http.errors import ErrorResponse
 from control_plane.http.models import COMPONENT_REF, CONFORMS_TO, OneOf
-from control_plane.http.routing import Operation, Router
+from control_plane.http.routing import Operation, Router, document_path, path_parameters
 
 STATIC = Path(__file__).resolve().parent / "static"
 REF = COMPONENT_REF
@@ -60,10 +59,19 @@ def _json(schema: dict) -> dict:
     return {"application/json": {"schema": schema}}
 
 
+def _path_schema(regex: str | None) -> dict[str, Any]:
+    return {"type": "string"} if regex is None else {"type": "string", "pattern": f"^{regex}$"}
+
+
+def operation_id(op: Operation, mode: str) -> str:
+    """The operation's OpenAPI operationId at a path it is served at (``Router.served_paths``)."""
+    return f"{op.handler.__name__}{'_admin' if mode == 'admin_for_tenant' else ''}"
+
+
 def _operation(op: Operation, path: str, mode: str, schemas: _Schemas) -> dict[str, Any]:
     params = [
-        {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-        for n in re.findall(r"{(\w+)}", path)
+        {"name": n, "in": "path", "required": True, "schema": _path_schema(regex)}
+        for n, regex in path_parameters(path).items()
     ]
     if op.query is not None:
         qschema = op.query.model_json_schema(mode="validation")
@@ -73,14 +81,17 @@ def _operation(op: Operation, path: str, mode: str, schemas: _Schemas) -> dict[s
     out: dict[str, Any] = {
         "summary": op.summary,
         "tags": list(op.tags),
-        "operationId": f"{op.handler.__name__}{'_admin' if mode == 'admin_for_tenant' else ''}",
+        "operationId": operation_id(op, mode),
     }
     if params:
         out["parameters"] = params
     if mode != "none":
         out["security"] = [{"bearer": []}]
     if op.body is not None:
-        out["requestBody"] = {"required": True, "content": _json(schemas.ref(op.body, "validation"))}
+        out["requestBody"] = {
+            "required": op.body_required,
+            "content": _json(schemas.ref(op.body, "validation")),
+        }
     ok: dict[str, Any] = {"description": "OK"}
     if op.response is not None:
         ok["content"] = (
@@ -153,7 +164,7 @@ def build_openapi(router: Router) -> dict[str, Any]:
         if not op.openapi:
             continue
         for path, mode in router.served_paths(op):
-            paths.setdefault(path, {})[op.method.lower()] = _operation(op, path, mode, schemas)
+            paths.setdefault(document_path(path), {})[op.method.lower()] = _operation(op, path, mode, schemas)
     schemas.resolve_conformance()
     return {
         "openapi": "3.1.0",

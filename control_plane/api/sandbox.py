@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from control_plane import errors
 from control_plane.api.session import supervisor_of
-from control_plane.http.models import RequestModel, ResponseModel
+from control_plane.http.models import RequestModel, ResponseModel, needs_one_of
 from control_plane.http.routing import Router
 
 TAGS = ("sandbox",)
@@ -36,6 +36,7 @@ class SandboxResult(ResponseModel):
 class Media(RequestModel):
     """Inline (base64) or by URL. Server file paths are not accepted from the API."""
 
+    model_config = ConfigDict(json_schema_extra=needs_one_of("base64", "url", exactly=True))
     mimetype: str = Field(min_length=3, max_length=200)
     filename: str | None = Field(default=None, max_length=255)
     base64: str | None = Field(default=None, max_length=8 * 1024 * 1024)
@@ -73,8 +74,11 @@ class SandboxPoll(RequestModel):
     options: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(min_length=2, max_length=12)
 
 
+CONTENT = ("text", "media", "location", "poll")
+
+
 class Incoming(Command):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra=needs_one_of(*CONTENT))
     from_: str = Field(
         alias="from",
         min_length=5,
@@ -100,6 +104,7 @@ class Incoming(Command):
 
 
 class Outgoing(Command):
+    model_config = ConfigDict(json_schema_extra=needs_one_of(*CONTENT))
     to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us, a group …@g.us)")
     text: str | None = Field(default=None, min_length=1, max_length=65536)
     type: MessageType | None = None
@@ -161,6 +166,7 @@ class SandboxContact(Command):
 
 
 class Ack(Command):
+    model_config = ConfigDict(json_schema_extra=needs_one_of("ack", "status", exactly=True))
     id: str = Field(min_length=1, max_length=200, description="Message id from a send or an incoming message")
     ack: int | None = Field(
         default=None, ge=-1, le=4, description="-1 error, 0 pending, 1 sent, 2 delivered, 3 read, 4 played"

@@ -196,7 +196,7 @@ async def rotate_api_keys(request: web.Request, body: ApiKeyCreate) -> ApiKeyCre
 
 @router.route(
     "DELETE",
-    "/api/tenants/{tenant_id}/api-keys/{key_id}",
+    "/api/tenants/{tenant_id}/api-keys/{key_id:[0-9]+}",  # digits: .../api-keys/rotate is not a key
     status=204,
     summary="Revoke one API key (effective at once)",
     errors=(404,),

@@ -9,6 +9,7 @@ from aiohttp import web
 from control_plane.db import whatsapp_config as config_db
 from control_plane.http.routing import Router
 from control_plane.messaging.whatsapp_config import (
+    WhatsAppConfigCreate,
     WhatsAppConfigIn,
     WhatsAppConfigOut,
     WhatsAppSetup,
@@ -51,13 +52,13 @@ async def get_config(request: web.Request) -> WhatsAppConfigOut:
 @router.route(
     "POST",
     "/api/whatsapp/config",
-    body=WhatsAppConfigIn,
+    body=WhatsAppConfigCreate,
     response=WhatsAppConfigOut,
     status=201,
     errors=(400, 409),
     summary="Create the tenant's WhatsApp configuration (409 if it exists)",
 )
-async def create_config(request: web.Request, body: WhatsAppConfigIn) -> WhatsAppConfigOut:
+async def create_config(request: web.Request, body: WhatsAppConfigCreate) -> WhatsAppConfigOut:
     return await _save(request, body, create=True)
 
 

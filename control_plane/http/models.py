@@ -29,9 +29,10 @@ UTCDateTime = Annotated[dt.datetime, PlainSerializer(_iso_utc, return_type=str, 
 
 
 class RequestModel(BaseModel):
-    """Bodies and queries: unknown fields are an error, types are not coerced (a string is no number)."""
+    """Bodies: unknown fields are an error, types are not coerced (a string is no number), strings are
+    taken as sent (what the JSON Schema checks is what is stored: no stripping it cannot describe)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class QueryModel(BaseModel):
@@ -56,6 +57,38 @@ def conforms_to(component: str) -> Callable[[dict[str, Any]], None]:
 
     def extra(schema: dict[str, Any]) -> None:
         schema[CONFORMS_TO] = component
+
+    return extra
+
+
+def needs_one_of(*names: str, exactly: bool = False) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` of a model whose validator wants at least one (``exactly``: exactly one)
+    of these optional fields given and not null: the same rule in its JSON Schema (``anyOf`` /
+    ``oneOf`` of one branch per field), so the document and the validation agree."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        branches = [{"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in names]
+        schema["oneOf" if exactly else "anyOf"] = branches
+
+    return extra
+
+
+def needs_fields(*names: str) -> Callable[[dict[str, Any]], None]:
+    """``json_schema_extra`` of a model whose fields ``names`` are declared optional (their check
+    gives its own error, e.g. ``messaging.message_parts.need``) but are required and not null: its
+    JSON Schema says so."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        required = schema.setdefault("required", [])
+        for name in names:
+            required.append(name)
+            prop = schema["properties"][name]
+            prop.pop("default", None)
+            kept = [s for s in prop.pop("anyOf", []) if s != {"type": "null"}]
+            if len(kept) == 1:
+                prop.update(kept[0])
+            elif kept:
+                prop["anyOf"] = kept
 
     return extra
 

@@ -61,7 +61,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-_decode_json = json.JSONDecoder().decode  # what json.loads uses for a str, without its checks per call
+def _number(text: str) -> float | int:
+    """A JSON number with a fraction or an exponent: an int when it is whole (``38.0``, ``1e3``), as
+    JSON Schema counts it (an ``integer`` field takes it), else a float."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+# What json.loads uses for a str, without its checks per call.
+_decode_json = json.JSONDecoder(parse_float=_number).decode
 
 # Objects and arrays nested deeper than this are refused (400 ``too_deep``): no route needs more than
 # a handful of levels (Meta's deliveries about 8), and deep nesting costs recursion everywhere after.
@@ -84,7 +92,7 @@ def parse_json(raw: bytes) -> Any:
         if raw[0] == 0x7B and raw[1:2] != b"\x00":  # "{", then not a NUL: json.loads reads it as UTF-8 too
             data = _decode_json(raw.decode("utf-8", "surrogatepass"))
         else:
-            data = json.loads(raw)  # anything else: its encoding detection (UTF-16/32, BOMs)
+            data = json.loads(raw, parse_float=_number)  # anything else: its encoding detection (UTF-16/32)
     except (ValueError, UnicodeDecodeError) as exc:
         raise errors.BadRequest(f"request body is not valid JSON: {exc}", code="malformed_json") from None
     except RecursionError:  # nested past the interpreter's limit: deeper than ours anyway
@@ -151,9 +159,18 @@ def path_int(raw: str) -> int | None:
     return value if value > 0 else None
 
 
-async def parse_body(request: web.Request, schema: BodySchema, limit: int) -> Any:
-    # The body is parsed as JSON whatever Content-Type says (curl's default is form-encoded).
+async def parse_body(request: web.Request, schema: BodySchema, limit: int, *, required: bool = True) -> Any:
+    """The body validated by ``schema``. It is parsed as JSON whatever Content-Type says (curl's
+    default is form-encoded); an empty one is ``{}`` where the body is optional (not ``required``) and
+    a 400 ``missing_body`` where it is required."""
     raw = await read_body(request, limit)
+    if not raw.strip():
+        if required:
+            name = getattr(schema, "__name__", "a JSON object")
+            raise errors.BadRequest(
+                f"this route needs a JSON body ({name}); the request has none", code="missing_body"
+            )
+        raw = b"{}"
     data = parse_json(raw)
     if not isinstance(data, dict):
         raise errors.InvalidInput("request body must be a JSON object", code="invalid_body")

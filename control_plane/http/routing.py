@@ -16,13 +16,15 @@ query model, so nothing the wrapper enforces is skipped.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from control_plane import errors
 from control_plane.http.models import OneOf
 from control_plane.http.parsing import parse_body, parse_query
 
@@ -60,6 +62,21 @@ class Operation:
     openapi: bool = True
     mirror: bool = True
     lean: bool = False
+
+    @property
+    def body_required(self) -> bool:
+        """Whether the route needs a body: an empty one stands for ``{}`` when ``{}`` is valid (every
+        field optional), and is refused (400 ``missing_body``) otherwise. The document's
+        ``requestBody.required`` says the same."""
+        return self.body is not None and not body_accepts_empty(self.body)
+
+
+def body_accepts_empty(body: Body) -> bool:
+    try:
+        body.model_validate({})
+    except (ValidationError, errors.InvalidInput):
+        return False
+    return True
 
 
 def _to_response(result: Any, status: int) -> web.StreamResponse:
@@ -167,12 +184,26 @@ class Router:
                 kwargs["query"] = parse_query(request, op.query)
             if op.body is not None:
                 limit = op.max_body_bytes or request.app["settings"].max_body_bytes
-                kwargs["body"] = await parse_body(request, op.body, limit)
+                kwargs["body"] = await parse_body(request, op.body, limit, required=op.body_required)
             result = await op.handler(request, **kwargs)
             return _to_response(result, op.status)
 
         handler.__name__ = op.handler.__name__
         return handler
+
+
+# A path parameter, ``{name}`` or with aiohttp's pattern ``{name:regex}`` (a regex without braces).
+PATH_PARAMETER = re.compile(r"{(\w+)(?::([^{}]+))?}")
+
+
+def path_parameters(path: str) -> dict[str, str | None]:
+    """``{name: regex or None}`` of a route path's parameters, in order."""
+    return {m[1]: m[2] for m in PATH_PARAMETER.finditer(path)}
+
+
+def document_path(path: str) -> str:
+    """The path as the OpenAPI document names it: ``{key_id:[0-9]+}`` -> ``{key_id}``."""
+    return PATH_PARAMETER.sub(lambda m: "{" + m[1] + "}", path)
 
 
 def _tags(tags: tuple[str, ...] | str) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from control_plane import errors
-from control_plane.http.models import RequestModel
+from control_plane.http.models import RequestModel, needs_fields
 from control_plane.http.parsing import invalid_input
 
 MAX_CAPTION = 1024
@@ -45,8 +45,8 @@ MEDIA_MIME: dict[str, set[str] | None] = {
 CAPTIONED = ("image", "video", "document")
 # Inline (base64) media is stored with the message: kept small; larger files go by url or media id.
 MAX_INLINE_MEDIA = 5 * 1024 * 1024
-_URL = re.compile(r"^https?://[^\s/]+")
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
+URL = re.compile(r"^https?://[^\s/]+")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")  # fullmatch: "$" would let a final newline through
 TEMPLATE_COMPONENTS = ("header", "body", "button", "footer")
 
 
@@ -94,6 +94,9 @@ class MediaIn(RequestModel):
         return (self.mime_type or "").lower() or None
 
 
+MEDIA_ID = re.compile(r"[0-9]+")
+
+
 def _inline_size(media: MediaIn) -> int:
     """The decoded size of inline media (422 unless valid, non-empty base64 with a MIME type)."""
     if media.mime is None:
@@ -116,11 +119,11 @@ def _inline_size(media: MediaIn) -> int:
 def _check_source(media: MediaIn) -> int | None:
     """Checks the one source the media names; returns its size in bytes when known."""
     if media.url is not None:
-        if not _URL.match(media.url):
+        if not URL.match(media.url):
             raise _invalid("'media.url' must be an http(s) URL", "media.url")
         return media.size
     if media.id is not None:
-        if not media.id.isdigit():
+        if not MEDIA_ID.fullmatch(media.id):
             raise _invalid("'media.id' must be a Cloud API media id (digits)", "media.id")
         return media.size
     return _inline_size(media)
@@ -140,6 +143,8 @@ def check_media(kind: str, media: MediaIn, caption: str | None) -> None:
             field="media.mime_type",
         )
     size = _check_source(media)
+    if media.size is not None and (size is None or media.size > size):
+        size = media.size  # a declared size past the limit is refused whatever the source
     if size is not None and size > MEDIA_LIMITS[kind]:
         raise errors.PayloadTooLarge(
             f"{kind} is {size} bytes; WhatsApp accepts at most {MEDIA_LIMITS[kind]}",
@@ -181,7 +186,11 @@ class LocationIn(RequestModel):
 
 
 class ReactionIn(RequestModel):
-    message_id: str | None = Field(default=None, max_length=128, description="Required: the message")
+    model_config = ConfigDict(json_schema_extra=needs_fields("message_id", "emoji"))
+
+    message_id: str | None = Field(
+        default=None, min_length=1, max_length=128, description="Required: the message"
+    )
     emoji: str | None = Field(
         default=None, max_length=16, description="Required: the emoji; an empty string removes a reaction"
     )
@@ -195,14 +204,48 @@ class ReactionIn(RequestModel):
         return {"message_id": self.message_id, "emoji": self.emoji}
 
 
+def _when_type(value: str, then: dict[str, Any]) -> dict[str, Any]:
+    return {"if": {"properties": {"type": {"const": value}}}, "then": then}
+
+
+# What ``_check_component`` and ``_check_parameter`` accept, for the document (components are passed
+# on to Meta as written, so they stay dicts).
+_PARAMETER_SCHEMA = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {"type": {"type": "string"}},
+    **_when_type(
+        "text",
+        {"required": ["text"], "properties": {"text": {"type": "string", "minLength": 1, "maxLength": 1024}}},
+    ),
+}
+_COMPONENT_SCHEMA = {
+    "type": "object",
+    "required": ["type"],
+    "properties": {
+        "type": {"enum": list(TEMPLATE_COMPONENTS)},
+        "parameters": {"type": "array", "items": _PARAMETER_SCHEMA},
+    },
+    **_when_type("button", {"required": ["index"], "properties": {"index": {"not": {"type": "null"}}}}),
+}
+
+
 class TemplateIn(RequestModel):
-    name: str | None = Field(default=None, max_length=512, description="Required: the template's name")
+    model_config = ConfigDict(json_schema_extra=needs_fields("name", "language"))
+
+    name: str | None = Field(
+        default=None, min_length=1, max_length=512, description="Required: the template's name"
+    )
     language: str | None = Field(
-        default=None, max_length=16, description="Required: its language code, like en or en_US"
+        default=None,
+        max_length=16,
+        description="Required: its language code, like en or en_US",
+        json_schema_extra={"pattern": f"^{_LANGUAGE.pattern}$"},
     )
     components: list[dict[str, Any]] | None = Field(
         default=None,
         max_length=20,
+        json_schema_extra={"items": _COMPONENT_SCHEMA},
         description="Cloud API template components: {type: header|body|button|footer, parameters: "
         "[{type, text?, ...}], index (buttons)}",
     )
@@ -210,7 +253,7 @@ class TemplateIn(RequestModel):
     def check(self) -> None:
         need(self.name, "template.name", "a template message")
         need(self.language, "template.language", "a template message")
-        if not _LANGUAGE.match(self.language or ""):
+        if not _LANGUAGE.fullmatch(self.language or ""):
             raise _invalid("'template.language' must be a code like en or en_US", "template.language")
         for i, comp in enumerate(self.components or []):
             _check_component(f"template.components.{i}", comp)
@@ -225,7 +268,7 @@ class TemplateIn(RequestModel):
 
 def _check_component(field: str, comp: dict[str, Any]) -> None:
     if comp.get("type") not in TEMPLATE_COMPONENTS:
-        raise _invalid(f"'{field}.type' must be header, body or button", f"{field}.type")
+        raise _invalid(f"'{field}.type' must be header, body, button or footer", f"{field}.type")
     params = comp.get("parameters", [])
     if not isinstance(params, list):
         raise _invalid(f"'{field}.parameters' must be a list", f"{field}.parameters")
@@ -255,7 +298,11 @@ class CloudObject(BaseModel):
 
 
 class InteractiveText(CloudObject):
-    text: str
+    text: str = Field(min_length=1, max_length=1024)
+
+
+class InteractiveFooter(CloudObject):
+    text: str = Field(max_length=60)
 
 
 class ButtonReply(CloudObject):
@@ -291,7 +338,7 @@ class ListAction(CloudObject):
 class _Interactive(CloudObject):
     header: dict[str, Any] | None = Field(default=None, description="Cloud API header, passed on")
     body: InteractiveText = Field(description="text: at most 1024 characters")
-    footer: InteractiveText | None = Field(default=None, description="text: at most 60 characters")
+    footer: InteractiveFooter | None = Field(default=None, description="text: at most 60 characters")
 
 
 class InteractiveButtonsIn(_Interactive):

@@ -26,6 +26,13 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from control_plane import errors
 from control_plane.db.conversations import is_bsuid
 from control_plane.http.models import OneOf, RequestModel, reports_invalid_input
+from control_plane.messaging.media_schemas import (
+    AudioMediaIn,
+    DocumentMediaIn,
+    ImageMediaIn,
+    StickerMediaIn,
+    VideoMediaIn,
+)
 from control_plane.messaging.message_parts import (
     InteractiveIn,
     LocationIn,
@@ -43,30 +50,36 @@ PARTS = ("text", "media", "location", "template", "interactive", "reaction")
 MAX_TEXT = 4096
 ROUTE_BODY_LIMIT = 8 * 1024 * 1024
 
-_NUMBER_SEPARATORS = re.compile(r"[\s().\-]")
+_NUMBER_SEPARATORS = re.compile(r"[ ().\-]")
 _PLACEHOLDER = re.compile(r"\{\{\s*\w+\s*\}\}")
+# What ``to`` accepts, as a pattern the OpenAPI document also carries: a phone number in international
+# form (7 to 15 digits, the first not 0, after an optional + or 00; spaces, parentheses, dots and
+# hyphens anywhere), or a contact's business-scoped user id (``db.conversations.is_bsuid``).
+_SEP = r"[ ().\-]*"
+_PHONE = re.compile(rf"{_SEP}(?:\+{_SEP}|0{_SEP}0{_SEP})?[1-9](?:{_SEP}[0-9]){{6,14}}{_SEP}")
+TO_PATTERN = rf"^(?:{_PHONE.pattern}| *[A-Z]{{2}}\.(?:ENT\.)?[A-Za-z0-9]{{1,128}} *)$"
 
 
 def normalize_number(raw: str) -> str:
-    """``+1 (650) 555-1234`` -> ``16505551234``; 422 unless 7..15 digits (E.164) remain. A contact's
-    business-scoped user id (``US.13491208655302741918``) is kept as it is."""
-    if is_bsuid(raw.strip()):
-        return raw.strip()
-    value = _NUMBER_SEPARATORS.sub("", raw.strip())
+    """``+1 (650) 555-1234`` -> ``16505551234``; 422 unless 7..15 digits (E.164) remain (``TO_PATTERN``).
+    A contact's business-scoped user id (``US.13491208655302741918``) is kept as it is."""
+    if is_bsuid(raw.strip(" ")):
+        return raw.strip(" ")
+    value = _NUMBER_SEPARATORS.sub("", raw)
     if value.startswith("+"):
         value = value[1:]
     elif value.startswith("00"):
         value = value[2:]
-    if not value.isdigit() or not 7 <= len(value) <= 15:
+    if _PHONE.fullmatch(raw) is None:
+        if value.isascii() and value.isdigit() and 7 <= len(value) <= 15 and value.startswith("0"):
+            raise errors.InvalidInput(
+                "'to' must start with the country code, not 0", code="invalid_number", field="to"
+            )
         raise errors.InvalidInput(
             "'to' must be a phone number in international form: 7 to 15 digits, "
             "optionally with + and separators (or a contact's BSUID, e.g. US.13491208655302741918)",
             code="invalid_number",
             field="to",
-        )
-    if value.startswith("0"):
-        raise errors.InvalidInput(
-            "'to' must start with the country code, not 0", code="invalid_number", field="to"
         )
     return value
 
@@ -89,6 +102,7 @@ class SendMessageIn(RequestModel):
         max_length=160,
         description="The recipient's number (digits, + allowed), or the business-scoped user id "
         "(BSUID) of a contact known only by it",
+        json_schema_extra={"pattern": TO_PATTERN},
     )
     type: str
     reply_to: str | None = Field(
@@ -149,7 +163,8 @@ class TextMessageIn(SendMessageIn):
     KIND, PART, WHAT = "text", "text", "a text message"
     type: Literal["text"] = "text"
     text: Annotated[str, AfterValidator(_text_fits)] = Field(
-        description=f"The text (<= {MAX_TEXT} characters)", json_schema_extra={"maxLength": MAX_TEXT}
+        description=f"The text (<= {MAX_TEXT} characters, not blank)",
+        json_schema_extra={"minLength": 1, "maxLength": MAX_TEXT, "pattern": r"\S"},
     )
     preview_url: bool | None = Field(default=None, description="Show a preview of the first URL")
 
@@ -190,6 +205,7 @@ class ImageMessageIn(_CaptionedMediaMessageIn):
 
     KIND, WHAT = "image", "a image message"
     type: Literal["image"]
+    media: ImageMediaIn
 
 
 class VideoMessageIn(_CaptionedMediaMessageIn):
@@ -197,6 +213,7 @@ class VideoMessageIn(_CaptionedMediaMessageIn):
 
     KIND, WHAT = "video", "a video message"
     type: Literal["video"]
+    media: VideoMediaIn
 
 
 class DocumentMessageIn(_CaptionedMediaMessageIn):
@@ -204,6 +221,7 @@ class DocumentMessageIn(_CaptionedMediaMessageIn):
 
     KIND, WHAT = "document", "a document message"
     type: Literal["document"]
+    media: DocumentMediaIn
 
 
 class AudioMessageIn(_MediaMessageIn):
@@ -211,6 +229,7 @@ class AudioMessageIn(_MediaMessageIn):
 
     KIND, WHAT = "audio", "a audio message"
     type: Literal["audio"]
+    media: AudioMediaIn
 
 
 class StickerMessageIn(_MediaMessageIn):
@@ -218,6 +237,7 @@ class StickerMessageIn(_MediaMessageIn):
 
     KIND, WHAT = "sticker", "a sticker message"
     type: Literal["sticker"]
+    media: StickerMediaIn
 
 
 class LocationMessageIn(SendMessageIn):

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from sqlalchemy.exc import IntegrityError
 
 from control_plane import errors
 from control_plane.crypto import SecretBox, mask
 from control_plane.db import Database, utcnow
 from control_plane.db import whatsapp_config as config_db
-from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime
+from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime, reports_invalid_input
 from control_plane.providers.cloud_api import (
     CloudAPIClient,
     CloudCredentials,
@@ -52,19 +53,79 @@ CLEARED_VERIFICATION: dict[str, Any] = {
 }
 
 
+def _rules(*, create: bool) -> Any:
+    """``json_schema_extra``: ``check_consistency``'s rules on what one body can break by itself. On
+    POST the body is the whole config (omitted fields take the defaults, api_type web and fallback_policy
+    web_only); on PUT only the fields it sets count (a rule broken with the stored config is a 409)."""
+
+    def when(field: str, values: tuple[str, ...], then: dict[str, Any]) -> dict[str, Any]:
+        return {"if": {"required": [field], "properties": {field: {"enum": list(values)}}}, "then": then}
+
+    def given(*fields: str, **properties: Any) -> dict[str, Any]:
+        return {"required": list(fields) if create else [], "properties": properties}
+
+    text = {"type": "string"}
+    rules = [
+        when(
+            "api_type",
+            BUSINESS_TYPES,
+            given("phone_number_id", "access_token", phone_number_id=text, access_token=text),
+        ),
+        when(
+            "fallback_policy",
+            ("business_api_only",),
+            given("api_type", api_type={"enum": list(BUSINESS_TYPES)}),
+        ),
+        when(
+            "api_type",
+            ("business_api",),
+            given("fallback_policy", fallback_policy={"not": {"const": "web_only"}}),
+        ),
+    ]
+
+    def extra(schema: dict[str, Any]) -> None:
+        for name in NOT_NULL_FIELDS:  # given, never null (an omitted one keeps its value or default)
+            prop = schema["properties"][name]
+            prop.pop("default", None)
+            prop.update(next(s for s in prop.pop("anyOf") if s != {"type": "null"}))
+        schema["allOf"] = rules
+
+    return extra
+
+
+@reports_invalid_input
+def _not_null(value: Any, info: ValidationInfo) -> Any:
+    if value is None:
+        raise errors.InvalidInput(
+            f"'{info.field_name}' cannot be null", code="invalid_field", field=info.field_name
+        )
+    return value
+
+
 class WhatsAppConfigIn(RequestModel):
-    """All fields optional on PUT (a partial update; ``null`` clears a field). On POST, unset fields take
-    their defaults. Secrets are write-only."""
+    """PUT: a partial update (omitted fields keep their value; ``null`` clears a field, except
+    ``api_type``, ``fallback_policy`` and ``is_active``). Secrets are write-only."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(create=False))
 
     api_type: ApiType | None = None
     fallback_policy: FallbackPolicy | None = None
     phone_number_id: str | None = NumericId
     waba_id: str | None = NumericId
-    access_token: str | None = Field(default=None, min_length=8, max_length=2048)
+    # Sent as an HTTP header to the Graph API: visible ASCII only (a control character cannot be sent).
+    access_token: str | None = Field(default=None, min_length=8, max_length=2048, pattern=r"^[\x21-\x7e]+$")
     app_secret: str | None = Field(default=None, min_length=8, max_length=256)
     verify_token: str | None = Field(default=None, min_length=8, max_length=256)
     api_version: str | None = Field(default=None, pattern=r"^v[0-9]{1,3}\.[0-9]$")
     is_active: bool | None = None
+
+    _never_null = field_validator(*NOT_NULL_FIELDS)(_not_null)
+
+
+class WhatsAppConfigCreate(WhatsAppConfigIn):
+    """POST: the whole config; omitted (or null) fields take their defaults."""
+
+    model_config = ConfigDict(json_schema_extra=_rules(create=True))
 
 
 class Verification(ResponseModel):
@@ -130,28 +191,44 @@ def config_out(row: dict[str, Any] | None) -> WhatsAppConfigOut:
     )
 
 
-def check_consistency(merged: dict[str, Any]) -> None:
-    """The combined config must make sense; 422 naming the field otherwise."""
+def check_consistency(merged: dict[str, Any], explicit: Collection[str] | None = None) -> None:
+    """The combined config must make sense. A rule broken by the request's own fields (all of them
+    when ``explicit`` is None: a create, whose body is the whole config) is a 422 naming the field, as
+    its JSON Schema says (``_rules``); one broken with the stored config or the defaults (``explicit``:
+    the fields a PUT sets) is a 409 ``inconsistent_config``."""
     api_type = merged.get("api_type") or "web"
     policy = merged.get("fallback_policy") or "web_only"
     uses_business = api_type in BUSINESS_TYPES
+
+    def broken(message: str, code: str, field: str, involved: tuple[str, ...]) -> errors.GatewayError:
+        if explicit is None or set(involved) <= set(explicit):
+            return errors.InvalidInput(message, code=code, field=field)
+        return errors.Conflict(
+            f"{message} (with the stored configuration)", code="inconsistent_config", field=field
+        )
+
     if uses_business:
         for name in ("phone_number_id", "access_token"):
             if not merged.get(name):
-                raise errors.InvalidInput(
-                    f"'{name}' is required when api_type is {api_type}", code="missing_field", field=name
+                raise broken(
+                    f"'{name}' is required when api_type is {api_type}",
+                    "missing_field",
+                    name,
+                    ("api_type", name),
                 )
     if policy == "business_api_only" and not uses_business:
-        raise errors.InvalidInput(
+        raise broken(
             "fallback_policy business_api_only needs api_type business_api or both",
-            code="invalid_field",
-            field="fallback_policy",
+            "invalid_field",
+            "fallback_policy",
+            ("api_type", "fallback_policy"),
         )
     if policy == "web_only" and api_type == "business_api":
-        raise errors.InvalidInput(
+        raise broken(
             "fallback_policy web_only needs api_type web or both",
-            code="invalid_field",
-            field="fallback_policy",
+            "invalid_field",
+            "fallback_policy",
+            ("api_type", "fallback_policy"),
         )
 
 
@@ -245,8 +322,9 @@ class WhatsAppSetup:
             existing = await config_db.get_whatsapp_config(conn, tenant_id)
             await _check_number_owner(conn, tenant_id, changes.get("phone_number_id"))
         verification = None
+        explicit = None if create else set(changes)
         if not (create and existing is not None):
-            check_consistency(merged_view(existing, changes))
+            check_consistency(merged_view(existing, changes), explicit)
             verification = await self.verify_credentials(tenant_id, existing, changes)
         row = await self._write(tenant_id, changes, verification, create=create)
         log.info(
@@ -272,7 +350,7 @@ class WhatsAppSetup:
                     "WhatsApp config already exists for this tenant; use PUT to change it",
                     code="config_exists",
                 )
-            check_consistency(merged_view(existing, changes))
+            check_consistency(merged_view(existing, changes), None if create else set(changes))
             await _check_number_owner(conn, tenant_id, changes.get("phone_number_id"))
             columns = self.to_columns(changes)
             if verification is not None:

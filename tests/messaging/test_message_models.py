@@ -29,7 +29,7 @@ def error_of(**body) -> tuple[str, str, str | None, str]:
     ("body", "expected"),
     [
         ({"text": "Hi", "preview_url": True}, ("text", {"text": "Hi", "preview_url": True})),
-        ({"type": "text", "text": " Hi "}, ("text", {"text": "Hi", "preview_url": False})),
+        ({"type": "text", "text": " Hi "}, ("text", {"text": " Hi ", "preview_url": False})),  # as sent
         (
             {
                 "type": "image",
@@ -85,7 +85,7 @@ def test_interactive_content_is_the_cloud_api_object_as_sent():
     ("body", "expected"),
     [
         ({"type": "text"}, ("missing_field", "text", "'text' is required for a text message")),
-        ({"text": "   "}, ("missing_field", "text", "'text' is required for a text message")),
+        ({"text": "   "}, ("invalid_field", "text", "'text' is blank")),
         ({"text": "x" * 4097}, ("too_long", "text", "'text' is 4097 characters; the limit is 4096")),
         ({"to": "12ab", "text": "hi"}, ("invalid_number", "to", None)),
         (

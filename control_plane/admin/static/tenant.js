@@ -233,7 +233,8 @@
       else if (config[n]) body[n] = null; // emptied: clear it
     });
     SECRET_FIELDS.forEach((n) => {
-      if (f[n].value) body[n] = f[n].value;
+      const v = f[n].value.trim(); // the API takes strings as sent: a pasted space would be kept
+      if (v) body[n] = v;
     });
     return { body, web, business };
   }
