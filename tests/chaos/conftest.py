@@ -18,6 +18,7 @@ from control_plane.app import create_app
 from control_plane.supervisor.process import find_orphans, kill_process_groups
 from tests.chaos.world import Owned, build_tenant
 from tests.fakes.graph_api import FakeGraphAPI
+from tests.realtime.conftest import NODE_DIR
 from tests.supervisor.conftest import FAST
 
 # Wrong keys by the hundred are the point here; the throttle has its own tests.
@@ -57,6 +58,15 @@ async def gateway(aiohttp_server, make_settings, empty_db, short_sessions_root):
         server = await aiohttp_server(create_app(settings))
         yield Gateway(f"http://127.0.0.1:{server.port}", server.app, fake, http, short_sessions_root)
         await server.close()
+
+
+@pytest.fixture(scope="session")
+def node_client_ready() -> None:
+    """The npm socket.io-client of tests/realtime/node_client (scripts/test runs npm ci there)."""
+    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "socket.io-client").exists():
+        pytest.fail(
+            "node and tests/realtime/node_client/node_modules are needed (scripts/test installs them)"
+        )
 
 
 @pytest.fixture
