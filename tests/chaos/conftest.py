@@ -46,14 +46,19 @@ def short_sessions_root():
 
 
 @pytest.fixture
-async def gateway(aiohttp_server, make_settings, empty_db, short_sessions_root):
+def gateway_env() -> dict[str, str]:
+    """Settings of the ``gateway`` on top of the defaults (a test module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture
+async def gateway(aiohttp_server, make_settings, empty_db, short_sessions_root, gateway_env):
     async with FakeGraphAPI(enforce_window=False) as fake, aiohttp.ClientSession() as http:
         settings = make_settings(
             GRAPH_API_URL=fake.url,
             SESSIONS_DIR=str(short_sessions_root),
             MESSAGING_POLL_S="0.1",
-            **FAST,
-            **NO_THROTTLE,
+            **{**FAST, **NO_THROTTLE, **gateway_env},
         )
         server = await aiohttp_server(create_app(settings))
         yield Gateway(f"http://127.0.0.1:{server.port}", server.app, fake, http, short_sessions_root)
