@@ -37,6 +37,7 @@ ELSEWHERE: dict[str, tuple[str, ...] | None] = {
     "tests/http/test_auth_throttle.py": None,
     "tests/realtime/test_connect_throttle.py": None,
     "tests/supervisor/test_supervisor_scripted.py": ("kill9",),
+    "tests/supervisor/test_supervisor_wwebjs.py": ("kill9",),  # the bridge's browser too
 }
 CHAOS_DIR = "tests/chaos/"
 
