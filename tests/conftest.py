@@ -22,6 +22,9 @@ from control_plane.config import Settings, load_settings, normalize_database_url
 from control_plane.db import metadata
 from control_plane.migrations import runner
 
+# the chaos marker, the ``figures`` fixture and the "security and chaos figures" summary
+pytest_plugins = ["tests.chaos.figures"]
+
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "test-admin-token-" + "x" * 16
 SECRET_KEY = "test-secret-key-" + "y" * 16

@@ -25,8 +25,10 @@ SETTLED_WITHIN_S = 50.0  # from the kill; the lease alone is 60 s
 
 @pytest.mark.mariadb
 @pytest.mark.timeout(300)
-async def test_kill9_with_status_webhooks_every_message_sent_exactly_once(database_url, empty_db, tmp_path):
-    figures = await scenario(
+async def test_kill9_with_status_webhooks_every_message_sent_exactly_once(
+    database_url, empty_db, tmp_path, figures
+):
+    result = await scenario(
         database_url,
         tmp_path,
         messages=N,
@@ -34,21 +36,21 @@ async def test_kill9_with_status_webhooks_every_message_sent_exactly_once(databa
         settings=SETTINGS,
         timeout_s=SETTLED_WITHIN_S,
     )
-    print(f"\nkill -9 with status webhooks: {figures}", flush=True)
-    assert figures["sent_before_kill"] < N, "the kill came too late to mean anything"
-    assert figures["duplicates"] == 0 and figures["extra_sends"] == 0 and figures["never_sent"] == 0
+    figures("kill -9 of the control plane with queued sends, status webhooks", **result)
+    assert result["sent_before_kill"] < N, "the kill came too late to mean anything"
+    assert result["duplicates"] == 0 and result["extra_sends"] == 0 and result["never_sent"] == 0
     # the dead process's claims were settled from its journal (no lease wait); the requests open at
     # the kill, accepted by the fake, by their status webhooks
-    assert figures["journal_accepted"] + figures["journal_requeued"] > 0
-    assert figures["webhook_confirmed"] > 0 and figures["resent_unconfirmed"] == 0
+    assert result["journal_accepted"] + result["journal_requeued"] > 0
+    assert result["webhook_confirmed"] > 0 and result["resent_unconfirmed"] == 0
 
 
 @pytest.mark.mariadb
 @pytest.mark.timeout(300)
 async def test_kill9_without_any_status_webhook_duplicates_only_requests_open_at_the_kill(
-    database_url, empty_db, tmp_path
+    database_url, empty_db, tmp_path, figures
 ):
-    figures = await scenario(
+    result = await scenario(
         database_url,
         tmp_path,
         messages=N,
@@ -56,10 +58,10 @@ async def test_kill9_without_any_status_webhook_duplicates_only_requests_open_at
         settings=SETTINGS,
         timeout_s=SETTLED_WITHIN_S,
     )
-    print(f"\nkill -9 without status webhooks: {figures}", flush=True)
-    assert figures["never_sent"] == 0
+    figures("kill -9 of the control plane with queued sends, no status webhook", **result)
+    assert result["never_sent"] == 0
     # Answered sends were recorded from the journal, unsent claims queued at once; only a request open
     # at the kill (unknown, resent after MESSAGING_RECONCILE_S without a confirmation) may repeat.
-    assert figures["journal_accepted"] + figures["journal_requeued"] > 0
+    assert result["journal_accepted"] + result["journal_requeued"] > 0
     # In flight at the kill: about rate x the fake's answer latency (80/s x 0.1 s), no more.
-    assert figures["duplicates"] <= figures["resent_unconfirmed"] <= 16
+    assert result["duplicates"] <= result["resent_unconfirmed"] <= 16

@@ -73,13 +73,21 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-async def test_a_40k_unknown_number_delivery_is_refused_without_stalling(app_client, webhook_url, caplog):
+async def test_a_40k_unknown_number_delivery_is_refused_without_stalling(
+    app_client, webhook_url, caplog, figures
+):
     """The probe's first defect: 2.9 MB, 40,000 fresh unknown numbers, a forged signature."""
     caplog.set_level(logging.INFO, logger="control_plane")
     body = flood.unknown_numbers(40_000, 1)
     assert 2_500_000 < len(body) < app_client.server.app["settings"].webhook_max_body_bytes
     async with LoopLag() as lag:
         status, text = await g.deliver(webhook_url, body, "x", signature=flood.fake_signature())
+    figures(
+        "40,000 unknown numbers, forged signature",
+        bytes=len(body),
+        status=status,
+        loop_held_ms=round(lag.max_s * 1000, 1),
+    )
     assert status == 413 and json.loads(text)["error"]["code"] == "too_many_ids", text
     assert lag.max_s < LAG_BOUND_S, f"event loop held {lag.max_s:.3f} s"
     assert len(_unknown_lines(caplog)) <= 1
@@ -194,7 +202,7 @@ async def _flooded(webhook_url: str, load: LegitLoad) -> dict[str, dict[str, int
 
 
 async def test_legitimate_webhooks_and_healthz_stay_fast_during_a_flood(
-    app_client, webhook_url, business_tenant, sender, db_rows, caplog
+    app_client, webhook_url, business_tenant, sender, db_rows, caplog, figures
 ):
     caplog.set_level(logging.INFO, logger="control_plane")
     tenant = await business_tenant()
@@ -206,9 +214,15 @@ async def test_legitimate_webhooks_and_healthz_stay_fast_during_a_flood(
         counts = await _flooded(webhook_url, load)
 
     p99, worst_health = _pct(load.legit_ms, 99), max(load.health_ms)
-    print(
-        f"\nflood {counts}; legit p50 {_pct(load.legit_ms, 50):.1f} ms p99 {p99:.1f} ms;"
-        f" /healthz max {worst_health:.1f} ms; longest loop stall {lag.max_s * 1000:.1f} ms"
+    figures(
+        "webhook flood (unknown numbers, deep and wide JSON) vs legitimate load",
+        flood={kind: sum(c.values()) for kind, c in counts.items()},
+        legit=len(load.legit_ms),
+        legit_p50_ms=round(_pct(load.legit_ms, 50), 1),
+        legit_p99_ms=round(p99, 1),
+        healthz_p95_ms=round(_pct(load.health_ms, 95), 1),
+        healthz_max_ms=round(worst_health, 1),
+        loop_stall_max_ms=round(lag.max_s * 1000, 1),
     )
     assert set(counts["ids40k"]) == {"413"} and set(counts["deep"]) == {"400"}, counts
     assert set(counts["ids1k"]) == {"200"}, counts
