@@ -55,7 +55,11 @@ class WhatsAppConfigIn(RequestModel):
     their defaults. Secrets are write-only."""
 
     api_type: ApiType | None = None
-    fallback_policy: FallbackPolicy | None = None
+    fallback_policy: FallbackPolicy | None = Field(
+        default=None,
+        description="When omitted on a new config, or with a changed api_type, it follows api_type: "
+        "web -> web_only, business_api -> business_api_only, both -> web_first",
+    )
     phone_number_id: str | None = NumericId
     waba_id: str | None = NumericId
     access_token: str | None = Field(default=None, min_length=8, max_length=2048)
@@ -174,6 +178,20 @@ def requested_changes(body: WhatsAppConfigIn, *, create: bool) -> dict[str, Any]
     return changes
 
 
+def with_default_policy(existing: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with the fallback policy that follows ``api_type`` when the request gives none: on a
+    new config, and when the request changes the api_type (an unchanged api_type keeps the stored
+    policy). An explicit policy is kept as given (``check_consistency`` refuses an incompatible pair)."""
+    if "fallback_policy" in changes:
+        return changes
+    api_type = changes.get("api_type")
+    if existing is None:
+        return {**changes, "fallback_policy": config_db.DEFAULT_FALLBACK_POLICY[api_type or "web"]}
+    if api_type is not None and api_type != existing["api_type"]:
+        return {**changes, "fallback_policy": config_db.DEFAULT_FALLBACK_POLICY[api_type]}
+    return changes
+
+
 def _number_taken() -> errors.Conflict:
     return errors.Conflict(
         "phone_number_id is already registered to another tenant",
@@ -238,15 +256,16 @@ class WhatsAppSetup:
 
         Cheap checks first, then the Graph API (outside any transaction), then the write, which checks
         again what a concurrent save could have changed."""
-        changes = requested_changes(body, create=create)
+        requested = requested_changes(body, create=create)
         async with self.db.connect() as conn:
             existing = await config_db.get_whatsapp_config(conn, tenant_id)
-            await _check_number_owner(conn, tenant_id, changes.get("phone_number_id"))
+            await _check_number_owner(conn, tenant_id, requested.get("phone_number_id"))
+        changes = with_default_policy(existing, requested)
         verification = None
         if not (create and existing is not None):
             check_consistency(merged_view(existing, changes))
             verification = await self.verify_credentials(tenant_id, existing, changes)
-        row = await self._write(tenant_id, changes, verification, create=create)
+        row = await self._write(tenant_id, requested, verification, create=create)
         log.info(
             "whatsapp config saved tenant=%s fields=%s verification=%s",
             tenant_id,
@@ -270,6 +289,7 @@ class WhatsAppSetup:
                     "WhatsApp config already exists for this tenant; use PUT to change it",
                     code="config_exists",
                 )
+            changes = with_default_policy(existing, changes)  # against the row as it is now
             check_consistency(merged_view(existing, changes))
             await _check_number_owner(conn, tenant_id, changes.get("phone_number_id"))
             columns = self.to_columns(changes)
