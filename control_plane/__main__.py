@@ -9,9 +9,11 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 import time
+from pathlib import Path
 
 from aiohttp import web
 
@@ -48,9 +50,44 @@ async def _tune_garbage_collector(app: web.Application) -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
+# Every file the service writes (the SQLite database and its -wal/-shm/-journal, secrets, the send
+# journal, the bridges' and browsers' session folders) is for its own user only: files 0600, folders
+# 0700. Set before anything is created; children (bridges, Chromium) inherit it.
+PRIVATE_UMASK = 0o077
+
+
+def _make_private(settings: Settings) -> None:
+    """What an older version left readable by others: DATA_DIR (every folder and file in it, the
+    SQLite database wherever it is) and the SESSIONS_DIR root and tenant folders, down to 0700/0600."""
+    paths_to_fix: list[Path] = []
+    for root in (settings.data_dir, settings.sessions_dir):
+        if root.is_dir():
+            paths_to_fix.append(root)
+    if settings.data_dir.is_dir():
+        paths_to_fix += settings.data_dir.rglob("*")
+    if settings.sessions_dir.is_dir():
+        paths_to_fix += [p for p in settings.sessions_dir.iterdir() if p.is_dir()]
+    if settings.is_sqlite:
+        db_file = Path(settings.database_url.split(":///", 1)[1].split("?", 1)[0])
+        paths_to_fix += [Path(f"{db_file}{end}") for end in ("", "-wal", "-shm", "-journal")]
+    fixed = []
+    for path in paths_to_fix:
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid() or not st.st_mode & 0o077:
+            continue
+        os.chmod(path, 0o700 if stat.S_ISDIR(st.st_mode) else 0o600)
+        fixed.append(str(path))
+    if fixed:
+        log.warning("made %d file(s)/folder(s) private (0600/0700): %s", len(fixed), ", ".join(fixed[:10]))
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
+    _make_private(settings)
     if args.migrate:
         runner.upgrade(settings.database_url)
     token = settings.extra.get("generated_admin_token")
@@ -178,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ct.add_argument("--sandbox", action="store_true")
     ct.set_defaults(func=_create_tenant)
     args = parser.parse_args(argv)
+    os.umask(PRIVATE_UMASK)
     try:
         return args.func(args)
     except ConfigError as exc:

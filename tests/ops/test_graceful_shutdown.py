@@ -129,8 +129,10 @@ async def api(http: aiohttp.ClientSession, server: Server, method: str, path: st
         return body
 
 
-async def ready_sandbox_tenant(http: aiohttp.ClientSession, server: Server, name: str) -> dict[str, Any]:
-    tenant = await api(http, server, "POST", "/api/tenants", ADMIN, json={"name": name, "sandbox": True})
+async def ready_sandbox_tenant(
+    http: aiohttp.ClientSession, server: Server, name: str, *, admin: dict[str, str] = ADMIN
+) -> dict[str, Any]:
+    tenant = await api(http, server, "POST", "/api/tenants", admin, json={"name": name, "sandbox": True})
     tenant["headers"] = {"Authorization": f"Bearer {tenant['api_key']}"}
     await api(http, server, "POST", "/api/session/start", tenant["headers"])
 
