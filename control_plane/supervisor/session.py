@@ -435,7 +435,8 @@ class TenantSession:
             return
         if new is not S.QR:
             self.run_facts.qr = None
-        self._change(new, data.get("reason"))
+        error = self.run_facts.fatal_message if new is S.DISCONNECTED else None  # reported just before
+        self._change(new, data.get("reason"), error=error)
 
     def _on_qr(self, data: dict[str, Any]) -> None:
         if int(data.get("attempt") or 0) > self.host.settings.qr_max_cycles:

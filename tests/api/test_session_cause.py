@@ -116,6 +116,8 @@ async def test_unreachable_whatsapp_is_explained_in_the_api_the_admin_mirror_and
     backoff = next(s for s in states if s["state"] == "backoff")
     assert backoff["reason"] == "init_failed" and "net::ERR_" in backoff["error"]
     assert backoff["detail"].startswith("cannot reach web.whatsapp.com")
+    disconnected = next(s for s in states if s["state"] == "disconnected")  # the bridge's own report
+    assert disconnected["reason"] == "init_failed" and disconnected["error"] == backoff["error"]
     starting_again = [s for s in states if s["state"] == "starting" and s["previous"] == "backoff"]
     assert starting_again and starting_again[0]["error"] == backoff["error"]  # still says why
     failed = states[-1]
