@@ -98,6 +98,8 @@ class Server:
         """SIGTERM; returns how long the process took to exit (``timeout_s`` + then SIGKILL if it did
         not)."""
         started = time.monotonic()
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
         self.signal(signal.SIGTERM)
         code = await self.wait_exit(timeout_s)
         self.exit_s = time.monotonic() - started

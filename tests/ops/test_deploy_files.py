@@ -117,9 +117,18 @@ def test_the_nginx_site_passes_nginx_t(tmp_path):
     assert "syntax is ok" in done.stderr and "test is successful" in done.stderr
 
 
-async def test_nginx_carries_https_websocket_and_the_webhook(tmp_path, database_url, empty_db):
-    server = Server(server_env(database_url, tmp_path / "gw"), tmp_path / "server.log")
-    await server.start()
+@pytest.fixture
+async def server(tmp_path, database_url, empty_db):
+    """A control plane, killed at the end whatever happened (it shares the test database)."""
+    made = Server(server_env(database_url, tmp_path / "gw"), tmp_path / "server.log")
+    try:
+        await made.start()
+        yield made
+    finally:
+        made.kill()
+
+
+async def test_nginx_carries_https_websocket_and_the_webhook(tmp_path, server):
     conf, http_port, https_port = nginx_prefix(tmp_path, int(server.env["PORT"]))
     nginx = await asyncio.create_subprocess_exec(
         tool("nginx"),
@@ -205,7 +214,6 @@ async def test_nginx_carries_https_websocket_and_the_webhook(tmp_path, database_
         with contextlib.suppress(ProcessLookupError):
             nginx.terminate()
         await nginx.wait()
-        server.kill()  # (the shutdown itself is tested in test_graceful_shutdown.py)
 
 
 def test_the_logrotate_snippet_rotates(tmp_path):

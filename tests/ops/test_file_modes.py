@@ -97,8 +97,10 @@ async def test_a_fresh_install_writes_private_files_only(work):
 
 async def test_an_older_install_is_tightened_at_start(work):
     first = Server(fresh_env(work), work / "server.log", migrate=True)
-    await first.start()
-    await first.terminate(15)
+    try:
+        await first.start()
+    finally:
+        await first.terminate(15)
     data = work / "data"
     os.chmod(data, 0o755)  # as an older version left them
     os.chmod(data / "gateway.sqlite3", 0o644)
