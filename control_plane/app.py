@@ -184,6 +184,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_verify_token_hashes)
     app.cleanup_ctx.append(_redis)
     realtime.attach(app)
+    app.on_shutdown.append(realtime.release_clients)  # first thing once the server stops accepting
     app.cleanup_ctx.append(_realtime)
     app.cleanup_ctx.append(inbound_context)  # app["inbound"]: inbound messages and statuses, both roads
     app.cleanup_ctx.append(_providers)

@@ -75,3 +75,12 @@ apt_install() {  # apt_install <binary to test> <package>...
 }
 
 ensure_chromium() { apt_install chromium chromium; }
+
+# What the deployment tests check docs/OPERATIONS.md's files with (nginx -t, systemd-analyze verify,
+# logrotate -d, a throwaway self-signed certificate).
+ensure_ops_tools() {
+  apt_install nginx nginx-light
+  apt_install systemd-analyze systemd
+  apt_install logrotate logrotate
+  apt_install openssl openssl
+}

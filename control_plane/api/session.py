@@ -41,6 +41,17 @@ class SessionStatus(ResponseModel):
         description="Why it is in this state (crash_loop, qr_expired, "
         "memory_limit, heartbeat_timeout, init_failed, requested, ...)",
     )
+    detail: str | None = Field(
+        default=None,
+        description='The reason in words an admin can act on, e.g. "cannot reach web.whatsapp.com: this '
+        'server cannot resolve the name (DNS); check its internet access, DNS resolver or proxy" '
+        "(null when there is nothing to do)",
+    )
+    error: str | None = Field(
+        default=None,
+        description="The technical text behind the reason, as the session reported it, e.g. "
+        '"initialize failed: net::ERR_NAME_NOT_RESOLVED at https://web.whatsapp.com/"',
+    )
     since: str | None = Field(default=None, description="When it entered this state (ISO 8601, UTC)")
     desired_state: Literal["running", "stopped"] = Field(
         description="What was asked last: the state the session is moving to (start/stop/restart "

@@ -28,6 +28,8 @@ session_state = sa.Table(
     sa.Column("desired_state", sa.String(16), nullable=False, default=DESIRED_STOPPED),
     sa.Column("state", sa.String(20), nullable=False, default="stopped"),
     sa.Column("reason", sa.String(REASON_LEN), nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),  # the reason in words an admin can act on (0011)
+    sa.Column("error", sa.Text, nullable=True),  # the technical text behind it (0011)
     sa.Column("since", Timestamp, nullable=False),
     sa.Column("restarts", sa.Integer, nullable=False, default=0),
     sa.Column("last_exit_code", sa.Integer, nullable=True),
@@ -37,7 +39,7 @@ session_state = sa.Table(
     sa.Index("ix_session_state_desired_state", "desired_state"),
 )
 
-_ACTUAL = ("state", "reason", "since", "restarts", "last_exit_code", "pid", "own_number")
+_ACTUAL = ("state", "reason", "detail", "error", "since", "restarts", "last_exit_code", "pid", "own_number")
 
 
 async def get_session_state(conn: AsyncConnection, tenant_id: str) -> dict[str, Any] | None:
@@ -81,7 +83,7 @@ async def set_desired_state(conn: AsyncConnection, tenant_id: str, desired: str)
 
 
 async def record_actual_state(conn: AsyncConnection, tenant_id: str, **actual: Any) -> None:
-    """Records what the supervisor sees (state, reason, since, restarts, last_exit_code, pid,
+    """Records what the supervisor sees (state, reason, detail, error, since, restarts, last_exit_code, pid,
     own_number); other keys are refused."""
     unknown = set(actual) - set(_ACTUAL)
     if unknown:
@@ -116,7 +118,13 @@ async def mark_stale_states_stopped(conn: AsyncConnection) -> int:
         session_state.update()
         .where(session_state.c.state.notin_(("stopped", "failed", "logged_out")))
         .values(
-            state="stopped", reason="control_plane_restart", pid=None, since=utcnow(), updated_at=utcnow()
+            state="stopped",
+            reason="control_plane_restart",
+            detail=None,
+            error=None,
+            pid=None,
+            since=utcnow(),
+            updated_at=utcnow(),
         )
     )
     return result.rowcount

@@ -13,6 +13,9 @@ from control_plane.db.tenants import tenants
 
 API_TYPES = ("web", "business_api", "both")
 FALLBACK_POLICIES = ("web_only", "business_api_only", "web_first", "business_api_first")
+# The fallback policy a config gets when it is saved without one: the one road it has, or, with both,
+# the Web session first and the Business API when the session is not ready.
+DEFAULT_FALLBACK_POLICY = {"web": "web_only", "business_api": "business_api_only", "both": "web_first"}
 
 whatsapp_config = sa.Table(
     "whatsapp_config",
@@ -57,9 +60,10 @@ async def save_whatsapp_config(
     now = utcnow()
     existing = await get_whatsapp_config(conn, tenant_id)
     if existing is None:
+        api_type = values.get("api_type") or "web"
         row = {
-            "api_type": "web",
-            "fallback_policy": "web_only",
+            "api_type": api_type,
+            "fallback_policy": DEFAULT_FALLBACK_POLICY[api_type],
             "is_active": True,
             **values,
             "tenant_id": tenant_id,

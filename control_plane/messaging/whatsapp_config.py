@@ -55,8 +55,8 @@ CLEARED_VERIFICATION: dict[str, Any] = {
 
 def _rules(*, create: bool) -> Any:
     """``json_schema_extra``: ``check_consistency``'s rules on what one body can break by itself. On
-    POST the body is the whole config (omitted fields take the defaults, api_type web and fallback_policy
-    web_only); on PUT only the fields it sets count (a rule broken with the stored config is a 409)."""
+    POST the body is the whole config (omitted fields take the defaults: api_type web, a fallback_policy that
+    follows api_type); on PUT only the fields it sets count (a rule broken with the stored config is a 409)."""
 
     def when(field: str, values: tuple[str, ...], then: dict[str, Any]) -> dict[str, Any]:
         return {"if": {"required": [field], "properties": {field: {"enum": list(values)}}}, "then": then}
@@ -76,10 +76,10 @@ def _rules(*, create: bool) -> Any:
             ("business_api_only",),
             given("api_type", api_type={"enum": list(BUSINESS_TYPES)}),
         ),
-        when(
+        when(  # an omitted fallback_policy follows api_type (with_default_policy)
             "api_type",
             ("business_api",),
-            given("fallback_policy", fallback_policy={"not": {"const": "web_only"}}),
+            {"properties": {"fallback_policy": {"not": {"const": "web_only"}}}},
         ),
     ]
 
@@ -109,7 +109,11 @@ class WhatsAppConfigIn(RequestModel):
     model_config = ConfigDict(json_schema_extra=_rules(create=False))
 
     api_type: ApiType | None = None
-    fallback_policy: FallbackPolicy | None = None
+    fallback_policy: FallbackPolicy | None = Field(
+        default=None,
+        description="When omitted on a new config, or with a changed api_type, it follows api_type: "
+        "web -> web_only, business_api -> business_api_only, both -> web_first",
+    )
     phone_number_id: str | None = NumericId
     waba_id: str | None = NumericId
     # Sent as an HTTP header to the Graph API: visible ASCII only (a control character cannot be sent).
@@ -253,6 +257,20 @@ def requested_changes(body: WhatsAppConfigIn, *, create: bool) -> dict[str, Any]
     return changes
 
 
+def with_default_policy(existing: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` with the fallback policy that follows ``api_type`` when the request gives none: on a
+    new config, and when the request changes the api_type (an unchanged api_type keeps the stored
+    policy). An explicit policy is kept as given (``check_consistency`` refuses an incompatible pair)."""
+    if "fallback_policy" in changes:
+        return changes
+    api_type = changes.get("api_type")
+    if existing is None:
+        return {**changes, "fallback_policy": config_db.DEFAULT_FALLBACK_POLICY[api_type or "web"]}
+    if api_type is not None and api_type != existing["api_type"]:
+        return {**changes, "fallback_policy": config_db.DEFAULT_FALLBACK_POLICY[api_type]}
+    return changes
+
+
 def _number_taken() -> errors.Conflict:
     return errors.Conflict(
         "phone_number_id is already registered to another tenant",
@@ -317,16 +335,17 @@ class WhatsAppSetup:
 
         Cheap checks first, then the Graph API (outside any transaction), then the write, which checks
         again what a concurrent save could have changed."""
-        changes = requested_changes(body, create=create)
+        requested = requested_changes(body, create=create)
         async with self.db.connect() as conn:
             existing = await config_db.get_whatsapp_config(conn, tenant_id)
-            await _check_number_owner(conn, tenant_id, changes.get("phone_number_id"))
+            await _check_number_owner(conn, tenant_id, requested.get("phone_number_id"))
+        changes = with_default_policy(existing, requested)
         verification = None
-        explicit = None if create else set(changes)
+        explicit = None if create else set(requested)
         if not (create and existing is not None):
             check_consistency(merged_view(existing, changes), explicit)
             verification = await self.verify_credentials(tenant_id, existing, changes)
-        row = await self._write(tenant_id, changes, verification, create=create)
+        row = await self._write(tenant_id, requested, verification, create=create)
         log.info(
             "whatsapp config saved tenant=%s fields=%s verification=%s",
             tenant_id,
@@ -350,7 +369,9 @@ class WhatsAppSetup:
                     "WhatsApp config already exists for this tenant; use PUT to change it",
                     code="config_exists",
                 )
-            check_consistency(merged_view(existing, changes), None if create else set(changes))
+            explicit = None if create else set(changes)
+            changes = with_default_policy(existing, changes)  # against the row as it is now
+            check_consistency(merged_view(existing, changes), explicit)
             await _check_number_owner(conn, tenant_id, changes.get("phone_number_id"))
             columns = self.to_columns(changes)
             if verification is not None:

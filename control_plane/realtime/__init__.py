@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 REDIS_SUBSCRIBE_WAIT_S = 5.0
 
-__all__ = ["Envelope", "EventPublisher", "attach", "running"]
+__all__ = ["Envelope", "EventPublisher", "attach", "release_clients", "running"]
+RELEASE_TIMEOUT_S = 2.0
 
 
 def attach(app: web.Application) -> None:
@@ -33,6 +35,22 @@ def attach(app: web.Application) -> None:
     sio = create_server(app["settings"])
     sio.attach(app)
     app["sio"] = sio
+
+
+async def release_clients(app: web.Application) -> None:
+    """The app's ``on_shutdown`` hook: once the server stops accepting, every Socket.IO client is let
+    go (``Relay.release``: they reconnect elsewhere and replay with ``since``), so no open socket
+    holds the shutdown back; in-flight requests then finish and the bridges stop."""
+    relay = app.get("realtime_relay")
+    if relay is None:
+        return
+    started = time.monotonic()
+    count = await relay.release(RELEASE_TIMEOUT_S)
+    log.info(
+        "shutdown: released %d Socket.IO connection(s) in %.2fs (they reconnect and replay with since)",
+        count,
+        time.monotonic() - started,
+    )
 
 
 @contextlib.asynccontextmanager

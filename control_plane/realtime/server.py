@@ -108,6 +108,7 @@ class Relay:
         self.stats = {"slow_disconnects": 0, "catch_ups": 0}
         self._recheck = asyncio.Event()
         self.link = link  # the other nodes (None: a single node)
+        self.releasing = False  # shutting down: connections are closed, new ones refused
         sio.on("connect", self._on_connect)
         sio.on("disconnect", self._on_disconnect)
 
@@ -297,6 +298,8 @@ class Relay:
     # -- connect / disconnect -------------------------------------------------------------------
 
     async def _on_connect(self, sid: str, environ: dict, auth: Any) -> None:
+        if self.releasing:
+            raise refuse("the server is shutting down; retry shortly", "unavailable")
         try:
             grant = await authorize(self.db, self.settings, environ, auth, self.throttle)
         except Refused:
@@ -388,6 +391,24 @@ class Relay:
                 )
 
     # -- lifecycle ------------------------------------------------------------------------------
+
+    async def release(self, timeout_s: float) -> int:
+        """Shutting down: closes every connection at the transport (engine.io), not with a Socket.IO
+        disconnect, so clients treat it as a lost connection and reconnect by themselves (to another
+        node, or to this one restarted), replaying from their last ``seq`` with ``since``; new
+        connections are refused meanwhile. Returns how many were closed."""
+        self.releasing = True
+        eio = self.sio.eio
+        count = len(eio.sockets)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await transport.close_all(eio)  # websockets: a close frame, the client reconnects
+                polling = [sid for sid, sock in list(eio.sockets.items()) if not sock.upgraded]
+                for sid in polling:  # long-polling ones: an engine.io CLOSE ends their poll
+                    await eio.disconnect(sid)
+        except TimeoutError:
+            log.warning("realtime: %d connection(s) not closed within %.1fs", len(eio.sockets), timeout_s)
+        return count
 
     async def close(self) -> None:
         for sid in list(self.subs):

@@ -17,6 +17,7 @@ contract described in ``_compat.install_websocket_driver``):
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,8 @@ from aiohttp import web
 from control_plane.realtime import _compat
 
 HIGH_WATER = 256 * 1024
+# Each engine.io server's open websockets (closed together when the server shuts down).
+_OPEN: weakref.WeakKeyDictionary[Any, set[CoalescingWebSocket]] = weakref.WeakKeyDictionary()
 
 _FastPoll = _compat.FastPoll  # the name tests/realtime/test_publisher_pipeline.py imports
 
@@ -62,7 +65,12 @@ class CoalescingWebSocket:
         await ws.prepare(request)
         self._ws, self._request, self._transport = ws, request, request.transport
         self.environ = environ
-        await self.handler(self)
+        open_here = _OPEN.setdefault(self.server, set())
+        open_here.add(self)
+        try:
+            await self.handler(self)
+        finally:
+            open_here.discard(self)
         return ws
 
     def _open_transport(self) -> asyncio.Transport | None:
@@ -115,6 +123,16 @@ class CoalescingWebSocket:
         self._flush()
         if self._ws is not None:
             await self._ws.close()
+
+
+async def close_all(eio_server: Any) -> int:
+    """Closes every open websocket of ``eio_server`` with a close frame and no engine.io CLOSE packet:
+    to the client the transport was lost, so it reconnects by itself (an engine.io CLOSE, or a
+    Socket.IO disconnect, tells clients to stay away). Returns how many it closed."""
+    sockets = list(_OPEN.get(eio_server, ()))
+    if sockets:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return len(sockets)
 
 
 def install(eio_server: Any) -> None:

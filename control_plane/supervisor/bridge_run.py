@@ -22,7 +22,7 @@ from typing import Any
 
 from control_plane.bridge import protocol
 from control_plane.events import format_ts
-from control_plane.supervisor import paths, policy
+from control_plane.supervisor import causes, paths, policy
 from control_plane.supervisor.states import SessionState
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ class BridgeRun:
     browser_pid: int | None = None
     user_data_dir: Path | None = None
     fatal_code: str | None = None
+    fatal_message: str | None = None  # the technical text of the fatal `error` event (or the spawn's)
     qr: ShownQr | None = None
     first_qr_at: float | None = None  # monotonic
     memory_bytes: int | None = None
@@ -108,6 +109,15 @@ class BridgeRun:
         )
         if data.get("fatal"):
             self.fatal_code = str(data.get("code") or "fatal")[:100]
+            self.fatal_message = causes.clip(str(data.get("message") or "")) or None
+
+    def why_it_ended(self) -> str | None:
+        """The technical text of how this run ended: the fatal event's message, else the last error
+        line on stderr (a Node crash before the protocol was up, ...)."""
+        if self.fatal_message:
+            return self.fatal_message
+        errors = [line for line in self.stderr_tail if " level=error " in line or "Error" in line]
+        return causes.clip(errors[-1]) if errors else None
 
     def show_qr(self, data: dict[str, Any], now: float) -> ShownQr:
         self.qr = ShownQr.from_event(data)

@@ -53,3 +53,4 @@ class Outcome:
     code: int
     cause: Action | None  # what we asked for, None when it died on its own
     fatal_code: str | None  # code of the bridge's fatal `error` event, if it reported one
+    error: str | None = None  # the technical text of why it ended (the fatal event's message, ...)

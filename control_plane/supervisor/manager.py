@@ -35,6 +35,7 @@ from control_plane.db import tenants as tenants_db
 from control_plane.events import format_ts, format_ts_or_none
 from control_plane.supervisor import errors as sup_errors
 from control_plane.supervisor import paths, policy
+from control_plane.supervisor.commands import bridge_request
 from control_plane.supervisor.outbound import (
     EventPublisher,
     LogPublisher,
@@ -302,6 +303,8 @@ class Supervisor:
             return {
                 "state": row.get("state", "stopped"),
                 "reason": row.get("reason"),
+                "detail": row.get("detail"),
+                "error": row.get("error"),
                 "since": format_ts_or_none(row.get("since")),
                 "restarts": row.get("restarts", 0),
                 "pid": None,
@@ -321,6 +324,8 @@ class Supervisor:
         return {
             "state": session.state.value,
             "reason": session.machine.reason,
+            "detail": session.machine.detail,
+            "error": session.machine.error,
             "since": format_ts(session.machine.since),
             "restarts": session.restarts,
             "pid": proc.pid if proc is not None else None,
@@ -371,14 +376,20 @@ class Supervisor:
         session = self._live(tenant_id)
         if not session.is_ready:
             raise sup_errors.SessionNotReady(tenant_id, session.state.value)
-        return await session.bridge_request(protocol.CMD_SEND, args, timeout_s=SEND_TIMEOUT_S, ambiguous=True)
+        return await bridge_request(
+            session, protocol.CMD_SEND, args, timeout_s=SEND_TIMEOUT_S, ambiguous=True
+        )
 
     async def mark_read(self, tenant_id: str, chat_id: str) -> None:
         session = self._live(tenant_id)
         if not session.is_ready:
             raise sup_errors.SessionNotReady(tenant_id, session.state.value)
-        await session.bridge_request(
-            protocol.CMD_MARK_READ, {"chat_id": chat_id}, timeout_s=COMMAND_TIMEOUT_S, ambiguous=False
+        await bridge_request(
+            session,
+            protocol.CMD_MARK_READ,
+            {"chat_id": chat_id},
+            timeout_s=COMMAND_TIMEOUT_S,
+            ambiguous=False,
         )
 
     async def sandbox(self, tenant_id: str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -389,7 +400,7 @@ class Supervisor:
         session = self._live(tenant_id)
         if session.driver != "scripted":
             raise sup_errors.NotSandbox("sandbox commands need a sandbox tenant (scripted driver)")
-        return await session.bridge_request(name, args or {}, timeout_s=COMMAND_TIMEOUT_S, ambiguous=False)
+        return await bridge_request(session, name, args or {}, timeout_s=COMMAND_TIMEOUT_S, ambiguous=False)
 
     def add_message_listener(self, listener: MessageListener) -> None:
         """``await listener(tenant_id, event_name, data)`` for each bridge event about messages and chats

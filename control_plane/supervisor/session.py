@@ -32,14 +32,12 @@ from typing import Any
 from control_plane.bridge import protocol
 from control_plane.bridge.protocol import BridgeEvent
 from control_plane.events import SESSION_QR, format_ts
-from control_plane.supervisor import errors as sup_errors
-from control_plane.supervisor import paths, policy
+from control_plane.supervisor import causes, paths, policy
 from control_plane.supervisor.bridge_run import BRIDGE_STATES, BridgeRun
 from control_plane.supervisor.host import SessionHost
 from control_plane.supervisor.mailbox import Action, Mailbox, Outcome
 from control_plane.supervisor.process import BridgeProcess, bridge_env, cleanup_profile, describe_exit
 from control_plane.supervisor.states import (
-    LIVE,
     InvalidTransition,
     SessionState,
     SessionStateMachine,
@@ -74,10 +72,11 @@ class TenantSession:
         self._clock = clock
         self._wall_clock = wall_clock
         self.limits = policy.WatchdogLimits.of(settings)
-        state, reason = S.STOPPED, None
+        state, reason, why = S.STOPPED, None, {}
         if row and row.get("state") in (S.FAILED.value, S.LOGGED_OUT.value):
             state, reason = S(row["state"]), row.get("reason")
-        self.machine = SessionStateMachine(state, reason, row.get("since") if row else None)
+            why = {"detail": row.get("detail"), "error": row.get("error")}
+        self.machine = SessionStateMachine(state, reason, row.get("since") if row else None, **why)
         self.restarts: int = (row or {}).get("restarts") or 0
         self.last_exit_code: int | None = (row or {}).get("last_exit_code")
         self.own_number: str | None = (row or {}).get("own_number")
@@ -132,6 +131,8 @@ class TenantSession:
         return {
             "state": self.state.value,
             "reason": self.machine.reason,
+            "detail": self.machine.detail,
+            "error": self.machine.error,
             "since": self.machine.since,
             "restarts": self.restarts,
             "last_exit_code": self.last_exit_code,
@@ -140,9 +141,13 @@ class TenantSession:
         }
 
     # -- the one mutation point --
-    def _change(self, new: SessionState, reason: str | None = None, **extra: Any) -> Transition | None:
+    def _change(
+        self, new: SessionState, reason: str | None = None, *, error: str | None = None, **extra: Any
+    ) -> Transition | None:
+        """``error``: the technical text behind ``reason``; ``detail`` is made from both (causes.py)."""
+        detail = causes.explain(reason, error, cause=extra.get("cause"))
         try:
-            transition = self.machine.change(new, reason)
+            transition = self.machine.change(new, reason, detail=detail, error=error)
         except InvalidTransition as exc:
             log.warning("ignored transition tenant=%s: %s", self.tenant_id, exc)
             return None
@@ -157,6 +162,8 @@ class TenantSession:
             "state": new.value,
             "previous": transition.previous.value,
             "reason": reason,
+            "detail": detail,
+            "error": error,
             "since": format_ts(transition.since),
             "restarts": self.restarts,
             "desired_state": "running" if self.desired_running else "stopped",
@@ -237,12 +244,15 @@ class TenantSession:
                 removed,
             )
         self.run_facts = BridgeRun(self.tenant_id, self._clock())
-        self._change(S.STARTING, self.machine.reason if self.state is S.BACKOFF else None)
+        if self.state is S.BACKOFF:  # starting again after a failure: still says which
+            self._change(S.STARTING, self.machine.reason, error=self.machine.error)
+        else:
+            self._change(S.STARTING)
         self._gen += 1
         proc = await self._spawn(folder, self._gen)
         if proc is None:
             self.run_facts.fatal_code = "spawn_failed"
-            return Outcome(code=-255, cause=None, fatal_code="spawn_failed")
+            return Outcome(-255, None, "spawn_failed", self.run_facts.fatal_message)
         self.proc = proc
         self.run_facts.last_seen = self._clock()
         log.info("bridge spawned pid=%d driver=%s tenant=%s", proc.pid, self.driver, self.tenant_id)
@@ -257,7 +267,7 @@ class TenantSession:
         await proc.close()
         self.proc = None
         await cleanup_profile(self.profile_dirs())
-        return Outcome(code=code, cause=cause, fatal_code=self.run_facts.fatal_code)
+        return Outcome(code, cause, self.run_facts.fatal_code, self.run_facts.why_it_ended())
 
     async def _spawn(self, folder: Path, gen: int) -> BridgeProcess | None:
         """Starts this run's bridge (generation ``gen``); None when it cannot be spawned."""
@@ -275,6 +285,7 @@ class TenantSession:
             )
         except OSError as exc:
             log.error("cannot spawn the bridge tenant=%s: %s", self.tenant_id, exc)
+            self.run_facts.fatal_message = causes.clip(str(exc))
             return None
 
     async def _supervise(self, proc: BridgeProcess) -> Action | None:
@@ -358,7 +369,7 @@ class TenantSession:
                 self.breaker.window_s,
                 self.tenant_id,
             )
-            self._change(S.FAILED, "crash_loop", exit_code=outcome.code, cause=reason)
+            self._change(S.FAILED, "crash_loop", error=outcome.error, exit_code=outcome.code, cause=reason)
             return False
         self.restarts += 1
         if cause is None and outcome.code == protocol.EXIT_LOGGED_OUT:
@@ -370,6 +381,7 @@ class TenantSession:
         self._change(
             S.BACKOFF,
             reason,
+            error=outcome.error,
             exit_code=outcome.code,
             retry_in_s=round(delay, 3),
             failures_in_window=failures,
@@ -423,7 +435,8 @@ class TenantSession:
             return
         if new is not S.QR:
             self.run_facts.qr = None
-        self._change(new, data.get("reason"))
+        error = self.run_facts.fatal_message if new is S.DISCONNECTED else None  # reported just before
+        self._change(new, data.get("reason"), error=error)
 
     def _on_qr(self, data: dict[str, Any]) -> None:
         if int(data.get("attempt") or 0) > self.host.settings.qr_max_cycles:
@@ -476,25 +489,3 @@ class TenantSession:
         if proc is None or proc.exited:
             return []
         return [p for p in (proc.pid, self.run_facts.browser_pid) if p]
-
-    async def bridge_request(
-        self, cmd: str, args: dict[str, Any], *, timeout_s: float, ambiguous: bool
-    ) -> dict[str, Any]:
-        """A command to the live bridge, with errors translated to supervisor errors."""
-        proc = self.proc
-        if (
-            proc is None
-            or proc.exited
-            or proc.conn is None
-            or self.state not in LIVE
-            or self.state is S.STOPPING
-        ):
-            raise sup_errors.SessionNotReady(
-                self.tenant_id, self.state.value, f"no running WhatsApp session (state {self.state.value})"
-            )
-        try:
-            return await proc.conn.request(cmd, args, timeout_s=timeout_s)
-        except sup_errors.REQUEST_FAILURES as exc:
-            raise sup_errors.from_request_failure(
-                self.tenant_id, self.state.value, cmd, exc, timeout_s=timeout_s, ambiguous=ambiguous
-            ) from None

@@ -84,21 +84,37 @@ class Transition:
 class SessionStateMachine:
     """Holds one session's actual state; ``change()`` is the only way to move it."""
 
-    __slots__ = ("reason", "since", "state")
+    __slots__ = ("detail", "error", "reason", "since", "state")
 
     def __init__(
-        self, state: SessionState = S.STOPPED, reason: str | None = None, since: dt.datetime | None = None
+        self,
+        state: SessionState = S.STOPPED,
+        reason: str | None = None,
+        since: dt.datetime | None = None,
+        *,
+        detail: str | None = None,
+        error: str | None = None,
     ) -> None:
         self.state = state
         self.reason = reason
         self.since = since or utcnow()
+        self.detail = detail  # the reason in words an admin can act on (supervisor/causes.py)
+        self.error = error  # the technical text behind it (the bridge's error message, ...)
 
-    def change(self, new: SessionState, reason: str | None = None) -> Transition:
+    def change(
+        self,
+        new: SessionState,
+        reason: str | None = None,
+        *,
+        detail: str | None = None,
+        error: str | None = None,
+    ) -> Transition:
         """Moves to ``new`` or raises InvalidTransition. Returns what happened."""
         if not can_transition(self.state, new):
             raise InvalidTransition(self.state, new)
         previous = self.state
         self.state, self.reason, self.since = new, reason, utcnow()
+        self.detail, self.error = detail, error
         return Transition(previous, new, reason, self.since)
 
     def __repr__(self) -> str:

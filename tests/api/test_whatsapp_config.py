@@ -137,3 +137,63 @@ async def test_admin_mirror_reads_and_writes_any_tenant(client, admin_headers, m
     assert resp.status == 200
     mine = await (await client.get("/api/whatsapp/config", headers=tenant["headers"])).json()
     assert mine["configured"] is True
+
+
+CLOUD_ONLY = {k: v for k, v in BUSINESS.items() if k != "fallback_policy"} | {"api_type": "business_api"}
+
+
+@pytest.mark.parametrize(
+    "body, policy",
+    [
+        (CLOUD_ONLY, "business_api_only"),
+        ({**CLOUD_ONLY, "api_type": "both"}, "web_first"),
+        ({"api_type": "web"}, "web_only"),
+        ({}, "web_only"),
+    ],
+)
+@pytest.mark.parametrize("method", ["post", "put"])
+async def test_fallback_policy_follows_api_type_when_not_given(client, make_tenant, body, policy, method):
+    tenant = await make_tenant()
+    resp = await getattr(client, method)("/api/whatsapp/config", json=body, headers=tenant["headers"])
+    assert resp.status in (200, 201), await resp.text()
+    assert (await resp.json())["fallback_policy"] == policy
+    stored = await (await client.get("/api/whatsapp/config", headers=tenant["headers"])).json()
+    assert stored["configured"] is True and stored["fallback_policy"] == policy
+
+
+async def test_changing_api_type_moves_the_default_policy_and_keeps_a_chosen_one(client, make_tenant):
+    tenant = await make_tenant()
+    put = client.put
+    headers = tenant["headers"]
+    assert (await put("/api/whatsapp/config", json={"api_type": "web"}, headers=headers)).status == 200
+    resp = await put("/api/whatsapp/config", json=CLOUD_ONLY, headers=headers)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["fallback_policy"] == "business_api_only"
+    # the same api_type again keeps the stored (chosen) policy
+    resp = await put(
+        "/api/whatsapp/config",
+        json={"api_type": "both", "fallback_policy": "business_api_first"},
+        headers=headers,
+    )
+    assert (await resp.json())["fallback_policy"] == "business_api_first"
+    resp = await put("/api/whatsapp/config", json={"api_type": "both", "is_active": True}, headers=headers)
+    assert (await resp.json())["fallback_policy"] == "business_api_first"
+    # back to web: the Business-only policies cannot stay, the default follows
+    resp = await put("/api/whatsapp/config", json={"api_type": "web"}, headers=headers)
+    assert resp.status == 200 and (await resp.json())["fallback_policy"] == "web_only"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**CLOUD_ONLY, "fallback_policy": "web_only"},
+        {"api_type": "web", "fallback_policy": "business_api_only"},
+    ],
+)
+async def test_an_explicit_incompatible_policy_is_still_422(client, make_tenant, body):
+    tenant = await make_tenant()
+    resp = await client.post("/api/whatsapp/config", json=body, headers=tenant["headers"])
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["error"]["field"] == "fallback_policy"
+    stored = await (await client.get("/api/whatsapp/config", headers=tenant["headers"])).json()
+    assert stored["configured"] is False
