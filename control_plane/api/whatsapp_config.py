@@ -71,3 +71,17 @@ async def create_config(request: web.Request, body: WhatsAppConfigIn) -> WhatsAp
 )
 async def update_config(request: web.Request, body: WhatsAppConfigIn) -> WhatsAppConfigOut:
     return await _save(request, body, create=False)
+
+
+@router.route(
+    "POST",
+    "/api/whatsapp/config/verify",
+    response=WhatsAppConfigOut,
+    errors=(409,),
+    summary="Check the stored Business API credentials against the Graph API again",
+)
+async def verify_config(request: web.Request) -> WhatsAppConfigOut:
+    """The outcome is stored and returned in ``verification``: ``verified``, ``unverified`` (the Graph
+    API could not be reached) or ``failed`` (it refused the token or the number; ``message`` says
+    why). 409 ``business_api_not_configured`` when there is nothing to check."""
+    return config_out(await setup_of(request.app).recheck(request["tenant"]["id"]))

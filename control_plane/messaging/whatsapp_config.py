@@ -129,28 +129,43 @@ def config_out(row: dict[str, Any] | None) -> WhatsAppConfigOut:
 
 
 def check_consistency(merged: dict[str, Any]) -> None:
-    """The combined config must make sense; 422 naming the field otherwise."""
+    """The combined config must make sense; 422 naming the field otherwise (every field found wrong
+    in ``field_errors``, so a form shows them all at once)."""
+    found = consistency_errors(merged)
+    if found:
+        raise errors.InvalidInput.all_of(found)
+
+
+def consistency_errors(merged: dict[str, Any]) -> list[errors.GatewayError]:
     api_type = merged.get("api_type") or "web"
     policy = merged.get("fallback_policy") or "web_only"
     uses_business = api_type in BUSINESS_TYPES
+    found: list[errors.GatewayError] = []
     if uses_business:
         for name in ("phone_number_id", "access_token"):
             if not merged.get(name):
-                raise errors.InvalidInput(
-                    f"'{name}' is required when api_type is {api_type}", code="missing_field", field=name
+                found.append(
+                    errors.InvalidInput(
+                        f"'{name}' is required when api_type is {api_type}", code="missing_field", field=name
+                    )
                 )
     if policy == "business_api_only" and not uses_business:
-        raise errors.InvalidInput(
-            "fallback_policy business_api_only needs api_type business_api or both",
-            code="invalid_field",
-            field="fallback_policy",
+        found.append(
+            errors.InvalidInput(
+                "fallback_policy business_api_only needs api_type business_api or both",
+                code="invalid_field",
+                field="fallback_policy",
+            )
         )
     if policy == "web_only" and api_type == "business_api":
-        raise errors.InvalidInput(
-            "fallback_policy web_only needs api_type web or both",
-            code="invalid_field",
-            field="fallback_policy",
+        found.append(
+            errors.InvalidInput(
+                "fallback_policy web_only needs api_type web or both",
+                code="invalid_field",
+                field="fallback_policy",
+            )
         )
+    return found
 
 
 def merged_view(existing: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:
@@ -252,6 +267,39 @@ class WhatsAppSetup:
             tenant_id,
             sorted(changes),
             row.get("verification_status"),
+        )
+        return row
+
+    async def recheck(self, tenant_id: str) -> dict[str, Any]:
+        """Check the stored Business API credentials against the Graph API again and store the
+        outcome: verified, unverified (the Graph API could not be reached) or failed (it refused the
+        token or the number; the reason kept in the message). 409 when there is nothing to check."""
+        async with self.db.connect() as conn:
+            existing = await config_db.get_whatsapp_config(conn, tenant_id)
+        if (
+            existing is None
+            or existing["api_type"] not in BUSINESS_TYPES
+            or not (existing["access_token_enc"] and existing["phone_number_id"])
+        ):
+            raise errors.Conflict(
+                "the Business API is not configured for this tenant: nothing to verify",
+                code="business_api_not_configured",
+            )
+        try:
+            verification = await self.verify_credentials(
+                tenant_id, existing, {"api_type": existing["api_type"]}
+            )
+        except errors.BadRequest as exc:
+            verification = {
+                "verification_status": "failed",
+                "verified_at": utcnow(),
+                "verification_message": exc.message,
+            }
+        assert verification is not None  # stored token and number: always checked
+        async with self.db.begin() as conn:
+            row = await config_db.save_whatsapp_config(conn, tenant_id, verification)
+        log.info(
+            "whatsapp config re-verified tenant=%s verification=%s", tenant_id, row["verification_status"]
         )
         return row
 
