@@ -74,7 +74,10 @@ class SandboxPoll(RequestModel):
 
 
 class Incoming(Command):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={"examples": [{"from": "+15557654321", "text": "Hi! Is my order on its way?"}]},
+    )
     from_: str = Field(
         alias="from",
         min_length=5,
@@ -100,6 +103,9 @@ class Incoming(Command):
 
 
 class Outgoing(Command):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"to": "+15557654321", "text": "Typed on the phone itself"}]}
+    )
     to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us, a group …@g.us)")
     text: str | None = Field(default=None, min_length=1, max_length=65536)
     type: MessageType | None = None

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 
 from control_plane import errors
@@ -54,6 +54,22 @@ class WhatsAppConfigIn(RequestModel):
     """All fields optional on PUT (a partial update; ``null`` clears a field). On POST, unset fields take
     their defaults. Secrets are write-only."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "api_type": "both",
+                    "fallback_policy": "web_first",
+                    "phone_number_id": "106540352242922",
+                    "waba_id": "102290129340398",
+                    "access_token": "EAAG-your-system-user-token",
+                    "app_secret": "your-meta-app-secret",
+                    "verify_token": "a-long-random-verify-token",
+                }
+            ]
+        }
+    )
+
     api_type: ApiType | None = None
     fallback_policy: FallbackPolicy | None = None
     phone_number_id: str | None = NumericId
@@ -78,6 +94,32 @@ class Verification(ResponseModel):
 
 
 class WhatsAppConfigOut(ResponseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "configured": True,
+                    "api_type": "both",
+                    "fallback_policy": "web_first",
+                    "phone_number_id": "106540352242922",
+                    "waba_id": "102290129340398",
+                    "api_version": "v23.0",
+                    "access_token": "********",
+                    "app_secret": "********",
+                    "verify_token": "********",
+                    "is_active": True,
+                    "business_api_ready": True,
+                    "verification": {
+                        "status": "verified",
+                        "message": "the Graph API accepted the token for +1 555-078-3881 (Acme)",
+                        "checked_at": "2026-01-15T09:30:00.000Z",
+                    },
+                    "created_at": "2026-01-15T09:29:58.000Z",
+                    "updated_at": "2026-01-15T09:30:00.000Z",
+                }
+            ]
+        }
+    )
     configured: bool
     api_type: ApiType
     fallback_policy: FallbackPolicy
