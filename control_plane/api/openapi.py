@@ -184,8 +184,8 @@ def build_openapi(router: Router) -> dict[str, Any]:
             "route under `/api/tenants/{tenant_id}/...`. Press **Authorize** to try the routes "
             "here with a key.\n\nWhat happens next (a reply received, a status, a session "
             "change) arrives as **events over Socket.IO**, replayable with `since`: see "
-            "[Events](/docs/events).\n\nErrors are one shape: `{\"error\": {\"code\", "
-            "\"message\", \"field\"?, \"errors\"?}}` (`errors` lists every field found wrong).",
+            '[Events](/docs/events).\n\nErrors are one shape: `{"error": {"code", '
+            '"message", "field"?, "errors"?}}` (`errors` lists every field found wrong).',
         },
         "paths": paths,
         "components": {

@@ -55,7 +55,7 @@ NAME_EXAMPLES: dict[str, Any] = {
     "since": "2026-01-15T09:30:00.000Z",
     "reason": "requested",
 }
-_JSON_TYPES = {"string": str, "object": dict, "array": list, "integer": int, "number": (int, float)}
+_CONTAINERS: dict[str, type] = {"object": dict, "array": list}
 
 # By pattern (the request models' ``pattern=``): a value that matches it.
 PATTERN_EXAMPLES: dict[str, str] = {
@@ -130,7 +130,7 @@ def _typed(schema: dict[str, Any], components: dict[str, Any], name: str | None,
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
     known = NAME_EXAMPLES.get(name or "")
-    if kind in ("object", "array") and isinstance(known, _JSON_TYPES[kind]):
+    if kind in _CONTAINERS and isinstance(known, _CONTAINERS[kind]):
         return known
     if kind == "object" or "properties" in schema:
         return {

@@ -278,7 +278,9 @@ def test_a_real_session_that_cannot_reach_whatsapp_says_why(browser, start_serve
         expect(detail).to_have_text(status["detail"])
     else:  # what its reason code means
         assert status["reason"] in ("init_failed", "crash_loop"), status
-        expect(detail).to_contain_text("could not open WhatsApp Web" if status["reason"] == "init_failed" else "kept crashing")
+        expect(detail).to_contain_text(
+            "could not open WhatsApp Web" if status["reason"] == "init_failed" else "kept crashing"
+        )
     expect(page.locator("#qr-message")).to_contain_text("Press Start to try again")
     shoot(page, "28-session-failure-cause")
     # the same after a reload (from GET /session, not only from the event)

@@ -43,7 +43,10 @@ def test_docs_render_every_operation_try_it_and_events(browser, start_server):  
     blocks = page.locator(".opblock")
     expect(blocks).to_have_count(len(expected))
     shown = sorted(
-        (b.locator(".opblock-summary-method").inner_text().strip(), b.locator(".opblock-summary-path").get_attribute("data-path"))
+        (
+            b.locator(".opblock-summary-method").inner_text().strip(),
+            b.locator(".opblock-summary-path").get_attribute("data-path"),
+        )
         for b in blocks.all()
     )
     assert shown == expected
@@ -54,7 +57,9 @@ def test_docs_render_every_operation_try_it_and_events(browser, start_server):  
     # an operation opened: its request example is there
     send = page.locator("#operations-messages-send_message")
     send.locator(".opblock-summary").click()
-    expect(send.locator(".body-param__example, .highlight-code").first).to_contain_text('"to": "+15551234567"')
+    expect(send.locator(".body-param__example, .highlight-code").first).to_contain_text(
+        '"to": "+15551234567"'
+    )
     shoot(page, "31-docs-send-message")
 
     # try it out: authorize with a tenant key, call GET /api/me

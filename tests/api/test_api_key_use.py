@@ -37,7 +37,9 @@ async def test_last_used_is_null_until_used_then_set_once_a_minute(
     # a use stored two minutes ago is old enough: the next request writes it again
     old = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=2)
     with sync_engine.begin() as conn:
-        conn.execute(sa.text("UPDATE api_keys SET last_used_at = :t WHERE id = :id"), {"t": old, "id": key["id"]})
+        conn.execute(
+            sa.text("UPDATE api_keys SET last_used_at = :t WHERE id = :id"), {"t": old, "id": key["id"]}
+        )
     assert (await client.get("/api/me", headers=tenant["headers"])).status == 200
     [key] = await _keys(client, admin_headers, tenant["id"])
     assert key["last_used_at"] > old.isoformat()
@@ -52,10 +54,16 @@ async def test_note_use_writes_only_when_stale(database_url, empty_db):
         now = dt.datetime(2026, 1, 1, 12, 0, 0)
         async with db.begin() as conn:
             assert await tenants_db.note_api_key_use(conn, tenant["id"], key["id"], now)
-            assert not await tenants_db.note_api_key_use(conn, tenant["id"], key["id"], now + dt.timedelta(seconds=59))
-            assert await tenants_db.note_api_key_use(conn, tenant["id"], key["id"], now + dt.timedelta(seconds=60))
+            assert not await tenants_db.note_api_key_use(
+                conn, tenant["id"], key["id"], now + dt.timedelta(seconds=59)
+            )
+            assert await tenants_db.note_api_key_use(
+                conn, tenant["id"], key["id"], now + dt.timedelta(seconds=60)
+            )
             # another tenant's id never touches the key
-            assert not await tenants_db.note_api_key_use(conn, "0" * 32, key["id"], now + dt.timedelta(hours=1))
+            assert not await tenants_db.note_api_key_use(
+                conn, "0" * 32, key["id"], now + dt.timedelta(hours=1)
+            )
     finally:
         await db.close()
     assert tenants_db.api_key_use_is_stale(None, now)
@@ -64,7 +72,9 @@ async def test_note_use_writes_only_when_stale(database_url, empty_db):
 
 async def test_keys_are_listed_created_and_revoked_per_tenant_only(client, admin_headers, make_tenant):
     a, b = await make_tenant("a"), await make_tenant("b")
-    created = await client.post(f"/api/tenants/{a['id']}/api-keys", json={"label": "crm"}, headers=admin_headers)
+    created = await client.post(
+        f"/api/tenants/{a['id']}/api-keys", json={"label": "crm"}, headers=admin_headers
+    )
     assert created.status == 201
     key = await created.json()
     assert key["api_key"].startswith(key["prefix"]) and key["last_used_at"] is None

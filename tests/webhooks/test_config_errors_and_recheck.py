@@ -21,7 +21,13 @@ async def _tenant(client) -> dict:
 
 async def test_every_format_error_is_reported_at_once(app_client):
     tenant = await _tenant(app_client)
-    body = {"api_type": "both", "phone_number_id": "abc", "waba_id": "x-1", "api_version": "23", "access_token": "s"}
+    body = {
+        "api_type": "both",
+        "phone_number_id": "abc",
+        "waba_id": "x-1",
+        "api_version": "23",
+        "access_token": "s",
+    }
     resp = await app_client.post("/api/whatsapp/config", json=body, headers=tenant["headers"])
     assert resp.status == 422
     error = (await resp.json())["error"]
@@ -65,7 +71,9 @@ async def test_check_again_records_verified_unverified_and_failed(app_client, fa
         "phone_number_id": PNID,
         "access_token": TOKEN,
     }
-    assert (await app_client.post("/api/whatsapp/config", json=config, headers=tenant["headers"])).status == 201
+    assert (
+        await app_client.post("/api/whatsapp/config", json=config, headers=tenant["headers"])
+    ).status == 201
     # the Graph API answers a temporary error: unverified, with the reason
     fake.inject_error(1, endpoint=None)
     resp = await app_client.post(verify, headers=tenant["headers"])
