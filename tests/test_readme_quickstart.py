@@ -46,6 +46,25 @@ def fresh_env(tmp_path: Path, port: int) -> dict[str, str]:
     return env
 
 
+def checkout(tmp_path: Path) -> Path:
+    """Where to follow the README: the repository itself, unless its ``.venv`` is a link to another
+    checkout's (a developer's worktree): scripts/run would then install this tree into that venv, so a
+    copy of the tree (without .venv, .git and run data) gets a fresh venv of its own instead."""
+    if not (ROOT / ".venv").is_symlink():
+        return ROOT
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    excluded = [f"--exclude=./{name}" for name in (".venv", ".git", "artifacts", "data", "sessions")]
+    pack = subprocess.run(
+        ["tar", *excluded, "--exclude=__pycache__", "--exclude=.mypy_cache", "-cf", "-", "."],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    )
+    subprocess.run(["tar", "-xf", "-"], cwd=copy, input=pack.stdout, check=True)
+    return copy
+
+
 def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -78,13 +97,14 @@ def test_blocks_are_found():
 
 def test_readme_quickstart_reaches_a_received_reply(tmp_path):
     server_block, steps = quickstart_blocks(README.read_text())
+    repo = checkout(tmp_path)
     port = free_port()
     env = fresh_env(tmp_path, port)
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         server = subprocess.Popen(
             ["bash", "-c", server_block],
-            cwd=ROOT,
+            cwd=repo,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -95,7 +115,7 @@ def test_readme_quickstart_reaches_a_received_reply(tmp_path):
         assert (tmp_path / "data" / "admin_token").exists()
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", steps],
-            cwd=ROOT,
+            cwd=repo,
             env=env,
             capture_output=True,
             text=True,
