@@ -41,13 +41,13 @@ def test_docs_render_every_operation_try_it_and_events(browser, start_server):  
 
     page.goto("/docs")
     blocks = page.locator(".opblock")
-    expect(blocks).to_have_count(len(expected))
+    expect(blocks).to_have_count(len(expected), timeout=90_000)  # the first render is the slow part
     shown = sorted(
-        (
-            b.locator(".opblock-summary-method").inner_text().strip(),
-            b.locator(".opblock-summary-path").get_attribute("data-path"),
+        tuple(pair)
+        for pair in blocks.evaluate_all(
+            """els => els.map(b => [b.querySelector('.opblock-summary-method').textContent.trim(),
+                                    b.querySelector('.opblock-summary-path').dataset.path])"""
         )
-        for b in blocks.all()
     )
     assert shown == expected
     expect(page.locator(".info .title")).to_contain_text("WhatsApp gateway")
