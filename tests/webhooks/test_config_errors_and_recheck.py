@@ -1,5 +1,6 @@
-"""The WhatsApp config form's needs: every field error at once (``error.errors``), and a "check again"
-of the stored Business API credentials (``POST /api/whatsapp/config/verify``)."""
+"""The WhatsApp config form's needs: every field error at once (``error.errors``), a "check again" of
+the stored Business API credentials (``POST /api/whatsapp/config/verify``), and the Meta webhook's
+callback URL and verify token for the admin (``GET /api/tenants/{id}/whatsapp/webhook-setup``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import secrets
 
 import pytest
 
+from control_plane.app import create_app
 from tests.webhooks.conftest import ADMIN
 
 pytestmark = [pytest.mark.smoke, pytest.mark.timeout(60)]
@@ -95,3 +97,37 @@ async def test_check_again_records_verified_unverified_and_failed(app_client, fa
     # the admin's mirror does the same for any tenant
     resp = await app_client.post(f"/api/tenants/{tenant['id']}/whatsapp/config/verify", headers=ADMIN)
     assert resp.status == 200 and (await resp.json())["verification"]["status"] == "failed"
+
+
+async def test_webhook_setup_gives_the_admin_the_callback_url_and_verify_token(app_client, fake):
+    fake.add_number(PNID, WABA, TOKEN)
+    tenant = await _tenant(app_client)
+    path = f"/api/tenants/{tenant['id']}/whatsapp/webhook-setup"
+    resp = await app_client.get(path, headers=ADMIN)
+    assert resp.status == 200, await resp.text()
+    setup = await resp.json()
+    host = app_client.make_url("/").host
+    assert setup["callback_url"] == f"http://{host}:{app_client.port}/api/whatsapp/webhook"
+    assert setup["verify_token"] is None  # nothing set yet
+    config = {"api_type": "web", "verify_token": "a-verify-token-123"}
+    assert (
+        await app_client.post("/api/whatsapp/config", json=config, headers=tenant["headers"])
+    ).status == 201
+    assert (await (await app_client.get(path, headers=ADMIN)).json())["verify_token"] == "a-verify-token-123"
+    # the tenant's own key reads it masked only: this route is the admin's
+    assert (await app_client.get(path, headers=tenant["headers"])).status == 403
+    masked = await (await app_client.get("/api/whatsapp/config", headers=tenant["headers"])).json()
+    assert masked["verify_token"] == "********"
+    assert (
+        await app_client.get("/api/tenants/" + "0" * 32 + "/whatsapp/webhook-setup", headers=ADMIN)
+    ).status == 404
+
+
+async def test_webhook_setup_says_https_behind_a_trusted_proxy(aiohttp_client, make_settings, fake, empty_db):
+    client = await aiohttp_client(
+        create_app(make_settings(GRAPH_API_URL=fake.url, TRUSTED_PROXIES="127.0.0.1"))
+    )
+    tenant = await _tenant(client)
+    headers = {**ADMIN, "X-Forwarded-Proto": "https", "Host": "gw.example.com"}
+    resp = await client.get(f"/api/tenants/{tenant['id']}/whatsapp/webhook-setup", headers=headers)
+    assert (await resp.json())["callback_url"] == "https://gw.example.com/api/whatsapp/webhook"
