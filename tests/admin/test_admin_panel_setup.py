@@ -196,8 +196,8 @@ def test_api_keys_listed_created_revoked_and_rotated(admin_page):
     rotated = page.locator("#key-shown-value").input_value()
     page.click("#key-shown-dialog [data-close]")
     expect(rows).to_have_count(3)
-    expect(page.locator("#keys-body tr.live")).to_have_count(1)
-    expect(page.locator("#keys-body tr.live")).to_contain_text(rotated[:8])
+    expect(page.locator("#keys-body tr.key-live")).to_have_count(1)
+    expect(page.locator("#keys-body tr.key-live")).to_contain_text(rotated[:8])
     assert page.request.get("/api/me", headers={"Authorization": f"Bearer {first_key}"}).status == 401
     assert page.request.get("/api/me", headers={"Authorization": f"Bearer {rotated}"}).ok
     shoot(page, "25-api-keys")

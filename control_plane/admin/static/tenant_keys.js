@@ -35,7 +35,7 @@
     keys.forEach((k) => {
       const tr = document.createElement("tr");
       tr.dataset.keyId = String(k.id);
-      tr.className = k.revoked_at ? "revoked" : "live";
+      tr.className = k.revoked_at ? "key-revoked" : "key-live";
       cell(tr, "Key", k.prefix + "…", "mono");
       cell(tr, "Label", k.label || "—");
       cell(tr, "Created", when(k.created_at) || "—");
