@@ -15,17 +15,45 @@ GatewayError
 from __future__ import annotations
 
 import math
+from typing import Self
 
 
 class GatewayError(Exception):
+    """``field_errors``: every field found wrong, ``[{"field", "code", "message"}, ...]``, when a check
+    reports several at once (the first is also ``code``/``message``/``field``); a single error about a
+    field reports itself."""
+
     code = "error"
 
-    def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        field: str | None = None,
+        field_errors: list[dict[str, str]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code:
             self.code = code
         self.field = field
+        self._field_errors = field_errors
+
+    @property
+    def field_errors(self) -> list[dict[str, str]] | None:
+        if self._field_errors:
+            return self._field_errors
+        if self.field is None:
+            return None
+        return [{"field": self.field, "code": self.code, "message": self.message}]
+
+    @classmethod
+    def all_of(cls, found: list[GatewayError]) -> Self:
+        """One error reporting every one of ``found`` (its first as the main error)."""
+        first = found[0]
+        listed = [e for f in found for e in (f.field_errors or [])]
+        return cls(first.message, code=first.code, field=first.field, field_errors=listed or None)
 
 
 class InvalidInput(GatewayError):

@@ -275,6 +275,7 @@ def session_facts(status: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "state": status.get("state") or "unknown",
         "reason": status.get("reason"),
+        "detail": status.get("detail"),
         "own_number": own,
         "restarts": _first(status, "restarts", "restart_count"),
         "memory_bytes": memory,
@@ -344,6 +345,7 @@ async def tenant_page(request: web.Request) -> web.Response:
         "tenant": summary,
         "config": config_out(config_row).model_dump(mode="json"),
         "qr": await session_qr(request.app, tenant_id),
+        "qr_ttl_s": request.app["settings"].qr_ttl_s,
     }
     return render(
         request, "tenant.html", **page_context(request, session, tenant=summary, data=data, page="tenant")

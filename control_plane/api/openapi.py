@@ -13,9 +13,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode
 
 from control_plane import __version__
+from control_plane.api import docs_pages
 from control_plane.api.messages import MESSAGE_COMPONENT
+from control_plane.api.openapi_examples import add_examples
 from control_plane.events import MESSAGE_EVENT_SCHEMAS, message_schema
-from control_plane.http.errors import ErrorResponse
+from control_plane.http.errors import HTTP_CODES, ErrorResponse
 from control_plane.http.models import COMPONENT_REF, CONFORMS_TO, OneOf
 from control_plane.http.routing import Operation, Router, document_path, path_parameters
 
@@ -118,11 +120,28 @@ def _operation(op: Operation, path: str, mode: str, schemas: _Schemas) -> dict[s
         codes.add(422)
     err = schemas.ref(ErrorResponse, "serialization")
     for code in sorted(codes):
-        responses.setdefault(str(code), {"description": ERROR_TEXT.get(code, "Error"), "content": _json(err)})
+        content = _json(err)
+        content["application/json"]["example"] = _error_example(code)
+        responses.setdefault(str(code), {"description": ERROR_TEXT.get(code, "Error"), "content": content})
     for code, spec in op.extra_responses.items():
         responses[str(code)] = spec
     out["responses"] = responses
     return out
+
+
+def _error_example(status: int) -> dict[str, Any]:
+    error: dict[str, Any] = {
+        "code": HTTP_CODES.get(status, "error"),
+        "message": ERROR_TEXT.get(status, "Error"),
+    }
+    if status == 422:
+        error = {
+            "code": "missing_field",
+            "message": "field 'to' is required",
+            "field": "to",
+            "errors": [{"field": "to", "code": "missing_field", "message": "field 'to' is required"}],
+        }
+    return {"error": error}
 
 
 def message_components() -> dict[str, Any]:
@@ -166,14 +185,18 @@ def build_openapi(router: Router) -> dict[str, Any]:
         for path, mode in router.served_paths(op):
             paths.setdefault(document_path(path), {})[op.method.lower()] = _operation(op, path, mode, schemas)
     schemas.resolve_conformance()
-    return {
+    document = {
         "openapi": "3.1.0",
         "info": {
             "title": "WhatsApp gateway",
             "version": __version__,
             "description": "Multi-tenant WhatsApp gateway. Tenant routes take `Authorization: Bearer "
             "<tenant API key>`; admin routes take the admin token and mirror every tenant "
-            "route under `/api/tenants/{tenant_id}/...`.",
+            "route under `/api/tenants/{tenant_id}/...`. Press **Authorize** to try the routes "
+            "here with a key.\n\nWhat happens next (a reply received, a status, a session "
+            "change) arrives as **events over Socket.IO**, replayable with `since`: see "
+            '[Events](/docs/events).\n\nErrors are one shape: `{"error": {"code", '
+            '"message", "field"?, "errors"?}}` (`errors` lists every field found wrong).',
         },
         "paths": paths,
         "components": {
@@ -181,6 +204,7 @@ def build_openapi(router: Router) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+    return add_examples(document)
 
 
 def setup(app: web.Application, router: Router) -> None:
@@ -197,4 +221,5 @@ def setup(app: web.Application, router: Router) -> None:
 
     app.router.add_get("/api/openapi.json", openapi_json)
     app.router.add_get("/docs", docs)
+    docs_pages.setup(app)
     app.router.add_static("/api/static/", STATIC)

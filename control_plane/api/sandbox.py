@@ -19,7 +19,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from control_plane import errors
 from control_plane.api.session import supervisor_of
-from control_plane.http.models import RequestModel, ResponseModel, needs_one_of
+from control_plane.http.models import RequestModel, ResponseModel, needs_one_of, with_examples
 from control_plane.http.routing import Router
 
 TAGS = ("sandbox",)
@@ -78,7 +78,12 @@ CONTENT = ("text", "media", "location", "poll")
 
 
 class Incoming(Command):
-    model_config = ConfigDict(populate_by_name=True, json_schema_extra=needs_one_of(*CONTENT))
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra=with_examples(
+            needs_one_of(*CONTENT), {"from": "+15557654321", "text": "Hi! Is my order on its way?"}
+        ),
+    )
     from_: str = Field(
         alias="from",
         min_length=5,
@@ -104,7 +109,11 @@ class Incoming(Command):
 
 
 class Outgoing(Command):
-    model_config = ConfigDict(json_schema_extra=needs_one_of(*CONTENT))
+    model_config = ConfigDict(
+        json_schema_extra=with_examples(
+            needs_one_of(*CONTENT), {"to": "+15557654321", "text": "Typed on the phone itself"}
+        )
+    )
     to: str = Field(min_length=5, max_length=64, description="Digits or a chat id (…@c.us, a group …@g.us)")
     text: str | None = Field(default=None, min_length=1, max_length=65536)
     type: MessageType | None = None

@@ -59,6 +59,9 @@ class ApiKeyOut(ResponseModel):
     label: str | None
     created_at: UTCDateTime
     revoked_at: UTCDateTime | None
+    last_used_at: UTCDateTime | None = Field(
+        default=None, description="When a request last authenticated with it (to the minute); null: never"
+    )
 
 
 class ApiKeyCreated(ApiKeyOut):

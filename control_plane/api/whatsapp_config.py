@@ -5,8 +5,12 @@ logged."""
 from __future__ import annotations
 
 from aiohttp import web
+from pydantic import Field
 
+from control_plane import forwarded
 from control_plane.db import whatsapp_config as config_db
+from control_plane.http.auth import load_tenant
+from control_plane.http.models import ResponseModel
 from control_plane.http.routing import Router
 from control_plane.messaging.whatsapp_config import (
     WhatsAppConfigCreate,
@@ -15,9 +19,22 @@ from control_plane.messaging.whatsapp_config import (
     WhatsAppSetup,
     config_out,
 )
+from control_plane.webhooks.routes import PATH as WEBHOOK_PATH
 
 TAGS = ("whatsapp config",)
 router = Router(tags=TAGS, auth="tenant")
+
+
+class WebhookSetup(ResponseModel):
+    """What to paste into Meta's app dashboard (WhatsApp -> Configuration -> Webhook)."""
+
+    callback_url: str = Field(
+        description="This gateway's webhook address as the caller reaches it (scheme and host of this "
+        "request, through TRUSTED_PROXIES); Meta needs it over HTTPS"
+    )
+    verify_token: str | None = Field(
+        default=None, description="The tenant's webhook verify token in clear; null when none is set"
+    )
 
 
 def setup_of(app: web.Application) -> WhatsAppSetup:
@@ -72,3 +89,37 @@ async def create_config(request: web.Request, body: WhatsAppConfigCreate) -> Wha
 )
 async def update_config(request: web.Request, body: WhatsAppConfigIn) -> WhatsAppConfigOut:
     return await _save(request, body, create=False)
+
+
+@router.route(
+    "POST",
+    "/api/whatsapp/config/verify",
+    response=WhatsAppConfigOut,
+    errors=(409,),
+    summary="Check the stored Business API credentials against the Graph API again",
+)
+async def verify_config(request: web.Request) -> WhatsAppConfigOut:
+    """The outcome is stored and returned in ``verification``: ``verified``, ``unverified`` (the Graph
+    API could not be reached) or ``failed`` (it refused the token or the number; ``message`` says
+    why). 409 ``business_api_not_configured`` when there is nothing to check."""
+    return config_out(await setup_of(request.app).recheck(request["tenant"]["id"]))
+
+
+@router.route(
+    "GET",
+    "/api/tenants/{tenant_id}/whatsapp/webhook-setup",
+    auth="admin",
+    response=WebhookSetup,
+    errors=(404,),
+    summary="The Meta webhook callback URL and the tenant's verify token, to copy into Meta's dashboard",
+)
+async def webhook_setup(request: web.Request) -> WebhookSetup:
+    tenant = await load_tenant(request, request.match_info["tenant_id"])
+    async with request.app["db"].connect() as conn:
+        row = await config_db.get_whatsapp_config(conn, tenant["id"])
+    encrypted = row["verify_token_enc"] if row else None
+    scheme = "https" if forwarded.is_https(request, request.app["settings"].trusted_proxies) else "http"
+    return WebhookSetup(
+        callback_url=f"{scheme}://{request.host}{WEBHOOK_PATH}",
+        verify_token=request.app["secret_box"].decrypt(encrypted) if encrypted else None,
+    )

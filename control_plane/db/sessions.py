@@ -28,8 +28,8 @@ session_state = sa.Table(
     sa.Column("desired_state", sa.String(16), nullable=False, default=DESIRED_STOPPED),
     sa.Column("state", sa.String(20), nullable=False, default="stopped"),
     sa.Column("reason", sa.String(REASON_LEN), nullable=True),
-    sa.Column("detail", sa.Text, nullable=True),  # the reason in words an admin can act on (0011)
-    sa.Column("error", sa.Text, nullable=True),  # the technical text behind it (0011)
+    sa.Column("detail", sa.Text, nullable=True),  # the reason in words an admin can act on (0012)
+    sa.Column("error", sa.Text, nullable=True),  # the technical text behind it (0012)
     sa.Column("since", Timestamp, nullable=False),
     sa.Column("restarts", sa.Integer, nullable=False, default=0),
     sa.Column("last_exit_code", sa.Integer, nullable=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Collection
 from typing import Any
@@ -36,7 +37,11 @@ api_keys = sa.Table(
     sa.Column("label", sa.String(100), nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("revoked_at", Timestamp, nullable=True),
+    sa.Column("last_used_at", Timestamp, nullable=True),
 )
+
+# A key's last use is written at most this often (a read per request is there anyway; a write is not).
+LAST_USED_RESOLUTION = dt.timedelta(seconds=60)
 
 
 def new_tenant_id() -> str:
@@ -108,6 +113,7 @@ async def create_api_key(
         "label": label,
         "created_at": utcnow(),
         "revoked_at": None,
+        "last_used_at": None,
     }
     result = await conn.execute(api_keys.insert().values(**values))
     inserted = result.inserted_primary_key
@@ -120,7 +126,12 @@ async def create_api_key(
 async def list_api_keys(conn: AsyncConnection, tenant_id: str) -> list[dict[str, Any]]:
     result = await conn.execute(
         sa.select(
-            api_keys.c.id, api_keys.c.prefix, api_keys.c.label, api_keys.c.created_at, api_keys.c.revoked_at
+            api_keys.c.id,
+            api_keys.c.prefix,
+            api_keys.c.label,
+            api_keys.c.created_at,
+            api_keys.c.revoked_at,
+            api_keys.c.last_used_at,
         )
         .where(api_keys.c.tenant_id == tenant_id)
         .order_by(api_keys.c.id)
@@ -169,11 +180,42 @@ async def live_key_hashes(conn: AsyncConnection, key_hashes: Collection[str]) ->
 
 
 async def find_tenant_by_api_key(conn: AsyncConnection, key: str) -> dict[str, Any] | None:
-    """The tenant owning this live (not revoked) key, or None. The lookup is by SHA-256 of the key:
-    the database compares digests, so timing reveals nothing about the key itself."""
+    """The tenant owning this live (not revoked) key, or None."""
+    found = await find_api_key_owner(conn, key)
+    return found[0] if found else None
+
+
+async def find_api_key_owner(conn: AsyncConnection, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(the tenant, the key's ``id`` and ``last_used_at``) for this live (not revoked) key, or None.
+    The lookup is by SHA-256 of the key: the database compares digests, so timing reveals nothing
+    about the key itself."""
     result = await conn.execute(
-        sa.select(tenants)
+        sa.select(tenants, api_keys.c.id.label("_key_id"), api_keys.c.last_used_at.label("_key_last_used_at"))
         .join(api_keys, api_keys.c.tenant_id == tenants.c.id)
         .where(api_keys.c.key_hash == hash_api_key(key), api_keys.c.revoked_at.is_(None))
     )
-    return _row(result.first())
+    row = _row(result.first())
+    if row is None:
+        return None
+    key_info = {"id": row.pop("_key_id"), "last_used_at": row.pop("_key_last_used_at")}
+    return row, key_info
+
+
+def api_key_use_is_stale(last_used_at: dt.datetime | None, now: dt.datetime) -> bool:
+    """Whether a key's stored last use is old enough to be written again."""
+    return last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION
+
+
+async def note_api_key_use(conn: AsyncConnection, tenant_id: str, key_id: int, now: dt.datetime) -> bool:
+    """Record that the key was used at ``now``, unless a use within ``LAST_USED_RESOLUTION`` is
+    already stored (a concurrent request may have written it): at most one write a minute per key."""
+    result = await conn.execute(
+        api_keys.update()
+        .where(
+            api_keys.c.tenant_id == tenant_id,
+            api_keys.c.id == key_id,
+            sa.or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at <= now - LAST_USED_RESOLUTION),
+        )
+        .values(last_used_at=now)
+    )
+    return bool(result.rowcount)

@@ -15,6 +15,7 @@ from control_plane import errors, forwarded
 from control_plane.auth_throttle import AuthThrottle
 from control_plane.crypto import tokens_equal
 from control_plane.db import tenants as tenants_db
+from control_plane.db import utcnow
 from control_plane.db.metadata import TENANT_ID_RE
 from control_plane.http.routing import AuthMode
 from control_plane.logs import current_tenant
@@ -50,8 +51,19 @@ def admin_panel_session(request: web.Request) -> bool:
 
 
 async def tenant_for_key(request: web.Request, token: str) -> dict | None:
+    """The tenant of this live API key, or None. The key's last use is noted, at most once a minute
+    (``tenants_db.LAST_USED_RESOLUTION``): the lookup reads when it was last noted, so most requests
+    write nothing."""
     async with request.app["db"].connect() as conn:
-        return await tenants_db.find_tenant_by_api_key(conn, token)
+        found = await tenants_db.find_api_key_owner(conn, token)
+    if found is None:
+        return None
+    tenant, key = found
+    now = utcnow()
+    if tenants_db.api_key_use_is_stale(key["last_used_at"], now):
+        async with request.app["db"].begin() as conn:
+            await tenants_db.note_api_key_use(conn, tenant["id"], key["id"], now)
+    return tenant
 
 
 async def load_tenant(request: web.Request, tenant_id: str) -> dict:

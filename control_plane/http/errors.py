@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -43,10 +43,21 @@ HTTP_CODES = {
 }
 
 
+class FieldError(BaseModel):
+    field: str
+    code: str
+    message: str
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
     field: str | None = None
+    errors: list[FieldError] | None = Field(
+        default=None,
+        description="Every field found wrong, when the error is about fields (the first is also "
+        "code/message/field): a form can show them all at once",
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -56,11 +67,18 @@ class ErrorResponse(BaseModel):
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, headers: Any = None
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: Any = None,
+    field_errors: list[dict[str, str]] | None = None,
 ) -> web.Response:
     body: dict[str, Any] = {"code": code, "message": message}
     if field is not None:
         body["field"] = field
+    if field_errors:
+        body["errors"] = field_errors
     return web.json_response({"error": body}, status=status, headers=headers)
 
 
@@ -83,7 +101,9 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except errors.GatewayError as exc:
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, errors.TooManyAttempts) else None
-        return error_response(status_for(exc), exc.code, exc.message, exc.field, headers=headers)
+        return error_response(
+            status_for(exc), exc.code, exc.message, exc.field, headers=headers, field_errors=exc.field_errors
+        )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

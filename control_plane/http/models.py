@@ -73,6 +73,17 @@ def needs_one_of(*names: str, exactly: bool = False) -> Callable[[dict[str, Any]
     return extra
 
 
+def with_examples(extra: Callable[[dict[str, Any]], None], *examples: Any) -> Callable[[dict[str, Any]], None]:
+    """A callable ``json_schema_extra`` (``needs_one_of``, ...) that also gives the schema its
+    ``examples`` (what ``api/openapi_examples.py`` shows before making one up)."""
+
+    def extra_with_examples(schema: dict[str, Any]) -> None:
+        extra(schema)
+        schema["examples"] = list(examples)
+
+    return extra_with_examples
+
+
 def needs_fields(*names: str) -> Callable[[dict[str, Any]], None]:
     """``json_schema_extra`` of a model whose fields ``names`` are declared optional (their check
     gives its own error, e.g. ``messaging.message_parts.need``) but are required and not null: its

@@ -22,12 +22,17 @@ class BodySchema(Protocol):
 
 
 def invalid_input(exc: ValidationError, skip: int = 0, at: str = "") -> errors.InvalidInput:
-    """The first validation error as the API reports it: code and field (dotted path) named.
+    """The validation errors as the API reports them: the first one's code and field (dotted path)
+    named, and every one of them in ``field_errors`` (a form shows them all at once).
 
     An error whose context names a ``code`` (``models.reports_invalid_input``, ``models.OneOf``) keeps
     its code, message and field. ``skip``: leading path items that are not fields (the tag pydantic
     puts first in a tagged union's paths); ``at``: the path of the part validated, when not the body."""
-    err = exc.errors(include_url=False)[0]
+    found: list[errors.GatewayError] = [_one_error(err, skip, at) for err in exc.errors(include_url=False)]
+    return errors.InvalidInput.all_of(found)
+
+
+def _one_error(err: Any, skip: int, at: str) -> errors.InvalidInput:
     path = [at] if at else []
     loc = ".".join([*path, *(str(p) for p in err["loc"][skip:])]) or None
     kind = err["type"]

@@ -22,7 +22,7 @@ from control_plane import errors
 from control_plane.crypto import SecretBox, mask
 from control_plane.db import Database, utcnow
 from control_plane.db import whatsapp_config as config_db
-from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime, reports_invalid_input
+from control_plane.http.models import RequestModel, ResponseModel, UTCDateTime, reports_invalid_input, with_examples
 from control_plane.providers.cloud_api import (
     CloudAPIClient,
     CloudCredentials,
@@ -51,6 +51,17 @@ CLEARED_VERIFICATION: dict[str, Any] = {
     "verification_message": None,
     "verified_at": None,
 }
+
+
+EXAMPLE_CONFIG: dict[str, Any] = {  # docs (api/openapi_examples.py)
+        "api_type": "both",
+        "fallback_policy": "web_first",
+        "phone_number_id": "106540352242922",
+        "waba_id": "102290129340398",
+        "access_token": "EAAG-your-system-user-token",
+        "app_secret": "your-meta-app-secret",
+        "verify_token": "a-long-random-verify-token",
+    }
 
 
 def _rules(*, create: bool) -> Any:
@@ -106,7 +117,7 @@ class WhatsAppConfigIn(RequestModel):
     """PUT: a partial update (omitted fields keep their value; ``null`` clears a field, except
     ``api_type``, ``fallback_policy`` and ``is_active``). Secrets are write-only."""
 
-    model_config = ConfigDict(json_schema_extra=_rules(create=False))
+    model_config = ConfigDict(json_schema_extra=with_examples(_rules(create=False), EXAMPLE_CONFIG))
 
     api_type: ApiType | None = None
     fallback_policy: FallbackPolicy | None = Field(
@@ -129,7 +140,7 @@ class WhatsAppConfigIn(RequestModel):
 class WhatsAppConfigCreate(WhatsAppConfigIn):
     """POST: the whole config; omitted (or null) fields take their defaults."""
 
-    model_config = ConfigDict(json_schema_extra=_rules(create=True))
+    model_config = ConfigDict(json_schema_extra=with_examples(_rules(create=True), EXAMPLE_CONFIG))
 
 
 class Verification(ResponseModel):
@@ -145,6 +156,32 @@ class Verification(ResponseModel):
 
 
 class WhatsAppConfigOut(ResponseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "configured": True,
+                    "api_type": "both",
+                    "fallback_policy": "web_first",
+                    "phone_number_id": "106540352242922",
+                    "waba_id": "102290129340398",
+                    "api_version": "v23.0",
+                    "access_token": "********",
+                    "app_secret": "********",
+                    "verify_token": "********",
+                    "is_active": True,
+                    "business_api_ready": True,
+                    "verification": {
+                        "status": "verified",
+                        "message": "the Graph API accepted the token for +1 555-078-3881 (Acme)",
+                        "checked_at": "2026-01-15T09:30:00.000Z",
+                    },
+                    "created_at": "2026-01-15T09:29:58.000Z",
+                    "updated_at": "2026-01-15T09:30:00.000Z",
+                }
+            ]
+        }
+    )
     configured: bool
     api_type: ApiType
     fallback_policy: FallbackPolicy
@@ -196,44 +233,57 @@ def config_out(row: dict[str, Any] | None) -> WhatsAppConfigOut:
 
 
 def check_consistency(merged: dict[str, Any], explicit: Collection[str] | None = None) -> None:
-    """The combined config must make sense. A rule broken by the request's own fields (all of them
-    when ``explicit`` is None: a create, whose body is the whole config) is a 422 naming the field, as
-    its JSON Schema says (``_rules``); one broken with the stored config or the defaults (``explicit``:
-    the fields a PUT sets) is a 409 ``inconsistent_config``."""
+    """The combined config must make sense. Rules broken by the request's own fields (all of them
+    when ``explicit`` is None: a create, whose body is the whole config) are a 422 naming every such
+    field at once (``field_errors``, so a form shows them all), as its JSON Schema says (``_rules``);
+    otherwise one broken with the stored config or the defaults (``explicit``: the fields a PUT sets)
+    is a 409 ``inconsistent_config``."""
+    own: list[errors.GatewayError] = []
+    stored: list[errors.GatewayError] = []
+    for message, code, field, involved in consistency_errors(merged):
+        if explicit is None or set(involved) <= set(explicit):
+            own.append(errors.InvalidInput(message, code=code, field=field))
+        else:
+            stored.append(
+                errors.Conflict(f"{message} (with the stored configuration)", code="inconsistent_config", field=field)
+            )
+    if own:
+        raise errors.InvalidInput.all_of(own)
+    if stored:
+        raise errors.Conflict.all_of(stored)
+
+
+def consistency_errors(merged: dict[str, Any]) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """Every rule ``merged`` breaks: (message, code, field, the fields involved)."""
     api_type = merged.get("api_type") or "web"
     policy = merged.get("fallback_policy") or "web_only"
     uses_business = api_type in BUSINESS_TYPES
-
-    def broken(message: str, code: str, field: str, involved: tuple[str, ...]) -> errors.GatewayError:
-        if explicit is None or set(involved) <= set(explicit):
-            return errors.InvalidInput(message, code=code, field=field)
-        return errors.Conflict(
-            f"{message} (with the stored configuration)", code="inconsistent_config", field=field
-        )
-
+    found: list[tuple[str, str, str, tuple[str, ...]]] = []
     if uses_business:
         for name in ("phone_number_id", "access_token"):
             if not merged.get(name):
-                raise broken(
-                    f"'{name}' is required when api_type is {api_type}",
-                    "missing_field",
-                    name,
-                    ("api_type", name),
+                found.append(
+                    (f"'{name}' is required when api_type is {api_type}", "missing_field", name, ("api_type", name))
                 )
     if policy == "business_api_only" and not uses_business:
-        raise broken(
-            "fallback_policy business_api_only needs api_type business_api or both",
-            "invalid_field",
-            "fallback_policy",
-            ("api_type", "fallback_policy"),
+        found.append(
+            (
+                "fallback_policy business_api_only needs api_type business_api or both",
+                "invalid_field",
+                "fallback_policy",
+                ("api_type", "fallback_policy"),
+            )
         )
     if policy == "web_only" and api_type == "business_api":
-        raise broken(
-            "fallback_policy web_only needs api_type web or both",
-            "invalid_field",
-            "fallback_policy",
-            ("api_type", "fallback_policy"),
+        found.append(
+            (
+                "fallback_policy web_only needs api_type web or both",
+                "invalid_field",
+                "fallback_policy",
+                ("api_type", "fallback_policy"),
+            )
         )
+    return found
 
 
 def merged_view(existing: dict[str, Any] | None, changes: dict[str, Any]) -> dict[str, Any]:
@@ -351,6 +401,39 @@ class WhatsAppSetup:
             tenant_id,
             sorted(changes),
             row.get("verification_status"),
+        )
+        return row
+
+    async def recheck(self, tenant_id: str) -> dict[str, Any]:
+        """Check the stored Business API credentials against the Graph API again and store the
+        outcome: verified, unverified (the Graph API could not be reached) or failed (it refused the
+        token or the number; the reason kept in the message). 409 when there is nothing to check."""
+        async with self.db.connect() as conn:
+            existing = await config_db.get_whatsapp_config(conn, tenant_id)
+        if (
+            existing is None
+            or existing["api_type"] not in BUSINESS_TYPES
+            or not (existing["access_token_enc"] and existing["phone_number_id"])
+        ):
+            raise errors.Conflict(
+                "the Business API is not configured for this tenant: nothing to verify",
+                code="business_api_not_configured",
+            )
+        try:
+            verification = await self.verify_credentials(
+                tenant_id, existing, {"api_type": existing["api_type"]}
+            )
+        except errors.BadRequest as exc:
+            verification = {
+                "verification_status": "failed",
+                "verified_at": utcnow(),
+                "verification_message": exc.message,
+            }
+        assert verification is not None  # stored token and number: always checked
+        async with self.db.begin() as conn:
+            row = await config_db.save_whatsapp_config(conn, tenant_id, verification)
+        log.info(
+            "whatsapp config re-verified tenant=%s verification=%s", tenant_id, row["verification_status"]
         )
         return row
 

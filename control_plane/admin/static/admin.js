@@ -12,6 +12,8 @@
       this.status = status;
       this.code = (error && error.code) || "http_" + status;
       this.field = (error && error.field) || null;
+      // Every field found wrong at once ({field, code, message} each), when the API lists them.
+      this.errors = (error && Array.isArray(error.errors) && error.errors) || null;
     }
   }
 
@@ -101,7 +103,8 @@
     if (!slot) slot = form.querySelector('[data-error-for="_form"]');
     if (!slot) { toast(err.message, true); return null; }
     // "phone_number_id: String should match ..." reads oddly under that very field: drop the prefix.
-    slot.textContent = field ? String(err.message).replace(new RegExp("^" + field + ": "), "") : err.message;
+    const text = field ? String(err.message).replace(new RegExp("^" + field + ": "), "") : err.message;
+    slot.textContent = slot.hidden || !slot.textContent ? text : slot.textContent + " " + text;
     slot.hidden = false;
     const input = field ? form.querySelector(`[name="${CSS.escape(field)}"]`) : null;
     if (input) {
@@ -109,6 +112,35 @@
       input.setAttribute("aria-describedby", slot.id || (slot.id = "err-" + field));
     }
     return input || slot;
+  }
+
+  /* Every field error of `err` at once (the API lists them in error.errors; a single one otherwise),
+     each worded by `describe(fieldError)` when given. Returns the first element to focus. */
+  function showErrors(form, err, describe) {
+    const list = err.errors && err.errors.length ? err.errors : [{ field: err.field, code: err.code, message: err.message }];
+    let first = null;
+    list.forEach((e) => {
+      const message = describe ? describe(e) : e.message;
+      const el = showError(form, { field: e.field, code: e.code, message });
+      first = first || el;
+    });
+    return first;
+  }
+
+  /* [data-copy="<input id>"] buttons copy that input's value, and say so. */
+  function wireCopyButtons(root) {
+    (root || document).querySelectorAll("[data-copy]").forEach((btn) => btn.addEventListener("click", async () => {
+      const input = document.getElementById(btn.dataset.copy);
+      if (!input || !input.value) return;
+      try {
+        await navigator.clipboard.writeText(input.value);
+      } catch (_) {
+        input.select(); // no clipboard permission (plain http): leave it selected for Ctrl+C
+        if (document.execCommand) document.execCommand("copy");
+      }
+      btn.textContent = "Copied";
+      setTimeout(() => { btn.textContent = "Copy"; }, 2000);
+    }));
   }
 
   let toastTimer = null;
@@ -171,6 +203,7 @@
     return {
       state: pick("state") || "unknown",
       reason: pick("reason"),
+      detail: pick("detail"),
       since: pick("since", "state_since"),
       restarts: pick("restarts", "restart_count"),
       memory,
@@ -181,7 +214,8 @@
   }
 
   window.Admin = {
-    CSRF, ApiError, api, fetchImage, connectEvents, wireDialogs, clearErrors, showError, toast,
+    CSRF, ApiError, api, fetchImage, connectEvents, wireDialogs, clearErrors, showError, showErrors,
+    wireCopyButtons, toast,
     formatBytes, formatDuration, toMillis, formatPhone, sessionFacts,
   };
 })();

@@ -1,5 +1,7 @@
-/* A tenant's page: the live QR code and session controls, the sandbox phone, the WhatsApp config modal
-   and the conversations tab. Everything goes through /api/tenants/{id}/... with the admin session. */
+/* A tenant's page: the live QR code and session controls (with why a session failed), the sandbox
+   phone and the conversations tab. Everything goes through /api/tenants/{id}/... with the admin
+   session. The WhatsApp config modal (tenant_config.js) and the API keys tab (tenant_keys.js) load
+   after this file and use window.TenantPage. */
 (function () {
   "use strict";
   const A = window.Admin;
@@ -12,7 +14,7 @@
   let facts = A.sessionFacts(page.tenant.session);
   let factsAt = Date.now(); // when facts.uptime was measured
   let qr = page.qr || null; // {qr, attempt, expires_at}
-  let config = page.config;
+  const qrTtlS = Number(page.qr_ttl_s) || 60; // QR_TTL_S: how long the codes keep coming without a scan
   let lastSeq = null;
   let clockOffset = 0; // browser clock minus server clock, from event timestamps (QR countdown)
   let offsetKnown = false;
@@ -26,13 +28,18 @@
       $(tab.getAttribute("aria-controls")).hidden = !on;
     });
   }
-  const pageTabs = [$("tab-session"), $("tab-conversations")];
-  pageTabs.forEach((tab) => tab.addEventListener("click", () => {
+  const pageTabs = [$("tab-session"), $("tab-conversations"), $("tab-keys")];
+  const tabShown = []; // callbacks(tabId) run when a page tab is shown
+  function showPageTab(tab) {
     selectTab(pageTabs, tab);
-    history.replaceState(null, "", tab.id === "tab-conversations" ? "#conversations" : "#session");
+    history.replaceState(null, "", "#" + tab.id.replace("tab-", ""));
     if (tab.id === "tab-conversations") loadConversations();
-  }));
-  if (location.hash === "#conversations") selectTab(pageTabs, $("tab-conversations"));
+    tabShown.forEach((fn) => fn(tab.id));
+  }
+  pageTabs.forEach((tab) => tab.addEventListener("click", () => showPageTab(tab)));
+  const hashTab = pageTabs.find((tab) => location.hash === "#" + tab.id.replace("tab-", ""));
+  if (hashTab) selectTab(pageTabs, hashTab);
+  window.TenantPage = { page, base, tenantId: T, selectTab, onTabShown: (fn) => tabShown.push(fn) };
 
   // ---------------------------------------------------------------------------------- session
   const LIVE = new Set(["starting", "qr", "authenticated", "ready", "disconnected", "stopping"]);
@@ -45,6 +52,15 @@
     backoff: "The session stopped unexpectedly and restarts shortly.",
     disconnected: "The phone disconnected.",
     unknown: "Session state unknown.",
+  };
+  // Why a session is where it is, in words, when the session gives no `detail` of its own.
+  const REASON_TEXT = {
+    qr_expired: "Nobody scanned the QR code in time.",
+    crash_loop: "The session's browser kept crashing, so it was stopped.",
+    init_failed: "The session's browser could not open WhatsApp Web (check this server's internet access or proxy).",
+    memory_limit: "The session used more memory than MEMORY_LIMIT_MB allows.",
+    heartbeat_timeout: "The session stopped answering.",
+    logged_out: "The phone unlinked this session.",
   };
   let qrKey = null;
   let scanned = false; // the sandbox phone scanned; no QR fetches until the next state change
@@ -62,6 +78,7 @@
     badge.dataset.state = facts.state;
     badge.textContent = facts.state;
     $("session-reason").textContent = facts.reason && facts.state !== "ready" ? facts.reason : "";
+    renderDetail();
     const view = qrView();
     $("qr-box").dataset.view = view;
     $("qr-figure").hidden = view !== "qr";
@@ -72,12 +89,22 @@
     if (view === "connected") $("own-number").textContent = A.formatPhone(facts.ownNumber) || "this phone";
     if (view === "message") {
       $("qr-message").textContent = facts.state === "failed"
-        ? `The session failed${facts.reason ? " (" + facts.reason + ")" : ""}. Press Start to try again.`
+        ? "The session failed. Press Start to try again."
         : STATE_TEXT[facts.state] || facts.state;
     }
     if (view === "qr") showQr();
     $("start-button").disabled = LIVE.has(facts.state);
     renderFacts();
+  }
+
+  /* The cause of a failure (or of a restart coming), in words an admin can act on: the session's own
+     `detail` when it has one, else what its reason code means. */
+  function renderDetail() {
+    const box = $("session-detail");
+    const troubled = facts.state === "failed" || facts.state === "backoff" || facts.state === "disconnected";
+    const text = troubled ? facts.detail || REASON_TEXT[facts.reason] || (facts.reason ? `Reason: ${facts.reason}.` : "") : "";
+    box.textContent = text;
+    box.hidden = !text || qrView() === "expired";
   }
 
   function renderFacts() {
@@ -120,7 +147,21 @@
     }
   }
 
+  /* How long the codes keep coming: QR_TTL_S from the first code (the qr state's `since`), said
+     before it runs out. */
+  function tickWindow() {
+    const box = $("qr-window");
+    const since = A.toMillis(facts.since);
+    if (qrView() !== "qr" || !since) { box.hidden = true; return; }
+    const left = Math.max(0, Math.round((since + qrTtlS * 1000 - serverNow()) / 1000));
+    box.hidden = false;
+    box.textContent = left > 0
+      ? `Scan within ${left} s. New codes come by themselves for ${Math.round(qrTtlS)} s; then the session stops and Start brings new ones.`
+      : "Time is up for these codes: the session is stopping. Press Start for new ones.";
+  }
+
   function tickQr() {
+    tickWindow();
     if (qrView() !== "qr" || !qr) return;
     const expires = A.toMillis(qr.expires_at);
     const attempt = qr.attempt ? `Attempt ${qr.attempt}` : "QR code";
@@ -197,104 +238,6 @@
         A.toast(err.message, true);
       }
     }));
-  }
-
-  // ----------------------------------------------------------------------------- config modal
-  const cfgDialog = $("config-dialog");
-  const cfgForm = $("config-form");
-  const cfgTabs = [$("config-tab-web"), $("config-tab-business")];
-  cfgTabs.forEach((tab) => tab.addEventListener("click", () => selectTab(cfgTabs, tab)));
-  const BUSINESS_FIELDS = ["phone_number_id", "waba_id", "api_version"];
-  const SECRET_FIELDS = ["access_token", "app_secret", "verify_token"];
-
-  function fillConfig(c) {
-    const f = cfgForm.elements;
-    f.use_web.checked = c.api_type === "web" || c.api_type === "both";
-    f.use_business.checked = c.api_type === "business_api" || c.api_type === "both";
-    BUSINESS_FIELDS.forEach((n) => { f[n].value = c[n] || ""; });
-    SECRET_FIELDS.forEach((n) => {
-      f[n].value = "";
-      f[n].placeholder = c[n] ? "set (leave empty to keep)" : "";
-    });
-    f.fallback_policy.value = c.fallback_policy || "web_only";
-  }
-
-  function configBody() {
-    const f = cfgForm.elements;
-    const web = f.use_web.checked;
-    const business = f.use_business.checked;
-    const body = {
-      api_type: web && business ? "both" : business ? "business_api" : "web",
-      fallback_policy: f.fallback_policy.value,
-    };
-    BUSINESS_FIELDS.forEach((n) => {
-      const v = f[n].value.trim();
-      if (v) body[n] = v;
-      else if (config[n]) body[n] = null; // emptied: clear it
-    });
-    SECRET_FIELDS.forEach((n) => {
-      const v = f[n].value.trim(); // the API takes strings as sent: a pasted space would be kept
-      if (v) body[n] = v;
-    });
-    return { body, web, business };
-  }
-
-  $("configure-button").addEventListener("click", async () => {
-    A.clearErrors(cfgForm);
-    try {
-      config = await A.api("GET", base + "/whatsapp/config");
-    } catch (err) {
-      A.toast(err.message, true);
-    }
-    fillConfig(config);
-    selectTab(cfgTabs, cfgTabs[0]);
-    cfgDialog.showModal();
-  });
-
-  cfgForm.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    A.clearErrors(cfgForm);
-    const { body, web, business } = configBody();
-    if (!web && !business) {
-      focusError(A.showError(cfgForm, { field: "api_type", message: "Choose at least one road: Web or Business API." }));
-      return;
-    }
-    const save = $("config-save");
-    save.disabled = true;
-    try {
-      config = await A.api("PUT", base + "/whatsapp/config", body);
-      cfgDialog.close();
-      renderRoads();
-      A.toast("WhatsApp configuration saved");
-    } catch (err) {
-      focusError(A.showError(cfgForm, err));
-    } finally {
-      save.disabled = false;
-    }
-  });
-
-  function focusError(el) {
-    if (!el) return;
-    const panel = el.closest('[role="tabpanel"]');
-    const tab = panel && cfgTabs.find((t) => t.getAttribute("aria-controls") === panel.id);
-    if (tab) selectTab(cfgTabs, tab);
-    if (el.focus) el.focus();
-  }
-
-  function renderRoads() {
-    const roads = [];
-    if (config.api_type === "web" || config.api_type === "both") roads.push("Web");
-    if ((config.api_type === "business_api" || config.api_type === "both") && config.business_api_ready) {
-      roads.push("Business API");
-    }
-    const box = $("roads");
-    box.textContent = "";
-    roads.forEach((r) => {
-      const span = document.createElement("span");
-      span.className = "badge badge-road";
-      span.textContent = r;
-      box.appendChild(span);
-    });
   }
 
   // ---------------------------------------------------------------------------- conversations
@@ -414,6 +357,11 @@
     li.dataset.status = status;
   }
 
+  function scrollToNewest() {
+    thread.scrollTop = thread.scrollHeight;
+    requestAnimationFrame(() => { thread.scrollTop = thread.scrollHeight; }); // after layout, too
+  }
+
   function appendMessage(m) {
     const existing = thread.querySelector(`[data-message-id="${CSS.escape(String(m.id))}"]`);
     if (existing) { setStatus(existing, m.status, m.error_message); return; }
@@ -448,6 +396,7 @@
       msgs.sort((a, b) => (A.toMillis(a.created_at) || 0) - (A.toMillis(b.created_at) || 0));
       thread.textContent = "";
       msgs.forEach(appendMessage);
+      scrollToNewest();
     } catch (err) {
       A.toast("Messages: " + err.message, true);
     }
@@ -520,7 +469,8 @@
         renderSession();
       } else if (env.type === "session.state") {
         const news = A.sessionFacts(d);
-        facts = Object.assign({}, facts, { state: news.state, reason: news.reason });
+        facts = Object.assign({}, facts, { state: news.state, reason: news.reason, detail: news.detail });
+        if (news.since) facts.since = news.since;
         if (news.ownNumber) facts.ownNumber = news.ownNumber;
         if (news.state !== "qr") qr = null;
         scanned = false;
@@ -533,6 +483,5 @@
   });
 
   renderSession();
-  renderRoads();
   if (location.hash === "#conversations") loadConversations();
 })();

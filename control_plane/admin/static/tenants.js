@@ -108,6 +108,7 @@
     const state = row.querySelector('[data-field="state"]');
     state.dataset.state = facts.state;
     state.textContent = facts.state + (facts.state === "failed" && facts.reason ? ` (${facts.reason})` : "");
+    state.title = facts.detail || ""; // why it failed, in the session's words, on hover
     row.querySelector('[data-field="number"]').textContent = facts.ownNumber ? A.formatPhone(facts.ownNumber) : "—";
     row.querySelector('[data-field="restarts"]').textContent = facts.restarts === null ? "—" : facts.restarts;
     row.querySelector('[data-field="memory"]').textContent = A.formatBytes(facts.memory);

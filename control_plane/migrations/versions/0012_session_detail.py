@@ -1,7 +1,7 @@
 """Why a session failed, kept with it
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 
 - ``session_state.detail``: the reason in words an admin can act on (``supervisor/causes.py``).
 - ``session_state.error``: the technical text behind it (the bridge's error message, e.g.
@@ -13,8 +13,8 @@ Downgrade drops both (they are explanations; the state and its reason code stay)
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
