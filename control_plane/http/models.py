@@ -73,7 +73,9 @@ def needs_one_of(*names: str, exactly: bool = False) -> Callable[[dict[str, Any]
     return extra
 
 
-def with_examples(extra: Callable[[dict[str, Any]], None], *examples: Any) -> Callable[[dict[str, Any]], None]:
+def with_examples(
+    extra: Callable[[dict[str, Any]], None], *examples: Any
+) -> Callable[[dict[str, Any]], None]:
     """A callable ``json_schema_extra`` (``needs_one_of``, ...) that also gives the schema its
     ``examples`` (what ``api/openapi_examples.py`` shows before making one up)."""
 
