@@ -175,7 +175,12 @@ class SandboxContact(Command):
 
 
 class Ack(Command):
-    model_config = ConfigDict(json_schema_extra=needs_one_of("ack", "status", exactly=True))
+    model_config = ConfigDict(
+        json_schema_extra=with_examples(
+            needs_one_of("ack", "status", exactly=True),
+            {"id": "true_15557654321@c.us_3EB0C767D097B7", "status": "read"},
+        )
+    )
     id: str = Field(min_length=1, max_length=200, description="Message id from a send or an incoming message")
     ack: int | None = Field(
         default=None, ge=-1, le=4, description="-1 error, 0 pending, 1 sent, 2 delivered, 3 read, 4 played"

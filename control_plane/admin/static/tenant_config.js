@@ -40,7 +40,9 @@
     const field = e.field ? String(e.field).split(".").pop() : null;
     const label = LABELS[field] || field;
     const message = String(e.message || "");
-    switch (e.code) {
+    // 409 inconsistent_config: the same rules, broken together with what is stored (a PUT)
+    const code = e.code === "inconsistent_config" ? (/is required when/.test(message) ? "missing_field" : "invalid_field") : e.code;
+    switch (code) {
       case "missing_field":
         return `${label} is needed to use the Business API.`;
       case "invalid_access_token":
@@ -52,7 +54,7 @@
       default:
         break;
     }
-    if (e.code === "invalid_field" && field) {
+    if (code === "invalid_field" && field) {
       if (field === "phone_number_id" || field === "waba_id") return `${label} is digits only, as Meta's WhatsApp Manager shows it.`;
       if (field === "api_version") return "The Graph API version looks like v23.0 (leave it empty for the default).";
       if (field === "fallback_policy") {
