@@ -214,7 +214,7 @@ def run_schemathesis(
     return proc.returncode, proc.stdout + proc.stderr, failing, elapsed
 
 
-def test_schemathesis_finds_no_disagreement(live_app, tmp_path):
+def test_schemathesis_finds_no_disagreement(live_app, tmp_path, figures):
     mirror = _tenant(live_app.url, "fuzz")
     tenants = {
         "mirror": mirror["id"],
@@ -225,7 +225,15 @@ def test_schemathesis_finds_no_disagreement(live_app, tmp_path):
     code, output, failing, elapsed = run_schemathesis(live_app.url, config, tmp_path)
     summary = re.findall(r"^(?:Test cases:\n\s+.*|=+ .* in [0-9.]+s =+)$", output, re.MULTILINE)
     operations, load = len(config["operations"]), os.getloadavg()[0]
-    print(f"schemathesis: {operations} operations, {len(failing)} failing, {elapsed:.1f}s (load {load:.1f})")
+    cases = re.search(r"(\d[\d,]*) generated", output)
+    figures(
+        "schemathesis (tenant key and admin token, derandomized)",
+        operations=operations,
+        failing=len(failing),
+        cases=cases.group(1) if cases else "?",
+        elapsed_s=round(elapsed, 1),
+        load=round(load, 1),
+    )
     print("\n".join(summary))
     assert not failing and code == 0, "\n".join(failing) + "\n\n" + output[-20000:]
     # 90 s of this machine to itself (~50 s measured); other suites running beside it stretch the wall
