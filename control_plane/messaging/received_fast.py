@@ -38,7 +38,11 @@ def received(row: dict[str, Any], to: str | None, encode: Callable[[dict[str, An
     author, name, kind, pmid = row["author"], row["contact_name"], row["type"], row["provider_message_id"]
     user_id, at, created = row["provider_user_id"], row["provider_timestamp"], row["created_at"]
     ts = None if at is None else _format_ts(at)
-    created_at = None if created is None else _format_ts_us(created)
+    iso = row.get("_created_iso")  # its digits, written once with the row (db.inbound._inbound_rows)
+    if iso is not None and created.year >= 1000 and created.tzinfo is None:
+        created_at: str | None = iso + "Z"
+    else:
+        created_at = None if created is None else _format_ts_us(created)
     data = {
         "message_id": mid,
         "conversation_id": conv,
