@@ -25,7 +25,9 @@ _format_ts_us = event_types.format_ts_us
 _OTHER_KEYS = ("message_id", "origin", "edited_at", "deleted_at", "reactions", "sent_at")
 
 
-def received(row: dict[str, Any], to: str | None, encode: Callable[[dict[str, Any]], str]) -> tuple[dict[str, Any], str]:
+def received(
+    row: dict[str, Any], to: str | None, encode: Callable[[dict[str, Any]], str]
+) -> tuple[dict[str, Any], str]:
     """(``received_event(row, to)``, its JSON text as ``encode`` writes it) for a stored inbound row."""
     if (
         row["direction"] != "inbound"
