@@ -84,16 +84,24 @@ _MESSAGES_INSERT_HEAD = (
 )
 
 
+def _created(row: dict[str, Any]) -> str:
+    """``created_at``'s literal, from the digits ``db.inbound._inbound_rows`` wrote once when present."""
+    iso = row.get("_created_iso")
+    if iso is None or len(iso) != 26:  # (a tz-aware time: literal_dt drops its offset)
+        return literal_dt(row["created_at"])
+    return f"'{iso[:10]} {iso[11:]}'"
+
+
 def insert_messages_sql(rows: list[dict[str, Any]], *, ignore: bool = True) -> str:
     # The tenant, direction, status, update time and (whole-second) provider times repeat across a
     # batch's rows: quoted once each. ``created_at`` is distinct per row (the tenant clock), so it
-    # skips the cache.
+    # skips the cache (its digits come with the row, ``_created``).
     lit = literal_cache()
     head = _MESSAGES_INSERT_HEAD if ignore else _MESSAGES_INSERT_HEAD.replace("INSERT IGNORE", "INSERT", 1)
     return head + ",".join(
         f"({literal_str(r['id'])},{lit(r['tenant_id'])},{int(r['conversation_id'])},{lit(r['direction'])},"
         f"{lit(r['provider'])},{literal_str(r['provider_message_id'])},{lit(r['type'])},{literal_str(r['content'])},"
-        f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{literal_dt(r['created_at'])},"
+        f"{lit(r['status'])},{lit(r['error_code'])},{lit(r['error_message'])},{_created(r)},"
         f"{lit(r['updated_at'])},{lit(r['provider_timestamp'])},{lit(r['author'])},"
         f"{'NULL' if r['provider_user_id'] is None else literal_str(r['provider_user_id'])},"
         f"{'NULL' if r['raw'] is None else literal_str(r['raw'])})"

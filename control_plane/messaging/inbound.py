@@ -55,7 +55,7 @@ from control_plane.db.batch import GroupCommit
 from control_plane.db.engine import utcnow
 from control_plane.db.inbound import TenantWork
 from control_plane.db.sql import raw_mariadb
-from control_plane.messaging import inbound_batch
+from control_plane.messaging import inbound_batch, received_fast
 from control_plane.messaging.inbound_batch import Delivery, TenantBatch, messages_only
 from control_plane.messaging.notices import store_notices
 from control_plane.realtime.envelopes import encode_data
@@ -282,8 +282,7 @@ class InboundService:
             def event_rows() -> list[Any]:
                 for plan in plans:
                     for row, to in plan.stored():
-                        data = event_types.received_event(row, to)
-                        json_text = event_types.received_event_json(data, row["content"], encode_data)
+                        data, json_text = received_fast.received(row, to, encode_data)
                         unit.add(plan.tenant_id, event_types.MESSAGE_RECEIVED, data, json_text)
                 prepared = unit.prepare()
                 return prepared.rows if prepared is not None else []

@@ -11,6 +11,7 @@ import pytest
 
 from control_plane.db.messages import dump_json, new_message_ids
 from control_plane.events import received_event, received_event_json
+from control_plane.messaging.received_fast import received
 from control_plane.realtime.publisher import encode_data
 from control_plane.webhooks.payload import parse_delivery
 from tests.fakes import graph_api as g
@@ -136,3 +137,59 @@ def test_parse_json_reads_bodies_like_json_loads(raw):
         assert info.value.message == f"request body is not valid JSON: {exc}"
     else:
         assert parse_json(raw) == expected
+
+
+@pytest.mark.parametrize("content", CONTENTS)
+@pytest.mark.parametrize("to", ["15550783881", None, 5])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"contact_name": None, "provider_timestamp": None, "created_at": None},
+        {"conversation_id": True},
+        {"type": "ünïcode\n", "contact_name": 7},
+        {"id": 12},
+        {"provider_user_id": "US.13491208655302741918", "author": "15550001111"},
+        {"origin": "contact"},
+        {"edited_at": dt.datetime(2024, 1, 2, 3, 5), "deleted_at": dt.datetime(2024, 1, 2, 3, 6)},
+        {"reactions": [{"from": USER, "emoji": "👍", "timestamp": "2024-01-02T03:07:00.000Z"}]},
+        {"direction": "outbound"},
+    ],
+)
+def test_fast_path_received_is_the_generic_event(content, to, extra):
+    """The writer's one-go builder (messaging/received_fast.py): the same data and the same text as
+    ``received_event`` + the generic encoder, for a fast-path row and for anything else."""
+    row = _row(content, **{"author": None, "provider_user_id": None, **extra})
+    data, text = received(row, to, encode_data)
+    assert data == received_event(row, to)
+    assert text == encode_data(received_event(row, to))
+
+
+def test_fast_path_received_for_inbound_rows():
+    """Rows as db.inbound.InboundPlan makes them (the fast path's own), every reference type."""
+    from control_plane.db.inbound import InboundPlan
+
+    parsed = parse_delivery(
+        g.messages_payload(
+            "1",
+            "2",
+            messages=[
+                g.text_message(USER, "hi \u2028 ö"),
+                g.location_message(USER, 38.7, -9.1, name="Lisboa", address="Praça"),
+                g.contacts_message(USER),
+                g.media_message(USER, "audio", mime_type="audio/ogg"),
+            ],
+        )
+    )
+    plan = InboundPlan("t1", parsed.numbers["2"].messages, dt.datetime(2026, 12, 6, 7, 0, 0, 1))
+    for row in plan.rows:
+        row["conversation_id"] = 7
+    for row, to in plan.stored():
+        data, text = received(row, to, encode_data)
+        assert data == received_event(row, to)
+        assert text == encode_data(data)
+    # the INSERT writes created_at from the digits the row carries: the same text as without them
+    from control_plane.db import inbound_sql
+
+    bare = [{k: v for k, v in row.items() if k != "_created_iso"} for row in plan.rows]
+    assert inbound_sql.insert_messages_sql(plan.rows) == inbound_sql.insert_messages_sql(bare)
