@@ -205,13 +205,14 @@ class Supervisor:
         session.runner = asyncio.create_task(session.run(), name=f"session-{session.tenant_id}")
 
     async def _set_desired(self, session: TenantSession, running: bool) -> None:
-        session.desired_running = running
+        """Stored first, then in memory: a write that fails (503) changes nothing the runner acts on."""
         async with self._write() as conn:
             await sessions_db.set_desired_state(
                 conn,
                 session.tenant_id,
                 sessions_db.DESIRED_RUNNING if running else sessions_db.DESIRED_STOPPED,
             )
+        session.desired_running = running
 
     async def _await_runner(self, session: TenantSession) -> None:
         if session.runner is not None:

@@ -47,6 +47,9 @@ from control_plane.supervisor.states import (
 
 log = logging.getLogger(__name__)
 S = SessionState
+# A running bridge whose desired state turned to stopped without a stop request reaching the runner
+# (a lost wake-up) is stopped within this long: the desired state is the truth.
+RECHECK_DESIRED_S = 1.0
 
 
 class TenantSession:
@@ -293,11 +296,14 @@ class TenantSession:
         cause: Action | None = None
         while not proc.exited:
             action = self._mailbox.take()
+            if action is None and not self.desired_running and cause is None:  # the desired state rules
+                log.warning("desired state stopped with no stop asked: stopping tenant=%s", self.tenant_id)
+                action = Action("stop", "requested")
             if action is None:
                 waiter = asyncio.ensure_future(self._mailbox.wake.wait())
                 either: set[asyncio.Future[Any]] = {proc.exit_future(), waiter}
-                try:
-                    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+                try:  # woken by a request or the exit; the desired state is looked at again each second
+                    await asyncio.wait(either, timeout=RECHECK_DESIRED_S, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     waiter.cancel()
                 continue
